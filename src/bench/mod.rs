@@ -1,0 +1,30 @@
+//! `cairn bench NAME`: whole-system benchmarks. Each prints its headline figures on its last
+//! line as `bench NAME: key=value ...`, with ratios against a baseline measured in the same run.
+
+mod storage_bench;
+
+use clap::Subcommand;
+
+use crate::Outcome;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Put/get throughput of the storage wrapper against raw object_store calls, and blake3 speed.
+    Storage(storage_bench::Args),
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
+    match cmd {
+        BenchCommand::Storage(args) => storage_bench::run(args).await,
+    }
+}
+
+/// Median of a non-empty list of measurements.
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
+}

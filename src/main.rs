@@ -1,0 +1,80 @@
+//! The `cairn` command: argument parsing, wiring and exit codes. The work happens in the library
+//! crates (storage, ledger, verify, trainer); this file only connects them to a terminal.
+
+mod bench;
+mod demo;
+mod store_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Decentralised LLM pretraining on shared object storage.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Set up and check object stores.
+    Store {
+        #[command(subcommand)]
+        command: store_cmd::StoreCommand,
+    },
+    /// Run a benchmark; its last line is `bench NAME: key=value ...`.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+    /// Run the demonstration on a local store (what `make demo` runs).
+    Demo(demo::DemoArgs),
+    /// Print what this build links: libtorch version and devices.
+    Info,
+}
+
+/// How a command ended, beyond success: a check that ran but found a problem.
+pub enum Outcome {
+    /// Everything passed.
+    Ok,
+    /// The command ran and reports a failure (exit 1).
+    Failed,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Store { command } => store_cmd::run(command).await,
+            Command::Bench { command } => bench::run(command).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::Info => {
+                let info = trainer::torch_info();
+                println!("cairn {}", env!("CARGO_PKG_VERSION"));
+                println!("libtorch threads={} cuda_available={}", info.threads, info.cuda_available);
+                Ok(Outcome::Ok)
+            }
+        }
+    });
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The conformance check behind `cairn store check`: does this backend give the guarantees the
+//! ledger relies on? Some S3 look-alikes accept several winners of a put-if-absent race; the
+//! ledger must refuse them, and this is how an operator finds out before starting a run.
+//!
+//! Every check works under a fresh scratch prefix (`_cairn-check/<random>/`) and removes what it
+//! wrote.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::future::join_all;
+
+use crate::error::Result;
+use crate::store::{CasOutcome, PutOutcome, Store};
+
+/// Racers in the put-if-absent race.
+pub const RACERS: usize = 8;
+/// Rounds of the race.
+pub const RACE_ROUNDS: usize = 5;
+
+/// The outcome of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    /// Short name, e.g. `put-if-absent race`.
+    pub name: &'static str,
+    /// Whether the backend behaved as required.
+    pub passed: bool,
+    /// What was seen.
+    pub detail: String,
+    /// Wall time of the check in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+/// Runs every check in order and returns their results; an error means the store could not be
+/// used at all (unreachable, bad credentials), not that a check failed.
+pub async fn check(store: &Store) -> Result<Vec<CheckResult>> {
+    let scratch = store.scoped(&format!("_cairn-check/{}", hex::encode(rand::random::<[u8; 8]>())))?;
+    let mut results = Vec::new();
+    let outcome = run_checks(&scratch, &mut results).await;
+    // Clean up whatever the checks left, even after a failure.
+    for info in scratch.list("", None).await.unwrap_or_default() {
+        let _ = scratch.delete(&info.key).await;
+    }
+    outcome.map(|()| results)
+}
+
+async fn timed<F: std::future::Future<Output = Result<(bool, String)>>>(
+    name: &'static str,
+    results: &mut Vec<CheckResult>,
+    f: F,
+) -> Result<()> {
+    let start = Instant::now();
+    let (passed, detail) = f.await?;
+    results.push(CheckResult { name, passed, detail, elapsed_ms: start.elapsed().as_millis() as u64 });
+    Ok(())
+}
+
+async fn run_checks(s: &Store, results: &mut Vec<CheckResult>) -> Result<()> {
+    timed("put-if-absent twice", results, async {
+        let first = s.put_if_absent("once", Bytes::from_static(b"first")).await?;
+        let second = s.put_if_absent("once", Bytes::from_static(b"second")).await?;
+        let kept = s.get("once", 1 << 10).await?.bytes;
+        let passed =
+            matches!(first, PutOutcome::Created(_)) && second == PutOutcome::AlreadyExists && kept.as_ref() == b"first";
+        Ok((
+            passed,
+            format!("first={} second={} kept={:?}", label(&first), label(&second), String::from_utf8_lossy(&kept)),
+        ))
+    })
+    .await?;
+
+    timed("put-if-absent race", results, async {
+        let mut bad_rounds = Vec::new();
+        for round in 0..RACE_ROUNDS {
+            let key = format!("race/{round}");
+            let racers = (0..RACERS).map(|i| {
+                let (s, key) = (s.clone(), key.clone());
+                async move { s.put_if_absent(&key, Bytes::from(format!("racer {i}"))).await }
+            });
+            let outcomes: Vec<PutOutcome> = join_all(racers).await.into_iter().collect::<Result<_>>()?;
+            let winners: Vec<usize> = outcomes
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| matches!(o, PutOutcome::Created(_)))
+                .map(|(i, _)| i)
+                .collect();
+            let stored = s.get(&key, 1 << 10).await?.bytes;
+            let consistent = winners.len() == 1 && stored == format!("racer {}", winners[0]).as_bytes();
+            if !consistent {
+                bad_rounds.push(format!("round {round}: {} winners", winners.len()));
+            }
+        }
+        let detail = if bad_rounds.is_empty() {
+            format!("{RACE_ROUNDS} rounds x {RACERS} racers: exactly one winner each")
+        } else {
+            bad_rounds.join(", ")
+        };
+        Ok((bad_rounds.is_empty(), detail))
+    })
+    .await?;
+
+    timed("compare-and-swap", results, async {
+        let v1 = match s.compare_and_swap("pointer", None, Bytes::from_static(b"v1")).await? {
+            CasOutcome::Swapped(v) => v,
+            CasOutcome::Conflict => return Ok((false, "creating the pointer conflicted".into())),
+        };
+        let to_v2 = s.compare_and_swap("pointer", Some(&v1), Bytes::from_static(b"v2")).await?;
+        let stale = s.compare_and_swap("pointer", Some(&v1), Bytes::from_static(b"v3")).await?;
+        let kept = s.get("pointer", 1 << 10).await?.bytes;
+        let passed = matches!(to_v2, CasOutcome::Swapped(_)) && stale == CasOutcome::Conflict && kept.as_ref() == b"v2";
+        Ok((
+            passed,
+            format!(
+                "fresh version={} stale version={} kept={:?}",
+                cas_label(&to_v2),
+                cas_label(&stale),
+                String::from_utf8_lossy(&kept)
+            ),
+        ))
+    })
+    .await?;
+
+    timed("read-after-write", results, async {
+        let mut misses = 0;
+        for i in 0..10 {
+            let body = Bytes::from(format!("value {i}"));
+            s.put(&format!("raw/{i}"), body.clone()).await?;
+            if s.get(&format!("raw/{i}"), 1 << 10).await?.bytes != body {
+                misses += 1;
+            }
+        }
+        let listed = s.list("raw", None).await?.len();
+        Ok((misses == 0 && listed == 10, format!("{misses} stale reads of 10, {listed} of 10 listed")))
+    })
+    .await?;
+
+    timed("list order", results, async {
+        let order = [7u32, 2, 9, 0, 5, 11, 3, 10, 1, 8, 4, 6];
+        for n in order {
+            s.put_if_absent(&format!("seq/{n:020}"), Bytes::from(n.to_string())).await?;
+        }
+        let all: Vec<String> = s.list("seq", None).await?.into_iter().map(|i| i.key).collect();
+        let want: Vec<String> = (0..12).map(|n| format!("seq/{n:020}")).collect();
+        let after: Vec<String> = s.list("seq", Some(&want[8])).await?.into_iter().map(|i| i.key).collect();
+        let passed = all == want && after == want[9..];
+        Ok((passed, format!("{} keys in order, {} after the 9th", all.len(), after.len())))
+    })
+    .await?;
+    Ok(())
+}
+
+fn label(o: &PutOutcome) -> &'static str {
+    match o {
+        PutOutcome::Created(_) => "created",
+        PutOutcome::AlreadyExists => "already-exists",
+    }
+}
+
+fn cas_label(o: &CasOutcome) -> &'static str {
+    match o {
+        CasOutcome::Swapped(_) => "swapped",
+        CasOutcome::Conflict => "conflict",
+    }
+}

@@ -1,0 +1,19 @@
+//! cairn's storage layer: the only code that talks to object stores.
+//!
+//! It knows keys, bytes, versions and content hashes; nothing of ledgers or tensors. Everything
+//! above it (the ledger's put-if-absent sequencing, checkpoints, contribution blobs, snapshots)
+//! is built from the handful of operations on [`Store`].
+#![deny(missing_docs)]
+
+pub mod admin;
+mod blob;
+pub mod conformance;
+mod error;
+mod local_cas;
+mod retry;
+mod store;
+
+pub use blob::{BlobId, PART_BYTES, PARTS_IN_FLIGHT, SINGLE_PUT_MAX_BYTES};
+pub use error::{Result, StoreError};
+pub use retry::RetryPolicy;
+pub use store::{Backend, CasOutcome, Object, ObjectInfo, OpenOptions, PutOutcome, Store, Version, open, open_with};

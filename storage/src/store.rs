@@ -1,0 +1,561 @@
+//! `Store`: one object store plus a key prefix, with the few operations cairn builds on.
+//!
+//! ```text
+//!   Store::open(url) ──► memory:// | file://DIR | s3://BUCKET/PREFIX | gs:// az:// (object_store)
+//!        │
+//!        ├─ put_if_absent(key)      first writer wins; a lost reply is recovered by re-reading
+//!        ├─ compare_and_swap(key)   mutable pointers; file:// gets its own, under an OS lock
+//!        ├─ get / get_range / head  with a size limit on every full read
+//!        ├─ list(prefix, after)     sorted by key
+//!        └─ put_blob / get_blob     content-addressed, re-hashed on every read (see `blob`)
+//! ```
+//!
+//! Every call that can fail transiently is retried here (and only here) under a `RetryPolicy`.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion,
+};
+use tracing::{debug, warn};
+
+use crate::error::{Result, StoreError};
+use crate::local_cas;
+use crate::retry::{RetryPolicy, is_transient};
+
+/// The version of an object as the backend reports it, for compare-and-swap.
+///
+/// S3 and memory stores use their ETag (and version id where there is one); the file:// store
+/// uses the blake3 of the content, which its own compare-and-swap checks under a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// Entity tag.
+    pub e_tag: Option<String>,
+    /// Backend version id, where versioning is on.
+    pub version: Option<String>,
+}
+
+/// What `put_if_absent` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Our bytes are at the key: we wrote them, or identical bytes were already there (our own
+    /// earlier attempt whose reply was lost, or the same content from someone else).
+    Created(Version),
+    /// Different bytes were already at the key.
+    AlreadyExists,
+}
+
+/// What `compare_and_swap` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The object now holds our bytes, at this version.
+    Swapped(Version),
+    /// The object was not at the expected version (or existed when absence was expected).
+    Conflict,
+}
+
+/// An object read in full, with its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    /// The content.
+    pub bytes: Bytes,
+    /// Its version, for a later compare-and-swap.
+    pub version: Version,
+}
+
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The key, relative to the store's prefix.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Which kind of backend a `Store` talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// In-process memory (`memory://`), for tests and simulations.
+    Memory,
+    /// A local folder (`file://`).
+    File {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// S3 or an S3-compatible server.
+    S3 {
+        /// The bucket.
+        bucket: String,
+    },
+    /// Another object_store backend (GCS, Azure) or a wrapped store.
+    Other,
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::File { .. } => "file",
+            Backend::S3 { .. } => "s3",
+            Backend::Other => "object_store",
+        }
+    }
+}
+
+/// A handle on one object store under one key prefix. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    prefix: Path,
+    backend: Backend,
+    url: String,
+    retry: RetryPolicy,
+}
+
+/// How to open a store, beyond its URL.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Retries for transient failures.
+    pub retry: RetryPolicy,
+    /// Backend settings applied over the environment, as object_store config keys
+    /// (`aws_endpoint`, `aws_access_key_id`, `aws_secret_access_key`, `aws_region`,
+    /// `aws_allow_http`, ...). Empty: the environment alone decides.
+    pub settings: Vec<(String, String)>,
+}
+
+impl OpenOptions {
+    /// The value of a backend setting, if given.
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.settings.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Opens the store a URL names, configured from the environment.
+///
+/// `memory://`, `file:///abs/dir` (the folder must exist: `init` creates it), `s3://bucket/prefix`
+/// (credentials, region and `AWS_ENDPOINT_URL` from the standard AWS environment variables;
+/// path-style requests), and whatever else object_store parses (`gs://`, `az://`).
+pub async fn open(url: &str) -> Result<Store> {
+    open_with(url, &OpenOptions::default()).await
+}
+
+/// Like [`open`], with explicit options.
+pub async fn open_with(url: &str, opts: &OpenOptions) -> Result<Store> {
+    let retry = opts.retry;
+    let parsed =
+        url::Url::parse(url).map_err(|e| StoreError::BadUrl { url: url.to_string(), reason: e.to_string() })?;
+    let bad = |reason: String| StoreError::BadUrl { url: url.to_string(), reason };
+    let (inner, prefix, backend): (Arc<dyn ObjectStore>, Path, Backend) = match parsed.scheme() {
+        "memory" => (Arc::new(object_store::memory::InMemory::new()), Path::default(), Backend::Memory),
+        "file" => {
+            let dir = parsed.to_file_path().map_err(|_| bad("not an absolute local path".into()))?;
+            if !dir.is_dir() {
+                return Err(StoreError::StoreMissing {
+                    what: format!("store folder {}", dir.display()),
+                    url: url.to_string(),
+                });
+            }
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
+            (Arc::new(fs), Path::default(), Backend::File { dir })
+        }
+        "s3" | "s3a" => {
+            let bucket = parsed.host_str().filter(|b| !b.is_empty()).ok_or_else(|| bad("no bucket".into()))?;
+            let mut builder = object_store::aws::AmazonS3Builder::from_env();
+            for (key, value) in &opts.settings {
+                let key = key.parse().map_err(|e: object_store::Error| bad(e.to_string()))?;
+                builder = builder.with_config(key, value);
+            }
+            let s3 = builder
+                .with_url(url)
+                // One retry layer (ours): object_store's HTTP retries would hide lost replies.
+                .with_retry(RetryConfig { max_retries: 0, ..RetryConfig::default() })
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
+            let prefix = Path::parse(parsed.path().trim_matches('/')).map_err(|e| bad(e.to_string()))?;
+            (Arc::new(s3), prefix, Backend::S3 { bucket: bucket.to_string() })
+        }
+        _ => {
+            let (store, prefix) = object_store::parse_url(&parsed).map_err(|e| bad(e.to_string()))?;
+            (Arc::from(store), prefix, Backend::Other)
+        }
+    };
+    let store = Store { inner, prefix, backend, url: url.to_string(), retry };
+    if let Backend::S3 { .. } = store.backend {
+        store.probe().await?;
+    }
+    Ok(store)
+}
+
+impl Store {
+    /// Wraps an existing object store (fault-injecting wrappers in tests, custom backends).
+    /// Compare-and-swap needs the backend to support `PutMode::Update`.
+    pub fn from_object_store(inner: Arc<dyn ObjectStore>, label: &str, retry: RetryPolicy) -> Store {
+        Store { inner, prefix: Path::default(), backend: Backend::Other, url: label.to_string(), retry }
+    }
+
+    /// The URL (or label) this store was opened from.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The kind of backend.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The retry policy in force.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// The raw object store and the path a key maps to, for benchmarks that compare against
+    /// unwrapped object_store calls.
+    pub fn raw(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+
+    /// A store for a sub-prefix of this one (e.g. one run under a consortium bucket).
+    pub fn scoped(&self, sub: &str) -> Result<Store> {
+        // file:// keeps its folder: local compare-and-swap resolves full paths itself.
+        let prefix = self.path(sub)?;
+        Ok(Store { prefix, url: format!("{}/{}", self.url.trim_end_matches('/'), sub), ..self.clone() })
+    }
+
+    /// The object_store path of a key: the store prefix joined with the validated key.
+    pub fn path(&self, key: &str) -> Result<Path> {
+        let invalid = |reason: &str| StoreError::InvalidKey { key: key.to_string(), reason: reason.to_string() };
+        if key.is_empty() {
+            return Err(invalid("empty"));
+        }
+        let mut parts: Vec<String> = self.prefix.parts().map(|p| p.as_ref().to_string()).collect();
+        for seg in key.split('/') {
+            if seg.is_empty() || seg == "." || seg == ".." {
+                return Err(invalid("empty, `.` or `..` segment"));
+            }
+            if seg.starts_with(local_cas::LOCK_DIR) {
+                return Err(invalid("reserved name"));
+            }
+            parts.push(seg.to_string());
+        }
+        Path::parse(parts.join("/")).map_err(|e| invalid(&e.to_string()))
+    }
+
+    fn key_of(&self, path: &Path) -> String {
+        let prefix_len = self.prefix.parts().count();
+        path.parts().skip(prefix_len).map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/")
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the retry budget is spent.
+    async fn retrying<T, F, Fut>(&self, operation: &'static str, key: &str, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        self.retrying_write(operation, key, op).await.map(|(v, _)| v)
+    }
+
+    /// Like `retrying`, and also says whether an earlier attempt failed transiently: for a write,
+    /// that attempt may have landed even though its reply never came back.
+    async fn retrying_write<T, F, Fut>(&self, operation: &'static str, key: &str, mut op: F) -> Result<(T, bool)>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok((v, attempt > 1)),
+                Err(e) if is_transient(&e) && attempt < self.retry.max_attempts => {
+                    let delay = self.retry.delay(attempt);
+                    debug!(operation, key, attempt, delay_ms = delay.as_millis() as u64, error = %e, "transient failure, retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.map_err(operation, key, attempt, e)),
+            }
+        }
+    }
+
+    /// One listing request under the prefix: fails early, with a clear error, on a missing
+    /// bucket, refused credentials or an endpoint that does not answer.
+    async fn probe(&self) -> Result<()> {
+        let prefix = self.prefix.clone();
+        self.retrying("open", &self.url, || self.inner.list_with_delimiter(Some(&prefix))).await.map(|_| ())
+    }
+
+    /// Turns an object_store error into the typed error a caller acts on.
+    fn map_err(&self, operation: &'static str, key: &str, attempts: u32, e: object_store::Error) -> StoreError {
+        let text = e.to_string();
+        let key = key.to_string();
+        if text.contains("NoSuchBucket")
+            && let Backend::S3 { bucket } = &self.backend
+        {
+            return StoreError::StoreMissing { what: format!("bucket `{bucket}`"), url: self.url.clone() };
+        }
+        if matches!(crate::retry::http_status(&e), Some(401 | 403)) {
+            return StoreError::PermissionDenied { key, detail: s3_error_summary(&text).unwrap_or(text) };
+        }
+        match e {
+            object_store::Error::NotFound { .. } => StoreError::NotFound { key },
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+                StoreError::PermissionDenied { key, detail: s3_error_summary(&text).unwrap_or(text) }
+            }
+            object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented { .. } => {
+                StoreError::Unsupported { operation, backend: self.backend.name() }
+            }
+            e if is_transient(&e) => StoreError::Unavailable { operation, key, attempts, error: e },
+            e => StoreError::Backend { operation, key, error: e },
+        }
+    }
+
+    /// Writes `bytes` at `key` unless an object is already there (S3 `If-None-Match: *`).
+    ///
+    /// A write can land while its reply is lost; the retry then finds the key taken. So when an
+    /// earlier attempt of this call failed in transit and the key is taken, the object is re-read:
+    /// identical bytes are ours (`Created`). Without such an attempt, a taken key is
+    /// `AlreadyExists`, whatever it holds.
+    #[tracing::instrument(level = "debug", skip(self, bytes), fields(len = bytes.len()))]
+    pub async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
+        let path = self.path(key)?;
+        let payload = PutPayload::from(bytes.clone());
+        let (put, uncertain) = self
+            .retrying_write("put-if-absent", key, || {
+                let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+                let (inner, path, payload) = (self.inner.clone(), path.clone(), payload.clone());
+                async move {
+                    match inner.put_opts(&path, payload, opts).await {
+                        Ok(r) => Ok(Some(r)),
+                        Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                            Ok(None)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await?;
+        match put {
+            Some(r) => Ok(PutOutcome::Created(self.version_after_put(&bytes, r))),
+            None if !uncertain => Ok(PutOutcome::AlreadyExists),
+            None => match self.get_unlimited(key).await {
+                Ok(existing) if existing.bytes == bytes => {
+                    debug!(key, "key taken by identical bytes after a lost reply: our write landed");
+                    Ok(PutOutcome::Created(existing.version))
+                }
+                // Different bytes, or taken and deleted since: not ours.
+                Ok(_) | Err(StoreError::NotFound { .. }) => Ok(PutOutcome::AlreadyExists),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    fn version_after_put(&self, bytes: &[u8], r: object_store::PutResult) -> Version {
+        match self.backend {
+            Backend::File { .. } => local_cas::content_version(bytes),
+            _ => Version { e_tag: r.e_tag, version: r.version },
+        }
+    }
+
+    /// Writes `bytes` at `key`, replacing what is there. Only for derived objects (exports,
+    /// hints): anything that must not be lost is written with `put_if_absent`.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<Version> {
+        let path = self.path(key)?;
+        let payload = PutPayload::from(bytes.clone());
+        let r = self.retrying("put", key, || self.inner.put(&path, payload.clone())).await?;
+        Ok(self.version_after_put(&bytes, r))
+    }
+
+    /// Replaces the object at `key` only if it is still at `expected` (`None`: only if absent).
+    ///
+    /// As with `put_if_absent`, a conflict after an attempt that failed in transit is re-read: if
+    /// the object holds exactly our bytes, that attempt landed and the swap is reported as done.
+    /// Two writers that swap in identical bytes cannot be told apart then, so payloads should
+    /// say who wrote them (a signed checkpoint does).
+    #[tracing::instrument(level = "debug", skip(self, expected, bytes), fields(len = bytes.len()))]
+    pub async fn compare_and_swap(&self, key: &str, expected: Option<&Version>, bytes: Bytes) -> Result<CasOutcome> {
+        let Some(expected) = expected else {
+            return Ok(match self.put_if_absent(key, bytes).await? {
+                PutOutcome::Created(v) => CasOutcome::Swapped(v),
+                PutOutcome::AlreadyExists => CasOutcome::Conflict,
+            });
+        };
+        let path = self.path(key)?;
+        let (swapped, uncertain) = if let Backend::File { dir } = &self.backend {
+            (local_cas::compare_and_swap(dir, &path, expected, &bytes)?, false)
+        } else {
+            let payload = PutPayload::from(bytes.clone());
+            let version = UpdateVersion { e_tag: expected.e_tag.clone(), version: expected.version.clone() };
+            self.retrying_write("compare-and-swap", key, || {
+                let opts = PutOptions { mode: PutMode::Update(version.clone()), ..Default::default() };
+                let (inner, path, payload) = (self.inner.clone(), path.clone(), payload.clone());
+                async move {
+                    match inner.put_opts(&path, payload, opts).await {
+                        Ok(r) => Ok(Some(Version { e_tag: r.e_tag, version: r.version })),
+                        Err(
+                            object_store::Error::Precondition { .. }
+                            | object_store::Error::AlreadyExists { .. }
+                            | object_store::Error::NotFound { .. },
+                        ) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await?
+        };
+        match swapped {
+            Some(v) => Ok(CasOutcome::Swapped(v)),
+            None if !uncertain => Ok(CasOutcome::Conflict),
+            None => match self.get_unlimited(key).await {
+                Ok(current) if current.bytes == bytes => Ok(CasOutcome::Swapped(current.version)),
+                Ok(_) | Err(StoreError::NotFound { .. }) => Ok(CasOutcome::Conflict),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Reads a whole object, refusing (before reading the body) anything over `limit_bytes`.
+    pub async fn get(&self, key: &str, limit_bytes: u64) -> Result<Object> {
+        let path = self.path(key)?;
+        let (bytes, e_tag, version) = self
+            .retrying("get", key, || {
+                let (inner, path) = (self.inner.clone(), path.clone());
+                async move {
+                    let res = inner.get(&path).await?;
+                    let (e_tag, version, size) = (res.meta.e_tag.clone(), res.meta.version.clone(), res.meta.size);
+                    if size > limit_bytes {
+                        return Ok(Err(size));
+                    }
+                    let mut buf = BytesMut::with_capacity(size as usize);
+                    let mut stream = res.into_stream();
+                    while let Some(chunk) = stream.next().await {
+                        let chunk = chunk?;
+                        if (buf.len() + chunk.len()) as u64 > limit_bytes {
+                            return Ok(Err((buf.len() + chunk.len()) as u64));
+                        }
+                        buf.extend_from_slice(&chunk);
+                    }
+                    Ok(Ok((buf.freeze(), e_tag, version)))
+                }
+            })
+            .await?
+            .map_err(|size| StoreError::TooLarge { key: key.to_string(), size, limit: limit_bytes })?;
+        let version = match self.backend {
+            Backend::File { .. } => local_cas::content_version(&bytes),
+            _ => Version { e_tag, version },
+        };
+        Ok(Object { bytes, version })
+    }
+
+    /// Reads our own small pointer objects back for comparison; the limit is generous because
+    /// the caller has just tried to write an object of the same size.
+    async fn get_unlimited(&self, key: &str) -> Result<Object> {
+        self.get(key, u64::MAX).await
+    }
+
+    /// Reads `range` of an object (the end is clamped to the object's size by the backend).
+    pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        let path = self.path(key)?;
+        self.retrying("get-range", key, || {
+            let (inner, path, range) = (self.inner.clone(), path.clone(), range.clone());
+            async move {
+                let opts = GetOptions { range: Some(GetRange::Bounded(range)), ..Default::default() };
+                inner.get_opts(&path, opts).await?.bytes().await
+            }
+        })
+        .await
+    }
+
+    /// The size of an object, or `None` when there is none.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
+        let path = self.path(key)?;
+        match self.retrying("head", key, || self.inner.head(&path)).await {
+            Ok(meta) => Ok(Some(ObjectInfo { key: key.to_string(), size: meta.size })),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes an object; deleting what is not there is not an error.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match self.retrying("delete", key, || self.inner.delete(&path)).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists the objects under `prefix` (a key prefix on `/` boundaries), sorted by key, keeping
+    /// only keys after `start_after` when given (S3 pushes this down).
+    pub async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<Vec<ObjectInfo>> {
+        let prefix_path =
+            if prefix.is_empty() { self.prefix.clone() } else { self.path(prefix.trim_end_matches('/'))? };
+        let offset = start_after.map(|k| self.path(k)).transpose()?;
+        let mut found = self
+            .retrying("list", prefix, || {
+                let stream = match &offset {
+                    Some(off) => self.inner.list_with_offset(Some(&prefix_path), off),
+                    None => self.inner.list(Some(&prefix_path)),
+                };
+                stream.try_collect::<Vec<_>>()
+            })
+            .await?;
+        found.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(found
+            .into_iter()
+            .filter(|m| !m.location.parts().any(|p| p.as_ref().starts_with(local_cas::LOCK_DIR)))
+            .map(|m| ObjectInfo { key: self.key_of(&m.location), size: m.size })
+            .collect())
+    }
+
+    /// Copies an object within the store, overwriting the destination.
+    pub async fn copy(&self, from: &str, to: &str) -> Result<()> {
+        let (src, dst) = (self.path(from)?, self.path(to)?);
+        self.retrying("copy", from, || self.inner.copy(&src, &dst)).await
+    }
+
+    /// Starts a multipart upload at `key` (used by the blob streamer).
+    pub(crate) async fn multipart(&self, key: &str) -> Result<Box<dyn object_store::MultipartUpload>> {
+        let path = self.path(key)?;
+        self.retrying("start-multipart", key, || self.inner.put_multipart(&path)).await
+    }
+
+    /// Maps an error from a multipart upload in progress (not retried: parts are not idempotent
+    /// once the upload moved on).
+    pub(crate) fn upload_error(&self, key: &str, e: object_store::Error) -> StoreError {
+        if !matches!(e, object_store::Error::Generic { .. }) {
+            warn!(key, error = %e, "multipart upload failed");
+        }
+        self.map_err("multipart-upload", key, 1, e)
+    }
+}
+
+/// `Code: Message` from an S3 XML error body inside an error text, if there is one.
+fn s3_error_summary(text: &str) -> Option<String> {
+    let field = |tag: &str| {
+        let open = format!("<{tag}>");
+        let start = text.find(&open)? + open.len();
+        let len = text[start..].find(&format!("</{tag}>"))?;
+        Some(text[start..start + len].to_string())
+    };
+    let code = field("Code")?;
+    Some(match field("Message") {
+        Some(msg) => format!("{code}: {msg}"),
+        None => code,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_error_bodies_are_summarised() {
+        let text = "GET - Server returned non-2xx status code: 403 Forbidden: <Error><Code>SignatureDoesNotMatch</Code><Message>Check your key.</Message></Error>";
+        assert_eq!(s3_error_summary(text).as_deref(), Some("SignatureDoesNotMatch: Check your key."));
+        assert_eq!(s3_error_summary("connection refused"), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! The reproducible core of cairn: wire format, aggregation, state hashes (issue: verify). Nothing here yet.
