@@ -12,6 +12,8 @@ mod error;
 mod local_cas;
 mod retry;
 mod store;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use blob::{BlobId, PART_BYTES, PARTS_IN_FLIGHT, SINGLE_PUT_MAX_BYTES};
 pub use error::{Result, StoreError};

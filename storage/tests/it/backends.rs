@@ -7,9 +7,9 @@ use storage::{BlobId, CasOutcome, PutOutcome, Store, StoreError, conformance};
 /// Runs one scenario on each backend, as three tests.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
-        mod memory { $( #[tokio::test] async fn $name() { super::$name(&crate::harness::memory_store().await).await } )* }
-        mod file { $( #[tokio::test] async fn $name() { let (s, _dir) = crate::harness::file_store().await; super::$name(&s).await } )* }
-        mod s3 { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(&crate::harness::s3_store().await).await } )* }
+        mod memory { $( #[tokio::test] async fn $name() { super::$name(&storage::testing::memory_store().await).await } )* }
+        mod file { $( #[tokio::test] async fn $name() { let (s, _dir) = storage::testing::file_store().await; super::$name(&s).await } )* }
+        mod s3 { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(&storage::testing::s3_store().await).await } )* }
     };
 }
 

@@ -3,5 +3,4 @@
 
 mod backends;
 mod faults;
-mod harness;
 mod s3;

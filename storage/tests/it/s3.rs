@@ -5,7 +5,7 @@ use bytes::Bytes;
 use storage::admin::{self, InitOptions, InitReport};
 use storage::{OpenOptions, StoreError};
 
-use crate::harness::{fresh_bucket, hex_id, quick_retry, s3_options};
+use storage::testing::{fresh_bucket, hex_id, quick_retry, s3_options};
 
 fn with_setting(mut opts: OpenOptions, key: &str, value: &str) -> OpenOptions {
     opts.settings.push((key.to_string(), value.to_string()));

@@ -1,20 +1,22 @@
-//! Test harness: fresh stores of each kind, including a real S3 server.
+//! Test support (feature `test-support`): fresh stores of each kind, including a real S3 server,
+//! for the tests of every crate in the workspace.
 //!
 //! Under `make test` the server is already running and its settings are in the environment
-//! (`CAIRN_TEST_S3=1` plus the AWS variables). Otherwise the harness starts SeaweedFS itself with
-//! `infra/s3-local.sh start --parent <this process>`, which stops it when the tests exit. If it
-//! cannot, the S3 tests fail with the reason: they never skip.
+//! (`CAIRN_TEST_S3=1` plus the AWS variables). Otherwise the first caller starts SeaweedFS with
+//! `infra/s3-local.sh start --parent <this process>`, which stops it when the process exits. If it
+//! cannot, the caller panics with the reason: S3 tests fail, they never skip.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use storage::admin::{self, InitOptions};
-use storage::{OpenOptions, RetryPolicy, Store};
+use crate::admin::{self, InitOptions};
+use crate::{OpenOptions, RetryPolicy, Store};
 
-/// Settings for the test S3 server, as object_store config keys.
-pub fn s3_settings() -> &'static Vec<(String, String)> {
-    static SETTINGS: OnceLock<Vec<(String, String)>> = OnceLock::new();
-    SETTINGS.get_or_init(|| {
+/// The test S3 server's settings as environment variables (`AWS_ENDPOINT_URL`, ...), for child
+/// processes such as the `cairn` binary under test.
+pub fn s3_env() -> &'static Vec<(String, String)> {
+    static ENV: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    ENV.get_or_init(|| {
         let lines = if std::env::var("CAIRN_TEST_S3").as_deref() == Ok("1") {
             ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ALLOW_HTTP"]
                 .iter()
@@ -32,19 +34,28 @@ pub fn s3_settings() -> &'static Vec<(String, String)> {
             .iter()
             .filter_map(|l| l.strip_prefix("export "))
             .filter_map(|kv| kv.split_once('='))
-            .filter_map(|(k, v)| {
-                let key = match k {
-                    "AWS_ENDPOINT_URL" => "aws_endpoint",
-                    "AWS_ACCESS_KEY_ID" => "aws_access_key_id",
-                    "AWS_SECRET_ACCESS_KEY" => "aws_secret_access_key",
-                    "AWS_REGION" => "aws_region",
-                    "AWS_ALLOW_HTTP" => "aws_allow_http",
-                    _ => return None,
-                };
-                Some((key.to_string(), v.to_string()))
-            })
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     })
+}
+
+/// The test S3 server's settings as object_store config keys (for [`OpenOptions::settings`]).
+pub fn s3_settings() -> Vec<(String, String)> {
+    s3_env()
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = match k.as_str() {
+                "AWS_ENDPOINT_URL" => "aws_endpoint",
+                "AWS_ACCESS_KEY_ID" => "aws_access_key_id",
+                "AWS_SECRET_ACCESS_KEY" => "aws_secret_access_key",
+                "AWS_REGION" => "aws_region",
+                "AWS_ALLOW_HTTP" => "aws_allow_http",
+                _ => return None,
+            };
+            Some((key.to_string(), v.clone()))
+        })
+        .collect()
 }
 
 fn repo_root() -> PathBuf {
@@ -72,7 +83,7 @@ fn start_own_server() -> Vec<String> {
 
 /// Open options pointing at the test S3 server, with a quick retry policy.
 pub fn s3_options() -> OpenOptions {
-    OpenOptions { retry: quick_retry(), settings: s3_settings().clone() }
+    OpenOptions { retry: quick_retry(), settings: s3_settings() }
 }
 
 /// Retries short enough for tests.
@@ -91,14 +102,14 @@ pub async fn fresh_bucket() -> String {
 /// A fresh S3 store.
 pub async fn s3_store() -> Store {
     let url = fresh_bucket().await;
-    storage::open_with(&url, &s3_options()).await.expect("open S3 store")
+    crate::open_with(&url, &s3_options()).await.expect("open S3 store")
 }
 
 /// A fresh local-folder store and the folder (kept alive by the returned guard).
 pub async fn file_store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("file://{}", dir.path().display());
-    let store = storage::open_with(&url, &OpenOptions { retry: quick_retry(), settings: vec![] })
+    let store = crate::open_with(&url, &OpenOptions { retry: quick_retry(), settings: vec![] })
         .await
         .expect("open file store");
     (store, dir)
@@ -106,7 +117,7 @@ pub async fn file_store() -> (Store, tempfile::TempDir) {
 
 /// A fresh in-memory store.
 pub async fn memory_store() -> Store {
-    storage::open_with("memory://", &OpenOptions { retry: quick_retry(), settings: vec![] })
+    crate::open_with("memory://", &OpenOptions { retry: quick_retry(), settings: vec![] })
         .await
         .expect("open memory store")
 }

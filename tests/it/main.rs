@@ -1,0 +1,3 @@
+//! Tests of the `cairn` command as users run it: exit codes, last lines, one-line errors.
+
+mod store;

@@ -1,0 +1,99 @@
+//! `cairn store`, `cairn bench storage` and `cairn demo` against a local folder and real S3.
+
+use std::process::{Command, Output};
+
+use storage::testing;
+
+fn cairn(args: &[&str], env: &[(String, String)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    cmd.args(args).env("OMP_NUM_THREADS", "1").env_remove("CAIRN_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run cairn")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines().last().unwrap_or("")
+}
+
+#[test]
+fn store_check_passes_on_a_local_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let init = cairn(&["store", "init", path.to_str().unwrap()], &[]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let check = cairn(&["store", "check", &format!("file://{}", path.display())], &[]);
+    assert!(check.status.success(), "{}{}", stdout(&check), stderr(&check));
+    assert_eq!(last_line(&stdout(&check)), "store check: PASS");
+    assert_eq!(stdout(&check).lines().filter(|l| l.starts_with("ok ")).count(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_check_passes_on_s3() {
+    let url = testing::fresh_bucket().await;
+    let check = cairn(&["store", "check", &url], testing::s3_env());
+    assert!(check.status.success(), "{}{}", stdout(&check), stderr(&check));
+    assert_eq!(last_line(&stdout(&check)), "store check: PASS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_problems_are_one_clear_line_and_exit_1() {
+    let url = testing::fresh_bucket().await;
+    let env = testing::s3_env();
+    let missing = format!("s3://cairn-missing-{}/run", testing::hex_id());
+    let mut wrong_secret = env.clone();
+    wrong_secret.push(("AWS_SECRET_ACCESS_KEY".into(), "wrong".into()));
+    let cases: [(&str, &[(String, String)], &str); 3] = [
+        (&missing, env, "does not exist; create it with `cairn store init"),
+        (&url, &wrong_secret, "access denied"),
+        ("file:///nonexistent/cairn-store", &[], "does not exist; create it with `cairn store init"),
+    ];
+    for (target, env, want) in cases {
+        let out = cairn(&["store", "check", target], env);
+        assert_eq!(out.status.code(), Some(1), "{target}");
+        let err = stderr(&out);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{target}: one line expected, got {err}");
+        assert!(lines[0].starts_with("error: ") && lines[0].contains(want), "{target}: {err}");
+        assert!(stdout(&out).is_empty(), "{target}: nothing on stdout");
+    }
+}
+
+#[test]
+fn bench_storage_ends_with_its_figures() {
+    let out = cairn(&["bench", "storage", "memory://", "--objects", "2", "--rounds", "1", "--object-mib", "1"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let last = last_line(&text);
+    let figures = last.strip_prefix("bench storage: ").unwrap_or_else(|| panic!("last line: {last}"));
+    let mut keys = Vec::new();
+    for kv in figures.split(' ') {
+        let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("not key=value: {kv}"));
+        let v: f64 = v.parse().unwrap_or_else(|_| panic!("{k} is not a plain number: {v}"));
+        assert!(v.is_finite() && v > 0.0, "{k}={v}");
+        keys.push(k);
+    }
+    for k in ["put_mib_per_s", "put_ratio", "get_mib_per_s", "get_ratio", "blake3_gb_per_s"] {
+        assert!(keys.contains(&k), "{k} missing from {last}");
+    }
+}
+
+#[test]
+fn demo_checks_its_store_and_libtorch() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/demo", dir.path().display());
+    let out = cairn(&["demo", "--store", &url], &[]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("store check: PASS"), "{text}");
+    assert!(text.contains("libtorch loaded"), "{text}");
+}
