@@ -1,0 +1,146 @@
+//! Reference encoder: dense tensors (a worker's momentum) to a sparse [`Update`], in pure Rust.
+//!
+//! ```text
+//!   tensor ──chunk grid──▶ chunks ──forward DCT──▶ coefficients ──top-k──▶ (index, value) x kept
+//!                                                                  │
+//!        order: |value| descending (f32 total order), then lower index first; keep the first `kept`,
+//!        send them by ascending index
+//!                                                                  ▼
+//!                                               values quantised: sign | int8 + scale | bf16
+//! ```
+//!
+//! The trainer encodes with libtorch on the GPU and builds its [`Update`] with [`Update::new`]; this
+//! encoder is for tests, benchmarks and machines without libtorch. Both agree on indices except at
+//! near-ties and on values within float tolerance. Error feedback (subtracting what was sent from the
+//! momentum) is the worker's business: see [`crate::aggregate::direction`].
+
+use rayon::prelude::*;
+
+use crate::chunk::Grid;
+use crate::dct::{self, Basis};
+use crate::error::VerifyError;
+use crate::state::State;
+use crate::wire::{Header, MAX_ABS_VALUE, MAX_INT8_SCALE, Update, ValueEncoding, Values};
+
+/// Top-k of one chunk's coefficients: the `kept` positions, ascending, by |value| descending then index.
+pub fn top_k(coefficients: &[f32], kept: usize) -> Vec<u16> {
+    let mut order: Vec<u16> = (0..coefficients.len()).map(|i| i as u16).collect();
+    let by_magnitude = |a: &u16, b: &u16| {
+        let (x, y) = (coefficients[usize::from(*a)].abs(), coefficients[usize::from(*b)].abs());
+        y.total_cmp(&x).then(a.cmp(b))
+    };
+    let kept = kept.min(order.len());
+    if kept > 0 && kept < order.len() {
+        order.select_nth_unstable_by(kept - 1, by_magnitude);
+    }
+    order.truncate(kept);
+    order.sort_unstable();
+    order
+}
+
+/// Encodes `momentum` (layout must match `header.layout`) into an update.
+pub fn encode(momentum: &State, header: &Header) -> Result<Update, VerifyError> {
+    let comp = header.compression;
+    comp.validate()?;
+    let layout = momentum.layout();
+    if header.layout != layout.hash() {
+        return Err(VerifyError::LayoutMismatch("layout hash".into()));
+    }
+    let mut tensors = Vec::with_capacity(layout.tensors().len());
+    for (t, (spec, data)) in layout.tensors().iter().zip(momentum.data()).enumerate() {
+        if !data.iter().all(|v| v.is_finite()) {
+            return Err(VerifyError::NonFiniteTensor { name: spec.name.clone() });
+        }
+        let grid = Grid::new(spec, comp.chunk_size);
+        let chunks = encode_tensor(data, &grid, comp.topk);
+        tensors.push(quantise(t as u32, comp.values, chunks)?);
+    }
+    Update::new(*header, layout, tensors)
+}
+
+/// Per chunk (row-major): kept indices ascending, and their coefficient values.
+fn encode_tensor(data: &[f32], grid: &Grid, k: u16) -> Vec<(Vec<u16>, Vec<f32>)> {
+    let (cr, cc) = (usize::from(grid.chunk_rows), usize::from(grid.chunk_cols));
+    let (rb, cb) = (Basis::new(grid.chunk_rows), Basis::new(grid.chunk_cols));
+    let cols = grid.cols as usize;
+    let kept = grid.kept(k) as usize;
+    let band = cr * cols;
+    data.par_chunks(band)
+        .flat_map_iter(|rows| {
+            let mut x = vec![0.0f32; cr * cc];
+            let mut y = vec![0.0f32; cr * cc];
+            let mut out = Vec::with_capacity(grid.grid_cols() as usize);
+            for gx in 0..grid.grid_cols() as usize {
+                for i in 0..cr {
+                    let start = i * cols + gx * cc;
+                    x[i * cc..(i + 1) * cc].copy_from_slice(&rows[start..start + cc]);
+                }
+                dct::forward(&x, &rb, &cb, &mut y);
+                let idx = top_k(&y, kept);
+                let vals = idx.iter().map(|&i| y[usize::from(i)]).collect();
+                out.push((idx, vals));
+            }
+            out
+        })
+        .collect()
+}
+
+fn quantise(
+    tensor: u32,
+    encoding: ValueEncoding,
+    chunks: Vec<(Vec<u16>, Vec<f32>)>,
+) -> Result<(Vec<u16>, Values), VerifyError> {
+    let n: usize = chunks.iter().map(|c| c.0.len()).sum();
+    let mut indices = Vec::with_capacity(n);
+    let mut values = match encoding {
+        ValueEncoding::Sign => Values::Sign(Vec::with_capacity(n)),
+        ValueEncoding::Int8 => Values::Int8 { scales: Vec::with_capacity(chunks.len()), q: Vec::with_capacity(n) },
+        ValueEncoding::Bf16 => Values::Bf16(Vec::with_capacity(n)),
+    };
+    for (c, (idx, vals)) in chunks.into_iter().enumerate() {
+        let chunk = c as u64;
+        if !vals.iter().all(|v| v.is_finite()) {
+            return Err(VerifyError::NonFiniteValue { tensor, chunk });
+        }
+        indices.extend_from_slice(&idx);
+        match &mut values {
+            Values::Sign(s) => s.extend(vals.iter().map(|&v| v < 0.0)),
+            Values::Int8 { scales, q } => {
+                let max = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let scale = max / 127.0;
+                if scale > MAX_INT8_SCALE {
+                    return Err(VerifyError::ValueOutOfBounds { tensor, chunk });
+                }
+                scales.push(scale);
+                q.extend(
+                    vals.iter().map(|&v| if scale > 0.0 { (v / scale).round().clamp(-127.0, 127.0) as i8 } else { 0 }),
+                );
+            }
+            Values::Bf16(b) => {
+                for &v in &vals {
+                    let h = half::bf16::from_f32(v);
+                    if h.to_f32().abs() > MAX_ABS_VALUE {
+                        return Err(VerifyError::ValueOutOfBounds { tensor, chunk });
+                    }
+                    b.push(h.to_bits());
+                }
+            }
+        }
+    }
+    Ok((indices, values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_breaks_ties_by_lower_index() {
+        let y = [1.0, -3.0, 3.0, 0.5, -3.0, 2.0];
+        assert_eq!(top_k(&y, 2), vec![1, 2]);
+        assert_eq!(top_k(&y, 3), vec![1, 2, 4]);
+        assert_eq!(top_k(&y, 4), vec![1, 2, 4, 5]);
+        assert_eq!(top_k(&y, 10), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(top_k(&[0.0, -0.0, 0.0], 2), vec![0, 1]);
+    }
+}

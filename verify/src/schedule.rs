@@ -1,0 +1,136 @@
+//! Learning-rate schedule: exact rationals in the run config, one portable f64 evaluation per round.
+//!
+//! ```text
+//!   Constant:        lr(r) = lr
+//!   WarmupCosine:    r <  warmup:  lr(r) = peak * ((r + 1) / warmup)
+//!                    r >= warmup:  p     = min(r - warmup, decay) / decay,   decay = total - warmup
+//!                                  lr(r) = min + (peak - min) * (0.5 * (1 + cos(pi * p)))
+//!                                  (decay = 0: lr(r) = min)
+//! ```
+//!
+//! Every operation is an f64 IEEE operation written out one at a time, `cos` is the `libm` crate's,
+//! and the result is rounded once to f32. Same bits on every machine.
+
+use crate::error::VerifyError;
+use crate::id::Round;
+
+/// An exact non-negative rational `num / den` (consensus configs hold no floats).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ratio {
+    /// Numerator.
+    pub num: u64,
+    /// Denominator (non-zero).
+    pub den: u64,
+}
+
+impl Ratio {
+    /// `num / den`.
+    pub const fn new(num: u64, den: u64) -> Ratio {
+        Ratio { num, den }
+    }
+
+    /// Checks the denominator.
+    pub fn validate(&self) -> Result<(), VerifyError> {
+        if self.den == 0 {
+            return Err(VerifyError::InvalidHyper("ratio with a zero denominator".into()));
+        }
+        Ok(())
+    }
+
+    /// The value, as one IEEE division of the two integers converted to f64 (round to nearest).
+    pub fn to_f64(self) -> f64 {
+        self.num as f64 / self.den as f64
+    }
+}
+
+/// A learning-rate schedule over rounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Schedule {
+    /// The same rate every round.
+    Constant {
+        /// The rate.
+        lr: Ratio,
+    },
+    /// Linear warm-up to `peak` over `warmup_rounds`, then cosine decay to `min` at `total_rounds`.
+    WarmupCosine {
+        /// Rate at the end of warm-up.
+        peak: Ratio,
+        /// Rate at and after `total_rounds`.
+        min: Ratio,
+        /// Rounds of linear warm-up.
+        warmup_rounds: u64,
+        /// Round at which the decay ends.
+        total_rounds: u64,
+    },
+}
+
+impl Schedule {
+    /// Checks the ratios.
+    pub fn validate(&self) -> Result<(), VerifyError> {
+        match self {
+            Schedule::Constant { lr } => lr.validate(),
+            Schedule::WarmupCosine { peak, min, .. } => {
+                peak.validate()?;
+                min.validate()
+            }
+        }
+    }
+
+    /// The rate of `round`, in f64.
+    pub fn lr_f64(&self, round: Round) -> f64 {
+        let r = round.0;
+        match *self {
+            Schedule::Constant { lr } => lr.to_f64(),
+            Schedule::WarmupCosine { peak, min, warmup_rounds, total_rounds } => {
+                let (peak, min) = (peak.to_f64(), min.to_f64());
+                if r < warmup_rounds {
+                    let frac = (r + 1) as f64 / warmup_rounds as f64;
+                    return peak * frac;
+                }
+                let decay = total_rounds.saturating_sub(warmup_rounds);
+                if decay == 0 {
+                    return min;
+                }
+                let done = (r - warmup_rounds).min(decay);
+                let p = done as f64 / decay as f64;
+                let c = libm::cos(core::f64::consts::PI * p);
+                let half = 0.5 * (1.0 + c);
+                min + (peak - min) * half
+            }
+        }
+    }
+
+    /// The rate of `round`, rounded once to f32 (what aggregation uses).
+    pub fn lr(&self, round: Round) -> f32 {
+        self.lr_f64(round) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_then_cosine() {
+        let s = Schedule::WarmupCosine {
+            peak: Ratio::new(1, 1000),
+            min: Ratio::new(1, 10000),
+            warmup_rounds: 10,
+            total_rounds: 110,
+        };
+        assert_eq!(s.lr_f64(Round(0)), 0.001 * 0.1);
+        assert_eq!(s.lr_f64(Round(9)), 0.001);
+        assert_eq!(s.lr_f64(Round(10)), 0.001);
+        assert!((s.lr_f64(Round(60)) - 0.00055).abs() < 1e-12);
+        assert_eq!(s.lr_f64(Round(110)), 0.0001);
+        assert_eq!(s.lr_f64(Round(1_000_000)), 0.0001);
+        // Pinned bits: a platform or libm change shows up here.
+        assert_eq!(s.lr(Round(37)).to_bits(), 979_251_411);
+    }
+
+    #[test]
+    fn zero_denominator_is_rejected() {
+        assert!(Schedule::Constant { lr: Ratio::new(1, 0) }.validate().is_err());
+        assert!(Schedule::Constant { lr: Ratio::new(1, 3) }.validate().is_ok());
+    }
+}

@@ -1,0 +1,328 @@
+//! Model state: named f32 tensors in canonical order, their hash, and safetensors load/save.
+//!
+//! ```text
+//!   Layout  = [(name, shape)]  sorted by name (byte order), names unique
+//!   State   = Layout + one Vec<f32> per tensor (row-major)
+//!
+//!   LayoutHash = blake3::derive_key("cairn layout v1",  layout_bytes)
+//!   StateHash  = blake3::derive_key("cairn state v1",   layout_bytes || data_bytes)
+//!
+//!   layout_bytes = u32 count || for each tensor: u32 name_len || name (UTF-8) || u32 rank || u64 dims[rank]
+//!   data_bytes   = for each tensor in layout order: its values as little-endian f32 (raw bits)
+//! ```
+//!
+//! All integers little-endian. Safetensors files are written with no `__metadata__`, tensors sorted by
+//! name, so equal states give equal files; loading accepts only finite F32 tensors.
+
+use std::collections::HashSet;
+
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::error::VerifyError;
+use crate::id::{LayoutHash, StateHash};
+
+/// Longest tensor name, in bytes.
+pub const MAX_NAME_BYTES: usize = 1024;
+/// Highest tensor rank.
+pub const MAX_RANK: usize = 8;
+/// Most tensors in one model.
+pub const MAX_TENSORS: usize = 1 << 16;
+/// Most elements in one tensor (2^36, 256 GiB of f32).
+pub const MAX_TENSOR_ELEMENTS: u64 = 1 << 36;
+
+const LAYOUT_CONTEXT: &str = "cairn layout v1";
+const STATE_CONTEXT: &str = "cairn state v1";
+
+/// One tensor's name and shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Name, e.g. `layers.0.attn.q.weight`.
+    pub name: String,
+    /// Shape, outermost dimension first (row-major). Rank 0 is a scalar.
+    pub shape: Vec<u64>,
+}
+
+impl TensorSpec {
+    /// Number of elements (product of the dims; 1 for a scalar).
+    pub fn elements(&self) -> u64 {
+        self.shape.iter().product()
+    }
+}
+
+/// Tensor names and shapes in canonical order (sorted by name), validated against the limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    tensors: Vec<TensorSpec>,
+}
+
+impl Layout {
+    /// Validates and sorts. Rejects empty or over-long names, duplicates, zero dims, rank or size over limits.
+    pub fn new(mut tensors: Vec<TensorSpec>) -> Result<Layout, VerifyError> {
+        if tensors.len() > MAX_TENSORS {
+            return Err(VerifyError::InvalidLayout(format!("{} tensors, limit {MAX_TENSORS}", tensors.len())));
+        }
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut seen = HashSet::new();
+        for t in &tensors {
+            if t.name.is_empty() || t.name.len() > MAX_NAME_BYTES {
+                return Err(VerifyError::InvalidLayout(format!("tensor name of {} bytes", t.name.len())));
+            }
+            if !seen.insert(t.name.as_str()) {
+                return Err(VerifyError::InvalidLayout(format!("duplicate tensor {}", t.name)));
+            }
+            if t.shape.len() > MAX_RANK {
+                return Err(VerifyError::InvalidLayout(format!("tensor {} has rank {}", t.name, t.shape.len())));
+            }
+            let mut n: u64 = 1;
+            for &d in &t.shape {
+                if d == 0 {
+                    return Err(VerifyError::InvalidLayout(format!("tensor {} has an empty dimension", t.name)));
+                }
+                n = n.checked_mul(d).filter(|&n| n <= MAX_TENSOR_ELEMENTS).ok_or_else(|| {
+                    VerifyError::InvalidLayout(format!("tensor {} over {MAX_TENSOR_ELEMENTS} elements", t.name))
+                })?;
+            }
+        }
+        Ok(Layout { tensors })
+    }
+
+    /// The tensors, in canonical order.
+    pub fn tensors(&self) -> &[TensorSpec] {
+        &self.tensors
+    }
+
+    /// Total number of parameters.
+    pub fn elements(&self) -> u64 {
+        self.tensors.iter().map(TensorSpec::elements).sum()
+    }
+
+    /// Position of a tensor by name.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.tensors.binary_search_by(|t| t.name.as_str().cmp(name)).ok()
+    }
+
+    fn write_canonical(&self, h: &mut blake3::Hasher) {
+        // Layout::new bounds the count, name lengths and ranks far below u32::MAX.
+        h.update(&(self.tensors.len() as u32).to_le_bytes());
+        for t in &self.tensors {
+            h.update(&(t.name.len() as u32).to_le_bytes());
+            h.update(t.name.as_bytes());
+            h.update(&(t.shape.len() as u32).to_le_bytes());
+            for d in &t.shape {
+                h.update(&d.to_le_bytes());
+            }
+        }
+    }
+
+    /// Domain-separated blake3 of the canonical layout encoding (see the module docs).
+    pub fn hash(&self) -> LayoutHash {
+        let mut h = blake3::Hasher::new_derive_key(LAYOUT_CONTEXT);
+        self.write_canonical(&mut h);
+        LayoutHash(*h.finalize().as_bytes())
+    }
+}
+
+/// A model state: a [`Layout`] and the values of every tensor, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct State {
+    layout: Layout,
+    data: Vec<Vec<f32>>,
+}
+
+impl State {
+    /// Builds a state from named tensors in any order. Checks the layout, data lengths and finiteness.
+    pub fn new(tensors: Vec<(TensorSpec, Vec<f32>)>) -> Result<State, VerifyError> {
+        let mut tensors = tensors;
+        tensors.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        let (specs, data): (Vec<_>, Vec<_>) = tensors.into_iter().unzip();
+        let layout = Layout::new(specs)?;
+        State::from_parts(layout, data)
+    }
+
+    /// Builds a state from a layout and data in the layout's order.
+    pub fn from_parts(layout: Layout, data: Vec<Vec<f32>>) -> Result<State, VerifyError> {
+        if data.len() != layout.tensors.len() {
+            return Err(VerifyError::InvalidLayout(format!(
+                "{} data vectors for {} tensors",
+                data.len(),
+                layout.tensors.len()
+            )));
+        }
+        for (spec, d) in layout.tensors.iter().zip(&data) {
+            if d.len() as u64 != spec.elements() {
+                return Err(VerifyError::DataLength {
+                    name: spec.name.clone(),
+                    expected: spec.elements(),
+                    got: d.len() as u64,
+                });
+            }
+            if !d.iter().all(|v| v.is_finite()) {
+                return Err(VerifyError::NonFiniteTensor { name: spec.name.clone() });
+            }
+        }
+        Ok(State { layout, data })
+    }
+
+    /// A state of zeros.
+    pub fn zeros(layout: Layout) -> State {
+        // Layout::new caps every tensor at MAX_TENSOR_ELEMENTS, so the cast cannot truncate on 64-bit targets.
+        let data = layout.tensors.iter().map(|t| vec![0.0f32; t.elements() as usize]).collect();
+        State { layout, data }
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Values of tensor `i` (layout order).
+    pub fn tensor(&self, i: usize) -> &[f32] {
+        &self.data[i]
+    }
+
+    /// Values of a tensor by name.
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        self.layout.position(name).map(|i| self.data[i].as_slice())
+    }
+
+    /// All tensors' values, in layout order.
+    pub fn data(&self) -> &[Vec<f32>] {
+        &self.data
+    }
+
+    /// Mutable values, in layout order (lengths are fixed by the layout; keep values finite).
+    pub fn data_mut(&mut self) -> &mut [Vec<f32>] {
+        &mut self.data
+    }
+
+    /// Domain-separated blake3 over the layout and the raw little-endian f32 bytes (see the module docs).
+    pub fn hash(&self) -> StateHash {
+        let mut h = blake3::Hasher::new_derive_key(STATE_CONTEXT);
+        self.layout.write_canonical(&mut h);
+        let mut buf = vec![0u8; 4 * 16384];
+        for d in &self.data {
+            for block in d.chunks(16384) {
+                let bytes = &mut buf[..4 * block.len()];
+                for (dst, v) in bytes.chunks_exact_mut(4).zip(block) {
+                    dst.copy_from_slice(&v.to_le_bytes());
+                }
+                h.update(bytes);
+            }
+        }
+        StateHash(*h.finalize().as_bytes())
+    }
+
+    /// Safetensors bytes: no metadata, tensors sorted by name, F32 little-endian. Equal states give equal bytes.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, VerifyError> {
+        let bytes: Vec<Vec<u8>> =
+            self.data.iter().map(|d| d.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).collect();
+        let mut views = Vec::with_capacity(self.data.len());
+        for (spec, b) in self.layout.tensors.iter().zip(&bytes) {
+            let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
+            let view = TensorView::new(Dtype::F32, shape, b).map_err(|e| VerifyError::Safetensors(e.to_string()))?;
+            views.push((spec.name.as_str(), view));
+        }
+        safetensors::serialize(views, None).map_err(|e| VerifyError::Safetensors(e.to_string()))
+    }
+
+    /// Parses safetensors bytes. Rejects malformed files, non-F32 tensors, non-finite values and layouts over limits.
+    /// A `__metadata__` block, if present, is ignored (it is not part of the state).
+    pub fn from_safetensors(bytes: &[u8]) -> Result<State, VerifyError> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| VerifyError::Safetensors(e.to_string()))?;
+        let mut tensors = Vec::new();
+        for (name, view) in st.iter() {
+            if view.dtype() != Dtype::F32 {
+                return Err(VerifyError::NotF32 { name: name.to_string(), dtype: view.dtype().to_string() });
+            }
+            let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
+            let values: Vec<f32> =
+                view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            tensors.push((TensorSpec { name: name.to_string(), shape }, values));
+        }
+        State::new(tensors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, shape: &[u64]) -> TensorSpec {
+        TensorSpec { name: name.into(), shape: shape.to_vec() }
+    }
+
+    fn small() -> State {
+        State::new(vec![
+            (spec("w", &[2, 3]), vec![1.0, -2.0, 3.5, 0.0, -0.0, 7.25]),
+            (spec("b", &[3]), vec![0.5, 0.25, -1.0]),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn layout_is_sorted_and_validated() {
+        let s = small();
+        let names: Vec<_> = s.layout().tensors().iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["b", "w"]);
+        assert!(matches!(Layout::new(vec![spec("a", &[2]), spec("a", &[3])]), Err(VerifyError::InvalidLayout(_))));
+        assert!(matches!(Layout::new(vec![spec("a", &[2, 0])]), Err(VerifyError::InvalidLayout(_))));
+        assert!(matches!(Layout::new(vec![spec("", &[2])]), Err(VerifyError::InvalidLayout(_))));
+        assert!(matches!(Layout::new(vec![spec("a", &[1 << 20, 1 << 20])]), Err(VerifyError::InvalidLayout(_))));
+        assert!(matches!(Layout::new(vec![spec("a", &[1; 9])]), Err(VerifyError::InvalidLayout(_))));
+    }
+
+    #[test]
+    fn hash_depends_on_names_shapes_and_bits() {
+        let base = small();
+        let h = base.hash();
+        let renamed = State::new(vec![
+            (spec("w2", &[2, 3]), base.get("w").unwrap().to_vec()),
+            (spec("b", &[3]), base.get("b").unwrap().to_vec()),
+        ])
+        .unwrap();
+        let reshaped = State::new(vec![
+            (spec("w", &[3, 2]), base.get("w").unwrap().to_vec()),
+            (spec("b", &[3]), base.get("b").unwrap().to_vec()),
+        ])
+        .unwrap();
+        let mut zero_sign = base.clone();
+        zero_sign.data_mut()[1][4] = 0.0; // -0.0 -> +0.0: a different bit pattern
+        assert_ne!(h, renamed.hash());
+        assert_ne!(h, reshaped.hash());
+        assert_ne!(h, zero_sign.hash());
+        assert_ne!(base.layout().hash(), reshaped.layout().hash());
+        assert_eq!(h, base.clone().hash());
+    }
+
+    #[test]
+    fn safetensors_round_trip_and_deterministic_bytes() {
+        let a = small();
+        let b = State::new(vec![
+            (spec("b", &[3]), vec![0.5, 0.25, -1.0]),
+            (spec("w", &[2, 3]), vec![1.0, -2.0, 3.5, 0.0, -0.0, 7.25]),
+        ])
+        .unwrap();
+        let fa = a.to_safetensors().unwrap();
+        assert_eq!(fa, b.to_safetensors().unwrap());
+        let header = br#"{"b":{"dtype":"F32","shape":[3],"data_offsets":[0,12]},"w":{"dtype":"F32","shape":[2,3],"data_offsets":[12,36]}}"#;
+        assert_eq!(&fa[8..8 + header.len()], header);
+        let back = State::from_safetensors(&fa).unwrap();
+        assert_eq!(back.hash(), a.hash());
+    }
+
+    #[test]
+    fn load_rejects_non_f32_and_malformed() {
+        let data = [0u8; 6];
+        let view = TensorView::new(Dtype::F16, vec![3], &data).unwrap();
+        let bytes = safetensors::serialize([("h", view)], None).unwrap();
+        assert!(matches!(State::from_safetensors(&bytes), Err(VerifyError::NotF32 { .. })));
+        assert!(matches!(State::from_safetensors(b"garbage!"), Err(VerifyError::Safetensors(_))));
+        let mut good = small().to_safetensors().unwrap();
+        good.pop();
+        assert!(matches!(State::from_safetensors(&good), Err(VerifyError::Safetensors(_))));
+        let nan = f32::NAN.to_le_bytes();
+        let view = TensorView::new(Dtype::F32, vec![1], &nan).unwrap();
+        let bytes = safetensors::serialize([("n", view)], None).unwrap();
+        assert!(matches!(State::from_safetensors(&bytes), Err(VerifyError::NonFiniteTensor { .. })));
+    }
+}
