@@ -1,0 +1,627 @@
+//! The log in the bucket: sequencing by put-if-absent, finding the head, reading and following.
+//!
+//! ```text
+//!   ledger/seq/00000000000000000000   slot 0: the Genesis (in a batch of one)
+//!   ledger/seq/00000000000000000001   slot 1: a batch of entries
+//!   ...
+//!   ledger/seq/{N:020}                the first absent key is the head: the next free slot
+//!   ledger/head                       hint: "the head is at least here"; never trusted
+//!
+//!   append(batch)
+//!     n := find_head(from the appender's last slot, helped by the hint)
+//!     loop (at most MAX_APPEND_ATTEMPTS):
+//!       put_if_absent(seq/n, slot) ── Created ──────────► landed at n (also: our own earlier
+//!            │                                              write whose reply was lost)
+//!            ├─ AlreadyExists ─► n += 1 (every REPROBE_AFTER_LOSSES losses: n := find_head(n)),
+//!            │                   unless an earlier try at n failed in transit: then re-read it
+//!            └─ unavailable ───► re-read seq/n: ours ─► landed at n; someone else's ─► n += 1;
+//!                                               absent or unreadable ─► try n again
+//!
+//!   find_head(known)        all slots below `known` are present
+//!     lo := max(known, hint if slot hint-1 exists)
+//!     probe lo, lo+1, lo+3, lo+7, ... until absent, then binary search the gap
+//! ```
+//!
+//! Honest appenders only write slot n after seeing slot n-1, so the present slots form a prefix.
+//! Readers take exactly that prefix: they read forward, slot by slot (several in flight), and stop
+//! at the first absent slot; they need no head search. Every slot they read is
+//! hashed into the Merkle tree (garbage too), and every entry goes through the validity rule.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use storage::{PutOutcome, Store, StoreError};
+use tracing::{debug, warn};
+
+use crate::checkpoint::{SignedCheckpoint, Witness};
+use crate::entry::Entry;
+use crate::error::{LedgerError, Result, Tamper};
+use crate::id::{EntryPos, Round, RunId, Seq};
+use crate::key::PublicKey;
+use crate::merkle::{self, Hash};
+use crate::slot::{self, MAX_SLOT_BYTES};
+use crate::validity::{LedgerState, RawEntry, Validity, VoidReason};
+
+/// Folder of the slot objects.
+pub const SEQ_PREFIX: &str = "ledger/seq";
+/// The head hint object.
+pub const HEAD_HINT_KEY: &str = "ledger/head";
+/// Slots one append tries before giving up with [`LedgerError::Contended`].
+pub const MAX_APPEND_ATTEMPTS: u32 = 512;
+/// Consecutive lost races after which an appender searches for the head again.
+pub const REPROBE_AFTER_LOSSES: u32 = 8;
+/// An appender updates the head hint when it lands on a multiple of this (a power of two).
+pub const HINT_EVERY: u64 = 16;
+const _: () = assert!(HINT_EVERY.is_power_of_two());
+/// Slot reads in flight while replaying.
+pub const READ_CONCURRENCY: usize = 16;
+/// Bounds on the poll interval of [`Reader::wait_for_new`].
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// See [`MIN_POLL_INTERVAL`].
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
+
+const HINT_VERSION: u8 = 1;
+
+/// The key of slot `seq`.
+pub fn seq_key(seq: Seq) -> String {
+    format!("{SEQ_PREFIX}/{:020}", seq.0)
+}
+
+async fn present(store: &Store, seq: Seq) -> Result<bool> {
+    Ok(store.head(&seq_key(seq)).await?.is_some())
+}
+
+/// Reads the head hint; anything unreadable counts as no hint.
+pub async fn read_hint(store: &Store) -> Option<Seq> {
+    let obj = store.get(HEAD_HINT_KEY, 64).await.ok()?;
+    match obj.bytes.as_ref() {
+        [HINT_VERSION, rest @ ..] => <[u8; 8]>::try_from(rest).ok().map(|b| Seq(u64::from_be_bytes(b))),
+        _ => None,
+    }
+}
+
+async fn write_hint(store: &Store, head: Seq) {
+    let mut bytes = vec![HINT_VERSION];
+    bytes.extend_from_slice(&head.0.to_be_bytes());
+    if let Err(e) = store.put(HEAD_HINT_KEY, Bytes::from(bytes)).await {
+        debug!(error = %e, "head hint not updated");
+    }
+}
+
+/// The first absent slot at or after `known`, where every slot below `known` is known to be
+/// present. The hint only ever moves the search forward, and only once slot `hint - 1` is seen.
+pub async fn find_head(store: &Store, known: Seq) -> Result<Seq> {
+    let mut known = known;
+    search_head(store, &mut known).await
+}
+
+/// [`find_head`], raising `known` as slots are seen, so that a search cut short by a failed
+/// request still leaves its progress behind for the next try.
+async fn search_head(store: &Store, known: &mut Seq) -> Result<Seq> {
+    match read_hint(store).await {
+        Some(hint) if hint > *known && present(store, Seq(hint.0 - 1)).await? => *known = hint,
+        _ => {}
+    }
+    if !present(store, *known).await? {
+        return Ok(*known);
+    }
+    // Slot `known` is present: gallop forward to an absent slot, then bisect.
+    let overflow = || LedgerError::TooLarge { what: "log (slots)", size: u64::MAX, limit: u64::MAX - 1 };
+    let mut last_present = known.0;
+    *known = Seq(last_present.checked_add(1).ok_or_else(overflow)?);
+    let mut step = 1u64;
+    let first_absent = loop {
+        let probe = last_present.checked_add(step).ok_or_else(overflow)?;
+        if present(store, Seq(probe)).await? {
+            last_present = probe;
+            *known = Seq(probe.saturating_add(1));
+            step = step.saturating_mul(2);
+        } else {
+            break probe;
+        }
+    };
+    let mut hi = first_absent;
+    while hi - last_present > 1 {
+        let mid = last_present + (hi - last_present) / 2;
+        if present(store, Seq(mid)).await? {
+            last_present = mid;
+            *known = Seq(mid + 1);
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(Seq(hi))
+}
+
+/// Starts a run: writes `genesis` (a batch of one) at slot 0, and nowhere else. A run whose slot 0
+/// holds other bytes fails with [`LedgerError::SlotTaken`]; writing the same genesis twice is fine.
+pub async fn write_genesis(store: &Store, genesis: &Entry) -> Result<()> {
+    let slot = slot::encode_entries(std::slice::from_ref(genesis))?;
+    let key = seq_key(Seq(0));
+    match store.put_if_absent(&key, slot.clone()).await? {
+        PutOutcome::Created(_) => Ok(()),
+        PutOutcome::AlreadyExists => match slot_state(store, &key, &slot).await? {
+            SlotState::Ours => Ok(()),
+            SlotState::Taken | SlotState::Unknown => Err(LedgerError::SlotTaken(Seq(0))),
+        },
+    }
+}
+
+/// Writes slots. One per writer task; cheap to create.
+#[derive(Debug, Clone)]
+pub struct Appender {
+    store: Store,
+    next: Seq,
+}
+
+impl Appender {
+    /// An appender on a store scoped to the run.
+    pub fn new(store: Store) -> Appender {
+        Appender { store, next: Seq(0) }
+    }
+
+    /// Appends `entries` as one slot and returns the slot they landed in.
+    pub async fn append(&mut self, entries: &[Entry]) -> Result<Seq> {
+        self.append_slot(slot::encode_entries(entries)?).await
+    }
+
+    /// Appends an already framed slot object (see [`slot::encode_slot`]).
+    #[tracing::instrument(level = "debug", skip_all, fields(len = slot.len()))]
+    pub async fn append_slot(&mut self, slot: Bytes) -> Result<Seq> {
+        let mut seq = search_head(&self.store, &mut self.next).await?;
+        let mut losses = 0u32;
+        let mut until_probe = REPROBE_AFTER_LOSSES;
+        // Whether an earlier attempt at `seq` failed in transit, and so may have landed.
+        let mut uncertain = false;
+        for _ in 0..MAX_APPEND_ATTEMPTS {
+            let key = seq_key(seq);
+            let state = match self.store.put_if_absent(&key, slot.clone()).await {
+                Ok(PutOutcome::Created(_)) => SlotState::Ours,
+                Ok(PutOutcome::AlreadyExists) if uncertain => slot_state(&self.store, &key, &slot).await?,
+                Ok(PutOutcome::AlreadyExists) => SlotState::Taken,
+                Err(StoreError::Unavailable { .. }) => {
+                    uncertain = true;
+                    slot_state(&self.store, &key, &slot).await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match state {
+                SlotState::Ours => {
+                    debug!(seq = seq.0, losses, "slot appended");
+                    self.next = seq.next().unwrap_or(seq);
+                    if self.next.0 & (HINT_EVERY - 1) == 0 {
+                        write_hint(&self.store, self.next).await;
+                    }
+                    return Ok(seq);
+                }
+                SlotState::Taken => {
+                    losses += 1;
+                    uncertain = false;
+                    let after = seq.next().ok_or(LedgerError::TooLarge {
+                        what: "log (slots)",
+                        size: u64::MAX,
+                        limit: u64::MAX - 1,
+                    })?;
+                    self.next = self.next.max(after);
+                    until_probe -= 1;
+                    seq = if until_probe == 0 {
+                        until_probe = REPROBE_AFTER_LOSSES;
+                        search_head(&self.store, &mut self.next).await?
+                    } else {
+                        after
+                    };
+                }
+                SlotState::Unknown => debug!(seq = seq.0, "slot state unknown after a failed write; trying it again"),
+            }
+        }
+        warn!(last_seq = seq.0, uncertain, "append gave up");
+        if uncertain {
+            return Err(LedgerError::AppendUncertain { seq });
+        }
+        Err(LedgerError::Contended { attempts: MAX_APPEND_ATTEMPTS, last_seq: seq })
+    }
+}
+
+/// What a slot holds, as seen by the appender that tried to write `slot` there.
+enum SlotState {
+    /// Our bytes.
+    Ours,
+    /// Someone else's.
+    Taken,
+    /// Absent, or unreadable right now.
+    Unknown,
+}
+
+async fn slot_state(store: &Store, key: &str, slot: &Bytes) -> Result<SlotState> {
+    match store.get(key, MAX_SLOT_BYTES).await {
+        Ok(obj) if obj.bytes == *slot => Ok(SlotState::Ours),
+        Ok(_) | Err(StoreError::TooLarge { .. }) => Ok(SlotState::Taken),
+        Err(StoreError::NotFound { .. } | StoreError::Unavailable { .. }) => Ok(SlotState::Unknown),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One slot as read.
+#[derive(Debug, Clone)]
+pub struct SlotRecord {
+    /// The slot.
+    pub seq: Seq,
+    /// Its Merkle leaf hash.
+    pub leaf: Hash,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its entries, as indices into [`Reader::entries`].
+    pub entries: Range<usize>,
+    /// Why the whole slot is void, when it is not a batch.
+    pub void: Option<VoidReason>,
+}
+
+/// One entry as read, with the validity rule's verdict.
+#[derive(Debug, Clone)]
+pub struct LoggedEntry {
+    /// Where it is.
+    pub pos: EntryPos,
+    /// Its raw bytes.
+    pub bytes: Bytes,
+    /// Decoded, when it decodes.
+    pub entry: Option<Entry>,
+    /// Whether it counts.
+    pub validity: Validity,
+    /// The organisation of its first signer in the roster as it stood when the entry was read
+    /// (a Genesis: its own roster), if the signer was a member then.
+    pub organisation: Option<String>,
+}
+
+/// What a slot key holds, as far as a reader is concerned.
+pub(crate) enum SlotObject {
+    /// The bytes (at most [`MAX_SLOT_BYTES`]).
+    Bytes(Bytes),
+    /// An object too large to download, of this size.
+    Oversized(u64),
+}
+
+impl SlotObject {
+    pub(crate) fn leaf(&self) -> Hash {
+        match self {
+            SlotObject::Bytes(b) => merkle::leaf_hash(b),
+            SlotObject::Oversized(size) => merkle::oversized_leaf_hash(*size),
+        }
+    }
+}
+
+pub(crate) async fn read_slot(store: &Store, seq: Seq) -> Result<Option<SlotObject>> {
+    let key = seq_key(seq);
+    match store.get(&key, MAX_SLOT_BYTES).await {
+        Ok(obj) => Ok(Some(SlotObject::Bytes(obj.bytes))),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(StoreError::TooLarge { size, .. }) => {
+            Ok(Some(SlotObject::Oversized(store.head(&key).await?.map_or(size, |info| info.size))))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Replays the log of one run and follows its head, keeping the Merkle leaves, the validity
+/// state and an index by round and signer.
+#[derive(Debug)]
+pub struct Reader {
+    pub(crate) store: Store,
+    pub(crate) state: LedgerState,
+    pub(crate) slots: Vec<SlotRecord>,
+    pub(crate) entries: Vec<LoggedEntry>,
+    pub(crate) leaves: Vec<Hash>,
+    by_round: HashMap<Round, Vec<usize>>,
+    by_signer: HashMap<PublicKey, Vec<usize>>,
+    pub(crate) trusted: Option<SignedCheckpoint>,
+    /// Whether the slots read so far were checked against `trusted` (done once per checkpoint).
+    pub(crate) trusted_prefix_ok: bool,
+    /// Leaves remembered from an earlier process (see [`Witness`]), until checked.
+    remembered: Vec<Hash>,
+}
+
+impl Reader {
+    /// A reader of run `run_id` on a store scoped to the run; nothing read yet.
+    pub fn new(store: Store, run_id: RunId) -> Reader {
+        Reader {
+            store,
+            state: LedgerState::new(run_id),
+            slots: Vec::new(),
+            entries: Vec::new(),
+            leaves: Vec::new(),
+            by_round: HashMap::new(),
+            by_signer: HashMap::new(),
+            trusted: None,
+            trusted_prefix_ok: false,
+            remembered: Vec::new(),
+        }
+    }
+
+    /// Replays the whole log from genesis.
+    pub async fn replay(store: Store, run_id: RunId) -> Result<Reader> {
+        let mut reader = Reader::new(store, run_id);
+        reader.poll().await?;
+        Ok(reader)
+    }
+
+    /// Replays the whole log, refusing it unless it extends `trusted`, a checkpoint this reader
+    /// verified before (kept by the caller, e.g. in a local file, as [`SignedCheckpoint::encode`]).
+    pub async fn replay_from_checkpoint(store: Store, run_id: RunId, trusted: SignedCheckpoint) -> Result<Reader> {
+        let mut reader = Reader::new(store, run_id);
+        reader.trusted = Some(trusted);
+        reader.poll().await?;
+        Ok(reader)
+    }
+
+    /// Like [`Reader::replay_from_checkpoint`], with the leaf hashes this reader saw as well
+    /// (a [`Witness`], from [`Reader::witness`]): a slot rewritten since is then named.
+    pub async fn replay_from_witness(store: Store, run_id: RunId, witness: Witness) -> Result<Reader> {
+        let mut reader = Reader::new(store, run_id);
+        reader.trusted = Some(witness.checkpoint);
+        reader.remembered = witness.leaves;
+        reader.poll().await?;
+        Ok(reader)
+    }
+
+    /// What to remember for [`Reader::replay_from_witness`]: the verified checkpoint and the
+    /// leaves it covers.
+    pub fn witness(&self) -> Option<Witness> {
+        let checkpoint = self.trusted.clone()?;
+        let size = usize::try_from(checkpoint.checkpoint.size).ok()?;
+        let leaves = self.leaves.get(..size)?.to_vec();
+        Some(Witness { checkpoint, leaves })
+    }
+
+    /// Reads every slot written since the last call; returns how many were new.
+    ///
+    /// Reads run ahead in a window that doubles while every slot in it is present (up to
+    /// [`READ_CONCURRENCY`]) and falls back to one read at the head, so following a quiet log
+    /// costs one request per poll. Each slot is taken in as soon as it and all before it are
+    /// read, so a failed poll keeps its progress and the next one resumes where it stopped.
+    pub async fn poll(&mut self) -> Result<u64> {
+        let start = self.next_seq();
+        let mut window = 1u64;
+        loop {
+            let from = self.next_seq().0;
+            let store = self.store.clone();
+            let mut fetched = std::pin::pin!(
+                futures::stream::iter((from..from.saturating_add(window)).map(Seq))
+                    .map(|seq| {
+                        let store = store.clone();
+                        async move { read_slot(&store, seq).await.map(|obj| (seq, obj)) }
+                    })
+                    .buffered(READ_CONCURRENCY)
+            );
+            let mut at_head = false;
+            while let Some((seq, obj)) = fetched.try_next().await? {
+                match obj {
+                    Some(obj) => self.ingest(seq, obj),
+                    None => {
+                        at_head = true;
+                        break;
+                    }
+                }
+            }
+            if at_head {
+                break;
+            }
+            window = (window * 2).min(READ_CONCURRENCY as u64);
+        }
+        self.check_trusted_prefix()?;
+        Ok(self.next_seq().0 - start.0)
+    }
+
+    /// Polls until at least one new slot arrives, sleeping `poll_interval` (clamped to
+    /// [`MIN_POLL_INTERVAL`]..=[`MAX_POLL_INTERVAL`]) between polls. Returns how many arrived.
+    pub async fn wait_for_new(&mut self, poll_interval: Duration) -> Result<u64> {
+        let interval = poll_interval.clamp(MIN_POLL_INTERVAL, MAX_POLL_INTERVAL);
+        loop {
+            let n = self.poll().await?;
+            if n > 0 {
+                return Ok(n);
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    fn ingest(&mut self, seq: Seq, obj: SlotObject) {
+        let leaf = obj.leaf();
+        let first = self.entries.len();
+        let (size, void) = match &obj {
+            SlotObject::Oversized(size) => (
+                *size,
+                Some(VoidReason::MalformedSlot(crate::error::DecodeError::TooLong {
+                    field: "slot",
+                    len: *size,
+                    max: MAX_SLOT_BYTES,
+                })),
+            ),
+            SlotObject::Bytes(bytes) => {
+                let size = bytes.len() as u64;
+                match slot::decode_slot(bytes) {
+                    Err(e) => (size, Some(VoidReason::MalformedSlot(e))),
+                    Ok(raws) => {
+                        for (index, raw) in raws.into_iter().enumerate() {
+                            let pos = EntryPos { seq, index: index as u16 };
+                            let (validity, entry) = self.state.apply(RawEntry { pos, bytes: raw });
+                            if let Validity::Void(reason) = &validity {
+                                debug!(seq = seq.0, index, %reason, "void entry");
+                            }
+                            // After `apply`: a Genesis brings its roster, a member removed by this
+                            // very entry is gone (rare; it is then looked up as a stranger).
+                            let organisation = entry
+                                .as_ref()
+                                .and_then(|e| self.state.member(&e.signer()))
+                                .map(|m| m.organisation.clone());
+                            let bytes = bytes.slice_ref(raw);
+                            self.push_entry(LoggedEntry { pos, bytes, entry, validity, organisation });
+                        }
+                        (size, None)
+                    }
+                }
+            }
+        };
+        if let Some(reason) = &void {
+            warn!(seq = seq.0, %reason, "void slot");
+        }
+        self.leaves.push(leaf);
+        self.slots.push(SlotRecord { seq, leaf, size, entries: first..self.entries.len(), void });
+    }
+
+    fn push_entry(&mut self, logged: LoggedEntry) {
+        let i = self.entries.len();
+        if let (true, Some(entry)) = (logged.validity.is_accept(), &logged.entry) {
+            if let Some(round) = entry.body.round() {
+                self.by_round.entry(round).or_default().push(i);
+            }
+            for s in &entry.signatures {
+                self.by_signer.entry(s.key).or_default().push(i);
+            }
+        }
+        self.entries.push(logged);
+    }
+
+    /// A fresh reader that remembered a checkpoint must find at least that many slots, hashing
+    /// to its root.
+    fn check_trusted_prefix(&mut self) -> Result<()> {
+        let Some(trusted) = &self.trusted else { return Ok(()) };
+        if self.trusted_prefix_ok {
+            return Ok(());
+        }
+        let size = trusted.checkpoint.size;
+        let first_rewritten = self.remembered.iter().zip(&self.leaves).position(|(was, now)| was != now);
+        if let Some(i) = first_rewritten {
+            return Err(LedgerError::Tampered { seq: Seq(i as u64), how: Tamper::Rewritten, checkpoint_size: size });
+        }
+        if (self.leaves.len() as u64) < size {
+            return Err(LedgerError::Tampered { seq: self.next_seq(), how: Tamper::Deleted, checkpoint_size: size });
+        }
+        if self.root_at(size) != Some(trusted.checkpoint.root) {
+            return Err(LedgerError::CheckpointMismatch { size });
+        }
+        self.trusted_prefix_ok = true;
+        self.remembered = Vec::new();
+        Ok(())
+    }
+
+    /// Re-reads every slot already read and compares it with what was read before: a slot that
+    /// was deleted or rewritten since (by a member with write access) is named.
+    pub async fn audit(&self) -> Result<()> {
+        let checkpoint_size = self.trusted.as_ref().map_or(0, |c| c.checkpoint.size);
+        let store = self.store.clone();
+        let mut fetched = std::pin::pin!(
+            futures::stream::iter(self.slots.iter().map(|s| (s.seq, s.leaf)))
+                .map(|(seq, leaf)| {
+                    let store = store.clone();
+                    async move { read_slot(&store, seq).await.map(|obj| (seq, leaf, obj)) }
+                })
+                .buffered(READ_CONCURRENCY)
+        );
+        while let Some((seq, leaf, obj)) = fetched.try_next().await? {
+            match obj {
+                None => return Err(LedgerError::Tampered { seq, how: Tamper::Deleted, checkpoint_size }),
+                Some(obj) if obj.leaf() != leaf => {
+                    return Err(LedgerError::Tampered { seq, how: Tamper::Rewritten, checkpoint_size });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The run.
+    pub fn run_id(&self) -> RunId {
+        self.state.run_id()
+    }
+
+    /// The store, scoped to the run.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The validity state after the last slot read.
+    pub fn state(&self) -> &LedgerState {
+        &self.state
+    }
+
+    /// The next slot to read (the number of slots read).
+    pub fn next_seq(&self) -> Seq {
+        Seq(self.slots.len() as u64)
+    }
+
+    /// Every slot read, in order.
+    pub fn slots(&self) -> &[SlotRecord] {
+        &self.slots
+    }
+
+    /// Every entry read, in order.
+    pub fn entries(&self) -> &[LoggedEntry] {
+        &self.entries
+    }
+
+    /// Accepted entries of `round` (contributions, verdicts, closes, snapshots), in log order.
+    pub fn by_round(&self, round: Round) -> impl Iterator<Item = &LoggedEntry> {
+        self.by_round.get(&round).into_iter().flatten().filter_map(|&i| self.entries.get(i))
+    }
+
+    /// Accepted entries signed by `key`, in log order.
+    pub fn by_signer(&self, key: &PublicKey) -> impl Iterator<Item = &LoggedEntry> {
+        self.by_signer.get(key).into_iter().flatten().filter_map(|&i| self.entries.get(i))
+    }
+
+    /// The Merkle leaf hashes of the slots read.
+    pub fn leaves(&self) -> &[Hash] {
+        &self.leaves
+    }
+
+    /// The Merkle root over the first `size` slots, if that many were read.
+    pub fn root_at(&self, size: u64) -> Option<Hash> {
+        let n = usize::try_from(size).ok()?;
+        self.leaves.get(..n).map(merkle::root)
+    }
+
+    /// The inclusion proof of slot `seq` in the tree of the first `size` slots.
+    pub fn inclusion_proof(&self, seq: Seq, size: u64) -> Option<Vec<Hash>> {
+        let (i, n) = (usize::try_from(seq.0).ok()?, usize::try_from(size).ok()?);
+        let leaves = self.leaves.get(..n)?;
+        (i < n).then(|| merkle::inclusion_proof(i, leaves))
+    }
+
+    /// The consistency proof from the tree of `old_size` slots to that of `new_size` slots.
+    pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Option<Vec<Hash>> {
+        let (m, n) = (usize::try_from(old_size).ok()?, usize::try_from(new_size).ok()?);
+        let leaves = self.leaves.get(..n)?;
+        (m <= n).then(|| merkle::consistency_proof(m, leaves))
+    }
+
+    /// The checkpoint this reader verified last, if any.
+    pub fn trusted_checkpoint(&self) -> Option<&SignedCheckpoint> {
+        self.trusted.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_keys_are_zero_padded_so_listings_come_back_in_order() {
+        assert_eq!(seq_key(Seq(0)), "ledger/seq/00000000000000000000");
+        assert_eq!(seq_key(Seq(u64::MAX)), "ledger/seq/18446744073709551615");
+        assert!(seq_key(Seq(9)) < seq_key(Seq(10)));
+    }
+
+    #[tokio::test]
+    async fn the_hint_is_read_back_and_garbage_is_no_hint() {
+        let store = storage::open("memory://").await.unwrap();
+        assert_eq!(read_hint(&store).await, None);
+        write_hint(&store, Seq(48)).await;
+        assert_eq!(read_hint(&store).await, Some(Seq(48)));
+        store.put(HEAD_HINT_KEY, Bytes::from_static(&[2, 0, 0, 0, 0, 0, 0, 0, 1])).await.unwrap();
+        assert_eq!(read_hint(&store).await, None);
+        store.put(HEAD_HINT_KEY, Bytes::from_static(&[1, 0])).await.unwrap();
+        assert_eq!(read_hint(&store).await, None);
+    }
+}

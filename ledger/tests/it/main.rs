@@ -1,0 +1,9 @@
+//! The ledger's integration tests: one binary, one module per concern.
+
+mod common;
+mod concurrency;
+mod fault;
+mod properties;
+mod reading;
+mod simulation;
+mod tamper;

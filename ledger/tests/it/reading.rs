@@ -1,0 +1,210 @@
+//! Replaying and following the log: garbage never stalls it, the validity rule voids what it
+//! must, and the index finds entries by round and signer.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ledger::{
+    Appender, Body, Change, Entry, Member, Reader, Role, RosterChange, RunId, Seq, Validity, VoidReason, seq_key,
+};
+
+use crate::common::{TestRun, memory_store};
+
+fn void_reason(reader: &Reader, seq: u64) -> Option<VoidReason> {
+    let slot = &reader.slots()[seq as usize];
+    if let Some(v) = &slot.void {
+        return Some(v.clone());
+    }
+    match &reader.entries()[slot.entries.start].validity {
+        Validity::Accept => None,
+        Validity::Void(r) => Some(r.clone()),
+    }
+}
+
+#[tokio::test]
+async fn garbage_and_oversized_slots_are_void_and_the_log_moves_on() {
+    let run = TestRun::new(1);
+    let store = memory_store().await;
+    let mut a = Appender::new(store.clone());
+    a.append(&[run.genesis()]).await.unwrap();
+    store.put_if_absent(&seq_key(Seq(1)), Bytes::from_static(b"not a slot")).await.unwrap();
+    let huge = vec![1u8; (ledger::slot::MAX_SLOT_BYTES + 1) as usize];
+    store.put_if_absent(&seq_key(Seq(2)), Bytes::from(huge)).await.unwrap();
+    assert_eq!(a.append(&[run.contribution(0, 0, 0)]).await.unwrap(), Seq(3));
+
+    let reader = Reader::replay(store, run.run_id).await.unwrap();
+    assert_eq!(reader.next_seq(), Seq(4));
+    assert!(matches!(void_reason(&reader, 1), Some(VoidReason::MalformedSlot(_))));
+    assert!(matches!(void_reason(&reader, 2), Some(VoidReason::MalformedSlot(ledger::DecodeError::TooLong { .. }))));
+    assert_eq!(reader.slots()[2].size, ledger::slot::MAX_SLOT_BYTES + 1);
+    assert_eq!(void_reason(&reader, 3), None);
+}
+
+#[tokio::test]
+async fn the_validity_rule_voids_forged_misplaced_and_replayed_entries() {
+    let run = TestRun::new(2);
+    let store = memory_store().await;
+    let mut a = Appender::new(store.clone());
+    let mut append = async |e: Entry| a.append(&[e]).await.unwrap();
+    append(run.genesis()).await; // 0
+    append(run.contribution(0, 0, 0)).await; // 1 ok
+    append(run.contribution(0, 0, 0)).await; // 2 duplicate
+    let other_run = TestRun { run_id: RunId([0x77; 32]), ..TestRun::new(2) };
+    append(other_run.contribution(1, 0, 1)).await; // 3 wrong run
+    append(run.genesis()).await; // 4 genesis again
+    let as_validator = Entry::sign(run.run_id, run.contribution(0, 0, 5).body, &[&run.validator]).unwrap();
+    append(as_validator).await; // 5 wrong role
+    let stranger = ledger::Keypair::from_seed([0xcc; 32]);
+    append(Entry::sign(run.run_id, run.contribution(0, 0, 6).body, &[&stranger]).unwrap()).await; // 6 unknown
+    let mut forged = run.contribution(1, 0, 7);
+    forged.signatures[0].signature.0[5] ^= 1;
+    append(forged).await; // 7 bad signature
+    let blob = match &run.contribution(0, 0, 0).body {
+        Body::Contribution(c) => c.blob,
+        _ => unreachable!(),
+    };
+    append(run.verdict(0, blob, 87)).await; // 8 ok
+    append(run.verdict(0, ledger::BlobId([9; 32]), 1)).await; // 9 unknown target
+    append(run.close(0)).await; // 10 ok
+    append(run.close(0)).await; // 11 already closed (a new signature over the same body is a duplicate)
+    append(run.contribution(1, 0, 12)).await; // 12 round closed
+
+    let reader = Reader::replay(store, run.run_id).await.unwrap();
+    let reasons: Vec<Option<VoidReason>> = (0..13).map(|s| void_reason(&reader, s)).collect();
+    assert_eq!(reasons[0], None);
+    assert_eq!(reasons[1], None);
+    assert_eq!(reasons[2], Some(VoidReason::Duplicate));
+    assert_eq!(reasons[3], Some(VoidReason::WrongRun(RunId([0x77; 32]))));
+    assert_eq!(reasons[4], Some(VoidReason::GenesisNotFirst));
+    assert!(matches!(reasons[5], Some(VoidReason::WrongRole { role: Role::Validator, .. })));
+    assert_eq!(reasons[6], Some(VoidReason::UnknownSigner(stranger.public())));
+    assert_eq!(reasons[7], Some(VoidReason::BadSignature(run.workers[1].public())));
+    assert_eq!(reasons[8], None);
+    assert_eq!(reasons[9], Some(VoidReason::UnknownTarget(ledger::Round(0))));
+    assert_eq!(reasons[10], None);
+    assert_eq!(reasons[11], Some(VoidReason::Duplicate));
+    assert_eq!(reasons[12], Some(VoidReason::RoundClosed(ledger::Round(0))));
+    assert!(reader.state().round_close(ledger::Round(0)).is_some());
+}
+
+#[tokio::test]
+async fn roster_changes_need_a_quorum_of_admins_and_cannot_be_replayed() {
+    let run = TestRun::new(1);
+    let store = memory_store().await;
+    let mut a = Appender::new(store.clone());
+    a.append(&[run.genesis()]).await.unwrap();
+    let newcomer = ledger::Keypair::from_seed([0xab; 32]);
+    let add = |epoch| {
+        Body::RosterChange(RosterChange {
+            epoch,
+            change: Change::Add(Member { key: newcomer.public(), organisation: "newco".into(), role: Role::Worker }),
+        })
+    };
+    let one = Entry::sign(run.run_id, add(0), &[&run.admins[0]]).unwrap();
+    let two = Entry::sign(run.run_id, add(0), &[&run.admins[0], &run.admins[1]]).unwrap();
+    let worker_signed = Entry::sign(run.run_id, add(0), &[&run.admins[0], &run.workers[0]]).unwrap();
+    let contribution = |n| {
+        let body = run.contribution(0, 0, n).body;
+        Entry::sign(run.run_id, body, &[&newcomer]).unwrap()
+    };
+    for e in [contribution(1), one, worker_signed, two.clone(), contribution(2), two] {
+        a.append(&[e]).await.unwrap();
+    }
+    let reader = Reader::replay(store, run.run_id).await.unwrap();
+    assert_eq!(void_reason(&reader, 1), Some(VoidReason::UnknownSigner(newcomer.public())));
+    assert_eq!(void_reason(&reader, 2), Some(VoidReason::NoQuorum { have: 1, need: 2 }));
+    assert!(matches!(void_reason(&reader, 3), Some(VoidReason::WrongRole { role: Role::Worker, .. })));
+    assert_eq!(void_reason(&reader, 4), None);
+    assert_eq!(void_reason(&reader, 5), None, "the newcomer may contribute once added");
+    assert_eq!(void_reason(&reader, 6), Some(VoidReason::Duplicate));
+    assert_eq!(reader.state().roster_epoch(), 1);
+    assert_eq!(reader.entries()[5].organisation.as_deref(), Some("newco"));
+    assert_eq!(reader.entries()[1].organisation, None, "not a member when it wrote");
+    assert_eq!(reader.entries()[0].organisation.as_deref(), Some("admin-org-0"));
+    assert_eq!(reader.state().member(&newcomer.public()).map(|m| m.role), Some(Role::Worker));
+}
+
+#[tokio::test]
+async fn index_by_round_and_signer() {
+    let run = TestRun::new(3);
+    let store = memory_store().await;
+    let mut a = Appender::new(store.clone());
+    a.append(&[run.genesis()]).await.unwrap();
+    for round in 0..3u64 {
+        let batch: Vec<Entry> = (0..3).map(|w| run.contribution(w, round, round)).collect();
+        a.append(&batch).await.unwrap();
+        a.append(&[run.close(round)]).await.unwrap();
+    }
+    let reader = Reader::replay(store, run.run_id).await.unwrap();
+    assert_eq!(reader.by_round(ledger::Round(1)).count(), 4);
+    let kinds: Vec<_> =
+        reader.by_round(ledger::Round(2)).map(|e| e.entry.as_ref().unwrap().body.kind().name()).collect();
+    assert_eq!(kinds, ["contribution", "contribution", "contribution", "round_close"]);
+    let by_w1: Vec<_> = reader.by_signer(&run.workers[1].public()).map(|e| e.pos).collect();
+    assert_eq!(by_w1.len(), 3);
+    assert!(by_w1.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(reader.by_signer(&run.validator.public()).count(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_sees_new_slots_within_its_poll_interval() {
+    let run = std::sync::Arc::new(TestRun::new(1));
+    let store = memory_store().await;
+    Appender::new(store.clone()).append(&[run.genesis()]).await.unwrap();
+    let mut follower = Reader::replay(store.clone(), run.run_id).await.unwrap();
+    let writer = {
+        let (store, run) = (store.clone(), run.clone());
+        tokio::spawn(async move {
+            let mut a = Appender::new(store);
+            for n in 0..3 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                a.append(&[run.contribution(0, 0, n)]).await.unwrap();
+            }
+        })
+    };
+    let start = tokio::time::Instant::now();
+    let mut seen = 0;
+    while seen < 3 {
+        seen += follower.wait_for_new(Duration::from_millis(500)).await.unwrap();
+    }
+    writer.await.unwrap();
+    assert_eq!(follower.next_seq(), Seq(4));
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_secs(15) && waited <= Duration::from_millis(15_500), "{waited:?}");
+}
+
+#[tokio::test]
+async fn the_head_is_found_without_listing_and_despite_a_lying_hint() {
+    let run = TestRun::new(1);
+    let store = memory_store().await;
+    let mut a = Appender::new(store.clone());
+    a.append(&[run.genesis()]).await.unwrap();
+    for n in 0..40 {
+        a.append(&[run.contribution(0, 0, n)]).await.unwrap();
+    }
+    assert_eq!(ledger::find_head(&store, Seq(0)).await.unwrap(), Seq(41));
+    assert_eq!(ledger::find_head(&store, Seq(17)).await.unwrap(), Seq(41));
+    // A hint far ahead (slot hint-1 absent) is ignored; one behind only costs probes.
+    for hint in [1_000u64, 3] {
+        let mut bytes = vec![1u8];
+        bytes.extend_from_slice(&hint.to_be_bytes());
+        store.put(ledger::log::HEAD_HINT_KEY, Bytes::from(bytes)).await.unwrap();
+        assert_eq!(ledger::find_head(&store, Seq(0)).await.unwrap(), Seq(41));
+    }
+    store.put(ledger::log::HEAD_HINT_KEY, Bytes::from_static(b"garbage")).await.unwrap();
+    assert_eq!(ledger::find_head(&store, Seq(0)).await.unwrap(), Seq(41));
+}
+
+#[tokio::test]
+async fn a_run_has_one_genesis_at_slot_zero() {
+    let run = TestRun::new(1);
+    let store = memory_store().await;
+    ledger::write_genesis(&store, &run.genesis()).await.unwrap();
+    ledger::write_genesis(&store, &run.genesis()).await.unwrap();
+    let other = TestRun { run_id: RunId([0x33; 32]), ..TestRun::new(1) };
+    let err = ledger::write_genesis(&store, &other.genesis()).await.unwrap_err();
+    assert!(matches!(err, ledger::LedgerError::SlotTaken(Seq(0))), "{err}");
+    let reader = Reader::replay(store, run.run_id).await.unwrap();
+    assert_eq!(reader.next_seq(), Seq(1));
+    assert_eq!(reader.state().genesis().map(|g| g.quorum), Some(2));
+}

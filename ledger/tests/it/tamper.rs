@@ -1,0 +1,163 @@
+//! A member with write access rewrites history after a checkpoint: readers notice, and name
+//! the slot.
+
+use bytes::Bytes;
+use ledger::{Appender, LedgerError, Reader, Seq, SignedCheckpoint, Tamper, seq_key};
+use storage::Store;
+
+use crate::common::{TestRun, memory_store};
+
+const SLOTS: u64 = 10;
+
+/// A log of genesis + 9 contributions, checkpointed and cosigned.
+async fn checkpointed_log() -> (TestRun, Store, Reader, SignedCheckpoint) {
+    let run = TestRun::new(3);
+    let store = memory_store().await;
+    let mut a = Appender::new(store.clone());
+    a.append(&[run.genesis()]).await.unwrap();
+    for n in 1..SLOTS {
+        a.append(&[run.contribution((n % 3) as usize, 0, n)]).await.unwrap();
+    }
+    let mut reader = Reader::replay(store.clone(), run.run_id).await.unwrap();
+    reader.publish_checkpoint(&run.admins[0]).await.unwrap();
+    let mut cosigner = Reader::replay(store.clone(), run.run_id).await.unwrap();
+    let cp = cosigner.publish_checkpoint(&run.admins[1]).await.unwrap();
+    assert_eq!(cp.signatures.len(), 2, "the second admin cosigned the same tree head");
+    assert_eq!(reader.check_checkpoint(2).await.unwrap(), Some(cp.clone()));
+    (run, store, reader, cp)
+}
+
+async fn swap(store: &Store, a: Seq, b: Seq) {
+    let x = store.get(&seq_key(a), u64::MAX).await.unwrap().bytes;
+    let y = store.get(&seq_key(b), u64::MAX).await.unwrap().bytes;
+    store.put(&seq_key(a), y).await.unwrap();
+    store.put(&seq_key(b), x).await.unwrap();
+}
+
+#[tokio::test]
+async fn overwritten_slot_is_named_by_the_reader_that_verified_it() {
+    let (run, store, reader, _) = checkpointed_log().await;
+    let forged = ledger::slot::encode_entries(&[run.contribution(0, 0, 999)]).unwrap();
+    store.put(&seq_key(Seq(4)), forged).await.unwrap();
+    let err = reader.audit().await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Tampered { seq: Seq(4), how: Tamper::Rewritten, checkpoint_size: SLOTS }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("slot 4 was rewritten"), "{err}");
+}
+
+#[tokio::test]
+async fn deleted_slot_is_named_by_the_old_reader_and_by_a_fresh_one() {
+    let (run, store, reader, cp) = checkpointed_log().await;
+    store.delete(&seq_key(Seq(6))).await.unwrap();
+    let err = reader.audit().await.unwrap_err();
+    assert!(matches!(err, LedgerError::Tampered { seq: Seq(6), how: Tamper::Deleted, .. }), "{err}");
+    // A new process that kept only the checkpoint bytes.
+    let kept = SignedCheckpoint::decode(&cp.encode()).unwrap();
+    let err = Reader::replay_from_checkpoint(store, run.run_id, kept).await.unwrap_err();
+    assert!(matches!(err, LedgerError::Tampered { seq: Seq(6), how: Tamper::Deleted, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn reordered_slots_are_named_and_break_the_checkpoint() {
+    let (run, store, reader, cp) = checkpointed_log().await;
+    swap(&store, Seq(2), Seq(7)).await;
+    let err = reader.audit().await.unwrap_err();
+    assert!(matches!(err, LedgerError::Tampered { seq: Seq(2), how: Tamper::Rewritten, .. }), "{err}");
+    let err = Reader::replay_from_checkpoint(store, run.run_id, cp).await.unwrap_err();
+    assert!(matches!(err, LedgerError::CheckpointMismatch { size: SLOTS, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_forked_checkpoint_over_rewritten_history_is_refused_with_the_slot() {
+    let (run, store, mut reader, _) = checkpointed_log().await;
+    // A colluding admin rewrites slot 3 and signs a checkpoint over the forged log.
+    let forged = ledger::slot::encode_entries(&[run.contribution(1, 0, 777)]).unwrap();
+    store.put(&seq_key(Seq(3)), forged).await.unwrap();
+    store.delete(ledger::checkpoint::CHECKPOINT_KEY).await.unwrap();
+    let mut forger = Reader::replay(store.clone(), run.run_id).await.unwrap();
+    forger.publish_checkpoint(&run.admins[2]).await.unwrap();
+    let err = reader.check_checkpoint(1).await.unwrap_err();
+    assert!(matches!(err, LedgerError::Tampered { seq: Seq(3), how: Tamper::Rewritten, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_smaller_checkpoint_is_a_rollback() {
+    let (run, store, mut reader, cp) = checkpointed_log().await;
+    let mut old = Reader::new(store.clone(), run.run_id);
+    old.poll().await.unwrap();
+    let smaller = ledger::Checkpoint { run_id: run.run_id, size: 5, root: ledger::merkle::root(&old.leaves()[..5]) };
+    let stale = SignedCheckpoint::sign(smaller, &run.admins[2]);
+    store.put(ledger::checkpoint::CHECKPOINT_KEY, Bytes::from(stale.encode())).await.unwrap();
+    let err = reader.check_checkpoint(1).await.unwrap_err();
+    assert!(matches!(err, LedgerError::CheckpointRollback { trusted: SLOTS, found: 5 }), "{err}");
+    assert_eq!(reader.trusted_checkpoint(), Some(&cp));
+}
+
+#[tokio::test]
+async fn a_checkpoint_signed_by_strangers_is_refused() {
+    let (run, store, mut reader, _) = checkpointed_log().await;
+    let stranger = ledger::Keypair::from_seed([0xee; 32]);
+    let cp = ledger::Checkpoint { run_id: run.run_id, size: SLOTS, root: ledger::merkle::root(reader.leaves()) };
+    store
+        .put(ledger::checkpoint::CHECKPOINT_KEY, Bytes::from(SignedCheckpoint::sign(cp, &stranger).encode()))
+        .await
+        .unwrap();
+    let err = reader.check_checkpoint(1).await.unwrap_err();
+    assert!(matches!(err, LedgerError::CheckpointUnsigned { have: 0, .. }), "{err}");
+}
+
+#[tokio::test]
+async fn an_honest_extension_is_accepted_and_proved() {
+    let (run, store, mut reader, old) = checkpointed_log().await;
+    let mut a = Appender::new(store.clone());
+    for n in 0..5 {
+        a.append(&[run.contribution(2, 1, n)]).await.unwrap();
+    }
+    reader.poll().await.unwrap();
+    let new = reader.publish_checkpoint(&run.admins[0]).await.unwrap();
+    assert_eq!(new.checkpoint.size, SLOTS + 5);
+    let proof = reader.consistency_proof(old.checkpoint.size, new.checkpoint.size).unwrap();
+    ledger::verify_extension(&old.checkpoint, &new.checkpoint, &proof).unwrap();
+    // A light client checks that slot 12 is in the new tree.
+    let leaf = reader.leaves()[12];
+    let path = reader.inclusion_proof(Seq(12), new.checkpoint.size).unwrap();
+    assert!(ledger::merkle::verify_inclusion(&leaf, 12, new.checkpoint.size, &path, &new.checkpoint.root));
+    assert!(reader.check_checkpoint(1).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_new_process_with_a_witness_names_rewritten_and_reordered_slots() {
+    let (run, store, reader, _) = checkpointed_log().await;
+    let kept = reader.witness().unwrap().encode();
+    let witness = || ledger::Witness::decode(&kept).unwrap();
+    // Untouched: the replay goes through.
+    Reader::replay_from_witness(store.clone(), run.run_id, witness()).await.unwrap();
+
+    let original = store.get(&seq_key(Seq(4)), u64::MAX).await.unwrap().bytes;
+    store.put(&seq_key(Seq(4)), ledger::slot::encode_entries(&[run.contribution(0, 0, 999)]).unwrap()).await.unwrap();
+    let err = Reader::replay_from_witness(store.clone(), run.run_id, witness()).await.unwrap_err();
+    assert!(matches!(err, LedgerError::Tampered { seq: Seq(4), how: Tamper::Rewritten, .. }), "{err}");
+    store.put(&seq_key(Seq(4)), original).await.unwrap();
+
+    swap(&store, Seq(3), Seq(8)).await;
+    let err = Reader::replay_from_witness(store.clone(), run.run_id, witness()).await.unwrap_err();
+    assert!(matches!(err, LedgerError::Tampered { seq: Seq(3), how: Tamper::Rewritten, .. }), "{err}");
+}
+
+#[test]
+fn a_witness_whose_leaves_do_not_match_its_root_is_refused() {
+    let leaves: Vec<ledger::Hash> = (0..4u8).map(|i| ledger::merkle::leaf_hash(&[i])).collect();
+    let cp = ledger::Checkpoint { run_id: ledger::RunId([1; 32]), size: 4, root: ledger::merkle::root(&leaves) };
+    let checkpoint = SignedCheckpoint::sign(cp, &ledger::Keypair::from_seed([1; 32]));
+    let good = ledger::Witness { checkpoint: checkpoint.clone(), leaves: leaves.clone() };
+    assert_eq!(ledger::Witness::decode(&good.encode()).unwrap(), good);
+    let mut wrong = leaves;
+    wrong.swap(0, 1);
+    let bad = ledger::Witness { checkpoint, leaves: wrong };
+    assert!(ledger::Witness::decode(&bad.encode()).is_err());
+    let mut short = good.encode();
+    short.truncate(short.len() - 1);
+    assert!(ledger::Witness::decode(&short).is_err());
+}
