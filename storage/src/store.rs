@@ -166,6 +166,12 @@ pub async fn open_with(url: &str, opts: &OpenOptions) -> Result<Store> {
         "s3" | "s3a" => {
             let bucket = parsed.host_str().filter(|b| !b.is_empty()).ok_or_else(|| bad("no bucket".into()))?;
             let mut builder = object_store::aws::AmazonS3Builder::from_env();
+            // Buckets with Object Lock retention (`cairn store init --object-lock-days`) refuse
+            // uploads without a checksum header on AWS; send SHA-256 unless one was chosen.
+            if std::env::var_os("AWS_CHECKSUM_ALGORITHM").is_none() && opts.setting("aws_checksum_algorithm").is_none()
+            {
+                builder = builder.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+            }
             for (key, value) in &opts.settings {
                 let key = key.parse().map_err(|e: object_store::Error| bad(e.to_string()))?;
                 builder = builder.with_config(key, value);
