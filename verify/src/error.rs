@@ -3,7 +3,7 @@
 //! Decoder rejections carry the position (tensor index in layout order, chunk index in row-major grid
 //! order) so a validator's verdict can say exactly what was wrong with a contribution.
 
-use crate::id::Round;
+use crate::id::{Round, StateHash};
 
 /// Everything `verify` can reject. Bad peer input always lands here, never in a panic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -192,4 +192,89 @@ pub enum VerifyError {
     /// A hyperparameter is outside its domain (zero denominator, weight decay over 1, ...).
     #[error("invalid hyperparameters: {0}")]
     InvalidHyper(String),
+
+    // --- run config ---
+    /// The run config bytes (in the Genesis entry) are not a valid canonical [`crate::config::RunConfig`].
+    #[error("run config: {0}")]
+    Config(#[from] ConfigError),
+
+    // --- replay ---
+    /// The entries do not start with an accepted Genesis entry.
+    #[error("the ledger has no accepted genesis")]
+    NoGenesis,
+    /// The state a replay starts from does not have the hash the ledger records for it.
+    #[error("start state hashes to {actual}, the ledger claims {claimed}")]
+    StartMismatch {
+        /// What the Genesis or Snapshot entry claims.
+        claimed: StateHash,
+        /// The hash of the state given.
+        actual: StateHash,
+    },
+    /// The start state's layout is not the run's.
+    #[error("start state has another layout than the run config's")]
+    StartLayout,
+    /// No accepted Snapshot entry at the position the replay was asked to start from.
+    #[error("no accepted snapshot entry at {0}")]
+    NoSnapshot(String),
+    /// [`crate::replay::Replay::apply`] was given a plan other than the next one, or not one blob per
+    /// counted contribution (a caller bug, not peer input).
+    #[error("replay plan or blobs do not match the replay's next round")]
+    PlanMismatch,
+    /// A blob could not be read for a reason that may pass (network, permissions): the replay stops
+    /// rather than compute a state that depends on the weather. Retry later.
+    #[error("blob {blob} unavailable: {reason}")]
+    BlobUnavailable {
+        /// The blob, hex.
+        blob: String,
+        /// What the store said.
+        reason: String,
+    },
+}
+
+/// Why run config bytes were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The first 8 bytes are not [`crate::config::CONFIG_MAGIC`].
+    #[error("not a cairn run config (bad magic)")]
+    BadMagic,
+    /// A config version this crate does not read.
+    #[error("unsupported run config version {0}")]
+    UnsupportedVersion(u16),
+    /// The bytes end inside a field.
+    #[error("truncated in {field}")]
+    Truncated {
+        /// The field being read.
+        field: &'static str,
+    },
+    /// Bytes follow the last field.
+    #[error("{extra} trailing bytes")]
+    TrailingBytes {
+        /// How many.
+        extra: u64,
+    },
+    /// A length or count over its limit.
+    #[error("{field} of {len}, over the limit of {max}")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Its length or count.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A tag byte with no meaning.
+    #[error("unknown {field} tag {tag}")]
+    UnknownTag {
+        /// The field.
+        field: &'static str,
+        /// The tag.
+        tag: u8,
+    },
+    /// Well-formed but not the one canonical encoding (unsorted tensors, invalid UTF-8, ...).
+    #[error("not canonical: {0}")]
+    NotCanonical(&'static str),
+    /// A value outside its domain (max contributions 0, min above max, ...).
+    #[error("invalid: {0}")]
+    Invalid(String),
 }

@@ -6,27 +6,37 @@
 //!   everyone: blob ──decode(Expected)──▶ Update ─┐
 //!             State ──────────────────────────────┴─aggregate(round, updates in ledger order)──▶ State'
 //!             State'.hash() == the StateHash every honest participant computes, byte for byte
+//!   auditor:  ledger entries ──RoundRule──▶ counted per round ──replay(blobs)──▶ states, claims checked
 //! ```
 //!
 //! Modules: [`state`] (tensors, [`StateHash`], safetensors), [`chunk`] (chunk grids), [`dct`]
 //! (portable DCT-II), [`wire`] (format v1 and decoder), [`mod@encode`] (reference encoder),
-//! [`schedule`] (learning rate), [`mod@aggregate`] (the rule). Never links libtorch; no clock, no env.
+//! [`schedule`] (learning rate), [`mod@aggregate`] (the rule), [`config`] (the run config in the
+//! Genesis entry), [`round`] (which contributions count), [`mod@replay`] (recompute every round and
+//! check every claimed hash). Never links libtorch; no clock, no env in the core (replay's store IO
+//! sits behind [`BlobSource`]).
 #![deny(missing_docs)]
 
 pub mod aggregate;
 pub mod chunk;
+pub mod config;
 pub mod dct;
 pub mod encode;
 mod error;
 pub mod id;
+pub mod replay;
+pub mod round;
 pub mod schedule;
 pub mod state;
 pub mod wire;
 
 pub use aggregate::{Hyper, NormClip, aggregate, apply};
+pub use config::{ExclusionRules, RoundRules, RunConfig};
 pub use encode::encode;
-pub use error::VerifyError;
+pub use error::{ConfigError, VerifyError};
 pub use id::{LayoutHash, Round, RunId, StateHash, WorkerKey};
+pub use replay::{BlobFault, BlobSource, Replay, ReplayReport, Replayed, Start, replay};
+pub use round::{Candidate, NotCounted, RoundPlan, RoundRule};
 pub use schedule::{Ratio, Schedule};
 pub use state::{Layout, State, TensorSpec};
 pub use wire::{Compression, Expected, Header, Update, ValueEncoding, Values, decode};

@@ -1,9 +1,15 @@
 //! Integration tests of cairn-verify: golden bytes and hashes, determinism across thread counts,
-//! every decoder rejection, and property tests against an independent dense f64 reference.
+//! every decoder rejection, property tests against an independent dense f64 reference, the run
+//! config, and the round rule and replay on real signed ledgers.
 
 mod common;
+mod config;
 mod corruption;
 mod determinism;
 mod golden;
 mod props;
 mod rejections;
+mod replay;
+mod round_rule;
+mod run;
+mod simulation;

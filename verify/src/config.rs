@@ -1,0 +1,363 @@
+//! The run configuration: what consensus needs to know about a run, fixed at genesis, carried as the
+//! Genesis entry's opaque `config` bytes.
+//!
+//! ```text
+//!   offset  size  field                      (all integers little-endian; no floats)
+//!   0       8     magic "CAIRNCFG"
+//!   8       2     version = 1
+//!   10            layout      u32 count | (u32 name_len | name | u32 rank | u64 dim * rank) * count
+//!                             (= layout_bytes of FORMAT.md 1.1; names strictly ascending)
+//!                 compression u16 chunk size | u16 top-k | u8 value encoding
+//!                 schedule    u8 tag: 0 constant:      ratio lr
+//!                                     1 warmup-cosine: ratio peak | ratio min | u64 warmup | u64 total
+//!                 weight decay ratio                    ratio = u64 num | u64 den (den != 0)
+//!                 clip        u8: 0 off, 1 median
+//!                 rounds      u32 min contributions | u32 max contributions (1..=4096, min <= max)
+//!                 exclusion   i64 min score | u32 max failures (0 = never exclude)
+//!                 extra       u32 len (<= MAX_EXTRA_BYTES) | bytes (opaque: trainer, federation)
+//!   total <= MAX_CONFIG_BYTES; nothing may follow `extra`.
+//! ```
+//!
+//! The encoding is canonical: [`RunConfig::decode`] accepts exactly the byte strings that
+//! [`RunConfig::encode`] produces, so two runs with equal configs have equal genesis bytes.
+//! Fields that do not change consensus (model preset, data spec, tokens per round, deadlines)
+//! belong in `extra`, whose format the trainer and federation own.
+
+use crate::aggregate::{Hyper, MAX_UPDATES_PER_ROUND, NormClip};
+use crate::error::{ConfigError, VerifyError};
+use crate::schedule::{Ratio, Schedule};
+use crate::state::{Layout, MAX_NAME_BYTES, MAX_RANK, MAX_TENSORS, TensorSpec};
+use crate::wire::{Compression, ValueEncoding};
+
+/// First 8 bytes of every run config.
+pub const CONFIG_MAGIC: [u8; 8] = *b"CAIRNCFG";
+/// The config version this crate writes and reads.
+pub const CONFIG_VERSION: u16 = 1;
+/// Largest encoded config: the ledger's limit on a Genesis entry's config.
+pub const MAX_CONFIG_BYTES: u64 = ledger::entry::MAX_CONFIG_BYTES as u64;
+/// Largest `extra` field.
+pub const MAX_EXTRA_BYTES: u32 = 64 * 1024;
+
+/// How many contributions a round takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RoundRules {
+    /// Counted contributions an honest participant waits for before it writes a RoundClose. Not a
+    /// consensus check: a round closed with fewer is applied with what it has (and flagged in the
+    /// replay report as under the minimum).
+    pub min_contributions: u32,
+    /// Most contributions counted in one round: the first this many that pass the round rule
+    /// (1..=[`MAX_UPDATES_PER_ROUND`]).
+    pub max_contributions: u32,
+}
+
+/// How validators' verdicts exclude contributions and workers (see FORMAT.md, "Round rule").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExclusionRules {
+    /// A verdict with a score below this fails the contribution it names.
+    pub min_score: i64,
+    /// A worker with this many failed contributions is excluded from then on (0: never).
+    pub max_failures: u32,
+}
+
+/// What consensus needs to know about a run. See the module docs for the encoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunConfig {
+    /// The model's tensors.
+    pub layout: Layout,
+    /// Compression, learning-rate schedule, weight decay, clipping.
+    pub hyper: Hyper,
+    /// Contributions per round.
+    pub rounds: RoundRules,
+    /// Verdict thresholds.
+    pub exclusion: ExclusionRules,
+    /// Opaque bytes for the trainer and the federation (model preset, data spec, tokens per round).
+    pub extra: Vec<u8>,
+}
+
+impl RunConfig {
+    /// Checks every field against its limits (what [`RunConfig::decode`] enforces on bytes).
+    pub fn validate(&self) -> Result<(), VerifyError> {
+        self.hyper.validate()?;
+        let r = self.rounds;
+        if r.max_contributions == 0 || r.max_contributions as usize > MAX_UPDATES_PER_ROUND {
+            return Err(ConfigError::Invalid(format!(
+                "max contributions {} outside 1..={MAX_UPDATES_PER_ROUND}",
+                r.max_contributions
+            ))
+            .into());
+        }
+        if r.min_contributions > r.max_contributions {
+            return Err(ConfigError::Invalid(format!(
+                "min contributions {} above max {}",
+                r.min_contributions, r.max_contributions
+            ))
+            .into());
+        }
+        if self.extra.len() as u64 > u64::from(MAX_EXTRA_BYTES) {
+            return Err(ConfigError::TooLong {
+                field: "extra",
+                len: self.extra.len() as u64,
+                max: MAX_EXTRA_BYTES.into(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The canonical bytes (what the Genesis entry carries). Validates first, so that we never
+    /// write a config that readers would refuse.
+    pub fn encode(&self) -> Result<Vec<u8>, VerifyError> {
+        self.validate()?;
+        let mut out = Vec::new();
+        out.extend_from_slice(&CONFIG_MAGIC);
+        out.extend_from_slice(&CONFIG_VERSION.to_le_bytes());
+        let tensors = self.layout.tensors();
+        // Layout::new bounds the count, name lengths and ranks far below u32::MAX.
+        out.extend_from_slice(&(tensors.len() as u32).to_le_bytes());
+        for t in tensors {
+            out.extend_from_slice(&(t.name.len() as u32).to_le_bytes());
+            out.extend_from_slice(t.name.as_bytes());
+            out.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
+            for d in &t.shape {
+                out.extend_from_slice(&d.to_le_bytes());
+            }
+        }
+        let h = &self.hyper;
+        out.extend_from_slice(&h.compression.chunk_size.to_le_bytes());
+        out.extend_from_slice(&h.compression.topk.to_le_bytes());
+        out.push(h.compression.values.code());
+        match h.schedule {
+            Schedule::Constant { lr } => {
+                out.push(0);
+                ratio(&mut out, lr);
+            }
+            Schedule::WarmupCosine { peak, min, warmup_rounds, total_rounds } => {
+                out.push(1);
+                ratio(&mut out, peak);
+                ratio(&mut out, min);
+                out.extend_from_slice(&warmup_rounds.to_le_bytes());
+                out.extend_from_slice(&total_rounds.to_le_bytes());
+            }
+        }
+        ratio(&mut out, h.weight_decay);
+        out.push(match h.clip {
+            NormClip::Off => 0,
+            NormClip::Median => 1,
+        });
+        out.extend_from_slice(&self.rounds.min_contributions.to_le_bytes());
+        out.extend_from_slice(&self.rounds.max_contributions.to_le_bytes());
+        out.extend_from_slice(&self.exclusion.min_score.to_le_bytes());
+        out.extend_from_slice(&self.exclusion.max_failures.to_le_bytes());
+        out.extend_from_slice(&(self.extra.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.extra);
+        if out.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLong { field: "config", len: out.len() as u64, max: MAX_CONFIG_BYTES }.into());
+        }
+        Ok(out)
+    }
+
+    /// Decodes and checks canonical bytes. Every failure is a typed rejection; no input panics.
+    pub fn decode(bytes: &[u8]) -> Result<RunConfig, VerifyError> {
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLong { field: "config", len: bytes.len() as u64, max: MAX_CONFIG_BYTES }.into());
+        }
+        let mut r = Reader { bytes, pos: 0 };
+        if r.array::<8>("magic")? != CONFIG_MAGIC {
+            return Err(ConfigError::BadMagic.into());
+        }
+        let version = r.u16("version")?;
+        if version != CONFIG_VERSION {
+            return Err(ConfigError::UnsupportedVersion(version).into());
+        }
+        let layout = decode_layout(&mut r)?;
+        let chunk_size = r.u16("chunk size")?;
+        let topk = r.u16("top-k")?;
+        let code = r.u8("value encoding")?;
+        let values =
+            ValueEncoding::from_code(code).ok_or(ConfigError::UnknownTag { field: "value encoding", tag: code })?;
+        let compression = Compression { chunk_size, topk, values };
+        let schedule = match r.u8("schedule")? {
+            0 => Schedule::Constant { lr: r.ratio("learning rate")? },
+            1 => Schedule::WarmupCosine {
+                peak: r.ratio("peak learning rate")?,
+                min: r.ratio("min learning rate")?,
+                warmup_rounds: r.u64("warmup rounds")?,
+                total_rounds: r.u64("total rounds")?,
+            },
+            tag => return Err(ConfigError::UnknownTag { field: "schedule", tag }.into()),
+        };
+        let weight_decay = r.ratio("weight decay")?;
+        let clip = match r.u8("clip")? {
+            0 => NormClip::Off,
+            1 => NormClip::Median,
+            tag => return Err(ConfigError::UnknownTag { field: "clip", tag }.into()),
+        };
+        let rounds = RoundRules { min_contributions: r.u32("min contributions")?, max_contributions: r.u32("max")? };
+        let exclusion = ExclusionRules { min_score: r.i64("min score")?, max_failures: r.u32("max failures")? };
+        let extra_len = r.u32("extra length")?;
+        if extra_len > MAX_EXTRA_BYTES {
+            return Err(
+                ConfigError::TooLong { field: "extra", len: extra_len.into(), max: MAX_EXTRA_BYTES.into() }.into()
+            );
+        }
+        let extra = r.take(extra_len as usize, "extra")?.to_vec();
+        if r.pos != bytes.len() {
+            return Err(ConfigError::TrailingBytes { extra: (bytes.len() - r.pos) as u64 }.into());
+        }
+        let config =
+            RunConfig { layout, hyper: Hyper { compression, schedule, weight_decay, clip }, rounds, exclusion, extra };
+        config.validate()?;
+        // Every field above is read in its one encoding, so this holds; it guards the pair.
+        if config.encode()? != bytes {
+            return Err(ConfigError::NotCanonical("does not re-encode to the same bytes").into());
+        }
+        Ok(config)
+    }
+}
+
+fn ratio(out: &mut Vec<u8>, r: Ratio) {
+    out.extend_from_slice(&r.num.to_le_bytes());
+    out.extend_from_slice(&r.den.to_le_bytes());
+}
+
+fn decode_layout(r: &mut Reader<'_>) -> Result<Layout, VerifyError> {
+    let count = r.u32("tensor count")?;
+    if count as usize > MAX_TENSORS {
+        return Err(ConfigError::TooLong { field: "tensors", len: count.into(), max: MAX_TENSORS as u64 }.into());
+    }
+    let mut tensors: Vec<TensorSpec> = Vec::new();
+    for _ in 0..count {
+        let len = r.u32("name length")?;
+        if len as usize > MAX_NAME_BYTES {
+            return Err(
+                ConfigError::TooLong { field: "tensor name", len: len.into(), max: MAX_NAME_BYTES as u64 }.into()
+            );
+        }
+        let name = std::str::from_utf8(r.take(len as usize, "tensor name")?)
+            .map_err(|_| ConfigError::NotCanonical("tensor name is not UTF-8"))?
+            .to_string();
+        if let Some(prev) = tensors.last()
+            && prev.name.as_bytes() >= name.as_bytes()
+        {
+            return Err(ConfigError::NotCanonical("tensor names not strictly ascending").into());
+        }
+        let rank = r.u32("rank")?;
+        if rank as usize > MAX_RANK {
+            return Err(ConfigError::TooLong { field: "rank", len: rank.into(), max: MAX_RANK as u64 }.into());
+        }
+        let mut shape = Vec::with_capacity(rank as usize);
+        for _ in 0..rank {
+            shape.push(r.u64("dimension")?);
+        }
+        tensors.push(TensorSpec { name, shape });
+    }
+    Layout::new(tensors)
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], ConfigError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or(ConfigError::Truncated { field })?;
+        let out = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], ConfigError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N, field)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, ConfigError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, ConfigError> {
+        Ok(u16::from_le_bytes(self.array(field)?))
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, ConfigError> {
+        Ok(u32::from_le_bytes(self.array(field)?))
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, ConfigError> {
+        Ok(u64::from_le_bytes(self.array(field)?))
+    }
+
+    fn i64(&mut self, field: &'static str) -> Result<i64, ConfigError> {
+        Ok(i64::from_le_bytes(self.array(field)?))
+    }
+
+    fn ratio(&mut self, field: &'static str) -> Result<Ratio, ConfigError> {
+        Ok(Ratio { num: self.u64(field)?, den: self.u64(field)? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RunConfig {
+        RunConfig {
+            layout: Layout::new(vec![
+                TensorSpec { name: "w".into(), shape: vec![4, 6] },
+                TensorSpec { name: "b".into(), shape: vec![6] },
+            ])
+            .unwrap(),
+            hyper: Hyper {
+                compression: Compression { chunk_size: 64, topk: 8, values: ValueEncoding::Sign },
+                schedule: Schedule::Constant { lr: Ratio::new(1, 100) },
+                weight_decay: Ratio::new(1, 10),
+                clip: NormClip::Median,
+            },
+            rounds: RoundRules { min_contributions: 1, max_contributions: 16 },
+            exclusion: ExclusionRules { min_score: 0, max_failures: 3 },
+            extra: b"preset=tiny".to_vec(),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_starts_with_magic() {
+        let c = config();
+        let bytes = c.encode().unwrap();
+        assert_eq!(&bytes[..8], b"CAIRNCFG");
+        assert_eq!(RunConfig::decode(&bytes).unwrap(), c);
+    }
+
+    #[test]
+    fn typed_rejections() {
+        let bytes = config().encode().unwrap();
+        let err = |b: &[u8]| match RunConfig::decode(b) {
+            Err(VerifyError::Config(e)) => e,
+            other => panic!("expected a config error, got {other:?}"),
+        };
+        assert_eq!(err(&bytes[..bytes.len() - 1]), ConfigError::Truncated { field: "extra" });
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(err(&long), ConfigError::TrailingBytes { extra: 1 });
+        let mut magic = bytes.clone();
+        magic[0] ^= 1;
+        assert_eq!(err(&magic), ConfigError::BadMagic);
+        let mut version = bytes.clone();
+        version[8] = 2;
+        assert_eq!(err(&version), ConfigError::UnsupportedVersion(2));
+        // tensors are "b" then "w": swap the one-byte names to make the list unsorted
+        let mut unsorted = bytes.clone();
+        let b_at = bytes.windows(5).position(|w| w == [1, 0, 0, 0, b'b']).unwrap() + 4;
+        let w_at = bytes.windows(5).position(|w| w == [1, 0, 0, 0, b'w']).unwrap() + 4;
+        unsorted.swap(b_at, w_at);
+        assert!(matches!(err(&unsorted), ConfigError::NotCanonical(_)));
+        let mut no_max = config();
+        no_max.rounds.max_contributions = 0;
+        assert!(matches!(no_max.encode(), Err(VerifyError::Config(ConfigError::Invalid(_)))));
+        let mut huge = config();
+        huge.extra = vec![0; MAX_EXTRA_BYTES as usize + 1];
+        assert!(matches!(huge.encode(), Err(VerifyError::Config(ConfigError::TooLong { field: "extra", .. }))));
+        assert!(matches!(RunConfig::decode(&vec![0; 200_000]), Err(VerifyError::Config(ConfigError::TooLong { .. }))));
+    }
+}

@@ -1,0 +1,458 @@
+//! Replay: recompute every closed round from the ledger and check every state hash anyone claims.
+//!
+//! ```text
+//!   entries ──Replay::new(start)──▶ config from Genesis, RoundRule index, start state checked
+//!     loop, round r = start, start+1, ... while r has a RoundClose:
+//!       plan    = rule.round(r, hash(state))                       pure
+//!       blobs   = source.blob(c.blob, c.blob_size) per counted c    IO (the edge: `replay`)
+//!       Replay::apply(plan, blobs):                                 pure
+//!         decode each with Expected{run, r, base, worker = signer, layout, compression}
+//!         a missing, corrupt or undecodable blob: that contribution does not count
+//!         aggregate::apply(state, r, decoded updates in ledger order, hyper)
+//!         compare hash(state) with every claim for r (RoundClose, Snapshots) → discrepancies
+//!   ──finish──▶ (final State, ReplayReport)
+//! ```
+//!
+//! A blob that cannot be read *now* (network, permissions: [`BlobFault::Unavailable`]) stops the
+//! replay with [`VerifyError::BlobUnavailable`] instead of voiding the contribution: otherwise the
+//! computed state would depend on the weather. A blob that is absent, corrupt or undecodable is a
+//! fact about the bucket and voids its contribution. No clock, no environment.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use ledger::{BlobId, Body, EntryPos, LoggedEntry};
+use storage::{Store, StoreError};
+
+use crate::aggregate::apply;
+use crate::config::RunConfig;
+use crate::error::VerifyError;
+use crate::id::{Round, RunId, StateHash, WorkerKey};
+use crate::round::{Candidate, Claim, ClaimKind, NotCounted, RoundPlan, RoundRule};
+use crate::state::State;
+use crate::wire::{Expected, Update, decode};
+
+/// Blobs fetched at once while replaying a round.
+pub const FETCH_CONCURRENCY: usize = 4;
+/// Bytes of a snapshot file beyond `4 * parameters`, for its header (names, shapes, offsets).
+pub const SNAPSHOT_HEADER_ALLOWANCE: u64 = 1 << 20;
+/// Header bytes allowed per tensor beyond [`SNAPSHOT_HEADER_ALLOWANCE`].
+pub const SNAPSHOT_HEADER_PER_TENSOR: u64 = 2048;
+
+/// Why a blob did not come back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlobFault {
+    /// Not in the store.
+    Missing,
+    /// Does not hash to its id, or is larger than the limit.
+    Corrupt(String),
+    /// Could not be read now; may work later.
+    Unavailable(String),
+}
+
+/// Where replay gets blobs from: the run's store at the edge, a map in tests.
+pub trait BlobSource {
+    /// The blob with this id, at most `limit_bytes`, re-hashed.
+    fn blob(&self, id: BlobId, limit_bytes: u64) -> impl Future<Output = Result<Bytes, BlobFault>> + Send;
+}
+
+impl BlobSource for Store {
+    async fn blob(&self, id: BlobId, limit_bytes: u64) -> Result<Bytes, BlobFault> {
+        self.get_blob(id, limit_bytes).await.map_err(|e| match e {
+            StoreError::NotFound { .. } => BlobFault::Missing,
+            e @ (StoreError::HashMismatch { .. } | StoreError::TooLarge { .. }) => BlobFault::Corrupt(e.to_string()),
+            e => BlobFault::Unavailable(e.to_string()),
+        })
+    }
+}
+
+impl BlobSource for HashMap<BlobId, Bytes> {
+    fn blob(&self, id: BlobId, limit_bytes: u64) -> impl Future<Output = Result<Bytes, BlobFault>> + Send {
+        let found = self.get(&id).cloned();
+        async move {
+            let bytes = found.ok_or(BlobFault::Missing)?;
+            if bytes.len() as u64 > limit_bytes {
+                return Err(BlobFault::Corrupt(format!("{} bytes, over the limit of {limit_bytes}", bytes.len())));
+            }
+            if BlobId::of(&bytes) != id {
+                return Err(BlobFault::Corrupt("hash mismatch".into()));
+            }
+            Ok(bytes)
+        }
+    }
+}
+
+/// Where a replay starts.
+#[derive(Clone, Debug)]
+pub enum Start {
+    /// From the initial state (before round 0); its hash must be the Genesis entry's.
+    Genesis(State),
+    /// From the accepted Snapshot entry at `pos`; `state` must hash to what it claims. Rounds
+    /// after the snapshot's are replayed.
+    Snapshot {
+        /// The Snapshot entry.
+        pos: EntryPos,
+        /// The state it names (from its blob).
+        state: State,
+    },
+    /// From a state the caller computed itself earlier (a worker following the ledger): `state` is
+    /// the state before round `next`, taken as given.
+    Continue {
+        /// The first round to replay.
+        next: Round,
+        /// The state before it.
+        state: State,
+    },
+}
+
+/// A claimed hash that differs from the computed one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Discrepancy {
+    /// The round whose resulting state is claimed (for a Genesis claim: the round before 0 does
+    /// not exist, so it is reported as round 0 with kind Genesis).
+    pub round: Round,
+    /// The claiming entry.
+    pub pos: EntryPos,
+    /// Its kind.
+    pub kind: ClaimKind,
+    /// What it claims.
+    pub claimed: StateHash,
+    /// What replay computed.
+    pub computed: StateHash,
+}
+
+/// One replayed round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoundReport {
+    /// The round.
+    pub round: Round,
+    /// Its RoundClose.
+    pub close: EntryPos,
+    /// The state hash it started from.
+    pub base: StateHash,
+    /// The state hash it ended with.
+    pub state: StateHash,
+    /// The contributions aggregated, in ledger order.
+    pub counted: Vec<Candidate>,
+    /// The contributions not aggregated, in ledger order, with reasons.
+    pub not_counted: Vec<(Candidate, NotCounted)>,
+    /// Fewer contributions were aggregated than the run's `min_contributions` (the round still
+    /// applies; a closer closed it early, or blobs failed).
+    pub under_minimum: bool,
+}
+
+/// Counted and not counted contributions of one organisation, over the replayed rounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrgCounts {
+    /// Aggregated.
+    pub counted: u64,
+    /// Not aggregated.
+    pub not_counted: u64,
+}
+
+/// What a replay found: the input of `cairn audit`'s report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// The run.
+    pub run: RunId,
+    /// The first round replayed.
+    pub first_round: Round,
+    /// The first round not replayed (no RoundClose yet): the open round.
+    pub next_round: Round,
+    /// Each replayed round.
+    pub rounds: Vec<RoundReport>,
+    /// Contributions per organisation (None: signer not a member).
+    pub organisations: BTreeMap<Option<String>, OrgCounts>,
+    /// Excluded workers and the verdict that excluded each (whole ledger).
+    pub exclusions: Vec<(WorkerKey, EntryPos)>,
+    /// Every claim that differs from the computed hash, in round order.
+    pub discrepancies: Vec<Discrepancy>,
+    /// Hash of the final state.
+    pub state: StateHash,
+}
+
+impl ReplayReport {
+    /// The first discrepancy: lowest round, then ledger position.
+    pub fn first_discrepancy(&self) -> Option<&Discrepancy> {
+        self.discrepancies.iter().min_by_key(|d| (d.round, d.pos))
+    }
+}
+
+/// The result of a replay.
+#[derive(Clone, Debug)]
+pub struct Replayed {
+    /// The state after the last closed round.
+    pub state: State,
+    /// What happened.
+    pub report: ReplayReport,
+}
+
+/// A replay in progress: the pure core. [`replay`] drives it with a [`BlobSource`].
+#[derive(Debug)]
+pub struct Replay {
+    run: RunId,
+    rule: RoundRule,
+    state: State,
+    hash: StateHash,
+    next: Option<Round>,
+    report: ReplayReport,
+}
+
+/// The run id and decoded config of the accepted Genesis at the start of `entries`.
+pub fn genesis_config(entries: &[LoggedEntry]) -> Result<(RunId, RunConfig, ledger::Genesis), VerifyError> {
+    let first = entries.first().filter(|e| e.validity.is_accept()).and_then(|e| e.entry.as_ref());
+    match first {
+        Some(ledger::Entry { run_id, body: Body::Genesis(g), .. }) => {
+            Ok((RunId(run_id.0), RunConfig::decode(&g.config)?, g.clone()))
+        }
+        _ => Err(VerifyError::NoGenesis),
+    }
+}
+
+impl Replay {
+    /// Prepares a replay of `entries` (ledger order, as `ledger::Reader::entries` gives them) from
+    /// `start`, checking the start state against the ledger.
+    pub fn new(entries: &[LoggedEntry], start: Start) -> Result<Replay, VerifyError> {
+        let (run, config, _) = genesis_config(entries)?;
+        let rule = RoundRule::new(entries, &config);
+        let (state, first, claims) = match start {
+            Start::Genesis(state) => {
+                let claim = rule.genesis().ok_or(VerifyError::NoGenesis)?;
+                (state, Some(Round(0)), vec![(claim, true)])
+            }
+            Start::Snapshot { pos, state } => {
+                let found = entries.iter().find(|e| e.pos == pos && e.validity.is_accept());
+                let Some(Body::Snapshot(s)) = found.and_then(|e| e.entry.as_ref()).map(|e| &e.body) else {
+                    return Err(VerifyError::NoSnapshot(pos.to_string()));
+                };
+                let own = Claim { pos, kind: ClaimKind::Snapshot, state: StateHash(s.state.0) };
+                let round = Round(s.round.0);
+                let others = rule.claims(round).into_iter().filter(|c| c.pos != pos).map(|c| (c, false));
+                (state, round.0.checked_add(1).map(Round), std::iter::once((own, true)).chain(others).collect())
+            }
+            Start::Continue { next, state } => (state, Some(next), Vec::new()),
+        };
+        if state.layout() != &config.layout {
+            return Err(VerifyError::StartLayout);
+        }
+        let hash = state.hash();
+        let mut discrepancies = Vec::new();
+        for (claim, binding) in claims {
+            if claim.state != hash {
+                if binding {
+                    return Err(VerifyError::StartMismatch { claimed: claim.state, actual: hash });
+                }
+                let round = first.map_or(Round(u64::MAX), |r| Round(r.0.saturating_sub(1)));
+                discrepancies.push(Discrepancy {
+                    round,
+                    pos: claim.pos,
+                    kind: claim.kind,
+                    claimed: claim.state,
+                    computed: hash,
+                });
+            }
+        }
+        let first_round = first.unwrap_or(Round(u64::MAX));
+        let report = ReplayReport {
+            run,
+            first_round,
+            next_round: first_round,
+            rounds: Vec::new(),
+            organisations: BTreeMap::new(),
+            exclusions: rule.exclusions(),
+            discrepancies,
+            state: hash,
+        };
+        Ok(Replay { run, rule, state, hash, next: first, report })
+    }
+
+    /// The run config (from the Genesis entry).
+    pub fn config(&self) -> &RunConfig {
+        self.rule.config()
+    }
+
+    /// The round rule's index.
+    pub fn rule(&self) -> &RoundRule {
+        &self.rule
+    }
+
+    /// The current state (after the rounds applied so far).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The next round's plan, or `None` when it has no RoundClose (the replay is done).
+    pub fn next_plan(&self) -> Option<RoundPlan> {
+        self.rule.round(self.next?, self.hash)
+    }
+
+    /// The plan of the next round, still open, as if it were closed by the next entry (see
+    /// [`RoundRule::provisional`]): a closer applies it to learn the hash its RoundClose claims.
+    /// `None` when the next round is closed (use [`Replay::next_plan`]).
+    pub fn provisional_plan(&self) -> Option<RoundPlan> {
+        self.rule.provisional(self.next?, self.hash)
+    }
+
+    /// Applies `plan` (from [`Replay::next_plan`] or [`Replay::provisional_plan`]) with the blobs of its counted contributions,
+    /// one per `plan.counted`, in order.
+    pub fn apply(&mut self, plan: RoundPlan, blobs: Vec<Result<Bytes, BlobFault>>) -> Result<(), VerifyError> {
+        if Some(plan.round) != self.next || plan.base != self.hash || blobs.len() != plan.counted.len() {
+            return Err(VerifyError::PlanMismatch);
+        }
+        let config = self.rule.config();
+        let mut updates: Vec<Update> = Vec::with_capacity(plan.counted.len());
+        let mut counted = Vec::with_capacity(plan.counted.len());
+        let mut not_counted = plan.not_counted;
+        for (c, blob) in plan.counted.into_iter().zip(blobs) {
+            let expected = Expected {
+                run: self.run,
+                round: plan.round,
+                base: self.hash,
+                worker: c.worker,
+                layout: &config.layout,
+                compression: config.hyper.compression,
+            };
+            let outcome = match blob {
+                Err(BlobFault::Unavailable(reason)) => {
+                    return Err(VerifyError::BlobUnavailable { blob: c.blob.to_string(), reason });
+                }
+                Err(BlobFault::Missing) => Err(NotCounted::BlobMissing),
+                Err(BlobFault::Corrupt(why)) => Err(NotCounted::BlobCorrupt(why)),
+                Ok(bytes) if bytes.len() as u64 != c.blob_size => {
+                    Err(NotCounted::BlobCorrupt(format!("{} bytes, the entry declares {}", bytes.len(), c.blob_size)))
+                }
+                Ok(bytes) => decode(&bytes, &expected).map_err(NotCounted::Undecodable),
+            };
+            match outcome {
+                Ok(update) => {
+                    updates.push(update);
+                    counted.push(c);
+                }
+                Err(reason) => not_counted.push((c, reason)),
+            }
+        }
+        not_counted.sort_by_key(|(c, _)| c.pos);
+        apply(&mut self.state, plan.round, &updates, &config.hyper)?;
+        let hash = self.state.hash();
+        for claim in &plan.claims {
+            if claim.state != hash {
+                self.report.discrepancies.push(Discrepancy {
+                    round: plan.round,
+                    pos: claim.pos,
+                    kind: claim.kind,
+                    claimed: claim.state,
+                    computed: hash,
+                });
+            }
+        }
+        for c in &counted {
+            self.report.organisations.entry(c.organisation.clone()).or_default().counted += 1;
+        }
+        for (c, _) in &not_counted {
+            self.report.organisations.entry(c.organisation.clone()).or_default().not_counted += 1;
+        }
+        let under_minimum = (counted.len() as u64) < u64::from(config.rounds.min_contributions);
+        self.report.rounds.push(RoundReport {
+            round: plan.round,
+            close: plan.close,
+            base: plan.base,
+            state: hash,
+            counted,
+            not_counted,
+            under_minimum,
+        });
+        self.hash = hash;
+        self.report.state = hash;
+        self.next = plan.round.0.checked_add(1).map(Round);
+        self.report.next_round = self.next.unwrap_or(plan.round);
+        Ok(())
+    }
+
+    /// The final state and the report.
+    pub fn finish(self) -> Replayed {
+        Replayed { state: self.state, report: self.report }
+    }
+}
+
+/// Fetches the blobs of `plan`'s counted contributions (a few at a time, results in order).
+pub async fn fetch_blobs<S: BlobSource>(source: &S, plan: &RoundPlan) -> Vec<Result<Bytes, BlobFault>> {
+    futures::stream::iter(plan.counted.iter().map(|c| source.blob(c.blob, c.blob_size)))
+        .buffered(FETCH_CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// Replays every closed round of `entries` from `start`, fetching blobs from `source`.
+pub async fn replay<S: BlobSource>(entries: &[LoggedEntry], start: Start, source: &S) -> Result<Replayed, VerifyError> {
+    let mut replay = Replay::new(entries, start)?;
+    while let Some(plan) = replay.next_plan() {
+        let blobs = fetch_blobs(source, &plan).await;
+        replay.apply(plan, blobs)?;
+    }
+    Ok(replay.finish())
+}
+
+/// Fetches and parses a state blob (the Genesis or a Snapshot entry's), at most the size a state
+/// of `config`'s layout can take, and checks its layout. The caller's [`Start`] then checks its hash.
+pub async fn fetch_state<S: BlobSource>(
+    source: &S,
+    config: &RunConfig,
+    blob: BlobId,
+    declared_size: u64,
+) -> Result<State, VerifyError> {
+    let layout = &config.layout;
+    let max = layout
+        .elements()
+        .saturating_mul(4)
+        .saturating_add(SNAPSHOT_HEADER_ALLOWANCE)
+        .saturating_add((layout.tensors().len() as u64).saturating_mul(SNAPSHOT_HEADER_PER_TENSOR));
+    if declared_size > max {
+        return Err(VerifyError::Safetensors(format!("snapshot of {declared_size} bytes, over the limit of {max}")));
+    }
+    let bytes = source.blob(blob, declared_size).await.map_err(|fault| match fault {
+        BlobFault::Unavailable(reason) => VerifyError::BlobUnavailable { blob: blob.to_string(), reason },
+        BlobFault::Missing => VerifyError::Safetensors(format!("snapshot blob {blob} is missing")),
+        BlobFault::Corrupt(why) => VerifyError::Safetensors(format!("snapshot blob {blob}: {why}")),
+    })?;
+    let state = State::from_safetensors(&bytes)?;
+    if state.layout() != layout {
+        return Err(VerifyError::StartLayout);
+    }
+    Ok(state)
+}
+
+/// Replays `entries` from genesis: fetches the Genesis entry's initial state from `source`, then
+/// every closed round. What `cairn audit` runs.
+pub async fn replay_from_genesis<S: BlobSource>(entries: &[LoggedEntry], source: &S) -> Result<Replayed, VerifyError> {
+    let (_, config, genesis) = genesis_config(entries)?;
+    let state = fetch_state(source, &config, genesis.snapshot, genesis.snapshot_size).await?;
+    replay(entries, Start::Genesis(state), source).await
+}
+
+/// Replays `entries` from the newest accepted Snapshot entry whose round's RoundClose claims the
+/// same state hash (from genesis if there is none): what a worker's catch-up and
+/// `cairn audit --from-snapshot` run. The snapshot's state must hash to what it claims.
+pub async fn replay_from_latest_snapshot<S: BlobSource>(
+    entries: &[LoggedEntry],
+    source: &S,
+) -> Result<Replayed, VerifyError> {
+    let (_, config, _) = genesis_config(entries)?;
+    let rule = RoundRule::new(entries, &config);
+    let latest = entries.iter().rev().find_map(|e| match e.entry.as_ref().map(|x| &x.body) {
+        Some(Body::Snapshot(s))
+            if e.validity.is_accept() && rule.close(Round(s.round.0)).map(|c| c.state.0) == Some(s.state.0) =>
+        {
+            Some((e.pos, s.blob, s.blob_size))
+        }
+        _ => None,
+    });
+    match latest {
+        None => replay_from_genesis(entries, source).await,
+        Some((pos, blob, size)) => {
+            let state = fetch_state(source, &config, blob, size).await?;
+            replay(entries, Start::Snapshot { pos, state }, source).await
+        }
+    }
+}

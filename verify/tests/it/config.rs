@@ -1,0 +1,117 @@
+//! Run config: encode/decode round trips, and nothing but the canonical bytes decodes.
+
+use proptest::prelude::*;
+use verify::config::{ExclusionRules, MAX_EXTRA_BYTES, RoundRules};
+use verify::{
+    Compression, ConfigError, Hyper, Layout, NormClip, Ratio, RunConfig, Schedule, TensorSpec, ValueEncoding,
+    VerifyError,
+};
+
+fn ratio() -> impl Strategy<Value = Ratio> {
+    (any::<u64>(), 1u64..).prop_map(|(num, den)| Ratio::new(num, den))
+}
+
+fn config_strategy() -> impl Strategy<Value = RunConfig> {
+    let tensor = ("[a-z][a-z0-9._]{0,12}", prop::collection::vec(1u64..=64, 0..=4));
+    let layout = prop::collection::btree_map(tensor.0, tensor.1, 1..=6)
+        .prop_map(|m| Layout::new(m.into_iter().map(|(name, shape)| TensorSpec { name, shape }).collect()).unwrap());
+    let schedule = prop_oneof![
+        ratio().prop_map(|lr| Schedule::Constant { lr }),
+        (ratio(), ratio(), any::<u64>(), any::<u64>()).prop_map(|(peak, min, warmup_rounds, total_rounds)| {
+            Schedule::WarmupCosine { peak, min, warmup_rounds, total_rounds }
+        }),
+    ];
+    let hyper = (1u16..=256, 1u16..=256, 0u8..3, schedule, ratio(), any::<bool>()).prop_map(
+        |(chunk_size, topk, code, schedule, weight_decay, median)| Hyper {
+            compression: Compression { chunk_size, topk, values: ValueEncoding::from_code(code).unwrap() },
+            schedule,
+            weight_decay,
+            clip: if median { NormClip::Median } else { NormClip::Off },
+        },
+    );
+    let rounds = (1u32..=4096).prop_flat_map(|max| {
+        (0..=max).prop_map(move |min| RoundRules { min_contributions: min, max_contributions: max })
+    });
+    let exclusion =
+        (any::<i64>(), any::<u32>()).prop_map(|(min_score, max_failures)| ExclusionRules { min_score, max_failures });
+    (layout, hyper, rounds, exclusion, prop::collection::vec(any::<u8>(), 0..64))
+        .prop_map(|(layout, hyper, rounds, exclusion, extra)| RunConfig { layout, hyper, rounds, exclusion, extra })
+}
+
+proptest! {
+    #[test]
+    fn config_round_trips(config in config_strategy()) {
+        let bytes = config.encode().unwrap();
+        prop_assert_eq!(RunConfig::decode(&bytes).unwrap(), config);
+    }
+
+    /// Any change of one byte is refused, or decodes to a different config whose canonical bytes are
+    /// exactly the changed ones (so no config has two encodings).
+    #[test]
+    fn a_changed_byte_is_refused_or_another_config(config in config_strategy(), at in any::<prop::sample::Index>(), x in 1u8..) {
+        let bytes = config.encode().unwrap();
+        let mut changed = bytes.clone();
+        let i = at.index(bytes.len());
+        changed[i] ^= x;
+        if let Ok(other) = RunConfig::decode(&changed) {
+            prop_assert_ne!(&other, &config);
+            prop_assert_eq!(other.encode().unwrap(), changed);
+        }
+    }
+
+    #[test]
+    fn truncated_or_extended_is_refused(config in config_strategy(), cut in any::<prop::sample::Index>(), tail in 1u8..) {
+        let bytes = config.encode().unwrap();
+        let n = cut.index(bytes.len());
+        prop_assert!(RunConfig::decode(&bytes[..n]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(tail);
+        prop_assert_eq!(RunConfig::decode(&longer), Err(VerifyError::Config(ConfigError::TrailingBytes { extra: 1 })));
+    }
+}
+
+#[test]
+fn zero_denominator_and_unknown_tags_are_refused() {
+    let config = RunConfig {
+        layout: Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![2, 2] }]).unwrap(),
+        hyper: Hyper {
+            compression: Compression { chunk_size: 64, topk: 4, values: ValueEncoding::Sign },
+            schedule: Schedule::Constant { lr: Ratio::new(1, 1000) },
+            weight_decay: Ratio::new(0, 1),
+            clip: NormClip::Off,
+        },
+        rounds: RoundRules { min_contributions: 0, max_contributions: 1 },
+        exclusion: ExclusionRules { min_score: -5, max_failures: 0 },
+        extra: vec![],
+    };
+    let bytes = config.encode().unwrap();
+    // layout: 10 + 4 + (4 + 1 + 4 + 16) = 39; then chunk 2, top-k 2, encoding 1 at 43, schedule tag at 44
+    assert_eq!(bytes[43], 0);
+    let mut bad_encoding = bytes.clone();
+    bad_encoding[43] = 3;
+    assert_eq!(
+        RunConfig::decode(&bad_encoding),
+        Err(VerifyError::Config(ConfigError::UnknownTag { field: "value encoding", tag: 3 }))
+    );
+    let mut bad_schedule = bytes.clone();
+    bad_schedule[44] = 2;
+    assert_eq!(
+        RunConfig::decode(&bad_schedule),
+        Err(VerifyError::Config(ConfigError::UnknownTag { field: "schedule", tag: 2 }))
+    );
+    // lr den: bytes 53..61
+    let mut zero_den = bytes.clone();
+    zero_den[53..61].fill(0);
+    assert!(matches!(RunConfig::decode(&zero_den), Err(VerifyError::InvalidHyper(_))));
+    let mut extra_len = bytes.clone();
+    let n = extra_len.len();
+    extra_len[n - 4..].copy_from_slice(&(MAX_EXTRA_BYTES + 1).to_le_bytes());
+    assert!(matches!(
+        RunConfig::decode(&extra_len),
+        Err(VerifyError::Config(ConfigError::TooLong { field: "extra", .. }))
+    ));
+    // min above max
+    let mut rounds = config.clone();
+    rounds.rounds = RoundRules { min_contributions: 2, max_contributions: 1 };
+    assert!(matches!(rounds.encode(), Err(VerifyError::Config(ConfigError::Invalid(_)))));
+}
