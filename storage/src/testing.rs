@@ -109,9 +109,8 @@ pub async fn s3_store() -> Store {
 pub async fn file_store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("file://{}", dir.path().display());
-    let store = crate::open_with(&url, &OpenOptions { retry: quick_retry(), settings: vec![] })
-        .await
-        .expect("open file store");
+    let store =
+        crate::open_with(&url, &OpenOptions { retry: quick_retry(), settings: vec![] }).await.expect("open file store");
     (store, dir)
 }
 
