@@ -70,7 +70,7 @@ impl Store {
         let id = BlobId::of(&bytes);
         let key = id.key();
         if bytes.len() <= SINGLE_PUT_MAX_BYTES {
-            return match self.put_if_absent(&key, bytes.clone()).await? {
+            return match self.put_if_absent_hashed(&key, bytes.clone(), Some(id.0)).await? {
                 PutOutcome::Created(_) => Ok(id),
                 // Stored before (by us or anyone): fine if it is plausibly the same blob; readers
                 // re-hash everything anyway.
@@ -156,12 +156,12 @@ impl Store {
 
     /// Fetches blob `id` (at most `limit_bytes`) and checks that it hashes to its name.
     pub async fn get_blob(&self, id: BlobId, limit_bytes: u64) -> Result<Bytes> {
-        let obj = self.get(&id.key(), limit_bytes).await?;
-        let actual = BlobId::of(&obj.bytes);
+        let (bytes, _, _) = self.fetch(&id.key(), limit_bytes).await?;
+        let actual = BlobId::of(&bytes);
         if actual != id {
             return Err(StoreError::HashMismatch { expected: id, actual });
         }
-        Ok(obj.bytes)
+        Ok(bytes)
     }
 }
 

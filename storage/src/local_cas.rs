@@ -25,7 +25,12 @@ pub(crate) const LOCK_DIR: &str = ".cairn-locks";
 
 /// The version the file:// store reports for an object with this content.
 pub(crate) fn content_version(bytes: &[u8]) -> Version {
-    Version { e_tag: Some(format!("b3-{}", blake3::hash(bytes).to_hex())), version: None }
+    version_of_hash(blake3::hash(bytes).as_bytes())
+}
+
+/// The version of an object whose content hashes to `hash` (blake3).
+pub(crate) fn version_of_hash(hash: &[u8; 32]) -> Version {
+    Version { e_tag: Some(format!("b3-{}", hex::encode(hash))), version: None }
 }
 
 fn io<'a>(operation: &'static str, path: &'a FsPath) -> impl FnOnce(std::io::Error) -> StoreError + 'a {

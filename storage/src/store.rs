@@ -327,6 +327,17 @@ impl Store {
     /// `AlreadyExists`, whatever it holds.
     #[tracing::instrument(level = "debug", skip(self, bytes), fields(len = bytes.len()))]
     pub async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
+        self.put_if_absent_hashed(key, bytes, None).await
+    }
+
+    /// `put_if_absent` for bytes whose blake3 the caller already knows (a blob's id), so the
+    /// file:// store need not hash them again for their version.
+    pub(crate) async fn put_if_absent_hashed(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        blake3: Option<[u8; 32]>,
+    ) -> Result<PutOutcome> {
         let path = self.path(key)?;
         let payload = PutPayload::from(bytes.clone());
         let (put, uncertain) = self
@@ -345,7 +356,7 @@ impl Store {
             })
             .await?;
         match put {
-            Some(r) => Ok(PutOutcome::Created(self.version_after_put(&bytes, r))),
+            Some(r) => Ok(PutOutcome::Created(self.version_after_put(&bytes, blake3, r))),
             None if !uncertain => Ok(PutOutcome::AlreadyExists),
             None => match self.get_unlimited(key).await {
                 Ok(existing) if existing.bytes == bytes => {
@@ -359,9 +370,10 @@ impl Store {
         }
     }
 
-    fn version_after_put(&self, bytes: &[u8], r: object_store::PutResult) -> Version {
-        match self.backend {
-            Backend::File { .. } => local_cas::content_version(bytes),
+    fn version_after_put(&self, bytes: &[u8], blake3: Option<[u8; 32]>, r: object_store::PutResult) -> Version {
+        match (&self.backend, blake3) {
+            (Backend::File { .. }, Some(hash)) => local_cas::version_of_hash(&hash),
+            (Backend::File { .. }, None) => local_cas::content_version(bytes),
             _ => Version { e_tag: r.e_tag, version: r.version },
         }
     }
@@ -372,7 +384,7 @@ impl Store {
         let path = self.path(key)?;
         let payload = PutPayload::from(bytes.clone());
         let r = self.retrying("put", key, || self.inner.put(&path, payload.clone())).await?;
-        Ok(self.version_after_put(&bytes, r))
+        Ok(self.version_after_put(&bytes, None, r))
     }
 
     /// Replaces the object at `key` only if it is still at `expected` (`None`: only if absent).
@@ -425,16 +437,31 @@ impl Store {
 
     /// Reads a whole object, refusing (before reading the body) anything over `limit_bytes`.
     pub async fn get(&self, key: &str, limit_bytes: u64) -> Result<Object> {
+        let (bytes, e_tag, version) = self.fetch(key, limit_bytes).await?;
+        let version = match self.backend {
+            Backend::File { .. } => local_cas::content_version(&bytes),
+            _ => Version { e_tag, version },
+        };
+        Ok(Object { bytes, version })
+    }
+
+    /// The bytes of an object with the backend's e_tag and version id, within `limit_bytes`.
+    /// Local backends read in one call once the size is known; remote bodies are streamed with a
+    /// running cap, since a server may send more than it declared.
+    pub(crate) async fn fetch(&self, key: &str, limit_bytes: u64) -> Result<(Bytes, Option<String>, Option<String>)> {
         let path = self.path(key)?;
-        let (bytes, e_tag, version) = self
-            .retrying("get", key, || {
-                let (inner, path) = (self.inner.clone(), path.clone());
-                async move {
-                    let res = inner.get(&path).await?;
-                    let (e_tag, version, size) = (res.meta.e_tag.clone(), res.meta.version.clone(), res.meta.size);
-                    if size > limit_bytes {
-                        return Ok(Err(size));
-                    }
+        let local = matches!(self.backend, Backend::File { .. } | Backend::Memory);
+        self.retrying("get", key, || {
+            let (inner, path) = (self.inner.clone(), path.clone());
+            async move {
+                let res = inner.get(&path).await?;
+                let (e_tag, version, size) = (res.meta.e_tag.clone(), res.meta.version.clone(), res.meta.size);
+                if size > limit_bytes {
+                    return Ok(Err(size));
+                }
+                let bytes = if local {
+                    res.bytes().await?
+                } else {
                     let mut buf = BytesMut::with_capacity(size as usize);
                     let mut stream = res.into_stream();
                     while let Some(chunk) = stream.next().await {
@@ -444,16 +471,16 @@ impl Store {
                         }
                         buf.extend_from_slice(&chunk);
                     }
-                    Ok(Ok((buf.freeze(), e_tag, version)))
+                    buf.freeze()
+                };
+                if bytes.len() as u64 > limit_bytes {
+                    return Ok(Err(bytes.len() as u64));
                 }
-            })
-            .await?
-            .map_err(|size| StoreError::TooLarge { key: key.to_string(), size, limit: limit_bytes })?;
-        let version = match self.backend {
-            Backend::File { .. } => local_cas::content_version(&bytes),
-            _ => Version { e_tag, version },
-        };
-        Ok(Object { bytes, version })
+                Ok(Ok((bytes, e_tag, version)))
+            }
+        })
+        .await?
+        .map_err(|size| StoreError::TooLarge { key: key.to_string(), size, limit: limit_bytes })
     }
 
     /// Reads our own small pointer objects back for comparison; the limit is generous because
