@@ -1,6 +1,7 @@
 //! `cairn bench NAME`: whole-system benchmarks. Each prints its headline figures on its last
 //! line as `bench NAME: key=value ...`, with ratios against a baseline measured in the same run.
 
+mod aggregate_bench;
 mod storage_bench;
 
 use clap::Subcommand;
@@ -11,11 +12,14 @@ use crate::Outcome;
 pub enum BenchCommand {
     /// Put/get throughput of the storage wrapper against raw object_store calls, and blake3 speed.
     Storage(storage_bench::Args),
+    /// verify's bit-exact decode + aggregate + apply against libtorch doing DeMo's dense decode.
+    Aggregate(aggregate_bench::Args),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
     match cmd {
         BenchCommand::Storage(args) => storage_bench::run(args).await,
+        BenchCommand::Aggregate(args) => aggregate_bench::run(args).await,
     }
 }
 

@@ -4,7 +4,10 @@ use std::process::{Command, Output};
 
 use storage::testing;
 
-fn cairn(args: &[&str], env: &[(String, String)]) -> Output {
+/// Environment variables for a child process.
+type Env = [(String, String)];
+
+fn cairn(args: &[&str], env: &Env) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
     cmd.args(args).env("OMP_NUM_THREADS", "1").env_remove("CAIRN_LOG");
     for (k, v) in env {
@@ -52,7 +55,7 @@ async fn store_problems_are_one_clear_line_and_exit_1() {
     let missing = format!("s3://cairn-missing-{}/run", testing::hex_id());
     let mut wrong_secret = env.clone();
     wrong_secret.push(("AWS_SECRET_ACCESS_KEY".into(), "wrong".into()));
-    let cases: [(&str, &[(String, String)], &str); 3] = [
+    let cases: [(&str, &Env, &str); 3] = [
         (&missing, env, "does not exist; create it with `cairn store init"),
         (&url, &wrong_secret, "access denied"),
         ("file:///nonexistent/cairn-store", &[], "does not exist; create it with `cairn store init"),

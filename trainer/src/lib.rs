@@ -1,7 +1,20 @@
 //! The worker side of cairn: the only crate that links libtorch (through tch).
 //!
-//! For now it holds the libtorch probe used by `cairn` and CI to prove that libtorch links and
-//! runs; the model, data pipeline and DeMo encoder arrive with the trainer issue.
+//! Modules: [`model`] (the Llama-style decoder, its presets and deterministic initial state),
+//! [`data`] (the synthetic corpus with a known loss floor, text from a path or store URL, the
+//! train/eval split and the per-(round, worker) assignment), [`step`] (gradient accumulation,
+//! clipping, evaluation and the AdamW baseline), [`demo`] (DeMo momentum, DCT top-k encoding into
+//! verify's wire format, error feedback, and the dense libtorch aggregation used as a benchmark
+//! baseline). The libtorch probe below is what `cairn` and CI use to prove that libtorch links and
+//! runs; [`set_torch_threads`] applies the configured thread count (tests use one).
+
+pub mod data;
+pub mod demo;
+mod error;
+pub mod model;
+pub mod step;
+
+pub use error::TrainerError;
 
 /// What the linked libtorch reports about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +28,11 @@ pub struct TorchInfo {
 /// Asks libtorch about itself (a cheap call that proves the library loaded).
 pub fn torch_info() -> TorchInfo {
     TorchInfo { cuda_available: tch::Cuda::is_available(), threads: tch::get_num_threads() }
+}
+
+/// Sets the number of threads libtorch uses for intra-op parallelism (at least 1).
+pub fn set_torch_threads(threads: usize) {
+    tch::set_num_threads(i32::try_from(threads.max(1)).unwrap_or(i32::MAX));
 }
 
 #[cfg(test)]

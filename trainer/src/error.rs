@@ -1,0 +1,62 @@
+//! The trainer crate's one error type.
+
+use tch::TchError;
+use verify::VerifyError;
+
+/// What can go wrong on the worker side.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainerError {
+    /// libtorch refused an operation (a device, kind or shape problem in our own tensors).
+    #[error("libtorch: {0}")]
+    Torch(#[from] TchError),
+    /// verify rejected what the trainer built (or a layout or hyperparameter check failed).
+    #[error("verify: {0}")]
+    Verify(#[from] VerifyError),
+    /// The tensors handed in do not match the model layout.
+    #[error("tensor {index} ({name}): {problem}")]
+    Shape {
+        /// Position in layout order.
+        index: usize,
+        /// Tensor name from the layout.
+        name: String,
+        /// What does not match.
+        problem: String,
+    },
+    /// A tensor to encode holds NaN or an infinity.
+    #[error("tensor {name} holds a non-finite value")]
+    NonFinite {
+        /// Tensor name from the layout.
+        name: String,
+    },
+    /// A model, data or training configuration that cannot work (unknown preset, inconsistent shape,
+    /// a sequence longer than the model takes, ...).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The object store refused to hand over a data file.
+    #[error("storage: {0}")]
+    Storage(#[from] storage::StoreError),
+    /// A local data file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A data file over the configured size limit.
+    #[error("{what} is {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// What was being read.
+        what: String,
+        /// Its size in bytes.
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A loss or gradient came out NaN or infinite (a diverged step).
+    #[error("non-finite {what} in a training step")]
+    Diverged {
+        /// Which quantity: `loss` or `gradient norm`.
+        what: &'static str,
+    },
+}
