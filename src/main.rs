@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod ledger_cmd;
 mod store_cmd;
 
 use std::process::ExitCode;
@@ -29,6 +30,10 @@ enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Create a member key file and print its public key.
+    Keygen(ledger_cmd::KeygenArgs),
+    /// Replay a run's ledger and write it as a Parquet file.
+    Export(ledger_cmd::ExportArgs),
     /// Run the demonstration on a local store (what `make demo` runs).
     Demo(demo::DemoArgs),
     /// Print what this build links: libtorch version and devices.
@@ -60,6 +65,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Store { command } => store_cmd::run(command).await,
             Command::Bench { command } => bench::run(command).await,
+            Command::Keygen(args) => ledger_cmd::keygen(args),
+            Command::Export(args) => ledger_cmd::export(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Info => {
                 let info = trainer::torch_info();

@@ -214,6 +214,14 @@ pub enum LedgerError {
         #[source]
         source: std::io::Error,
     },
+    /// Writing a Parquet export failed (feature `parquet`).
+    #[cfg(feature = "parquet")]
+    #[error("parquet export: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// Building the Arrow columns of an export failed (feature `parquet`).
+    #[cfg(feature = "parquet")]
+    #[error("arrow columns of the export: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
 }
 
 /// Result alias for the ledger crate.

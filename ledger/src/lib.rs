@@ -8,7 +8,8 @@
 //!   Reader (log) ◄── poll / wait_for_new ─────────────────────────────────────────┘
 //!     ├─ validity::LedgerState::apply   Accept | Void(reason), pure
 //!     ├─ merkle leaves, one per slot    inclusion / consistency proofs
-//!     └─ checkpoint: publish, cosign, check; audit names a rewritten slot
+//!     ├─ checkpoint: publish, cosign, check; audit names a rewritten slot
+//!     └─ export (feature `parquet`): what it read, as a Parquet file
 //! ```
 //!
 //! The store handed in is already scoped to one run (`<run>/`); the ledger only knows the keys
@@ -18,6 +19,8 @@
 pub mod checkpoint;
 pub mod entry;
 mod error;
+#[cfg(feature = "parquet")]
+pub mod export;
 pub mod id;
 pub mod key;
 pub mod log;
@@ -33,7 +36,7 @@ pub use entry::{
 pub use error::{DecodeError, LedgerError, Result, Tamper};
 pub use id::{EntryPos, Round, RunId, Seq, StateHash};
 pub use key::{Keypair, PublicKey, Signature, read_key_file, write_key_file};
-pub use log::{Appender, LoggedEntry, Reader, SlotRecord, find_head, seq_key, write_genesis};
+pub use log::{Appender, LoggedEntry, Reader, SlotRecord, find_head, genesis_run_id, seq_key, write_genesis};
 pub use merkle::Hash;
 pub use storage::BlobId;
 pub use validity::{LedgerState, RawEntry, Validity, VoidReason, validate};

@@ -18,14 +18,19 @@
 //!                                               absent or unreadable ─► try n again
 //!
 //!   find_head(known)        all slots below `known` are present
-//!     lo := max(known, hint if slot hint-1 exists)
-//!     probe lo, lo+1, lo+3, lo+7, ... until absent, then binary search the gap
+//!     lo := max(known, hint if slot hint-1 exists)    (fresh appenders only)
+//!     probe lo; if present, probe windows of HOLE_LOOKAHEAD slots at once: the first absent wins
+//!
+//!   reader at an absent slot n
+//!     any of n+1 ..= n+HOLE_LOOKAHEAD present? ── yes ─► put_if_absent(seq/n, FILLER), read n again
+//!                                              └─ no ──► n is the head
 //! ```
 //!
-//! Honest appenders only write slot n after seeing slot n-1, so the present slots form a prefix.
-//! Readers take exactly that prefix: they read forward, slot by slot (several in flight), and stop
-//! at the first absent slot; they need no head search. Every slot they read is
-//! hashed into the Merkle tree (garbage too), and every entry goes through the validity rule.
+//! Honest appenders only write the first absent slot they see, so the present slots form a
+//! prefix. A member with write access can still break it (write far ahead, delete a slot); readers
+//! take the present prefix, and fill a hole they find with the filler (void for everyone), so a
+//! hole never stalls them. Every slot they read is hashed into the Merkle tree (garbage too), and
+//! every entry goes through the validity rule.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -63,7 +68,57 @@ pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// See [`MIN_POLL_INTERVAL`].
 pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How far past an absent slot readers look for a present one (that makes the absent slot a
+/// hole, which they fill), and the largest run of absent slots an appender's head search may
+/// skip. A slot written further ahead than this stays out of the log until the log reaches it.
+pub const HOLE_LOOKAHEAD: u64 = 16;
+
 const HINT_VERSION: u8 = 1;
+
+/// The hole rule, pure: an absent slot N is a hole when one of the slots N+1..=N+[`HOLE_LOOKAHEAD`]
+/// is present; `present_after[i]` says whether slot N+1+i is (entries past the look-ahead are
+/// ignored). A hole is filled with [`slot::FILLER`] by whoever finds it; otherwise N is the head.
+pub fn is_hole(present_after: &[bool]) -> bool {
+    present_after.iter().take(HOLE_LOOKAHEAD as usize).any(|&p| p)
+}
+
+/// If absent slot `seq` is a hole ([`is_hole`]), writes the filler there with put-if-absent and
+/// returns true (the slot is now present: the filler, or whatever won it first); false when
+/// `seq` is the head.
+///
+/// A look-ahead check that fails counts as absent: the hole, if it is one, is filled by a later
+/// poll. A store that refuses the write (read-only access) leaves the hole: the reader stops
+/// there. Any other failure to write the filler is an error (the next poll tries again).
+pub async fn fill_hole(store: &Store, seq: Seq) -> Result<bool> {
+    let present_after: Vec<bool> = futures::stream::iter(1..=HOLE_LOOKAHEAD)
+        .map(|d| {
+            let store = store.clone();
+            async move {
+                let Some(n) = seq.0.checked_add(d) else { return false };
+                present(&store, Seq(n)).await.unwrap_or_else(|e| {
+                    debug!(seq = n, error = %e, "look-ahead check failed; counted as absent");
+                    false
+                })
+            }
+        })
+        .buffered(READ_CONCURRENCY)
+        .collect()
+        .await;
+    if !is_hole(&present_after) {
+        return Ok(false);
+    }
+    match store.put_if_absent(&seq_key(seq), slot::filler()).await {
+        Ok(PutOutcome::Created(_)) => warn!(seq = seq.0, "filled a hole in the log"),
+        Ok(PutOutcome::AlreadyExists) => debug!(seq = seq.0, "a hole was filled by someone else"),
+        // A reader with read access only (an auditor) stops at the hole, as if it were the head.
+        Err(e @ (StoreError::PermissionDenied { .. } | StoreError::Unsupported { .. })) => {
+            warn!(seq = seq.0, error = %e, "cannot fill the hole in the log; reading stops there");
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(true)
+}
 
 /// The key of slot `seq`.
 pub fn seq_key(seq: Seq) -> String {
@@ -95,45 +150,45 @@ async fn write_hint(store: &Store, head: Seq) {
 /// present. The hint only ever moves the search forward, and only once slot `hint - 1` is seen.
 pub async fn find_head(store: &Store, known: Seq) -> Result<Seq> {
     let mut known = known;
-    search_head(store, &mut known).await
+    search_head(store, &mut known, true).await
 }
 
 /// [`find_head`], raising `known` as slots are seen, so that a search cut short by a failed
-/// request still leaves its progress behind for the next try.
-async fn search_head(store: &Store, known: &mut Seq) -> Result<Seq> {
-    match read_hint(store).await {
-        Some(hint) if hint > *known && present(store, Seq(hint.0 - 1)).await? => *known = hint,
-        _ => {}
+/// request still leaves its progress behind for the next try. It never skips a slot: past
+/// `known` it reads windows of [`HOLE_LOOKAHEAD`] slots at once and returns the first absent
+/// one, so an appender never lands beyond a hole (a rogue write ahead, a deleted slot): it
+/// lands in it.
+async fn search_head(store: &Store, known: &mut Seq, use_hint: bool) -> Result<Seq> {
+    if use_hint {
+        match read_hint(store).await {
+            Some(hint) if hint > *known && present(store, Seq(hint.0 - 1)).await? => *known = hint,
+            _ => {}
+        }
     }
+    // The common case, an appender at the head: one request.
     if !present(store, *known).await? {
         return Ok(*known);
     }
-    // Slot `known` is present: gallop forward to an absent slot, then bisect.
     let overflow = || LedgerError::TooLarge { what: "log (slots)", size: u64::MAX, limit: u64::MAX - 1 };
-    let mut last_present = known.0;
-    *known = Seq(last_present.checked_add(1).ok_or_else(overflow)?);
-    let mut step = 1u64;
-    let first_absent = loop {
-        let probe = last_present.checked_add(step).ok_or_else(overflow)?;
-        if present(store, Seq(probe)).await? {
-            last_present = probe;
-            *known = Seq(probe.saturating_add(1));
-            step = step.saturating_mul(2);
-        } else {
-            break probe;
-        }
-    };
-    let mut hi = first_absent;
-    while hi - last_present > 1 {
-        let mid = last_present + (hi - last_present) / 2;
-        if present(store, Seq(mid)).await? {
-            last_present = mid;
-            *known = Seq(mid + 1);
-        } else {
-            hi = mid;
+    *known = known.next().ok_or_else(overflow)?;
+    loop {
+        let from = known.0;
+        let mut window = std::pin::pin!(
+            futures::stream::iter(0..HOLE_LOOKAHEAD)
+                .map(|d| {
+                    let store = store.clone();
+                    async move { present(&store, Seq(from.saturating_add(d))).await }
+                })
+                .buffered(READ_CONCURRENCY)
+        );
+        // In slot order, so that a failed request keeps the progress made before it.
+        while let Some(is_present) = window.try_next().await? {
+            if !is_present {
+                return Ok(*known);
+            }
+            *known = known.next().ok_or_else(overflow)?;
         }
     }
-    Ok(Seq(hi))
 }
 
 /// Starts a run: writes `genesis` (a batch of one) at slot 0, and nowhere else. A run whose slot 0
@@ -150,17 +205,50 @@ pub async fn write_genesis(store: &Store, genesis: &Entry) -> Result<()> {
     }
 }
 
+/// The run id named by the first entry of slot 0, for a reader that only has the store (the
+/// command line's `--store URL`). Whether that genesis is valid is still the validity rule's
+/// call; this only says which run the log claims to be.
+pub async fn genesis_run_id(store: &Store) -> Result<RunId> {
+    let malformed = |reason| LedgerError::Malformed { what: "genesis slot", reason };
+    match read_slot(store, Seq(0)).await? {
+        None => Err(LedgerError::LogTooShort { head: Seq(0), needed: 1 }),
+        Some(SlotObject::Oversized(size)) => {
+            Err(malformed(crate::error::DecodeError::TooLong { field: "slot", len: size, max: MAX_SLOT_BYTES }))
+        }
+        Some(SlotObject::Bytes(bytes)) => {
+            let raws = slot::decode_slot(&bytes).map_err(malformed)?;
+            let first = raws.first().ok_or(malformed(crate::error::DecodeError::TooShort {
+                field: "batch",
+                len: 0,
+                min: 1,
+            }))?;
+            Ok(Entry::decode(first).map_err(malformed)?.run_id)
+        }
+    }
+}
+
 /// Writes slots. One per writer task; cheap to create.
 #[derive(Debug, Clone)]
 pub struct Appender {
     store: Store,
+    /// Every slot below this one is present.
     next: Seq,
+    /// Whether the head hint may move `next` forward (only for an appender that knows nothing).
+    use_hint: bool,
 }
 
 impl Appender {
-    /// An appender on a store scoped to the run.
+    /// An appender on a store scoped to the run, that knows nothing of the log yet: it starts
+    /// from the head hint when slot `hint - 1` is present (see docs/LEDGER.md, "Holes").
     pub fn new(store: Store) -> Appender {
-        Appender { store, next: Seq(0) }
+        Appender { store, next: Seq(0), use_hint: true }
+    }
+
+    /// An appender that starts from `next`, a point below which the caller saw every slot (a
+    /// [`Reader::next_seq`]). It never follows the hint, which a member with write access can
+    /// forge, so it never lands beyond a hole it did not see.
+    pub fn starting_at(store: Store, next: Seq) -> Appender {
+        Appender { store, next, use_hint: false }
     }
 
     /// Appends `entries` as one slot and returns the slot they landed in.
@@ -171,7 +259,7 @@ impl Appender {
     /// Appends an already framed slot object (see [`slot::encode_slot`]).
     #[tracing::instrument(level = "debug", skip_all, fields(len = slot.len()))]
     pub async fn append_slot(&mut self, slot: Bytes) -> Result<Seq> {
-        let mut seq = search_head(&self.store, &mut self.next).await?;
+        let mut seq = search_head(&self.store, &mut self.next, self.use_hint).await?;
         let mut losses = 0u32;
         let mut until_probe = REPROBE_AFTER_LOSSES;
         // Whether an earlier attempt at `seq` failed in transit, and so may have landed.
@@ -209,7 +297,7 @@ impl Appender {
                     until_probe -= 1;
                     seq = if until_probe == 0 {
                         until_probe = REPROBE_AFTER_LOSSES;
-                        search_head(&self.store, &mut self.next).await?
+                        search_head(&self.store, &mut self.next, self.use_hint).await?
                     } else {
                         after
                     };
@@ -313,6 +401,8 @@ pub struct Reader {
     pub(crate) slots: Vec<SlotRecord>,
     pub(crate) entries: Vec<LoggedEntry>,
     pub(crate) leaves: Vec<Hash>,
+    /// The same leaves with their complete subtrees, for roots and proofs in O(log² n).
+    tree: merkle::Subtrees,
     by_round: HashMap<Round, Vec<usize>>,
     by_signer: HashMap<PublicKey, Vec<usize>>,
     pub(crate) trusted: Option<SignedCheckpoint>,
@@ -331,6 +421,7 @@ impl Reader {
             slots: Vec::new(),
             entries: Vec::new(),
             leaves: Vec::new(),
+            tree: merkle::Subtrees::default(),
             by_round: HashMap::new(),
             by_signer: HashMap::new(),
             trusted: None,
@@ -376,13 +467,19 @@ impl Reader {
 
     /// Reads every slot written since the last call; returns how many were new.
     ///
+    /// At the first absent slot it looks [`HOLE_LOOKAHEAD`] slots further (see [`is_hole`]): if
+    /// one of them is present, the absent slot is a hole, and the reader writes the filler there
+    /// (put-if-absent: whatever landed first stays) and reads on. Below a verified checkpoint it
+    /// never fills: an absent slot there was deleted, and is reported.
+    ///
     /// Reads run ahead in a window that doubles while every slot in it is present (up to
     /// [`READ_CONCURRENCY`]) and falls back to one read at the head, so following a quiet log
-    /// costs one request per poll. Each slot is taken in as soon as it and all before it are
+    /// costs one read and the [`HOLE_LOOKAHEAD`] existence checks per poll. Each slot is taken in as soon as it and all before it are
     /// read, so a failed poll keeps its progress and the next one resumes where it stopped.
     pub async fn poll(&mut self) -> Result<u64> {
         let start = self.next_seq();
         let mut window = 1u64;
+        let mut filled = None;
         loop {
             let from = self.next_seq().0;
             let store = self.store.clone();
@@ -394,18 +491,27 @@ impl Reader {
                     })
                     .buffered(READ_CONCURRENCY)
             );
-            let mut at_head = false;
+            let mut absent = None;
             while let Some((seq, obj)) = fetched.try_next().await? {
                 match obj {
                     Some(obj) => self.ingest(seq, obj),
                     None => {
-                        at_head = true;
+                        absent = Some(seq);
                         break;
                     }
                 }
             }
-            if at_head {
-                break;
+            if let Some(seq) = absent {
+                // Below a verified checkpoint an absent slot is a deletion, reported as such;
+                // above it, a hole is filled and read again like any other slot.
+                // A slot filled but absent again (deleted as fast as it is filled) ends the poll.
+                let below_checkpoint = self.trusted.as_ref().is_some_and(|t| seq.0 < t.checkpoint.size);
+                if below_checkpoint || filled == Some(seq) || !fill_hole(&self.store, seq).await? {
+                    break;
+                }
+                filled = Some(seq);
+                window = 1;
+                continue;
             }
             window = (window * 2).min(READ_CONCURRENCY as u64);
         }
@@ -438,6 +544,9 @@ impl Reader {
                     max: MAX_SLOT_BYTES,
                 })),
             ),
+            SlotObject::Bytes(bytes) if bytes.as_ref() == slot::FILLER => {
+                (bytes.len() as u64, Some(VoidReason::Filler))
+            }
             SlotObject::Bytes(bytes) => {
                 let size = bytes.len() as u64;
                 match slot::decode_slot(bytes) {
@@ -463,10 +572,13 @@ impl Reader {
                 }
             }
         };
-        if let Some(reason) = &void {
-            warn!(seq = seq.0, %reason, "void slot");
+        match &void {
+            Some(VoidReason::Filler) => debug!(seq = seq.0, "filler slot"),
+            Some(reason) => warn!(seq = seq.0, %reason, "void slot"),
+            None => {}
         }
         self.leaves.push(leaf);
+        self.tree.push(leaf);
         self.slots.push(SlotRecord { seq, leaf, size, entries: first..self.entries.len(), void });
     }
 
@@ -578,22 +690,17 @@ impl Reader {
 
     /// The Merkle root over the first `size` slots, if that many were read.
     pub fn root_at(&self, size: u64) -> Option<Hash> {
-        let n = usize::try_from(size).ok()?;
-        self.leaves.get(..n).map(merkle::root)
+        self.tree.root(usize::try_from(size).ok()?)
     }
 
     /// The inclusion proof of slot `seq` in the tree of the first `size` slots.
     pub fn inclusion_proof(&self, seq: Seq, size: u64) -> Option<Vec<Hash>> {
-        let (i, n) = (usize::try_from(seq.0).ok()?, usize::try_from(size).ok()?);
-        let leaves = self.leaves.get(..n)?;
-        (i < n).then(|| merkle::inclusion_proof(i, leaves))
+        self.tree.inclusion_proof(usize::try_from(seq.0).ok()?, usize::try_from(size).ok()?)
     }
 
     /// The consistency proof from the tree of `old_size` slots to that of `new_size` slots.
     pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Option<Vec<Hash>> {
-        let (m, n) = (usize::try_from(old_size).ok()?, usize::try_from(new_size).ok()?);
-        let leaves = self.leaves.get(..n)?;
-        (m <= n).then(|| merkle::consistency_proof(m, leaves))
+        self.tree.consistency_proof(usize::try_from(old_size).ok()?, usize::try_from(new_size).ok()?)
     }
 
     /// The checkpoint this reader verified last, if any.

@@ -22,6 +22,17 @@ pub const MAX_BATCH_ENTRIES: u16 = 256;
 /// Largest slot object; a reader never downloads more than this from one slot.
 pub const MAX_SLOT_BYTES: u64 = 4 << 20;
 
+/// The filler: the one slot object that holds no entry (version 1, count 0). A participant that
+/// finds a hole in the log (an absent slot with a present one shortly after it) writes this there
+/// with put-if-absent, so that readers move on; it is void for everyone. Any other bytes with a
+/// count of 0 are a malformed slot.
+pub const FILLER: &[u8] = &[SLOT_VERSION, 0, 0];
+
+/// [`FILLER`] as bytes to put.
+pub fn filler() -> Bytes {
+    Bytes::from_static(FILLER)
+}
+
 /// Frames already-encoded entries as one slot object.
 pub fn encode_slot(entries: &[Vec<u8>]) -> Result<Bytes> {
     if entries.is_empty() || entries.len() > usize::from(MAX_BATCH_ENTRIES) {

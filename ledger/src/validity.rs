@@ -46,6 +46,9 @@ pub enum VoidReason {
     /// The slot object is not a slot (garbage, unknown version, oversized).
     #[error("the slot is not a valid batch: {0}")]
     MalformedSlot(DecodeError),
+    /// The slot is the filler a participant wrote into a hole (see `slot::FILLER`).
+    #[error("filler: a hole in the log, filled so that readers move on")]
+    Filler,
     /// The entry bytes are not canonical.
     #[error("malformed entry: {0}")]
     Malformed(DecodeError),

@@ -2,6 +2,7 @@
 //! line as `bench NAME: key=value ...`, with ratios against a baseline measured in the same run.
 
 mod aggregate_bench;
+mod ledger_bench;
 mod storage_bench;
 
 use clap::Subcommand;
@@ -14,12 +15,15 @@ pub enum BenchCommand {
     Storage(storage_bench::Args),
     /// verify's bit-exact decode + aggregate + apply against libtorch doing DeMo's dense decode.
     Aggregate(aggregate_bench::Args),
+    /// Ledger appends (1 and 16 appenders), replay with signature verification, inclusion proofs.
+    Ledger(ledger_bench::Args),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
     match cmd {
         BenchCommand::Storage(args) => storage_bench::run(args).await,
         BenchCommand::Aggregate(args) => aggregate_bench::run(args).await,
+        BenchCommand::Ledger(args) => ledger_bench::run(args).await,
     }
 }
 

@@ -1,3 +1,4 @@
 //! Tests of the `cairn` command as users run it: exit codes, last lines, one-line errors.
 
+mod ledger_cli;
 mod store;

@@ -88,3 +88,11 @@ async fn a_batch_lands_in_one_slot_and_the_appender_learns_which() {
     assert_eq!(got, batch);
     assert!(reader.entries().iter().all(|e| e.validity.is_accept()));
 }
+
+/// The real S3 server (SeaweedFS) queues contended conditional writes for about a second each, so
+/// this race is smaller than the memory and folder ones; it prints how long it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_appenders_on_seaweedfs_leave_no_gap_and_no_duplicate() {
+    let store = storage::testing::s3_store().await.scoped("runs/test").unwrap();
+    race(store, 8, 20).await;
+}

@@ -3,6 +3,7 @@
 mod common;
 mod concurrency;
 mod fault;
+mod holes;
 mod properties;
 mod reading;
 mod simulation;

@@ -1,0 +1,193 @@
+//! `cairn keygen` and `cairn export`, and the export read back by pyarrow as a user would.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use bytes::Bytes;
+use ledger::{Appender, BlobId, Body, Contribution, Entry, Genesis, Keypair, Member, Role, Round, RoundClose, RunId};
+
+fn cairn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .env("OMP_NUM_THREADS", "1")
+        .env_remove("CAIRN_LOG")
+        .output()
+        .expect("run cairn")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn keygen_writes_a_private_key_prints_its_hex_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("member.key");
+    let out = cairn(&["keygen", "--out", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let printed = stdout.trim_end();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let key = ledger::read_key_file(&path).unwrap();
+    assert_eq!(printed, key.public().to_string(), "printed key is the file's, in the ledger's hex");
+    assert_eq!(printed.parse::<ledger::PublicKey>().unwrap(), key.public());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let before = std::fs::read(&path).unwrap();
+    let again = cairn(&["keygen", "--out", path.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).starts_with("error: "), "{}", text(&again.stderr));
+    assert!(again.stdout.is_empty());
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the existing key is untouched");
+}
+
+/// A small run in a local folder: genesis, two contributions (one in a batch with a verdict-free
+/// duplicate), a garbage slot, and a round close. Returns the run id and the worker's key.
+async fn small_run(url: &str) -> (RunId, Keypair) {
+    let store = storage::open(url).await.unwrap();
+    let admin = Keypair::from_seed([1; 32]);
+    let worker = Keypair::from_seed([2; 32]);
+    let run_id = RunId([0x42; 32]);
+    let roster = vec![
+        Member { key: admin.public(), organisation: "org-admin".into(), role: Role::Admin },
+        Member { key: worker.public(), organisation: "org-worker".into(), role: Role::Worker },
+    ];
+    let genesis = Genesis::new(b"cfg".to_vec(), roster, 1, ledger::StateHash([0; 32]), BlobId([3; 32]), 77);
+    let contribution = |n: u64| {
+        let c = Contribution {
+            round: Round(0),
+            base_state: ledger::StateHash([0; 32]),
+            assignment: vec![],
+            blob: BlobId::of(&n.to_be_bytes()),
+            blob_size: 1000 + n,
+            metrics: vec![],
+        };
+        Entry::sign(run_id, Body::Contribution(c), &[&worker]).unwrap()
+    };
+    let mut a = Appender::new(store.clone());
+    a.append(&[Entry::sign(run_id, Body::Genesis(genesis), &[&admin]).unwrap()]).await.unwrap(); // slot 0
+    a.append(&[contribution(1)]).await.unwrap(); // slot 1
+    a.append(&[contribution(2), contribution(2)]).await.unwrap(); // slot 2: valid, duplicate
+    store.put_if_absent(&ledger::seq_key(ledger::Seq(3)), Bytes::from_static(b"garbage")).await.unwrap(); // slot 3
+    let close = RoundClose { round: Round(0), state: ledger::StateHash([9; 32]) };
+    a.append(&[Entry::sign(run_id, Body::RoundClose(close), &[&admin]).unwrap()]).await.unwrap(); // slot 4
+    (run_id, worker)
+}
+
+fn python() -> String {
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/setup-python.sh"))
+        .output()
+        .expect("run infra/setup-python.sh");
+    assert!(out.status.success(), "infra/setup-python.sh failed: {}", text(&out.stderr));
+    format!("{}/bin/python", text(&out.stdout).trim())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_writes_parquet_that_pyarrow_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/run", dir.path().display());
+    std::fs::create_dir_all(dir.path().join("run")).unwrap();
+    let (run_id, worker) = small_run(&url).await;
+    let file = dir.path().join("ledger.parquet");
+    let out = cairn(&["export", "--store", &url, "--out", file.to_str().unwrap(), "--publish"]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("");
+
+    let store = storage::open(&url).await.unwrap();
+    let reader = ledger::Reader::replay(store.clone(), run_id).await.unwrap();
+    let root = reader.root_at(5).unwrap();
+    assert_eq!(last, format!("export: run={run_id} rows=6 size=5 root={root}"));
+    let stored = store.get(&ledger::export::export_key(5), 1 << 20).await.unwrap();
+    assert_eq!(stored.bytes, Bytes::from(std::fs::read(&file).unwrap()), "the stored export is the file");
+
+    let script = r#"
+import sys, pyarrow.parquet as pq
+t = pq.read_table(sys.argv[1])
+md = t.schema.metadata
+footer = pq.read_metadata(sys.argv[1]).metadata
+assert footer[b"cairn.root"] == md[b"cairn.root"], (footer, md)
+print("rows", t.num_rows)
+print("root", md[b"cairn.root"].decode())
+print("size", md[b"cairn.size"].decode())
+print("run", md[b"cairn.run_id"].decode())
+print("kinds", ",".join(k or "-" for k in t.column("kind").to_pylist()))
+print("signer1", t.column("signer")[1].as_py())
+print("org1", t.column("organisation")[1].as_py())
+print("blob_size1", t.column("blob_size")[1].as_py())
+print("validity", "|".join(t.column("validity").to_pylist()))
+print("seqs", ",".join(str(s) for s in t.column("seq").to_pylist()))
+print("entry1", t.column("entry")[1].as_py().hex())
+print("leaf3", t.column("leaf_hash")[4].as_py())
+"#;
+    let py = Command::new(python()).args(["-c", script, file.to_str().unwrap()]).output().expect("run python");
+    assert!(py.status.success(), "pyarrow: {}", text(&py.stderr));
+    let got = text(&py.stdout);
+    let field = |name: &str| -> String {
+        got.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{name} missing from {got}"))
+            .to_string()
+    };
+    assert_eq!(field("rows"), "6");
+    assert_eq!(field("root"), root.to_string());
+    assert_eq!(field("size"), "5");
+    assert_eq!(field("run"), run_id.to_string());
+    assert_eq!(field("kinds"), "genesis,contribution,contribution,contribution,-,round_close");
+    assert_eq!(field("seqs"), "0,1,2,2,3,4");
+    assert_eq!(field("signer1"), worker.public().to_string());
+    assert_eq!(field("org1"), "org-worker");
+    assert_eq!(field("blob_size1"), "1001");
+    let validity = field("validity");
+    let v: Vec<&str> = validity.split('|').collect();
+    assert_eq!(v[..3], ["valid", "valid", "valid"]);
+    assert_eq!(v[3], "duplicate of an accepted entry");
+    assert!(v[4].starts_with("the slot is not a valid batch"), "{validity}");
+    assert_eq!(v[5], "valid");
+    assert_eq!(field("entry1"), hex(&reader.entries()[1].bytes));
+    assert_eq!(field("leaf3"), reader.slots()[3].leaf.to_string());
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn export_of_a_store_without_a_ledger_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let out = cairn(&["export", "--store", &url, "--out", dir.path().join("x.parquet").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: reading the genesis of"), "{err}");
+}
+
+#[test]
+fn bench_ledger_ends_with_its_figures() {
+    let out = cairn(&["bench", "ledger", "memory://", "--appends", "32", "--verify-entries", "600", "--proofs", "200"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("");
+    let figures = last.strip_prefix("bench ledger: ").unwrap_or_else(|| panic!("last line: {last}"));
+    let mut keys = Vec::new();
+    for kv in figures.split(' ') {
+        let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("not key=value: {kv}"));
+        let v: f64 = v.parse().unwrap_or_else(|_| panic!("{k} is not a plain number: {v}"));
+        assert!(v.is_finite() && v > 0.0, "{k}={v}");
+        keys.push(k);
+    }
+    for k in [
+        "appends_per_s_1",
+        "appends_per_s_16",
+        "verify_entries_per_s",
+        "verify_ratio_vs_strict_ed25519",
+        "proofs_per_s",
+    ] {
+        assert!(keys.contains(&k), "{k} missing from {last}");
+    }
+}
