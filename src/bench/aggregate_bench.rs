@@ -282,7 +282,7 @@ fn run_blocking(args: Args) -> anyhow::Result<Outcome> {
         params - same
     );
     println!(
-        "bench aggregate: params={params} updates={} cairn_params_per_s={cairn_pps:.4e} torch_params_per_s={torch_pps:.4e} ratio={:.3} update_bytes={update_bytes} compression_x={:.1} sign_agreement_pct={sign_agreement_pct:.4}",
+        "bench aggregate: params={params} updates={} cairn_params_per_s={cairn_pps:.0} torch_params_per_s={torch_pps:.0} ratio={:.3} update_bytes={update_bytes} compression_x={:.1} sign_agreement_pct={sign_agreement_pct:.4}",
         args.updates,
         cairn_pps / torch_pps,
         dense_bytes as f64 / update_bytes as f64
