@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 use verify::chunk::Grid;
 use verify::dct::Basis;
-use verify::{Header, Hyper, Layout, Round, State, Update, ValueEncoding, Values};
+use verify::{Header, Hyper, Layout, Round, State, Update, ValueEncoding};
 
 use crate::error::TrainerError;
 
@@ -122,40 +122,6 @@ fn to_host<T: tch::kind::Element + Copy>(t: &Tensor) -> Result<Vec<T>, TrainerEr
     Ok(Vec::<T>::try_from(&flat)?)
 }
 
-/// Quantises one tensor's selected coefficients (`kept` per chunk) the way verify's encoder does.
-/// Returns the wire values and, per entry, the value a receiver decodes (as f32).
-fn quantise(encoding: ValueEncoding, kept: usize, values: &[f32]) -> (Values, Vec<f32>) {
-    match encoding {
-        ValueEncoding::Sign => {
-            let neg: Vec<bool> = values.iter().map(|&v| v < 0.0).collect();
-            let decoded = neg.iter().map(|&n| if n { -1.0 } else { 1.0 }).collect();
-            (Values::Sign(neg), decoded)
-        }
-        ValueEncoding::Int8 => {
-            let chunks = values.len().checked_div(kept).unwrap_or(0);
-            let mut scales = Vec::with_capacity(chunks);
-            let mut q = Vec::with_capacity(values.len());
-            let mut decoded = Vec::with_capacity(values.len());
-            for vals in values.chunks(kept.max(1)) {
-                let max = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let scale = max / 127.0;
-                scales.push(scale);
-                for &v in vals {
-                    let qi = if scale > 0.0 { (v / scale).round().clamp(-127.0, 127.0) as i8 } else { 0 };
-                    q.push(qi);
-                    decoded.push((f64::from(qi) * f64::from(scale)) as f32);
-                }
-            }
-            (Values::Int8 { scales, q }, decoded)
-        }
-        ValueEncoding::Bf16 => {
-            let bits: Vec<u16> = values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
-            let decoded = bits.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect();
-            (Values::Bf16(bits), decoded)
-        }
-    }
-}
-
 /// Checks `tensors` against `layout` (count and shapes) and returns them as f32.
 fn checked(tensors: &[Tensor], layout: &Layout) -> Result<Vec<Tensor>, TrainerError> {
     let specs = layout.tensors();
@@ -197,7 +163,7 @@ fn encode_selected(
     let tensors = checked(tensors, layout)?;
     let mut parts = Vec::with_capacity(tensors.len());
     let mut selected = Vec::with_capacity(tensors.len());
-    for ((t, spec), grid) in tensors.iter().zip(layout.tensors()).zip(comp.grids(layout)) {
+    for (tensor, ((t, spec), grid)) in tensors.iter().zip(layout.tensors()).zip(comp.grids(layout)).enumerate() {
         let t = t.f_to_device(bases.device())?;
         if !bool::try_from(&t.f_isfinite()?.f_all()?)? {
             return Err(TrainerError::NonFinite { name: spec.name.clone() });
@@ -211,7 +177,11 @@ fn encode_selected(
         let host_values: Vec<f32> = to_host(&values)?;
         // Indices are below chunk_rows * chunk_cols <= 65536: they fit a u16.
         let host_indices: Vec<u16> = to_host::<i64>(&indices)?.into_iter().map(|i| i as u16).collect();
-        let (wire, decoded) = quantise(comp.values, kept, &host_values);
+        let chunks = host_indices.chunks(kept.max(1)).zip(host_values.chunks(kept.max(1)));
+        let chunks = chunks.map(|(i, v)| (i.to_vec(), v.to_vec())).collect();
+        let (host_indices, wire) = verify::encode::quantise(tensor as u32, comp.values, chunks)?;
+        // What a receiver decodes, entry by entry (for error feedback).
+        let decoded: Vec<f32> = (0..host_values.len()).map(|e| wire.value(e / kept.max(1), e) as f32).collect();
         let feedback = match comp.values {
             ValueEncoding::Sign => values,
             ValueEncoding::Int8 | ValueEncoding::Bf16 => {
@@ -428,7 +398,9 @@ pub fn reference_aggregate(
 #[cfg(test)]
 mod tests {
     use verify::aggregate::direction;
-    use verify::{Compression, Expected, NormClip, Ratio, RunId, Schedule, StateHash, TensorSpec, WorkerKey, decode};
+    use verify::{
+        Compression, Expected, NormClip, Ratio, RunId, Schedule, StateHash, TensorSpec, Values, WorkerKey, decode,
+    };
 
     use super::*;
 

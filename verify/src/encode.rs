@@ -85,7 +85,11 @@ fn encode_tensor(data: &[f32], grid: &Grid, k: u16) -> Vec<(Vec<u16>, Vec<f32>)>
         .collect()
 }
 
-fn quantise(
+/// Quantises one tensor's selected coefficients, chunk by chunk (`(indices, values)` per chunk, in
+/// chunk order), into wire values: the one implementation of the value encodings, shared by this
+/// reference encoder and the trainer's libtorch encoder. Rejects non-finite values and values the
+/// decoder would refuse. `tensor` only labels errors.
+pub fn quantise(
     tensor: u32,
     encoding: ValueEncoding,
     chunks: Vec<(Vec<u16>, Vec<f32>)>,
