@@ -7,8 +7,11 @@
 //!
 //! The domain tag keeps an entry signature from ever being read as a checkpoint signature (or
 //! anything else cairn signs later), and the run id keeps one run's signatures out of every other.
-//! Verification is `verify_strict` (canonical S, no small-order keys) so that every reader, on
-//! every machine, accepts exactly the same signatures.
+//! Verification follows ZIP-215 (canonical `S`; any point encoding that decompresses, small-order
+//! and non-canonical ones included; the cofactored equation `[8][S]B = [8]R + [8][k]A`). Under
+//! ZIP-215 a batch of signatures passes exactly when each one passes on its own, so [`verify`] and
+//! [`verify_batch`] accept the same set: every reader, on every machine and on either path, accepts
+//! exactly the same signatures.
 //!
 //! A key file holds one line, `cairn-secret-key-v1:<64 hex digits>`, the ed25519 seed; it is
 //! created with mode 0600 and never overwritten.
@@ -18,7 +21,7 @@ use std::io::Write;
 use std::path::Path;
 use std::str::FromStr;
 
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey};
 
 use crate::error::{LedgerError, Result};
 
@@ -102,15 +105,55 @@ impl Keypair {
     }
 }
 
-/// Whether `signature` by `key` verifies over `domain || message` (strict verification).
+/// Whether `signature` by `key` verifies over `domain || message` (ZIP-215 verification).
 pub fn verify(key: &PublicKey, domain: &[u8], message: &[u8], signature: &Signature) -> bool {
-    let Ok(vk) = VerifyingKey::from_bytes(&key.0) else {
-        return false;
-    };
+    item(key, domain, message, signature).verify_single().is_ok()
+}
+
+/// Whether `key` is a small-order point (any encoding of one). Under ZIP-215 such a key "signs"
+/// every message with `R` small-order and `S = 0`, so the validity rule refuses it as a roster
+/// key. Bytes that are not a point at all are not weak: no signature ever verifies against them.
+pub fn is_weak(key: &PublicKey) -> bool {
+    ed25519_dalek::VerifyingKey::from_bytes(&key.0).is_ok_and(|vk| vk.is_weak())
+}
+
+/// One signature to check: who signed, the message after the domain tag, and the signature.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedItem<'a> {
+    /// The signer's key.
+    pub key: &'a PublicKey,
+    /// The message, without the domain tag.
+    pub message: &'a [u8],
+    /// The signature over `domain || message`.
+    pub signature: &'a Signature,
+}
+
+/// [`verify`] for each item, in order, checked as one batch (ZIP-215 batch verification). When
+/// the batch fails, each item is checked on its own to find the bad ones. The result equals
+/// `items.map(verify)`: under ZIP-215 a batch passes exactly when every signature in it does
+/// (up to the 2^-128 chance of random batch coefficients cancelling a bad signature).
+pub fn verify_batch(domain: &[u8], items: &[SignedItem<'_>]) -> Vec<bool> {
+    let items: Vec<ed25519_zebra::batch::Item> =
+        items.iter().map(|i| item(i.key, domain, i.message, i.signature)).collect();
+    if items.len() > 1 {
+        let mut batch = ed25519_zebra::batch::Verifier::new();
+        for i in &items {
+            batch.queue(i.clone());
+        }
+        if batch.verify(rand_batch::rng()).is_ok() {
+            return vec![true; items.len()];
+        }
+    }
+    items.into_iter().map(|i| i.verify_single().is_ok()).collect()
+}
+
+/// The ZIP-215 verification item for `domain || message` (hashes the message once).
+fn item(key: &PublicKey, domain: &[u8], message: &[u8], signature: &Signature) -> ed25519_zebra::batch::Item {
     let mut full = Vec::with_capacity(domain.len() + message.len());
     full.extend_from_slice(domain);
     full.extend_from_slice(message);
-    vk.verify_strict(&full, &ed25519_dalek::Signature::from_bytes(&signature.0)).is_ok()
+    let signature = ed25519_zebra::Signature::from_bytes(&signature.0);
+    ed25519_zebra::batch::Item::from((ed25519_zebra::VerificationKeyBytes::from(key.0), signature, &full))
 }
 
 /// Creates a new key file at `path` (mode 0600, refusing to overwrite) and returns the key.
@@ -165,6 +208,127 @@ mod tests {
         assert!(!verify(&Keypair::from_seed([8; 32]).public(), ENTRY_DOMAIN, b"hello", &sig));
         // Not a curve point: rejected, not a panic.
         assert!(!verify(&PublicKey([0xff; 32]), ENTRY_DOMAIN, b"hello", &sig));
+    }
+
+    /// The encoding of the identity point (small order), canonical and not (y = 1 + p).
+    const IDENTITY: [u8; 32] = {
+        let mut b = [0u8; 32];
+        b[0] = 1;
+        b
+    };
+    const IDENTITY_NON_CANONICAL: [u8; 32] = {
+        let mut b = [0xff; 32];
+        b[0] = 0xee;
+        b[31] = 0x7f;
+        b
+    };
+
+    fn small_order_signature(r: [u8; 32]) -> Signature {
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&r);
+        Signature(sig)
+    }
+
+    fn dalek_verify_strict(key: &PublicKey, message: &[u8], signature: &Signature) -> bool {
+        let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&key.0) else {
+            return false;
+        };
+        let mut full = ENTRY_DOMAIN.to_vec();
+        full.extend_from_slice(message);
+        vk.verify_strict(&full, &ed25519_dalek::Signature::from_bytes(&signature.0)).is_ok()
+    }
+
+    /// The change of rule made explicit: a small-order key with `R` small-order and `S = 0`
+    /// verifies any message under ZIP-215 (cofactored equation, small-order and non-canonical
+    /// encodings allowed), where `verify_strict` refused it. Such keys cannot join a roster.
+    #[test]
+    fn zip215_accepts_small_order_signatures_that_verify_strict_refused() {
+        for key in [IDENTITY, IDENTITY_NON_CANONICAL] {
+            let key = PublicKey(key);
+            for r in [IDENTITY, IDENTITY_NON_CANONICAL] {
+                let sig = small_order_signature(r);
+                for message in [&b"anything"[..], b"anything else"] {
+                    assert!(verify(&key, ENTRY_DOMAIN, message, &sig));
+                    assert!(!dalek_verify_strict(&key, message, &sig));
+                }
+            }
+            assert!(is_weak(&key));
+        }
+        assert!(!is_weak(&Keypair::from_seed([3; 32]).public()));
+        assert!(!is_weak(&PublicKey([0xff; 32])), "not a point: no signature verifies, nothing to refuse");
+    }
+
+    /// Both rules refuse a non-canonical `S` (`S + l`): a signature cannot be re-encoded into a
+    /// second valid one, under either rule, singly or in a batch.
+    #[test]
+    fn non_canonical_s_is_refused_singly_and_in_a_batch() {
+        // l, the group order, little-endian.
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let k = Keypair::from_seed([5; 32]);
+        let good = k.sign(ENTRY_DOMAIN, b"m");
+        let mut malleated = good;
+        let mut carry = 0u16;
+        for (byte, l) in malleated.0[32..].iter_mut().zip(L) {
+            let sum = u16::from(*byte) + u16::from(l) + carry;
+            *byte = sum as u8;
+            carry = sum >> 8;
+        }
+        assert_eq!(carry, 0, "S + l fits in 256 bits");
+        assert!(verify(&k.public(), ENTRY_DOMAIN, b"m", &good));
+        assert!(dalek_verify_strict(&k.public(), b"m", &good));
+        assert!(!verify(&k.public(), ENTRY_DOMAIN, b"m", &malleated));
+        assert!(!dalek_verify_strict(&k.public(), b"m", &malleated));
+        let key = k.public();
+        let items = [
+            SignedItem { key: &key, message: b"m", signature: &good },
+            SignedItem { key: &key, message: b"m", signature: &malleated },
+        ];
+        assert_eq!(verify_batch(ENTRY_DOMAIN, &items), vec![true, false]);
+    }
+
+    /// `verify_batch` equals `verify` item by item: all good, one bad anywhere, bytes that are no
+    /// point, a wrong domain, and the small-order signatures ZIP-215 accepts.
+    #[test]
+    fn batch_verification_equals_single_verification() {
+        let keys: Vec<Keypair> = (0..6).map(|i| Keypair::from_seed([i + 10; 32])).collect();
+        let messages: Vec<Vec<u8>> = (0..12u8).map(|i| vec![i; usize::from(i) + 1]).collect();
+        let mut triples: Vec<(PublicKey, Vec<u8>, Signature)> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let k = &keys[i % keys.len()];
+                (k.public(), m.clone(), k.sign(ENTRY_DOMAIN, m))
+            })
+            .collect();
+        triples.push((PublicKey(IDENTITY), b"forged".to_vec(), small_order_signature(IDENTITY_NON_CANONICAL)));
+        let check = |triples: &[(PublicKey, Vec<u8>, Signature)]| {
+            let items: Vec<SignedItem<'_>> =
+                triples.iter().map(|(key, message, signature)| SignedItem { key, message, signature }).collect();
+            let single: Vec<bool> = triples.iter().map(|(k, m, s)| verify(k, ENTRY_DOMAIN, m, s)).collect();
+            assert_eq!(verify_batch(ENTRY_DOMAIN, &items), single);
+            single
+        };
+        assert!(check(&triples).iter().all(|ok| *ok));
+        for bad in 0..triples.len() {
+            for corrupt in 0..3 {
+                let mut t = triples.clone();
+                match corrupt {
+                    0 => t[bad].2.0[40] ^= 1,
+                    1 => t[bad].1.push(0),
+                    _ => t[bad].0 = PublicKey([0xff; 32]),
+                }
+                // The small-order forgery (last) verifies every message: changing it changes nothing.
+                let forged_message = corrupt == 1 && bad == t.len() - 1;
+                let expected: Vec<bool> = (0..t.len()).map(|i| i != bad || forged_message).collect();
+                assert_eq!(check(&t), expected, "corruption {corrupt} at {bad}");
+            }
+        }
+        let items = [SignedItem { key: &triples[0].0, message: &triples[0].1, signature: &triples[0].2 }];
+        assert_eq!(verify_batch(CHECKPOINT_DOMAIN, &items), vec![false]);
+        assert!(verify_batch(ENTRY_DOMAIN, &[]).is_empty());
     }
 
     #[test]

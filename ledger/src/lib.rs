@@ -39,4 +39,4 @@ pub use key::{Keypair, PublicKey, Signature, read_key_file, write_key_file};
 pub use log::{Appender, LoggedEntry, Reader, SlotRecord, find_head, genesis_run_id, seq_key, write_genesis};
 pub use merkle::Hash;
 pub use storage::BlobId;
-pub use validity::{LedgerState, RawEntry, Validity, VoidReason, validate};
+pub use validity::{Checked, LedgerState, RawEntry, Validity, VoidReason, validate, validate_checked};

@@ -48,7 +48,7 @@ use crate::id::{EntryPos, Round, RunId, Seq};
 use crate::key::PublicKey;
 use crate::merkle::{self, Hash};
 use crate::slot::{self, MAX_SLOT_BYTES};
-use crate::validity::{LedgerState, RawEntry, Validity, VoidReason};
+use crate::validity::{Checked, LedgerState, Validity, VoidReason};
 
 /// Folder of the slot objects.
 pub const SEQ_PREFIX: &str = "ledger/seq";
@@ -552,9 +552,12 @@ impl Reader {
                 match slot::decode_slot(bytes) {
                     Err(e) => (size, Some(VoidReason::MalformedSlot(e))),
                     Ok(raws) => {
-                        for (index, raw) in raws.into_iter().enumerate() {
+                        // The slot's signatures are checked as one batch first; the rule then
+                        // consumes the per-entry results, which equal single checks.
+                        let checked = Checked::batch(&raws);
+                        for (index, (raw, checked)) in raws.into_iter().zip(checked).enumerate() {
                             let pos = EntryPos { seq, index: index as u16 };
-                            let (validity, entry) = self.state.apply(RawEntry { pos, bytes: raw });
+                            let (validity, entry) = self.state.apply_checked(pos, checked);
                             if let Validity::Void(reason) = &validity {
                                 debug!(seq = seq.0, index, %reason, "void entry");
                             }

@@ -13,12 +13,14 @@
 //! 2. the entry names this run ([`VoidReason::WrongRun`]);
 //! 3. a Genesis is the very first entry (seq 0, index 0), and nothing else is
 //!    ([`VoidReason::GenesisNotFirst`], [`VoidReason::NoGenesis`]);
-//! 4. every signature verifies (strict ed25519) ([`VoidReason::BadSignature`]);
+//! 4. every signature verifies (ed25519 under ZIP-215, see [`crate::key`]) ([`VoidReason::BadSignature`]);
 //! 5. the signed message was not accepted before ([`VoidReason::Duplicate`]);
 //! 6. the signers are members whose role allows the kind, in the right number
 //!    (table below; RosterChange: at least `quorum` admins, at the current epoch);
 //! 7. kind rules: no contribution to a closed round, one RoundClose per round, a verdict names an
-//!    accepted contribution of its round, roster changes keep at least `quorum` admins.
+//!    accepted contribution of its round, roster changes keep at least `quorum` admins, and no
+//!    roster (genesis or change) admits a small-order key (under ZIP-215 it would verify every
+//!    message, see [`key::is_weak`]).
 //!
 //! ```text
 //!   Genesis       signers: admins of its own roster (>= 1)
@@ -29,6 +31,10 @@
 //!   RosterChange  >= quorum signers, all admins
 //! ```
 //!
+//! The signature checks of step 4 are the only costly part. [`Checked`] does them ahead of the rule,
+//! one entry at a time ([`Checked::single`]) or a whole slot as one batch ([`Checked::batch`], what
+//! `Reader` uses); both give the same per-entry result, so the verdicts do not depend on the path.
+//!
 //! No clock, no environment, no IO: two readers with the same prefix reach the same verdicts.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -38,7 +44,7 @@ use storage::BlobId;
 use crate::entry::{Body, Change, Entry, Genesis, Kind, Member, Role, Target};
 use crate::error::DecodeError;
 use crate::id::{EntryPos, Round, RunId, StateHash};
-use crate::key::PublicKey;
+use crate::key::{self, PublicKey};
 
 /// Why an entry does not count.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -217,17 +223,22 @@ impl LedgerState {
     /// Runs the validity rule on `raw` and, if it is accepted, applies it. Returns the verdict
     /// and the decoded entry (when it decodes, void or not).
     pub fn apply(&mut self, raw: RawEntry<'_>) -> (Validity, Option<Entry>) {
-        let entry = match Entry::decode(raw.bytes) {
-            Ok(e) => e,
+        self.apply_checked(raw.pos, Checked::single(raw.bytes))
+    }
+
+    /// [`LedgerState::apply`] for an entry whose signatures were already checked (by
+    /// [`Checked::single`] or [`Checked::batch`], which give the same result).
+    pub fn apply_checked(&mut self, pos: EntryPos, checked: Result<Checked, DecodeError>) -> (Validity, Option<Entry>) {
+        let checked = match checked {
+            Ok(c) => c,
             Err(e) => return (Validity::Void(VoidReason::Malformed(e)), None),
         };
-        let message = entry.signed_message();
-        let digest = *blake3::hash(&message).as_bytes();
-        match check(self, raw.pos, &entry, &message, &digest) {
-            Err(reason) => (Validity::Void(reason), Some(entry)),
+        let digest = *blake3::hash(&checked.message).as_bytes();
+        match check(self, pos, &checked, &digest) {
+            Err(reason) => (Validity::Void(reason), Some(checked.entry)),
             Ok(()) => {
-                self.accept(raw.pos, &entry, digest);
-                (Validity::Accept, Some(entry))
+                self.accept(pos, &checked.entry, digest);
+                (Validity::Accept, Some(checked.entry))
             }
         }
     }
@@ -264,27 +275,83 @@ impl LedgerState {
     }
 }
 
-/// The validity rule: whether `raw` counts, given the prefix summarised by `state`.
-pub fn validate(state: &LedgerState, raw: RawEntry<'_>) -> Validity {
-    match Entry::decode(raw.bytes) {
-        Err(e) => Validity::Void(VoidReason::Malformed(e)),
-        Ok(entry) => {
-            let message = entry.signed_message();
-            match check(state, raw.pos, &entry, &message, blake3::hash(&message).as_bytes()) {
-                Ok(()) => Validity::Accept,
-                Err(reason) => Validity::Void(reason),
-            }
-        }
+/// An entry decoded, with the result of its signature checks: what the rule needs once the
+/// signature work (the only costly part, and the only part that batches) is done. Built only by
+/// [`Checked::single`] and [`Checked::batch`], so the rule never sees a made-up result.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    entry: Entry,
+    message: Vec<u8>,
+    /// The signers whose signatures fail, in signature order.
+    bad_signers: Vec<PublicKey>,
+}
+
+impl Checked {
+    /// Decodes `bytes` and checks each signature on its own (ZIP-215).
+    pub fn single(bytes: &[u8]) -> Result<Checked, DecodeError> {
+        let entry = Entry::decode(bytes)?;
+        let message = entry.signed_message();
+        let bad_signers = entry.bad_signers_of(&message);
+        Ok(Checked { entry, message, bad_signers })
+    }
+
+    /// [`Checked::single`] for each of `raws`, with every signature of every entry checked as one
+    /// batch ([`key::verify_batch`]: when the batch fails, each signature is checked on its own).
+    /// The result equals `raws.map(Checked::single)`.
+    pub fn batch(raws: &[&[u8]]) -> Vec<Result<Checked, DecodeError>> {
+        let decoded: Vec<Result<(Entry, Vec<u8>), DecodeError>> = raws
+            .iter()
+            .map(|bytes| {
+                let entry = Entry::decode(bytes)?;
+                let message = entry.signed_message();
+                Ok((entry, message))
+            })
+            .collect();
+        let items: Vec<key::SignedItem<'_>> = decoded
+            .iter()
+            .flatten()
+            .flat_map(|(entry, message)| {
+                entry.signatures.iter().map(move |s| key::SignedItem { key: &s.key, message, signature: &s.signature })
+            })
+            .collect();
+        let mut ok = key::verify_batch(key::ENTRY_DOMAIN, &items).into_iter();
+        drop(items);
+        decoded
+            .into_iter()
+            .map(|d| {
+                let (entry, message) = d?;
+                // `ok` holds one result per signature, in the order queued above.
+                let bad_signers =
+                    entry.signatures.iter().filter(|_| !ok.next().unwrap_or(false)).map(|s| s.key).collect();
+                Ok(Checked { entry, message, bad_signers })
+            })
+            .collect()
+    }
+
+    /// The decoded entry.
+    pub fn entry(&self) -> &Entry {
+        &self.entry
     }
 }
 
-fn check(
-    state: &LedgerState,
-    pos: EntryPos,
-    entry: &Entry,
-    message: &[u8],
-    digest: &[u8; 32],
-) -> Result<(), VoidReason> {
+/// The validity rule: whether `raw` counts, given the prefix summarised by `state`.
+pub fn validate(state: &LedgerState, raw: RawEntry<'_>) -> Validity {
+    validate_checked(state, raw.pos, &Checked::single(raw.bytes))
+}
+
+/// [`validate`] for an entry whose signatures were already checked.
+pub fn validate_checked(state: &LedgerState, pos: EntryPos, checked: &Result<Checked, DecodeError>) -> Validity {
+    match checked {
+        Err(e) => Validity::Void(VoidReason::Malformed(e.clone())),
+        Ok(c) => match check(state, pos, c, blake3::hash(&c.message).as_bytes()) {
+            Ok(()) => Validity::Accept,
+            Err(reason) => Validity::Void(reason),
+        },
+    }
+}
+
+fn check(state: &LedgerState, pos: EntryPos, checked: &Checked, digest: &[u8; 32]) -> Result<(), VoidReason> {
+    let entry = &checked.entry;
     if entry.run_id != state.run_id {
         return Err(VoidReason::WrongRun(entry.run_id));
     }
@@ -297,7 +364,7 @@ fn check(
         (_, false) => return Err(VoidReason::NoGenesis),
         (_, true) => {}
     }
-    if let Some(bad) = entry.bad_signers_of(message).first() {
+    if let Some(bad) = checked.bad_signers.first() {
         return Err(VoidReason::BadSignature(*bad));
     }
     if state.seen.contains(digest) {
@@ -349,6 +416,7 @@ fn check(
                 Change::Add(m) if state.roster.contains_key(&m.key) => {
                     Err(VoidReason::BadRosterChange("already a member"))
                 }
+                Change::Add(m) if key::is_weak(&m.key) => Err(VoidReason::BadRosterChange("small-order key")),
                 Change::Add(_) if state.roster.len() >= usize::from(crate::entry::MAX_ROSTER_MEMBERS) => {
                     Err(VoidReason::BadRosterChange("roster is full"))
                 }
@@ -376,6 +444,9 @@ fn check_genesis(g: &Genesis, entry: &Entry) -> Result<(), VoidReason> {
     }
     if g.quorum == 0 || usize::from(g.quorum) > admins {
         return Err(VoidReason::BadGenesis("quorum must be between 1 and the number of admins"));
+    }
+    if g.roster.iter().any(|m| key::is_weak(&m.key)) {
+        return Err(VoidReason::BadGenesis("a roster key is small-order"));
     }
     for s in &entry.signatures {
         match g.roster.iter().find(|m| m.key == s.key) {
@@ -445,5 +516,124 @@ mod tests {
         assert_eq!(validate(&state, RawEntry { pos: at(1), bytes: &close }), Validity::Accept);
         assert_eq!(state.apply(RawEntry { pos: at(1), bytes: &close }).0, Validity::Accept);
         assert_eq!(validate(&state, RawEntry { pos: at(2), bytes: &close }), Validity::Void(VoidReason::Duplicate));
+    }
+
+    fn contribution(run: RunId, worker: &Keypair, round: u64) -> Vec<u8> {
+        let c = crate::entry::Contribution {
+            round: Round(round),
+            base_state: StateHash([0; 32]),
+            assignment: vec![],
+            blob: BlobId([round as u8; 32]),
+            blob_size: 1,
+            metrics: vec![],
+        };
+        Entry::sign(run, Body::Contribution(c), &[worker]).unwrap().encode()
+    }
+
+    /// The verdicts of a slot, with its signatures checked one by one, and as one batch.
+    fn both_paths(state: &LedgerState, slot: &[Vec<u8>]) -> (Vec<Validity>, Vec<Validity>) {
+        let (mut single, mut batch) = (state.clone(), state.clone());
+        let raws: Vec<&[u8]> = slot.iter().map(Vec::as_slice).collect();
+        let checked = Checked::batch(&raws);
+        let mut by_single = vec![];
+        let mut by_batch = vec![];
+        for (index, (raw, checked)) in raws.iter().zip(checked).enumerate() {
+            let pos = EntryPos { seq: Seq(1), index: index as u16 };
+            assert_eq!(
+                checked.as_ref().map(|c| &c.bad_signers).ok(),
+                Checked::single(raw).as_ref().map(|c| &c.bad_signers).ok()
+            );
+            assert_eq!(validate_checked(&batch, pos, &checked), validate(&batch, RawEntry { pos, bytes: raw }));
+            by_single.push(single.apply(RawEntry { pos, bytes: raw }).0);
+            by_batch.push(batch.apply_checked(pos, checked).0);
+        }
+        (by_single, by_batch)
+    }
+
+    #[test]
+    fn a_batch_with_one_bad_signature_voids_only_that_entry_as_single_checks_do() {
+        let run = RunId([2; 32]);
+        let admin = Keypair::from_seed([1; 32]);
+        let worker = Keypair::from_seed([2; 32]);
+        let stranger = Keypair::from_seed([3; 32]);
+        let roster = vec![
+            Member { key: admin.public(), organisation: "a".into(), role: Role::Admin },
+            Member { key: worker.public(), organisation: "a".into(), role: Role::Worker },
+        ];
+        let g = Genesis::new(vec![], roster, 1, StateHash([0; 32]), BlobId([0; 32]), 0);
+        let mut state = LedgerState::new(run);
+        let g = Entry::sign(run, Body::Genesis(g), &[&admin]).unwrap().encode();
+        assert_eq!(state.apply(RawEntry { pos: at(0), bytes: &g }).0, Validity::Accept);
+
+        let good: Vec<Vec<u8>> = (0..8).map(|r| contribution(run, &worker, r)).collect();
+        let (single, batch) = both_paths(&state, &good);
+        assert_eq!(single, batch);
+        assert!(single.iter().all(Validity::is_accept));
+
+        // The last 64 bytes of a one-signature entry are its signature: R, then S.
+        let corruptions: [fn(&mut Vec<u8>); 3] = [
+            |e| {
+                let n = e.len();
+                e[n - 64] ^= 1; // R
+            },
+            |e| {
+                let n = e.len();
+                e[n - 20] ^= 1; // S
+            },
+            |e| {
+                let n = e.len();
+                e[n - 1] = 0xff; // S >= l: not canonical
+            },
+        ];
+        for bad in 0..good.len() {
+            for corrupt in corruptions {
+                let mut slot = good.clone();
+                corrupt(&mut slot[bad]);
+                // Garbage, a stranger and a duplicate ride along, to be void for their own reasons.
+                slot.push(b"junk".to_vec());
+                slot.push(contribution(run, &stranger, 99));
+                slot.push(good[0].clone());
+                let (single, batch) = both_paths(&state, &slot);
+                assert_eq!(single, batch, "bad signature at {bad}");
+                for (i, v) in single.iter().enumerate().take(good.len()) {
+                    if i == bad {
+                        assert_eq!(*v, Validity::Void(VoidReason::BadSignature(worker.public())));
+                    } else {
+                        assert_eq!(*v, Validity::Accept, "entry {i}");
+                    }
+                }
+                assert!(matches!(single[good.len()], Validity::Void(VoidReason::Malformed(_))));
+                assert_eq!(single[good.len() + 1], Validity::Void(VoidReason::UnknownSigner(stranger.public())));
+                let dup = if bad == 0 { Validity::Accept } else { Validity::Void(VoidReason::Duplicate) };
+                assert_eq!(single[good.len() + 2], dup);
+            }
+        }
+    }
+
+    /// A small-order key would "sign" everything under ZIP-215: no roster may hold one.
+    #[test]
+    fn small_order_keys_cannot_join_a_roster() {
+        let run = RunId([3; 32]);
+        let admin = Keypair::from_seed([1; 32]);
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = Member { key: PublicKey(identity), organisation: "w".into(), role: Role::Worker };
+        let mut roster = vec![Member { key: admin.public(), organisation: "a".into(), role: Role::Admin }];
+        roster.push(weak.clone());
+        let g = Genesis::new(vec![], roster, 1, StateHash([0; 32]), BlobId([0; 32]), 0);
+        let g = Entry::sign(run, Body::Genesis(g), &[&admin]).unwrap().encode();
+        let state = LedgerState::new(run);
+        assert_eq!(
+            validate(&state, RawEntry { pos: at(0), bytes: &g }),
+            Validity::Void(VoidReason::BadGenesis("a roster key is small-order"))
+        );
+        let mut state = LedgerState::new(run);
+        assert_eq!(state.apply(RawEntry { pos: at(0), bytes: &genesis(run, &admin, 1) }).0, Validity::Accept);
+        let add = crate::entry::RosterChange { epoch: 0, change: Change::Add(weak) };
+        let add = Entry::sign(run, Body::RosterChange(add), &[&admin]).unwrap().encode();
+        assert_eq!(
+            validate(&state, RawEntry { pos: at(1), bytes: &add }),
+            Validity::Void(VoidReason::BadRosterChange("small-order key"))
+        );
     }
 }
