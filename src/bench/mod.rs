@@ -4,6 +4,7 @@
 mod aggregate_bench;
 mod ledger_bench;
 mod storage_bench;
+mod train_bench;
 
 use clap::Subcommand;
 
@@ -17,6 +18,8 @@ pub enum BenchCommand {
     Aggregate(aggregate_bench::Args),
     /// Ledger appends (1 and 16 appenders), replay with signature verification, inclusion proofs.
     Ledger(ledger_bench::Args),
+    /// cairn's DeMo rounds (simulated workers, verify's aggregation) against full-batch AdamW.
+    Train(train_bench::Args),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
@@ -24,6 +27,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
         BenchCommand::Storage(args) => storage_bench::run(args).await,
         BenchCommand::Aggregate(args) => aggregate_bench::run(args).await,
         BenchCommand::Ledger(args) => ledger_bench::run(args).await,
+        BenchCommand::Train(args) => train_bench::run(args).await,
     }
 }
 

@@ -2,3 +2,4 @@
 
 mod ledger_cli;
 mod store;
+mod train_cli;

@@ -59,4 +59,26 @@ pub enum TrainerError {
         /// Which quantity: `loss` or `gradient norm`.
         what: &'static str,
     },
+    /// A local file could not be written (worker state).
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A saved worker-state file is torn or damaged (framing, length or body hash).
+    #[error("worker state {path} is damaged: {problem}")]
+    WorkerStateCorrupt {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A saved worker-state file belongs to another run or model layout.
+    #[error("worker state is for another run or model: {what} differs")]
+    ForeignWorkerState {
+        /// Which field differs: `run id` or `layout hash`.
+        what: &'static str,
+    },
 }

@@ -12,7 +12,10 @@ pub mod data;
 pub mod demo;
 mod error;
 pub mod model;
+pub mod score;
+pub mod simulate;
 pub mod step;
+pub mod worker_state;
 
 pub use error::TrainerError;
 

@@ -1,0 +1,263 @@
+//! `cairn bench train`: cairn's DeMo rounds against full-batch AdamW, on the same tokens, in one run.
+//!
+//! Every step draws one global batch. The baseline takes an AdamW step on all of it (what all-reduce
+//! data parallelism computes); the swarm splits it between `--workers` simulated workers, each of which
+//! computes its gradients, updates its DeMo momentum and encodes an update (chunk, top-k, 1-bit signs),
+//! and `verify::apply` aggregates the decoded updates into the shared state that the next round
+//! starts from (`trainer::simulate`). Both are evaluated on the same held-out sequences.
+//!
+//! The last line holds the headline: final held-out losses, the gap in percent
+//! (`100 * (cairn - baseline) / baseline`), bytes each worker uploads per round and the ratio of a
+//! dense fp32 gradient to it, and the synthetic corpus's loss floor (0 when unknown).
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::Context;
+use trainer::data::{Dataset, MAX_TEXT_BYTES, MarkovSpec, byte_tokens, load_text, sequences_for_tokens};
+use trainer::model::{ModelConfig, Preset, init_state};
+use trainer::simulate::{Baseline, Device, Swarm, SwarmConfig, global_batch};
+use trainer::step::{AdamWConfig, StepConfig, eval_loss};
+use verify::{Compression, Hyper, NormClip, Ratio, Round, Schedule, ValueEncoding};
+
+use crate::Outcome;
+
+/// Default text for `--corpus shakespeare`, relative to the working directory.
+const SHAKESPEARE: &str = "../shared/data/tinyshakespeare.txt";
+
+/// Denominator of the rationals the learning rates and weight decay are written as.
+const RATIO_DEN: u64 = 1_000_000_000;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Corpus: synthetic (seeded Markov source with a known loss floor) or shakespeare.
+    #[arg(long, default_value = "synthetic")]
+    corpus: String,
+    /// Text for `--corpus shakespeare`: a local path or a store URL.
+    #[arg(long)]
+    data: Option<String>,
+    /// Model preset: tiny or small.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Training steps (rounds).
+    #[arg(long, default_value_t = 100)]
+    steps: u64,
+    /// Simulated workers.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Target tokens per step (the global batch), split between the workers.
+    #[arg(long, default_value_t = 1024)]
+    tokens_per_step: u64,
+    /// Sequence length (inputs per sequence).
+    #[arg(long, default_value_t = 64)]
+    seq_len: usize,
+    /// Peak learning rate of cairn's sign step.
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Peak learning rate of the AdamW baseline.
+    #[arg(long, default_value_t = 3e-3)]
+    adamw_lr: f64,
+    /// Linear warm-up steps (both optimisers).
+    #[arg(long, default_value_t = 10)]
+    warmup: u64,
+    /// Cosine decay to lr/10 at the last step for cairn's sign step (the baseline stays constant).
+    #[arg(long)]
+    cosine: bool,
+    /// DeMo momentum decay.
+    #[arg(long, default_value_t = 0.999)]
+    decay: f64,
+    /// Coefficients kept per chunk.
+    #[arg(long, default_value_t = 4)]
+    topk: u16,
+    /// DCT chunk size.
+    #[arg(long, default_value_t = 64)]
+    chunk: u16,
+    /// Decoupled weight decay (both optimisers).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Evaluate every this many steps (and at the end).
+    #[arg(long, default_value_t = 20)]
+    eval_every: u64,
+    /// Held-out sequences evaluated.
+    #[arg(long, default_value_t = 64)]
+    eval_sequences: usize,
+    /// Run seed (model init, synthetic corpus, data assignment).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Threads for libtorch and rayon (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Write the curves here as CSV: step, baseline_loss, cairn_loss.
+    #[arg(long)]
+    csv: Option<std::path::PathBuf>,
+}
+
+fn ratio(x: f64, what: &str) -> anyhow::Result<Ratio> {
+    anyhow::ensure!((0.0..1e6).contains(&x), "{what} must be in [0, 1e6), got {x}");
+    Ok(Ratio::new((x * RATIO_DEN as f64).round() as u64, RATIO_DEN))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Outcome> {
+    let text = match args.corpus.as_str() {
+        "synthetic" => None,
+        "shakespeare" => {
+            let source = args.data.clone().unwrap_or_else(|| SHAKESPEARE.to_string());
+            Some(load_text(&source, MAX_TEXT_BYTES).await.with_context(|| format!("reading {source}"))?)
+        }
+        other => anyhow::bail!("--corpus must be synthetic or shakespeare, not {other}"),
+    };
+    tokio::task::spawn_blocking(move || run_blocking(args, text)).await.context("benchmark thread")?
+}
+
+fn run_blocking(args: Args, text: Option<Vec<u8>>) -> anyhow::Result<Outcome> {
+    let preset: Preset = args.preset.parse()?;
+    anyhow::ensure!(matches!(preset, Preset::Tiny | Preset::Small), "--preset must be tiny or small");
+    anyhow::ensure!(args.steps >= 1 && args.eval_every >= 1, "--steps and --eval-every must be >= 1");
+    anyhow::ensure!(args.workers >= 1, "--workers must be >= 1");
+    anyhow::ensure!(args.eval_sequences >= 1, "--eval-sequences must be >= 1");
+    let threads =
+        if args.threads == 0 { std::thread::available_parallelism().map_or(1, usize::from) } else { args.threads };
+    // verify's aggregation runs on rayon's global pool; size it once (a second call in this process
+    // keeps the first size, which is fine for a benchmark run).
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    trainer::set_torch_threads(threads);
+    let device = Device::Cpu;
+
+    let config = ModelConfig::preset(preset);
+    anyhow::ensure!(
+        args.seq_len >= 1 && args.seq_len <= config.max_seq_len as usize,
+        "--seq-len must be 1..={}",
+        config.max_seq_len
+    );
+    let (corpus, data) = match &text {
+        None => (
+            "synthetic",
+            Dataset::synthetic(MarkovSpec::default(), args.seed, args.seq_len, args.eval_sequences as u64)?,
+        ),
+        Some(bytes) => ("shakespeare", Dataset::text(byte_tokens(bytes), args.seed, args.seq_len, 0.1)?),
+    };
+    let floor = data.loss_floor_nats().unwrap_or(0.0);
+    let sequences = sequences_for_tokens(args.tokens_per_step, args.seq_len);
+    anyhow::ensure!(
+        sequences >= args.workers,
+        "{sequences} sequences per step cannot be shared by {} workers",
+        args.workers
+    );
+    let eval = data.batch(&data.eval_indices(args.eval_sequences), device)?;
+    let micro_batch = 16;
+    let step = StepConfig { micro_batch, clip_norm: Some(1.0) };
+
+    let state = init_state(&config, args.seed)?;
+    let params = state.layout().elements();
+    let mut baseline = Baseline::new(
+        &config,
+        &state,
+        AdamWConfig {
+            lr: args.adamw_lr,
+            weight_decay: args.weight_decay,
+            warmup_steps: args.warmup,
+            step,
+            ..AdamWConfig::default()
+        },
+        device,
+    )?;
+    let peak = ratio(args.lr, "--lr")?;
+    let schedule = if args.cosine {
+        Schedule::WarmupCosine {
+            peak,
+            min: ratio(args.lr / 10.0, "--lr")?,
+            warmup_rounds: args.warmup,
+            total_rounds: args.steps,
+        }
+    } else {
+        // min = peak: linear warm-up, then constant (the baseline's schedule).
+        Schedule::WarmupCosine { peak, min: peak, warmup_rounds: args.warmup, total_rounds: args.steps }
+    };
+    let hyper = Hyper {
+        compression: Compression { chunk_size: args.chunk, topk: args.topk, values: ValueEncoding::Sign },
+        schedule,
+        weight_decay: ratio(args.weight_decay, "--weight-decay")?,
+        clip: NormClip::Off,
+    };
+    let mut swarm = Swarm::new(
+        &config,
+        state,
+        SwarmConfig { workers: args.workers, hyper, momentum_decay: args.decay, step },
+        device,
+    )?;
+    let update_bytes = swarm.update_bytes();
+    let dense_bytes = params * 4;
+    let compression_x = dense_bytes as f64 / update_bytes as f64;
+
+    println!(
+        "bench train: {corpus} corpus, preset {preset} ({params} params), {} steps of {} sequences x {} tokens, {} workers, {threads} threads",
+        args.steps, sequences, args.seq_len, args.workers
+    );
+    println!(
+        "  baseline: AdamW lr {} warm-up {} wd {}; cairn: sign step lr {}{} decay {} chunk {} top-k {} 1-bit values",
+        args.adamw_lr,
+        args.warmup,
+        args.weight_decay,
+        args.lr,
+        if args.cosine { " (cosine to lr/10)" } else { "" },
+        args.decay,
+        args.chunk,
+        args.topk
+    );
+    if corpus == "synthetic" {
+        println!("  loss floor {floor:.4} nats/token");
+    }
+
+    let mut curve: Vec<(u64, f64, f64)> = Vec::new();
+    let evaluate = |baseline: &Baseline, swarm: &Swarm| -> anyhow::Result<(f64, f64)> {
+        Ok((eval_loss(baseline.model(), &eval, micro_batch)?, eval_loss(swarm.model(), &eval, micro_batch)?))
+    };
+    let (b0, c0) = evaluate(&baseline, &swarm)?;
+    println!("step 0 baseline_loss={b0:.4} cairn_loss={c0:.4}");
+    curve.push((0, b0, c0));
+    let (mut t_base, mut t_swarm) = (0.0f64, 0.0f64);
+    let mut bytes_per_worker = update_bytes;
+    for s in 0..args.steps {
+        let batch = global_batch(&data, Round(s), sequences, device)?;
+        let t = Instant::now();
+        baseline.step(&batch)?;
+        t_base += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let stats = swarm.round(Round(s), &batch)?;
+        t_swarm += t.elapsed().as_secs_f64();
+        bytes_per_worker = stats.bytes_per_worker;
+        let done = s + 1;
+        if done % args.eval_every == 0 || done == args.steps {
+            let (b, c) = evaluate(&baseline, &swarm)?;
+            println!("step {done} baseline_loss={b:.4} cairn_loss={c:.4}");
+            let _ = std::io::stdout().flush();
+            curve.push((done, b, c));
+        }
+    }
+    anyhow::ensure!(
+        bytes_per_worker == update_bytes,
+        "update is {bytes_per_worker} bytes, encoded_len says {update_bytes}"
+    );
+    if let Some(path) = &args.csv {
+        let mut csv = String::from("step,baseline_loss,cairn_loss\n");
+        for (s, b, c) in &curve {
+            csv.push_str(&format!("{s},{b},{c}\n"));
+        }
+        std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let &(_, base_loss, cairn_loss) = curve.last().context("no evaluation")?;
+    let gap_pct = 100.0 * (cairn_loss - base_loss) / base_loss;
+    println!(
+        "  final held-out loss: baseline {base_loss:.4}, cairn {cairn_loss:.4} ({gap_pct:+.2}%){}",
+        if corpus == "synthetic" { format!("; floor {floor:.4}") } else { String::new() }
+    );
+    println!(
+        "  upload per worker per round: {bytes_per_worker} bytes vs {dense_bytes} bytes dense fp32: {compression_x:.0}x smaller"
+    );
+    println!("  time: baseline {t_base:.1} s, cairn {t_swarm:.1} s ({} workers in sequence)", args.workers);
+    println!(
+        "bench train: corpus={corpus} steps={} workers={} baseline_loss={base_loss:.4} cairn_loss={cairn_loss:.4} gap_pct={gap_pct:.2} floor_nats={floor:.4} bytes_per_worker_round={bytes_per_worker} compression_x={compression_x:.1}",
+        args.steps, args.workers
+    );
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,299 @@
+//! Validator scoring: is one contribution honest work on its assigned data? (the Templar approach)
+//!
+//! ```text
+//!   blob ──verify::decode(Expected)──▶ Update          (NaN/Inf, bad indices: typed rejection here)
+//!                                        │ values finite? (checked again before any forward pass)
+//!   state S ─────────────────────────────┤
+//!                                        ▼
+//!   S' = verify::aggregate(S, round, [update], hyper)   the rule itself, with this one update
+//!                                                       (one update: median clipping is a no-op)
+//!   assigned = data.assignment(round, worker, n)        the same pure function the worker used
+//!   eval     = data.eval_indices(m)                     held out: no worker trains on it
+//!
+//!   losses (mean CE, nats):  assigned_before = L(S, assigned)   assigned_after = L(S', assigned)
+//!                            eval_before     = L(S, eval)       eval_after     = L(S', eval)
+//!
+//!   score = round(1000 * (assigned_before - assigned_after))    milli-nats, saturated to i64
+//! ```
+//!
+//! The score is the improvement on the worker's assigned data in milli-nats: positive when the update
+//! lowers the loss on the data it was supposed to train on. A sign-flipped (poisoned) update raises
+//! it; random noise and a copy of another worker's update (trained on other data) do not lower it
+//! the way honest work does. The eval losses are reported alongside (a large assigned gain with no
+//! eval gain means overfitting to the assignment; an eval gain with no assigned gain means the
+//! worker trained on something else) but do not enter the score.
+//!
+//! Decision threshold: the run's `verify::ExclusionRules::min_score` fails a contribution whose
+//! score is below it. `min_score = 0` fails every update that makes the assigned loss worse;
+//! a positive value (for example 1, a thousandth of a nat) also fails updates that do not measurably
+//! help. The size of an honest gain scales with the learning rate, so the threshold belongs to the
+//! run config, next to the schedule. Losses are computed with libtorch: the score is a validator's
+//! judgement (recorded in a signed Verdict), not consensus arithmetic, and may differ by a unit
+//! between machines.
+
+use tch::Device;
+use verify::{Expected, Hyper, State, Update, Values};
+
+use crate::data::Dataset;
+use crate::error::TrainerError;
+use crate::model::Model;
+use crate::step::eval_loss;
+
+/// How much data a validator evaluates per contribution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScoreConfig {
+    /// Assigned sequences recomputed for the worker: the count the worker trained on
+    /// (`data::sequences_for_tokens(tokens_per_round, seq_len)`), or fewer to save time (the
+    /// assignment's first sequences).
+    pub assigned_sequences: usize,
+    /// Held-out sequences (the fixed eval set's first).
+    pub eval_sequences: usize,
+    /// Sequences per forward pass.
+    pub micro_batch: usize,
+}
+
+impl Default for ScoreConfig {
+    /// 16 assigned and 16 held-out sequences, 8 per pass.
+    fn default() -> ScoreConfig {
+        ScoreConfig { assigned_sequences: 16, eval_sequences: 16, micro_batch: 8 }
+    }
+}
+
+/// One contribution's losses before and after applying it alone, and its score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Score {
+    /// Mean cross-entropy (nats) on the worker's assigned data, current state.
+    pub assigned_before: f64,
+    /// The same data, after applying the update alone.
+    pub assigned_after: f64,
+    /// Mean cross-entropy (nats) on held-out data, current state.
+    pub eval_before: f64,
+    /// The same data, after applying the update alone.
+    pub eval_after: f64,
+    /// [`milli_nats`]`(assigned_before - assigned_after)`: the Verdict's score.
+    pub score: i64,
+}
+
+impl Score {
+    /// Improvement on held-out data in milli-nats (reported, not scored).
+    pub fn eval_gain(&self) -> i64 {
+        milli_nats(self.eval_before - self.eval_after)
+    }
+}
+
+/// A loss difference in nats as rounded milli-nats; saturates at the i64 range (a finite input
+/// is required: callers check the losses first).
+pub fn milli_nats(nats: f64) -> i64 {
+    // `as` saturates out-of-range floats to i64::MIN / i64::MAX.
+    (nats * 1000.0).round() as i64
+}
+
+/// Rejects an update with a non-finite value (decoders already do; this guards every other path).
+fn check_finite(update: &Update, state: &State) -> Result<(), TrainerError> {
+    for (t, tu) in update.tensors().iter().enumerate() {
+        let kept = tu.kept().max(1) as usize;
+        let finite = match tu.values() {
+            Values::Sign(_) => true,
+            Values::Int8 { scales, .. } => scales.iter().all(|s| s.is_finite()),
+            Values::Bf16(_) => (0..tu.indices().len()).all(|e| tu.values().value(e / kept, e).is_finite()),
+        };
+        if !finite {
+            let name = state.layout().tensors().get(t).map(|s| s.name.clone()).unwrap_or_default();
+            return Err(TrainerError::NonFinite { name });
+        }
+    }
+    Ok(())
+}
+
+fn finite_loss(loss: f64) -> Result<f64, TrainerError> {
+    if loss.is_finite() { Ok(loss) } else { Err(TrainerError::Diverged { what: "loss" }) }
+}
+
+/// Scores a decoded `update` against `state` (the round's base: the update must have been decoded
+/// with `Expected::base` = `state.hash()`). `model` is the validator's model for the run (its
+/// parameters are overwritten: it ends holding the "after" state); `data` is the run's dataset, from
+/// which the worker's assignment is recomputed from the update's round and worker key.
+pub fn score(
+    model: &mut Model,
+    state: &State,
+    update: &Update,
+    hyper: &Hyper,
+    data: &Dataset,
+    config: &ScoreConfig,
+) -> Result<Score, TrainerError> {
+    check_finite(update, state)?;
+    if config.assigned_sequences == 0 || config.eval_sequences == 0 {
+        return Err(TrainerError::InvalidConfig("scoring needs assigned and eval sequences".into()));
+    }
+    let header = update.header();
+    let after = verify::aggregate(state, header.round, std::slice::from_ref(update), hyper)?;
+    let device: Device = model.device();
+    let assigned = data.batch(&data.assignment(header.round, &header.worker, config.assigned_sequences), device)?;
+    let eval = data.batch(&data.eval_indices(config.eval_sequences), device)?;
+    model.load_state(state)?;
+    let assigned_before = finite_loss(eval_loss(model, &assigned, config.micro_batch)?)?;
+    let eval_before = finite_loss(eval_loss(model, &eval, config.micro_batch)?)?;
+    model.load_state(&after)?;
+    let assigned_after = finite_loss(eval_loss(model, &assigned, config.micro_batch)?)?;
+    let eval_after = finite_loss(eval_loss(model, &eval, config.micro_batch)?)?;
+    let score = milli_nats(assigned_before - assigned_after);
+    tracing::debug!(
+        round = header.round.0,
+        assigned_before,
+        assigned_after,
+        eval_before,
+        eval_after,
+        score,
+        "scored contribution"
+    );
+    Ok(Score { assigned_before, assigned_after, eval_before, eval_after, score })
+}
+
+/// Decodes a contribution blob against `expected` (typed rejection of malformed, NaN or
+/// out-of-range content) and scores it ([`score`]).
+pub fn score_blob(
+    bytes: &[u8],
+    expected: &Expected<'_>,
+    model: &mut Model,
+    state: &State,
+    hyper: &Hyper,
+    data: &Dataset,
+    config: &ScoreConfig,
+) -> Result<Score, TrainerError> {
+    let update = verify::decode(bytes, expected)?;
+    score(model, state, &update, hyper, data, config)
+}
+
+#[cfg(test)]
+mod tests {
+    use verify::{Compression, Header, NormClip, Ratio, Round, RunId, Schedule, ValueEncoding, VerifyError, WorkerKey};
+
+    use super::*;
+    use crate::data::MarkovSpec;
+    use crate::demo::{Bases, DemoState, tensors_from_state};
+    use crate::model::{ModelConfig, Preset};
+    use crate::step::{StepConfig, local_step};
+
+    fn hyper() -> Hyper {
+        Hyper {
+            compression: Compression { chunk_size: 64, topk: 32, values: ValueEncoding::Int8 },
+            schedule: Schedule::Constant { lr: Ratio::new(1, 1000) },
+            weight_decay: Ratio::new(1, 10),
+            clip: NormClip::Median,
+        }
+    }
+
+    /// The same update with every value negated.
+    fn flipped(u: &Update, state: &State) -> Update {
+        let parts = u
+            .tensors()
+            .iter()
+            .map(|t| {
+                let values = match t.values() {
+                    Values::Sign(v) => Values::Sign(v.iter().map(|n| !n).collect()),
+                    Values::Int8 { scales, q } => {
+                        Values::Int8 { scales: scales.clone(), q: q.iter().map(|x| -x).collect() }
+                    }
+                    Values::Bf16(v) => Values::Bf16(v.iter().map(|b| b ^ 0x8000).collect()),
+                };
+                (t.indices().to_vec(), values)
+            })
+            .collect();
+        Update::new(*u.header(), state.layout(), parts).unwrap()
+    }
+
+    /// splitmix64-driven uniform values in [-1, 1), one vector per layout tensor.
+    fn noise(state: &State, seed: u64) -> State {
+        let mut x = seed;
+        let data = state
+            .layout()
+            .tensors()
+            .iter()
+            .map(|t| {
+                (0..t.elements())
+                    .map(|_| {
+                        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                        let mut z = x;
+                        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                        z ^= z >> 31;
+                        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+                    })
+                    .collect()
+            })
+            .collect();
+        State::from_parts(state.layout().clone(), data).unwrap()
+    }
+
+    #[test]
+    fn honest_update_beats_sign_flip_and_noise_and_nan_is_rejected() {
+        crate::set_torch_threads(1);
+        let config = ModelConfig { layers: 2, ..ModelConfig::preset(Preset::Tiny) };
+        let mut model = Model::new(&config, 3, Device::Cpu).unwrap();
+        let state = model.to_state().unwrap();
+        let layout = state.layout().clone();
+        let data = Dataset::synthetic(MarkovSpec::default(), 3, 32, 16).unwrap();
+        let sc = ScoreConfig { assigned_sequences: 8, eval_sequences: 8, micro_batch: 8 };
+        let hy = hyper();
+        let header = Header {
+            run: RunId([1; 32]),
+            round: Round(0),
+            base: state.hash(),
+            worker: WorkerKey([4; 32]),
+            layout: layout.hash(),
+            compression: hy.compression,
+        };
+        // The worker: gradients on its assignment (the validator recomputes the same indices),
+        // momentum, DeMo encoding.
+        let batch = data.batch(&data.assignment(header.round, &header.worker, sc.assigned_sequences), Device::Cpu);
+        let grads = local_step(&model, &batch.unwrap(), &StepConfig::default()).unwrap();
+        let mut demo = DemoState::new(&layout, Device::Cpu).unwrap();
+        demo.accumulate(&grads.grads, &layout, 0.9, 1.0).unwrap();
+        let honest = demo.encode(&header, &layout).unwrap();
+
+        let sign_flip = flipped(&honest, &state);
+        let random = tensors_from_state(&noise(&state, 11), Device::Cpu).unwrap();
+        let random = crate::demo::encode(&random, &header, &layout, &mut Bases::cpu()).unwrap();
+        let s_honest = score(&mut model, &state, &honest, &hy, &data, &sc).unwrap();
+        let s_flip = score(&mut model, &state, &sign_flip, &hy, &data, &sc).unwrap();
+        let s_noise = score(&mut model, &state, &random, &hy, &data, &sc).unwrap();
+        eprintln!("honest {s_honest:?}\nflip {s_flip:?}\nnoise {s_noise:?}");
+        assert_eq!(s_honest.assigned_before, s_flip.assigned_before);
+        assert!(s_honest.score > 0, "{s_honest:?}");
+        assert!(s_honest.score > s_flip.score, "{s_honest:?} vs {s_flip:?}");
+        assert!(s_honest.score > s_noise.score, "{s_honest:?} vs {s_noise:?}");
+        assert!(s_flip.score < 0, "{s_flip:?}");
+        assert_eq!(s_honest.score, milli_nats(s_honest.assigned_before - s_honest.assigned_after));
+
+        // The blob path scores the same, and a NaN scale in the blob is rejected before any loss.
+        let expected = Expected {
+            run: header.run,
+            round: header.round,
+            base: header.base,
+            worker: header.worker,
+            layout: &layout,
+            compression: header.compression,
+        };
+        let bytes = honest.to_bytes();
+        assert_eq!(score_blob(&bytes, &expected, &mut model, &state, &hy, &data, &sc).unwrap(), s_honest);
+        let Values::Int8 { scales, .. } = honest.tensors()[0].values() else { panic!("int8 values expected") };
+        let first_chunk = verify::wire::HEADER_BYTES as usize + verify::wire::TENSOR_HEADER_BYTES as usize;
+        let at = first_chunk
+            + bytes[first_chunk..].windows(4).position(|w| w == scales[0].to_le_bytes()).expect("scale in the blob");
+        let mut nan = bytes.clone();
+        nan[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        let got = score_blob(&nan, &expected, &mut model, &state, &hy, &data, &sc);
+        assert!(
+            matches!(got, Err(TrainerError::Verify(VerifyError::NonFiniteValue { tensor: 0, chunk: 0 }))),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn milli_nats_rounds_and_saturates() {
+        assert_eq!(milli_nats(0.0123), 12);
+        assert_eq!(milli_nats(-0.0126), -13);
+        assert_eq!(milli_nats(1e300), i64::MAX);
+        assert_eq!(milli_nats(-1e300), i64::MIN);
+    }
+}

@@ -1,0 +1,254 @@
+//! In-process simulation of a cairn run against the data-parallel AdamW baseline, on the same tokens.
+//!
+//! ```text
+//!   round r:  global batch B_r = data.assignment(r, SIM_BATCH_KEY, n)           [n, T + 1]
+//!     │
+//!     ├─▶ Baseline: AdamW::step(model_b, B_r)     (what all-reduce data parallelism computes)
+//!     │
+//!     └─▶ Swarm:  B_r split into N contiguous shards (sizes differ by at most 1)
+//!           for worker i = 0..N (in order):
+//!             g_i = local_step(model_c, shard_i)                 gradients at the shared state
+//!             demo_i.accumulate(g_i, decay, lr = 1)              m_i = decay*m_i + g_i
+//!             u_i = demo_i.encode(header{round r, base = hash(state)})   DCT top-k, error feedback
+//!             bytes_i = u_i.to_bytes();  u_i' = verify::decode(bytes_i, expected)   (the wire)
+//!           verify::apply(state, r, [u_0' .. u_N-1'], hyper)     the consensus rule, bit-exact
+//!           model_c.load_state(state)                            next round starts from it
+//! ```
+//!
+//! The inner learning rate of the momentum is 1: with sign values the step size is the aggregation's
+//! schedule alone (top-k selection, error feedback and the sign are all invariant to a common scale).
+
+pub use tch::Device;
+use tch::Tensor;
+use verify::wire::encoded_len;
+use verify::{Expected, Header, Hyper, Layout, Round, RunId, State, StateHash, Update, WorkerKey, apply, decode};
+
+use crate::data::Dataset;
+use crate::demo::DemoState;
+use crate::error::TrainerError;
+use crate::model::{Model, ModelConfig};
+use crate::step::{AdamW, AdamWConfig, StepConfig, StepStats, local_step};
+
+/// The key whose data assignment is a simulation's global batch (no real worker has it).
+pub const SIM_BATCH_KEY: WorkerKey = WorkerKey([0xba; 32]);
+
+/// The run id the simulated workers sign their headers with.
+pub const SIM_RUN: RunId = RunId([0x51; 32]);
+
+/// The global batch of `round`: `sequences` train sequences, the same for baseline and swarm.
+pub fn global_batch(data: &Dataset, round: Round, sequences: usize, device: Device) -> Result<Tensor, TrainerError> {
+    data.batch(&data.assignment(round, &SIM_BATCH_KEY, sequences), device)
+}
+
+/// Splits `batch` (`[n, T + 1]`) into `workers` contiguous shards whose sizes differ by at most one
+/// row, in order; every shard has at least one row.
+pub fn shards(batch: &Tensor, workers: usize) -> Result<Vec<Tensor>, TrainerError> {
+    let n = batch.size().first().copied().unwrap_or(0);
+    let w = i64::try_from(workers).unwrap_or(i64::MAX);
+    if w == 0 || n < w {
+        return Err(TrainerError::InvalidConfig(format!("{n} sequences cannot be shared by {workers} workers")));
+    }
+    let mut out = Vec::with_capacity(workers);
+    let mut start = 0;
+    for i in 0..w {
+        let rows = n / w + i64::from(i < n % w);
+        out.push(batch.f_narrow(0, start, rows)?);
+        start += rows;
+    }
+    Ok(out)
+}
+
+/// Simulated worker `i`'s key.
+pub fn worker_key(i: usize) -> WorkerKey {
+    let mut k = [0u8; 32];
+    k[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    k[31] = 0x57;
+    WorkerKey(k)
+}
+
+/// Full-batch AdamW on its own copy of the model.
+#[derive(Debug)]
+pub struct Baseline {
+    model: Model,
+    opt: AdamW,
+}
+
+impl Baseline {
+    /// The baseline starting from `state` on `device`.
+    pub fn new(
+        config: &ModelConfig,
+        state: &State,
+        adamw: AdamWConfig,
+        device: Device,
+    ) -> Result<Baseline, TrainerError> {
+        let model = Model::from_state(config, state, device)?;
+        let opt = AdamW::new(&model, adamw)?;
+        Ok(Baseline { model, opt })
+    }
+
+    /// One AdamW step on the whole global batch.
+    pub fn step(&mut self, batch: &Tensor) -> Result<StepStats, TrainerError> {
+        self.opt.step(&self.model, batch)
+    }
+
+    /// The model (for evaluation).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+}
+
+/// How the swarm trains.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SwarmConfig {
+    /// Simulated workers (at least 1).
+    pub workers: usize,
+    /// The run's aggregation hyperparameters (compression, sign-step schedule, weight decay, clipping).
+    pub hyper: Hyper,
+    /// DeMo momentum decay.
+    pub momentum_decay: f64,
+    /// Micro-batching and gradient clipping of each worker's local step.
+    pub step: StepConfig,
+}
+
+/// What one swarm round did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RoundStats {
+    /// Mean over workers of their shard's loss, before the update.
+    pub loss: f64,
+    /// Bytes each worker uploaded (the serialised update; equal for every worker).
+    pub bytes_per_worker: u64,
+    /// Hash of the state after the round.
+    pub state: StateHash,
+}
+
+/// N simulated workers sharing one verify state; see the module docs.
+#[derive(Debug)]
+pub struct Swarm {
+    config: SwarmConfig,
+    model: Model,
+    state: State,
+    demo: Vec<DemoState>,
+}
+
+impl Swarm {
+    /// The swarm starting from `state` on `device`, every worker with zero momentum.
+    pub fn new(model: &ModelConfig, state: State, config: SwarmConfig, device: Device) -> Result<Swarm, TrainerError> {
+        config.hyper.validate()?;
+        if config.workers == 0 || !(0.0..=1.0).contains(&config.momentum_decay) {
+            return Err(TrainerError::InvalidConfig(format!(
+                "swarm needs workers >= 1 and decay in [0, 1]: {config:?}"
+            )));
+        }
+        let m = Model::from_state(model, &state, device)?;
+        let demo = (0..config.workers).map(|_| DemoState::new(m.layout(), device)).collect::<Result<_, _>>()?;
+        Ok(Swarm { config, model: m, state, demo })
+    }
+
+    /// Bytes of one worker's update for this layout and compression.
+    pub fn update_bytes(&self) -> u64 {
+        encoded_len(self.state.layout(), &self.config.hyper.compression)
+    }
+
+    /// One round on `batch` (the global batch, split between the workers).
+    pub fn round(&mut self, round: Round, batch: &Tensor) -> Result<RoundStats, TrainerError> {
+        let shards = shards(batch, self.config.workers)?;
+        let layout: Layout = self.state.layout().clone();
+        let base = self.state.hash();
+        let mut updates: Vec<Update> = Vec::with_capacity(shards.len());
+        let mut loss = 0.0;
+        let mut bytes = 0u64;
+        for (i, (shard, demo)) in shards.iter().zip(&mut self.demo).enumerate() {
+            let g = local_step(&self.model, shard, &self.config.step)?;
+            loss += g.loss;
+            demo.accumulate(&g.grads, &layout, self.config.momentum_decay, 1.0)?;
+            let worker = worker_key(i);
+            let header = Header {
+                run: SIM_RUN,
+                round,
+                base,
+                worker,
+                layout: layout.hash(),
+                compression: self.config.hyper.compression,
+            };
+            let blob = demo.encode(&header, &layout)?.to_bytes();
+            bytes = blob.len() as u64;
+            let expected = Expected {
+                run: SIM_RUN,
+                round,
+                base,
+                worker,
+                layout: &layout,
+                compression: self.config.hyper.compression,
+            };
+            updates.push(decode(&blob, &expected)?);
+        }
+        apply(&mut self.state, round, &updates, &self.config.hyper)?;
+        self.model.load_state(&self.state)?;
+        Ok(RoundStats { loss: loss / shards.len() as f64, bytes_per_worker: bytes, state: self.state.hash() })
+    }
+
+    /// The model holding the current state (for evaluation).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The current consensus state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use verify::{Compression, NormClip, Ratio, Schedule, ValueEncoding};
+
+    use super::*;
+    use crate::data::MarkovSpec;
+    use crate::model::{Preset, init_state};
+    use crate::step::eval_loss;
+
+    #[test]
+    fn shards_cover_the_batch_in_order() {
+        let batch = Tensor::arange(7 * 3, (tch::Kind::Int64, Device::Cpu)).reshape([7, 3]);
+        let s = shards(&batch, 3).unwrap();
+        assert_eq!(s.iter().map(|t| t.size()[0]).collect::<Vec<_>>(), vec![3, 2, 2]);
+        assert!(Tensor::cat(&s, 0).equal(&batch));
+        assert!(shards(&batch, 8).is_err());
+        assert!(shards(&batch, 0).is_err());
+    }
+
+    #[test]
+    fn swarm_rounds_are_deterministic_and_lower_the_loss() {
+        crate::set_torch_threads(1);
+        let config = ModelConfig { layers: 2, ..ModelConfig::preset(Preset::Tiny) };
+        let data = Dataset::synthetic(MarkovSpec::default(), 3, 32, 16).unwrap();
+        let eval = data.batch(&data.eval_indices(16), Device::Cpu).unwrap();
+        let swarm_config = SwarmConfig {
+            workers: 2,
+            hyper: Hyper {
+                compression: Compression { chunk_size: 64, topk: 4, values: ValueEncoding::Sign },
+                schedule: Schedule::Constant { lr: Ratio::new(3, 1000) },
+                weight_decay: Ratio::new(0, 1),
+                clip: NormClip::Off,
+            },
+            momentum_decay: 0.9,
+            step: StepConfig { micro_batch: 8, clip_norm: Some(1.0) },
+        };
+        let run = || {
+            let mut swarm = Swarm::new(&config, init_state(&config, 3).unwrap(), swarm_config, Device::Cpu).unwrap();
+            let before = eval_loss(swarm.model(), &eval, 16).unwrap();
+            let mut last = None;
+            for r in 0..12 {
+                let batch = global_batch(&data, Round(r), 8, Device::Cpu).unwrap();
+                let stats = swarm.round(Round(r), &batch).unwrap();
+                assert_eq!(stats.bytes_per_worker, swarm.update_bytes());
+                last = Some(stats.state);
+            }
+            (before, eval_loss(swarm.model(), &eval, 16).unwrap(), last.unwrap())
+        };
+        let (before, after, hash) = run();
+        assert!(after < before, "swarm eval loss {before} -> {after}");
+        // Same seed, same tokens: the same consensus state, bit for bit.
+        assert_eq!(run().2, hash);
+    }
+}
