@@ -1,8 +1,9 @@
 //! `cairn demo`: what `make demo` runs.
 //!
 //! Today it sets up the embedded local store, proves it gives the guarantees the ledger needs,
-//! and proves libtorch loads. The federated training run (keys, genesis, workers, validator,
-//! audit) arrives with the federation issue; the demo says so rather than pretending.
+//! and proves libtorch loads. The ledger, the aggregation and the trainer's parts exist as
+//! libraries and benchmarks; the federated run over a bucket (genesis, workers, validator, audit)
+//! arrives with the federation issue, and the demo says so rather than pretending.
 
 use anyhow::Context;
 use storage::admin::{self, InitOptions};
@@ -29,8 +30,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     let info = trainer::torch_info();
     println!("libtorch loaded: {} threads, cuda_available={}", info.threads, info.cuda_available);
     println!(
-        "\nNext in cairn (open issues): the signed ledger, bit-exact DeMo aggregation, the Llama trainer,\n\
-         and a federated run with workers, a validator and an audit. This demo grows with them."
+        "\nBuilt and benchmarked: the signed ledger (cairn bench ledger), bit-exact DeMo aggregation\n\
+         (cairn bench aggregate), the Llama-style trainer (cairn bench train). Next: a federated run\n\
+         over this store with workers, a validator and an audit; this demo grows into it."
     );
     Ok(Outcome::Ok)
 }
