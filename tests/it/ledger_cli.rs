@@ -7,12 +7,7 @@ use bytes::Bytes;
 use ledger::{Appender, BlobId, Body, Contribution, Entry, Genesis, Keypair, Member, Role, Round, RoundClose, RunId};
 
 fn cairn(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(args)
-        .env("OMP_NUM_THREADS", "1")
-        .env_remove("CAIRN_LOG")
-        .output()
-        .expect("run cairn")
+    crate::cairn(args, &[])
 }
 
 fn text(b: &[u8]) -> String {
@@ -171,15 +166,9 @@ fn export_of_a_store_without_a_ledger_is_one_clear_error() {
 fn bench_ledger_ends_with_its_figures() {
     let out = cairn(&["bench", "ledger", "memory://", "--appends", "32", "--verify-entries", "600", "--proofs", "200"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    let last = stdout.lines().last().unwrap_or("");
-    let figures = last.strip_prefix("bench ledger: ").unwrap_or_else(|| panic!("last line: {last}"));
-    let mut keys = Vec::new();
-    for kv in figures.split(' ') {
-        let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("not key=value: {kv}"));
-        let v: f64 = v.parse().unwrap_or_else(|_| panic!("{k} is not a plain number: {v}"));
-        assert!(v.is_finite() && v > 0.0, "{k}={v}");
-        keys.push(k);
+    let figures = crate::bench_figures(&text(&out.stdout), "ledger");
+    for (k, v) in &figures {
+        assert!(*v > 0.0, "{k}={v}");
     }
     for k in [
         "appends_per_s_1",
@@ -188,6 +177,6 @@ fn bench_ledger_ends_with_its_figures() {
         "verify_ratio_vs_strict_ed25519",
         "proofs_per_s",
     ] {
-        assert!(keys.contains(&k), "{k} missing from {last}");
+        assert!(figures.iter().any(|(key, _)| key == k), "{k} missing from the last line");
     }
 }

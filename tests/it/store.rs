@@ -1,20 +1,13 @@
 //! `cairn store`, `cairn bench storage` and `cairn demo` against a local folder and real S3.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use storage::testing;
 
+use crate::{bench_figures, cairn};
+
 /// Environment variables for a child process.
 type Env = [(String, String)];
-
-fn cairn(args: &[&str], env: &Env) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
-    cmd.args(args).env("OMP_NUM_THREADS", "1").env_remove("CAIRN_LOG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run cairn")
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -75,18 +68,12 @@ async fn store_problems_are_one_clear_line_and_exit_1() {
 fn bench_storage_ends_with_its_figures() {
     let out = cairn(&["bench", "storage", "memory://", "--objects", "2", "--rounds", "1", "--object-mib", "1"], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
-    let last = last_line(&text);
-    let figures = last.strip_prefix("bench storage: ").unwrap_or_else(|| panic!("last line: {last}"));
-    let mut keys = Vec::new();
-    for kv in figures.split(' ') {
-        let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("not key=value: {kv}"));
-        let v: f64 = v.parse().unwrap_or_else(|_| panic!("{k} is not a plain number: {v}"));
-        assert!(v.is_finite() && v > 0.0, "{k}={v}");
-        keys.push(k);
+    let figures = bench_figures(&stdout(&out), "storage");
+    for (k, v) in &figures {
+        assert!(*v > 0.0, "{k}={v}");
     }
     for k in ["put_mib_per_s", "put_ratio", "get_mib_per_s", "get_ratio", "blake3_gb_per_s"] {
-        assert!(keys.contains(&k), "{k} missing from {last}");
+        assert!(figures.iter().any(|(key, _)| key == k), "{k} missing from the last line");
     }
 }
 
