@@ -36,7 +36,9 @@ pub use entry::{
 pub use error::{DecodeError, LedgerError, Result, Tamper};
 pub use id::{EntryPos, Round, RunId, Seq, StateHash};
 pub use key::{Keypair, PublicKey, Signature, read_key_file, write_key_file};
-pub use log::{Appender, LoggedEntry, Reader, SlotRecord, find_head, genesis_run_id, seq_key, write_genesis};
+pub use log::{
+    Appender, LoggedEntry, Reader, SlotRecord, append_at, find_head, genesis_run_id, seq_key, write_genesis,
+};
 pub use merkle::Hash;
 pub use storage::BlobId;
 pub use validity::{Checked, LedgerState, RawEntry, Validity, VoidReason, validate, validate_checked};

@@ -72,6 +72,10 @@ pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(60);
 /// hole, which they fill), and the largest run of absent slots an appender's head search may
 /// skip. A slot written further ahead than this stays out of the log until the log reaches it.
 pub const HOLE_LOOKAHEAD: u64 = 16;
+/// A reader that finds nothing new looks for a hole at the head only on every this many such
+/// polls (and on every poll that read something first), so following a quiet log costs one read
+/// per poll most of the time instead of `1 + HOLE_LOOKAHEAD`.
+pub const HOLE_CHECK_EVERY_IDLE_POLLS: u32 = 8;
 
 const HINT_VERSION: u8 = 1;
 
@@ -225,6 +229,29 @@ pub async fn genesis_run_id(store: &Store) -> Result<RunId> {
             Ok(Entry::decode(first).map_err(malformed)?.run_id)
         }
     }
+}
+
+/// Writes `entries` as slot `seq` and nowhere else: `Ok(true)` when the slot now holds them,
+/// `Ok(false)` when another writer's bytes are there. For an entry whose meaning depends on its
+/// position (a RoundClose counts the contributions before it), where landing later would be wrong.
+/// A write whose reply was lost is read back, as [`Appender`] does.
+pub async fn append_at(store: &Store, seq: Seq, entries: &[Entry]) -> Result<bool> {
+    let slot = slot::encode_entries(entries)?;
+    let key = seq_key(seq);
+    for _ in 0..REPROBE_AFTER_LOSSES {
+        let state = match store.put_if_absent(&key, slot.clone()).await {
+            Ok(PutOutcome::Created(_)) => SlotState::Ours,
+            Ok(PutOutcome::AlreadyExists) => slot_state(store, &key, &slot).await?,
+            Err(StoreError::Unavailable { .. }) => slot_state(store, &key, &slot).await?,
+            Err(e) => return Err(e.into()),
+        };
+        match state {
+            SlotState::Ours => return Ok(true),
+            SlotState::Taken => return Ok(false),
+            SlotState::Unknown => debug!(seq = seq.0, "slot state unknown after a failed write; trying it again"),
+        }
+    }
+    Err(LedgerError::AppendUncertain { seq })
 }
 
 /// Writes slots. One per writer task; cheap to create.
@@ -410,6 +437,8 @@ pub struct Reader {
     pub(crate) trusted_prefix_ok: bool,
     /// Leaves remembered from an earlier process (see [`Witness`]), until checked.
     remembered: Vec<Hash>,
+    /// Polls in a row that found nothing new (see [`HOLE_CHECK_EVERY_IDLE_POLLS`]).
+    idle_polls: u32,
 }
 
 impl Reader {
@@ -427,6 +456,7 @@ impl Reader {
             trusted: None,
             trusted_prefix_ok: false,
             remembered: Vec::new(),
+            idle_polls: 0,
         }
     }
 
@@ -473,9 +503,11 @@ impl Reader {
     /// never fills: an absent slot there was deleted, and is reported.
     ///
     /// Reads run ahead in a window that doubles while every slot in it is present (up to
-    /// [`READ_CONCURRENCY`]) and falls back to one read at the head, so following a quiet log
-    /// costs one read and the [`HOLE_LOOKAHEAD`] existence checks per poll. Each slot is taken in as soon as it and all before it are
-    /// read, so a failed poll keeps its progress and the next one resumes where it stopped.
+    /// [`READ_CONCURRENCY`]) and falls back to one read at the head. The hole check runs when the
+    /// poll read something before the absent slot, and otherwise on every
+    /// [`HOLE_CHECK_EVERY_IDLE_POLLS`]th idle poll, so following a quiet log costs one read per poll
+    /// most of the time. Each slot is taken in as soon as it and all before it are read, so a
+    /// failed poll keeps its progress and the next one resumes where it stopped.
     pub async fn poll(&mut self) -> Result<u64> {
         let start = self.next_seq();
         let mut window = 1u64;
@@ -506,7 +538,9 @@ impl Reader {
                 // above it, a hole is filled and read again like any other slot.
                 // A slot filled but absent again (deleted as fast as it is filled) ends the poll.
                 let below_checkpoint = self.trusted.as_ref().is_some_and(|t| seq.0 < t.checkpoint.size);
-                if below_checkpoint || filled == Some(seq) || !fill_hole(&self.store, seq).await? {
+                let idle = seq == start;
+                let look = !idle || self.idle_polls % HOLE_CHECK_EVERY_IDLE_POLLS == HOLE_CHECK_EVERY_IDLE_POLLS - 1;
+                if below_checkpoint || filled == Some(seq) || !look || !fill_hole(&self.store, seq).await? {
                     break;
                 }
                 filled = Some(seq);
@@ -516,7 +550,9 @@ impl Reader {
             window = (window * 2).min(READ_CONCURRENCY as u64);
         }
         self.check_trusted_prefix()?;
-        Ok(self.next_seq().0 - start.0)
+        let read = self.next_seq().0 - start.0;
+        self.idle_polls = if read == 0 { self.idle_polls.wrapping_add(1) } else { 0 };
+        Ok(read)
     }
 
     /// Polls until at least one new slot arrives, sleeping `poll_interval` (clamped to

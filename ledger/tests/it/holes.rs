@@ -279,3 +279,20 @@ async fn a_reader_without_write_access_stops_at_a_hole_until_someone_fills_it() 
     assert_eq!(auditor.poll().await.unwrap(), 3);
     assert_eq!(auditor.leaves(), member.leaves(), "then the auditor reads the same log");
 }
+
+#[tokio::test]
+async fn an_idle_follower_looks_for_holes_only_every_few_polls() {
+    use ledger::log::HOLE_CHECK_EVERY_IDLE_POLLS;
+    let run = TestRun::new(2);
+    let store = memory_store().await;
+    log_of(&run, &store, 2).await; // slots 0..=2
+    let mut reader = Reader::replay(store.clone(), run.run_id).await.unwrap();
+    assert_eq!(reader.next_seq(), Seq(3));
+    rogue_write(&run, &store, 5, 100).await; // slots 3 and 4 are a hole, seen only by looking ahead
+    for poll in 1..HOLE_CHECK_EVERY_IDLE_POLLS {
+        assert_eq!(reader.poll().await.unwrap(), 0, "idle poll {poll} reads only the head slot");
+    }
+    assert!(store.get(&seq_key(Seq(3)), 16).await.is_err(), "nothing filled yet");
+    assert_eq!(reader.poll().await.unwrap(), 3, "the next idle poll looks ahead, fills and reads on");
+    assert_eq!(reader.slots()[3].void, Some(VoidReason::Filler));
+}
