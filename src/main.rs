@@ -1,6 +1,7 @@
 //! The `cairn` command: argument parsing, wiring and exit codes. The work happens in the library
 //! crates (storage, ledger, verify, trainer); this file only connects them to a terminal.
 
+mod audit_cmd;
 mod bench;
 mod demo;
 mod ledger_cmd;
@@ -34,6 +35,14 @@ enum Command {
     Keygen(ledger_cmd::KeygenArgs),
     /// Replay a run's ledger and write it as a Parquet file.
     Export(ledger_cmd::ExportArgs),
+    /// Audit a run: check every signature, slot, checkpoint and blob, replay every round and
+    /// compare every claimed state hash; last line `audit: OK ...` or `audit: FAIL ...`.
+    Audit(audit_cmd::AuditArgs),
+    /// Show a run's state from its ledger: open round, members, latest contributions, loss.
+    Status(audit_cmd::StatusArgs),
+    /// Delete update blobs behind the newest snapshot a passing audit confirms (dry run unless
+    /// --delete).
+    Gc(audit_cmd::GcArgs),
     /// Run the demonstration on a local store (what `make demo` runs).
     Demo(demo::DemoArgs),
     /// Print what this build links: libtorch version and devices.
@@ -67,6 +76,9 @@ fn main() -> ExitCode {
             Command::Bench { command } => bench::run(command).await,
             Command::Keygen(args) => ledger_cmd::keygen(args),
             Command::Export(args) => ledger_cmd::export(args).await,
+            Command::Audit(args) => audit_cmd::audit(args).await,
+            Command::Status(args) => audit_cmd::status(args).await,
+            Command::Gc(args) => audit_cmd::gc(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Info => {
                 let info = trainer::torch_info();

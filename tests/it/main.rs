@@ -1,5 +1,6 @@
 //! Tests of the `cairn` command as users run it: exit codes, last lines, one-line errors.
 
+mod audit_cli;
 mod ledger_cli;
 mod store;
 mod train_cli;

@@ -13,11 +13,13 @@
 //! (portable DCT-II), [`wire`] (format v1 and decoder), [`mod@encode`] (reference encoder),
 //! [`schedule`] (learning rate), [`mod@aggregate`] (the rule), [`config`] (the run config in the
 //! Genesis entry), [`round`] (which contributions count), [`mod@replay`] (recompute every round and
-//! check every claimed hash). Never links libtorch; no clock, no env in the core (replay's store IO
-//! sits behind [`BlobSource`]).
+//! check every claimed hash), [`mod@audit`] (what `cairn audit` checks, and the `cairn gc` plan).
+//! Never links libtorch; no clock, no env in the core (replay's and the audit's store IO sits
+//! behind [`BlobSource`] and at the audit's edge).
 #![deny(missing_docs)]
 
 pub mod aggregate;
+pub mod audit;
 pub mod chunk;
 pub mod config;
 pub mod dct;

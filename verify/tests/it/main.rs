@@ -2,6 +2,7 @@
 //! every decoder rejection, property tests against an independent dense f64 reference, the run
 //! config, and the round rule and replay on real signed ledgers.
 
+mod audit;
 mod common;
 mod config;
 mod corruption;

@@ -4,37 +4,12 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use ledger::{BlobId, EntryPos};
+use ledger::BlobId;
 use verify::replay::{Discrepancy, replay_from_genesis, replay_from_latest_snapshot};
 use verify::round::ClaimKind;
-use verify::{Replay, Round, Start, State, StateHash, VerifyError, aggregate, replay};
+use verify::{Replay, Round, Start, StateHash, VerifyError, replay};
 
-use crate::run::{TestRun, run_config};
-
-/// Three closed rounds of three honest workers each, with a snapshot after round 1 and a fourth,
-/// open round with one contribution. Returns the run and the state after each closed round.
-async fn three_rounds(wrong_claim_at: Option<u64>) -> (TestRun, Vec<State>, Vec<EntryPos>) {
-    let mut run = TestRun::new(run_config(16, 0)).await;
-    let h = run.hyper();
-    let mut states = vec![run.initial.clone()];
-    let mut closes = Vec::new();
-    for round in 0..3u64 {
-        let base = states.last().unwrap().clone();
-        let mut updates = Vec::new();
-        for w in 0..3 {
-            updates.push(run.contribute(w, round, base.hash()).await.1);
-        }
-        let next = aggregate(&base, Round(round), &updates, &h).unwrap();
-        let claim = if wrong_claim_at == Some(round) { StateHash([0xEE; 32]) } else { next.hash() };
-        closes.push(run.close(round, claim).await);
-        if round == 1 {
-            run.snapshot(1, &next).await;
-        }
-        states.push(next);
-    }
-    run.contribute(0, 3, states[3].hash()).await;
-    (run, states, closes)
-}
+use crate::run::three_rounds;
 
 #[tokio::test]
 async fn replay_reproduces_direct_aggregation() {

@@ -11,7 +11,7 @@ use storage::Store;
 use verify::config::{ExclusionRules, RoundRules};
 use verify::{
     Compression, Header, Hyper, Layout, NormClip, Ratio, Round, RunConfig, RunId, Schedule, State, StateHash, Update,
-    ValueEncoding, WorkerKey, encode,
+    ValueEncoding, WorkerKey, aggregate, encode,
 };
 
 use crate::common::{random_state, rng, spec};
@@ -173,4 +173,30 @@ impl TestRun {
     pub async fn entries(&self) -> Vec<LoggedEntry> {
         Reader::replay(self.store.clone(), self.run).await.unwrap().entries().to_vec()
     }
+}
+
+/// Three closed rounds of three honest workers each (workers 0 and 2 of organisation alpha,
+/// worker 1 of beta), a snapshot after round 1, and a fourth, open round with one contribution.
+/// Returns the run, the state after each closed round and the RoundClose positions.
+pub async fn three_rounds(wrong_claim_at: Option<u64>) -> (TestRun, Vec<State>, Vec<EntryPos>) {
+    let mut run = TestRun::new(run_config(16, 0)).await;
+    let h = run.hyper();
+    let mut states = vec![run.initial.clone()];
+    let mut closes = Vec::new();
+    for round in 0..3u64 {
+        let base = states.last().unwrap().clone();
+        let mut updates = Vec::new();
+        for w in 0..3 {
+            updates.push(run.contribute(w, round, base.hash()).await.1);
+        }
+        let next = aggregate(&base, Round(round), &updates, &h).unwrap();
+        let claim = if wrong_claim_at == Some(round) { StateHash([0xEE; 32]) } else { next.hash() };
+        closes.push(run.close(round, claim).await);
+        if round == 1 {
+            run.snapshot(1, &next).await;
+        }
+        states.push(next);
+    }
+    run.contribute(0, 3, states[3].hash()).await;
+    (run, states, closes)
 }
