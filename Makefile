@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test setup build clean-demo
+.PHONY: demo test setup build clean-demo interop
 
 ## Set up libtorch and the Python tools (idempotent; see infra/).
 setup:
@@ -21,6 +21,11 @@ demo: build
 ## The whole test suite, against a real S3 server (SeaweedFS) started for the run.
 test:
 	bash infra/test.sh
+
+## Load an export-hf of the tiny model in transformers and compare logits with ours (needs the full
+## Python torch: installs it once into ~/.cache/cairn/interop-venv; not part of `make test`).
+interop: setup
+	bash infra/interop.sh
 
 ## Remove the demo's store.
 clean-demo:

@@ -4,6 +4,7 @@
 mod audit_cmd;
 mod bench;
 mod demo;
+mod export_hf_cmd;
 mod ledger_cmd;
 mod store_cmd;
 
@@ -43,6 +44,8 @@ enum Command {
     /// Delete update blobs behind the newest snapshot a passing audit confirms (dry run unless
     /// --delete).
     Gc(audit_cmd::GcArgs),
+    /// Write a model state as a directory that transformers' LlamaForCausalLM loads.
+    ExportHf(export_hf_cmd::ExportHfArgs),
     /// Run the demonstration on a local store (what `make demo` runs).
     Demo(demo::DemoArgs),
     /// Print what this build links: libtorch version and devices.
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
             Command::Audit(args) => audit_cmd::audit(args).await,
             Command::Status(args) => audit_cmd::status(args).await,
             Command::Gc(args) => audit_cmd::gc(args).await,
+            Command::ExportHf(args) => export_hf_cmd::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Info => {
                 let info = trainer::torch_info();

@@ -14,7 +14,9 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
-use trainer::data::{Dataset, MAX_TEXT_BYTES, MarkovSpec, byte_tokens, load_text, sequences_for_tokens};
+use trainer::data::{
+    Dataset, MAX_TEXT_BYTES, MarkovSpec, Tokenizer, is_parquet_source, load_parquet, load_text, sequences_for_tokens,
+};
 use trainer::model::{ModelConfig, Preset, init_state};
 use trainer::simulate::{Baseline, Device, Swarm, SwarmConfig, global_batch};
 use trainer::step::{AdamWConfig, StepConfig, eval_loss};
@@ -30,12 +32,20 @@ const RATIO_DEN: u64 = 1_000_000_000;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Corpus: synthetic (seeded Markov source with a known loss floor) or shakespeare.
+    /// Corpus: synthetic (seeded Markov source with a known loss floor), shakespeare, or text (the
+    /// data named by --data).
     #[arg(long, default_value = "synthetic")]
     corpus: String,
-    /// Text for `--corpus shakespeare`: a local path or a store URL.
+    /// Data for `--corpus shakespeare` or `text`: a text file, or Parquet (a `.parquet` file, a
+    /// directory of them, or a store prefix ending in `/`), as a local path or a store URL.
     #[arg(long)]
     data: Option<String>,
+    /// The text column of Parquet data.
+    #[arg(long, default_value = trainer::data::DEFAULT_TEXT_COLUMN)]
+    text_column: String,
+    /// Tokenise with this HF tokenizer.json (a local path or store URL) instead of byte-level.
+    #[arg(long)]
+    tokenizer: Option<String>,
     /// Model preset: tiny or small.
     #[arg(long, default_value = "tiny")]
     preset: String,
@@ -98,18 +108,34 @@ fn ratio(x: f64, what: &str) -> anyhow::Result<Ratio> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Outcome> {
-    let text = match args.corpus.as_str() {
+    let source = match args.corpus.as_str() {
         "synthetic" => None,
-        "shakespeare" => {
-            let source = args.data.clone().unwrap_or_else(|| SHAKESPEARE.to_string());
-            Some(load_text(&source, MAX_TEXT_BYTES).await.with_context(|| format!("reading {source}"))?)
-        }
-        other => anyhow::bail!("--corpus must be synthetic or shakespeare, not {other}"),
+        "shakespeare" => Some(args.data.clone().unwrap_or_else(|| SHAKESPEARE.to_string())),
+        "text" => Some(args.data.clone().context("--corpus text needs --data")?),
+        other => anyhow::bail!("--corpus must be synthetic, shakespeare or text, not {other}"),
     };
-    tokio::task::spawn_blocking(move || run_blocking(args, text)).await.context("benchmark thread")?
+    let tokenizer = match &args.tokenizer {
+        Some(path) => Tokenizer::load(path).await.with_context(|| format!("loading the tokenizer {path}"))?,
+        None => Tokenizer::Bytes,
+    };
+    let tokens = match source {
+        None => None,
+        Some(source) if is_parquet_source(&source) => {
+            let docs = load_parquet(&source, &args.text_column, MAX_TEXT_BYTES)
+                .await
+                .with_context(|| format!("reading {source}"))?;
+            Some(tokenizer.tokenize_documents(docs.texts())?)
+        }
+        Some(source) => {
+            let text = load_text(&source, MAX_TEXT_BYTES).await.with_context(|| format!("reading {source}"))?;
+            Some(tokenizer.encode(&text)?)
+        }
+    };
+    let vocab = tokenizer.vocab_size();
+    tokio::task::spawn_blocking(move || run_blocking(args, tokens, vocab)).await.context("benchmark thread")?
 }
 
-fn run_blocking(args: Args, text: Option<Vec<u8>>) -> anyhow::Result<Outcome> {
+fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Result<Outcome> {
     let preset: Preset = args.preset.parse()?;
     anyhow::ensure!(matches!(preset, Preset::Tiny | Preset::Small), "--preset must be tiny or small");
     anyhow::ensure!(args.steps >= 1 && args.eval_every >= 1, "--steps and --eval-every must be >= 1");
@@ -123,18 +149,18 @@ fn run_blocking(args: Args, text: Option<Vec<u8>>) -> anyhow::Result<Outcome> {
     trainer::set_torch_threads(threads);
     let device = Device::Cpu;
 
-    let config = ModelConfig::preset(preset);
+    let config = ModelConfig::preset(preset).with_vocab(vocab);
     anyhow::ensure!(
         args.seq_len >= 1 && args.seq_len <= config.max_seq_len as usize,
         "--seq-len must be 1..={}",
         config.max_seq_len
     );
-    let (corpus, data) = match &text {
+    let (corpus, data) = match tokens {
         None => (
             "synthetic",
             Dataset::synthetic(MarkovSpec::default(), args.seed, args.seq_len, args.eval_sequences as u64)?,
         ),
-        Some(bytes) => ("shakespeare", Dataset::text(byte_tokens(bytes), args.seed, args.seq_len, 0.1)?),
+        Some(tokens) => (args.corpus.as_str(), Dataset::text(tokens, args.seed, args.seq_len, 0.1)?),
     };
     let floor = data.loss_floor_nats().unwrap_or(0.0);
     let sequences = sequences_for_tokens(args.tokens_per_step, args.seq_len);

@@ -20,6 +20,21 @@
 //! the synthetic corpus. Eval indices are never in the train range, so no worker trains on them; on
 //! text the guard window keeps the last train target and the first eval input apart too.
 //!
+//! ## Real data
+//! ```text
+//!   text:     path | store URL                       -> bytes            (load_text)
+//!   Parquet:  file.parquet | dir/ | store URL (.parquet or a prefix ending in /)
+//!             -> column `text` (configurable), row order, files in sorted key order,
+//!                documents taken while their total fits the byte budget  (load_parquet -> Documents)
+//!   tokens:   Tokenizer::Bytes (default: one token per byte, vocabulary 256)
+//!           | Tokenizer::Hf(tokenizer.json, through the `tokenizers` crate; vocabulary from the file)
+//!             each document's tokens, then the document separator   (Tokenizer::tokenize_documents)
+//! ```
+//! The separator is byte 0xFF for byte-level tokens (a byte that valid UTF-8 never holds, so it
+//! cannot be confused with text), and for an HF tokenizer its end-of-text token (`<|endoftext|>`,
+//! `</s>`, `<|end_of_text|>` or `<eos>`, the first it has), else its tokens for `"\n\n"`. The model's
+//! vocabulary is [`Tokenizer::vocab_size`] (`ModelConfig::with_vocab`).
+//!
 //! ## The synthetic corpus
 //! A sparse random order-`k` Markov source over `alphabet` printable bytes (so it is valid byte-level
 //! text). Each context (the last `k` symbols) allows `branching` next symbols: the "ring" successor
@@ -328,6 +343,335 @@ pub async fn load_text(source: &str, limit_bytes: u64) -> Result<Vec<u8>, Traine
     }
 }
 
+/// The text column of HF datasets (FineWeb and most others).
+pub const DEFAULT_TEXT_COLUMN: &str = "text";
+/// Most Parquet files one source (a directory or store prefix) may name.
+pub const MAX_PARQUET_FILES: usize = 10_000;
+/// Largest Parquet object fetched from a store (read whole into memory): 4 GiB, above the ~2 GiB of a
+/// FineWeb shard. Local files are streamed from disk and need no such limit.
+pub const MAX_PARQUET_OBJECT_BYTES: u64 = 4 << 30;
+/// Largest `tokenizer.json` read: 64 MiB (Llama 3's is 9 MB).
+pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+/// The byte-level document separator: 0xFF, which valid UTF-8 never holds.
+pub const BYTE_DOCUMENT_SEPARATOR: u8 = 0xFF;
+
+/// Rows decoded per Parquet record batch.
+const PARQUET_BATCH_ROWS: usize = 1024;
+/// End-of-text tokens looked for in an HF tokenizer, in this order, to separate documents.
+const END_OF_TEXT_TOKENS: [&str; 4] = ["<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"];
+/// Text handed to an HF tokenizer in one call is cut after a newline once it reaches this size.
+const TOKENIZE_PIECE_BYTES: usize = 1 << 20;
+
+/// Documents read from Parquet files, in order, within a budget on their total size in bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Documents {
+    texts: Vec<String>,
+    bytes: u64,
+    limit_bytes: u64,
+    full: bool,
+}
+
+impl Documents {
+    /// An empty set that takes documents while their total stays within `limit_bytes`.
+    pub fn new(limit_bytes: u64) -> Documents {
+        Documents { limit_bytes, ..Documents::default() }
+    }
+
+    /// Takes `text` if it fits the budget; once one does not, the set is full and takes no more (so
+    /// what it holds is always a prefix of the source's documents).
+    pub fn push(&mut self, text: &str) -> bool {
+        let size = text.len() as u64;
+        if self.full || self.bytes.saturating_add(size) > self.limit_bytes {
+            self.full = true;
+            return false;
+        }
+        self.bytes += size;
+        self.texts.push(text.to_owned());
+        true
+    }
+
+    /// The documents, in source order.
+    pub fn texts(&self) -> &[String] {
+        &self.texts
+    }
+
+    /// Their total size in bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether the budget cut the source short.
+    pub fn is_full(&self) -> bool {
+        self.full
+    }
+}
+
+/// Appends the non-null values of `column` (a UTF-8 string column) of one Parquet file to `docs`, in
+/// row order, stopping once `docs` is full. `what` names the file in errors. A damaged file, a
+/// missing column or one that is not text is a [`TrainerError::Parquet`], never a panic.
+pub fn parquet_documents<R: parquet::file::reader::ChunkReader + 'static>(
+    what: &str,
+    file: R,
+    column: &str,
+    docs: &mut Documents,
+) -> Result<(), TrainerError> {
+    use arrow::array::{Array, AsArray};
+    use parquet::arrow::ProjectionMask;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let bad = |problem: String| TrainerError::Parquet { what: what.to_owned(), problem };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(e.to_string()))?;
+    let index = builder.schema().fields().iter().position(|f| f.name() == column).ok_or_else(|| {
+        let names: Vec<&str> = builder.schema().fields().iter().map(|f| f.name().as_str()).collect();
+        bad(format!("no column {column:?} (columns: {})", names.join(", ")))
+    })?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
+    let reader =
+        builder.with_projection(mask).with_batch_size(PARQUET_BATCH_ROWS).build().map_err(|e| bad(e.to_string()))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        let Some(values) = batch.columns().first() else { continue };
+        let mut take = |text: Option<&str>| text.is_none_or(|t| docs.push(t));
+        let more = if let Some(a) = values.as_string_opt::<i32>() {
+            a.iter().all(&mut take)
+        } else if let Some(a) = values.as_string_opt::<i64>() {
+            a.iter().all(&mut take)
+        } else if let Some(a) = values.as_string_view_opt() {
+            a.iter().all(&mut take)
+        } else {
+            return Err(bad(format!("column {column:?} is {}, not text", values.data_type())));
+        };
+        if !more {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `source` names Parquet data: a `.parquet` file or object, a local directory, or a store
+/// prefix (a URL ending in `/`).
+pub fn is_parquet_source(source: &str) -> bool {
+    source.ends_with(".parquet")
+        || (source.contains("://") && source.ends_with('/'))
+        || (!source.contains("://") && std::path::Path::new(source).is_dir())
+}
+
+/// The documents of `column` in the Parquet data at `source` (see [`is_parquet_source`]; a directory
+/// or prefix means its `.parquet` files in sorted order), up to `limit_bytes` of text.
+pub async fn load_parquet(source: &str, column: &str, limit_bytes: u64) -> Result<Documents, TrainerError> {
+    let mut docs = Documents::new(limit_bytes);
+    if let Some(prefix_url) = source.strip_suffix('/').filter(|_| source.contains("://")) {
+        let store = storage::open(prefix_url).await?;
+        let keys: Vec<String> =
+            store.list("", None).await?.into_iter().map(|o| o.key).filter(|k| k.ends_with(".parquet")).collect();
+        check_file_count(source, keys.len())?;
+        for key in keys {
+            let bytes = store.get(&key, MAX_PARQUET_OBJECT_BYTES).await?.bytes;
+            parquet_blocking(format!("{prefix_url}/{key}"), bytes, column, &mut docs).await?;
+            if docs.is_full() {
+                break;
+            }
+        }
+    } else if source.contains("://") {
+        let bytes = bytes::Bytes::from(fetch_text(source, MAX_PARQUET_OBJECT_BYTES).await?);
+        parquet_blocking(source.to_owned(), bytes, column, &mut docs).await?;
+    } else {
+        let path = std::path::Path::new(source);
+        let read_err = |source| TrainerError::Read { path: path.display().to_string(), source };
+        let files = if path.is_dir() {
+            let mut files = Vec::new();
+            for entry in std::fs::read_dir(path).map_err(read_err)? {
+                let p = entry.map_err(read_err)?.path();
+                if p.extension().is_some_and(|e| e == "parquet") && p.is_file() {
+                    files.push(p);
+                }
+                check_file_count(source, files.len())?;
+            }
+            files.sort();
+            files
+        } else {
+            vec![path.to_path_buf()]
+        };
+        for file in files {
+            let what = file.display().to_string();
+            let f = std::fs::File::open(&file).map_err(|source| TrainerError::Read { path: what.clone(), source })?;
+            parquet_blocking(what, f, column, &mut docs).await?;
+            if docs.is_full() {
+                break;
+            }
+        }
+    }
+    if docs.texts().is_empty() && !docs.is_full() {
+        return Err(TrainerError::Parquet { what: source.to_owned(), problem: format!("no {column:?} documents") });
+    }
+    if docs.is_full() {
+        tracing::info!(source, limit_bytes, documents = docs.texts().len(), "parquet text cut at the size limit");
+    }
+    Ok(docs)
+}
+
+fn check_file_count(source: &str, n: usize) -> Result<(), TrainerError> {
+    if n > MAX_PARQUET_FILES {
+        return Err(TrainerError::InvalidConfig(format!("{source} holds over {MAX_PARQUET_FILES} parquet files")));
+    }
+    Ok(())
+}
+
+/// [`parquet_documents`] off the async runtime (decoding is CPU work and local reads block).
+async fn parquet_blocking<R: parquet::file::reader::ChunkReader + 'static>(
+    what: String,
+    file: R,
+    column: &str,
+    docs: &mut Documents,
+) -> Result<(), TrainerError> {
+    let column = column.to_owned();
+    let mut taken = std::mem::take(docs);
+    let name = what.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let r = parquet_documents(&name, file, &column, &mut taken);
+        (r, taken)
+    })
+    .await;
+    // A panic inside the decoder on a malformed file is still a rejection of that file.
+    let (result, taken) =
+        joined.map_err(|e| TrainerError::Parquet { what, problem: format!("the decoder failed: {e}") })?;
+    *docs = taken;
+    result
+}
+
+/// How text becomes token ids.
+#[derive(Clone, Debug, Default)]
+pub enum Tokenizer {
+    /// One token per byte, vocabulary 256 (the default).
+    #[default]
+    Bytes,
+    /// An HF `tokenizer.json`.
+    Hf(Box<tokenizers::Tokenizer>),
+}
+
+impl Tokenizer {
+    /// An HF tokenizer from the bytes of a `tokenizer.json`.
+    pub fn from_json(json: &[u8]) -> Result<Tokenizer, TrainerError> {
+        let t = tokenizers::Tokenizer::from_bytes(json).map_err(|e| TrainerError::Tokenizer(e.to_string()))?;
+        let tokenizer = Tokenizer::Hf(Box::new(t));
+        if tokenizer.vocab_size() == 0 {
+            return Err(TrainerError::Tokenizer("the tokenizer has an empty vocabulary".into()));
+        }
+        Ok(tokenizer)
+    }
+
+    /// An HF tokenizer from a `tokenizer.json` at a local path or store URL.
+    pub async fn load(source: &str) -> Result<Tokenizer, TrainerError> {
+        Tokenizer::from_json(&load_text(source, MAX_TOKENIZER_BYTES).await?)
+    }
+
+    /// The vocabulary size the model needs: one more than the largest id the tokenizer can produce.
+    pub fn vocab_size(&self) -> u32 {
+        match self {
+            Tokenizer::Bytes => crate::model::BYTE_VOCAB,
+            Tokenizer::Hf(t) => t.get_vocab(true).values().max().map_or(0, |&id| id.saturating_add(1)),
+        }
+    }
+
+    /// The ids put between two documents (see the module docs).
+    pub fn document_separator(&self) -> Result<Vec<u32>, TrainerError> {
+        match self {
+            Tokenizer::Bytes => Ok(vec![u32::from(BYTE_DOCUMENT_SEPARATOR)]),
+            Tokenizer::Hf(t) => match END_OF_TEXT_TOKENS.iter().find_map(|tok| t.token_to_id(tok)) {
+                Some(id) => Ok(vec![id]),
+                None => self.encode_str("\n\n"),
+            },
+        }
+    }
+
+    /// The ids of `text` (no special tokens added). An HF tokenizer needs UTF-8; long text is encoded
+    /// in pieces cut after a newline.
+    pub fn encode(&self, text: &[u8]) -> Result<Vec<u32>, TrainerError> {
+        match self {
+            Tokenizer::Bytes => Ok(byte_tokens(text)),
+            Tokenizer::Hf(_) => {
+                let text = std::str::from_utf8(text).map_err(|e| {
+                    TrainerError::Tokenizer(format!(
+                        "text is not UTF-8 (byte {}): an HF tokenizer needs UTF-8",
+                        e.valid_up_to()
+                    ))
+                })?;
+                let mut ids = Vec::new();
+                for piece in split_after_newlines(text, TOKENIZE_PIECE_BYTES) {
+                    ids.extend(self.encode_str(piece)?);
+                }
+                Ok(ids)
+            }
+        }
+    }
+
+    fn encode_str(&self, text: &str) -> Result<Vec<u32>, TrainerError> {
+        match self {
+            Tokenizer::Bytes => Ok(byte_tokens(text.as_bytes())),
+            Tokenizer::Hf(t) => {
+                Ok(t.encode(text, false).map_err(|e| TrainerError::Tokenizer(e.to_string()))?.get_ids().to_vec())
+            }
+        }
+    }
+
+    /// The text of `ids` (byte-level: the bytes, lossily as UTF-8).
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TrainerError> {
+        match self {
+            Tokenizer::Bytes => {
+                let bytes = ids
+                    .iter()
+                    .map(|&id| u8::try_from(id))
+                    .collect::<Result<Vec<u8>, _>>()
+                    .map_err(|_| TrainerError::Tokenizer("byte-level ids must be below 256".into()))?;
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            Tokenizer::Hf(t) => t.decode(ids, false).map_err(|e| TrainerError::Tokenizer(e.to_string())),
+        }
+    }
+
+    /// Each document's ids followed by [`Tokenizer::document_separator`], in order.
+    pub fn tokenize_documents(&self, docs: &[String]) -> Result<Vec<u32>, TrainerError> {
+        let separator = self.document_separator()?;
+        let mut ids = Vec::new();
+        match self {
+            Tokenizer::Bytes => {
+                for doc in docs {
+                    ids.extend(byte_tokens(doc.as_bytes()));
+                    ids.extend(&separator);
+                }
+            }
+            Tokenizer::Hf(t) => {
+                for group in docs.chunks(PARQUET_BATCH_ROWS) {
+                    let inputs: Vec<&str> = group.iter().map(String::as_str).collect();
+                    let encodings =
+                        t.encode_batch(inputs, false).map_err(|e| TrainerError::Tokenizer(e.to_string()))?;
+                    for e in encodings {
+                        ids.extend(e.get_ids());
+                        ids.extend(&separator);
+                    }
+                }
+            }
+        }
+        Ok(ids)
+    }
+}
+
+/// `text` cut into pieces of at least `size` bytes (except the last), each ending after a newline.
+fn split_after_newlines(text: &str, size: usize) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        // A newline byte is always a character boundary in UTF-8, so cutting after one is safe.
+        let newline = rest.as_bytes().get(size..).and_then(|tail| tail.iter().position(|&b| b == b'\n'));
+        let cut = newline.map_or(rest.len(), |i| size + i + 1);
+        let (piece, tail) = rest.split_at(cut);
+        rest = tail;
+        Some(piece)
+    })
+}
+
 /// Where the tokens come from.
 #[derive(Clone, Debug)]
 pub enum Corpus {
@@ -618,5 +962,177 @@ mod tests {
         assert!(matches!(load_text("s3://bucket", 5).await, Err(TrainerError::InvalidConfig(_))));
         assert!(matches!(load_text("/no/such/file", 5).await, Err(TrainerError::Read { .. })));
         assert_eq!(byte_tokens(b"hi"), [104, 105]);
+    }
+
+    /// Writes `docs` as a Parquet file with an `id` column and a `text` column (None: a null).
+    fn write_parquet(path: &std::path::Path, docs: &[Option<&str>]) {
+        use std::sync::Arc;
+
+        use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+        use parquet::arrow::ArrowWriter;
+
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("text", DataType::Utf8, true),
+        ]));
+        let ids: ArrayRef = Arc::new(Int64Array::from_iter_values(0..docs.len() as i64));
+        let texts: ArrayRef = Arc::new(StringArray::from(docs.to_vec()));
+        let batch = RecordBatch::try_new(schema.clone(), vec![ids, texts]).unwrap();
+        let mut writer = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    }
+
+    #[tokio::test]
+    async fn parquet_text_loads_from_files_directories_and_store_urls() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = dir.path().join("shards");
+        std::fs::create_dir(&shards).unwrap();
+        // Written out of order: the directory is read in sorted name order.
+        write_parquet(&shards.join("b.parquet"), &[Some("third"), Some("fourth é")]);
+        write_parquet(&shards.join("a.parquet"), &[Some("first"), None, Some("second")]);
+        std::fs::write(shards.join("notes.txt"), b"not parquet").unwrap();
+
+        let one = shards.join("a.parquet");
+        let docs = load_parquet(one.to_str().unwrap(), DEFAULT_TEXT_COLUMN, MAX_TEXT_BYTES).await.unwrap();
+        assert_eq!(docs.texts(), ["first", "second"]);
+        let tokens = Tokenizer::Bytes.tokenize_documents(docs.texts()).unwrap();
+        assert_eq!(tokens, [&byte_tokens(b"first\xffsecond")[..], &[255]].concat());
+
+        let all = load_parquet(shards.to_str().unwrap(), "text", MAX_TEXT_BYTES).await.unwrap();
+        assert_eq!(all.texts(), ["first", "second", "third", "fourth é"]);
+        assert_eq!((all.total_bytes(), all.is_full()), (25, false));
+        // The limit keeps a prefix of whole documents.
+        let cut = load_parquet(shards.to_str().unwrap(), "text", 15).await.unwrap();
+        assert_eq!((cut.texts(), cut.is_full()), (&["first".to_string(), "second".to_string()][..], true));
+
+        // The same through store URLs: one object, and a prefix.
+        let url = format!("file://{}", one.display());
+        assert_eq!(load_parquet(&url, "text", MAX_TEXT_BYTES).await.unwrap(), docs);
+        let prefix = format!("file://{}/", shards.display());
+        assert_eq!(load_parquet(&prefix, "text", MAX_TEXT_BYTES).await.unwrap().texts(), all.texts());
+        assert!(is_parquet_source(&url) && is_parquet_source(&prefix) && is_parquet_source(shards.to_str().unwrap()));
+        assert!(!is_parquet_source("file:///data/corpus.txt"));
+    }
+
+    #[tokio::test]
+    async fn bad_parquet_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.parquet");
+        write_parquet(&good, &[Some("x")]);
+        let good = good.to_str().unwrap();
+        assert!(matches!(load_parquet(good, "content", MAX_TEXT_BYTES).await, Err(TrainerError::Parquet { .. })));
+        // `id` is an integer column, not text.
+        assert!(matches!(load_parquet(good, "id", MAX_TEXT_BYTES).await, Err(TrainerError::Parquet { .. })));
+        let garbage = dir.path().join("garbage.parquet");
+        std::fs::write(&garbage, b"PAR1 this is not a parquet file PAR1").unwrap();
+        let garbage = garbage.to_str().unwrap();
+        assert!(matches!(load_parquet(garbage, "text", MAX_TEXT_BYTES).await, Err(TrainerError::Parquet { .. })));
+        // A truncated file (the footer cut off).
+        let bytes = std::fs::read(good).unwrap();
+        let torn = dir.path().join("torn.parquet");
+        std::fs::write(&torn, &bytes[..bytes.len() - 10]).unwrap();
+        assert!(matches!(load_parquet(torn.to_str().unwrap(), "text", 100).await, Err(TrainerError::Parquet { .. })));
+        // Damaged bytes anywhere: the file loads or is rejected as Parquet, nothing else.
+        let flipped = dir.path().join("flipped.parquet");
+        for i in (0..bytes.len()).step_by(7) {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x5A;
+            std::fs::write(&flipped, &damaged).unwrap();
+            match load_parquet(flipped.to_str().unwrap(), "text", 100).await {
+                Ok(_) | Err(TrainerError::Parquet { .. }) => {}
+                Err(e) => panic!("byte {i}: {e}"),
+            }
+        }
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(matches!(load_parquet(empty.to_str().unwrap(), "text", 100).await, Err(TrainerError::Parquet { .. })));
+        assert!(matches!(load_parquet("/no/such.parquet", "text", 100).await, Err(TrainerError::Read { .. })));
+    }
+
+    /// GPT-2's map from bytes to printable characters (what the ByteLevel pre-tokenizer emits).
+    fn byte_level_char(b: u8) -> char {
+        let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+        if printable(b) {
+            return char::from(b);
+        }
+        let rank = (0..b).filter(|&x| !printable(x)).count() as u32;
+        char::from_u32(256 + rank).unwrap()
+    }
+
+    /// A byte-level BPE `tokenizer.json`: the 256 bytes (id = byte), merges that spell " cairn"
+    /// (ids 256..=260), and `<|endoftext|>` (261) as an added special token.
+    fn tiny_bpe_json() -> Vec<u8> {
+        let mut vocab = serde_json::Map::new();
+        for b in 0..=255u8 {
+            vocab.insert(byte_level_char(b).to_string(), b.into());
+        }
+        let space = byte_level_char(b' ');
+        let merges = [
+            (format!("{space}"), "c"),
+            ("a".into(), "i"),
+            (format!("{space}c"), "ai"),
+            ("r".into(), "n"),
+            (format!("{space}cai"), "rn"),
+        ];
+        for (i, (a, b)) in merges.iter().enumerate() {
+            vocab.insert(format!("{a}{b}"), (256 + i).into());
+        }
+        let merges: Vec<String> = merges.iter().map(|(a, b)| format!("{a} {b}")).collect();
+        let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        serde_json::to_vec(&serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": [{"id": 261, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
+                              "rstrip": false, "normalized": false, "special": true}],
+            "normalizer": null,
+            "pre_tokenizer": byte_level,
+            "post_processor": null,
+            "decoder": byte_level,
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                      "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                      "ignore_merges": false, "vocab": vocab, "merges": merges},
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn hf_tokenizer_json_round_trips_and_sets_the_vocabulary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, tiny_bpe_json()).unwrap();
+        let tok = Tokenizer::load(path.to_str().unwrap()).await.unwrap();
+        assert_eq!(tok.vocab_size(), 262);
+        let ids = tok.encode(b"hello cairn").unwrap();
+        assert_eq!(ids, [104, 101, 108, 108, 111, 260]);
+        assert_eq!(tok.decode(&ids).unwrap(), "hello cairn");
+        let text = "Ünïcødé, tabs\tand\nnewlines: cairn cairns";
+        assert_eq!(tok.decode(&tok.encode(text.as_bytes()).unwrap()).unwrap(), text);
+        assert_eq!(tok.document_separator().unwrap(), [261]);
+        let docs = ["a cairn".to_string(), "b".to_string()];
+        assert_eq!(tok.tokenize_documents(&docs).unwrap(), [97, 260, 261, 98, 261]);
+        // The vocabulary flows into the model: ids above 255 are embedded.
+        let config =
+            crate::model::ModelConfig { layers: 1, ..crate::model::ModelConfig::preset(crate::model::Preset::Tiny) }
+                .with_vocab(tok.vocab_size());
+        let ds = Dataset::text(tok.encode("a cairn ".repeat(40).as_bytes()).unwrap(), 0, 8, 0.2).unwrap();
+        let model = crate::model::Model::new(&config, 0, Device::Cpu).unwrap();
+        tch::set_num_threads(1);
+        assert!(f64::try_from(model.loss(&ds.batch(&[0, 1], Device::Cpu).unwrap()).unwrap()).unwrap().is_finite());
+        // Long text is encoded in pieces cut after newlines, with the same result here.
+        let long = "one cairn\n".repeat(3);
+        let pieces: Vec<&str> = split_after_newlines(&long, 4).collect();
+        assert_eq!(pieces, ["one cairn\n"; 3]);
+        assert_eq!(split_after_newlines("abc", 1).collect::<Vec<_>>(), ["abc"]);
+        assert_eq!(split_after_newlines("", 1).count(), 0);
+        // Bad input is a typed error, never a panic.
+        assert!(matches!(tok.encode(b"\xff\xfe"), Err(TrainerError::Tokenizer(_))));
+        assert!(matches!(Tokenizer::from_json(b"{\"model\": 3}"), Err(TrainerError::Tokenizer(_))));
+        assert!(matches!(Tokenizer::from_json(b"not json"), Err(TrainerError::Tokenizer(_))));
+        assert!(matches!(Tokenizer::Bytes.decode(&[300]), Err(TrainerError::Tokenizer(_))));
+        assert_eq!(Tokenizer::Bytes.vocab_size(), 256);
+        assert_eq!(Tokenizer::Bytes.decode(&[104, 105]).unwrap(), "hi");
     }
 }

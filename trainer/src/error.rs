@@ -75,6 +75,20 @@ pub enum TrainerError {
         /// What is wrong.
         problem: String,
     },
+    /// Safetensors bytes could not be built (an export).
+    #[error("safetensors: {0}")]
+    Safetensors(String),
+    /// A Parquet data file is damaged, or has no usable text column.
+    #[error("parquet {what}: {problem}")]
+    Parquet {
+        /// The file or object.
+        what: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// An HF `tokenizer.json` could not be loaded, or refused to encode or decode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
     /// A saved worker-state file belongs to another run or model layout.
     #[error("worker state is for another run or model: {what} differs")]
     ForeignWorkerState {

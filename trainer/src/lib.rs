@@ -11,6 +11,7 @@
 pub mod data;
 pub mod demo;
 mod error;
+pub mod hf;
 pub mod model;
 pub mod score;
 pub mod simulate;
