@@ -1,38 +1,249 @@
-//! `cairn demo`: what `make demo` runs.
+//! `cairn demo`: what `make demo` runs. A whole federated run on one machine, with every
+//! participant a separate OS process talking only through the store:
 //!
-//! Today it sets up the embedded local store, proves it gives the guarantees the ledger needs,
-//! and proves libtorch loads. The ledger, the aggregation and the trainer's parts exist as
-//! libraries and benchmarks; the federated run over a bucket (genesis, workers, validator, audit)
-//! arrives with the federation issue, and the demo says so rather than pretending.
+//! ```text
+//!   store check ─▶ keys for alpha (admin, 2 workers) and beta (2 workers, validator) ─▶ run.toml
+//!     ─▶ cairn genesis ─▶ 4 × cairn worker + 1 × cairn validate (child processes, logs/)
+//!     ─▶ live progress from the ledger ─▶ cairn audit ─▶ summary (loss vs floor, bytes, audit)
+//! ```
+//!
+//! Each invocation starts a new run in its own folder under the demo store (`run-1`, `run-2`, ...),
+//! so earlier runs stay auditable.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ledger::Body;
 use storage::admin::{self, InitOptions};
+use tokio::process::{Child, Command};
+use trainer::follow::Follower;
+use trainer::model::{Model, init_state};
+use trainer::step::eval_loss;
 
 use crate::Outcome;
 use crate::store_cmd::{absolute_url, check};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Where the demo keeps its store (a local folder by default; s3://bucket/prefix works too).
+    /// Where the demo keeps its runs (a local folder by default; s3://bucket/prefix works too).
     #[arg(long, default_value = "file://cairn-demo")]
     store: String,
+    /// Rounds to train.
+    #[arg(long, default_value_t = 20)]
+    rounds: u64,
+    /// Model preset (tiny for a quick look).
+    #[arg(long, default_value = "small")]
+    preset: String,
+    /// Training text (a path or store URL) instead of the synthetic corpus.
+    #[arg(long)]
+    data: Option<String>,
+    /// Tokens per worker per round.
+    #[arg(long, default_value_t = 512)]
+    tokens_per_round: u64,
+    /// Local folder for keys, run.toml and logs (default: ./cairn-demo-local).
+    #[arg(long, default_value = "cairn-demo-local")]
+    work_dir: PathBuf,
 }
 
+/// The demo's members: (name, organisation, role).
+const MEMBERS: [(&str, &str, &str); 6] = [
+    ("admin", "alpha", "admin"),
+    ("alpha-worker-1", "alpha", "worker"),
+    ("alpha-worker-2", "alpha", "worker"),
+    ("beta-worker-1", "beta", "worker"),
+    ("beta-worker-2", "beta", "worker"),
+    ("beta-validator", "beta", "validator"),
+];
+
+/// A participant process may take at most this long in all.
+const DEMO_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
-    let url = absolute_url(&args.store)?;
-    println!("cairn demo: store {url}");
-    admin::init(&url, InitOptions::default(), &Default::default()).await.with_context(|| format!("creating {url}"))?;
-    println!("\n[1/2] storage conformance");
-    if let Outcome::Failed = check(&url).await? {
+    let started = Instant::now();
+    let base = absolute_url(&args.store)?;
+    admin::init(&base, InitOptions::default(), &Default::default())
+        .await
+        .with_context(|| format!("creating {base}"))?;
+    println!("cairn demo: store {base}");
+    println!("\n[1/5] storage conformance");
+    if let Outcome::Failed = check(&base).await? {
         return Ok(Outcome::Failed);
     }
-    println!("\n[2/2] libtorch");
-    let info = trainer::torch_info();
-    println!("libtorch loaded: {} threads, cuda_available={}", info.threads, info.cuda_available);
+    let (name, url) = next_run(&base).await?;
+    let dir = args.work_dir.join(&name);
+    std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
+    println!("\n[2/5] members: 2 organisations x 2 workers, a validator, an admin (keys in {})", dir.display());
+    let mut keys = Vec::new();
+    for (member, org, role) in MEMBERS {
+        let path = dir.join(format!("{member}.key"));
+        let key = ledger::write_key_file(&path).with_context(|| format!("writing {}", path.display()))?;
+        println!("  {member:<15} {org:<6} {role:<9} {}", key.public());
+        keys.push((member, org, role, path, key.public()));
+    }
+    let spec = demo_spec(&args, &keys);
+    let spec_path = dir.join("run.toml");
+    std::fs::write(&spec_path, &spec).with_context(|| format!("writing {}", spec_path.display()))?;
+    println!("\n[3/5] genesis ({} preset, {} rounds, run.toml in {})", args.preset, args.rounds, dir.display());
+    admin::init(&url, InitOptions::default(), &Default::default()).await.with_context(|| format!("creating {url}"))?;
+    let exe = std::env::current_exe().context("locating the cairn binary")?;
+    let status = Command::new(&exe)
+        .args(["genesis", "--store", &url, "--config"])
+        .arg(&spec_path)
+        .arg("--key")
+        .arg(&keys[0].3)
+        .status()
+        .await
+        .context("running cairn genesis")?;
+    anyhow::ensure!(status.success(), "cairn genesis failed ({status})");
+
     println!(
-        "\nBuilt and benchmarked: the signed ledger (cairn bench ledger), bit-exact DeMo aggregation\n\
-         (cairn bench aggregate), the Llama-style trainer (cairn bench train). Next: a federated run\n\
-         over this store with workers, a validator and an audit; this demo grows into it."
+        "\n[4/5] training: 4 workers and a validator as separate processes (logs in {})",
+        dir.join("logs").display()
     );
-    Ok(Outcome::Ok)
+    let mut children = Vec::new();
+    for (member, _, role, path, _) in &keys[1..] {
+        let command = if *role == "validator" { "validate" } else { "worker" };
+        children.push((*member, spawn(&exe, command, &url, path, &dir.join("logs").join(format!("{member}.log")))?));
+    }
+    let store = storage::open(&url).await.with_context(|| format!("opening {url}"))?;
+    let outcome = watch(&store, &mut children, args.rounds).await;
+    if outcome.is_err() {
+        for (_, child) in &mut children {
+            let _ = child.kill().await;
+        }
+    }
+    let bytes_per_worker = outcome?;
+
+    println!("\n[5/5] audit: cairn audit --store {url}");
+    let audit = Command::new(&exe).args(["audit", "--store", &url]).stderr(Stdio::inherit()).output().await?;
+    let audit_out = String::from_utf8_lossy(&audit.stdout);
+    print!("{audit_out}");
+    let audit_line = audit_out.lines().last().unwrap_or("audit: FAIL no output").to_string();
+
+    let follower = Follower::join(store.clone()).await.context("replaying the run for the summary")?;
+    let info = follower.info().clone();
+    let data = info.train.dataset().await?;
+    let eval = data.batch(&data.eval_indices(64), trainer::Device::Cpu)?;
+    let initial = Model::from_state(&info.model, &init_state(&info.model, info.train.seed)?, trainer::Device::Cpu)?;
+    let before = eval_loss(&initial, &eval, 8)?;
+    let after = eval_loss(&Model::from_state(&info.model, follower.state(), trainer::Device::Cpu)?, &eval, 8)?;
+    let dense = info.config.layout.elements() * 4;
+    println!("\nsummary ({:.0} s)", started.elapsed().as_secs_f64());
+    println!("  rounds          {} closed, final state {}", follower.round().0, follower.state_hash());
+    match data.loss_floor_nats() {
+        Some(floor) => {
+            println!("  held-out loss   {before:.4} -> {after:.4} nats (floor {floor:.4}, the corpus's entropy rate)")
+        }
+        None => println!("  held-out loss   {before:.4} -> {after:.4} nats"),
+    }
+    println!(
+        "  upload          {bytes_per_worker} bytes per worker per round; a dense fp32 update is {dense} bytes ({:.0}x smaller)",
+        dense as f64 / bytes_per_worker.max(1) as f64
+    );
+    println!("  {audit_line}");
+    println!("\nTry: cairn status --store {url}   |   cairn audit --store {url} --json");
+    Ok(if audit.status.success() { Outcome::Ok } else { Outcome::Failed })
+}
+
+/// The first `run-N` under `base` without a ledger.
+async fn next_run(base: &str) -> anyhow::Result<(String, String)> {
+    for n in 1..10_000 {
+        let name = format!("run-{n}");
+        let url = format!("{}/{name}", base.trim_end_matches('/'));
+        let store = storage::open(&url).await;
+        let taken = match store {
+            Ok(s) => ledger::genesis_run_id(&s).await.is_ok(),
+            Err(_) => false,
+        };
+        if !taken {
+            return Ok((name, url));
+        }
+    }
+    anyhow::bail!("{base} holds 10,000 demo runs; clear it (make clean-demo)")
+}
+
+fn demo_spec(args: &DemoArgs, keys: &[(&str, &str, &str, PathBuf, ledger::PublicKey)]) -> String {
+    let source = args.data.clone().unwrap_or_else(|| "synthetic".into());
+    let mut s = format!(
+        "# Written by `cairn demo`; see docs/RUN.md for every field.\n\
+         [run]\nname = \"cairn demo\"\npreset = \"{preset}\"\nseed = 1\ntotal_rounds = {rounds}\nsnapshot_every = 10\n\n\
+         [data]\nsource = \"{source}\"\nseq_len = 64\neval_fraction = 0.05\neval_sequences = 256\n\n\
+         [train]\ntokens_per_round = {tokens}\nmicro_batch = 8\nclip_norm = 1.0\nmomentum_decay = 0.999\n\n\
+         [demo]\nchunk = 64\ntopk = 4\nvalues = \"sign\"\n\n\
+         [optimizer]\nlr = 0.003\nmin_lr = 0.0003\nwarmup_rounds = 2\ndecay_rounds = {rounds}\nweight_decay = 0.0\nclip = \"median\"\n\n\
+         [rounds]\nmin_contributions = 2\nmax_contributions = 16\ndeadline_secs = 120\nverdict_wait_secs = 60\n\n\
+         [validation]\nmin_score = -20\nmax_failures = 2\nassigned_sequences = 4\neval_sequences = 4\n\n\
+         [roster]\nquorum = 1\n",
+        preset = args.preset,
+        rounds = args.rounds,
+        tokens = args.tokens_per_round,
+    );
+    for (_, org, role, _, key) in keys {
+        s.push_str(&format!("\n[[roster.member]]\nkey = \"{key}\"\norganisation = \"{org}\"\nrole = \"{role}\"\n"));
+    }
+    s
+}
+
+fn spawn(exe: &Path, command: &str, url: &str, key: &Path, log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    Command::new(exe)
+        .args([command, "--store", url, "--threads", "1", "--key"])
+        .arg(key)
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting cairn {command}"))
+}
+
+/// Follows the ledger and prints each closed round until every child exits; fails if one fails.
+/// Returns the update size in bytes.
+async fn watch(store: &storage::Store, children: &mut [(&str, Child)], rounds: u64) -> anyhow::Result<u64> {
+    let run_id = ledger::genesis_run_id(store).await?;
+    let mut reader = ledger::Reader::replay(store.clone(), run_id).await?;
+    let started = Instant::now();
+    let mut shown = 0u64;
+    let mut update_bytes = 0u64;
+    let mut running = children.len();
+    while running > 0 {
+        anyhow::ensure!(started.elapsed() < DEMO_TIMEOUT, "the demo ran past {} minutes", DEMO_TIMEOUT.as_secs() / 60);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        reader.poll().await?;
+        while let Some((close, _)) = reader.state().round_close(ledger::Round(shown)) {
+            let mut losses = Vec::new();
+            let mut verdicts = 0;
+            for e in reader.by_round(ledger::Round(shown)).filter(|e| e.pos < close) {
+                match e.entry.as_ref().map(|x| &x.body) {
+                    Some(Body::Contribution(c)) => {
+                        update_bytes = c.blob_size;
+                        losses.extend(
+                            c.metrics.iter().filter(|(k, _)| k == "loss_milli").map(|(_, v)| *v as f64 / 1000.0),
+                        );
+                    }
+                    Some(Body::Verdict(_)) => verdicts += 1,
+                    _ => {}
+                }
+            }
+            let mean = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
+            println!(
+                "  round {:>3}/{rounds}: {} contributions, {verdicts} verdicts, mean train loss {mean:.4}, {update_bytes} bytes each, {:>4.0} s",
+                shown + 1,
+                losses.len(),
+                started.elapsed().as_secs_f64()
+            );
+            shown += 1;
+        }
+        running = 0;
+        for (name, child) in children.iter_mut() {
+            match child.try_wait()? {
+                None => running += 1,
+                Some(status) if status.success() => {}
+                Some(status) => anyhow::bail!("{name} exited with {status}; see its log"),
+            }
+        }
+    }
+    Ok(update_bytes)
 }

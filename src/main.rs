@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 mod export_hf_cmd;
 mod ledger_cmd;
+mod run_cmd;
 mod store_cmd;
 
 use std::process::ExitCode;
@@ -36,6 +37,12 @@ enum Command {
     Keygen(ledger_cmd::KeygenArgs),
     /// Replay a run's ledger and write it as a Parquet file.
     Export(ledger_cmd::ExportArgs),
+    /// Start a run: write the Genesis entry from a run.toml.
+    Genesis(run_cmd::GenesisArgs),
+    /// Take part in a run as a worker: train, contribute, follow.
+    Worker(run_cmd::ParticipantArgs),
+    /// Take part in a run as a validator: score contributions, append verdicts.
+    Validate(run_cmd::ParticipantArgs),
     /// Audit a run: check every signature, slot, checkpoint and blob, replay every round and
     /// compare every claimed state hash; last line `audit: OK ...` or `audit: FAIL ...`.
     Audit(audit_cmd::AuditArgs),
@@ -79,6 +86,9 @@ fn main() -> ExitCode {
             Command::Bench { command } => bench::run(command).await,
             Command::Keygen(args) => ledger_cmd::keygen(args),
             Command::Export(args) => ledger_cmd::export(args).await,
+            Command::Genesis(args) => run_cmd::genesis(args).await,
+            Command::Worker(args) => run_cmd::worker(args).await,
+            Command::Validate(args) => run_cmd::validate(args).await,
             Command::Audit(args) => audit_cmd::audit(args).await,
             Command::Status(args) => audit_cmd::status(args).await,
             Command::Gc(args) => audit_cmd::gc(args).await,

@@ -1,6 +1,7 @@
 //! Tests of the `cairn` command as users run it: exit codes, last lines, one-line errors.
 
 mod audit_cli;
+mod federation;
 mod ledger_cli;
 mod store;
 mod train_cli;

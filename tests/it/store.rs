@@ -78,12 +78,19 @@ fn bench_storage_ends_with_its_figures() {
 }
 
 #[test]
-fn demo_checks_its_store_and_libtorch() {
+fn demo_runs_a_federation_and_its_store_passes_the_audit() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}/demo", dir.path().display());
-    let out = cairn(&["demo", "--store", &url], &[]);
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let work = dir.path().join("local");
+    let args = ["demo", "--store", &url, "--work-dir", work.to_str().unwrap(), "--preset", "tiny", "--rounds", "2"];
+    let out = cairn(&[&args[..], &["--tokens-per-round", "256"]].concat(), &[]);
     let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
     assert!(text.contains("store check: PASS"), "{text}");
-    assert!(text.contains("libtorch loaded"), "{text}");
+    assert!(text.contains("round   2/2: 4 contributions, 4 verdicts"), "{text}");
+    let audit_line = text.lines().find(|l| l.trim_start().starts_with("audit: OK rounds=2")).expect("audit line");
+    assert!(text.contains("floor"), "the summary compares the loss with the corpus's floor: {text}");
+    // What the demo leaves behind is a run any auditor accepts.
+    let again = cairn(&["audit", "--store", &format!("{url}/run-1")], &[]);
+    assert_eq!(last_line(&stdout(&again)), audit_line.trim());
 }

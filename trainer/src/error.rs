@@ -32,6 +32,9 @@ pub enum TrainerError {
     /// a sequence longer than the model takes, ...).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The ledger refused an append or a read (contention, a tampered log, an unreadable slot).
+    #[error("ledger: {0}")]
+    Ledger(#[from] ledger::LedgerError),
     /// The object store refused to hand over a data file.
     #[error("storage: {0}")]
     Storage(#[from] storage::StoreError),

@@ -11,11 +11,15 @@
 pub mod data;
 pub mod demo;
 mod error;
+pub mod follow;
 pub mod hf;
 pub mod model;
+pub mod run_spec;
 pub mod score;
 pub mod simulate;
 pub mod step;
+pub mod validator;
+pub mod worker;
 pub mod worker_state;
 
 pub use error::TrainerError;
@@ -32,6 +36,32 @@ pub struct TorchInfo {
 /// Asks libtorch about itself (a cheap call that proves the library loaded).
 pub fn torch_info() -> TorchInfo {
     TorchInfo { cuda_available: tch::Cuda::is_available(), threads: tch::get_num_threads() }
+}
+
+pub use tch::Device;
+
+/// The device named `cpu`, `cuda` or `cuda:N` (what `--device` takes); a CUDA device must be
+/// visible to this libtorch.
+pub fn parse_device(name: &str) -> Result<Device, TrainerError> {
+    let device = match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => Device::Cuda(n),
+            None => {
+                return Err(TrainerError::InvalidConfig(format!("device must be cpu, cuda or cuda:N, not {other:?}")));
+            }
+        },
+    };
+    if let Device::Cuda(n) = device {
+        let count = tch::Cuda::device_count();
+        if i64::try_from(n).unwrap_or(i64::MAX) >= count {
+            return Err(TrainerError::InvalidConfig(format!(
+                "device {name}: this libtorch sees {count} CUDA devices (a CPU-only build sees none; see the README's GPU section)"
+            )));
+        }
+    }
+    Ok(device)
 }
 
 /// Sets the number of threads libtorch uses for intra-op parallelism (at least 1).

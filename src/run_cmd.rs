@@ -1,0 +1,188 @@
+//! `cairn genesis`, `cairn worker` and `cairn validate`: starting a run and taking part in it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use ledger::{Body, Entry, Genesis};
+use trainer::model::init_state;
+use trainer::run_spec::{MAX_SPEC_BYTES, RunSpec};
+use trainer::validator::{ValidatorEvent, ValidatorOptions, run_validator};
+use trainer::worker::{WorkerEvent, WorkerOptions, run_worker};
+
+use crate::Outcome;
+use crate::store_cmd::absolute_url;
+
+#[derive(Debug, clap::Args)]
+pub struct GenesisArgs {
+    /// The run's store: file:///abs/dir, s3://bucket/run (must exist: see `cairn store init`).
+    #[arg(long)]
+    store: String,
+    /// The run specification (see docs/RUN.md).
+    #[arg(long)]
+    config: PathBuf,
+    /// An admin's key file (the admin must be in the roster).
+    #[arg(long)]
+    key: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ParticipantArgs {
+    /// The run's store: file:///abs/dir, s3://bucket/run.
+    #[arg(long)]
+    store: String,
+    /// This member's key file (from `cairn keygen`).
+    #[arg(long)]
+    key: PathBuf,
+    /// Where to train: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Stop after this many rounds (default: when the run's last round closes).
+    #[arg(long)]
+    rounds: Option<u64>,
+    /// libtorch threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Milliseconds between ledger polls while waiting.
+    #[arg(long, default_value_t = 250)]
+    poll_ms: u64,
+    /// The worker's momentum file (default: the key file's path with `.momentum` appended).
+    #[arg(long)]
+    state_file: Option<PathBuf>,
+}
+
+async fn open_run(store: &str) -> anyhow::Result<(String, storage::Store)> {
+    let url = absolute_url(store)?;
+    let store = storage::open(&url).await.with_context(|| format!("opening {url}"))?;
+    Ok((url, store))
+}
+
+/// Writes the Genesis entry: the run config, the roster and the initial state (uploaded as a blob).
+pub async fn genesis(args: GenesisArgs) -> anyhow::Result<Outcome> {
+    let size = std::fs::metadata(&args.config).with_context(|| format!("reading {}", args.config.display()))?.len();
+    anyhow::ensure!(
+        size <= MAX_SPEC_BYTES,
+        "{} is {size} bytes, over the limit of {MAX_SPEC_BYTES}",
+        args.config.display()
+    );
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let spec = RunSpec::parse(&text)?;
+    let parts = spec.genesis_parts()?;
+    let admin = ledger::read_key_file(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
+    anyhow::ensure!(
+        parts.roster.iter().any(|m| m.key == admin.public() && m.role == ledger::Role::Admin),
+        "the key in {} ({}) is not an admin in the roster",
+        args.key.display(),
+        admin.public()
+    );
+    let (url, store) = open_run(&args.store).await?;
+    let model = parts.train.model_config()?;
+    let state = init_state(&model, parts.train.seed)?;
+    let bytes = Bytes::from(state.to_safetensors()?);
+    let snapshot_size = bytes.len() as u64;
+    let blob = store.put_blob(bytes).await.with_context(|| format!("uploading the initial state to {url}"))?;
+    let hash = state.hash();
+    let genesis = Genesis::new(
+        parts.config.encode()?,
+        parts.roster.clone(),
+        parts.quorum,
+        ledger::StateHash(hash.0),
+        blob,
+        snapshot_size,
+    );
+    let run_id = ledger::RunId::random();
+    let entry = Entry::sign(run_id, Body::Genesis(genesis), &[&admin])?;
+    ledger::write_genesis(&store, &entry).await.with_context(|| format!("writing the genesis of {url}"))?;
+    println!(
+        "run {run_id}: preset {} ({} parameters), {} members, initial state {hash}",
+        parts.train.preset,
+        state.layout().elements(),
+        parts.roster.len()
+    );
+    println!("genesis: run={run_id} state={hash} store={url}");
+    Ok(Outcome::Ok)
+}
+
+fn options(args: &ParticipantArgs) -> anyhow::Result<(trainer::Device, Duration)> {
+    if args.threads > 0 {
+        trainer::set_torch_threads(args.threads);
+    }
+    Ok((trainer::parse_device(&args.device)?, Duration::from_millis(args.poll_ms.clamp(10, 60_000))))
+}
+
+/// Runs a worker until the run ends or `--rounds` contributions are made.
+pub async fn worker(args: ParticipantArgs) -> anyhow::Result<Outcome> {
+    let (device, poll) = options(&args)?;
+    let key = ledger::read_key_file(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
+    let state_file = args.state_file.clone().unwrap_or_else(|| {
+        let mut p = args.key.clone().into_os_string();
+        p.push(".momentum");
+        p.into()
+    });
+    let (url, store) = open_run(&args.store).await?;
+    let me = short(&key.public().to_string()).to_string();
+    let options = WorkerOptions { device, rounds: args.rounds, state_file, poll };
+    let mut print = |e: WorkerEvent| println!("worker {me}: {}", describe_worker(&e));
+    let summary = run_worker(store, &key, &options, &mut print).await.with_context(|| format!("working on {url}"))?;
+    println!(
+        "worker: contributed={} counted={} next_round={} state={}",
+        summary.contributed, summary.counted, summary.next_round, summary.state
+    );
+    Ok(Outcome::Ok)
+}
+
+/// Runs a validator until the run ends or `--rounds` rounds closed.
+pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
+    let (device, poll) = options(&args)?;
+    let key = ledger::read_key_file(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
+    let (url, store) = open_run(&args.store).await?;
+    let me = short(&key.public().to_string()).to_string();
+    let options = ValidatorOptions { device, rounds: args.rounds, poll };
+    let mut print = |e: ValidatorEvent| {
+        let line = match &e {
+            ValidatorEvent::Joined { round } => format!("joined at round {round}"),
+            ValidatorEvent::Judged { round, pos, organisation, score, unusable } => format!(
+                "round {round}: verdict {score} for {pos} ({}){}",
+                organisation.as_deref().unwrap_or("?"),
+                unusable.as_ref().map(|u| format!(": unusable: {u}")).unwrap_or_default()
+            ),
+            ValidatorEvent::RoundApplied { round, counted } => format!("round {round} closed, {counted} counted"),
+            ValidatorEvent::Worker(w) => describe_worker(w),
+        };
+        println!("validator {me}: {line}");
+    };
+    let verdicts =
+        run_validator(store, &key, &options, &mut print).await.with_context(|| format!("validating {url}"))?;
+    println!("validator: verdicts={verdicts}");
+    Ok(Outcome::Ok)
+}
+
+fn short(key: &str) -> &str {
+    &key[..key.len().min(8)]
+}
+
+/// One line for a worker event.
+pub fn describe_worker(e: &WorkerEvent) -> String {
+    match e {
+        WorkerEvent::Joined { round, from_snapshot, resumed } => format!(
+            "joined at round {round}{}{}",
+            if *from_snapshot { " from a snapshot" } else { "" },
+            if *resumed { ", momentum resumed" } else { "" }
+        ),
+        WorkerEvent::Contributed { round, loss, bytes, train_secs } => {
+            format!("round {round}: contributed, loss {loss:.4}, {bytes} bytes, {train_secs:.1} s")
+        }
+        WorkerEvent::AlreadyContributed { round } => format!("round {round}: contribution already in the ledger"),
+        WorkerEvent::Closed { round, counted } => format!("round {round}: closed it ({counted} counted)"),
+        WorkerEvent::RoundApplied { round, counted, ours, state } => {
+            let ours = match ours {
+                Some(Ok(())) => "ours counted".to_string(),
+                Some(Err(why)) => format!("ours not counted: {why}"),
+                None => "none of ours".to_string(),
+            };
+            format!("round {round} applied: {counted} counted, {ours}, state {}", short(state))
+        }
+        WorkerEvent::Snapshot { round, bytes } => format!("snapshot after round {round}: {bytes} bytes"),
+    }
+}

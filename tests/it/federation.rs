@@ -1,0 +1,417 @@
+//! Federated runs end to end on the test S3 server (SeaweedFS): `cairn genesis`, workers and a
+//! validator as separate OS processes, and `cairn audit` as an outsider with only the store URL.
+//! Adversaries are played by the test itself with the ledger and trainer libraries, writing into
+//! the same bucket as the honest processes.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ledger::{Body, Contribution, Entry, Keypair, PublicKey};
+use serde_json::Value;
+use storage::testing;
+use trainer::follow::Follower;
+use trainer::model::Model;
+use trainer::step::StepConfig;
+use trainer::worker::compute_update;
+use verify::{Expected, Update, Values, WorkerKey};
+
+use crate::cairn;
+
+/// Longest a test run may take before its processes are killed and the test fails.
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One federated run under test: keys, run.toml and logs in a temp folder, the ledger on S3.
+struct Fed {
+    dir: tempfile::TempDir,
+    url: String,
+    env: Vec<(String, String)>,
+    members: Vec<(String, PathBuf, Keypair)>,
+}
+
+impl Fed {
+    /// A run on a fresh bucket with `members` (name, organisation, role) and the run.toml sections
+    /// `sections` (everything but the roster); the first member must be the admin.
+    async fn start(members: &[(&str, &str, &str)], sections: &str) -> Fed {
+        let dir = tempfile::tempdir().unwrap();
+        let url = testing::fresh_bucket().await;
+        let env = testing::s3_env().clone();
+        let mut spec = format!("{sections}\n[roster]\nquorum = 1\n");
+        let mut keys = Vec::new();
+        for (name, org, role) in members {
+            let path = dir.path().join(format!("{name}.key"));
+            let key = ledger::write_key_file(&path).unwrap();
+            spec.push_str(&format!(
+                "\n[[roster.member]]\nkey = \"{}\"\norganisation = \"{org}\"\nrole = \"{role}\"\n",
+                key.public()
+            ));
+            keys.push((name.to_string(), path, key));
+        }
+        let spec_path = dir.path().join("run.toml");
+        std::fs::write(&spec_path, spec).unwrap();
+        let fed = Fed { dir, url, env, members: keys };
+        let out = cairn(
+            &[
+                "genesis",
+                "--store",
+                &fed.url,
+                "--config",
+                spec_path.to_str().unwrap(),
+                "--key",
+                fed.key_path(members[0].0),
+            ],
+            &fed.env,
+        );
+        assert!(out.status.success(), "genesis: {}", String::from_utf8_lossy(&out.stderr));
+        fed
+    }
+
+    fn key_path(&self, name: &str) -> &str {
+        self.members.iter().find(|m| m.0 == name).map(|m| m.1.to_str().unwrap()).unwrap()
+    }
+
+    fn key(&self, name: &str) -> &Keypair {
+        self.members.iter().find(|m| m.0 == name).map(|m| &m.2).unwrap()
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    fn log_text(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log(name)).unwrap_or_default()
+    }
+
+    /// Starts `cairn worker` or `cairn validate` for member `name`, appending to its log.
+    fn spawn(&self, command: &str, name: &str) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log(name)).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.args([command, "--store", &self.url, "--key", self.key_path(name), "--threads", "1", "--poll-ms", "100"])
+            .env("OMP_NUM_THREADS", "1")
+            .env_remove("CAIRN_LOG")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("spawn cairn")
+    }
+
+    /// Waits for every child to exit successfully; on a failure or a timeout kills them all and
+    /// fails with every log.
+    fn wait_all(&self, children: &mut [(&str, Child)]) {
+        let started = Instant::now();
+        loop {
+            let mut running = false;
+            let mut failed = None;
+            for (name, child) in children.iter_mut() {
+                match child.try_wait().unwrap() {
+                    None => running = true,
+                    Some(s) if s.success() => {}
+                    Some(s) => failed = Some(format!("{name} exited with {s}")),
+                }
+            }
+            if let Some(why) = failed {
+                self.fail(children, &why);
+            }
+            if !running {
+                return;
+            }
+            if started.elapsed() > RUN_TIMEOUT {
+                self.fail(children, "the run timed out");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn fail(&self, children: &mut [(&str, Child)], why: &str) -> ! {
+        let mut logs = String::new();
+        for (name, child) in children.iter_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+            logs.push_str(&format!("\n===== {name}\n{}", self.log_text(name)));
+        }
+        panic!("{why}{logs}");
+    }
+
+    /// Waits until `name`'s log contains `needle`.
+    fn wait_for_log(&self, children: &mut [(&str, Child)], name: &str, needle: &str) {
+        let started = Instant::now();
+        while !self.log_text(name).contains(needle) {
+            if started.elapsed() > RUN_TIMEOUT {
+                self.fail(children, &format!("{name} never logged {needle:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `cairn audit --json`: the report and whether it passed.
+    fn audit_json(&self) -> (Value, bool) {
+        let out = cairn(&["audit", "--store", &self.url, "--json"], &self.env);
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("audit --json: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (report, out.status.success())
+    }
+
+    /// `cairn audit`'s last line, which must say OK; returns its state hash.
+    fn audit_ok(&self) -> String {
+        let out = cairn(&["audit", "--store", &self.url], &self.env);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let last = stdout.lines().last().unwrap_or("").to_string();
+        assert!(
+            out.status.success() && last.starts_with("audit: OK "),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        last.rsplit("state=").next().unwrap().to_string()
+    }
+
+    /// The `state=` of a worker's last line.
+    fn worker_state(&self, name: &str) -> String {
+        let log = self.log_text(name);
+        let last = log.lines().rev().find(|l| l.starts_with("worker: ")).unwrap_or_else(|| panic!("{name}: {log}"));
+        last.rsplit("state=").next().unwrap().to_string()
+    }
+}
+
+/// A tiny-model run: rounds, contributions a round waits for, deadline, snapshot interval, and
+/// the values encoding.
+fn sections(rounds: u64, min: u32, deadline_secs: u64, snapshot_every: u64, values: &str) -> String {
+    format!(
+        "[run]\npreset = \"tiny\"\nseed = 5\ntotal_rounds = {rounds}\nsnapshot_every = {snapshot_every}\n\
+         [data]\nsource = \"synthetic\"\nseq_len = 32\neval_fraction = 0.05\neval_sequences = 64\n\
+         [train]\ntokens_per_round = 256\nmicro_batch = 8\nclip_norm = 1.0\nmomentum_decay = 0.99\n\
+         [demo]\nchunk = 64\ntopk = 8\nvalues = \"{values}\"\n\
+         [optimizer]\nlr = 0.003\nwarmup_rounds = 0\ndecay_rounds = 0\nweight_decay = 0.0\nclip = \"median\"\n\
+         [rounds]\nmin_contributions = {min}\nmax_contributions = 16\ndeadline_secs = {deadline_secs}\nverdict_wait_secs = 60\n\
+         [validation]\nmin_score = -20\nmax_failures = 1\nassigned_sequences = 8\neval_sequences = 8\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_workers_and_a_validator_agree_with_an_outside_auditor() {
+    let members = [
+        ("admin", "alpha", "admin"),
+        ("w1", "alpha", "worker"),
+        ("w2", "beta", "worker"),
+        ("w3", "gamma", "worker"),
+        ("v", "beta", "validator"),
+    ];
+    let fed = Fed::start(&members, &sections(3, 3, 120, 2, "sign")).await;
+    let mut children: Vec<(&str, Child)> = ["w1", "w2", "w3"].iter().map(|w| (*w, fed.spawn("worker", w))).collect();
+    children.push(("v", fed.spawn("validate", "v")));
+    fed.wait_all(&mut children);
+    let states: Vec<String> = ["w1", "w2", "w3"].iter().map(|w| fed.worker_state(w)).collect();
+    assert!(states.iter().all(|s| *s == states[0]), "workers disagree: {states:?}");
+    // The auditor starts from nothing but the bucket, and computes the same bits.
+    assert_eq!(fed.audit_ok(), states[0]);
+    for w in ["w1", "w2", "w3"] {
+        assert_eq!(fed.log_text(w).matches("ours counted").count(), 3, "{w}: {}", fed.log_text(w));
+    }
+    assert_eq!(fed.log_text("v").matches(": verdict ").count(), 9, "{}", fed.log_text("v"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_round_restarts_and_the_run_completes() {
+    let members = [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker")];
+    // The rounds wait for both workers (min 2), so the run can only finish if the restart works.
+    let fed = Fed::start(&members, &sections(4, 2, 600, 0, "sign")).await;
+    let mut children = vec![("w1", fed.spawn("worker", "w1")), ("w2", fed.spawn("worker", "w2"))];
+    fed.wait_for_log(&mut children, "w1", "round 1: contributed");
+    children[0].1.kill().unwrap(); // SIGKILL
+    children[0].1.wait().unwrap();
+    children[0].1 = fed.spawn("worker", "w1");
+    fed.wait_all(&mut children);
+    let log = fed.log_text("w1");
+    assert!(log.matches("joined at round").count() == 2, "{log}");
+    assert!(log.contains("momentum resumed"), "the restart resumes the saved momentum: {log}");
+    assert_eq!(fed.worker_state("w1"), fed.worker_state("w2"));
+    assert_eq!(fed.audit_ok(), fed.worker_state("w2"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_worker_joins_from_a_snapshot_and_its_contributions_count() {
+    let members =
+        [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker"), ("late", "gamma", "worker")];
+    // Rounds close 2 s after they open without the missing worker; a snapshot every 2 rounds.
+    let fed = Fed::start(&members, &sections(7, 2, 2, 2, "sign")).await;
+    let mut children = vec![("w1", fed.spawn("worker", "w1")), ("w2", fed.spawn("worker", "w2"))];
+    let started = Instant::now();
+    while !(fed.log_text("w1") + &fed.log_text("w2")).contains("snapshot after round 3") {
+        assert!(started.elapsed() < RUN_TIMEOUT, "no snapshot: {}", fed.log_text("w1"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    children.push(("late", fed.spawn("worker", "late")));
+    fed.wait_all(&mut children);
+    let log = fed.log_text("late");
+    assert!(log.contains("from a snapshot"), "{log}");
+    assert!(log.contains("ours counted"), "the late worker's contributions count: {log}");
+    assert_eq!(fed.worker_state("late"), fed.worker_state("w1"));
+    assert_eq!(fed.audit_ok(), fed.worker_state("w1"));
+}
+
+/// An update of `key` for the open round, computed as an honest worker would.
+async fn honest_update(follower: &Follower, key: &Keypair) -> Bytes {
+    let info = follower.info();
+    let model = Model::from_state(&info.model, follower.state(), trainer::Device::Cpu).unwrap();
+    let mut demo = trainer::demo::DemoState::new(&info.config.layout, trainer::Device::Cpu).unwrap();
+    let data = info.train.dataset().await.unwrap();
+    let step = StepConfig { micro_batch: 8, clip_norm: Some(1.0) };
+    let me = WorkerKey(key.public().0);
+    compute_update(&model, &mut demo, &data, &step, follower, &me, 0.99).unwrap().0
+}
+
+/// The same update with every bf16 value negated.
+fn sign_flipped(bytes: &[u8], follower: &Follower, worker: &PublicKey) -> Bytes {
+    let info = follower.info();
+    let expected = Expected {
+        run: verify::RunId(info.run_id.0),
+        round: follower.round(),
+        base: follower.state_hash(),
+        worker: WorkerKey(worker.0),
+        layout: &info.config.layout,
+        compression: info.config.hyper.compression,
+    };
+    let update = verify::decode(bytes, &expected).unwrap();
+    let parts = update
+        .tensors()
+        .iter()
+        .map(|t| match t.values() {
+            Values::Bf16(v) => (t.indices().to_vec(), Values::Bf16(v.iter().map(|b| b ^ 0x8000).collect())),
+            _ => panic!("the adversarial run uses bf16 values"),
+        })
+        .collect();
+    Bytes::from(Update::new(*update.header(), &info.config.layout, parts).unwrap().to_bytes())
+}
+
+async fn contribute(follower: &mut Follower, key: &Keypair, blob: Bytes, base: Option<[u8; 32]>) -> Entry {
+    let size = blob.len() as u64;
+    let id = follower.info().store.put_blob(blob).await.unwrap();
+    let entry = Entry::sign(follower.info().run_id, contribution(follower, id, size, base), &[key]).unwrap();
+    follower.append(entry.clone()).await.unwrap();
+    entry
+}
+
+fn contribution(follower: &Follower, blob: ledger::BlobId, size: u64, base: Option<[u8; 32]>) -> Body {
+    Body::Contribution(Contribution {
+        round: ledger::Round(follower.round().0),
+        base_state: ledger::StateHash(base.unwrap_or(follower.state_hash().0)),
+        assignment: vec![],
+        blob,
+        blob_size: size,
+        metrics: vec![],
+    })
+}
+
+/// Not-counted contributions of round 0 in an audit report, as (worker hex, reason kind).
+fn not_counted(report: &Value) -> Vec<(String, String)> {
+    report["rounds"][0]["not_counted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["worker"].as_str().unwrap().to_string(), n["reason_kind"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adversaries_are_void_or_excluded_and_the_audit_says_why() {
+    let members = [
+        ("admin", "alpha", "admin"),
+        ("w1", "alpha", "worker"),
+        ("w2", "beta", "worker"),
+        ("forger", "mallory", "worker"),
+        ("stale", "mallory", "worker"),
+        ("nan", "mallory", "worker"),
+        ("copier", "mallory", "worker"),
+        ("flipper", "mallory", "worker"),
+        ("v", "beta", "validator"),
+    ];
+    // One round, which waits for every worker (the deadline is far), so every adversary lands in
+    // it; the close also waits for the validator's verdict on every contribution it would count.
+    let fed = Fed::start(&members, &sections(1, 2, 600, 0, "bf16")).await;
+    let mut children = vec![("w1", fed.spawn("worker", "w1")), ("w2", fed.spawn("worker", "w2"))];
+    children.push(("v", fed.spawn("validate", "v")));
+    let store = storage::open_with(&fed.url, &testing::s3_options()).await.unwrap();
+    let mut follower = Follower::join(store).await.unwrap();
+    // Wait for both honest contributions of round 0.
+    let started = Instant::now();
+    let honest = loop {
+        follower.poll().await.unwrap();
+        let found: Vec<(Entry, ledger::LoggedEntry)> = follower
+            .reader()
+            .entries()
+            .iter()
+            .filter(|e| matches!(e.entry.as_ref().map(|x| &x.body), Some(Body::Contribution(_))))
+            .map(|e| (e.entry.clone().unwrap(), e.clone()))
+            .collect();
+        if found.len() >= 2 {
+            break found;
+        }
+        assert!(started.elapsed() < RUN_TIMEOUT, "no honest contributions");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (w1_entry, w1_logged) = honest.iter().find(|(e, _)| e.signer() == fed.key("w1").public()).unwrap();
+    let Body::Contribution(w1_contribution) = &w1_entry.body else { unreachable!() };
+
+    // A forged signature: a real contribution body whose signature does not verify.
+    let forger = fed.key("forger");
+    let mut forged = Entry::sign(
+        follower.info().run_id,
+        contribution(&follower, w1_contribution.blob, w1_contribution.blob_size, None),
+        &[forger],
+    )
+    .unwrap();
+    forged.signatures[0].signature.0[7] ^= 0x20;
+    follower.append(forged).await.unwrap();
+    // A replayed contribution: w1's entry, byte for byte, in a new slot.
+    let mut appender = ledger::Appender::starting_at(follower.info().store.clone(), follower.reader().next_seq());
+    appender.append_slot(ledger::slot::encode_slot(&[w1_logged.bytes.to_vec()]).unwrap()).await.unwrap();
+    // A stale base: an honest update whose entry names another state.
+    let stale = fed.key("stale");
+    let update = honest_update(&follower, stale).await;
+    contribute(&mut follower, stale, update, Some([7; 32])).await;
+    // NaN: an honest update with its last bf16 value set to NaN.
+    let nan = fed.key("nan");
+    let mut poisoned = honest_update(&follower, nan).await.to_vec();
+    let n = poisoned.len();
+    poisoned[n - 2..].copy_from_slice(&0x7fc0u16.to_le_bytes());
+    contribute(&mut follower, nan, Bytes::from(poisoned), None).await;
+    // A copy: w1's blob under another key.
+    let copier = fed.key("copier");
+    let copied = follower.info().store.get_blob(w1_contribution.blob, 1 << 24).await.unwrap();
+    contribute(&mut follower, copier, copied, None).await;
+    // A sign flip: an honest update with every value negated.
+    let flipper = fed.key("flipper");
+    let update = honest_update(&follower, flipper).await;
+    let flipped = sign_flipped(&update, &follower, &flipper.public());
+    contribute(&mut follower, flipper, flipped, None).await;
+
+    fed.wait_all(&mut children);
+    let (report, passed) = fed.audit_json();
+    assert!(passed, "the run itself is sound: {report:#}");
+    let hex = |name: &str| fed.key(name).public().to_string();
+    let void: Vec<(String, String)> = report["void_entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["signer"].as_str().unwrap_or("").to_string(), v["reason_kind"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(void.contains(&(hex("forger"), "bad_signature".into())), "{void:?}");
+    assert!(void.contains(&(hex("w1"), "duplicate".into())), "{void:?}");
+    let why = not_counted(&report);
+    let reason = |name: &str| why.iter().filter(|(w, _)| *w == hex(name)).map(|(_, r)| r.clone()).collect::<Vec<_>>();
+    assert_eq!(reason("stale"), ["stale_base"], "{why:?}");
+    for name in ["nan", "copier", "flipper"] {
+        let r = reason(name);
+        assert!(r == ["rejected"] || r == ["undecodable"], "{name}: {r:?} in {why:?}");
+    }
+    assert_eq!(reason("flipper"), ["rejected"], "the sign flip decodes; only the validator's score catches it");
+    assert_eq!(report["rounds"][0]["counted"].as_u64(), Some(2), "only the honest updates count: {report:#}");
+    let excluded: Vec<&str> =
+        report["exclusions"].as_array().unwrap().iter().map(|e| e["worker"].as_str().unwrap()).collect();
+    assert!(excluded.contains(&hex("flipper").as_str()), "max_failures = 1 excludes the flipper: {excluded:?}");
+    // The honest workers agree with the auditor.
+    assert_eq!(report["state"].as_str().map(str::to_string), Some(fed.worker_state("w1")));
+}

@@ -1,0 +1,547 @@
+//! The run specification: `run.toml` as an operator writes it, and the part of it that travels in
+//! the Genesis entry.
+//!
+//! ```text
+//!   run.toml ──RunSpec::parse──▶ RunSpec ──genesis_parts──▶ RunConfig (consensus: layout, DeMo,
+//!                                                          │    schedule, round and exclusion rules)
+//!                                                          ├─▶ extra = TrainSpec as JSON (model
+//!                                                          │    preset, seed, data, tokens per round,
+//!                                                          │    deadlines, snapshot interval)
+//!                                                          └─▶ roster + quorum (the Genesis entry)
+//! ```
+//!
+//! Workers and validators need nothing but the store URL and their key: they read the Genesis
+//! entry, decode the RunConfig and the [`TrainSpec`] in its `extra` bytes, and know the run. The
+//! TOML is documented field by field in docs/RUN.md and in `RunSpec::EXAMPLE`.
+
+use std::str::FromStr;
+
+use ledger::{Member, PublicKey, Role};
+use serde::{Deserialize, Serialize};
+use verify::config::{ExclusionRules, RoundRules};
+use verify::{Compression, Hyper, NormClip, Ratio, RunConfig, Schedule, ValueEncoding};
+
+use crate::TrainerError;
+use crate::data::{Dataset, MAX_TEXT_BYTES, MarkovSpec, byte_tokens, load_text, sequences_for_tokens};
+use crate::model::{BYTE_VOCAB, ModelConfig, Preset};
+use crate::score::ScoreConfig;
+
+/// Denominator of the exact ratios that learning rates and weight decay become.
+const RATIO_DEN: u64 = 1_000_000_000;
+/// Largest run.toml read.
+pub const MAX_SPEC_BYTES: u64 = 1 << 20;
+/// The version of the [`TrainSpec`] JSON in the Genesis `extra` bytes.
+pub const TRAIN_SPEC_VERSION: u32 = 1;
+
+/// `run.toml`, parsed. See docs/RUN.md.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// `[run]`: model, seed, length.
+    pub run: RunSection,
+    /// `[data]`: where tokens come from.
+    #[serde(default)]
+    pub data: DataSection,
+    /// `[train]`: each worker's local work per round.
+    #[serde(default)]
+    pub train: TrainSection,
+    /// `[demo]`: DeMo compression.
+    #[serde(default)]
+    pub demo: DemoSection,
+    /// `[optimizer]`: the learning-rate schedule of the aggregated sign step.
+    #[serde(default)]
+    pub optimizer: OptimizerSection,
+    /// `[rounds]`: when rounds close.
+    #[serde(default)]
+    pub rounds: RoundsSection,
+    /// `[validation]`: verdicts and exclusion.
+    #[serde(default)]
+    pub validation: ValidationSection,
+    /// `[roster]`: the members at genesis.
+    pub roster: RosterSection,
+}
+
+/// `[run]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// A name for humans (not part of consensus).
+    #[serde(default)]
+    pub name: String,
+    /// Model preset: tiny, small, 125m, 1b.
+    pub preset: String,
+    /// The run seed: model initialisation, synthetic corpus, data assignment.
+    #[serde(default)]
+    pub seed: u64,
+    /// Rounds in the run; workers and validators stop after the last one closes (0: no end).
+    #[serde(default)]
+    pub total_rounds: u64,
+    /// Every this many rounds the round's closer uploads a snapshot (0: never).
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+}
+
+/// `[data]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// `synthetic` (the seeded Markov corpus with a known loss floor), or a text file's path or
+    /// store URL (byte-level tokens).
+    pub source: String,
+    /// Tokens per training sequence.
+    pub seq_len: usize,
+    /// Held-out share of a text corpus.
+    pub eval_fraction: f64,
+    /// Held-out sequences of the synthetic corpus.
+    pub eval_sequences: u64,
+}
+
+impl Default for DataSection {
+    fn default() -> DataSection {
+        DataSection { source: "synthetic".into(), seq_len: 64, eval_fraction: 0.05, eval_sequences: 256 }
+    }
+}
+
+/// `[train]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Tokens each worker trains on per round (rounded up to whole sequences).
+    pub tokens_per_round: u64,
+    /// Sequences per forward/backward pass (gradient accumulation over the rest).
+    pub micro_batch: usize,
+    /// Gradient norm clipping before the momentum (0: off).
+    pub clip_norm: f64,
+    /// DeMo momentum decay.
+    pub momentum_decay: f64,
+}
+
+impl Default for TrainSection {
+    fn default() -> TrainSection {
+        TrainSection { tokens_per_round: 1024, micro_batch: 8, clip_norm: 1.0, momentum_decay: 0.999 }
+    }
+}
+
+/// `[demo]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoSection {
+    /// DCT chunk size.
+    pub chunk: u16,
+    /// Coefficients kept per chunk.
+    pub topk: u16,
+    /// Value encoding: sign (1 bit), int8, bf16.
+    pub values: String,
+}
+
+impl Default for DemoSection {
+    fn default() -> DemoSection {
+        DemoSection { chunk: 64, topk: 4, values: "sign".into() }
+    }
+}
+
+/// `[optimizer]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSection {
+    /// Peak learning rate of the sign step.
+    pub lr: f64,
+    /// Rate at the end of the cosine decay (the peak: no decay).
+    pub min_lr: Option<f64>,
+    /// Rounds of linear warm-up.
+    pub warmup_rounds: u64,
+    /// Round at which the cosine decay ends (0: the run's total_rounds).
+    pub decay_rounds: u64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Median norm clipping of updates: median or off.
+    pub clip: String,
+}
+
+impl Default for OptimizerSection {
+    fn default() -> OptimizerSection {
+        OptimizerSection {
+            lr: 3e-3,
+            min_lr: None,
+            warmup_rounds: 0,
+            decay_rounds: 0,
+            weight_decay: 0.0,
+            clip: "median".into(),
+        }
+    }
+}
+
+/// `[rounds]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundsSection {
+    /// Contributions an honest participant waits for before closing a round.
+    pub min_contributions: u32,
+    /// Most contributions counted per round.
+    pub max_contributions: u32,
+    /// Seconds after a round opens before it may close with fewer than every active worker.
+    pub deadline_secs: u64,
+    /// Extra seconds a closer waits for validators' verdicts on the counted contributions.
+    pub verdict_wait_secs: u64,
+}
+
+impl Default for RoundsSection {
+    fn default() -> RoundsSection {
+        RoundsSection { min_contributions: 1, max_contributions: 64, deadline_secs: 60, verdict_wait_secs: 30 }
+    }
+}
+
+/// `[validation]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationSection {
+    /// A verdict below this score (milli-nats of loss improvement) fails a contribution.
+    pub min_score: i64,
+    /// Failed contributions after which a worker is excluded (0: never).
+    pub max_failures: u32,
+    /// Assigned sequences a validator re-evaluates per contribution.
+    pub assigned_sequences: usize,
+    /// Held-out sequences a validator evaluates per contribution.
+    pub eval_sequences: usize,
+}
+
+impl Default for ValidationSection {
+    fn default() -> ValidationSection {
+        ValidationSection { min_score: -20, max_failures: 2, assigned_sequences: 16, eval_sequences: 16 }
+    }
+}
+
+/// `[roster]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RosterSection {
+    /// Admin signatures a roster change needs.
+    #[serde(default = "one")]
+    pub quorum: u16,
+    /// `[[roster.member]]`: the members.
+    pub member: Vec<MemberSpec>,
+}
+
+/// `[[roster.member]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSpec {
+    /// Public key, 64 hex digits (what `cairn keygen` prints).
+    pub key: String,
+    /// The member's organisation.
+    pub organisation: String,
+    /// admin, worker or validator.
+    pub role: String,
+}
+
+fn default_snapshot_every() -> u64 {
+    10
+}
+
+fn one() -> u16 {
+    1
+}
+
+/// What workers and validators need beyond consensus, carried in the Genesis entry's config
+/// `extra` bytes as JSON. Not consensus: it changes what honest participants compute, never which
+/// entries count or how updates combine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// [`TRAIN_SPEC_VERSION`].
+    pub version: u32,
+    /// Model preset name.
+    pub preset: String,
+    /// The run seed.
+    pub seed: u64,
+    /// Rounds in the run (0: no end).
+    pub total_rounds: u64,
+    /// Snapshot interval in rounds (0: never).
+    pub snapshot_every: u64,
+    /// `[data]`.
+    pub data_source: String,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Held-out share of a text corpus.
+    pub eval_fraction: f64,
+    /// Held-out sequences of the synthetic corpus.
+    pub eval_sequences: u64,
+    /// Tokens per worker per round.
+    pub tokens_per_round: u64,
+    /// Sequences per pass.
+    pub micro_batch: usize,
+    /// Gradient clipping (0: off).
+    pub clip_norm: f64,
+    /// DeMo momentum decay.
+    pub momentum_decay: f64,
+    /// Round deadline, seconds.
+    pub deadline_secs: u64,
+    /// Verdict wait, seconds.
+    pub verdict_wait_secs: u64,
+    /// Validator sequences per contribution: assigned.
+    pub score_assigned_sequences: usize,
+    /// Validator sequences per contribution: held out.
+    pub score_eval_sequences: usize,
+}
+
+impl TrainSpec {
+    /// Reads the spec from a Genesis config's `extra` bytes.
+    pub fn from_extra(extra: &[u8]) -> Result<TrainSpec, TrainerError> {
+        let spec: TrainSpec = serde_json::from_slice(extra)
+            .map_err(|e| TrainerError::InvalidConfig(format!("the genesis training spec does not parse: {e}")))?;
+        if spec.version != TRAIN_SPEC_VERSION {
+            return Err(TrainerError::InvalidConfig(format!(
+                "training spec version {} (this build reads {TRAIN_SPEC_VERSION})",
+                spec.version
+            )));
+        }
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The model preset.
+    pub fn preset(&self) -> Result<Preset, TrainerError> {
+        Preset::from_str(&self.preset)
+    }
+
+    /// The model shape (byte vocabulary).
+    pub fn model_config(&self) -> Result<ModelConfig, TrainerError> {
+        let config = ModelConfig::preset(self.preset()?).with_vocab(BYTE_VOCAB);
+        if self.seq_len as u64 > u64::from(config.max_seq_len) {
+            return Err(TrainerError::InvalidConfig(format!(
+                "seq_len {} is longer than the model's {}",
+                self.seq_len, config.max_seq_len
+            )));
+        }
+        Ok(config)
+    }
+
+    /// Sequences per worker per round.
+    pub fn sequences_per_round(&self) -> usize {
+        sequences_for_tokens(self.tokens_per_round, self.seq_len)
+    }
+
+    /// How much a validator evaluates per contribution.
+    pub fn score_config(&self) -> ScoreConfig {
+        ScoreConfig {
+            assigned_sequences: self.score_assigned_sequences.min(self.sequences_per_round()).max(1),
+            eval_sequences: self.score_eval_sequences.max(1),
+            micro_batch: self.micro_batch.max(1),
+        }
+    }
+
+    /// The run's dataset: the synthetic corpus, or the text at `data_source` (a path or store URL,
+    /// read up to [`MAX_TEXT_BYTES`]).
+    pub async fn dataset(&self) -> Result<Dataset, TrainerError> {
+        if self.data_source == "synthetic" {
+            return Dataset::synthetic(MarkovSpec::default(), self.seed, self.seq_len, self.eval_sequences);
+        }
+        let text = load_text(&self.data_source, MAX_TEXT_BYTES).await?;
+        Dataset::text(byte_tokens(&text), self.seed, self.seq_len, self.eval_fraction)
+    }
+
+    /// Whether round `round` is past the end of the run.
+    pub fn is_past_end(&self, round: u64) -> bool {
+        self.total_rounds > 0 && round >= self.total_rounds
+    }
+
+    fn validate(&self) -> Result<(), TrainerError> {
+        let bad = |what: String| Err(TrainerError::InvalidConfig(what));
+        self.model_config()?;
+        if self.seq_len == 0 {
+            return bad("data.seq_len must be positive".into());
+        }
+        if !(self.eval_fraction > 0.0 && self.eval_fraction < 1.0) {
+            return bad(format!("data.eval_fraction must be in (0, 1), got {}", self.eval_fraction));
+        }
+        if self.eval_sequences == 0 {
+            return bad("data.eval_sequences must be positive".into());
+        }
+        if self.tokens_per_round == 0 || self.tokens_per_round > 1 << 30 {
+            return bad(format!("train.tokens_per_round must be in 1..=2^30, got {}", self.tokens_per_round));
+        }
+        if self.micro_batch == 0 || self.micro_batch > 4096 {
+            return bad(format!("train.micro_batch must be in 1..=4096, got {}", self.micro_batch));
+        }
+        if !(self.clip_norm >= 0.0 && self.clip_norm.is_finite()) {
+            return bad(format!("train.clip_norm must be >= 0, got {}", self.clip_norm));
+        }
+        if !(0.0..=1.0).contains(&self.momentum_decay) {
+            return bad(format!("train.momentum_decay must be in [0, 1], got {}", self.momentum_decay));
+        }
+        if self.score_assigned_sequences > 4096 || self.score_eval_sequences > 4096 {
+            return bad("validation sequences must be at most 4096".into());
+        }
+        Ok(())
+    }
+}
+
+/// Everything `cairn genesis` writes, from a [`RunSpec`].
+#[derive(Clone, Debug)]
+pub struct GenesisParts {
+    /// The consensus config (its `extra` holds the [`TrainSpec`]).
+    pub config: RunConfig,
+    /// The training spec.
+    pub train: TrainSpec,
+    /// The roster at genesis.
+    pub roster: Vec<Member>,
+    /// Admin signatures a roster change needs.
+    pub quorum: u16,
+}
+
+impl RunSpec {
+    /// A complete, commented example (what docs/RUN.md explains and `cairn demo` writes).
+    pub const EXAMPLE: &'static str = include_str!("../../docs/run.example.toml");
+
+    /// Parses `run.toml` text; errors name the field.
+    pub fn parse(text: &str) -> Result<RunSpec, TrainerError> {
+        toml::from_str(text).map_err(|e| TrainerError::InvalidConfig(format!("run.toml: {e}")))
+    }
+
+    /// Checks every field and computes what genesis carries.
+    pub fn genesis_parts(&self) -> Result<GenesisParts, TrainerError> {
+        let bad = |what: String| TrainerError::InvalidConfig(format!("run.toml: {what}"));
+        let train = TrainSpec {
+            version: TRAIN_SPEC_VERSION,
+            preset: self.run.preset.clone(),
+            seed: self.run.seed,
+            total_rounds: self.run.total_rounds,
+            snapshot_every: self.run.snapshot_every,
+            data_source: self.data.source.clone(),
+            seq_len: self.data.seq_len,
+            eval_fraction: self.data.eval_fraction,
+            eval_sequences: self.data.eval_sequences,
+            tokens_per_round: self.train.tokens_per_round,
+            micro_batch: self.train.micro_batch,
+            clip_norm: self.train.clip_norm,
+            momentum_decay: self.train.momentum_decay,
+            deadline_secs: self.rounds.deadline_secs,
+            verdict_wait_secs: self.rounds.verdict_wait_secs,
+            score_assigned_sequences: self.validation.assigned_sequences,
+            score_eval_sequences: self.validation.eval_sequences,
+        };
+        train.validate().map_err(|e| bad(e.to_string()))?;
+        let values = match self.demo.values.as_str() {
+            "sign" => ValueEncoding::Sign,
+            "int8" => ValueEncoding::Int8,
+            "bf16" => ValueEncoding::Bf16,
+            other => return Err(bad(format!("demo.values must be sign, int8 or bf16, not {other:?}"))),
+        };
+        let o = &self.optimizer;
+        let peak = ratio(o.lr, "optimizer.lr")?;
+        let schedule = match o.min_lr {
+            None if o.warmup_rounds == 0 => Schedule::Constant { lr: peak },
+            min => {
+                let total = if o.decay_rounds > 0 { o.decay_rounds } else { self.run.total_rounds };
+                let min = match min {
+                    Some(m) => ratio(m, "optimizer.min_lr")?,
+                    None => peak,
+                };
+                if total == 0 && min != peak {
+                    return Err(bad("a cosine decay (min_lr) needs optimizer.decay_rounds or run.total_rounds".into()));
+                }
+                Schedule::WarmupCosine { peak, min, warmup_rounds: o.warmup_rounds, total_rounds: total.max(1) }
+            }
+        };
+        let clip = match o.clip.as_str() {
+            "median" => NormClip::Median,
+            "off" => NormClip::Off,
+            other => return Err(bad(format!("optimizer.clip must be median or off, not {other:?}"))),
+        };
+        let hyper = Hyper {
+            compression: Compression { chunk_size: self.demo.chunk, topk: self.demo.topk, values },
+            schedule,
+            weight_decay: ratio(o.weight_decay, "optimizer.weight_decay")?,
+            clip,
+        };
+        let layout = train.model_config()?.layout()?;
+        let config = RunConfig {
+            layout,
+            hyper,
+            rounds: RoundRules {
+                min_contributions: self.rounds.min_contributions,
+                max_contributions: self.rounds.max_contributions,
+            },
+            exclusion: ExclusionRules {
+                min_score: self.validation.min_score,
+                max_failures: self.validation.max_failures,
+            },
+            extra: serde_json::to_vec(&train).map_err(|e| bad(e.to_string()))?,
+        };
+        config.validate().map_err(|e| bad(e.to_string()))?;
+        let mut roster = Vec::with_capacity(self.roster.member.len());
+        for (i, m) in self.roster.member.iter().enumerate() {
+            let key = PublicKey::from_str(m.key.trim())
+                .map_err(|e| bad(format!("roster.member[{i}].key {:?}: {e}", m.key)))?;
+            let role = match m.role.as_str() {
+                "admin" => Role::Admin,
+                "worker" => Role::Worker,
+                "validator" => Role::Validator,
+                other => {
+                    return Err(bad(format!(
+                        "roster.member[{i}].role must be admin, worker or validator, not {other:?}"
+                    )));
+                }
+            };
+            if m.organisation.is_empty() || m.organisation.len() > usize::from(ledger::entry::MAX_ORG_BYTES) {
+                return Err(bad(format!(
+                    "roster.member[{i}].organisation must be 1..={} bytes",
+                    ledger::entry::MAX_ORG_BYTES
+                )));
+            }
+            if roster.iter().any(|r: &Member| r.key == key) {
+                return Err(bad(format!("roster.member[{i}]: key {key} is listed twice")));
+            }
+            roster.push(Member { key, organisation: m.organisation.clone(), role });
+        }
+        let admins = roster.iter().filter(|m| m.role == Role::Admin).count();
+        if admins == 0 {
+            return Err(bad("the roster needs at least one admin".into()));
+        }
+        if self.roster.quorum == 0 || usize::from(self.roster.quorum) > admins {
+            return Err(bad(format!("roster.quorum must be in 1..={admins} (the number of admins)")));
+        }
+        if !roster.iter().any(|m| m.role == Role::Worker) {
+            return Err(bad("the roster needs at least one worker".into()));
+        }
+        Ok(GenesisParts { config, train, roster, quorum: self.roster.quorum })
+    }
+}
+
+/// An exact ratio for a decimal rate, at most nine decimals.
+fn ratio(x: f64, what: &str) -> Result<Ratio, TrainerError> {
+    if !(0.0..1e6).contains(&x) {
+        return Err(TrainerError::InvalidConfig(format!("run.toml: {what} must be in [0, 1e6), got {x}")));
+    }
+    Ok(Ratio::new((x * RATIO_DEN as f64).round() as u64, RATIO_DEN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_parses_and_round_trips_through_genesis_bytes() {
+        let spec = RunSpec::parse(RunSpec::EXAMPLE).unwrap();
+        let parts = spec.genesis_parts().unwrap();
+        let bytes = parts.config.encode().unwrap();
+        let config = RunConfig::decode(&bytes).unwrap();
+        assert_eq!(TrainSpec::from_extra(&config.extra).unwrap(), parts.train);
+        assert_eq!(parts.roster.len(), spec.roster.member.len());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let with = |from: &str, to: &str| {
+            let text = RunSpec::EXAMPLE.replacen(from, to, 1);
+            assert_ne!(text, RunSpec::EXAMPLE, "{from} not in the example");
+            RunSpec::parse(&text).and_then(|s| s.genesis_parts().map(|_| ())).unwrap_err().to_string()
+        };
+        assert!(with("preset = \"tiny\"", "preset = \"huge\"").contains("huge"));
+        assert!(with("values = \"sign\"", "values = \"fp4\"").contains("demo.values"));
+        assert!(with("role = \"admin\"", "role = \"boss\"").contains("roster.member[0].role"));
+        assert!(with("momentum_decay = 0.999", "momentum_decay = 1.5").contains("momentum_decay"));
+        assert!(with("[train]", "[train]\nbogus = 1").contains("bogus"));
+        assert!(with("quorum = 1", "quorum = 3").contains("quorum"));
+    }
+}

@@ -1,0 +1,198 @@
+//! The validator loop: follow the run, score every accepted contribution of the open round with
+//! [`crate::score`], append a signed Verdict for each, and help close rounds like any participant.
+//!
+//! ```text
+//!   sync ─▶ round r open ─▶ for each accepted Contribution of r on the current base, not judged yet:
+//!             fetch blob (size-limited, re-hashed) ─▶ decode against (run, r, base, worker)
+//!               ├─ decodes: loss on the worker's assignment and on held-out data, before and after
+//!               │           applying the update alone ─▶ Verdict(score in milli-nats)
+//!               └─ does not decode (NaN, copied under another key, garbage): Verdict(UNUSABLE)
+//!         ─▶ close the round when close_ready ─▶ repeat until the run's last round
+//! ```
+//!
+//! A verdict below the run's `min_score` fails the contribution (if it lands before the round's
+//! RoundClose), and `max_failures` failures exclude the worker: that rule is verify's, applied by
+//! everyone from the ledger alone. The validator only writes the scores.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use ledger::{Body, EntryPos, Keypair, Target, Verdict};
+use tch::Device;
+use verify::Expected;
+use verify::wire::encoded_len;
+
+use crate::TrainerError;
+use crate::follow::{CloseOutcome, Follower, close_ready};
+use crate::model::Model;
+use crate::score::score_blob;
+use crate::worker::{WorkerEvent, after_own_close};
+
+/// The score a validator records for an update that does not decode for its claimed round, base
+/// and worker, or holds non-finite values: far below any sensible `min_score`.
+pub const UNUSABLE_SCORE: i64 = -1_000_000;
+
+/// How a validator runs.
+#[derive(Clone, Debug)]
+pub struct ValidatorOptions {
+    /// Where scoring runs.
+    pub device: Device,
+    /// Stop after this many rounds closed (`None`: until the run ends).
+    pub rounds: Option<u64>,
+    /// Pause between ledger polls.
+    pub poll: Duration,
+}
+
+/// What a validator reports.
+#[derive(Clone, Debug)]
+pub enum ValidatorEvent {
+    /// Joined the run at this open round.
+    Joined {
+        /// The round.
+        round: u64,
+    },
+    /// Scored a contribution and appended the verdict.
+    Judged {
+        /// The round.
+        round: u64,
+        /// The contribution.
+        pos: EntryPos,
+        /// Its organisation, if a member.
+        organisation: Option<String>,
+        /// The score.
+        score: i64,
+        /// Why it is unusable, when it is.
+        unusable: Option<String>,
+    },
+    /// What a worker event would say (closes and snapshots this validator wrote).
+    Worker(WorkerEvent),
+    /// A round ended and was applied.
+    RoundApplied {
+        /// The round.
+        round: u64,
+        /// Contributions counted.
+        counted: usize,
+    },
+}
+
+/// Runs the validator loop until the run's last round closes (or `options.rounds` rounds did).
+pub async fn run_validator(
+    store: storage::Store,
+    key: &Keypair,
+    options: &ValidatorOptions,
+    events: &mut (dyn FnMut(ValidatorEvent) + Send),
+) -> Result<u64, TrainerError> {
+    let mut follower = Follower::join(store).await?;
+    let info = follower.info().clone();
+    let data = info.train.dataset().await?;
+    let mut model = Model::from_state(&info.model, follower.state(), options.device)?;
+    let score_config = info.train.score_config();
+    let update_bytes = encoded_len(&info.config.layout, &info.config.hyper.compression);
+    let start = follower.round().0;
+    events(ValidatorEvent::Joined { round: start });
+    let mut judged: HashSet<EntryPos> = HashSet::new();
+    // Verdicts this key wrote before a restart count as judged.
+    for e in follower.reader().by_signer(&key.public()) {
+        if let Some(Body::Verdict(Verdict { target: Target::Entry(p), .. })) = e.entry.as_ref().map(|x| &x.body) {
+            judged.insert(*p);
+        }
+    }
+    let mut opened = (follower.round(), Instant::now());
+    let mut verdicts = 0u64;
+    loop {
+        for report in follower.sync().await? {
+            events(ValidatorEvent::RoundApplied { round: report.round.0, counted: report.counted.len() });
+        }
+        let round = follower.round();
+        if info.train.is_past_end(round.0) || options.rounds.is_some_and(|n| round.0 >= start + n) {
+            break;
+        }
+        if opened.0 != round {
+            opened = (round, Instant::now());
+        }
+        // Accepted contributions of the open round, on its base, not judged yet.
+        let base = ledger::StateHash(follower.state_hash().0);
+        let todo: Vec<(EntryPos, ledger::PublicKey, ledger::BlobId, Option<String>)> = follower
+            .reader()
+            .by_round(ledger::Round(round.0))
+            .filter(|e| !judged.contains(&e.pos))
+            .filter_map(|e| match e.entry.as_ref().map(|x| (&x.body, x.signer())) {
+                Some((Body::Contribution(c), signer)) if c.base_state == base && c.blob_size == update_bytes => {
+                    Some((e.pos, signer, c.blob, e.organisation.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (pos, signer, blob, organisation) in todo {
+            let bytes = match info.store.get_blob(blob, update_bytes).await {
+                Ok(b) => b,
+                // Not (yet) readable: the round rule voids a missing blob at close; look again later.
+                Err(storage::StoreError::NotFound { .. }) => continue,
+                Err(e @ (storage::StoreError::HashMismatch { .. } | storage::StoreError::TooLarge { .. })) => {
+                    // Corrupt: score it as unusable.
+                    judged.insert(pos);
+                    verdicts += 1;
+                    let score = UNUSABLE_SCORE;
+                    append_verdict(&mut follower, key, round.0, pos, score).await?;
+                    events(ValidatorEvent::Judged {
+                        round: round.0,
+                        pos,
+                        organisation,
+                        score,
+                        unusable: Some(e.to_string()),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let layout = &info.config.layout;
+            let expected = Expected {
+                run: verify::RunId(info.run_id.0),
+                round,
+                base: follower.state_hash(),
+                worker: verify::WorkerKey(signer.0),
+                layout,
+                compression: info.config.hyper.compression,
+            };
+            let state = follower.state();
+            let scored = tokio::task::block_in_place(|| {
+                score_blob(&bytes, &expected, &mut model, state, &info.config.hyper, &data, &score_config)
+            });
+            let (score, unusable) = match scored {
+                Ok(s) => (s.score, None),
+                Err(e @ (TrainerError::Verify(_) | TrainerError::NonFinite { .. } | TrainerError::Diverged { .. })) => {
+                    (UNUSABLE_SCORE, Some(e.to_string()))
+                }
+                Err(e) => return Err(e),
+            };
+            judged.insert(pos);
+            verdicts += 1;
+            append_verdict(&mut follower, key, round.0, pos, score).await?;
+            events(ValidatorEvent::Judged { round: round.0, pos, organisation, score, unusable });
+        }
+        if let Some(facts) = follower.close_facts()
+            && close_ready(&facts, &info.config, &info.train, opened.1.elapsed())
+            && let CloseOutcome::Closed { counted, .. } = follower.close_round(key).await?
+        {
+            events(ValidatorEvent::Worker(WorkerEvent::Closed { round: round.0, counted }));
+            let mut forward = |e| events(ValidatorEvent::Worker(e));
+            after_own_close(&mut follower, key, &mut forward).await?;
+            continue;
+        }
+        follower.wait(options.poll).await?;
+    }
+    Ok(verdicts)
+}
+
+async fn append_verdict(
+    follower: &mut Follower,
+    key: &Keypair,
+    round: u64,
+    pos: EntryPos,
+    score: i64,
+) -> Result<(), TrainerError> {
+    let body = Body::Verdict(Verdict { round: ledger::Round(round), target: Target::Entry(pos), score });
+    let entry = ledger::Entry::sign(follower.info().run_id, body, &[key])?;
+    follower.append(entry).await?;
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! The worker loop: catch up, train on the round's assignment, upload the update, append the signed
+//! Contribution, help close the round, follow the result, repeat.
+//!
+//! ```text
+//!   join (snapshot + replay) ─▶ round r open, base = hash(state)
+//!     ├─ no contribution of ours in r: assignment(seed, r, key) ─▶ forward/backward ─▶ momentum
+//!     │    ─▶ DCT top-k encode ─▶ put blob ─▶ append Contribution(r, base, blob) ─▶ save momentum
+//!     ├─ wait: sync; close the round when close_ready (any participant may)
+//!     └─ round r closed (by anyone): state = verify's aggregation of the counted set ─▶ r + 1
+//! ```
+//!
+//! Crash safety: the momentum file is written after the Contribution is in the ledger, and a
+//! restarted worker that finds its contribution for the open round does not train again. A worker
+//! whose round closed before its contribution landed sees it void (late) and moves on. Every
+//! update is computed from the state verify computed, never a locally drifted copy.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ledger::{Body, Contribution, Entry, Keypair};
+use tch::Device;
+use verify::replay::RoundReport;
+use verify::{Header, NotCounted, Round, WorkerKey};
+
+use crate::TrainerError;
+use crate::data::Dataset;
+use crate::demo::DemoState;
+use crate::follow::{CloseOutcome, Follower, close_ready};
+use crate::model::Model;
+use crate::score::milli_nats;
+use crate::step::{StepConfig, local_step};
+use crate::worker_state::{self, Restored, ResumePolicy};
+
+/// How a worker runs.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Where the model trains.
+    pub device: Device,
+    /// Stop after contributing to this many rounds (`None`: until the run ends).
+    pub rounds: Option<u64>,
+    /// The momentum file (saved after every contribution).
+    pub state_file: PathBuf,
+    /// Pause between ledger polls while waiting.
+    pub poll: Duration,
+}
+
+/// What a worker reports as it goes (the CLI prints these).
+#[derive(Clone, Debug)]
+pub enum WorkerEvent {
+    /// Joined the run at `round` (after a snapshot if `from_snapshot`).
+    Joined {
+        /// The first open round.
+        round: u64,
+        /// Whether the start was a snapshot.
+        from_snapshot: bool,
+        /// Whether saved momentum was resumed.
+        resumed: bool,
+    },
+    /// Appended a contribution.
+    Contributed {
+        /// Its round.
+        round: u64,
+        /// Mean training loss on the assignment, before the update (nats).
+        loss: f64,
+        /// Update bytes uploaded.
+        bytes: u64,
+        /// Seconds spent training and encoding.
+        train_secs: f64,
+    },
+    /// Found its contribution for the open round already in the ledger (a restart).
+    AlreadyContributed {
+        /// The round.
+        round: u64,
+    },
+    /// Closed a round itself.
+    Closed {
+        /// The round.
+        round: u64,
+        /// Contributions counted.
+        counted: usize,
+    },
+    /// A round ended (closed by anyone) and was applied.
+    RoundApplied {
+        /// The round.
+        round: u64,
+        /// Contributions counted.
+        counted: usize,
+        /// Whether ours counted, and if not, why.
+        ours: Option<Result<(), NotCounted>>,
+        /// The state hash after it.
+        state: String,
+    },
+    /// Uploaded a snapshot.
+    Snapshot {
+        /// The round it is the state after.
+        round: u64,
+        /// Its size.
+        bytes: u64,
+    },
+}
+
+/// What a worker did.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerSummary {
+    /// Contributions appended.
+    pub contributed: u64,
+    /// Of the rounds applied, those that counted ours.
+    pub counted: u64,
+    /// The first open round when the worker stopped.
+    pub next_round: u64,
+    /// The state hash then.
+    pub state: String,
+}
+
+/// Runs the worker loop on the run in `store` until `options.rounds` contributions are made or the
+/// run's last round closes.
+pub async fn run_worker(
+    store: storage::Store,
+    key: &Keypair,
+    options: &WorkerOptions,
+    events: &mut (dyn FnMut(WorkerEvent) + Send),
+) -> Result<WorkerSummary, TrainerError> {
+    let mut follower = Follower::join(store).await?;
+    let me = WorkerKey(key.public().0);
+    let info = follower.info().clone();
+    let data = info.train.dataset().await?;
+    let mut model = Model::from_state(&info.model, follower.state(), options.device)?;
+    let mut model_hash = follower.state_hash();
+    let (joined, from_snapshot) = (follower.round(), follower.joined_at().1);
+    let layout = info.config.layout.clone();
+    let run = verify::RunId(info.run_id.0);
+    let mut demo =
+        match worker_state::load(&options.state_file, run, &layout, joined, ResumePolicy::default(), options.device)? {
+            Restored::Resumed { state, .. } => {
+                events(WorkerEvent::Joined { round: joined.0, from_snapshot, resumed: true });
+                state
+            }
+            Restored::Fresh { state, .. } => {
+                events(WorkerEvent::Joined { round: joined.0, from_snapshot, resumed: false });
+                state
+            }
+        };
+    let step = StepConfig {
+        micro_batch: info.train.micro_batch,
+        clip_norm: (info.train.clip_norm > 0.0).then_some(info.train.clip_norm),
+    };
+    let mut summary = WorkerSummary::default();
+    loop {
+        for report in follower.sync().await? {
+            applied(&report, &me, &mut summary, events);
+        }
+        let round = follower.round();
+        if info.train.is_past_end(round.0) || options.rounds.is_some_and(|n| summary.contributed >= n) {
+            break;
+        }
+        if follower.has_contributed(&key.public()) {
+            events(WorkerEvent::AlreadyContributed { round: round.0 });
+        } else {
+            if model_hash != follower.state_hash() {
+                model.load_state(follower.state())?;
+                model_hash = follower.state_hash();
+            }
+            let started = Instant::now();
+            let (bytes, loss) = tokio::task::block_in_place(|| {
+                compute_update(&model, &mut demo, &data, &step, &follower, &me, info.train.momentum_decay)
+            })?;
+            let train_secs = started.elapsed().as_secs_f64();
+            let size = bytes.len() as u64;
+            let blob = info.store.put_blob(bytes).await?;
+            let body = Body::Contribution(Contribution {
+                round: ledger::Round(round.0),
+                base_state: ledger::StateHash(follower.state_hash().0),
+                assignment: assignment_bytes(round, info.train.sequences_per_round()),
+                blob,
+                blob_size: size,
+                metrics: vec![
+                    ("loss_milli".into(), milli_nats(loss)),
+                    ("tokens".into(), (info.train.sequences_per_round() * info.train.seq_len) as i64),
+                ],
+            });
+            follower.append(Entry::sign(info.run_id, body, &[key])?).await?;
+            worker_state::save(&options.state_file, &demo, &layout, run, round)?;
+            summary.contributed += 1;
+            events(WorkerEvent::Contributed { round: round.0, loss, bytes: size, train_secs });
+        }
+        wait_for_close(&mut follower, key, options, &me, &mut summary, events).await?;
+    }
+    summary.next_round = follower.round().0;
+    summary.state = follower.state_hash().to_string();
+    Ok(summary)
+}
+
+/// Trains `me`'s assignment for the follower's open round from its state (which `model` must
+/// hold), feeds the momentum and encodes the update; returns the blob bytes and the training loss.
+pub fn compute_update(
+    model: &Model,
+    demo: &mut DemoState,
+    data: &Dataset,
+    step: &StepConfig,
+    follower: &Follower,
+    me: &WorkerKey,
+    decay: f64,
+) -> Result<(Bytes, f64), TrainerError> {
+    let info = follower.info();
+    let round = follower.round();
+    let indices = data.assignment(round, me, info.train.sequences_per_round());
+    let batch = data.batch(&indices, model.device())?;
+    let grads = local_step(model, &batch, step)?;
+    let layout = &info.config.layout;
+    demo.accumulate(&grads.grads, layout, decay, 1.0)?;
+    let header = Header {
+        run: verify::RunId(info.run_id.0),
+        round,
+        base: follower.state_hash(),
+        worker: *me,
+        layout: layout.hash(),
+        compression: info.config.hyper.compression,
+    };
+    let update = demo.encode(&header, layout)?;
+    Ok((Bytes::from(update.to_bytes()), grads.loss))
+}
+
+/// The Contribution's assignment field: the round and the sequence count (the indices themselves
+/// are a function of the run seed, the round and the worker key, which anyone recomputes).
+pub fn assignment_bytes(round: Round, sequences: usize) -> Vec<u8> {
+    let mut out = round.0.to_le_bytes().to_vec();
+    out.extend_from_slice(&(sequences as u64).to_le_bytes());
+    out
+}
+
+/// Follows the ledger until the current round closes, closing it ourselves when the rule of
+/// [`close_ready`] says an honest participant should.
+pub(crate) async fn wait_for_close(
+    follower: &mut Follower,
+    key: &Keypair,
+    options: &WorkerOptions,
+    me: &WorkerKey,
+    summary: &mut WorkerSummary,
+    events: &mut (dyn FnMut(WorkerEvent) + Send),
+) -> Result<(), TrainerError> {
+    let round = follower.round();
+    let opened = Instant::now();
+    let info = follower.info().clone();
+    while follower.round() == round {
+        if let Some(facts) = follower.close_facts()
+            && close_ready(&facts, &info.config, &info.train, opened.elapsed())
+        {
+            match follower.close_round(key).await? {
+                CloseOutcome::Closed { counted, .. } => {
+                    events(WorkerEvent::Closed { round: round.0, counted });
+                    after_own_close(follower, key, events).await?;
+                    continue;
+                }
+                CloseOutcome::Raced | CloseOutcome::AlreadyClosed => {}
+            }
+        }
+        for report in follower.sync().await? {
+            applied(&report, me, summary, events);
+        }
+        if follower.round() == round {
+            follower.wait(options.poll).await?;
+        }
+    }
+    Ok(())
+}
+
+/// After our RoundClose landed: the snapshot (every `snapshot_every` rounds) and a checkpoint.
+pub(crate) async fn after_own_close(
+    follower: &mut Follower,
+    key: &Keypair,
+    events: &mut (dyn FnMut(WorkerEvent) + Send),
+) -> Result<(), TrainerError> {
+    let every = follower.info().train.snapshot_every;
+    let closed = follower.round().0.saturating_sub(1);
+    if every > 0 && (closed + 1).is_multiple_of(every) {
+        let bytes = follower.write_snapshot(key).await?;
+        events(WorkerEvent::Snapshot { round: closed, bytes });
+        // The checkpoint covers the snapshot entry too.
+        follower.poll().await?;
+        if let Err(e) = follower.publish_checkpoint(key).await {
+            tracing::warn!(error = %e, "could not publish a checkpoint; the next snapshot will try again");
+        }
+    }
+    Ok(())
+}
+
+fn applied(
+    report: &RoundReport,
+    me: &WorkerKey,
+    summary: &mut WorkerSummary,
+    events: &mut (dyn FnMut(WorkerEvent) + Send),
+) {
+    let ours = if report.counted.iter().any(|c| c.worker == *me) {
+        summary.counted += 1;
+        Some(Ok(()))
+    } else {
+        report.not_counted.iter().find(|(c, _)| c.worker == *me).map(|(_, why)| Err(why.clone()))
+    };
+    events(WorkerEvent::RoundApplied {
+        round: report.round.0,
+        counted: report.counted.len(),
+        ours,
+        state: report.state.to_string(),
+    });
+}
