@@ -68,7 +68,21 @@ pub async fn genesis(args: GenesisArgs) -> anyhow::Result<Outcome> {
     );
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let spec = RunSpec::parse(&text)?;
-    let parts = spec.genesis_parts()?;
+    let vocab = spec.vocab().await.context("loading data.tokenizer")?;
+    let parts = spec.genesis_parts(vocab)?;
+    // Every participant will load the data: fail here, once, if it cannot be.
+    let data =
+        parts.train.dataset().await.with_context(|| format!("loading the run's data ({})", parts.train.data_source))?;
+    match data.loss_floor_nats() {
+        Some(floor) => println!("data: the synthetic corpus (unbounded), loss floor {floor:.4} nats"),
+        None => println!(
+            "data: {} ({} training sequences of {} tokens, {} held out)",
+            parts.train.data_source,
+            data.train_range().end - data.train_range().start,
+            parts.train.seq_len,
+            data.eval_range().end - data.eval_range().start
+        ),
+    }
     let admin = ledger::read_key_file(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
     anyhow::ensure!(
         parts.roster.iter().any(|m| m.key == admin.public() && m.role == ledger::Role::Admin),

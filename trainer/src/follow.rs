@@ -347,7 +347,7 @@ mod tests {
 
     #[test]
     fn close_waits_for_the_minimum_the_workers_or_the_deadline_and_the_verdicts() {
-        let parts = RunSpec::parse(RunSpec::EXAMPLE).unwrap().genesis_parts().unwrap();
+        let parts = RunSpec::parse(RunSpec::EXAMPLE).unwrap().genesis_parts(crate::model::BYTE_VOCAB).unwrap();
         let (config, train) = (parts.config, parts.train);
         let facts = CloseFacts { counted: 2, active_workers: 3, contributed: 2, has_validators: true, unjudged: 0 };
         let secs = Duration::from_secs;

@@ -22,7 +22,10 @@ use verify::config::{ExclusionRules, RoundRules};
 use verify::{Compression, Hyper, NormClip, Ratio, RunConfig, Schedule, ValueEncoding};
 
 use crate::TrainerError;
-use crate::data::{Dataset, MAX_TEXT_BYTES, MarkovSpec, byte_tokens, load_text, sequences_for_tokens};
+use crate::data::{
+    DEFAULT_TEXT_COLUMN, Dataset, MAX_TEXT_BYTES, MarkovSpec, Tokenizer, is_parquet_source, load_parquet, load_text,
+    sequences_for_tokens,
+};
 use crate::model::{BYTE_VOCAB, ModelConfig, Preset};
 use crate::score::ScoreConfig;
 
@@ -94,11 +97,22 @@ pub struct DataSection {
     pub eval_fraction: f64,
     /// Held-out sequences of the synthetic corpus.
     pub eval_sequences: u64,
+    /// The text column of a Parquet source.
+    pub text_column: String,
+    /// An HF `tokenizer.json` (path or store URL); byte-level when absent.
+    pub tokenizer: Option<String>,
 }
 
 impl Default for DataSection {
     fn default() -> DataSection {
-        DataSection { source: "synthetic".into(), seq_len: 64, eval_fraction: 0.05, eval_sequences: 256 }
+        DataSection {
+            source: "synthetic".into(),
+            seq_len: 64,
+            eval_fraction: 0.05,
+            eval_sequences: 256,
+            text_column: DEFAULT_TEXT_COLUMN.into(),
+            tokenizer: None,
+        }
     }
 }
 
@@ -266,6 +280,12 @@ pub struct TrainSpec {
     pub eval_fraction: f64,
     /// Held-out sequences of the synthetic corpus.
     pub eval_sequences: u64,
+    /// The text column of a Parquet source.
+    pub text_column: String,
+    /// An HF `tokenizer.json` (path or store URL), or none for byte-level tokens.
+    pub tokenizer: Option<String>,
+    /// The vocabulary size (256 for bytes; the tokenizer's, checked when it is loaded).
+    pub vocab: u32,
     /// Tokens per worker per round.
     pub tokens_per_round: u64,
     /// Sequences per pass.
@@ -304,9 +324,9 @@ impl TrainSpec {
         Preset::from_str(&self.preset)
     }
 
-    /// The model shape (byte vocabulary).
+    /// The model shape (with the run's vocabulary).
     pub fn model_config(&self) -> Result<ModelConfig, TrainerError> {
-        let config = ModelConfig::preset(self.preset()?).with_vocab(BYTE_VOCAB);
+        let config = ModelConfig::preset(self.preset()?).with_vocab(self.vocab);
         if self.seq_len as u64 > u64::from(config.max_seq_len) {
             return Err(TrainerError::InvalidConfig(format!(
                 "seq_len {} is longer than the model's {}",
@@ -330,14 +350,38 @@ impl TrainSpec {
         }
     }
 
-    /// The run's dataset: the synthetic corpus, or the text at `data_source` (a path or store URL,
-    /// read up to [`MAX_TEXT_BYTES`]).
+    /// The run's tokenizer: byte-level, or the `tokenizer.json` named, whose vocabulary must be
+    /// the run's.
+    pub async fn tokenizer(&self) -> Result<Tokenizer, TrainerError> {
+        let tokenizer = match &self.tokenizer {
+            None => Tokenizer::Bytes,
+            Some(source) => Tokenizer::load(source).await?,
+        };
+        if tokenizer.vocab_size() != self.vocab {
+            return Err(TrainerError::InvalidConfig(format!(
+                "the tokenizer has {} tokens, the run's model {}",
+                tokenizer.vocab_size(),
+                self.vocab
+            )));
+        }
+        Ok(tokenizer)
+    }
+
+    /// The run's dataset: the synthetic corpus, or the text at `data_source` (a text file, or
+    /// Parquet files with a text column; a path or store URL; at most [`MAX_TEXT_BYTES`] of text),
+    /// tokenised by [`TrainSpec::tokenizer`].
     pub async fn dataset(&self) -> Result<Dataset, TrainerError> {
         if self.data_source == "synthetic" {
             return Dataset::synthetic(MarkovSpec::default(), self.seed, self.seq_len, self.eval_sequences);
         }
-        let text = load_text(&self.data_source, MAX_TEXT_BYTES).await?;
-        Dataset::text(byte_tokens(&text), self.seed, self.seq_len, self.eval_fraction)
+        let tokenizer = self.tokenizer().await?;
+        let tokens = if is_parquet_source(&self.data_source) {
+            let docs = load_parquet(&self.data_source, &self.text_column, MAX_TEXT_BYTES).await?;
+            tokenizer.tokenize_documents(docs.texts())?
+        } else {
+            tokenizer.encode(&load_text(&self.data_source, MAX_TEXT_BYTES).await?)?
+        };
+        Dataset::text(tokens, self.seed, self.seq_len, self.eval_fraction)
     }
 
     /// Whether round `round` is past the end of the run.
@@ -398,8 +442,17 @@ impl RunSpec {
         toml::from_str(text).map_err(|e| TrainerError::InvalidConfig(format!("run.toml: {e}")))
     }
 
-    /// Checks every field and computes what genesis carries.
-    pub fn genesis_parts(&self) -> Result<GenesisParts, TrainerError> {
+    /// The run's vocabulary size: 256 for byte-level tokens, else the tokenizer's (loaded).
+    pub async fn vocab(&self) -> Result<u32, TrainerError> {
+        match &self.data.tokenizer {
+            None => Ok(BYTE_VOCAB),
+            Some(source) => Ok(Tokenizer::load(source).await?.vocab_size()),
+        }
+    }
+
+    /// Checks every field and computes what genesis carries, for a model of `vocab` tokens
+    /// ([`RunSpec::vocab`]).
+    pub fn genesis_parts(&self, vocab: u32) -> Result<GenesisParts, TrainerError> {
         let bad = |what: String| TrainerError::InvalidConfig(format!("run.toml: {what}"));
         let train = TrainSpec {
             version: TRAIN_SPEC_VERSION,
@@ -411,6 +464,9 @@ impl RunSpec {
             seq_len: self.data.seq_len,
             eval_fraction: self.data.eval_fraction,
             eval_sequences: self.data.eval_sequences,
+            text_column: self.data.text_column.clone(),
+            tokenizer: self.data.tokenizer.clone(),
+            vocab,
             tokens_per_round: self.train.tokens_per_round,
             micro_batch: self.train.micro_batch,
             clip_norm: self.train.clip_norm,
@@ -523,7 +579,7 @@ mod tests {
     #[test]
     fn the_example_parses_and_round_trips_through_genesis_bytes() {
         let spec = RunSpec::parse(RunSpec::EXAMPLE).unwrap();
-        let parts = spec.genesis_parts().unwrap();
+        let parts = spec.genesis_parts(BYTE_VOCAB).unwrap();
         let bytes = parts.config.encode().unwrap();
         let config = RunConfig::decode(&bytes).unwrap();
         assert_eq!(TrainSpec::from_extra(&config.extra).unwrap(), parts.train);
@@ -535,7 +591,7 @@ mod tests {
         let with = |from: &str, to: &str| {
             let text = RunSpec::EXAMPLE.replacen(from, to, 1);
             assert_ne!(text, RunSpec::EXAMPLE, "{from} not in the example");
-            RunSpec::parse(&text).and_then(|s| s.genesis_parts().map(|_| ())).unwrap_err().to_string()
+            RunSpec::parse(&text).and_then(|s| s.genesis_parts(BYTE_VOCAB).map(|_| ())).unwrap_err().to_string()
         };
         assert!(with("preset = \"tiny\"", "preset = \"huge\"").contains("huge"));
         assert!(with("values = \"sign\"", "values = \"fp4\"").contains("demo.values"));
@@ -543,5 +599,20 @@ mod tests {
         assert!(with("momentum_decay = 0.999", "momentum_decay = 1.5").contains("momentum_decay"));
         assert!(with("[train]", "[train]\nbogus = 1").contains("bogus"));
         assert!(with("quorum = 1", "quorum = 3").contains("quorum"));
+    }
+
+    #[tokio::test]
+    async fn a_text_source_loads_byte_level_and_a_vocabulary_mismatch_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corpus.txt");
+        std::fs::write(&path, "to be or not to be, that is the question. ".repeat(200)).unwrap();
+        let text =
+            RunSpec::EXAMPLE.replacen("source = \"synthetic\"", &format!("source = {:?}", path.to_str().unwrap()), 1);
+        let train = RunSpec::parse(&text).unwrap().genesis_parts(BYTE_VOCAB).unwrap().train;
+        let data = train.dataset().await.unwrap();
+        assert!(data.loss_floor_nats().is_none());
+        assert_eq!(data.sequence(0).unwrap()[..2], [u32::from(b't'), u32::from(b'o')]);
+        let wrong = TrainSpec { vocab: 300, ..train };
+        assert!(wrong.tokenizer().await.unwrap_err().to_string().contains("256 tokens"));
     }
 }
