@@ -97,7 +97,8 @@ pub struct Args {
     /// Threads for libtorch and rayon (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Write the curves here as CSV: step, baseline_loss, cairn_loss.
+    /// Write the curves here as CSV: step, baseline_loss, cairn_loss, floor_nats (plot them with
+    /// infra/plot-curves.sh).
     #[arg(long)]
     csv: Option<std::path::PathBuf>,
 }
@@ -265,9 +266,10 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         "update is {bytes_per_worker} bytes, encoded_len says {update_bytes}"
     );
     if let Some(path) = &args.csv {
-        let mut csv = String::from("step,baseline_loss,cairn_loss\n");
+        // floor_nats: the synthetic corpus's entropy floor, 0 when unknown (as on the last line).
+        let mut csv = String::from("step,baseline_loss,cairn_loss,floor_nats\n");
         for (s, b, c) in &curve {
-            csv.push_str(&format!("{s},{b},{c}\n"));
+            csv.push_str(&format!("{s},{b},{c},{floor}\n"));
         }
         std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
     }

@@ -14,10 +14,12 @@ fn number(map: &HashMap<&str, &str>, key: &str) -> f64 {
 
 #[test]
 fn bench_train_runs_both_optimisers_and_both_losses_fall() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("curves.csv");
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(["bench", "train", "--corpus", "synthetic", "--steps", "4", "--workers", "2"])
         .args(["--tokens-per-step", "256", "--seq-len", "32", "--eval-every", "2", "--eval-sequences", "8"])
-        .args(["--warmup", "0", "--threads", "1"])
+        .args(["--warmup", "0", "--threads", "1", "--csv", csv.to_str().unwrap()])
         .env("OMP_NUM_THREADS", "1")
         .env_remove("CAIRN_LOG")
         .output()
@@ -55,4 +57,13 @@ fn bench_train_runs_both_optimisers_and_both_losses_fall() {
     assert!(number(&m, "bytes_per_worker_round") > 0.0);
     assert!(number(&m, "compression_x") > 100.0, "{last}");
     assert!(number(&m, "gap_pct").is_finite());
+    // The curves file holds every evaluation, the last one as on the last line.
+    let curves = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<&str> = curves.lines().collect();
+    assert_eq!(rows[0], "step,baseline_loss,cairn_loss,floor_nats");
+    assert_eq!(rows.len(), 1 + 3, "steps 0, 2 and 4: {curves}");
+    let last_row: Vec<f64> = rows[3].split(',').map(|v| v.parse().unwrap()).collect();
+    assert_eq!(last_row[0], 4.0);
+    assert!((last_row[1] - number(&m, "baseline_loss")).abs() < 1e-4, "{curves}");
+    assert!((last_row[2] - number(&m, "cairn_loss")).abs() < 1e-4, "{curves}");
 }
