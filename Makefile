@@ -27,6 +27,6 @@ test:
 interop: setup
 	bash infra/interop.sh
 
-## Remove the demo's store.
+## Remove the demo's runs (the store) and its keys and logs.
 clean-demo:
-	rm -rf cairn-demo
+	rm -rf cairn-demo cairn-demo-local
