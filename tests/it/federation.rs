@@ -235,8 +235,9 @@ async fn a_worker_killed_mid_round_restarts_and_the_run_completes() {
 async fn a_late_worker_joins_from_a_snapshot_and_its_contributions_count() {
     let members =
         [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker"), ("late", "gamma", "worker")];
-    // Rounds close 2 s after they open without the missing worker; a snapshot every 2 rounds.
-    let fed = Fed::start(&members, &sections(7, 2, 2, 2, "sign")).await;
+    // Rounds close 4 s after they open without the missing worker (once it runs, as soon as all
+    // three are in); a snapshot every 2 rounds.
+    let fed = Fed::start(&members, &sections(7, 2, 4, 2, "sign")).await;
     let mut children = vec![("w1", fed.spawn("worker", "w1")), ("w2", fed.spawn("worker", "w2"))];
     let started = Instant::now();
     while !(fed.log_text("w1") + &fed.log_text("w2")).contains("snapshot after round 3") {
