@@ -66,10 +66,14 @@ start() {
 {"identities":[{"name":"cairn-test","credentials":[{"accessKey":"$access","secretKey":"$secret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
 EOF
   # setsid: the server gets its own process group, so stop (or the watchdog) ends all of it.
+  # Every bucket is a SeaweedFS collection with volumes of its own; by default the number of
+  # volumes is free disk / volume size, so on a nearly full disk new buckets fail with 500s. Volumes
+  # are sparse files, so a fixed, generous count of smaller volumes costs no disk up front.
   setsid "$weed" mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -master.port="$master" -volume.port="$volume" -filer.port="$filer" -s3.port="$s3" \
     -admin.port="$admin" -s3.config="$dir/s3.json" -s3.port.iceberg=0 -s3.port.lance=0 \
-    -webdav=false -admin.ui=false -master.telemetry=false >"$dir/weed.log" 2>&1 </dev/null &
+    -webdav=false -admin.ui=false -master.telemetry=false \
+    -volume.max=256 -master.volumeSizeLimitMB=64 >"$dir/weed.log" 2>&1 </dev/null &
   echo $! >"$pidfile"
   local i
   for i in $(seq 1 120); do
