@@ -86,7 +86,7 @@ pub struct RunSection {
 
 /// `[data]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DataSection {
     /// `synthetic` (the seeded Markov corpus with a known loss floor), or a text file's path or
     /// store URL (byte-level tokens).
@@ -118,7 +118,7 @@ impl Default for DataSection {
 
 /// `[train]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainSection {
     /// Tokens each worker trains on per round (rounded up to whole sequences).
     pub tokens_per_round: u64,
@@ -138,7 +138,7 @@ impl Default for TrainSection {
 
 /// `[demo]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DemoSection {
     /// DCT chunk size.
     pub chunk: u16,
@@ -156,7 +156,7 @@ impl Default for DemoSection {
 
 /// `[optimizer]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct OptimizerSection {
     /// Peak learning rate of the sign step.
     pub lr: f64,
@@ -187,7 +187,7 @@ impl Default for OptimizerSection {
 
 /// `[rounds]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RoundsSection {
     /// Contributions an honest participant waits for before closing a round.
     pub min_contributions: u32,
@@ -207,7 +207,7 @@ impl Default for RoundsSection {
 
 /// `[validation]`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ValidationSection {
     /// A verdict below this score (milli-nats of loss improvement) fails a contribution.
     pub min_score: i64,
@@ -599,6 +599,15 @@ mod tests {
         assert!(with("momentum_decay = 0.999", "momentum_decay = 1.5").contains("momentum_decay"));
         assert!(with("[train]", "[train]\nbogus = 1").contains("bogus"));
         assert!(with("quorum = 1", "quorum = 3").contains("quorum"));
+    }
+
+    #[test]
+    fn fields_left_out_take_their_defaults() {
+        let text = RunSpec::EXAMPLE.replacen("text_column = \"text\"", "", 1).replacen("topk = 4 ", "", 1);
+        let spec = RunSpec::parse(&text).unwrap();
+        assert_eq!(spec.data.text_column, "text");
+        assert_eq!(spec.demo.topk, DemoSection::default().topk);
+        assert_eq!(spec.genesis_parts(BYTE_VOCAB).unwrap().train.text_column, "text");
     }
 
     #[tokio::test]
