@@ -16,7 +16,7 @@ build: setup
 
 ## The main job: a demonstration on a local store (./cairn-demo).
 demo: build
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./target/release/cairn demo
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(CARGO) run --release --locked --quiet -- demo
 
 ## The whole test suite, against a real S3 server (SeaweedFS) started for the run.
 test:
