@@ -416,3 +416,22 @@ async fn adversaries_are_void_or_excluded_and_the_audit_says_why() {
     // The honest workers agree with the auditor.
     assert_eq!(report["state"].as_str().map(str::to_string), Some(fed.worker_state("w1")));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_outside_the_roster_or_in_another_role_is_refused_with_one_line() {
+    let members = [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("v", "beta", "validator")];
+    let fed = Fed::start(&members, &sections(1, 1, 60, 0, "sign")).await;
+    let stranger = fed.dir.path().join("stranger.key");
+    ledger::write_key_file(&stranger).unwrap();
+    let cases = [
+        ("worker", stranger.to_str().unwrap(), "is not in this run's roster"),
+        ("worker", fed.key_path("v"), "not a Worker"),
+        ("validate", fed.key_path("w1"), "not a Validator"),
+    ];
+    for (command, key, says) in cases {
+        let out = cairn(&[command, "--store", &fed.url, "--key", key], &fed.env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command} {key}: {stderr}");
+        assert!(stderr.contains(says) && stderr.trim().lines().count() == 1, "{command}: {stderr}");
+    }
+}

@@ -32,6 +32,12 @@ pub enum TrainerError {
     /// a sequence longer than the model takes, ...).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// Validators' verdicts excluded this worker (verify's exclusion rule): nothing it sends counts.
+    #[error("excluded by validators' verdicts (the verdict at {since}); this key's contributions no longer count")]
+    Excluded {
+        /// The verdict that excluded it.
+        since: String,
+    },
     /// The ledger refused an append or a read (contention, a tampered log, an unreadable slot).
     #[error("ledger: {0}")]
     Ledger(#[from] ledger::LedgerError),

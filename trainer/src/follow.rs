@@ -206,6 +206,25 @@ impl Follower {
             .filter(move |e| e.entry.as_ref().and_then(|x| x.body.round()).map(|r| r.0) == Some(round))
     }
 
+    /// Checks that `key` is a member with `role` in the roster as read so far.
+    pub fn require_role(&self, key: &ledger::PublicKey, role: Role) -> Result<(), TrainerError> {
+        match self.reader.state().member(key) {
+            Some(m) if m.role == role => Ok(()),
+            Some(m) => Err(TrainerError::InvalidConfig(format!(
+                "key {key} is a {:?} in this run's roster, not a {role:?}",
+                m.role
+            ))),
+            None => Err(TrainerError::InvalidConfig(format!(
+                "key {key} is not in this run's roster (ask an admin to add it)"
+            ))),
+        }
+    }
+
+    /// The verdict that excluded `worker`, if validators' verdicts excluded it.
+    pub fn exclusion(&self, worker: &WorkerKey) -> Option<ledger::EntryPos> {
+        self.rule().exclusions().into_iter().find(|(w, _)| w == worker).map(|(_, pos)| pos)
+    }
+
     /// Whether `key` has an accepted contribution to the current round.
     pub fn has_contributed(&self, key: &ledger::PublicKey) -> bool {
         self.own_entries(key).any(|e| matches!(e.entry.as_ref().map(|x| &x.body), Some(Body::Contribution(_))))

@@ -83,6 +83,7 @@ pub async fn run_validator(
     events: &mut (dyn FnMut(ValidatorEvent) + Send),
 ) -> Result<u64, TrainerError> {
     let mut follower = Follower::join(store).await?;
+    follower.require_role(&key.public(), ledger::Role::Validator)?;
     let info = follower.info().clone();
     let data = info.train.dataset().await?;
     let mut model = Model::from_state(&info.model, follower.state(), options.device)?;

@@ -122,6 +122,7 @@ pub async fn run_worker(
     events: &mut (dyn FnMut(WorkerEvent) + Send),
 ) -> Result<WorkerSummary, TrainerError> {
     let mut follower = Follower::join(store).await?;
+    follower.require_role(&key.public(), ledger::Role::Worker)?;
     let me = WorkerKey(key.public().0);
     let info = follower.info().clone();
     let data = info.train.dataset().await?;
@@ -153,6 +154,9 @@ pub async fn run_worker(
         let round = follower.round();
         if info.train.is_past_end(round.0) || options.rounds.is_some_and(|n| summary.contributed >= n) {
             break;
+        }
+        if let Some(since) = follower.exclusion(&me) {
+            return Err(TrainerError::Excluded { since: since.to_string() });
         }
         if follower.has_contributed(&key.public()) {
             events(WorkerEvent::AlreadyContributed { round: round.0 });
