@@ -50,6 +50,56 @@ pub struct ParticipantArgs {
     /// The worker's momentum file (default: the key file's path with `.momentum` appended).
     #[arg(long)]
     state_file: Option<PathBuf>,
+    /// Rejoin the run after transient failures (the store unreachable after the storage layer's
+    /// retries, a contended append) at most this many times in a row, waiting 1 s, 2 s, ... up to
+    /// 60 s between tries (a failure 10 minutes after the last starts a new count); 0 gives up at
+    /// the first.
+    #[arg(long, default_value_t = 30)]
+    max_rejoins: u32,
+}
+
+/// Longest pause before rejoining after a transient failure.
+const MAX_REJOIN_WAIT: Duration = Duration::from_secs(60);
+
+/// Counts transient failures in a row (the store unreachable after the storage layer's retries, a
+/// contended append) and waits before the caller rejoins the run (a fresh catch-up).
+struct Rejoins {
+    who: String,
+    max: u32,
+    failures: u32,
+    last_failure: Option<std::time::Instant>,
+}
+
+/// A failure this long after the previous one starts a new count (the run made progress between).
+const REJOIN_COUNT_RESET: Duration = Duration::from_secs(600);
+
+impl Rejoins {
+    fn new(who: String, max: u32) -> Rejoins {
+        Rejoins { who, max, failures: 0, last_failure: None }
+    }
+
+    /// Waits 1 s, 2 s, 4 s, ... (at most [`MAX_REJOIN_WAIT`]) after a transient `error`, or returns
+    /// it: any other error, or the transient one after `max` in a row.
+    async fn wait_or_fail(&mut self, error: trainer::TrainerError) -> Result<(), trainer::TrainerError> {
+        if self.last_failure.is_some_and(|t| t.elapsed() > REJOIN_COUNT_RESET) {
+            self.failures = 0;
+        }
+        self.last_failure = Some(std::time::Instant::now());
+        if !error.is_transient() || self.failures >= self.max {
+            return Err(error);
+        }
+        let wait = Duration::from_secs(1u64 << self.failures.min(6)).min(MAX_REJOIN_WAIT);
+        self.failures += 1;
+        eprintln!(
+            "{}: {error}; rejoining in {} s ({} of at most {})",
+            self.who,
+            wait.as_secs(),
+            self.failures,
+            self.max
+        );
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
 }
 
 async fn open_run(store: &str) -> anyhow::Result<(String, storage::Store)> {
@@ -138,7 +188,13 @@ pub async fn worker(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     let me = short(&key.public().to_string()).to_string();
     let options = WorkerOptions { device, rounds: args.rounds, state_file, poll };
     let mut print = |e: WorkerEvent| println!("worker {me}: {}", describe_worker(&e));
-    let summary = run_worker(store, &key, &options, &mut print).await.with_context(|| format!("working on {url}"))?;
+    let mut rejoins = Rejoins::new(format!("worker {me}"), args.max_rejoins);
+    let summary = loop {
+        match run_worker(store.clone(), &key, &options, &mut print).await {
+            Ok(summary) => break summary,
+            Err(e) => rejoins.wait_or_fail(e).await.with_context(|| format!("working on {url}"))?,
+        }
+    };
     println!(
         "worker: contributed={} counted={} next_round={} state={}",
         summary.contributed, summary.counted, summary.next_round, summary.state
@@ -166,8 +222,13 @@ pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
         };
         println!("validator {me}: {line}");
     };
-    let verdicts =
-        run_validator(store, &key, &options, &mut print).await.with_context(|| format!("validating {url}"))?;
+    let mut rejoins = Rejoins::new(format!("validator {me}"), args.max_rejoins);
+    let verdicts = loop {
+        match run_validator(store.clone(), &key, &options, &mut print).await {
+            Ok(verdicts) => break verdicts,
+            Err(e) => rejoins.wait_or_fail(e).await.with_context(|| format!("validating {url}"))?,
+        }
+    };
     println!("validator: verdicts={verdicts}");
     Ok(Outcome::Ok)
 }

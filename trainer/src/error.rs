@@ -105,3 +105,41 @@ pub enum TrainerError {
         what: &'static str,
     },
 }
+
+impl TrainerError {
+    /// Whether the error may pass if the same work is tried again later: the store was unreachable
+    /// (after the storage layer's own retries), an append stayed contended or uncertain, or a blob
+    /// could not be read right now. A worker or validator rejoins the run after such an error;
+    /// every other error is for a person to fix.
+    pub fn is_transient(&self) -> bool {
+        use ledger::LedgerError;
+        use storage::StoreError;
+        matches!(
+            self,
+            TrainerError::Storage(StoreError::Unavailable { .. })
+                | TrainerError::Ledger(
+                    LedgerError::Store(StoreError::Unavailable { .. })
+                        | LedgerError::Contended { .. }
+                        | LedgerError::AppendUncertain { .. }
+                )
+                | TrainerError::Verify(VerifyError::BlobUnavailable { .. })
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_passing_failures_are_transient() {
+        let contended = ledger::LedgerError::Contended { attempts: 512, last_seq: ledger::Seq(9) };
+        assert!(TrainerError::Ledger(contended).is_transient());
+        assert!(TrainerError::Ledger(ledger::LedgerError::AppendUncertain { seq: ledger::Seq(9) }).is_transient());
+        let blob = VerifyError::BlobUnavailable { blob: "b".into(), reason: "timeout".into() };
+        assert!(TrainerError::Verify(blob).is_transient());
+        assert!(!TrainerError::InvalidConfig("x".into()).is_transient());
+        assert!(!TrainerError::Excluded { since: "3.0".into() }.is_transient());
+        assert!(!TrainerError::Storage(storage::StoreError::NotFound { key: "k".into() }).is_transient());
+    }
+}
