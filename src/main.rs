@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 mod export_hf_cmd;
 mod ledger_cmd;
+mod roster_cmd;
 mod run_cmd;
 mod store_cmd;
 
@@ -39,6 +40,11 @@ enum Command {
     Export(ledger_cmd::ExportArgs),
     /// Start a run: write the Genesis entry from a run.toml.
     Genesis(run_cmd::GenesisArgs),
+    /// Add or remove members, signed by a quorum of admins.
+    Roster {
+        #[command(subcommand)]
+        command: roster_cmd::RosterCommand,
+    },
     /// Take part in a run as a worker: train, contribute, follow.
     Worker(run_cmd::ParticipantArgs),
     /// Take part in a run as a validator: score contributions, append verdicts.
@@ -87,6 +93,7 @@ fn main() -> ExitCode {
             Command::Keygen(args) => ledger_cmd::keygen(args),
             Command::Export(args) => ledger_cmd::export(args).await,
             Command::Genesis(args) => run_cmd::genesis(args).await,
+            Command::Roster { command } => roster_cmd::run(command).await,
             Command::Worker(args) => run_cmd::worker(args).await,
             Command::Validate(args) => run_cmd::validate(args).await,
             Command::Audit(args) => audit_cmd::audit(args).await,

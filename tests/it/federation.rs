@@ -34,10 +34,14 @@ impl Fed {
     /// A run on a fresh bucket with `members` (name, organisation, role) and the run.toml sections
     /// `sections` (everything but the roster); the first member must be the admin.
     async fn start(members: &[(&str, &str, &str)], sections: &str) -> Fed {
+        Fed::start_with_quorum(members, sections, 1).await
+    }
+
+    async fn start_with_quorum(members: &[(&str, &str, &str)], sections: &str, quorum: u16) -> Fed {
         let dir = tempfile::tempdir().unwrap();
         let url = testing::fresh_bucket().await;
         let env = testing::s3_env().clone();
-        let mut spec = format!("{sections}\n[roster]\nquorum = 1\n");
+        let mut spec = format!("{sections}\n[roster]\nquorum = {quorum}\n");
         let mut keys = Vec::new();
         for (name, org, role) in members {
             let path = dir.path().join(format!("{name}.key"));
@@ -434,4 +438,44 @@ async fn a_key_outside_the_roster_or_in_another_role_is_refused_with_one_line() 
         assert_eq!(out.status.code(), Some(1), "{command} {key}: {stderr}");
         assert!(stderr.contains(says) && stderr.trim().lines().count() == 1, "{command}: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quorum_of_admins_adds_a_worker_who_can_then_work() {
+    let members = [("a1", "alpha", "admin"), ("a2", "beta", "admin"), ("w1", "alpha", "worker")];
+    let fed = Fed::start_with_quorum(&members, &sections(1, 1, 60, 0, "sign"), 2).await;
+    let newcomer = fed.dir.path().join("newcomer.key");
+    let public = ledger::write_key_file(&newcomer).unwrap().public().to_string();
+    let proposal = fed.dir.path().join("change.entry");
+    let (store, proposal) = (fed.url.as_str(), proposal.to_str().unwrap());
+    let refused = cairn(&["worker", "--store", store, "--key", newcomer.to_str().unwrap(), "--rounds", "0"], &fed.env);
+    assert_eq!(refused.status.code(), Some(1), "not a member yet");
+
+    // The first admin's signature alone is not a quorum: it goes to the proposal file.
+    let add = ["roster", "add", "--store", store, "--member", &public, "--organisation", "gamma", "--role", "worker"];
+    let first = cairn(&[&add[..], &["--key", fed.key_path("a1"), "--proposal", proposal]].concat(), &fed.env);
+    let text = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success() && text.contains("1 of 2 admin signatures"), "{text}{:?}", first);
+    // A worker cannot sign for admins.
+    let worker_signs =
+        cairn(&["roster", "sign", "--store", store, "--proposal", proposal, "--key", fed.key_path("w1")], &fed.env);
+    assert_eq!(worker_signs.status.code(), Some(1));
+    // The second admin completes the quorum on their own machine; the change is appended.
+    let second =
+        cairn(&["roster", "sign", "--store", store, "--proposal", proposal, "--key", fed.key_path("a2")], &fed.env);
+    let text = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        second.status.success() && text.contains("roster: applied") && text.contains("epoch 1"),
+        "{text}{:?}",
+        second
+    );
+    // The proposal cannot be replayed: the roster moved to epoch 1.
+    let again =
+        cairn(&["roster", "sign", "--store", store, "--proposal", proposal, "--key", fed.key_path("a1")], &fed.env);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("epoch 0"), "{again:?}");
+
+    let joined = cairn(&["worker", "--store", store, "--key", newcomer.to_str().unwrap(), "--rounds", "0"], &fed.env);
+    assert!(joined.status.success(), "a member now: {}", String::from_utf8_lossy(&joined.stderr));
+    let (report, passed) = fed.audit_json();
+    assert!(passed, "{report:#}");
 }
