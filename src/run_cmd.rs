@@ -259,5 +259,6 @@ pub fn describe_worker(e: &WorkerEvent) -> String {
             format!("round {round} applied: {counted} counted, {ours}, state {}", short(state))
         }
         WorkerEvent::Snapshot { round, bytes } => format!("snapshot after round {round}: {bytes} bytes"),
+        WorkerEvent::Exported { key } => format!("ledger exported to {key}"),
     }
 }

@@ -252,6 +252,8 @@ async fn a_late_worker_joins_from_a_snapshot_and_its_contributions_count() {
     fed.wait_all(&mut children);
     let log = fed.log_text("late");
     assert!(log.contains("from a snapshot"), "{log}");
+    let closers = fed.log_text("w1") + &fed.log_text("w2");
+    assert!(closers.contains("ledger exported to exports/"), "each snapshot comes with a Parquet export: {closers}");
     assert!(log.contains("ours counted"), "the late worker's contributions count: {log}");
     assert_eq!(fed.worker_state("late"), fed.worker_state("w1"));
     assert_eq!(fed.audit_ok(), fed.worker_state("w1"));

@@ -323,6 +323,12 @@ impl Follower {
         Ok(appender.append(&[entry]).await?)
     }
 
+    /// Writes the ledger as read so far as Parquet at `exports/{slots:020}.parquet` (derived data for
+    /// DuckDB or pandas users; never authoritative). Returns the key.
+    pub async fn publish_export(&self) -> Result<String, TrainerError> {
+        Ok(ledger::export::write_to_store(&self.reader, &self.info.store).await?.0)
+    }
+
     /// Signs and publishes a checkpoint over the slots read so far (cosigning an equal one).
     pub async fn publish_checkpoint(&mut self, key: &Keypair) -> Result<(), TrainerError> {
         self.reader.publish_checkpoint(key).await?;

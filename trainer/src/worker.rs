@@ -91,6 +91,11 @@ pub enum WorkerEvent {
         /// The state hash after it.
         state: String,
     },
+    /// Published the ledger as Parquet.
+    Exported {
+        /// Its key in the run's store.
+        key: String,
+    },
     /// Uploaded a snapshot.
     Snapshot {
         /// The round it is the state after.
@@ -269,7 +274,8 @@ pub(crate) async fn wait_for_close(
     Ok(())
 }
 
-/// After our RoundClose landed: the snapshot (every `snapshot_every` rounds) and a checkpoint.
+/// After our RoundClose landed: every `snapshot_every` rounds, the snapshot, then a signed
+/// checkpoint and a Parquet export of the ledger (both derived from the log as read).
 pub(crate) async fn after_own_close(
     follower: &mut Follower,
     key: &Keypair,
@@ -284,6 +290,12 @@ pub(crate) async fn after_own_close(
         follower.poll().await?;
         if let Err(e) = follower.publish_checkpoint(key).await {
             tracing::warn!(error = %e, "could not publish a checkpoint; the next snapshot will try again");
+        }
+        match follower.publish_export().await {
+            Ok(key) => events(WorkerEvent::Exported { key }),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not publish the Parquet export; the next snapshot will try again")
+            }
         }
     }
     Ok(())
