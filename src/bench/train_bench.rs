@@ -18,7 +18,7 @@ use trainer::data::{
     Dataset, MAX_TEXT_BYTES, MarkovSpec, Tokenizer, is_parquet_source, load_parquet, load_text, sequences_for_tokens,
 };
 use trainer::model::{ModelConfig, Preset, init_state};
-use trainer::simulate::{Baseline, Device, Swarm, SwarmConfig, global_batch};
+use trainer::simulate::{Baseline, Device, Experiment, Swarm, SwarmConfig, embedding_coherence, global_batch};
 use trainer::step::{AdamWConfig, StepConfig, eval_loss};
 use verify::{Compression, Hyper, NormClip, Ratio, Round, Schedule, ValueEncoding};
 
@@ -82,6 +82,9 @@ pub struct Args {
     /// DCT chunk size.
     #[arg(long, default_value_t = 64)]
     chunk: u16,
+    /// `--csv` and the research flags.
+    #[command(flatten)]
+    research: Box<Research>,
     /// Decoupled weight decay (both optimisers).
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
@@ -97,10 +100,39 @@ pub struct Args {
     /// Threads for libtorch and rayon (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+}
+
+/// The CSV output, and flags for investigating the compression (value encoding) and, not consensus,
+/// the aggregation (in a box with `--csv`: inline they would make the subcommand enum lopsided).
+#[derive(Debug, clap::Args)]
+pub struct Research {
     /// Write the curves here as CSV: step, baseline_loss, cairn_loss, floor_nats (plot them with
     /// infra/plot-curves.sh).
     #[arg(long)]
     csv: Option<std::path::PathBuf>,
+    /// Value encoding of the selected coefficients: sign (1 bit), int8 (per-chunk f32 scale) or bf16.
+    #[arg(long, default_value = "sign")]
+    values: String,
+    /// Research only, not consensus: replace the aggregation's sign(X) by the linear step
+    /// lr * X / rms(X) per tensor (the same RMS step as the sign).
+    #[arg(long)]
+    linear_step: bool,
+    /// Research only, not consensus: tensors that bypass DeMo and take a dense signum step of the
+    /// workers' mean gradient (momentum 0.9): a comma-separated list of names, where `vocab` means
+    /// the embedding and LM head, `norms` every RMSNorm gain, `all` every tensor.
+    #[arg(long, value_delimiter = ',')]
+    dense_tensors: Vec<String>,
+    /// Research only, not consensus: the --dense-tensors get their own DeMo with this top-k (same
+    /// chunk and value encoding, own momentum, aggregated by verify on their own) instead of a dense
+    /// step: a per-tensor top-k. Their extra bytes are added to the upload and the compression.
+    #[arg(long)]
+    dense_topk: Option<u16>,
+    /// Print per-interval diagnostics of the swarm's step: cosine with the workers' mean gradient
+    /// (overall, embedding + LM head, the rest), that of a dense sign step, and the fraction of
+    /// elements whose aggregated direction is exactly 0; at each evaluation, the mean pairwise cosine
+    /// of the embedding rows of the synthetic corpus's 32 symbols, baseline and cairn.
+    #[arg(long)]
+    diagnostics: bool,
 }
 
 fn ratio(x: f64, what: &str) -> anyhow::Result<Ratio> {
@@ -188,6 +220,31 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         },
         device,
     )?;
+    let values = match args.research.values.as_str() {
+        "sign" => ValueEncoding::Sign,
+        "int8" => ValueEncoding::Int8,
+        "bf16" => ValueEncoding::Bf16,
+        other => anyhow::bail!("--values must be sign, int8 or bf16, not {other}"),
+    };
+    let layout = state.layout().clone();
+    let mut dense = Vec::new();
+    for (t, spec) in layout.tensors().iter().enumerate() {
+        let name = spec.name.as_str();
+        let hit = args.research.dense_tensors.iter().any(|d| match d.as_str() {
+            "all" => true,
+            "vocab" => name == "lm_head.weight" || name == "model.embed_tokens.weight",
+            "norms" => trainer::model::is_norm(name),
+            other => other == name,
+        });
+        if hit {
+            dense.push(t);
+        }
+    }
+    anyhow::ensure!(
+        args.research.dense_tensors.is_empty() || !dense.is_empty(),
+        "--dense-tensors {:?} matches no tensor",
+        args.research.dense_tensors
+    );
     let peak = ratio(args.lr, "--lr")?;
     let schedule = if args.cosine {
         Schedule::WarmupCosine {
@@ -201,7 +258,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         Schedule::WarmupCosine { peak, min: peak, warmup_rounds: args.warmup, total_rounds: args.steps }
     };
     let hyper = Hyper {
-        compression: Compression { chunk_size: args.chunk, topk: args.topk, values: ValueEncoding::Sign },
+        compression: Compression { chunk_size: args.chunk, topk: args.topk, values },
         schedule,
         weight_decay: ratio(args.weight_decay, "--weight-decay")?,
         clip: NormClip::Off,
@@ -212,16 +269,26 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         SwarmConfig { workers: args.workers, hyper, momentum_decay: args.decay, step },
         device,
     )?;
+    let experiment = Experiment {
+        linear: args.research.linear_step,
+        dense: dense.clone(),
+        diagnostics: args.research.diagnostics,
+        dense_topk: args.research.dense_topk,
+    };
+    let research = args.research.linear_step || !dense.is_empty() || args.research.diagnostics;
+    swarm.set_experiment(experiment)?;
     let update_bytes = swarm.update_bytes();
+    let sub_bytes = swarm.sub_update_bytes();
     let dense_bytes = params * 4;
-    let compression_x = dense_bytes as f64 / update_bytes as f64;
+    // With --dense-topk the extra update counts too (an upper bound: those tensors are also in the main one).
+    let compression_x = dense_bytes as f64 / (update_bytes + sub_bytes) as f64;
 
     println!(
         "bench train: {corpus} corpus, preset {preset} ({params} params), {} steps of {} sequences x {} tokens, {} workers, {threads} threads",
         args.steps, sequences, args.seq_len, args.workers
     );
     println!(
-        "  baseline: AdamW lr {} warm-up {} wd {}; cairn: sign step lr {}{} decay {} chunk {} top-k {} 1-bit values",
+        "  baseline: AdamW lr {} warm-up {} wd {}; cairn: sign step lr {}{} decay {} chunk {} top-k {} {} values",
         args.adamw_lr,
         args.warmup,
         args.weight_decay,
@@ -229,8 +296,17 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         if args.cosine { " (cosine to lr/10)" } else { "" },
         args.decay,
         args.chunk,
-        args.topk
+        args.topk,
+        args.research.values
     );
+    if research {
+        println!(
+            "  research (not consensus): linear step {}, dense tensors {:?}, diagnostics {}",
+            args.research.linear_step,
+            dense.iter().map(|&t| layout.tensors()[t].name.as_str()).collect::<Vec<_>>(),
+            args.research.diagnostics
+        );
+    }
     if corpus == "synthetic" {
         println!("  loss floor {floor:.4} nats/token");
     }
@@ -257,6 +333,30 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         if done % args.eval_every == 0 || done == args.steps {
             let (b, c) = evaluate(&baseline, &swarm)?;
             println!("step {done} baseline_loss={b:.4} cairn_loss={c:.4}");
+            if args.research.diagnostics {
+                let d = swarm.take_diagnostics();
+                // Token ids the synthetic corpus writes (byte-level): its first `alphabet` symbols.
+                let rows: Vec<usize> = trainer::data::SYMBOLS[..usize::from(MarkovSpec::default().alphabet)]
+                    .iter()
+                    .map(|&b| usize::from(b))
+                    .collect();
+                let coherence = |s: Option<f64>| s.map_or("-".to_string(), |c| format!("{c:.4}"));
+                println!(
+                    "  diag embedding coherence (mean pairwise cos of the corpus's token rows): baseline {}, cairn {}",
+                    coherence(embedding_coherence(&baseline.model().to_state()?, &rows)),
+                    coherence(embedding_coherence(swarm.state(), &rows))
+                );
+                let n = d.rounds.max(1) as f64;
+                println!(
+                    "  diag rounds={} cos_step_grad={:.4} (vocab {:.4}, rest {:.4}) cos_signgrad_grad={:.4} zero_fraction={:.6}",
+                    d.rounds,
+                    d.cos_step_grad / n,
+                    d.cos_step_grad_vocab / n,
+                    d.cos_step_grad_rest / n,
+                    d.cos_signgrad_grad / n,
+                    d.zero_fraction / n
+                );
+            }
             let _ = std::io::stdout().flush();
             curve.push((done, b, c));
         }
@@ -265,7 +365,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         bytes_per_worker == update_bytes,
         "update is {bytes_per_worker} bytes, encoded_len says {update_bytes}"
     );
-    if let Some(path) = &args.csv {
+    if let Some(path) = &args.research.csv {
         // floor_nats: the synthetic corpus's entropy floor, 0 when unknown (as on the last line).
         let mut csv = String::from("step,baseline_loss,cairn_loss,floor_nats\n");
         for (s, b, c) in &curve {
@@ -280,7 +380,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         if corpus == "synthetic" { format!("; floor {floor:.4}") } else { String::new() }
     );
     println!(
-        "  upload per worker per round: {bytes_per_worker} bytes vs {dense_bytes} bytes dense fp32: {compression_x:.0}x smaller"
+        "  upload per worker per round: {bytes_per_worker} bytes (+ {sub_bytes} of --dense-topk) vs {dense_bytes} bytes dense fp32: {compression_x:.0}x smaller"
     );
     println!("  time: baseline {t_base:.1} s, cairn {t_swarm:.1} s ({} workers in sequence)", args.workers);
     println!(

@@ -67,3 +67,29 @@ fn bench_train_runs_both_optimisers_and_both_losses_fall() {
     assert!((last_row[1] - number(&m, "baseline_loss")).abs() < 1e-4, "{curves}");
     assert!((last_row[2] - number(&m, "cairn_loss")).abs() < 1e-4, "{curves}");
 }
+
+#[test]
+fn bench_train_research_flags_are_labelled_and_checked() {
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["bench", "train", "--corpus", "synthetic", "--steps", "2", "--workers", "2"])
+            .args(["--tokens-per-step", "128", "--seq-len", "32", "--eval-every", "2", "--eval-sequences", "4"])
+            .args(["--warmup", "0", "--threads", "1"])
+            .args(extra)
+            .env("OMP_NUM_THREADS", "1")
+            .env_remove("CAIRN_LOG")
+            .output()
+            .expect("run cairn")
+    };
+    let sign = run(&[]);
+    let int8 = run(&["--values", "int8", "--diagnostics", "--dense-tensors", "vocab"]);
+    let (sign_out, int8_out) = (String::from_utf8_lossy(&sign.stdout), String::from_utf8_lossy(&int8.stdout));
+    assert!(int8.status.success(), "{int8_out}{}", String::from_utf8_lossy(&int8.stderr));
+    assert!(int8_out.contains("research (not consensus)"), "{int8_out}");
+    assert!(!sign_out.contains("research"), "{sign_out}");
+    let bytes = |out: &str| number(&pairs(out.lines().last().unwrap()), "bytes_per_worker_round");
+    assert!(bytes(&int8_out) > bytes(&sign_out), "int8 values carry more than one bit each");
+    let bad = run(&["--dense-tensors", "no.such.tensor"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("matches no tensor"));
+}

@@ -20,11 +20,12 @@
 
 pub use tch::Device;
 use tch::Tensor;
+use verify::aggregate::direction;
 use verify::wire::encoded_len;
 use verify::{Expected, Header, Hyper, Layout, Round, RunId, State, StateHash, Update, WorkerKey, apply, decode};
 
 use crate::data::Dataset;
-use crate::demo::DemoState;
+use crate::demo::{DemoState, tensors_to_host};
 use crate::error::TrainerError;
 use crate::model::{Model, ModelConfig};
 use crate::step::{AdamW, AdamWConfig, StepConfig, StepStats, local_step};
@@ -121,6 +122,76 @@ pub struct RoundStats {
     pub state: StateHash,
 }
 
+/// Research knobs of `cairn bench train` that leave the consensus rule (none are consensus: a real
+/// run always uses `verify::apply`). The default is the real rule with no diagnostics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Experiment {
+    /// Replace `sign(X)` of the aggregation by the linear step `lr * X / rms(X)` per tensor (same
+    /// RMS step size as the sign, but small directions stay small).
+    pub linear: bool,
+    /// Layout indices of tensors that bypass DeMo: they take a dense signum step, `lr * sign(m)`,
+    /// `m = 0.9 m + mean of the workers' gradients` (the workers still encode them; it is discarded).
+    pub dense: Vec<usize>,
+    /// Collect [`Diagnostics`] every round (costs one extra aggregation pass and host copies).
+    pub diagnostics: bool,
+    /// With `Some(k)`, the `dense` tensors are not dense: they run their own DeMo (own momentum, the
+    /// run's chunk size and value encoding, top-k `k`) through the wire and `verify::apply` on a
+    /// sub-state of just those tensors: a per-tensor top-k, which the wire format cannot express.
+    pub dense_topk: Option<u16>,
+}
+
+/// The separate DeMo of [`Experiment::dense_topk`].
+#[derive(Debug)]
+struct SubDemo {
+    layout: Layout,
+    /// Layout index in the full state of each sub-layout tensor, sub-layout order.
+    index: Vec<usize>,
+    hyper: Hyper,
+    demo: Vec<DemoState>,
+}
+
+/// Sums over rounds of per-round measurements; see [`Swarm::take_diagnostics`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Diagnostics {
+    /// Rounds summed.
+    pub rounds: u64,
+    /// cos(applied step, -mean gradient of the workers), all tensors.
+    pub cos_step_grad: f64,
+    /// cos(sign(mean gradient), mean gradient): what a dense sign step of the same gradient achieves.
+    pub cos_signgrad_grad: f64,
+    /// Fraction of elements whose aggregated direction X is exactly 0 (they do not move).
+    pub zero_fraction: f64,
+    /// cos(applied step, -mean gradient) restricted to `lm_head.weight` and `model.embed_tokens.weight`.
+    pub cos_step_grad_vocab: f64,
+    /// cos(applied step, -mean gradient) over the other tensors.
+    pub cos_step_grad_rest: f64,
+}
+
+/// Mean pairwise cosine between the rows `rows` of `model.embed_tokens.weight` in `state` (1: every
+/// token looks the same to the first RMSNorm; near 0 at init). `None` without that tensor or with
+/// fewer than two valid rows.
+pub fn embedding_coherence(state: &State, rows: &[usize]) -> Option<f64> {
+    let t = state.layout().tensors().iter().position(|t| t.name == "model.embed_tokens.weight")?;
+    let spec = &state.layout().tensors()[t];
+    let (n_rows, dim) = (*spec.shape.first()? as usize, *spec.shape.get(1)? as usize);
+    let data = &state.data()[t];
+    let mut sum = vec![0.0f64; dim];
+    let mut n = 0usize;
+    for &r in rows.iter().filter(|&&r| r < n_rows) {
+        let row = &data[r * dim..(r + 1) * dim];
+        let norm = dot(row, row).sqrt();
+        if norm > 0.0 {
+            sum.iter_mut().zip(row).for_each(|(s, &x)| *s += f64::from(x) / norm);
+            n += 1;
+        }
+    }
+    if n < 2 {
+        return None;
+    }
+    let total: f64 = sum.iter().map(|x| x * x).sum();
+    Some((total - n as f64) / (n * (n - 1)) as f64)
+}
+
 /// N simulated workers sharing one verify state; see the module docs.
 #[derive(Debug)]
 pub struct Swarm {
@@ -128,6 +199,27 @@ pub struct Swarm {
     model: Model,
     state: State,
     demo: Vec<DemoState>,
+    experiment: Experiment,
+    dense_momentum: Vec<Vec<f32>>,
+    sub: Option<SubDemo>,
+    diagnostics: Diagnostics,
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum()
+}
+
+/// cos between the concatenations of `a[t]` and `b[t]` over the tensors `t` that `keep` accepts.
+fn cosine(a: &[Vec<f32>], b: &[Vec<f32>], keep: impl Fn(usize) -> bool) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (t, (x, y)) in a.iter().zip(b).enumerate() {
+        if keep(t) {
+            ab += dot(x, y);
+            aa += dot(x, x);
+            bb += dot(y, y);
+        }
+    }
+    if aa > 0.0 && bb > 0.0 { ab / (aa.sqrt() * bb.sqrt()) } else { 0.0 }
 }
 
 impl Swarm {
@@ -141,7 +233,49 @@ impl Swarm {
         }
         let m = Model::from_state(model, &state, device)?;
         let demo = (0..config.workers).map(|_| DemoState::new(m.layout(), device)).collect::<Result<_, _>>()?;
-        Ok(Swarm { config, model: m, state, demo })
+        Ok(Swarm {
+            config,
+            model: m,
+            state,
+            demo,
+            experiment: Experiment::default(),
+            dense_momentum: Vec::new(),
+            sub: None,
+            diagnostics: Diagnostics::default(),
+        })
+    }
+
+    /// Sets the research knobs (not consensus; see [`Experiment`]).
+    pub fn set_experiment(&mut self, experiment: Experiment) -> Result<(), TrainerError> {
+        self.sub = match experiment.dense_topk {
+            Some(k) if !experiment.dense.is_empty() => {
+                let specs = self.state.layout().tensors();
+                let layout = Layout::new(experiment.dense.iter().map(|&t| specs[t].clone()).collect())?;
+                let index =
+                    layout.tensors().iter().map(|s| specs.iter().position(|t| t.name == s.name).unwrap_or(0)).collect();
+                let mut hyper = self.config.hyper;
+                hyper.compression.topk = k;
+                hyper.validate()?;
+                let device = self.model.device();
+                let demo =
+                    (0..self.config.workers).map(|_| DemoState::new(&layout, device)).collect::<Result<_, _>>()?;
+                Some(SubDemo { layout, index, hyper, demo })
+            }
+            _ => None,
+        };
+        self.dense_momentum = self.state.layout().tensors().iter().map(|t| vec![0.0; t.elements() as usize]).collect();
+        self.experiment = experiment;
+        Ok(())
+    }
+
+    /// Bytes of one worker's extra update for [`Experiment::dense_topk`] (0 without it).
+    pub fn sub_update_bytes(&self) -> u64 {
+        self.sub.as_ref().map_or(0, |s| encoded_len(&s.layout, &s.hyper.compression))
+    }
+
+    /// The diagnostics summed since the last call, and resets them.
+    pub fn take_diagnostics(&mut self) -> Diagnostics {
+        std::mem::take(&mut self.diagnostics)
     }
 
     /// Bytes of one worker's update for this layout and compression.
@@ -157,9 +291,23 @@ impl Swarm {
         let mut updates: Vec<Update> = Vec::with_capacity(shards.len());
         let mut loss = 0.0;
         let mut bytes = 0u64;
+        let exp = self.experiment.clone();
+        let need_grads = exp.diagnostics || !exp.dense.is_empty();
+        let mut grad_sum: Vec<Vec<f32>> = Vec::new();
+        let mut sub_updates: Vec<Update> = Vec::new();
         for (i, (shard, demo)) in shards.iter().zip(&mut self.demo).enumerate() {
             let g = local_step(&self.model, shard, &self.config.step)?;
             loss += g.loss;
+            if need_grads {
+                let host = tensors_to_host(&g.grads)?;
+                if grad_sum.is_empty() {
+                    grad_sum = host;
+                } else {
+                    for (s, h) in grad_sum.iter_mut().zip(&host) {
+                        s.iter_mut().zip(h).for_each(|(s, h)| *s += h);
+                    }
+                }
+            }
             demo.accumulate(&g.grads, &layout, self.config.momentum_decay, 1.0)?;
             let worker = worker_key(i);
             let header = Header {
@@ -181,8 +329,79 @@ impl Swarm {
                 compression: self.config.hyper.compression,
             };
             updates.push(decode(&blob, &expected)?);
+            if let Some(sub) = &mut self.sub {
+                let grads: Vec<Tensor> = sub.index.iter().map(|&t| g.grads[t].shallow_clone()).collect();
+                let d = &mut sub.demo[i];
+                d.accumulate(&grads, &sub.layout, self.config.momentum_decay, 1.0)?;
+                let compression = sub.hyper.compression;
+                let header = Header { run: SIM_RUN, round, base, worker, layout: sub.layout.hash(), compression };
+                let blob = d.encode(&header, &sub.layout)?.to_bytes();
+                let expected = Expected { run: SIM_RUN, round, base, worker, layout: &sub.layout, compression };
+                sub_updates.push(decode(&blob, &expected)?);
+            }
         }
-        apply(&mut self.state, round, &updates, &self.config.hyper)?;
+        let before: Vec<Vec<f32>> = if need_grads { self.state.data().to_vec() } else { Vec::new() };
+        let hyper = &self.config.hyper;
+        let lr = hyper.schedule.lr(round);
+        let decay = 1.0f32 - lr * (hyper.weight_decay.to_f64() as f32);
+        let dir = if exp.linear || exp.diagnostics { Some(direction(&layout, round, &updates, hyper)?) } else { None };
+        match (&dir, exp.linear) {
+            (Some(dir), true) => {
+                for (p, x) in self.state.data_mut().iter_mut().zip(dir) {
+                    let rms = (dot(x, x) / x.len().max(1) as f64).sqrt();
+                    let scale = if rms > 0.0 { f64::from(lr) / rms } else { 0.0 };
+                    p.iter_mut().zip(x).for_each(|(p, &x)| *p = *p * decay - (f64::from(x) * scale) as f32);
+                }
+            }
+            _ => apply(&mut self.state, round, &updates, hyper)?,
+        }
+        let n = shards.len() as f32;
+        if let Some(sub) = &self.sub {
+            let parts = sub.index.iter().map(|&t| before[t].clone()).collect();
+            let mut sub_state = State::from_parts(sub.layout.clone(), parts)?;
+            apply(&mut sub_state, round, &sub_updates, &sub.hyper)?;
+            for (&t, data) in sub.index.iter().zip(sub_state.data()) {
+                self.state.data_mut()[t].copy_from_slice(data);
+            }
+        }
+        for &t in if self.sub.is_some() { &[][..] } else { &exp.dense[..] } {
+            let m = &mut self.dense_momentum[t];
+            let p = &mut self.state.data_mut()[t];
+            for (((m, p), &b), &g) in m.iter_mut().zip(p.iter_mut()).zip(&before[t]).zip(&grad_sum[t]) {
+                *m = 0.9 * *m + g / n;
+                let s = if *m > 0.0 {
+                    1.0
+                } else if *m < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                };
+                *p = b * decay - lr * s;
+            }
+        }
+        if exp.diagnostics {
+            let names: Vec<String> = layout.tensors().iter().map(|t| t.name.clone()).collect();
+            let vocab = |t: usize| names[t] == "lm_head.weight" || names[t] == "model.embed_tokens.weight";
+            let step: Vec<Vec<f32>> = self
+                .state
+                .data()
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| a.iter().zip(b).map(|(a, b)| b - a).collect())
+                .collect();
+            let signs: Vec<Vec<f32>> = grad_sum.iter().map(|g| g.iter().map(|&x| x.signum()).collect()).collect();
+            let d = &mut self.diagnostics;
+            d.rounds += 1;
+            d.cos_step_grad += cosine(&step, &grad_sum, |_| true);
+            d.cos_step_grad_vocab += cosine(&step, &grad_sum, vocab);
+            d.cos_step_grad_rest += cosine(&step, &grad_sum, |t| !vocab(t));
+            d.cos_signgrad_grad += cosine(&signs, &grad_sum, |_| true);
+            if let Some(dir) = &dir {
+                let total: usize = dir.iter().map(Vec::len).sum();
+                let zeros: usize = dir.iter().map(|x| x.iter().filter(|&&x| x == 0.0).count()).sum();
+                d.zero_fraction += zeros as f64 / total.max(1) as f64;
+            }
+        }
         self.model.load_state(&self.state)?;
         Ok(RoundStats { loss: loss / shards.len() as f64, bytes_per_worker: bytes, state: self.state.hash() })
     }
