@@ -421,6 +421,11 @@ async fn adversaries_are_void_or_excluded_and_the_audit_says_why() {
     assert!(excluded.contains(&hex("flipper").as_str()), "max_failures = 1 excludes the flipper: {excluded:?}");
     // The honest workers agree with the auditor.
     assert_eq!(report["state"].as_str().map(str::to_string), Some(fed.worker_state("w1")));
+    // The excluded key, run as a worker, stops at once and says why.
+    let out = cairn(&["worker", "--store", &fed.url, "--key", fed.key_path("flipper")], &fed.env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("excluded by validators' verdicts"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -157,11 +157,11 @@ pub async fn run_worker(
             applied(&report, &me, &mut summary, events);
         }
         let round = follower.round();
-        if info.train.is_past_end(round.0) || options.rounds.is_some_and(|n| summary.contributed >= n) {
-            break;
-        }
         if let Some(since) = follower.exclusion(&me) {
             return Err(TrainerError::Excluded { since: since.to_string() });
+        }
+        if info.train.is_past_end(round.0) || options.rounds.is_some_and(|n| summary.contributed >= n) {
+            break;
         }
         if follower.has_contributed(&key.public()) {
             events(WorkerEvent::AlreadyContributed { round: round.0 });
