@@ -68,12 +68,8 @@ pub struct Common {
 pub async fn run(cmd: RosterCommand) -> anyhow::Result<Outcome> {
     let (common, change) = match cmd {
         RosterCommand::Add { common, member, organisation, role } => {
-            let role = match role.as_str() {
-                "admin" => Role::Admin,
-                "worker" => Role::Worker,
-                "validator" => Role::Validator,
-                other => anyhow::bail!("--role must be admin, worker or validator, not {other:?}"),
-            };
+            let role = Role::from_name(&role)
+                .with_context(|| format!("--role must be admin, worker or validator, not {role:?}"))?;
             let key = parse_key(&member)?;
             (common, Some(Change::Add(Member { key, organisation, role })))
         }

@@ -71,6 +71,20 @@ impl Role {
         }
     }
 
+    /// The name used in configs and on the command line: `admin`, `worker`, `validator`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Worker => "worker",
+            Role::Validator => "validator",
+        }
+    }
+
+    /// From its [`Role::name`].
+    pub fn from_name(name: &str) -> Option<Role> {
+        [Role::Admin, Role::Worker, Role::Validator].into_iter().find(|r| r.name() == name)
+    }
+
     fn from_tag(tag: u8) -> Result<Role, DecodeError> {
         match tag {
             1 => Ok(Role::Admin),

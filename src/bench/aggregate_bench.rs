@@ -137,12 +137,8 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
 fn run_blocking(args: Args) -> anyhow::Result<Outcome> {
     anyhow::ensure!(args.updates > 0, "--updates must be > 0");
     anyhow::ensure!(args.rounds >= 2, "--rounds must be >= 2 (bit-exactness compares rounds)");
-    let values = match args.values.as_str() {
-        "sign" => ValueEncoding::Sign,
-        "int8" => ValueEncoding::Int8,
-        "bf16" => ValueEncoding::Bf16,
-        other => anyhow::bail!("--values must be sign, int8 or bf16, not {other}"),
-    };
+    let values = ValueEncoding::from_name(&args.values)
+        .with_context(|| format!("--values must be sign, int8 or bf16, not {}", args.values))?;
     let threads =
         if args.threads == 0 { std::thread::available_parallelism().map_or(1, usize::from) } else { args.threads };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("rayon thread pool")?;

@@ -220,12 +220,8 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         },
         device,
     )?;
-    let values = match args.research.values.as_str() {
-        "sign" => ValueEncoding::Sign,
-        "int8" => ValueEncoding::Int8,
-        "bf16" => ValueEncoding::Bf16,
-        other => anyhow::bail!("--values must be sign, int8 or bf16, not {other}"),
-    };
+    let values = ValueEncoding::from_name(&args.research.values)
+        .with_context(|| format!("--values must be sign, int8 or bf16, not {}", args.research.values))?;
     let layout = state.layout().clone();
     let mut dense = Vec::new();
     for (t, spec) in layout.tensors().iter().enumerate() {

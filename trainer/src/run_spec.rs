@@ -477,12 +477,8 @@ impl RunSpec {
             score_eval_sequences: self.validation.eval_sequences,
         };
         train.validate().map_err(|e| bad(e.to_string()))?;
-        let values = match self.demo.values.as_str() {
-            "sign" => ValueEncoding::Sign,
-            "int8" => ValueEncoding::Int8,
-            "bf16" => ValueEncoding::Bf16,
-            other => return Err(bad(format!("demo.values must be sign, int8 or bf16, not {other:?}"))),
-        };
+        let values = ValueEncoding::from_name(&self.demo.values)
+            .ok_or_else(|| bad(format!("demo.values must be sign, int8 or bf16, not {:?}", self.demo.values)))?;
         let o = &self.optimizer;
         let peak = ratio(o.lr, "optimizer.lr")?;
         let schedule = match o.min_lr {
@@ -529,16 +525,9 @@ impl RunSpec {
         for (i, m) in self.roster.member.iter().enumerate() {
             let key = PublicKey::from_str(m.key.trim())
                 .map_err(|e| bad(format!("roster.member[{i}].key {:?}: {e}", m.key)))?;
-            let role = match m.role.as_str() {
-                "admin" => Role::Admin,
-                "worker" => Role::Worker,
-                "validator" => Role::Validator,
-                other => {
-                    return Err(bad(format!(
-                        "roster.member[{i}].role must be admin, worker or validator, not {other:?}"
-                    )));
-                }
-            };
+            let role = Role::from_name(&m.role).ok_or_else(|| {
+                bad(format!("roster.member[{i}].role must be admin, worker or validator, not {:?}", m.role))
+            })?;
             if m.organisation.is_empty() || m.organisation.len() > usize::from(ledger::entry::MAX_ORG_BYTES) {
                 return Err(bad(format!(
                     "roster.member[{i}].organisation must be 1..={} bytes",

@@ -82,6 +82,20 @@ impl ValueEncoding {
         }
     }
 
+    /// The name used in configs and on the command line: `sign`, `int8`, `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueEncoding::Sign => "sign",
+            ValueEncoding::Int8 => "int8",
+            ValueEncoding::Bf16 => "bf16",
+        }
+    }
+
+    /// From its [`ValueEncoding::name`].
+    pub fn from_name(name: &str) -> Option<ValueEncoding> {
+        [ValueEncoding::Sign, ValueEncoding::Int8, ValueEncoding::Bf16].into_iter().find(|v| v.name() == name)
+    }
+
     fn block_bytes(self, kept: u64) -> u64 {
         match self {
             ValueEncoding::Sign => kept.div_ceil(8),
