@@ -54,11 +54,11 @@ pub const MAX_METRIC_NAME_BYTES: u8 = 32;
 /// What a member may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
-    /// Changes the roster (with a quorum), closes rounds, publishes snapshots.
+    /// Changes the roster (with a quorum of admins); like every member, may close rounds and write snapshots.
     Admin,
     /// Trains and contributes.
     Worker,
-    /// Scores contributions, closes rounds.
+    /// Scores contributions (and, like every member, may close rounds).
     Validator,
 }
 

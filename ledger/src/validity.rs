@@ -26,8 +26,8 @@
 //!   Genesis       signers: admins of its own roster (>= 1)
 //!   Contribution  one signer, worker
 //!   Verdict       one signer, validator
-//!   RoundClose    one signer, admin or validator
-//!   Snapshot      one signer, admin or validator
+//!   RoundClose    one signer, any member (its claimed hash is recomputed by everyone)
+//!   Snapshot      one signer, any member (likewise)
 //!   RosterChange  >= quorum signers, all admins
 //! ```
 //!
