@@ -45,6 +45,13 @@ pub struct DemoArgs {
     /// Local folder for keys, run.toml and logs (default: ./cairn-demo-local).
     #[arg(long, default_value = "cairn-demo-local")]
     work_dir: PathBuf,
+    /// Where the workers train: cpu, cuda or cuda:N (the four share it; the validator stays on the
+    /// CPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// The workers' arithmetic: f32, or bf16 (for GPUs).
+    #[arg(long, default_value = "f32")]
+    precision: String,
 }
 
 /// The demo's members: (name, organisation, role).
@@ -62,6 +69,9 @@ const DEMO_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     let started = Instant::now();
+    // Refuse a device or precision the workers would refuse, before anything is written.
+    trainer::parse_device(&args.device)?;
+    args.precision.parse::<trainer::model::Precision>()?;
     let base = absolute_url(&args.store)?;
     admin::init(&base, InitOptions::default(), &Default::default())
         .await
@@ -104,8 +114,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     );
     let mut children = Vec::new();
     for (member, _, role, path, _) in &keys[1..] {
-        let command = if *role == "validator" { "validate" } else { "worker" };
-        children.push((*member, spawn(&exe, command, &url, path, &dir.join("logs").join(format!("{member}.log")))?));
+        let (command, extra) = match *role {
+            "validator" => ("validate", Vec::new()),
+            _ => ("worker", vec!["--device", args.device.as_str(), "--precision", args.precision.as_str()]),
+        };
+        let log = dir.join("logs").join(format!("{member}.log"));
+        children.push((*member, spawn(&exe, command, &extra, &url, path, &log)?));
     }
     let store = storage::open(&url).await.with_context(|| format!("opening {url}"))?;
     let outcome = watch(&store, &mut children, args.rounds).await;
@@ -186,12 +200,13 @@ fn demo_spec(args: &DemoArgs, keys: &[(&str, &str, &str, PathBuf, ledger::Public
     s
 }
 
-fn spawn(exe: &Path, command: &str, url: &str, key: &Path, log: &Path) -> anyhow::Result<Child> {
+fn spawn(exe: &Path, command: &str, extra: &[&str], url: &str, key: &Path, log: &Path) -> anyhow::Result<Child> {
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     Command::new(exe)
         .args([command, "--store", url, "--threads", "1", "--key"])
         .arg(key)
+        .args(extra)
         .stdout(out)
         .stderr(err)
         .kill_on_drop(true)

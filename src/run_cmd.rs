@@ -38,6 +38,10 @@ pub struct ParticipantArgs {
     /// Where to train: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The arithmetic of a worker's passes: f32, or bf16 (matrix products in bf16, the rest f32;
+    /// for GPUs). A local choice: it does not change the run's config.
+    #[arg(long, default_value = "f32")]
+    precision: String,
     /// Stop after this many rounds (default: when the run's last round closes).
     #[arg(long)]
     rounds: Option<u64>,
@@ -186,7 +190,8 @@ pub async fn worker(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     });
     let (url, store) = open_run(&args.store).await?;
     let me = short(&key.public().to_string()).to_string();
-    let options = WorkerOptions { device, rounds: args.rounds, state_file, poll };
+    let precision: trainer::model::Precision = args.precision.parse()?;
+    let options = WorkerOptions { device, rounds: args.rounds, state_file, poll, precision };
     let mut print = |e: WorkerEvent| println!("worker {me}: {}", describe_worker(&e));
     let mut rejoins = Rejoins::new(format!("worker {me}"), args.max_rejoins);
     let summary = loop {

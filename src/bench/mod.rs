@@ -3,6 +3,7 @@
 
 mod aggregate_bench;
 mod ledger_bench;
+mod step_bench;
 mod storage_bench;
 mod train_bench;
 
@@ -20,6 +21,8 @@ pub enum BenchCommand {
     Ledger(ledger_bench::Args),
     /// cairn's DeMo rounds (simulated workers, verify's aggregation) against full-batch AdamW.
     Train(train_bench::Args),
+    /// One worker's compute per round on one device (passes, DeMo encoding): tokens/s and MFU.
+    Step(step_bench::Args),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
@@ -28,6 +31,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
         BenchCommand::Aggregate(args) => aggregate_bench::run(args).await,
         BenchCommand::Ledger(args) => ledger_bench::run(args).await,
         BenchCommand::Train(args) => train_bench::run(args).await,
+        BenchCommand::Step(args) => step_bench::run(args).await,
     }
 }
 

@@ -12,20 +12,47 @@ fn number(map: &HashMap<&str, &str>, key: &str) -> f64 {
     map.get(key).unwrap_or_else(|| panic!("no {key} in {map:?}")).parse().unwrap_or_else(|e| panic!("{key}: {e}"))
 }
 
-#[test]
-fn bench_train_runs_both_optimisers_and_both_losses_fall() {
-    let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("curves.csv");
+/// Runs `cairn bench ARGS` with one libtorch thread; its stdout, after checking it succeeded.
+fn bench(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["bench", "train", "--corpus", "synthetic", "--steps", "4", "--workers", "2"])
-        .args(["--tokens-per-step", "256", "--seq-len", "32", "--eval-every", "2", "--eval-sequences", "8"])
-        .args(["--warmup", "0", "--threads", "1", "--csv", csv.to_str().unwrap()])
+        .arg("bench")
+        .args(args)
         .env("OMP_NUM_THREADS", "1")
         .env_remove("CAIRN_LOG")
         .output()
         .expect("run cairn");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+#[test]
+fn bench_train_runs_both_optimisers_and_both_losses_fall() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("curves.csv");
+    let stdout = bench(&[
+        "train",
+        "--corpus",
+        "synthetic",
+        "--steps",
+        "4",
+        "--workers",
+        "2",
+        "--tokens-per-step",
+        "256",
+        "--seq-len",
+        "32",
+        "--eval-every",
+        "2",
+        "--eval-sequences",
+        "8",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
     let first = stdout.lines().find(|l| l.starts_with("step 0 ")).expect("an evaluation before training");
     let initial = pairs(first);
     let (b0, c0) = (number(&initial, "baseline_loss"), number(&initial, "cairn_loss"));
@@ -92,4 +119,37 @@ fn bench_train_research_flags_are_labelled_and_checked() {
     let bad = run(&["--dense-tensors", "no.such.tensor"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("matches no tensor"));
+}
+
+#[test]
+fn bench_step_times_a_workers_round_and_reports_mfu() {
+    let stdout = bench(&[
+        "step",
+        "--preset",
+        "tiny",
+        "--seq-len",
+        "32",
+        "--tokens-per-round",
+        "256",
+        "--micro-batch",
+        "4",
+        "--rounds",
+        "2",
+        "--threads",
+        "1",
+        "--peak-tflops",
+        "0.001",
+    ]);
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("round ")).count(), 3, "a warm-up and 2 timed rounds: {stdout}");
+    let last = pairs(stdout.lines().last().unwrap_or(""));
+    assert_eq!(number(&last, "tokens_per_round"), 256.0);
+    let (tps, pass_tps) = (number(&last, "tokens_per_s"), number(&last, "pass_tokens_per_s"));
+    assert!(tps > 0.0 && pass_tps >= tps, "the passes are part of the round: {last:?}");
+    let round_ms = number(&last, "round_ms");
+    assert!((256.0 / tps * 1e3 - round_ms).abs() < 0.01 * round_ms + 0.1, "{last:?}");
+    // MFU is the model FLOPs rate over the given peak: 0.001 TFLOP/s here.
+    let want_mfu = tps * number(&last, "model_flops_per_token") / 1e12 / 0.001 * 100.0;
+    assert!((number(&last, "mfu_pct") - want_mfu).abs() <= 0.01 * want_mfu + 0.01, "{last:?}");
+    // The update is the size verify's decoder demands for tiny at chunk 64, top-k 4.
+    assert_eq!(number(&last, "update_bytes"), 2629.0);
 }

@@ -398,9 +398,7 @@ pub fn reference_aggregate(
 #[cfg(test)]
 mod tests {
     use verify::aggregate::direction;
-    use verify::{
-        Compression, Expected, NormClip, Ratio, RunId, Schedule, StateHash, TensorSpec, Values, WorkerKey, decode,
-    };
+    use verify::{Compression, NormClip, Ratio, RunId, Schedule, StateHash, TensorSpec, Values, WorkerKey, decode};
 
     use super::*;
 
@@ -588,15 +586,7 @@ mod tests {
             let update = encode(&ts, &h, &l, &mut bases).unwrap();
             let bytes = update.to_bytes();
             assert_eq!(bytes.len() as u64, verify::wire::encoded_len(&l, &h.compression));
-            let expected = Expected {
-                run: h.run,
-                round: h.round,
-                base: h.base,
-                worker: h.worker,
-                layout: &l,
-                compression: h.compression,
-            };
-            let back = decode(&bytes, &expected).unwrap();
+            let back = decode(&bytes, &h.expected(&l)).unwrap();
             assert_eq!(back, update, "{values:?}");
             assert_eq!(back.to_bytes(), bytes);
         }

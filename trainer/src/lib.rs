@@ -33,9 +33,46 @@ pub struct TorchInfo {
     pub threads: i32,
 }
 
-/// Asks libtorch about itself (a cheap call that proves the library loaded).
+/// Asks libtorch about itself (a cheap call that proves the library loaded). Loads libtorch's CUDA
+/// backend first where one is on the library path ([`load_cuda_backend`]).
 pub fn torch_info() -> TorchInfo {
+    let _ = load_cuda_backend();
     TorchInfo { cuda_available: tch::Cuda::is_available(), threads: tch::get_num_threads() }
+}
+
+/// The library that registers libtorch's CUDA backend when it loads.
+const CUDA_BACKEND: &str = "libtorch_cuda.so";
+
+/// Loads libtorch's CUDA backend into this process, once, so that one binary serves CPUs and GPUs.
+///
+/// `cairn` links only `libtorch_cpu.so` and `libc10.so` (what `make setup` unpacks from the PyPI
+/// torch wheel). The same wheel's `libtorch_cuda.so` registers the CUDA backend with libtorch when
+/// it is loaded, so on a machine where that wheel is installed, pointing `LD_LIBRARY_PATH` at its
+/// `torch/lib` and loading the library here is all a GPU needs (README, "GPU"). Returns why it could
+/// not be loaded (not on the library path, or a missing dependency); the result of the first call
+/// is kept.
+pub fn load_cuda_backend() -> Result<(), String> {
+    static LOADED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let name = std::ffi::CString::new(CUDA_BACKEND).map_err(|e| e.to_string())?;
+            // SAFETY: `name` is a valid NUL-terminated string that outlives the call. The handle is
+            // never closed: the backend's registrations must live as long as the process. dlerror is
+            // read on this thread right after the failed call, as its contract requires.
+            unsafe {
+                let handle = libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+                if handle.is_null() {
+                    let why = libc::dlerror();
+                    return Err(if why.is_null() {
+                        format!("{CUDA_BACKEND} could not be loaded")
+                    } else {
+                        std::ffi::CStr::from_ptr(why).to_string_lossy().into_owned()
+                    });
+                }
+            }
+            Ok(())
+        })
+        .clone()
 }
 
 pub use tch::Device;
@@ -54,11 +91,14 @@ pub fn parse_device(name: &str) -> Result<Device, TrainerError> {
         },
     };
     if let Device::Cuda(n) = device {
+        let loaded = load_cuda_backend();
         let count = tch::Cuda::device_count();
         if i64::try_from(n).unwrap_or(i64::MAX) >= count {
-            return Err(TrainerError::InvalidConfig(format!(
-                "device {name}: this libtorch sees {count} CUDA devices (a CPU-only build sees none; see the README's GPU section)"
-            )));
+            let why = match loaded {
+                Ok(()) => format!("libtorch sees {count} CUDA devices"),
+                Err(e) => format!("no CUDA backend ({e}); put a CUDA torch wheel's torch/lib on LD_LIBRARY_PATH"),
+            };
+            return Err(TrainerError::InvalidConfig(format!("device {name}: {why} (README, \"GPU\")")));
         }
     }
     Ok(device)
@@ -83,5 +123,19 @@ mod tests {
         let got: Vec<f32> = Vec::<f32>::try_from(c.flatten(0, -1)).expect("tensor to vec");
         assert_eq!(got, vec![19.0, 22.0, 43.0, 50.0]);
         assert!(super::torch_info().threads >= 1);
+    }
+
+    /// A CUDA device asked of a libtorch without its CUDA backend fails in one line that says why
+    /// and what to do (CI has no GPU, so this is the path it can check).
+    #[test]
+    fn cuda_without_a_backend_says_how_to_get_one() {
+        if super::torch_info().cuda_available {
+            assert!(super::parse_device("cuda").is_ok());
+            return;
+        }
+        let err = super::parse_device("cuda:0").unwrap_err().to_string();
+        assert!(err.contains("cuda:0") && err.contains("LD_LIBRARY_PATH"), "{err}");
+        assert!(super::parse_device("gpu").is_err());
+        assert_eq!(super::parse_device("cpu").unwrap(), Device::Cpu);
     }
 }

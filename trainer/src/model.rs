@@ -87,6 +87,48 @@ impl std::fmt::Display for Preset {
 /// The byte-level vocabulary size, the default.
 pub const BYTE_VOCAB: u32 = 256;
 
+/// The arithmetic of the forward and backward passes. The parameters, their gradients, the DeMo
+/// momentum and the loss stay f32 either way; this is a worker's local choice (its updates are
+/// judged by what they do, not how they were computed), so it is not part of the run's config.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Everything in f32 (the default; what CPUs run fastest).
+    #[default]
+    F32,
+    /// Mixed precision: the matrix products and attention in bf16 (tensor cores on GPUs), norms,
+    /// residual stream, softmax and loss in f32.
+    Bf16,
+}
+
+impl Precision {
+    /// The name `--precision` takes: `f32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The kind the matrix products run in.
+    fn matmul_kind(self) -> Kind {
+        match self {
+            Precision::F32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = TrainerError;
+    fn from_str(s: &str) -> Result<Precision, TrainerError> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(TrainerError::InvalidConfig(format!("precision must be f32 or bf16, not {other:?}"))),
+        }
+    }
+}
+
 /// The model's shape and numerics. Integers where the HF config has integers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
@@ -276,6 +318,7 @@ pub struct Model {
     /// Rotary tables `[max_seq_len, head_dim]` (f32, on the device).
     cos: Tensor,
     sin: Tensor,
+    precision: Precision,
 }
 
 impl Model {
@@ -333,7 +376,26 @@ impl Model {
             blocks,
             cos,
             sin,
+            precision: Precision::F32,
         })
+    }
+
+    /// The same model computing its passes in `precision` (f32 unless set).
+    pub fn with_precision(mut self, precision: Precision) -> Model {
+        self.precision = precision;
+        self
+    }
+
+    /// The arithmetic of the passes.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// `x · wᵀ` in the precision's matmul kind (a differentiable cast, so gradients reach the f32
+    /// parameter as f32).
+    fn linear(&self, x: &Tensor, w: &Tensor) -> Result<Tensor, TrainerError> {
+        let kind = self.precision.matmul_kind();
+        Ok(x.f_to_kind(kind)?.f_linear::<Tensor>(&w.f_to_kind(kind)?, None)?)
     }
 
     /// The config.
@@ -421,12 +483,14 @@ impl Model {
         let sin = self.sin.f_narrow(0, 0, t)?;
         let mut x = Tensor::f_embedding(&self.embed, &tokens, -1, false, false)?;
         for blk in &self.blocks {
+            let kind = self.precision.matmul_kind();
             let h = rms_norm(&x, &blk.input_norm, c.norm_eps)?;
-            let q = h.f_linear::<Tensor>(&blk.q, None)?.f_view([b, t, heads, hd])?.f_transpose(1, 2)?;
-            let k = h.f_linear::<Tensor>(&blk.k, None)?.f_view([b, t, kv_heads, hd])?.f_transpose(1, 2)?;
-            let v = h.f_linear::<Tensor>(&blk.v, None)?.f_view([b, t, kv_heads, hd])?.f_transpose(1, 2)?;
-            let q = rotate(&q, &cos, &sin)?;
-            let mut k = rotate(&k, &cos, &sin)?;
+            let q = self.linear(&h, &blk.q)?.f_view([b, t, heads, hd])?.f_transpose(1, 2)?;
+            let k = self.linear(&h, &blk.k)?.f_view([b, t, kv_heads, hd])?.f_transpose(1, 2)?;
+            let v = self.linear(&h, &blk.v)?.f_view([b, t, kv_heads, hd])?.f_transpose(1, 2)?;
+            // The rotation runs in f32 (the tables are f32); attention in the matmul kind.
+            let q = rotate(&q, &cos, &sin)?.f_to_kind(kind)?;
+            let mut k = rotate(&k, &cos, &sin)?.f_to_kind(kind)?;
             let mut v = v;
             if kv_heads < heads {
                 k = k.f_repeat_interleave_self_int(heads / kv_heads, 1, None)?;
@@ -434,14 +498,14 @@ impl Model {
             }
             let a = Tensor::f_scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, false)?;
             let a = a.f_transpose(1, 2)?.f_contiguous()?.f_view([b, t, heads * hd])?;
-            x = x.f_add(&a.f_linear::<Tensor>(&blk.o, None)?)?;
+            x = x.f_add(&self.linear(&a, &blk.o)?)?;
             let h = rms_norm(&x, &blk.post_norm, c.norm_eps)?;
-            let gate = h.f_linear::<Tensor>(&blk.gate, None)?.f_silu()?;
-            let up = h.f_linear::<Tensor>(&blk.up, None)?;
-            x = x.f_add(&gate.f_mul(&up)?.f_linear::<Tensor>(&blk.down, None)?)?;
+            let gate = self.linear(&h, &blk.gate)?.f_silu()?;
+            let up = self.linear(&h, &blk.up)?;
+            x = x.f_add(&self.linear(&gate.f_mul(&up)?, &blk.down)?)?;
         }
         let x = rms_norm(&x, &self.norm, c.norm_eps)?;
-        Ok(x.f_linear::<Tensor>(&self.lm_head, None)?)
+        Ok(self.linear(&x, &self.lm_head)?.f_to_kind(Kind::Float)?)
     }
 
     /// Mean next-token cross-entropy (nats) over `sequences` `[B, T + 1]`: the first T tokens are the
@@ -652,6 +716,32 @@ mod tests {
             1e-6,
             false
         ));
+    }
+
+    #[test]
+    fn bf16_passes_track_f32_and_leave_f32_gradients() {
+        tch::set_num_threads(1);
+        let config = ModelConfig { layers: 2, ..tiny() };
+        let f32_model = Model::new(&config, 4, Device::Cpu).unwrap();
+        let bf16_model = Model::new(&config, 4, Device::Cpu).unwrap().with_precision(Precision::Bf16);
+        assert_eq!(bf16_model.precision(), Precision::Bf16);
+        let tokens: Vec<i64> = (0..2 * 33).map(|i| (i * 37 % 251) as i64).collect();
+        let batch = Tensor::from_slice(&tokens).reshape([2, 33]);
+        let exact = f64::try_from(f32_model.loss(&batch).unwrap()).unwrap();
+        let loss = bf16_model.loss(&batch).unwrap();
+        assert_eq!(loss.kind(), Kind::Float);
+        let mixed = f64::try_from(&loss).unwrap();
+        // bf16 keeps 8 bits of mantissa: the loss moves, but by far less than training moves it.
+        assert!((mixed - exact).abs() < 0.02, "bf16 {mixed} vs f32 {exact}");
+        assert_ne!(mixed, exact, "the bf16 path must actually compute in bf16");
+        loss.backward();
+        for p in bf16_model.params() {
+            let g = p.grad();
+            assert!(g.defined() && g.kind() == Kind::Float, "an f32 gradient for every parameter");
+        }
+        assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
+        assert_eq!(Precision::default().name().parse::<Precision>().unwrap(), Precision::F32);
+        assert!("fp8".parse::<Precision>().is_err());
     }
 
     #[test]

@@ -266,14 +266,7 @@ mod tests {
         assert_eq!(s_honest.score, milli_nats(s_honest.assigned_before - s_honest.assigned_after));
 
         // The blob path scores the same, and a NaN scale in the blob is rejected before any loss.
-        let expected = Expected {
-            run: header.run,
-            round: header.round,
-            base: header.base,
-            worker: header.worker,
-            layout: &layout,
-            compression: header.compression,
-        };
+        let expected = header.expected(&layout);
         let bytes = honest.to_bytes();
         assert_eq!(score_blob(&bytes, &expected, &mut model, &state, &hy, &data, &sc).unwrap(), s_honest);
         let Values::Int8 { scales, .. } = honest.tensors()[0].values() else { panic!("int8 values expected") };

@@ -320,15 +320,7 @@ impl Swarm {
             };
             let blob = demo.encode(&header, &layout)?.to_bytes();
             bytes = blob.len() as u64;
-            let expected = Expected {
-                run: SIM_RUN,
-                round,
-                base,
-                worker,
-                layout: &layout,
-                compression: self.config.hyper.compression,
-            };
-            updates.push(decode(&blob, &expected)?);
+            updates.push(decode(&blob, &header.expected(&layout))?);
             if let Some(sub) = &mut self.sub {
                 let grads: Vec<Tensor> = sub.index.iter().map(|&t| g.grads[t].shallow_clone()).collect();
                 let d = &mut sub.demo[i];

@@ -84,29 +84,34 @@ fn accumulate(model: &Model, batch: &Tensor, config: &StepConfig) -> Result<(f64
         let mut p = p.shallow_clone();
         p.zero_grad();
     }
-    let mut loss_sum = 0.0;
+    // The losses and norms stay on the device until all passes are queued: reading a value back
+    // waits for the device, and one wait per step keeps a GPU busy.
+    let mut losses = Vec::new();
     let mut start = 0;
     while start < n {
         let rows = micro.min(n - start);
         let loss = model.loss(&batch.f_narrow(0, start, rows)?)?;
-        let value = f64::try_from(&loss)?;
-        if !value.is_finite() {
-            return Err(TrainerError::Diverged { what: "loss" });
-        }
-        loss_sum += value * rows as f64;
-        loss.f_mul_scalar(rows as f64 / n as f64)?.f_backward()?;
+        let weighted = loss.f_mul_scalar(rows as f64 / n as f64)?;
+        weighted.f_backward()?;
+        losses.push(weighted.f_detach()?.f_to_kind(Kind::Double)?);
         start += rows;
     }
+    let loss = f64::try_from(Tensor::f_stack(&losses, 0)?.f_sum(Kind::Double)?)?;
+    if !loss.is_finite() {
+        return Err(TrainerError::Diverged { what: "loss" });
+    }
     let norm = tch::no_grad(|| -> Result<f64, TrainerError> {
-        let mut sq = 0.0f64;
+        let mut squares = Vec::new();
         for p in model.params() {
             let g = p.f_grad()?;
             if g.defined() {
-                let v = f64::try_from(g.f_norm()?.f_to_kind(Kind::Double)?)?;
-                sq += v * v;
+                squares.push(g.f_norm()?.f_to_kind(Kind::Double)?.f_square()?);
             }
         }
-        let norm = sq.sqrt();
+        let norm = match squares.is_empty() {
+            true => 0.0,
+            false => f64::try_from(Tensor::f_stack(&squares, 0)?.f_sum(Kind::Double)?)?.sqrt(),
+        };
         if !norm.is_finite() {
             return Err(TrainerError::Diverged { what: "gradient norm" });
         }
@@ -123,7 +128,7 @@ fn accumulate(model: &Model, batch: &Tensor, config: &StepConfig) -> Result<(f64
         }
         Ok(norm)
     })?;
-    Ok((loss_sum / n as f64, norm))
+    Ok((loss, norm))
 }
 
 /// Forward, backward and clipping over `batch` (`[N, T + 1]` token ids, any device), in

@@ -27,7 +27,7 @@ use crate::TrainerError;
 use crate::data::Dataset;
 use crate::demo::DemoState;
 use crate::follow::{CloseOutcome, Follower, close_ready};
-use crate::model::Model;
+use crate::model::{Model, Precision};
 use crate::score::milli_nats;
 use crate::step::{StepConfig, local_step};
 use crate::worker_state::{self, Restored, ResumePolicy};
@@ -43,6 +43,8 @@ pub struct WorkerOptions {
     pub state_file: PathBuf,
     /// Pause between ledger polls while waiting.
     pub poll: Duration,
+    /// The arithmetic of the local passes (f32, or bf16 matrix products on a GPU).
+    pub precision: Precision,
 }
 
 /// What a worker reports as it goes (the CLI prints these).
@@ -131,7 +133,7 @@ pub async fn run_worker(
     let me = WorkerKey(key.public().0);
     let info = follower.info().clone();
     let data = info.train.dataset().await?;
-    let mut model = Model::from_state(&info.model, follower.state(), options.device)?;
+    let mut model = Model::from_state(&info.model, follower.state(), options.device)?.with_precision(options.precision);
     let mut model_hash = follower.state_hash();
     let (joined, from_snapshot) = (follower.round(), follower.joined_at().1);
     let layout = info.config.layout.clone();

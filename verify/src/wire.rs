@@ -151,6 +151,21 @@ pub struct Header {
     pub compression: Compression,
 }
 
+impl Header {
+    /// What a decoder expects of the update this header starts, given the model `layout` (whose
+    /// hash should be `self.layout`): the encoder's side of a round trip.
+    pub fn expected<'a>(&self, layout: &'a Layout) -> Expected<'a> {
+        Expected {
+            run: self.run,
+            round: self.round,
+            base: self.base,
+            worker: self.worker,
+            layout,
+            compression: self.compression,
+        }
+    }
+}
+
 /// What the decoder checks an update against: the caller's view of the run, round and model.
 #[derive(Clone, Copy, Debug)]
 pub struct Expected<'a> {
