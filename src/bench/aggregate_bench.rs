@@ -88,8 +88,8 @@ fn gpt2_small() -> anyhow::Result<Layout> {
 fn synthetic(layout: &Layout, header: Header, rng: &mut StdRng) -> anyhow::Result<Update> {
     let comp = header.compression;
     let mut tensors = Vec::with_capacity(layout.tensors().len());
-    for g in comp.grids(layout) {
-        let kept = g.kept(comp.topk) as usize;
+    for (t, g) in comp.grids(layout).into_iter().enumerate() {
+        let kept = g.kept(comp.topk_for(t)) as usize;
         let n = g.coefficients();
         let mut idx = Vec::with_capacity(g.chunks() as usize * kept);
         let mut chunk: Vec<u16> = Vec::with_capacity(kept);
@@ -144,7 +144,7 @@ fn run_blocking(args: Args) -> anyhow::Result<Outcome> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("rayon thread pool")?;
     trainer::set_torch_threads(threads);
 
-    let comp = Compression { chunk_size: args.chunk, topk: args.k, values };
+    let comp = Compression::uniform(args.chunk, args.k, values);
     comp.validate()?;
     let hyper = Hyper {
         compression: comp,

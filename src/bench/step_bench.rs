@@ -123,7 +123,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     let data = Dataset::synthetic(MarkovSpec::default(), args.seed, args.seq_len, 1)?;
     let mut demo = DemoState::new(&layout, device)?;
     let step = StepConfig { micro_batch: args.micro_batch, clip_norm: Some(1.0) };
-    let compression = Compression { chunk_size: 64, topk: args.topk, values: ValueEncoding::Sign };
+    let compression = Compression::uniform(64, args.topk, ValueEncoding::Sign);
     compression.validate()?;
 
     let first = data.train_range().start;

@@ -46,7 +46,7 @@ async fn two_rounds(url: &str) -> State {
     let config = RunConfig {
         layout: layout.clone(),
         hyper: Hyper {
-            compression: Compression { chunk_size: 4, topk: 3, values: ValueEncoding::Bf16 },
+            compression: Compression::uniform(4, 3, ValueEncoding::Bf16),
             schedule: Schedule::Constant { lr: Ratio::new(1, 100) },
             weight_decay: Ratio::new(1, 10),
             clip: NormClip::Median,

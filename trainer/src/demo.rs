@@ -171,7 +171,7 @@ fn encode_selected(
         let (gr, gc, cr, cc) = dims(&grid);
         let (dr, dc) = (bases.get(grid.chunk_rows)?, bases.get(grid.chunk_cols)?);
         let y = forward(&to_chunks(&t, &grid)?, &dr, &dc)?.f_reshape([gr * gc, cr * cc])?;
-        let kept = grid.kept(comp.topk) as usize;
+        let kept = grid.kept(comp.topk_for(tensor)) as usize;
         let indices = top_indices(&y, kept as i64)?;
         let values = y.f_gather(-1, &indices, false)?;
         let host_values: Vec<f32> = to_host(&values)?;
@@ -319,7 +319,7 @@ pub fn gather_updates(
     let n = updates.len();
     let mut out = Vec::with_capacity(grids.len());
     for (t, grid) in grids.iter().enumerate() {
-        let kept = grid.kept(hyper.compression.topk) as usize;
+        let kept = grid.kept(hyper.compression.topk_for(t)) as usize;
         let chunks = grid.chunks() as usize;
         let width = n * kept;
         let mut idx = vec![0i64; chunks * width];
@@ -443,14 +443,16 @@ mod tests {
         to_host(t).unwrap()
     }
 
+    /// Top-k 8, with "b.weight" (tensor 1) at 24: every test also covers per-tensor top-k.
     fn header(layout: &Layout, values: ValueEncoding, worker: u8) -> Header {
+        let overrides = verify::TopkOverrides::new(&[verify::TopkOverride { tensor: 1, topk: 24 }]).unwrap();
         Header {
             run: RunId([7; 32]),
             round: Round(5),
             base: StateHash([9; 32]),
             worker: WorkerKey([worker; 32]),
             layout: layout.hash(),
-            compression: Compression { chunk_size: 64, topk: 8, values },
+            compression: Compression { overrides, ..Compression::uniform(64, 8, values) },
         }
     }
 
@@ -540,7 +542,7 @@ mod tests {
         for (t, (spec, grid)) in l.tensors().iter().zip(comp.grids(&l)).enumerate() {
             let (cr, cc) = (usize::from(grid.chunk_rows), usize::from(grid.chunk_cols));
             let (rb, cb) = (Basis::new(grid.chunk_rows), Basis::new(grid.chunk_cols));
-            let kept = grid.kept(comp.topk) as usize;
+            let kept = grid.kept(comp.topk_for(t)) as usize;
             let cols = grid.cols as usize;
             let mut x = vec![0.0f32; spec.elements() as usize];
             let noise = random(x.len(), 77 + t as u64);

@@ -176,7 +176,7 @@ mod tests {
 
     fn hyper() -> Hyper {
         Hyper {
-            compression: Compression { chunk_size: 64, topk: 32, values: ValueEncoding::Int8 },
+            compression: Compression::uniform(64, 32, ValueEncoding::Int8),
             schedule: Schedule::Constant { lr: Ratio::new(1, 1000) },
             weight_decay: Ratio::new(1, 10),
             clip: NormClip::Median,

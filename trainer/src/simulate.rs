@@ -254,7 +254,8 @@ impl Swarm {
                 let index =
                     layout.tensors().iter().map(|s| specs.iter().position(|t| t.name == s.name).unwrap_or(0)).collect();
                 let mut hyper = self.config.hyper;
-                hyper.compression.topk = k;
+                hyper.compression =
+                    verify::Compression::uniform(hyper.compression.chunk_size, k, hyper.compression.values);
                 hyper.validate()?;
                 let device = self.model.device();
                 let demo =
@@ -437,7 +438,7 @@ mod tests {
         let swarm_config = SwarmConfig {
             workers: 2,
             hyper: Hyper {
-                compression: Compression { chunk_size: 64, topk: 4, values: ValueEncoding::Sign },
+                compression: Compression::uniform(64, 4, ValueEncoding::Sign),
                 schedule: Schedule::Constant { lr: Ratio::new(3, 1000) },
                 weight_decay: Ratio::new(0, 1),
                 clip: NormClip::Off,

@@ -167,6 +167,12 @@ fn check(layout: &Layout, round: Round, updates: &[Update], hyper: &Hyper) -> Re
                 got: h.compression.values.code(),
             });
         }
+        if h.compression.overrides != comp.overrides {
+            return Err(VerifyError::WrongTopkOverrides {
+                expected: format!("{:?}", comp.overrides.as_slice()),
+                got: format!("{:?}", h.compression.overrides.as_slice()),
+            });
+        }
     }
     Ok(())
 }
@@ -380,7 +386,7 @@ mod tests {
 
     fn hyper(values: ValueEncoding) -> Hyper {
         Hyper {
-            compression: Compression { chunk_size: 8, topk: 5, values },
+            compression: Compression::uniform(8, 5, values),
             schedule: Schedule::Constant { lr: Ratio::new(1, 100) },
             weight_decay: Ratio::new(1, 10),
             clip: NormClip::Median,

@@ -4,10 +4,12 @@
 //! ```text
 //!   offset  size  field                      (all integers little-endian; no floats)
 //!   0       8     magic "CAIRNCFG"
-//!   8       2     version = 1
+//!   8       2     version = 1, or 2 when the compression has top-k overrides
 //!   10            layout      u32 count | (u32 name_len | name | u32 rank | u64 dim * rank) * count
 //!                             (= layout_bytes of FORMAT.md 1.1; names strictly ascending)
 //!                 compression u16 chunk size | u16 top-k | u8 value encoding
+//!                             v2 only: u8 n (1..=4) | (u32 tensor index | u16 top-k) * n, as in
+//!                             the update header (FORMAT.md 2)
 //!                 schedule    u8 tag: 0 constant:      ratio lr
 //!                                     1 warmup-cosine: ratio peak | ratio min | u64 warmup | u64 total
 //!                 weight decay ratio                    ratio = u64 num | u64 den (den != 0)
@@ -27,12 +29,14 @@ use crate::aggregate::{Hyper, MAX_UPDATES_PER_ROUND, NormClip};
 use crate::error::{ConfigError, VerifyError};
 use crate::schedule::{Ratio, Schedule};
 use crate::state::{Layout, MAX_NAME_BYTES, MAX_RANK, MAX_TENSORS, TensorSpec};
-use crate::wire::{Compression, ValueEncoding};
+use crate::wire::{Compression, MAX_TOPK_OVERRIDES, TopkOverride, TopkOverrides, ValueEncoding};
 
 /// First 8 bytes of every run config.
 pub const CONFIG_MAGIC: [u8; 8] = *b"CAIRNCFG";
-/// The config version this crate writes and reads.
+/// The config version of a run without top-k overrides.
 pub const CONFIG_VERSION: u16 = 1;
+/// The config version of a run with top-k overrides.
+pub const CONFIG_VERSION_WITH_OVERRIDES: u16 = 2;
 /// Largest encoded config: the ledger's limit on a Genesis entry's config.
 pub const MAX_CONFIG_BYTES: u64 = ledger::entry::MAX_CONFIG_BYTES as u64;
 /// Largest `extra` field.
@@ -78,6 +82,7 @@ impl RunConfig {
     /// Checks every field against its limits (what [`RunConfig::decode`] enforces on bytes).
     pub fn validate(&self) -> Result<(), VerifyError> {
         self.hyper.validate()?;
+        self.hyper.compression.validate_for(&self.layout)?;
         let r = self.rounds;
         if r.max_contributions == 0 || r.max_contributions as usize > MAX_UPDATES_PER_ROUND {
             return Err(ConfigError::Invalid(format!(
@@ -110,7 +115,11 @@ impl RunConfig {
         self.validate()?;
         let mut out = Vec::new();
         out.extend_from_slice(&CONFIG_MAGIC);
-        out.extend_from_slice(&CONFIG_VERSION.to_le_bytes());
+        let version = match self.hyper.compression.overrides.is_empty() {
+            true => CONFIG_VERSION,
+            false => CONFIG_VERSION_WITH_OVERRIDES,
+        };
+        out.extend_from_slice(&version.to_le_bytes());
         let tensors = self.layout.tensors();
         // Layout::new bounds the count, name lengths and ranks far below u32::MAX.
         out.extend_from_slice(&(tensors.len() as u32).to_le_bytes());
@@ -126,6 +135,7 @@ impl RunConfig {
         out.extend_from_slice(&h.compression.chunk_size.to_le_bytes());
         out.extend_from_slice(&h.compression.topk.to_le_bytes());
         out.push(h.compression.values.code());
+        h.compression.write_overrides(&mut out);
         match h.schedule {
             Schedule::Constant { lr } => {
                 out.push(0);
@@ -166,7 +176,7 @@ impl RunConfig {
             return Err(ConfigError::BadMagic.into());
         }
         let version = r.u16("version")?;
-        if version != CONFIG_VERSION {
+        if version != CONFIG_VERSION && version != CONFIG_VERSION_WITH_OVERRIDES {
             return Err(ConfigError::UnsupportedVersion(version).into());
         }
         let layout = decode_layout(&mut r)?;
@@ -175,7 +185,18 @@ impl RunConfig {
         let code = r.u8("value encoding")?;
         let values =
             ValueEncoding::from_code(code).ok_or(ConfigError::UnknownTag { field: "value encoding", tag: code })?;
-        let compression = Compression { chunk_size, topk, values };
+        let mut compression = Compression::uniform(chunk_size, topk, values);
+        if version == CONFIG_VERSION_WITH_OVERRIDES {
+            let n = r.u8("top-k override count")?;
+            if n == 0 || usize::from(n) > MAX_TOPK_OVERRIDES {
+                return Err(ConfigError::Invalid(format!("{n} top-k overrides in a version 2 config")).into());
+            }
+            let mut list = Vec::with_capacity(usize::from(n));
+            for _ in 0..n {
+                list.push(TopkOverride { tensor: r.u32("override tensor")?, topk: r.u16("override top-k")? });
+            }
+            compression.overrides = TopkOverrides::new(&list)?;
+        }
         let schedule = match r.u8("schedule")? {
             0 => Schedule::Constant { lr: r.ratio("learning rate")? },
             1 => Schedule::WarmupCosine {
@@ -310,7 +331,7 @@ mod tests {
             ])
             .unwrap(),
             hyper: Hyper {
-                compression: Compression { chunk_size: 64, topk: 8, values: ValueEncoding::Sign },
+                compression: Compression::uniform(64, 8, ValueEncoding::Sign),
                 schedule: Schedule::Constant { lr: Ratio::new(1, 100) },
                 weight_decay: Ratio::new(1, 10),
                 clip: NormClip::Median,
@@ -344,8 +365,8 @@ mod tests {
         magic[0] ^= 1;
         assert_eq!(err(&magic), ConfigError::BadMagic);
         let mut version = bytes.clone();
-        version[8] = 2;
-        assert_eq!(err(&version), ConfigError::UnsupportedVersion(2));
+        version[8] = 3;
+        assert_eq!(err(&version), ConfigError::UnsupportedVersion(3));
         // tensors are "b" then "w": swap the one-byte names to make the list unsorted
         let mut unsorted = bytes.clone();
         let b_at = bytes.windows(5).position(|w| w == [1, 0, 0, 0, b'b']).unwrap() + 4;

@@ -41,8 +41,8 @@ pub fn top_k(coefficients: &[f32], kept: usize) -> Vec<u16> {
 /// Encodes `momentum` (layout must match `header.layout`) into an update.
 pub fn encode(momentum: &State, header: &Header) -> Result<Update, VerifyError> {
     let comp = header.compression;
-    comp.validate()?;
     let layout = momentum.layout();
+    comp.validate_for(layout)?;
     if header.layout != layout.hash() {
         return Err(VerifyError::LayoutMismatch("layout hash".into()));
     }
@@ -52,7 +52,7 @@ pub fn encode(momentum: &State, header: &Header) -> Result<Update, VerifyError> 
             return Err(VerifyError::NonFiniteTensor { name: spec.name.clone() });
         }
         let grid = Grid::new(spec, comp.chunk_size);
-        let chunks = encode_tensor(data, &grid, comp.topk);
+        let chunks = encode_tensor(data, &grid, comp.topk_for(t));
         tensors.push(quantise(t as u32, comp.values, chunks)?);
     }
     Update::new(*header, layout, tensors)

@@ -60,6 +60,14 @@ pub enum VerifyError {
         /// The update's.
         got: u16,
     },
+    /// The per-tensor top-k overrides differ from the run's (`tensor:topk,...`, or `none`).
+    #[error("top-k overrides {got}, expected {expected}")]
+    WrongTopkOverrides {
+        /// The run's overrides.
+        expected: String,
+        /// The update's.
+        got: String,
+    },
     /// The value encoding differs from the run's, or is not a known code.
     #[error("value encoding code {got}, expected {expected}")]
     WrongValueEncoding {

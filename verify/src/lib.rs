@@ -41,4 +41,4 @@ pub use replay::{BlobFault, BlobSource, Replay, ReplayReport, Replayed, Start, r
 pub use round::{Candidate, NotCounted, RoundPlan, RoundRule};
 pub use schedule::{Ratio, Schedule};
 pub use state::{Layout, State, TensorSpec};
-pub use wire::{Compression, Expected, Header, Update, ValueEncoding, Values, decode};
+pub use wire::{Compression, Expected, Header, TopkOverride, TopkOverrides, Update, ValueEncoding, Values, decode};

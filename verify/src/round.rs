@@ -406,7 +406,7 @@ mod tests {
         RunConfig {
             layout: Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![4, 4] }]).unwrap(),
             hyper: Hyper {
-                compression: Compression { chunk_size: 4, topk: 2, values: ValueEncoding::Sign },
+                compression: Compression::uniform(4, 2, ValueEncoding::Sign),
                 schedule: Schedule::Constant { lr: Ratio::new(1, 10) },
                 weight_decay: Ratio::new(0, 1),
                 clip: NormClip::Off,

@@ -1,9 +1,11 @@
-//! Update wire format v1: the bytes a worker uploads (and whose blake3 its ledger entry signs).
+//! Update wire format v1 and v2: the bytes a worker uploads (and whose blake3 its ledger entry
+//! signs). Version 2 is version 1 plus per-tensor top-k overrides after the value encoding; an
+//! update without overrides is always version 1, so each update has one encoding.
 //!
 //! ```text
 //!   offset size  field                      (all integers little-endian)
 //!   0      8     magic "CAIRNUPD"
-//!   8      2     version = 1
+//!   8      2     version = 1 (no overrides) or 2 (overrides)
 //!   10     32    run id
 //!   42     8     round
 //!   50     32    base state hash
@@ -12,15 +14,20 @@
 //!   146    2     chunk size            1..=256
 //!   148    2     top-k                 1..=256
 //!   150    1     value encoding        0 = sign, 1 = int8, 2 = bf16
-//!   151    4     tensor count          = tensors in the layout
-//!   155          tensors, in layout order:
+//!   v2 only:
+//!   151    1     override count n      1..=4
+//!   152    6 n   overrides             u32 tensor index | u16 top-k; indices strictly ascending and
+//!                                      below the tensor count, top-k 1..=256 and not the run's top-k
+//!   +0     4     tensor count          = tensors in the layout (at 151 in v1)
+//!   +4           tensors, in layout order:
 //!                  2 chunk_rows | 2 chunk_cols | 8 grid_rows | 8 grid_cols
 //!                  chunks, row-major over the grid, each:
 //!                    indices  kept x 12 or 16 bits, LSB-first bit stream, zero-padded to a byte
 //!                    values   sign:  kept bits (1 = negative), LSB-first, zero-padded to a byte
 //!                             int8:  f32 scale | kept x i8
 //!                             bf16:  kept x u16 (bf16 bits)
-//!   kept = min(top-k, chunk_rows * chunk_cols); indices strictly ascending within a chunk.
+//!   kept = min(the tensor's top-k, chunk_rows * chunk_cols); indices strictly ascending within a
+//!   chunk. A tensor's top-k is its override's, or the run's.
 //! ```
 //!
 //! The encoding is canonical: every accepted byte string is the only encoding of its [`Update`]
@@ -34,10 +41,14 @@ use crate::state::Layout;
 
 /// First 8 bytes of every update.
 pub const MAGIC: [u8; 8] = *b"CAIRNUPD";
-/// The format version this crate writes and reads.
+/// The format version of an update without top-k overrides.
 pub const VERSION: u16 = 1;
-/// Bytes before the first tensor.
+/// The format version of an update with top-k overrides.
+pub const VERSION_WITH_OVERRIDES: u16 = 2;
+/// Bytes before the first tensor in a version 1 update ([`header_len`] in general).
 pub const HEADER_BYTES: u64 = 155;
+/// Most per-tensor top-k overrides a run may set.
+pub const MAX_TOPK_OVERRIDES: usize = 4;
 /// Bytes of a tensor's grid record.
 pub const TENSOR_HEADER_BYTES: u64 = 20;
 /// Largest update accepted (1 GiB).
@@ -105,6 +116,62 @@ impl ValueEncoding {
     }
 }
 
+/// One tensor's top-k instead of the run's: the tensor by its position in layout order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TopkOverride {
+    /// Position of the tensor in layout order.
+    pub tensor: u32,
+    /// Coefficients kept per chunk of that tensor.
+    pub topk: u16,
+}
+
+/// The per-tensor top-k overrides of a run: at most [`MAX_TOPK_OVERRIDES`], tensors strictly
+/// ascending (so equal lists are equal values). A fixed-size list, so [`Compression`] stays `Copy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TopkOverrides {
+    len: u8,
+    entries: [TopkOverride; MAX_TOPK_OVERRIDES],
+}
+
+impl TopkOverrides {
+    /// No overrides: every tensor uses the run's top-k.
+    pub const NONE: TopkOverrides =
+        TopkOverrides { len: 0, entries: [TopkOverride { tensor: 0, topk: 0 }; MAX_TOPK_OVERRIDES] };
+
+    /// The overrides in `list`, which must hold at most [`MAX_TOPK_OVERRIDES`] with strictly
+    /// ascending tensors.
+    pub fn new(list: &[TopkOverride]) -> Result<TopkOverrides, VerifyError> {
+        if list.len() > MAX_TOPK_OVERRIDES {
+            return Err(VerifyError::InvalidCompression(format!(
+                "{} top-k overrides, at most {MAX_TOPK_OVERRIDES}",
+                list.len()
+            )));
+        }
+        if list.windows(2).any(|w| w[0].tensor >= w[1].tensor) {
+            return Err(VerifyError::InvalidCompression("top-k overrides must name tensors in ascending order".into()));
+        }
+        let mut out = TopkOverrides::NONE;
+        out.entries[..list.len()].copy_from_slice(list);
+        out.len = list.len() as u8;
+        Ok(out)
+    }
+
+    /// The overrides, ascending by tensor.
+    pub fn as_slice(&self) -> &[TopkOverride] {
+        &self.entries[..usize::from(self.len)]
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The top-k of tensor `tensor` (layout order), if overridden.
+    pub fn get(&self, tensor: usize) -> Option<u16> {
+        self.as_slice().iter().find(|o| o.tensor as usize == tensor).map(|o| o.topk)
+    }
+}
+
 /// Compression parameters of a run (fixed at genesis).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Compression {
@@ -114,10 +181,19 @@ pub struct Compression {
     pub topk: u16,
     /// Value encoding.
     pub values: ValueEncoding,
+    /// Tensors that keep another number of coefficients per chunk (for example the token
+    /// embedding, whose chunks mix the rows of many tokens).
+    pub overrides: TopkOverrides,
 }
 
 impl Compression {
-    /// Checks the limits.
+    /// The same top-k for every tensor.
+    pub fn uniform(chunk_size: u16, topk: u16, values: ValueEncoding) -> Compression {
+        Compression { chunk_size, topk, values, overrides: TopkOverrides::NONE }
+    }
+
+    /// Checks the limits: chunk size and every top-k in range, and no override that repeats the
+    /// run's top-k (it would be a second encoding of the same compression).
     pub fn validate(&self) -> Result<(), VerifyError> {
         if !(1..=MAX_CHUNK_SIZE).contains(&self.chunk_size) {
             return Err(VerifyError::InvalidCompression(format!("chunk size {}", self.chunk_size)));
@@ -125,7 +201,54 @@ impl Compression {
         if !(1..=MAX_TOPK).contains(&self.topk) {
             return Err(VerifyError::InvalidCompression(format!("top-k {}", self.topk)));
         }
+        // TopkOverrides::new bounds the count and the order; check them again for values built
+        // another way (there is none outside this module, but the check is cheap).
+        TopkOverrides::new(self.overrides.as_slice())?;
+        for o in self.overrides.as_slice() {
+            if !(1..=MAX_TOPK).contains(&o.topk) || o.topk == self.topk {
+                return Err(VerifyError::InvalidCompression(format!(
+                    "top-k {} for tensor {} (1..={MAX_TOPK}, and not the run's {})",
+                    o.topk, o.tensor, self.topk
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// [`Compression::validate`], and every override names a tensor of `layout`.
+    pub fn validate_for(&self, layout: &Layout) -> Result<(), VerifyError> {
+        self.validate()?;
+        let tensors = layout.tensors().len();
+        match self.overrides.as_slice().iter().find(|o| o.tensor as usize >= tensors) {
+            Some(o) => Err(VerifyError::InvalidCompression(format!(
+                "top-k override for tensor {}, the layout has {tensors}",
+                o.tensor
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The top-k of tensor `tensor` (layout order): its override's, or the run's.
+    pub fn topk_for(&self, tensor: usize) -> u16 {
+        self.overrides.get(tensor).unwrap_or(self.topk)
+    }
+
+    /// The update format version this compression is written in.
+    pub fn version(&self) -> u16 {
+        if self.overrides.is_empty() { VERSION } else { VERSION_WITH_OVERRIDES }
+    }
+
+    /// Appends the overrides as the wire format and the run config write them (nothing when there
+    /// are none): u8 count, then u32 tensor | u16 top-k each.
+    pub fn write_overrides(&self, out: &mut Vec<u8>) {
+        if self.overrides.is_empty() {
+            return;
+        }
+        out.push(self.overrides.len);
+        for o in self.overrides.as_slice() {
+            out.extend_from_slice(&o.tensor.to_le_bytes());
+            out.extend_from_slice(&o.topk.to_le_bytes());
+        }
     }
 
     /// Grid of every tensor of `layout`, in layout order.
@@ -272,11 +395,19 @@ pub struct Update {
     tensors: Vec<TensorUpdate>,
 }
 
+/// Bytes before the first tensor of an update at `compression`.
+pub fn header_len(compression: &Compression) -> u64 {
+    match compression.overrides.as_slice().len() {
+        0 => HEADER_BYTES,
+        n => HEADER_BYTES + 1 + 6 * n as u64,
+    }
+}
+
 /// Encoded size of an update for `layout` at `compression` (the decoder demands exactly this many bytes).
 pub fn encoded_len(layout: &Layout, compression: &Compression) -> u64 {
-    let mut n = HEADER_BYTES;
-    for g in compression.grids(layout) {
-        let kept = u64::from(g.kept(compression.topk));
+    let mut n = header_len(compression);
+    for (t, g) in compression.grids(layout).into_iter().enumerate() {
+        let kept = u64::from(g.kept(compression.topk_for(t)));
         let per_chunk = (kept * u64::from(g.index_bits())).div_ceil(8) + compression.values.block_bytes(kept);
         n = n.saturating_add(TENSOR_HEADER_BYTES).saturating_add(g.chunks().saturating_mul(per_chunk));
     }
@@ -287,7 +418,7 @@ impl Update {
     /// Builds an update from per-tensor indices and values (layout order), with every check the decoder makes.
     /// This is how an encoder outside this crate (the trainer's tch encoder) produces one.
     pub fn new(header: Header, layout: &Layout, tensors: Vec<(Vec<u16>, Values)>) -> Result<Update, VerifyError> {
-        header.compression.validate()?;
+        header.compression.validate_for(layout)?;
         if header.layout != layout.hash() {
             return Err(VerifyError::LayoutMismatch("layout hash".into()));
         }
@@ -305,6 +436,7 @@ impl Update {
         let comp = header.compression;
         let mut out = Vec::with_capacity(tensors.len());
         for (t, (grid, (indices, values))) in comp.grids(layout).into_iter().zip(tensors).enumerate() {
+            let kept = grid.kept(comp.topk_for(t));
             let t = t as u32;
             if values.encoding() != comp.values {
                 return Err(VerifyError::WrongValueEncoding {
@@ -312,7 +444,6 @@ impl Update {
                     got: values.encoding().code(),
                 });
             }
-            let kept = grid.kept(comp.topk);
             let expected = grid.chunks() * u64::from(kept);
             for got in [indices.len() as u64, values.len() as u64] {
                 if got != expected {
@@ -353,7 +484,7 @@ impl Update {
         let comp = h.compression;
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&comp.version().to_le_bytes());
         out.extend_from_slice(&h.run.0);
         out.extend_from_slice(&h.round.0.to_le_bytes());
         out.extend_from_slice(&h.base.0);
@@ -362,8 +493,9 @@ impl Update {
         out.extend_from_slice(&comp.chunk_size.to_le_bytes());
         out.extend_from_slice(&comp.topk.to_le_bytes());
         out.push(comp.values.code());
+        comp.write_overrides(&mut out);
         out.extend_from_slice(&(self.tensors.len() as u32).to_le_bytes());
-        assert_eq!(out.len() as u64, HEADER_BYTES);
+        assert_eq!(out.len() as u64, header_len(&comp));
         for t in &self.tensors {
             let g = t.grid;
             out.extend_from_slice(&g.chunk_rows.to_le_bytes());
@@ -521,13 +653,13 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Update, VerifyErr
     if len > MAX_UPDATE_BYTES {
         return Err(VerifyError::TooLarge { len, max: MAX_UPDATE_BYTES });
     }
-    expected.compression.validate()?;
+    expected.compression.validate_for(expected.layout)?;
     let mut r = Reader { bytes, pos: 0 };
     if r.array::<8>()? != MAGIC {
         return Err(VerifyError::BadMagic);
     }
     let version = r.u16()?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_WITH_OVERRIDES {
         return Err(VerifyError::UnsupportedVersion(version));
     }
     let run = RunId(r.array()?);
@@ -563,6 +695,22 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Update, VerifyErr
     if code != comp.values.code() {
         return Err(VerifyError::WrongValueEncoding { expected: comp.values.code(), got: code });
     }
+    let mut overrides = Vec::new();
+    if version == VERSION_WITH_OVERRIDES {
+        let n = r.array::<1>()?[0];
+        if n == 0 || usize::from(n) > MAX_TOPK_OVERRIDES {
+            return Err(VerifyError::InvalidCompression(format!("{n} top-k overrides in a version 2 update")));
+        }
+        for _ in 0..n {
+            overrides.push(TopkOverride { tensor: r.u32()?, topk: r.u16()? });
+        }
+    }
+    if overrides.as_slice() != comp.overrides.as_slice() {
+        return Err(VerifyError::WrongTopkOverrides {
+            expected: format_overrides(comp.overrides.as_slice()),
+            got: format_overrides(&overrides),
+        });
+    }
     let count = r.u32()?;
     let tensors = expected.layout.tensors().len();
     if count as usize != tensors {
@@ -579,6 +727,7 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Update, VerifyErr
     let header = Header { run, round, base, worker, layout, compression: comp };
     let mut out = Vec::with_capacity(tensors);
     for (t, grid) in comp.grids(expected.layout).into_iter().enumerate() {
+        let kept = grid.kept(comp.topk_for(t));
         let t = t as u32;
         let (chunk_rows, chunk_cols, grid_rows, grid_cols) = (r.u16()?, r.u16()?, r.u64()?, r.u64()?);
         if (chunk_rows, chunk_cols, grid_rows, grid_cols)
@@ -586,7 +735,6 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Update, VerifyErr
         {
             return Err(VerifyError::LayoutMismatch(format!("chunk grid of tensor {t}")));
         }
-        let kept = grid.kept(comp.topk);
         let k = kept as usize;
         // The exact-length check above bounds every count below by the input length.
         let chunks = grid.chunks() as usize;
@@ -632,6 +780,14 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Update, VerifyErr
         return Err(VerifyError::TrailingBytes { extra: (bytes.len() - r.pos) as u64 });
     }
     Ok(Update { header, tensors: out })
+}
+
+/// `tensor:topk,...` for error messages (`none` for an empty list).
+fn format_overrides(list: &[TopkOverride]) -> String {
+    match list.is_empty() {
+        true => "none".into(),
+        false => list.iter().map(|o| format!("{}:{}", o.tensor, o.topk)).collect::<Vec<_>>().join(","),
+    }
 }
 
 #[cfg(test)]

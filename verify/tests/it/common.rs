@@ -68,7 +68,7 @@ pub fn hyper(compression: Compression, clip: NormClip) -> Hyper {
 }
 
 pub fn compression(values: ValueEncoding) -> Compression {
-    Compression { chunk_size: 64, topk: 8, values }
+    Compression::uniform(64, 8, values)
 }
 
 /// `n` updates from random momenta (worker i has key [i+1; 32]), for `state`.

@@ -23,7 +23,7 @@ fn config_strategy() -> impl Strategy<Value = RunConfig> {
     ];
     let hyper = (1u16..=256, 1u16..=256, 0u8..3, schedule, ratio(), any::<bool>()).prop_map(
         |(chunk_size, topk, code, schedule, weight_decay, median)| Hyper {
-            compression: Compression { chunk_size, topk, values: ValueEncoding::from_code(code).unwrap() },
+            compression: Compression::uniform(chunk_size, topk, ValueEncoding::from_code(code).unwrap()),
             schedule,
             weight_decay,
             clip: if median { NormClip::Median } else { NormClip::Off },
@@ -75,7 +75,7 @@ fn zero_denominator_and_unknown_tags_are_refused() {
     let config = RunConfig {
         layout: Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![2, 2] }]).unwrap(),
         hyper: Hyper {
-            compression: Compression { chunk_size: 64, topk: 4, values: ValueEncoding::Sign },
+            compression: Compression::uniform(64, 4, ValueEncoding::Sign),
             schedule: Schedule::Constant { lr: Ratio::new(1, 1000) },
             weight_decay: Ratio::new(0, 1),
             clip: NormClip::Off,

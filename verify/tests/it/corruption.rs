@@ -12,7 +12,7 @@ fn every_single_bit_flip_is_rejected_or_changes_the_update() {
     for values in [ValueEncoding::Sign, ValueEncoding::Int8, ValueEncoding::Bf16] {
         let mut r = rng(21);
         let base = random_state(&layout, &mut r, 1.0);
-        let comp = Compression { chunk_size: 8, topk: 5, values };
+        let comp = Compression::uniform(8, 5, values);
         let momentum = random_state(&layout, &mut r, 1.0);
         let original = encode(&momentum, &header(&layout, base.hash(), worker(1), comp)).unwrap();
         let bytes = original.to_bytes();

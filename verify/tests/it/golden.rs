@@ -62,3 +62,30 @@ fn golden_update_bytes_and_state_hash() {
     }
     assert!(failures.is_empty(), "golden values changed:\n{}", failures.join("\n"));
 }
+
+/// The same for a version 2 update: top-k 8 with the embedding at 32 and the attention matrix at 2,
+/// 1-bit values. (update length, blake3 of the first update, state hash.) The length is the uniform
+/// update's 401, plus 13 header bytes, less 6 x 9 bytes for the attention matrix's chunks (12-bit
+/// indices: 13 bytes a chunk at top-k 8, 4 at 2), plus 39 for the embedding's one chunk (52 at 32).
+const GOLDEN_OVERRIDES: (u64, &str, &str) = (
+    399,
+    "3194e512037bef0d4e13f60663e63495203828144e1789ecb648e1f5a4cb5e5a",
+    "a90f0ee89ab65fa56107d4bba64cb7c8f6ed0cc02c57129820298090d7226141",
+);
+
+#[test]
+fn golden_update_with_topk_overrides() {
+    let mut r = rng(42);
+    let s0 = random_state(&model_layout(), &mut r, 0.1);
+    let overrides = verify::TopkOverrides::new(&[
+        verify::TopkOverride { tensor: 0, topk: 2 },
+        verify::TopkOverride { tensor: 3, topk: 32 },
+    ])
+    .unwrap();
+    let comp = verify::Compression { overrides, ..compression(ValueEncoding::Sign) };
+    let ups = updates(&s0, comp, 3, &mut r);
+    let bytes = ups[0].to_bytes();
+    let s1 = aggregate(&s0, ROUND, &ups, &hyper(comp, NormClip::Median)).unwrap();
+    let got = (bytes.len() as u64, blake3::hash(&bytes).to_hex().to_string(), s1.hash().to_hex());
+    assert_eq!((got.0, got.1.as_str(), got.2.as_str()), GOLDEN_OVERRIDES, "golden values changed: {got:?}");
+}

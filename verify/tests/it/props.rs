@@ -22,10 +22,8 @@ fn layout_strategy() -> impl Strategy<Value = Layout> {
 }
 
 fn compression_strategy() -> impl Strategy<Value = Compression> {
-    (1u16..=12, 1u16..=10, 0u8..3).prop_map(|(chunk_size, topk, code)| Compression {
-        chunk_size,
-        topk,
-        values: ValueEncoding::from_code(code).unwrap(),
+    (1u16..=12, 1u16..=10, 0u8..3).prop_map(|(chunk_size, topk, code)| {
+        Compression::uniform(chunk_size, topk, ValueEncoding::from_code(code).unwrap())
     })
 }
 

@@ -26,7 +26,7 @@ pub fn run_config(max_contributions: u32, max_failures: u32) -> RunConfig {
     RunConfig {
         layout: tiny_layout(),
         hyper: Hyper {
-            compression: Compression { chunk_size: 4, topk: 3, values: ValueEncoding::Bf16 },
+            compression: Compression::uniform(4, 3, ValueEncoding::Bf16),
             schedule: Schedule::Constant { lr: Ratio::new(1, 100) },
             weight_decay: Ratio::new(1, 10),
             clip: NormClip::Median,
