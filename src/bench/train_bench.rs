@@ -24,6 +24,23 @@ use verify::{Compression, Hyper, NormClip, Ratio, Round, Schedule, ValueEncoding
 
 use crate::Outcome;
 
+/// `--topk-override` values as (name, top-k): none given, the default (the embedding at 64); `none`,
+/// no overrides.
+fn topk_by_name(values: &[String]) -> anyhow::Result<Vec<(String, u16)>> {
+    match values {
+        [] => Ok(trainer::model::default_topk_overrides()),
+        [none] if none == "none" => Ok(Vec::new()),
+        _ => values
+            .iter()
+            .map(|v| {
+                let (name, k) = v.split_once('=').with_context(|| format!("--topk-override {v:?}: NAME=K expected"))?;
+                let k: u16 = k.parse().with_context(|| format!("--topk-override {v:?}: K must be 1 to 256"))?;
+                Ok((name.to_string(), k))
+            })
+            .collect(),
+    }
+}
+
 /// Default text for `--corpus shakespeare`, relative to the working directory.
 const SHAKESPEARE: &str = "../shared/data/tinyshakespeare.txt";
 
@@ -79,6 +96,10 @@ pub struct Args {
     /// Coefficients kept per chunk.
     #[arg(long, default_value_t = 4)]
     topk: u16,
+    /// Top-k of one tensor, NAME=K (repeatable), as a run.toml's `[demo.topk_by_tensor]` sets it;
+    /// `none` for none. Default: the token embedding at 64, as in a run that sets nothing.
+    #[arg(long = "topk-override", value_name = "NAME=K")]
+    topk_override: Vec<String>,
     /// DCT chunk size.
     #[arg(long, default_value_t = 64)]
     chunk: u16,
@@ -253,8 +274,9 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         // min = peak: linear warm-up, then constant (the baseline's schedule).
         Schedule::WarmupCosine { peak, min: peak, warmup_rounds: args.warmup, total_rounds: args.steps }
     };
+    let overrides = trainer::model::topk_overrides(&layout, args.topk, &topk_by_name(&args.topk_override)?)?;
     let hyper = Hyper {
-        compression: Compression { chunk_size: args.chunk, topk: args.topk, values },
+        compression: Compression { overrides, ..Compression::uniform(args.chunk, args.topk, values) },
         schedule,
         weight_decay: ratio(args.weight_decay, "--weight-decay")?,
         clip: NormClip::Off,
@@ -284,7 +306,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         args.steps, sequences, args.seq_len, args.workers
     );
     println!(
-        "  baseline: AdamW lr {} warm-up {} wd {}; cairn: sign step lr {}{} decay {} chunk {} top-k {} {} values",
+        "  baseline: AdamW lr {} warm-up {} wd {}; cairn: sign step lr {}{} decay {} chunk {} top-k {}{} {} values",
         args.adamw_lr,
         args.warmup,
         args.weight_decay,
@@ -293,6 +315,13 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         args.decay,
         args.chunk,
         args.topk,
+        hyper
+            .compression
+            .overrides
+            .as_slice()
+            .iter()
+            .map(|o| format!(" ({} {})", layout.tensors()[o.tensor as usize].name, o.topk))
+            .collect::<String>(),
         args.research.values
     );
     if research {

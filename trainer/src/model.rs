@@ -33,7 +33,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor, nn};
-use verify::{Layout, State, TensorSpec};
+use verify::{Layout, State, TensorSpec, TopkOverride, TopkOverrides};
 
 use crate::error::TrainerError;
 
@@ -235,6 +235,41 @@ impl ModelConfig {
         }
         Ok(Layout::new(specs)?)
     }
+}
+
+/// The token embedding's name in the layout.
+pub const EMBEDDING: &str = "model.embed_tokens.weight";
+
+/// Top-k of the token embedding in a run that does not set one: 64 per 64 x 64 chunk.
+///
+/// Each DCT chunk of the embedding mixes the rows of 64 tokens. At a low top-k the kept
+/// coefficients are patterns shared by those rows, the sign step moves every token's embedding the
+/// same way, and the embeddings converge until the model cannot tell its inputs apart (loss stuck at
+/// the unigram entropy; docs/BENCHMARKS.md, "Why cairn stalls"). A higher top-k for this one tensor
+/// keeps the rows apart. At 1-bit values it costs 104 bytes per 64 x 64 chunk per round instead of
+/// 7 at top-k 4: 2.3 KB more for the byte vocabulary of `small`, about 0.9 MB more for a 50,000-token
+/// vocabulary at width 768, where a lower value may be the better trade.
+pub const DEFAULT_EMBEDDING_TOPK: u16 = 64;
+
+/// The default per-tensor top-k: the embedding at [`DEFAULT_EMBEDDING_TOPK`].
+pub fn default_topk_overrides() -> Vec<(String, u16)> {
+    vec![(EMBEDDING.to_string(), DEFAULT_EMBEDDING_TOPK)]
+}
+
+/// Per-tensor top-k by name, as verify's overrides by position in `layout` (sorted by position; an
+/// entry equal to the run's `topk` is dropped, since it overrides nothing).
+pub fn topk_overrides(layout: &Layout, topk: u16, by_name: &[(String, u16)]) -> Result<TopkOverrides, TrainerError> {
+    let mut list = Vec::with_capacity(by_name.len());
+    for (name, k) in by_name {
+        let tensor = layout
+            .position(name)
+            .ok_or_else(|| TrainerError::InvalidConfig(format!("top-k override for {name:?}: no such tensor")))?;
+        if *k != topk {
+            list.push(TopkOverride { tensor: tensor as u32, topk: *k });
+        }
+    }
+    list.sort_by_key(|o| o.tensor);
+    Ok(TopkOverrides::new(&list)?)
 }
 
 /// Whether a parameter is an RMSNorm weight (initialised to ones, no weight decay).

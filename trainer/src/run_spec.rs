@@ -14,6 +14,7 @@
 //! entry, decode the RunConfig and the [`TrainSpec`] in its `extra` bytes, and know the run. The
 //! TOML is documented field by field in docs/RUN.md and in `RunSpec::EXAMPLE`.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use ledger::{Member, PublicKey, Role};
@@ -26,7 +27,7 @@ use crate::data::{
     DEFAULT_TEXT_COLUMN, Dataset, MAX_TEXT_BYTES, MarkovSpec, Tokenizer, is_parquet_source, load_parquet, load_text,
     sequences_for_tokens,
 };
-use crate::model::{BYTE_VOCAB, ModelConfig, Preset};
+use crate::model::{BYTE_VOCAB, ModelConfig, Preset, topk_overrides};
 use crate::score::ScoreConfig;
 
 /// Denominator of the exact ratios that learning rates and weight decay become.
@@ -146,11 +147,24 @@ pub struct DemoSection {
     pub topk: u16,
     /// Value encoding: sign (1 bit), int8, bf16.
     pub values: String,
+    /// Top-k of particular tensors, by name (`[demo.topk_by_tensor]`); left out: the embedding at
+    /// [`crate::model::DEFAULT_EMBEDDING_TOPK`]; an empty table: none.
+    pub topk_by_tensor: Option<BTreeMap<String, u16>>,
 }
 
 impl Default for DemoSection {
     fn default() -> DemoSection {
-        DemoSection { chunk: 64, topk: 4, values: "sign".into() }
+        DemoSection { chunk: 64, topk: 4, values: "sign".into(), topk_by_tensor: None }
+    }
+}
+
+impl DemoSection {
+    /// The per-tensor top-k this section sets, by name.
+    pub fn topk_by_name(&self) -> Vec<(String, u16)> {
+        match &self.topk_by_tensor {
+            None => crate::model::default_topk_overrides(),
+            Some(map) => map.iter().map(|(name, k)| (name.clone(), *k)).collect(),
+        }
     }
 }
 
@@ -500,13 +514,13 @@ impl RunSpec {
             "off" => NormClip::Off,
             other => return Err(bad(format!("optimizer.clip must be median or off, not {other:?}"))),
         };
-        let hyper = Hyper {
-            compression: Compression { chunk_size: self.demo.chunk, topk: self.demo.topk, values },
-            schedule,
-            weight_decay: ratio(o.weight_decay, "optimizer.weight_decay")?,
-            clip,
-        };
         let layout = train.model_config()?.layout()?;
+        let overrides = topk_overrides(&layout, self.demo.topk, &self.demo.topk_by_name())
+            .map_err(|e| bad(format!("demo.topk_by_tensor: {e}")))?;
+        let compression = Compression { overrides, ..Compression::uniform(self.demo.chunk, self.demo.topk, values) };
+        compression.validate_for(&layout).map_err(|e| bad(format!("demo: {e}")))?;
+        let hyper =
+            Hyper { compression, schedule, weight_decay: ratio(o.weight_decay, "optimizer.weight_decay")?, clip };
         let config = RunConfig {
             layout,
             hyper,
@@ -597,6 +611,33 @@ mod tests {
         assert_eq!(spec.data.text_column, "text");
         assert_eq!(spec.demo.topk, DemoSection::default().topk);
         assert_eq!(spec.genesis_parts(BYTE_VOCAB).unwrap().train.text_column, "text");
+    }
+
+    #[test]
+    fn per_tensor_top_k_defaults_to_the_embedding_and_can_be_set_or_cleared() {
+        let compression = |text: &str| RunSpec::parse(text).unwrap().genesis_parts(BYTE_VOCAB).unwrap().config;
+        let config = compression(RunSpec::EXAMPLE);
+        let embed = config.layout.position(crate::model::EMBEDDING).unwrap();
+        let c = config.hyper.compression;
+        assert_eq!((c.topk, c.topk_for(embed), c.overrides.as_slice().len()), (4, 64, 1));
+        let set = RunSpec::EXAMPLE.replacen(
+            "[optimizer]",
+            "[demo.topk_by_tensor]\n\"lm_head.weight\" = 16\n\"model.embed_tokens.weight\" = 32\n\n[optimizer]",
+            1,
+        );
+        let config = compression(&set);
+        let c = config.hyper.compression;
+        assert_eq!(c.topk_for(embed), 32);
+        assert_eq!(c.topk_for(config.layout.position("lm_head.weight").unwrap()), 16);
+        let cleared = RunSpec::EXAMPLE.replacen("[optimizer]", "[demo.topk_by_tensor]\n\n[optimizer]", 1);
+        assert!(compression(&cleared).hyper.compression.overrides.is_empty());
+        let unknown = RunSpec::EXAMPLE.replacen("[optimizer]", "[demo.topk_by_tensor]\n\"wte\" = 32\n\n[optimizer]", 1);
+        let err = RunSpec::parse(&unknown).unwrap().genesis_parts(BYTE_VOCAB).unwrap_err().to_string();
+        assert!(err.contains("demo.topk_by_tensor") && err.contains("wte"), "{err}");
+        let zero =
+            RunSpec::EXAMPLE.replacen("[optimizer]", "[demo.topk_by_tensor]\n\"lm_head.weight\" = 0\n\n[optimizer]", 1);
+        let err = RunSpec::parse(&zero).unwrap().genesis_parts(BYTE_VOCAB).unwrap_err().to_string();
+        assert!(err.contains("demo"), "{err}");
     }
 
     #[tokio::test]
