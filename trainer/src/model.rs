@@ -514,18 +514,19 @@ impl Model {
                 c.vocab
             )));
         }
-        let cos = self.cos.f_narrow(0, 0, t)?;
-        let sin = self.sin.f_narrow(0, 0, t)?;
+        // The rotation runs in the matmul kind (HF's convention under bf16 too).
+        let kind = self.precision.matmul_kind();
+        let cos = self.cos.f_narrow(0, 0, t)?.f_to_kind(kind)?;
+        let sin = self.sin.f_narrow(0, 0, t)?.f_to_kind(kind)?;
         let mut x = Tensor::f_embedding(&self.embed, &tokens, -1, false, false)?;
         for blk in &self.blocks {
-            let kind = self.precision.matmul_kind();
-            let h = rms_norm(&x, &blk.input_norm, c.norm_eps)?;
+            // Normalised activations are cast once for the three (then two) products that read them.
+            let h = rms_norm(&x, &blk.input_norm, c.norm_eps)?.f_to_kind(kind)?;
             let q = self.linear(&h, &blk.q)?.f_view([b, t, heads, hd])?.f_transpose(1, 2)?;
             let k = self.linear(&h, &blk.k)?.f_view([b, t, kv_heads, hd])?.f_transpose(1, 2)?;
             let v = self.linear(&h, &blk.v)?.f_view([b, t, kv_heads, hd])?.f_transpose(1, 2)?;
-            // The rotation runs in f32 (the tables are f32); attention in the matmul kind.
-            let q = rotate(&q, &cos, &sin)?.f_to_kind(kind)?;
-            let mut k = rotate(&k, &cos, &sin)?.f_to_kind(kind)?;
+            let q = rotate(&q, &cos, &sin)?;
+            let mut k = rotate(&k, &cos, &sin)?;
             let mut v = v;
             if kv_heads < heads {
                 k = k.f_repeat_interleave_self_int(heads / kv_heads, 1, None)?;
@@ -534,7 +535,7 @@ impl Model {
             let a = Tensor::f_scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, false)?;
             let a = a.f_transpose(1, 2)?.f_contiguous()?.f_view([b, t, heads * hd])?;
             x = x.f_add(&self.linear(&a, &blk.o)?)?;
-            let h = rms_norm(&x, &blk.post_norm, c.norm_eps)?;
+            let h = rms_norm(&x, &blk.post_norm, c.norm_eps)?.f_to_kind(kind)?;
             let gate = self.linear(&h, &blk.gate)?.f_silu()?;
             let up = self.linear(&h, &blk.up)?;
             x = x.f_add(&self.linear(&gate.f_mul(&up)?, &blk.down)?)?;
