@@ -358,14 +358,13 @@ impl Store {
         match put {
             Some(r) => Ok(PutOutcome::Created(self.version_after_put(&bytes, blake3, r))),
             None if !uncertain => Ok(PutOutcome::AlreadyExists),
-            None => match self.get_unlimited(key).await {
-                Ok(existing) if existing.bytes == bytes => {
+            None => match self.holds(key, &bytes).await? {
+                Some(version) => {
                     debug!(key, "key taken by identical bytes after a lost reply: our write landed");
-                    Ok(PutOutcome::Created(existing.version))
+                    Ok(PutOutcome::Created(version))
                 }
                 // Different bytes, or taken and deleted since: not ours.
-                Ok(_) | Err(StoreError::NotFound { .. }) => Ok(PutOutcome::AlreadyExists),
-                Err(e) => Err(e),
+                None => Ok(PutOutcome::AlreadyExists),
             },
         }
     }
@@ -427,10 +426,9 @@ impl Store {
         match swapped {
             Some(v) => Ok(CasOutcome::Swapped(v)),
             None if !uncertain => Ok(CasOutcome::Conflict),
-            None => match self.get_unlimited(key).await {
-                Ok(current) if current.bytes == bytes => Ok(CasOutcome::Swapped(current.version)),
-                Ok(_) | Err(StoreError::NotFound { .. }) => Ok(CasOutcome::Conflict),
-                Err(e) => Err(e),
+            None => match self.holds(key, &bytes).await? {
+                Some(version) => Ok(CasOutcome::Swapped(version)),
+                None => Ok(CasOutcome::Conflict),
             },
         }
     }
@@ -483,10 +481,15 @@ impl Store {
         .map_err(|size| StoreError::TooLarge { key: key.to_string(), size, limit: limit_bytes })
     }
 
-    /// Reads our own small pointer objects back for comparison; the limit is generous because
-    /// the caller has just tried to write an object of the same size.
-    async fn get_unlimited(&self, key: &str) -> Result<Object> {
-        self.get(key, u64::MAX).await
+    /// Whether the object at `key` holds exactly `bytes` (our write, whose reply was lost), and its
+    /// version if so. Reads at most `bytes.len()`: anything larger is not ours, and whoever wrote
+    /// it may have made it too large to hold in memory.
+    async fn holds(&self, key: &str, bytes: &Bytes) -> Result<Option<Version>> {
+        match self.get(key, bytes.len() as u64).await {
+            Ok(current) if current.bytes == *bytes => Ok(Some(current.version)),
+            Ok(_) | Err(StoreError::NotFound { .. } | StoreError::TooLarge { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads `range` of an object (the end is clamped to the object's size by the backend).
@@ -584,6 +587,21 @@ fn s3_error_summary(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After a lost reply, the object at the key is read back to see whether our write landed: at
+    /// most our own length, so a huge object someone else wrote there is never downloaded.
+    #[tokio::test]
+    async fn a_lost_reply_reads_back_at_most_our_own_length() {
+        let store = crate::open("memory://").await.unwrap();
+        let ours = Bytes::from_static(b"ours");
+        assert_eq!(store.holds("k", &ours).await.unwrap(), None, "absent");
+        store.put("k", Bytes::from(vec![7u8; 1 << 20])).await.unwrap();
+        assert_eq!(store.holds("k", &ours).await.unwrap(), None, "larger: not read, not ours");
+        store.put("k", Bytes::from_static(b"tour")).await.unwrap();
+        assert_eq!(store.holds("k", &ours).await.unwrap(), None, "same size, other bytes");
+        let version = store.put("k", ours.clone()).await.unwrap();
+        assert_eq!(store.holds("k", &ours).await.unwrap(), Some(version));
+    }
 
     #[test]
     fn s3_error_bodies_are_summarised() {

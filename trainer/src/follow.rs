@@ -292,7 +292,8 @@ impl Follower {
         self.pending.extend(after.report.rounds);
         self.state = after.state;
         self.hash = hash;
-        self.next = Round(self.next.0 + 1);
+        // A snapshot near u64::MAX can start a follower at the last round there is.
+        self.next = Round(self.next.0.saturating_add(1));
         self.reader.poll().await?;
         Ok(CloseOutcome::Closed { state: hash, counted })
     }
@@ -358,7 +359,8 @@ pub struct CloseFacts {
 /// after the deadline passed too.
 pub fn close_ready(facts: &CloseFacts, config: &RunConfig, train: &TrainSpec, open_for: Duration) -> bool {
     let deadline = Duration::from_secs(train.deadline_secs);
-    let verdict_deadline = deadline + Duration::from_secs(train.verdict_wait_secs);
+    // Both come from the Genesis entry: a sum past Duration's range means "never".
+    let verdict_deadline = deadline.saturating_add(Duration::from_secs(train.verdict_wait_secs));
     let enough = facts.counted >= config.rounds.min_contributions.max(1) as usize;
     let everyone = facts.contributed >= facts.active_workers;
     let judged = !facts.has_validators || facts.unjudged == 0 || open_for >= verdict_deadline;
@@ -385,5 +387,20 @@ mod tests {
         assert!(close_ready(&unjudged, &config, &train, secs(train.deadline_secs + train.verdict_wait_secs)));
         let none = CloseFacts { counted: 0, contributed: 3, ..facts };
         assert!(!close_ready(&none, &config, &train, secs(1_000_000)), "never closes an empty round");
+    }
+
+    /// The deadlines come from the Genesis entry's training spec: a sum past `Duration`'s range
+    /// used to panic (overflow when adding durations) instead of meaning "never".
+    #[test]
+    fn close_ready_survives_deadlines_at_the_top_of_the_range() {
+        let parts = RunSpec::parse(RunSpec::EXAMPLE).unwrap().genesis_parts(crate::model::BYTE_VOCAB).unwrap();
+        let mut train = parts.train;
+        train.deadline_secs = u64::MAX;
+        train.verdict_wait_secs = u64::MAX;
+        let facts = CloseFacts { counted: 2, active_workers: 2, contributed: 2, has_validators: true, unjudged: 1 };
+        assert!(!close_ready(&facts, &parts.config, &train, Duration::from_secs(1_000_000)));
+        assert!(close_ready(&facts, &parts.config, &train, Duration::MAX));
+        let judged = CloseFacts { unjudged: 0, ..facts };
+        assert!(close_ready(&judged, &parts.config, &train, Duration::ZERO));
     }
 }

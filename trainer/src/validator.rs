@@ -105,7 +105,7 @@ pub async fn run_validator(
             events(ValidatorEvent::RoundApplied { round: report.round.0, counted: report.counted.len() });
         }
         let round = follower.round();
-        if info.train.is_past_end(round.0) || options.rounds.is_some_and(|n| round.0 >= start + n) {
+        if info.train.is_past_end(round.0) || ran_enough(options.rounds, start, round.0) {
             break;
         }
         if opened.0 != round {
@@ -185,6 +185,12 @@ pub async fn run_validator(
     Ok(verdicts)
 }
 
+/// Whether `rounds` rounds (`ValidatorOptions::rounds`) closed since the validator joined at round
+/// `start`. `start` comes from the ledger (a snapshot can put it anywhere up to `u64::MAX`), so no sum.
+fn ran_enough(rounds: Option<u64>, start: u64, round: u64) -> bool {
+    rounds.is_some_and(|n| round.saturating_sub(start) >= n)
+}
+
 async fn append_verdict(
     follower: &mut Follower,
     key: &Keypair,
@@ -196,4 +202,19 @@ async fn append_verdict(
     let entry = ledger::Entry::sign(follower.info().run_id, body, &[key])?;
     follower.append(entry).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_round_limit_counts_from_the_join_round_without_overflow() {
+        assert!(!ran_enough(None, 0, u64::MAX));
+        assert!(!ran_enough(Some(2), 3, 4));
+        assert!(ran_enough(Some(2), 3, 5));
+        assert!(!ran_enough(Some(1), u64::MAX, u64::MAX), "joined at the last round there is");
+        assert!(!ran_enough(Some(u64::MAX), 5, 6));
+        assert!(ran_enough(Some(0), u64::MAX, u64::MAX));
+    }
 }

@@ -228,6 +228,7 @@ impl State {
     /// Parses safetensors bytes. Rejects malformed files, non-F32 tensors, non-finite values and layouts over limits.
     /// A `__metadata__` block, if present, is ignored (it is not part of the state).
     pub fn from_safetensors(bytes: &[u8]) -> Result<State, VerifyError> {
+        check_header_numbers(bytes)?;
         let st = SafeTensors::deserialize(bytes).map_err(|e| VerifyError::Safetensors(e.to_string()))?;
         let mut tensors = Vec::new();
         for (name, view) in st.iter() {
@@ -241,6 +242,46 @@ impl State {
         }
         State::new(tensors)
     }
+}
+
+/// Refuses a safetensors header that holds a number (a dimension or a data offset) larger than the
+/// whole file. No file [`State::from_safetensors`] accepts has one (every tensor is F32 with no
+/// empty dimension, so each dimension and offset is at most the data length), and data offsets
+/// near `usize::MAX` make the safetensors crate overflow while checking the file's length (a
+/// panic in debug builds). Numbers inside JSON strings (names, metadata) are skipped. A header
+/// that is not there or not whole is left to the safetensors crate to report.
+fn check_header_numbers(bytes: &[u8]) -> Result<(), VerifyError> {
+    let Some((len, rest)) = bytes.split_first_chunk::<8>() else { return Ok(()) };
+    let Some(header) = usize::try_from(u64::from_le_bytes(*len)).ok().and_then(|n| rest.get(..n)) else {
+        return Ok(());
+    };
+    let limit = bytes.len() as u64;
+    let (mut in_string, mut escaped, mut number) = (false, false, None::<u64>);
+    // A trailing space ends a number at the very end of the header.
+    for &b in header.iter().chain(b" ") {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if b.is_ascii_digit() {
+            number = Some(number.unwrap_or(0).saturating_mul(10).saturating_add(u64::from(b - b'0')));
+            continue;
+        }
+        if let Some(n) = number.take()
+            && n > limit
+        {
+            return Err(VerifyError::Safetensors(format!(
+                "the header holds the number {n}, larger than the {limit}-byte file"
+            )));
+        }
+        in_string = b == b'"';
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -324,5 +365,38 @@ mod tests {
         let view = TensorView::new(Dtype::F32, vec![1], &nan).unwrap();
         let bytes = safetensors::serialize([("n", view)], None).unwrap();
         assert!(matches!(State::from_safetensors(&bytes), Err(VerifyError::NonFiniteTensor { .. })));
+    }
+
+    /// Data offsets that add up to nearly `usize::MAX` made the safetensors crate overflow (a panic
+    /// in debug builds) while checking the file length; they are refused first.
+    #[test]
+    fn load_refuses_offsets_beyond_the_file() {
+        let file = |header: &str| {
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend_from_slice(header.as_bytes());
+            bytes
+        };
+        let big = (1u64 << 61) - 1;
+        let mut parts = Vec::new();
+        let mut off = 0u64;
+        for i in 0..8 {
+            parts.push(format!(r#""t{i}":{{"dtype":"U8","shape":[{big}],"data_offsets":[{off},{}]}}"#, off + big));
+            off += big;
+        }
+        let rest = u64::MAX - 2 - off;
+        parts.push(format!(r#""t8":{{"dtype":"U8","shape":[{rest}],"data_offsets":[{off},{}]}}"#, off + rest));
+        let bytes = file(&format!("{{{}}}", parts.join(",")));
+        let err = State::from_safetensors(&bytes).unwrap_err();
+        assert!(matches!(&err, VerifyError::Safetensors(m) if m.contains("larger than")), "{err}");
+        // One offset past the end, alone, is refused the same way.
+        let bytes = file(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,99999]}}"#);
+        assert!(matches!(State::from_safetensors(&bytes), Err(VerifyError::Safetensors(_))));
+        // Digits inside names and metadata are not numbers of the header.
+        let mut good = file(
+            r#"{"__metadata__":{"note":"99999999999999999999 \"9999999999\""},"l99999999999999999999":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+        );
+        good.extend_from_slice(&1.5f32.to_le_bytes());
+        let state = State::from_safetensors(&good).unwrap();
+        assert_eq!(state.get("l99999999999999999999"), Some(&[1.5f32][..]));
     }
 }
