@@ -6,6 +6,9 @@
 //! and `verify::apply` aggregates the decoded updates into the shared state that the next round
 //! starts from (`trainer::simulate`). Both are evaluated on the same held-out sequences.
 //!
+//! With several `--adamw-lr`, one baseline trains per rate on the same batches and the rate with
+//! the lowest final loss is the one reported (a tuned baseline).
+//!
 //! The last line holds the headline: final held-out losses, the gap in percent
 //! (`100 * (cairn - baseline) / baseline`), bytes each worker uploads per round and the ratio of a
 //! dense fp32 gradient to it, and the synthetic corpus's loss floor (0 when unknown).
@@ -81,9 +84,11 @@ pub struct Args {
     /// Peak learning rate of cairn's sign step.
     #[arg(long, default_value_t = 3e-3)]
     lr: f64,
-    /// Peak learning rate of the AdamW baseline.
-    #[arg(long, default_value_t = 3e-3)]
-    adamw_lr: f64,
+    /// Peak learning rate of the AdamW baseline; several, comma-separated, train one baseline each
+    /// on the same batches, and the one with the lowest final loss is the baseline reported (a tuned
+    /// baseline).
+    #[arg(long, value_delimiter = ',', default_value = "0.003")]
+    adamw_lr: Vec<f64>,
     /// Linear warm-up steps (both optimisers).
     #[arg(long, default_value_t = 10)]
     warmup: u64,
@@ -229,18 +234,21 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
 
     let state = init_state(&config, args.seed)?;
     let params = state.layout().elements();
-    let mut baseline = Baseline::new(
-        &config,
-        &state,
-        AdamWConfig {
-            lr: args.adamw_lr,
-            weight_decay: args.weight_decay,
-            warmup_steps: args.warmup,
-            step,
-            ..AdamWConfig::default()
-        },
-        device,
-    )?;
+    anyhow::ensure!(!args.adamw_lr.is_empty(), "--adamw-lr needs at least one rate");
+    let mut baselines = args
+        .adamw_lr
+        .iter()
+        .map(|&lr| -> anyhow::Result<Baseline> {
+            let adamw = AdamWConfig {
+                lr,
+                weight_decay: args.weight_decay,
+                warmup_steps: args.warmup,
+                step,
+                ..AdamWConfig::default()
+            };
+            Ok(Baseline::new(&config, &state, adamw, device)?)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let values = ValueEncoding::from_name(&args.research.values)
         .with_context(|| format!("--values must be sign, int8 or bf16, not {}", args.research.values))?;
     let layout = state.layout().clone();
@@ -307,7 +315,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     );
     println!(
         "  baseline: AdamW lr {} warm-up {} wd {}; cairn: sign step lr {}{} decay {} chunk {} top-k {}{} {} values",
-        args.adamw_lr,
+        args.adamw_lr.iter().map(f64::to_string).collect::<Vec<_>>().join(","),
         args.warmup,
         args.weight_decay,
         args.lr,
@@ -336,19 +344,35 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         println!("  loss floor {floor:.4} nats/token");
     }
 
-    let mut curve: Vec<(u64, f64, f64)> = Vec::new();
-    let evaluate = |baseline: &Baseline, swarm: &Swarm| -> anyhow::Result<(f64, f64)> {
-        Ok((eval_loss(baseline.model(), &eval, micro_batch)?, eval_loss(swarm.model(), &eval, micro_batch)?))
+    // Per evaluation: the step, every baseline's loss (in --adamw-lr order) and cairn's.
+    let mut curve: Vec<(u64, Vec<f64>, f64)> = Vec::new();
+    let evaluate = |baselines: &[Baseline], swarm: &Swarm| -> anyhow::Result<(Vec<f64>, f64)> {
+        let b = baselines
+            .iter()
+            .map(|b| -> anyhow::Result<f64> { Ok(eval_loss(b.model(), &eval, micro_batch)?) })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((b, eval_loss(swarm.model(), &eval, micro_batch)?))
     };
-    let (b0, c0) = evaluate(&baseline, &swarm)?;
-    println!("step 0 baseline_loss={b0:.4} cairn_loss={c0:.4}");
+    // The step line shows the best baseline so far, and each one's loss when there are several.
+    let step_line = |done: u64, b: &[f64], c: f64| {
+        let best = b.iter().copied().fold(f64::INFINITY, f64::min);
+        let each = match b.len() {
+            1 => String::new(),
+            _ => format!(" adamw_losses={}", b.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join("/")),
+        };
+        println!("step {done} baseline_loss={best:.4} cairn_loss={c:.4}{each}");
+    };
+    let (b0, c0) = evaluate(&baselines, &swarm)?;
+    step_line(0, &b0, c0);
     curve.push((0, b0, c0));
     let (mut t_base, mut t_swarm) = (0.0f64, 0.0f64);
     let mut bytes_per_worker = update_bytes;
     for s in 0..args.steps {
         let batch = global_batch(&data, Round(s), sequences, device)?;
         let t = Instant::now();
-        baseline.step(&batch)?;
+        for baseline in &mut baselines {
+            baseline.step(&batch)?;
+        }
         t_base += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let stats = swarm.round(Round(s), &batch)?;
@@ -356,8 +380,8 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         bytes_per_worker = stats.bytes_per_worker;
         let done = s + 1;
         if done % args.eval_every == 0 || done == args.steps {
-            let (b, c) = evaluate(&baseline, &swarm)?;
-            println!("step {done} baseline_loss={b:.4} cairn_loss={c:.4}");
+            let (b, c) = evaluate(&baselines, &swarm)?;
+            step_line(done, &b, c);
             if args.research.diagnostics {
                 let d = swarm.take_diagnostics();
                 // Token ids the synthetic corpus writes (byte-level): its first `alphabet` symbols.
@@ -368,7 +392,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
                 let coherence = |s: Option<f64>| s.map_or("-".to_string(), |c| format!("{c:.4}"));
                 println!(
                     "  diag embedding coherence (mean pairwise cos of the corpus's token rows): baseline {}, cairn {}",
-                    coherence(embedding_coherence(&baseline.model().to_state()?, &rows)),
+                    coherence(embedding_coherence(&baselines[0].model().to_state()?, &rows)),
                     coherence(embedding_coherence(swarm.state(), &rows))
                 );
                 let n = d.rounds.max(1) as f64;
@@ -390,22 +414,33 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         bytes_per_worker == update_bytes,
         "update is {bytes_per_worker} bytes, encoded_len says {update_bytes}"
     );
+    // The baseline reported: the learning rate with the lowest final loss.
+    let (_, finals, cairn_loss) = curve.last().context("no evaluation")?;
+    let best = (0..finals.len()).min_by(|&i, &j| finals[i].total_cmp(&finals[j])).unwrap_or(0);
+    let (base_loss, cairn_loss) = (finals[best], *cairn_loss);
+    if args.adamw_lr.len() > 1 {
+        let each: Vec<String> = args.adamw_lr.iter().zip(finals).map(|(lr, l)| format!("lr {lr}: {l:.4}")).collect();
+        println!("  AdamW final losses: {}; the baseline is lr {}", each.join(", "), args.adamw_lr[best]);
+    }
     if let Some(path) = &args.research.csv {
         // floor_nats: the synthetic corpus's entropy floor, 0 when unknown (as on the last line).
         let mut csv = String::from("step,baseline_loss,cairn_loss,floor_nats\n");
         for (s, b, c) in &curve {
-            csv.push_str(&format!("{s},{b},{c},{floor}\n"));
+            csv.push_str(&format!("{s},{},{c},{floor}\n", b[best]));
         }
         std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
     }
-    let &(_, base_loss, cairn_loss) = curve.last().context("no evaluation")?;
     let gap_pct = 100.0 * (cairn_loss - base_loss) / base_loss;
     println!(
         "  final held-out loss: baseline {base_loss:.4}, cairn {cairn_loss:.4} ({gap_pct:+.2}%){}",
         if corpus == "synthetic" { format!("; floor {floor:.4}") } else { String::new() }
     );
+    let research_bytes = match sub_bytes {
+        0 => String::new(),
+        n => format!(" (+ {n} of --dense-topk)"),
+    };
     println!(
-        "  upload per worker per round: {bytes_per_worker} bytes (+ {sub_bytes} of --dense-topk) vs {dense_bytes} bytes dense fp32: {compression_x:.0}x smaller"
+        "  upload per worker per round: {bytes_per_worker} bytes{research_bytes} vs {dense_bytes} bytes dense fp32: {compression_x:.0}x smaller"
     );
     println!("  time: baseline {t_base:.1} s, cairn {t_swarm:.1} s ({} workers in sequence)", args.workers);
     println!(

@@ -153,3 +153,43 @@ fn bench_step_times_a_workers_round_and_reports_mfu() {
     // The update is the size verify's decoder demands for tiny at chunk 64, top-k 4.
     assert_eq!(number(&last, "update_bytes"), 2629.0);
 }
+
+#[test]
+fn bench_train_reports_the_best_of_several_adamw_rates() {
+    let stdout = bench(&[
+        "train",
+        "--corpus",
+        "synthetic",
+        "--steps",
+        "3",
+        "--workers",
+        "2",
+        "--tokens-per-step",
+        "256",
+        "--seq-len",
+        "32",
+        "--eval-every",
+        "3",
+        "--eval-sequences",
+        "8",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--adamw-lr",
+        "0.0001,0.01",
+    ]);
+    let finals = stdout.lines().find(|l| l.contains("AdamW final losses")).expect("each rate's final loss");
+    let losses: Vec<f64> = finals
+        .split("lr ")
+        .skip(1)
+        .filter_map(|part| part.split_once(": ").and_then(|(_, v)| v.split([',', ';']).next()?.trim().parse().ok()))
+        .collect();
+    assert_eq!(losses.len(), 2, "{finals}");
+    let last = pairs(stdout.lines().last().unwrap_or(""));
+    let best = losses.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!((number(&last, "baseline_loss") - best).abs() < 1e-4, "the best rate is the baseline: {finals} {last:?}");
+    assert!(losses[0] != losses[1], "two rates, two baselines: {finals}");
+    let step3 = stdout.lines().find(|l| l.starts_with("step 3 ")).expect("an evaluation at step 3");
+    assert!(step3.contains("adamw_losses="), "{step3}");
+}
