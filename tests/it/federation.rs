@@ -259,6 +259,85 @@ async fn a_late_worker_joins_from_a_snapshot_and_its_contributions_count() {
     assert_eq!(fed.audit_ok(), fed.worker_state("w1"));
 }
 
+/// A TCP relay in front of the S3 server that the test can take down (every open connection cut,
+/// every new one closed at once) and bring back: a store outage as a worker's network sees it.
+struct Outage {
+    addr: std::net::SocketAddr,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Outage {
+    fn relay_to(upstream: &str) -> Outage {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (down_, open_, upstream) = (down.clone(), open.clone(), upstream.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if down_.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else { continue };
+                let mut open = open_.lock().unwrap();
+                open.extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Outage { addr, down, open }
+    }
+
+    /// Cuts every connection and refuses new ones until [`Outage::end`].
+    fn begin(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn end(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_rejoins_after_the_store_is_unreachable_for_a_while() {
+    let members = [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker")];
+    // Rounds wait for both workers (min 2): the run only finishes if w1 comes back.
+    let mut fed = Fed::start(&members, &sections(4, 2, 600, 0, "sign")).await;
+    let direct = fed.env.clone();
+    let endpoint = direct.iter().find(|(k, _)| k == "AWS_ENDPOINT_URL").map(|(_, v)| v.clone()).unwrap();
+    let outage = Outage::relay_to(endpoint.trim_start_matches("http://").trim_end_matches('/'));
+    // w1 reaches the store through the relay; w2 and the auditor directly.
+    for (k, v) in fed.env.iter_mut() {
+        if k == "AWS_ENDPOINT_URL" {
+            *v = format!("http://{}", outage.addr);
+        }
+    }
+    let w1 = fed.spawn("worker", "w1");
+    fed.env = direct;
+    let mut children = vec![("w1", w1), ("w2", fed.spawn("worker", "w2"))];
+    fed.wait_for_log(&mut children, "w1", "round 1: contributed");
+    outage.begin();
+    // Longer than the storage layer's retries (about 1.5 s), so the worker itself must rejoin.
+    fed.wait_for_log(&mut children, "w1", "rejoining in");
+    std::thread::sleep(Duration::from_secs(4));
+    outage.end();
+    fed.wait_all(&mut children);
+    let log = fed.log_text("w1");
+    assert!(log.matches("joined at round").count() >= 2, "it rejoined the run: {log}");
+    assert_eq!(fed.worker_state("w1"), fed.worker_state("w2"));
+    assert_eq!(fed.audit_ok(), fed.worker_state("w1"));
+}
+
 /// An update of `key` for the open round, computed as an honest worker would.
 async fn honest_update(follower: &Follower, key: &Keypair) -> Bytes {
     let info = follower.info();
