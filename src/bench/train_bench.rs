@@ -148,11 +148,6 @@ pub struct Research {
     /// the embedding and LM head, `norms` every RMSNorm gain, `all` every tensor.
     #[arg(long, value_delimiter = ',')]
     dense_tensors: Vec<String>,
-    /// Research only, not consensus: the --dense-tensors get their own DeMo with this top-k (same
-    /// chunk and value encoding, own momentum, aggregated by verify on their own) instead of a dense
-    /// step: a per-tensor top-k. Their extra bytes are added to the upload and the compression.
-    #[arg(long)]
-    dense_topk: Option<u16>,
     /// Print per-interval diagnostics of the swarm's step: cosine with the workers' mean gradient
     /// (overall, embedding + LM head, the rest), that of a dense sign step, and the fraction of
     /// elements whose aggregated direction is exactly 0; at each evaluation, the mean pairwise cosine
@@ -299,15 +294,12 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         linear: args.research.linear_step,
         dense: dense.clone(),
         diagnostics: args.research.diagnostics,
-        dense_topk: args.research.dense_topk,
     };
     let research = args.research.linear_step || !dense.is_empty() || args.research.diagnostics;
     swarm.set_experiment(experiment)?;
     let update_bytes = swarm.update_bytes();
-    let sub_bytes = swarm.sub_update_bytes();
     let dense_bytes = params * 4;
-    // With --dense-topk the extra update counts too (an upper bound: those tensors are also in the main one).
-    let compression_x = dense_bytes as f64 / (update_bytes + sub_bytes) as f64;
+    let compression_x = dense_bytes as f64 / update_bytes as f64;
 
     println!(
         "bench train: {corpus} corpus, preset {preset} ({params} params), {} steps of {} sequences x {} tokens, {} workers, {threads} threads",
@@ -435,12 +427,8 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         "  final held-out loss: baseline {base_loss:.4}, cairn {cairn_loss:.4} ({gap_pct:+.2}%){}",
         if corpus == "synthetic" { format!("; floor {floor:.4}") } else { String::new() }
     );
-    let research_bytes = match sub_bytes {
-        0 => String::new(),
-        n => format!(" (+ {n} of --dense-topk)"),
-    };
     println!(
-        "  upload per worker per round: {bytes_per_worker} bytes{research_bytes} vs {dense_bytes} bytes dense fp32: {compression_x:.0}x smaller"
+        "  upload per worker per round: {bytes_per_worker} bytes vs {dense_bytes} bytes dense fp32: {compression_x:.0}x smaller"
     );
     println!("  time: baseline {t_base:.1} s, cairn {t_swarm:.1} s ({} workers in sequence)", args.workers);
     println!(

@@ -22,7 +22,7 @@ pub use tch::Device;
 use tch::Tensor;
 use verify::aggregate::direction;
 use verify::wire::encoded_len;
-use verify::{Expected, Header, Hyper, Layout, Round, RunId, State, StateHash, Update, WorkerKey, apply, decode};
+use verify::{Header, Hyper, Layout, Round, RunId, State, StateHash, Update, WorkerKey, apply, decode};
 
 use crate::data::Dataset;
 use crate::demo::{DemoState, tensors_to_host};
@@ -134,20 +134,6 @@ pub struct Experiment {
     pub dense: Vec<usize>,
     /// Collect [`Diagnostics`] every round (costs one extra aggregation pass and host copies).
     pub diagnostics: bool,
-    /// With `Some(k)`, the `dense` tensors are not dense: they run their own DeMo (own momentum, the
-    /// run's chunk size and value encoding, top-k `k`) through the wire and `verify::apply` on a
-    /// sub-state of just those tensors: a per-tensor top-k, which the wire format cannot express.
-    pub dense_topk: Option<u16>,
-}
-
-/// The separate DeMo of [`Experiment::dense_topk`].
-#[derive(Debug)]
-struct SubDemo {
-    layout: Layout,
-    /// Layout index in the full state of each sub-layout tensor, sub-layout order.
-    index: Vec<usize>,
-    hyper: Hyper,
-    demo: Vec<DemoState>,
 }
 
 /// Sums over rounds of per-round measurements; see [`Swarm::take_diagnostics`].
@@ -201,7 +187,6 @@ pub struct Swarm {
     demo: Vec<DemoState>,
     experiment: Experiment,
     dense_momentum: Vec<Vec<f32>>,
-    sub: Option<SubDemo>,
     diagnostics: Diagnostics,
 }
 
@@ -240,38 +225,15 @@ impl Swarm {
             demo,
             experiment: Experiment::default(),
             dense_momentum: Vec::new(),
-            sub: None,
             diagnostics: Diagnostics::default(),
         })
     }
 
     /// Sets the research knobs (not consensus; see [`Experiment`]).
     pub fn set_experiment(&mut self, experiment: Experiment) -> Result<(), TrainerError> {
-        self.sub = match experiment.dense_topk {
-            Some(k) if !experiment.dense.is_empty() => {
-                let specs = self.state.layout().tensors();
-                let layout = Layout::new(experiment.dense.iter().map(|&t| specs[t].clone()).collect())?;
-                let index =
-                    layout.tensors().iter().map(|s| specs.iter().position(|t| t.name == s.name).unwrap_or(0)).collect();
-                let mut hyper = self.config.hyper;
-                hyper.compression =
-                    verify::Compression::uniform(hyper.compression.chunk_size, k, hyper.compression.values);
-                hyper.validate()?;
-                let device = self.model.device();
-                let demo =
-                    (0..self.config.workers).map(|_| DemoState::new(&layout, device)).collect::<Result<_, _>>()?;
-                Some(SubDemo { layout, index, hyper, demo })
-            }
-            _ => None,
-        };
         self.dense_momentum = self.state.layout().tensors().iter().map(|t| vec![0.0; t.elements() as usize]).collect();
         self.experiment = experiment;
         Ok(())
-    }
-
-    /// Bytes of one worker's extra update for [`Experiment::dense_topk`] (0 without it).
-    pub fn sub_update_bytes(&self) -> u64 {
-        self.sub.as_ref().map_or(0, |s| encoded_len(&s.layout, &s.hyper.compression))
     }
 
     /// The diagnostics summed since the last call, and resets them.
@@ -295,7 +257,6 @@ impl Swarm {
         let exp = self.experiment.clone();
         let need_grads = exp.diagnostics || !exp.dense.is_empty();
         let mut grad_sum: Vec<Vec<f32>> = Vec::new();
-        let mut sub_updates: Vec<Update> = Vec::new();
         for (i, (shard, demo)) in shards.iter().zip(&mut self.demo).enumerate() {
             let g = local_step(&self.model, shard, &self.config.step)?;
             loss += g.loss;
@@ -322,16 +283,6 @@ impl Swarm {
             let blob = demo.encode(&header, &layout)?.to_bytes();
             bytes = blob.len() as u64;
             updates.push(decode(&blob, &header.expected(&layout))?);
-            if let Some(sub) = &mut self.sub {
-                let grads: Vec<Tensor> = sub.index.iter().map(|&t| g.grads[t].shallow_clone()).collect();
-                let d = &mut sub.demo[i];
-                d.accumulate(&grads, &sub.layout, self.config.momentum_decay, 1.0)?;
-                let compression = sub.hyper.compression;
-                let header = Header { run: SIM_RUN, round, base, worker, layout: sub.layout.hash(), compression };
-                let blob = d.encode(&header, &sub.layout)?.to_bytes();
-                let expected = Expected { run: SIM_RUN, round, base, worker, layout: &sub.layout, compression };
-                sub_updates.push(decode(&blob, &expected)?);
-            }
         }
         let before: Vec<Vec<f32>> = if need_grads { self.state.data().to_vec() } else { Vec::new() };
         let hyper = &self.config.hyper;
@@ -349,15 +300,7 @@ impl Swarm {
             _ => apply(&mut self.state, round, &updates, hyper)?,
         }
         let n = shards.len() as f32;
-        if let Some(sub) = &self.sub {
-            let parts = sub.index.iter().map(|&t| before[t].clone()).collect();
-            let mut sub_state = State::from_parts(sub.layout.clone(), parts)?;
-            apply(&mut sub_state, round, &sub_updates, &sub.hyper)?;
-            for (&t, data) in sub.index.iter().zip(sub_state.data()) {
-                self.state.data_mut()[t].copy_from_slice(data);
-            }
-        }
-        for &t in if self.sub.is_some() { &[][..] } else { &exp.dense[..] } {
+        for &t in &exp.dense {
             let m = &mut self.dense_momentum[t];
             let p = &mut self.state.data_mut()[t];
             for (((m, p), &b), &g) in m.iter_mut().zip(p.iter_mut()).zip(&before[t]).zip(&grad_sum[t]) {
