@@ -290,11 +290,8 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         SwarmConfig { workers: args.workers, hyper, momentum_decay: args.decay, step },
         device,
     )?;
-    let experiment = Experiment {
-        linear: args.research.linear_step,
-        dense: dense.clone(),
-        diagnostics: args.research.diagnostics,
-    };
+    let experiment =
+        Experiment { linear: args.research.linear_step, dense: dense.clone(), diagnostics: args.research.diagnostics };
     let research = args.research.linear_step || !dense.is_empty() || args.research.diagnostics;
     swarm.set_experiment(experiment)?;
     let update_bytes = swarm.update_bytes();
