@@ -21,7 +21,7 @@ use trainer::data::{
     Dataset, MAX_TEXT_BYTES, MarkovSpec, Tokenizer, is_parquet_source, load_parquet, load_text, sequences_for_tokens,
 };
 use trainer::model::{ModelConfig, Preset, init_state};
-use trainer::simulate::{Baseline, Device, Experiment, Swarm, SwarmConfig, embedding_coherence, global_batch};
+use trainer::simulate::{Baseline, Experiment, Swarm, SwarmConfig, embedding_coherence, global_batch};
 use trainer::step::{AdamWConfig, StepConfig, eval_loss};
 use verify::{Compression, Hyper, NormClip, Ratio, Round, Schedule, ValueEncoding};
 
@@ -123,6 +123,9 @@ pub struct Args {
     /// Run seed (model init, synthetic corpus, data assignment).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where the passes run: cpu, cuda or cuda:N (verify's aggregation runs on the CPU either way).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Threads for libtorch and rayon (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -201,7 +204,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     // keeps the first size, which is fine for a benchmark run).
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     trainer::set_torch_threads(threads);
-    let device = Device::Cpu;
+    let device = trainer::parse_device(&args.device)?;
 
     let config = ModelConfig::preset(preset).with_vocab(vocab);
     anyhow::ensure!(
