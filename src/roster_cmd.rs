@@ -81,6 +81,7 @@ pub async fn run(cmd: RosterCommand) -> anyhow::Result<Outcome> {
     let run_id = ledger::genesis_run_id(&store).await.with_context(|| format!("reading the genesis of {url}"))?;
     let reader = Reader::replay(store.clone(), run_id).await.with_context(|| format!("reading the ledger of {url}"))?;
     let state = reader.state();
+    let is_admin = |key: &PublicKey| state.member(key).is_some_and(|m| m.role == Role::Admin);
     let mut entry = match change {
         Some(change) => {
             let body = Body::RosterChange(RosterChange { epoch: state.roster_epoch(), change });
@@ -101,16 +102,10 @@ pub async fn run(cmd: RosterCommand) -> anyhow::Result<Outcome> {
     );
     for path in &common.keys {
         let key = ledger::read_key_file(path).with_context(|| format!("reading {}", path.display()))?;
-        anyhow::ensure!(
-            state.member(&key.public()).is_some_and(|m| m.role == Role::Admin),
-            "{} ({}) is not an admin of this run",
-            path.display(),
-            key.public()
-        );
+        anyhow::ensure!(is_admin(&key.public()), "{} ({}) is not an admin of this run", path.display(), key.public());
         entry.cosign(&key)?;
     }
-    let admins =
-        entry.signatures.iter().filter(|s| state.member(&s.key).is_some_and(|m| m.role == Role::Admin)).count();
+    let admins = entry.signatures.iter().filter(|s| is_admin(&s.key)).count();
     let quorum = usize::from(state.quorum().max(1));
     if admins < quorum {
         let path = common.proposal.as_deref().context(format!(

@@ -73,7 +73,7 @@ pub fn model_flops_per_token(config: &ModelConfig, layout: &Layout, seq_len: usi
     let matmul_params: u64 = layout
         .tensors()
         .iter()
-        .filter(|t| t.shape.len() == 2 && t.name != "model.embed_tokens.weight")
+        .filter(|t| t.shape.len() == 2 && t.name != trainer::model::EMBEDDING)
         .map(|t| t.shape.iter().product::<u64>())
         .sum();
     6.0 * matmul_params as f64 + 12.0 * f64::from(config.layers) * f64::from(config.dim) * seq_len as f64

@@ -255,7 +255,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         let name = spec.name.as_str();
         let hit = args.research.dense_tensors.iter().any(|d| match d.as_str() {
             "all" => true,
-            "vocab" => name == "lm_head.weight" || name == "model.embed_tokens.weight",
+            "vocab" => trainer::model::is_vocab(name),
             "norms" => trainer::model::is_norm(name),
             other => other == name,
         });
@@ -296,7 +296,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     let experiment =
         Experiment { linear: args.research.linear_step, dense: dense.clone(), diagnostics: args.research.diagnostics };
     let research = args.research.linear_step || !dense.is_empty() || args.research.diagnostics;
-    swarm.set_experiment(experiment)?;
+    swarm.set_experiment(experiment);
     let update_bytes = swarm.update_bytes();
     let dense_bytes = params * 4;
     let compression_x = dense_bytes as f64 / update_bytes as f64;

@@ -26,33 +26,21 @@ fn bench(args: &[&str]) -> String {
     stdout
 }
 
+/// `cairn bench train` on the synthetic corpus: 2 workers, 8 sequences of 32 tokens per step,
+/// `steps` steps evaluated every `every` on 8 held-out sequences, no warm-up, plus `extra`.
+fn small_train(steps: &str, every: &str, extra: &[&str]) -> String {
+    let mut args = vec!["train", "--corpus", "synthetic", "--steps", steps, "--workers", "2"];
+    args.extend(["--tokens-per-step", "256", "--seq-len", "32", "--eval-every", every, "--eval-sequences", "8"]);
+    args.extend(["--warmup", "0", "--threads", "1"]);
+    args.extend(extra);
+    bench(&args)
+}
+
 #[test]
 fn bench_train_runs_both_optimisers_and_both_losses_fall() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("curves.csv");
-    let stdout = bench(&[
-        "train",
-        "--corpus",
-        "synthetic",
-        "--steps",
-        "4",
-        "--workers",
-        "2",
-        "--tokens-per-step",
-        "256",
-        "--seq-len",
-        "32",
-        "--eval-every",
-        "2",
-        "--eval-sequences",
-        "8",
-        "--warmup",
-        "0",
-        "--threads",
-        "1",
-        "--csv",
-        csv.to_str().unwrap(),
-    ]);
+    let stdout = small_train("4", "2", &["--csv", csv.to_str().unwrap()]);
     let first = stdout.lines().find(|l| l.starts_with("step 0 ")).expect("an evaluation before training");
     let initial = pairs(first);
     let (b0, c0) = (number(&initial, "baseline_loss"), number(&initial, "cairn_loss"));
@@ -156,29 +144,7 @@ fn bench_step_times_a_workers_round_and_reports_mfu() {
 
 #[test]
 fn bench_train_reports_the_best_of_several_adamw_rates() {
-    let stdout = bench(&[
-        "train",
-        "--corpus",
-        "synthetic",
-        "--steps",
-        "3",
-        "--workers",
-        "2",
-        "--tokens-per-step",
-        "256",
-        "--seq-len",
-        "32",
-        "--eval-every",
-        "3",
-        "--eval-sequences",
-        "8",
-        "--warmup",
-        "0",
-        "--threads",
-        "1",
-        "--adamw-lr",
-        "0.0001,0.01",
-    ]);
+    let stdout = small_train("3", "3", &["--adamw-lr", "0.0001,0.01"]);
     let finals = stdout.lines().find(|l| l.contains("AdamW final losses")).expect("each rate's final loss");
     let losses: Vec<f64> = finals
         .split("lr ")

@@ -24,7 +24,7 @@ use tch::{Device, Tensor};
 use verify::State;
 
 use crate::error::TrainerError;
-use crate::model::{Model, ModelConfig, Preset};
+use crate::model::{EMBEDDING, Model, ModelConfig, Preset};
 
 /// The weights file transformers looks for in a model directory.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -32,9 +32,6 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 /// Our logits for a few token ids, written beside an export for the interop check.
 pub const LOGITS_FILE: &str = "cairn_logits.safetensors";
-
-/// The name of the embedding table, whose first dimension is the vocabulary size.
-const EMBED: &str = "model.embed_tokens.weight";
 
 /// The `config.json` of `config` for `transformers.LlamaForCausalLM` (pretty-printed, keys sorted,
 /// newline-terminated). Special token ids are null: the byte vocabulary has none, and a tokenizer's
@@ -79,9 +76,9 @@ pub fn config_json(config: &ModelConfig) -> Result<String, TrainerError> {
 pub fn config_for_state(preset: Preset, state: &State) -> Result<ModelConfig, TrainerError> {
     let layout = state.layout();
     let vocab = layout
-        .position(EMBED)
+        .position(EMBEDDING)
         .and_then(|i| layout.tensors()[i].shape.first().copied())
-        .ok_or_else(|| TrainerError::InvalidConfig(format!("the state has no {EMBED}: not a cairn model state")))?;
+        .ok_or_else(|| TrainerError::InvalidConfig(format!("the state has no {EMBEDDING}: not a cairn model state")))?;
     let vocab = u32::try_from(vocab)
         .map_err(|_| TrainerError::InvalidConfig(format!("vocabulary of {vocab} tokens is too large")))?;
     let config = ModelConfig::preset(preset).with_vocab(vocab);

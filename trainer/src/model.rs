@@ -95,8 +95,8 @@ pub enum Precision {
     /// Everything in f32 (the default; what CPUs run fastest).
     #[default]
     F32,
-    /// Mixed precision: the matrix products and attention in bf16 (tensor cores on GPUs), norms,
-    /// residual stream, softmax and loss in f32.
+    /// Mixed precision: the matrix products, the rotary embedding and attention in bf16 (tensor
+    /// cores on GPUs); norms, residual stream and loss in f32.
     Bf16,
 }
 
@@ -215,7 +215,7 @@ impl ModelConfig {
         let kv = u64::from(self.kv_heads * self.head_dim());
         let spec = |name: String, shape: &[u64]| TensorSpec { name, shape: shape.to_vec() };
         let mut specs = vec![
-            spec("model.embed_tokens.weight".into(), &[v, d]),
+            spec(EMBEDDING.into(), &[v, d]),
             spec("model.norm.weight".into(), &[d]),
             spec("lm_head.weight".into(), &[v, d]),
         ];
@@ -270,6 +270,11 @@ pub fn topk_overrides(layout: &Layout, topk: u16, by_name: &[(String, u16)]) -> 
     }
     list.sort_by_key(|o| o.tensor);
     Ok(TopkOverrides::new(&list)?)
+}
+
+/// Whether a parameter is indexed by token: the embedding or the LM head.
+pub fn is_vocab(name: &str) -> bool {
+    name == EMBEDDING || name == "lm_head.weight"
 }
 
 /// Whether a parameter is an RMSNorm weight (initialised to ones, no weight decay).
@@ -401,7 +406,7 @@ impl Model {
         }
         let (cos, sin) = rotary_tables(config, device)?;
         Ok(Model {
-            embed: get("model.embed_tokens.weight")?,
+            embed: get(EMBEDDING)?,
             norm: get("model.norm.weight")?,
             lm_head: get("lm_head.weight")?,
             config: config.clone(),

@@ -157,7 +157,7 @@ pub struct Diagnostics {
 /// token looks the same to the first RMSNorm; near 0 at init). `None` without that tensor or with
 /// fewer than two valid rows.
 pub fn embedding_coherence(state: &State, rows: &[usize]) -> Option<f64> {
-    let t = state.layout().tensors().iter().position(|t| t.name == "model.embed_tokens.weight")?;
+    let t = state.layout().position(crate::model::EMBEDDING)?;
     let spec = &state.layout().tensors()[t];
     let (n_rows, dim) = (*spec.shape.first()? as usize, *spec.shape.get(1)? as usize);
     let data = &state.data()[t];
@@ -230,10 +230,9 @@ impl Swarm {
     }
 
     /// Sets the research knobs (not consensus; see [`Experiment`]).
-    pub fn set_experiment(&mut self, experiment: Experiment) -> Result<(), TrainerError> {
+    pub fn set_experiment(&mut self, experiment: Experiment) {
         self.dense_momentum = self.state.layout().tensors().iter().map(|t| vec![0.0; t.elements() as usize]).collect();
         self.experiment = experiment;
-        Ok(())
     }
 
     /// The diagnostics summed since the last call, and resets them.
@@ -316,8 +315,7 @@ impl Swarm {
             }
         }
         if exp.diagnostics {
-            let names: Vec<String> = layout.tensors().iter().map(|t| t.name.clone()).collect();
-            let vocab = |t: usize| names[t] == "lm_head.weight" || names[t] == "model.embed_tokens.weight";
+            let vocab = |t: usize| crate::model::is_vocab(&layout.tensors()[t].name);
             let step: Vec<Vec<f32>> = self
                 .state
                 .data()

@@ -169,8 +169,8 @@ fn check(layout: &Layout, round: Round, updates: &[Update], hyper: &Hyper) -> Re
         }
         if h.compression.overrides != comp.overrides {
             return Err(VerifyError::WrongTopkOverrides {
-                expected: format!("{:?}", comp.overrides.as_slice()),
-                got: format!("{:?}", h.compression.overrides.as_slice()),
+                expected: crate::wire::format_overrides(comp.overrides.as_slice()),
+                got: crate::wire::format_overrides(h.compression.overrides.as_slice()),
             });
         }
     }
