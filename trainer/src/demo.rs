@@ -107,13 +107,24 @@ fn inverse(y: &Tensor, dr: &Tensor, dc: &Tensor) -> Result<Tensor, TrainerError>
     Ok(dr.f_transpose(0, 1)?.f_matmul(&y.f_matmul(dc)?)?)
 }
 
-/// Per row of `y` (`[chunks, coefficients]`), the `kept` positions of largest |value|, lower index
-/// first at exact ties, returned ascending (`[chunks, kept]`, i64). The same rule as
-/// [`verify::encode::top_k`]: a stable descending sort keeps equal magnitudes in index order.
+/// Per row of `y` (`[chunks, coefficients]`, finite), the `kept` positions of largest |value|, lower
+/// index first at exact ties, returned ascending (`[chunks, kept]`, i64). The same rule as
+/// [`verify::encode::top_k`], without sorting a whole row: `t`, the `kept`-th largest magnitude, comes
+/// from a partial selection (`topk` returns input values, so comparisons with it are exact); every
+/// position above `t` is kept, and of those equal to `t` the lowest-indexed ones fill the rest. A stable
+/// sort of every row computed the same set and was a third of a CPU worker's round.
 pub fn top_indices(y: &Tensor, kept: i64) -> Result<Tensor, TrainerError> {
-    let (_, order) = y.f_abs()?.f_sort_stable(true, -1, true)?;
-    let (indices, _) = order.f_narrow(-1, 0, kept)?.f_sort(-1, false)?;
-    Ok(indices)
+    let chunks = y.size().first().copied().unwrap_or(0);
+    let magnitude = y.f_abs()?;
+    let (largest, _) = magnitude.f_topk(kept, -1, true, true)?;
+    let t = largest.f_narrow(-1, kept - 1, 1)?;
+    let above = magnitude.f_gt_tensor(&t)?;
+    let at = magnitude.f_eq_tensor(&t)?;
+    let room = above.f_sum_dim_intlist(-1, true, Kind::Int64)?.f_neg()?.f_add_scalar(kept)?;
+    let tie_rank = at.f_cumsum(-1, Kind::Int64)?;
+    let mask = above.f_logical_or(&at.f_logical_and(&tie_rank.f_le_tensor(&room)?)?)?;
+    // nonzero lists positions in row-major order: by chunk, then ascending within it
+    Ok(mask.f_nonzero()?.f_select(1, 1)?.f_reshape([chunks, kept])?)
 }
 
 /// Copies a tensor (any device, any shape) to a flat host vector.
@@ -513,6 +524,27 @@ mod tests {
         let got: Vec<i64> = to_host(&top_indices(&t, 16).unwrap()).unwrap();
         let want: Vec<i64> = (0..16).chain(0..16).collect();
         assert_eq!(got, want);
+        // magnitudes from a few levels, signs mixed: ties at, above and below the boundary in every row
+        let rows = 64;
+        let n = 256;
+        let mut x = 0x9e37_79b9u32;
+        let levels: Vec<f32> = (0..rows * n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let level = (x % 7) as f32 * 0.25;
+                if x & 0x100 == 0 { level } else { -level }
+            })
+            .collect();
+        let t = Tensor::from_slice(&levels).reshape([rows as i64, n as i64]);
+        for kept in [1, 2, 4, 37, 255, 256] {
+            let got: Vec<i64> = to_host(&top_indices(&t, kept).unwrap()).unwrap();
+            for (r, row) in levels.chunks(n).enumerate() {
+                let want: Vec<i64> = verify::encode::top_k(row, kept as usize).into_iter().map(i64::from).collect();
+                assert_eq!(got[r * kept as usize..(r + 1) * kept as usize], want[..], "kept {kept} row {r}");
+            }
+        }
     }
 
     #[test]
