@@ -92,9 +92,13 @@ pub struct Args {
     /// Linear warm-up steps (both optimisers).
     #[arg(long, default_value_t = 10)]
     warmup: u64,
-    /// Cosine decay to lr/10 at the last step for cairn's sign step (the baseline stays constant).
-    #[arg(long)]
-    cosine: bool,
+    /// Decay both optimisers' rates to this fraction of their peak at the last step (1: no decay).
+    #[arg(long, default_value_t = 1.0)]
+    min_lr_factor: f64,
+    /// With --min-lr-factor: 0, a cosine decay from the end of warm-up; N, the peak until step N, then
+    /// a linear decay (warm-up, stable, decay), as run.toml's optimizer.decay_start.
+    #[arg(long, default_value_t = 0)]
+    decay_start: u64,
     /// DeMo momentum decay.
     #[arg(long, default_value_t = 0.999)]
     decay: f64,
@@ -157,6 +161,26 @@ pub struct Research {
     /// of the embedding rows of the synthetic corpus's 32 symbols, baseline and cairn.
     #[arg(long)]
     diagnostics: bool,
+}
+
+/// The schedule of an optimiser peaking at `peak`: the same warm-up and decay for every optimiser in
+/// the run, so that a decay helps or hurts all of them alike.
+fn schedule(args: &Args, peak: f64, what: &str) -> anyhow::Result<Schedule> {
+    anyhow::ensure!((0.0..=1.0).contains(&args.min_lr_factor), "--min-lr-factor must be in [0, 1]");
+    let min = ratio(peak * args.min_lr_factor, "--min-lr-factor x peak")?;
+    let (peak, warmup_rounds, total_rounds) = (ratio(peak, what)?, args.warmup, args.steps);
+    let schedule = match args.decay_start {
+        // at --min-lr-factor 1, min = peak: linear warm-up, then constant
+        0 => Schedule::WarmupCosine { peak, min, warmup_rounds, total_rounds },
+        decay_start => Schedule::WarmupStableDecay { peak, min, warmup_rounds, decay_start, total_rounds },
+    };
+    schedule.validate().with_context(|| {
+        format!(
+            "--decay-start {} must lie between --warmup {} and --steps {}",
+            args.decay_start, args.warmup, args.steps
+        )
+    })?;
+    Ok(schedule)
 }
 
 fn ratio(x: f64, what: &str) -> anyhow::Result<Ratio> {
@@ -238,9 +262,8 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         .iter()
         .map(|&lr| -> anyhow::Result<Baseline> {
             let adamw = AdamWConfig {
-                lr,
+                schedule: schedule(&args, lr, "--adamw-lr")?,
                 weight_decay: args.weight_decay,
-                warmup_steps: args.warmup,
                 step,
                 ..AdamWConfig::default()
             };
@@ -268,18 +291,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         "--dense-tensors {:?} matches no tensor",
         args.research.dense_tensors
     );
-    let peak = ratio(args.lr, "--lr")?;
-    let schedule = if args.cosine {
-        Schedule::WarmupCosine {
-            peak,
-            min: ratio(args.lr / 10.0, "--lr")?,
-            warmup_rounds: args.warmup,
-            total_rounds: args.steps,
-        }
-    } else {
-        // min = peak: linear warm-up, then constant (the baseline's schedule).
-        Schedule::WarmupCosine { peak, min: peak, warmup_rounds: args.warmup, total_rounds: args.steps }
-    };
+    let schedule = schedule(&args, args.lr, "--lr")?;
     let overrides = trainer::model::topk_overrides(&layout, args.topk, &topk_by_name(&args.topk_override)?)?;
     let hyper = Hyper {
         compression: Compression { overrides, ..Compression::uniform(args.chunk, args.topk, values) },
@@ -306,12 +318,16 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         args.steps, sequences, args.seq_len, args.workers
     );
     println!(
-        "  baseline: AdamW lr {} warm-up {} wd {}; cairn: sign step lr {}{} decay {} chunk {} top-k {}{} {} values",
+        "  baseline: AdamW lr {} warm-up {}{} wd {}; cairn: sign step lr {} decay {} chunk {} top-k {}{} {} values",
         args.adamw_lr.iter().map(f64::to_string).collect::<Vec<_>>().join(","),
         args.warmup,
+        match (args.min_lr_factor, args.decay_start) {
+            (1.0, _) => String::new(),
+            (f, 0) => format!(", cosine to {f} x lr (both)"),
+            (f, n) => format!(", from step {n} linear to {f} x lr (both)"),
+        },
         args.weight_decay,
         args.lr,
-        if args.cosine { " (cosine to lr/10)" } else { "" },
         args.decay,
         args.chunk,
         args.topk,

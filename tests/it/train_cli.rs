@@ -110,6 +110,36 @@ fn bench_train_research_flags_are_labelled_and_checked() {
 }
 
 #[test]
+fn bench_train_decays_both_optimisers_alike() {
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["bench", "train", "--corpus", "synthetic", "--steps", "3", "--workers", "2"])
+            .args(["--tokens-per-step", "128", "--seq-len", "32", "--eval-every", "3", "--eval-sequences", "4"])
+            .args(["--warmup", "0", "--threads", "1"])
+            .args(extra)
+            .env("OMP_NUM_THREADS", "1")
+            .env_remove("CAIRN_LOG")
+            .output()
+            .expect("run cairn")
+    };
+    let last = |out: &std::process::Output| {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        let m = pairs(stdout.lines().last().unwrap());
+        (number(&m, "baseline_loss"), number(&m, "cairn_loss"), stdout)
+    };
+    let (base, cairn, _) = last(&run(&[]));
+    let (base_wsd, cairn_wsd, out) = last(&run(&["--min-lr-factor", "0", "--decay-start", "1"]));
+    assert!(out.contains("from step 1 linear to 0 x lr (both)"), "{out}");
+    // the last step runs at half the rate in both optimisers, so both end elsewhere
+    assert_ne!(base, base_wsd);
+    assert_ne!(cairn, cairn_wsd);
+    let bad = run(&["--min-lr-factor", "0.1", "--decay-start", "4"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--decay-start 4"));
+}
+
+#[test]
 fn bench_step_times_a_workers_round_and_reports_mfu() {
     let stdout = bench(&[
         "step",

@@ -178,8 +178,11 @@ pub struct OptimizerSection {
     pub min_lr: Option<f64>,
     /// Rounds of linear warm-up.
     pub warmup_rounds: u64,
-    /// Round at which the cosine decay ends (0: the run's total_rounds).
+    /// Round at which the decay ends (0: the run's total_rounds).
     pub decay_rounds: u64,
+    /// 0: cosine decay from the end of warm-up. Otherwise the peak holds until this round, then the
+    /// rate falls linearly to `min_lr` at `decay_rounds` (warm-up, stable, decay).
+    pub decay_start: u64,
     /// Decoupled weight decay.
     pub weight_decay: f64,
     /// Median norm clipping of updates: median or off.
@@ -193,6 +196,7 @@ impl Default for OptimizerSection {
             min_lr: None,
             warmup_rounds: 0,
             decay_rounds: 0,
+            decay_start: 0,
             weight_decay: 0.0,
             clip: "median".into(),
         }
@@ -495,6 +499,9 @@ impl RunSpec {
             .ok_or_else(|| bad(format!("demo.values must be sign, int8 or bf16, not {:?}", self.demo.values)))?;
         let o = &self.optimizer;
         let peak = ratio(o.lr, "optimizer.lr")?;
+        if o.decay_start > 0 && o.min_lr.is_none() {
+            return Err(bad("optimizer.decay_start needs optimizer.min_lr (the rate the decay ends at)".into()));
+        }
         let schedule = match o.min_lr {
             None if o.warmup_rounds == 0 => Schedule::Constant { lr: peak },
             min => {
@@ -504,9 +511,24 @@ impl RunSpec {
                     None => peak,
                 };
                 if total == 0 && min != peak {
-                    return Err(bad("a cosine decay (min_lr) needs optimizer.decay_rounds or run.total_rounds".into()));
+                    return Err(bad("a decay (min_lr) needs optimizer.decay_rounds or run.total_rounds".into()));
                 }
-                Schedule::WarmupCosine { peak, min, warmup_rounds: o.warmup_rounds, total_rounds: total.max(1) }
+                if o.decay_start == 0 {
+                    Schedule::WarmupCosine { peak, min, warmup_rounds: o.warmup_rounds, total_rounds: total.max(1) }
+                } else if o.warmup_rounds <= o.decay_start && o.decay_start <= total {
+                    Schedule::WarmupStableDecay {
+                        peak,
+                        min,
+                        warmup_rounds: o.warmup_rounds,
+                        decay_start: o.decay_start,
+                        total_rounds: total,
+                    }
+                } else {
+                    return Err(bad(format!(
+                        "optimizer.decay_start ({}) must lie between optimizer.warmup_rounds ({}) and the end of the decay ({total})",
+                        o.decay_start, o.warmup_rounds
+                    )));
+                }
             }
         };
         let clip = match o.clip.as_str() {
@@ -602,6 +624,28 @@ mod tests {
         assert!(with("momentum_decay = 0.999", "momentum_decay = 1.5").contains("momentum_decay"));
         assert!(with("[train]", "[train]\nbogus = 1").contains("bogus"));
         assert!(with("quorum = 1", "quorum = 3").contains("quorum"));
+    }
+
+    #[test]
+    fn the_decay_is_cosine_or_held_then_linear() {
+        let schedule = |optimizer: &str| {
+            let text = RunSpec::EXAMPLE.replacen("decay_start = 0", optimizer, 1);
+            RunSpec::parse(&text).and_then(|s| s.genesis_parts(BYTE_VOCAB)).map(|p| p.config.hyper.schedule)
+        };
+        let (peak, min) = (Ratio::new(3_000_000, RATIO_DEN), Ratio::new(300_000, RATIO_DEN));
+        assert_eq!(schedule("decay_start = 0").unwrap(), Schedule::Constant { lr: peak });
+        assert_eq!(
+            schedule("min_lr = 0.0003").unwrap(),
+            Schedule::WarmupCosine { peak, min, warmup_rounds: 0, total_rounds: 20 }
+        );
+        assert_eq!(
+            schedule("min_lr = 0.0003\ndecay_start = 15").unwrap(),
+            Schedule::WarmupStableDecay { peak, min, warmup_rounds: 0, decay_start: 15, total_rounds: 20 }
+        );
+        let err = schedule("min_lr = 0.0003\ndecay_start = 21").unwrap_err().to_string();
+        assert!(err.contains("optimizer.decay_start"), "{err}");
+        let err = schedule("decay_start = 15").unwrap_err().to_string();
+        assert!(err.contains("optimizer.decay_start") && err.contains("min_lr"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 use tch::nn::{self, OptimizerConfig};
 use tch::{Kind, Tensor};
+use verify::{Ratio, Round, Schedule};
 
 use crate::error::TrainerError;
 use crate::model::Model;
@@ -170,8 +171,9 @@ pub fn eval_loss(model: &Model, batch: &Tensor, micro_batch: usize) -> Result<f6
 /// AdamW hyperparameters for the baseline (full-batch AdamW on the same tokens).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWConfig {
-    /// Peak learning rate.
-    pub lr: f64,
+    /// Learning rate of step `s`: the schedule's rate of round `s` (verify's rule, so a baseline and
+    /// cairn's sign step can follow the same curve).
+    pub schedule: Schedule,
     /// First-moment decay.
     pub beta1: f64,
     /// Second-moment decay.
@@ -180,22 +182,19 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
     /// Denominator epsilon.
     pub eps: f64,
-    /// Linear warm-up from lr / warmup_steps to lr over this many steps (0: none).
-    pub warmup_steps: u64,
     /// Micro-batching and clipping.
     pub step: StepConfig,
 }
 
 impl Default for AdamWConfig {
-    /// lr 1e-3, betas (0.9, 0.95), weight decay 0.1, eps 1e-8, no warm-up, [`StepConfig::default`].
+    /// Constant lr 1e-3, betas (0.9, 0.95), weight decay 0.1, eps 1e-8, [`StepConfig::default`].
     fn default() -> AdamWConfig {
         AdamWConfig {
-            lr: 1e-3,
+            schedule: Schedule::Constant { lr: Ratio::new(1, 1000) },
             beta1: 0.9,
             beta2: 0.95,
             weight_decay: 0.1,
             eps: 1e-8,
-            warmup_steps: 0,
             step: StepConfig::default(),
         }
     }
@@ -212,7 +211,7 @@ pub struct AdamW {
 impl AdamW {
     /// An optimiser over `model`'s parameters (group 1, the RMSNorm weights, without weight decay).
     pub fn new(model: &Model, config: AdamWConfig) -> Result<AdamW, TrainerError> {
-        let valid = config.lr > 0.0
+        let valid = config.schedule.validate().is_ok()
             && (0.0..1.0).contains(&config.beta1)
             && (0.0..1.0).contains(&config.beta2)
             && config.weight_decay >= 0.0
@@ -227,7 +226,7 @@ impl AdamW {
             eps: config.eps,
             amsgrad: false,
         };
-        let mut opt = adamw.build(model.var_store(), config.lr)?;
+        let mut opt = adamw.build(model.var_store(), config.schedule.lr_f64(Round(0)))?;
         opt.set_weight_decay_group(1, 0.0);
         Ok(AdamW { opt, config, steps: 0 })
     }
@@ -237,17 +236,11 @@ impl AdamW {
         self.steps
     }
 
-    /// The learning rate of step `step` (0-based): linear warm-up, then constant.
-    pub fn lr_at(&self, step: u64) -> f64 {
-        let w = self.config.warmup_steps;
-        if step < w { self.config.lr * (step + 1) as f64 / w as f64 } else { self.config.lr }
-    }
-
     /// One optimiser step on `batch` (`[N, T + 1]`): accumulate, clip, update the parameters.
     pub fn step(&mut self, model: &Model, batch: &Tensor) -> Result<StepStats, TrainerError> {
         let (n, t) = batch_rows(batch)?;
         let (loss, grad_norm) = accumulate(model, batch, &self.config.step)?;
-        let lr = self.lr_at(self.steps);
+        let lr = self.config.schedule.lr_f64(Round(self.steps));
         self.opt.set_lr(lr);
         self.opt.step();
         self.steps += 1;
@@ -258,7 +251,7 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use tch::Device;
-    use verify::{Round, WorkerKey};
+    use verify::WorkerKey;
 
     use super::*;
     use crate::data::{Dataset, MarkovSpec};
@@ -304,8 +297,12 @@ mod tests {
         let mut opt = AdamW::new(
             &model,
             AdamWConfig {
-                lr: 3e-3,
-                warmup_steps: 5,
+                schedule: Schedule::WarmupCosine {
+                    peak: Ratio::new(3, 1000),
+                    min: Ratio::new(3, 1000),
+                    warmup_rounds: 5,
+                    total_rounds: STEPS,
+                },
                 step: StepConfig { micro_batch: 16, clip_norm: Some(1.0) },
                 ..AdamWConfig::default()
             },

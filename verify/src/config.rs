@@ -12,6 +12,8 @@
 //!                             the update header (FORMAT.md 2)
 //!                 schedule    u8 tag: 0 constant:      ratio lr
 //!                                     1 warmup-cosine: ratio peak | ratio min | u64 warmup | u64 total
+//!                                     2 warmup-stable-decay: ratio peak | ratio min | u64 warmup
+//!                                       | u64 decay_start | u64 total
 //!                 weight decay ratio                    ratio = u64 num | u64 den (den != 0)
 //!                 clip        u8: 0 off, 1 median
 //!                 rounds      u32 min contributions | u32 max contributions (1..=4096, min <= max)
@@ -148,6 +150,14 @@ impl RunConfig {
                 out.extend_from_slice(&warmup_rounds.to_le_bytes());
                 out.extend_from_slice(&total_rounds.to_le_bytes());
             }
+            Schedule::WarmupStableDecay { peak, min, warmup_rounds, decay_start, total_rounds } => {
+                out.push(2);
+                ratio(&mut out, peak);
+                ratio(&mut out, min);
+                for n in [warmup_rounds, decay_start, total_rounds] {
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+            }
         }
         ratio(&mut out, h.weight_decay);
         out.push(match h.clip {
@@ -203,6 +213,13 @@ impl RunConfig {
                 peak: r.ratio("peak learning rate")?,
                 min: r.ratio("min learning rate")?,
                 warmup_rounds: r.u64("warmup rounds")?,
+                total_rounds: r.u64("total rounds")?,
+            },
+            2 => Schedule::WarmupStableDecay {
+                peak: r.ratio("peak learning rate")?,
+                min: r.ratio("min learning rate")?,
+                warmup_rounds: r.u64("warmup rounds")?,
+                decay_start: r.u64("decay start")?,
                 total_rounds: r.u64("total rounds")?,
             },
             tag => return Err(ConfigError::UnknownTag { field: "schedule", tag }.into()),

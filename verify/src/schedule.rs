@@ -6,6 +6,12 @@
 //!                    r >= warmup:  p     = min(r - warmup, decay) / decay,   decay = total - warmup
 //!                                  lr(r) = min + (peak - min) * (0.5 * (1 + cos(pi * p)))
 //!                                  (decay = 0: lr(r) = min)
+//!   WarmupStableDecay (warm-up, then the peak until `decay_start`, then linear to `min` at `total`):
+//!                    r <  warmup:       lr(r) = peak * ((r + 1) / warmup)
+//!                    r <  decay_start:  lr(r) = peak
+//!                    else:              span  = total - decay_start   (span = 0: lr(r) = min)
+//!                                       q     = (span - min(r - decay_start, span)) / span
+//!                                       lr(r) = min + (peak - min) * q
 //! ```
 //!
 //! Every operation is an f64 IEEE operation written out one at a time, `cos` is the `libm` crate's,
@@ -62,6 +68,21 @@ pub enum Schedule {
         /// Round at which the decay ends.
         total_rounds: u64,
     },
+    /// Linear warm-up to `peak` over `warmup_rounds`, the peak until `decay_start`, then a linear
+    /// decay to `min` at `total_rounds` (warm-up, stable, decay: the decay can be placed late, once a
+    /// run's length is settled, and the stable phase makes the most of a high rate).
+    WarmupStableDecay {
+        /// Rate from the end of warm-up to `decay_start`.
+        peak: Ratio,
+        /// Rate at and after `total_rounds`.
+        min: Ratio,
+        /// Rounds of linear warm-up.
+        warmup_rounds: u64,
+        /// First round of the decay (at least `warmup_rounds`).
+        decay_start: u64,
+        /// Round at which the decay ends (at least `decay_start`).
+        total_rounds: u64,
+    },
 }
 
 impl Schedule {
@@ -72,6 +93,16 @@ impl Schedule {
             Schedule::WarmupCosine { peak, min, .. } => {
                 peak.validate()?;
                 min.validate()
+            }
+            Schedule::WarmupStableDecay { peak, min, warmup_rounds, decay_start, total_rounds } => {
+                peak.validate()?;
+                min.validate()?;
+                if !(warmup_rounds <= decay_start && decay_start <= total_rounds) {
+                    return Err(VerifyError::InvalidHyper(format!(
+                        "warm-up-stable-decay rounds out of order: warm-up {warmup_rounds}, decay start {decay_start}, total {total_rounds}"
+                    )));
+                }
+                Ok(())
             }
         }
     }
@@ -96,6 +127,23 @@ impl Schedule {
                 let c = libm::cos(core::f64::consts::PI * p);
                 let half = 0.5 * (1.0 + c);
                 min + (peak - min) * half
+            }
+            Schedule::WarmupStableDecay { peak, min, warmup_rounds, decay_start, total_rounds } => {
+                let (peak, min) = (peak.to_f64(), min.to_f64());
+                if r < warmup_rounds {
+                    let frac = (r + 1) as f64 / warmup_rounds as f64;
+                    return peak * frac;
+                }
+                if r < decay_start {
+                    return peak;
+                }
+                let span = total_rounds.saturating_sub(decay_start);
+                if span == 0 {
+                    return min;
+                }
+                let left = span - (r - decay_start).min(span);
+                let q = left as f64 / span as f64;
+                min + (peak - min) * q
             }
         }
     }
@@ -126,6 +174,37 @@ mod tests {
         assert_eq!(s.lr_f64(Round(1_000_000)), 0.0001);
         // Pinned bits: a platform or libm change shows up here.
         assert_eq!(s.lr(Round(37)).to_bits(), 979_251_411);
+    }
+
+    #[test]
+    fn warmup_stable_then_linear_decay() {
+        let wsd = |warmup_rounds, decay_start, total_rounds| Schedule::WarmupStableDecay {
+            peak: Ratio::new(1, 1000),
+            min: Ratio::new(1, 10000),
+            warmup_rounds,
+            decay_start,
+            total_rounds,
+        };
+        let s = wsd(4, 100, 120);
+        assert!(s.validate().is_ok());
+        assert_eq!(s.lr_f64(Round(0)), 0.001 * 0.25);
+        assert_eq!(s.lr_f64(Round(3)), 0.001);
+        assert_eq!(s.lr_f64(Round(4)), 0.001);
+        assert_eq!(s.lr_f64(Round(99)), 0.001);
+        assert_eq!(s.lr_f64(Round(100)), 0.001);
+        assert!((s.lr_f64(Round(110)) - 0.00055).abs() < 1e-12);
+        assert!(s.lr_f64(Round(111)) < s.lr_f64(Round(110)));
+        assert_eq!(s.lr_f64(Round(120)), 0.0001);
+        assert_eq!(s.lr_f64(Round(u64::MAX)), 0.0001);
+        // Pinned bits.
+        assert_eq!(s.lr(Round(117)).to_bits(), 0.000_235_f32.to_bits());
+        // a decay with no span is the floor at once; rounds out of order are refused
+        let sharp = wsd(4, 120, 120);
+        assert_eq!(sharp.lr_f64(Round(119)), 0.001);
+        assert_eq!(sharp.lr_f64(Round(120)), 0.0001);
+        for (w, d, t) in [(5, 4, 10), (0, 11, 10)] {
+            assert!(matches!(wsd(w, d, t).validate(), Err(VerifyError::InvalidHyper(_))), "{w} {d} {t}");
+        }
     }
 
     #[test]

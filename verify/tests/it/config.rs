@@ -20,6 +20,11 @@ fn config_strategy() -> impl Strategy<Value = RunConfig> {
         (ratio(), ratio(), any::<u64>(), any::<u64>()).prop_map(|(peak, min, warmup_rounds, total_rounds)| {
             Schedule::WarmupCosine { peak, min, warmup_rounds, total_rounds }
         }),
+        (ratio(), ratio(), prop::array::uniform3(any::<u64>())).prop_map(|(peak, min, mut rounds)| {
+            rounds.sort_unstable();
+            let [warmup_rounds, decay_start, total_rounds] = rounds;
+            Schedule::WarmupStableDecay { peak, min, warmup_rounds, decay_start, total_rounds }
+        }),
     ];
     let hyper = (1u16..=256, 1u16..=256, 0u8..3, schedule, ratio(), any::<bool>()).prop_map(
         |(chunk_size, topk, code, schedule, weight_decay, median)| Hyper {
@@ -94,10 +99,10 @@ fn zero_denominator_and_unknown_tags_are_refused() {
         Err(VerifyError::Config(ConfigError::UnknownTag { field: "value encoding", tag: 3 }))
     );
     let mut bad_schedule = bytes.clone();
-    bad_schedule[44] = 2;
+    bad_schedule[44] = 3;
     assert_eq!(
         RunConfig::decode(&bad_schedule),
-        Err(VerifyError::Config(ConfigError::UnknownTag { field: "schedule", tag: 2 }))
+        Err(VerifyError::Config(ConfigError::UnknownTag { field: "schedule", tag: 3 }))
     );
     // lr den: bytes 53..61
     let mut zero_den = bytes.clone();
@@ -110,6 +115,24 @@ fn zero_denominator_and_unknown_tags_are_refused() {
         RunConfig::decode(&extra_len),
         Err(VerifyError::Config(ConfigError::TooLong { field: "extra", .. }))
     ));
+    // warm-up-stable-decay: the rounds must be in order, in a config written or read
+    let wsd = |decay_start| Schedule::WarmupStableDecay {
+        peak: Ratio::new(1, 1000),
+        min: Ratio::new(0, 1),
+        warmup_rounds: 10,
+        decay_start,
+        total_rounds: 100,
+    };
+    let mut staged = config.clone();
+    staged.hyper.schedule = wsd(50);
+    let staged_bytes = staged.encode().unwrap();
+    assert_eq!(RunConfig::decode(&staged_bytes).unwrap(), staged);
+    staged.hyper.schedule = wsd(5);
+    assert!(matches!(staged.encode(), Err(VerifyError::InvalidHyper(_))));
+    // tag 44, peak 45..61, min 61..77, warm-up 77..85, decay start 85..93
+    let mut early = staged_bytes.clone();
+    early[85..93].copy_from_slice(&5u64.to_le_bytes());
+    assert!(matches!(RunConfig::decode(&early), Err(VerifyError::InvalidHyper(_))));
     // min above max
     let mut rounds = config.clone();
     rounds.rounds = RoundRules { min_contributions: 2, max_contributions: 1 };
