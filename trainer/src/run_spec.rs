@@ -133,7 +133,7 @@ pub struct TrainSection {
 
 impl Default for TrainSection {
     fn default() -> TrainSection {
-        TrainSection { tokens_per_round: 1024, micro_batch: 8, clip_norm: 1.0, momentum_decay: 0.9 }
+        TrainSection { tokens_per_round: 1024, micro_batch: 8, clip_norm: 1.0, momentum_decay: 0.999 }
     }
 }
 
@@ -621,7 +621,7 @@ mod tests {
         assert!(with("preset = \"tiny\"", "preset = \"huge\"").contains("huge"));
         assert!(with("values = \"sign\"", "values = \"fp4\"").contains("demo.values"));
         assert!(with("role = \"admin\"", "role = \"boss\"").contains("roster.member[0].role"));
-        assert!(with("momentum_decay = 0.9 ", "momentum_decay = 1.5").contains("momentum_decay"));
+        assert!(with("momentum_decay = 0.999", "momentum_decay = 1.5").contains("momentum_decay"));
         assert!(with("[train]", "[train]\nbogus = 1").contains("bogus"));
         assert!(with("quorum = 1", "quorum = 3").contains("quorum"));
     }
