@@ -12,15 +12,20 @@ fn number(map: &HashMap<&str, &str>, key: &str) -> f64 {
     map.get(key).unwrap_or_else(|| panic!("no {key} in {map:?}")).parse().unwrap_or_else(|e| panic!("{key}: {e}"))
 }
 
-/// Runs `cairn bench ARGS` with one libtorch thread; its stdout, after checking it succeeded.
-fn bench(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+/// Runs `cairn bench ARGS` with one libtorch thread, whatever its outcome.
+fn bench_output(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cairn"))
         .arg("bench")
         .args(args)
         .env("OMP_NUM_THREADS", "1")
         .env_remove("CAIRN_LOG")
         .output()
-        .expect("run cairn");
+        .expect("run cairn")
+}
+
+/// Runs `cairn bench ARGS` with one libtorch thread; its stdout, after checking it succeeded.
+fn bench(args: &[&str]) -> String {
+    let out = bench_output(args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     stdout
@@ -34,6 +39,17 @@ fn small_train(steps: &str, every: &str, extra: &[&str]) -> String {
     args.extend(["--warmup", "0", "--threads", "1"]);
     args.extend(extra);
     bench(&args)
+}
+
+/// `cairn bench train` on the synthetic corpus: 2 workers, 4 sequences of 32 tokens per step,
+/// `steps` steps evaluated at the end on 4 held-out sequences, no warm-up, plus `extra`; whatever
+/// its outcome.
+fn quick_train(steps: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["train", "--corpus", "synthetic", "--steps", steps, "--workers", "2"];
+    args.extend(["--tokens-per-step", "128", "--seq-len", "32", "--eval-every", steps, "--eval-sequences", "4"]);
+    args.extend(["--warmup", "0", "--threads", "1"]);
+    args.extend(extra);
+    bench_output(&args)
 }
 
 #[test]
@@ -85,17 +101,7 @@ fn bench_train_runs_both_optimisers_and_both_losses_fall() {
 
 #[test]
 fn bench_train_research_flags_are_labelled_and_checked() {
-    let run = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["bench", "train", "--corpus", "synthetic", "--steps", "2", "--workers", "2"])
-            .args(["--tokens-per-step", "128", "--seq-len", "32", "--eval-every", "2", "--eval-sequences", "4"])
-            .args(["--warmup", "0", "--threads", "1"])
-            .args(extra)
-            .env("OMP_NUM_THREADS", "1")
-            .env_remove("CAIRN_LOG")
-            .output()
-            .expect("run cairn")
-    };
+    let run = |extra: &[&str]| quick_train("2", extra);
     let sign = run(&[]);
     let int8 = run(&["--values", "int8", "--diagnostics", "--dense-tensors", "vocab"]);
     let (sign_out, int8_out) = (String::from_utf8_lossy(&sign.stdout), String::from_utf8_lossy(&int8.stdout));
@@ -111,17 +117,7 @@ fn bench_train_research_flags_are_labelled_and_checked() {
 
 #[test]
 fn bench_train_decays_both_optimisers_alike() {
-    let run = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["bench", "train", "--corpus", "synthetic", "--steps", "3", "--workers", "2"])
-            .args(["--tokens-per-step", "128", "--seq-len", "32", "--eval-every", "3", "--eval-sequences", "4"])
-            .args(["--warmup", "0", "--threads", "1"])
-            .args(extra)
-            .env("OMP_NUM_THREADS", "1")
-            .env_remove("CAIRN_LOG")
-            .output()
-            .expect("run cairn")
-    };
+    let run = |extra: &[&str]| quick_train("3", extra);
     let last = |out: &std::process::Output| {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));

@@ -515,19 +515,17 @@ impl RunSpec {
                 }
                 if o.decay_start == 0 {
                     Schedule::WarmupCosine { peak, min, warmup_rounds: o.warmup_rounds, total_rounds: total.max(1) }
-                } else if o.warmup_rounds <= o.decay_start && o.decay_start <= total {
-                    Schedule::WarmupStableDecay {
+                } else {
+                    let schedule = Schedule::WarmupStableDecay {
                         peak,
                         min,
                         warmup_rounds: o.warmup_rounds,
                         decay_start: o.decay_start,
                         total_rounds: total,
-                    }
-                } else {
-                    return Err(bad(format!(
-                        "optimizer.decay_start ({}) must lie between optimizer.warmup_rounds ({}) and the end of the decay ({total})",
-                        o.decay_start, o.warmup_rounds
-                    )));
+                    };
+                    // verify's rule: warm-up <= decay start <= end of the decay
+                    schedule.validate().map_err(|e| bad(format!("optimizer.decay_start: {e}")))?;
+                    schedule
                 }
             }
         };
