@@ -184,7 +184,7 @@ fn demo_spec(args: &DemoArgs, keys: &[(&str, &str, &str, PathBuf, ledger::Public
         "# Written by `cairn demo`; see docs/RUN.md for every field.\n\
          [run]\nname = \"cairn demo\"\npreset = \"{preset}\"\nseed = 1\ntotal_rounds = {rounds}\nsnapshot_every = 10\n\n\
          [data]\nsource = \"{source}\"\nseq_len = 64\neval_fraction = 0.05\neval_sequences = 256\n\n\
-         [train]\ntokens_per_round = {tokens}\nmicro_batch = 8\nclip_norm = 1.0\nmomentum_decay = 0.999\n\n\
+         [train]\ntokens_per_round = {tokens}\nmicro_batch = 8\nclip_norm = 1.0\nmomentum_decay = {momentum}\n\n\
          [demo]\nchunk = 64\ntopk = 4\nvalues = \"sign\"\n\n\
          [optimizer]\nlr = 0.003\nmin_lr = 0.0003\nwarmup_rounds = 2\ndecay_rounds = {rounds}\nweight_decay = 0.0\nclip = \"median\"\n\n\
          [rounds]\nmin_contributions = 2\nmax_contributions = 16\ndeadline_secs = 120\nverdict_wait_secs = 60\n\n\
@@ -193,6 +193,7 @@ fn demo_spec(args: &DemoArgs, keys: &[(&str, &str, &str, PathBuf, ledger::Public
         preset = args.preset,
         rounds = args.rounds,
         tokens = args.tokens_per_round,
+        momentum = trainer::demo::DEFAULT_MOMENTUM_DECAY,
     );
     for (_, org, role, _, key) in keys {
         s.push_str(&format!("\n[[roster.member]]\nkey = \"{key}\"\norganisation = \"{org}\"\nrole = \"{role}\"\n"));

@@ -141,7 +141,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         // local_step reads the loss and gradient norm back, so the passes have finished when it returns.
         let grads = local_step(&model, &batch, &step).context("forward/backward")?;
         let t2 = Instant::now();
-        demo.accumulate(&grads.grads, &layout, 0.999, 1.0)?;
+        demo.accumulate(&grads.grads, &layout, trainer::demo::DEFAULT_MOMENTUM_DECAY, 1.0)?;
         let header = Header {
             run: verify::RunId([0x5e; 32]),
             round: Round(r),

@@ -100,7 +100,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     decay_start: u64,
     /// DeMo momentum decay.
-    #[arg(long, default_value_t = 0.999)]
+    #[arg(long, default_value_t = trainer::demo::DEFAULT_MOMENTUM_DECAY)]
     decay: f64,
     /// Coefficients kept per chunk.
     #[arg(long, default_value_t = 4)]

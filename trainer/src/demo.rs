@@ -38,6 +38,11 @@ use verify::{Header, Hyper, Layout, Round, State, Update, ValueEncoding};
 
 use crate::error::TrainerError;
 
+/// DeMo momentum decay when a run or benchmark sets none. 0.9 trains better in `cairn bench train`,
+/// but the validator's single-update scores of an honest worker are then noisy enough to exclude it
+/// (docs/BENCHMARKS.md, "Defaults").
+pub const DEFAULT_MOMENTUM_DECAY: f64 = 0.999;
+
 /// DCT bases as tensors on one device: verify's portable basis, uploaded once per size.
 #[derive(Debug)]
 pub struct Bases {

@@ -133,7 +133,12 @@ pub struct TrainSection {
 
 impl Default for TrainSection {
     fn default() -> TrainSection {
-        TrainSection { tokens_per_round: 1024, micro_batch: 8, clip_norm: 1.0, momentum_decay: 0.999 }
+        TrainSection {
+            tokens_per_round: 1024,
+            micro_batch: 8,
+            clip_norm: 1.0,
+            momentum_decay: crate::demo::DEFAULT_MOMENTUM_DECAY,
+        }
     }
 }
 
