@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Plots `cairn bench train --csv` curves as a PNG (docs/BENCHMARKS.md's figures):
-#   infra/plot-curves.sh CURVES.csv OUT.png [TITLE]
+#   infra/plot-curves.sh [LABEL=]CURVES.csv OUT.png [TITLE] [LABEL=MORE.csv ...]
 # Installs matplotlib once into $CAIRN_CACHE/plot-venv (PyPI only). Not needed by make test.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

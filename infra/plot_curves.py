@@ -1,8 +1,9 @@
 """Draws the loss curves that `cairn bench train --csv FILE` writes as a PNG.
 
-Usage: infra/plot-curves.sh CURVES.csv OUT.png [TITLE]
+Usage: infra/plot-curves.sh [LABEL=]CURVES.csv OUT.png [TITLE] [LABEL=MORE.csv ...]
 The CSV has a header `step,baseline_loss,cairn_loss,floor_nats`; a positive floor (the synthetic
-corpus's entropy rate) is drawn as a dashed line.
+corpus's entropy rate) is drawn as a dashed line. Each LABEL=MORE.csv adds the cairn curve of
+another run under that label (a sweep against one baseline: the runs must share its baseline).
 """
 
 import csv
@@ -14,12 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def main() -> int:
-    if len(sys.argv) < 3:
-        print(__doc__, file=sys.stderr)
-        return 2
-    source, out = sys.argv[1], sys.argv[2]
-    title = sys.argv[3] if len(sys.argv) > 3 else source
+def read_curves(source):
+    """(steps, baseline, cairn, floor) of one `--csv` file; floor is None unless positive."""
     steps, baseline, cairn, floor = [], [], [], None
     with open(source, newline="") as f:
         for row in csv.DictReader(f):
@@ -28,19 +25,50 @@ def main() -> int:
             cairn.append(float(row["cairn_loss"]))
             if float(row.get("floor_nats") or 0) > 0:
                 floor = float(row["floor_nats"])
+    return steps, baseline, cairn, floor
+
+
+def main() -> int:
+    if len(sys.argv) < 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    first_label, _, source = sys.argv[1].rpartition("=")
+    out = sys.argv[2]
+    title = sys.argv[3] if len(sys.argv) > 3 else source
+    extra = []
+    for arg in sys.argv[4:]:
+        label, sep, path = arg.rpartition("=")
+        if not sep or not label or not path:
+            print(f"{arg!r}: LABEL=MORE.csv expected", file=sys.stderr)
+            return 2
+        extra.append((label, path))
+    steps, baseline, cairn, floor = read_curves(source)
     if not steps:
         print(f"{source}: no rows", file=sys.stderr)
         return 1
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     ax.plot(steps, baseline, marker="o", label="AdamW, full batch (all-reduce baseline)")
-    ax.plot(steps, cairn, marker="s", label="cairn: DeMo workers, aggregated by verify")
+    ax.plot(steps, cairn, marker="s", label=first_label or "cairn: DeMo workers, aggregated by verify")
+    shown = baseline[1:] + cairn[1:]
+    for label, path in extra:
+        more_steps, _, more_cairn, _ = read_curves(path)
+        if not more_steps:
+            print(f"{path}: no rows", file=sys.stderr)
+            return 1
+        ax.plot(more_steps, more_cairn, marker=".", label=label)
+        shown += more_cairn[1:]
+    if extra and shown:
+        # A sweep's curves differ by a few percent; the shared initial loss would flatten them.
+        ax.set_ylim(min(shown) * 0.98, max(shown) * 1.02)
+        if len(steps) > 2:
+            ax.set_xlim(steps[1] - 0.05 * (steps[-1] - steps[1]), steps[-1] + 0.05 * (steps[-1] - steps[1]))
     if floor is not None:
         ax.axhline(floor, color="grey", linestyle="--", label=f"entropy floor {floor:.3f}")
     ax.set_xlabel("step (round)")
     ax.set_ylabel("held-out loss (nats/token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small" if extra else None)
     fig.tight_layout()
     fig.savefig(out)
     print(f"wrote {out}")
