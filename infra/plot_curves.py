@@ -51,10 +51,16 @@ def main() -> int:
     ax.plot(steps, cairn, marker="s", label=first_label or "cairn: DeMo workers, aggregated by verify")
     shown = baseline[1:] + cairn[1:]
     for label, path in extra:
-        more_steps, _, more_cairn, _ = read_curves(path)
+        more_steps, more_baseline, more_cairn, _ = read_curves(path)
         if not more_steps:
             print(f"{path}: no rows", file=sys.stderr)
             return 1
+        ours = dict(zip(steps, baseline))
+        for step, loss in zip(more_steps, more_baseline):
+            if step in ours and abs(ours[step] - loss) > 1e-6 * abs(loss):
+                print(f"{path}: its baseline differs from {source}'s at step {step} "
+                      f"({loss:.4f} against {ours[step]:.4f}); a sweep needs one baseline", file=sys.stderr)
+                return 1
         ax.plot(more_steps, more_cairn, marker=".", label=label)
         shown += more_cairn[1:]
     if extra and shown:
