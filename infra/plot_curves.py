@@ -28,17 +28,23 @@ def read_curves(source):
     return steps, baseline, cairn, floor
 
 
+def split_label(arg):
+    """(label, path) of `LABEL=PATH`; the label is empty when there is no `=`."""
+    label, _, path = arg.rpartition("=")
+    return label, path
+
+
 def main() -> int:
     if len(sys.argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
-    first_label, _, source = sys.argv[1].rpartition("=")
+    first_label, source = split_label(sys.argv[1])
     out = sys.argv[2]
     title = sys.argv[3] if len(sys.argv) > 3 else source
     extra = []
     for arg in sys.argv[4:]:
-        label, sep, path = arg.rpartition("=")
-        if not sep or not label or not path:
+        label, path = split_label(arg)
+        if not label or not path:
             print(f"{arg!r}: LABEL=MORE.csv expected", file=sys.stderr)
             return 2
         extra.append((label, path))
@@ -50,12 +56,12 @@ def main() -> int:
     ax.plot(steps, baseline, marker="o", label="AdamW, full batch (all-reduce baseline)")
     ax.plot(steps, cairn, marker="s", label=first_label or "cairn: DeMo workers, aggregated by verify")
     shown = baseline[1:] + cairn[1:]
+    ours = dict(zip(steps, baseline))
     for label, path in extra:
         more_steps, more_baseline, more_cairn, _ = read_curves(path)
         if not more_steps:
             print(f"{path}: no rows", file=sys.stderr)
             return 1
-        ours = dict(zip(steps, baseline))
         for step, loss in zip(more_steps, more_baseline):
             if step in ours and abs(ours[step] - loss) > 1e-6 * abs(loss):
                 print(f"{path}: its baseline differs from {source}'s at step {step} "
