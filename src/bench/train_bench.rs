@@ -191,7 +191,13 @@ fn ratio(x: f64, what: &str) -> anyhow::Result<Ratio> {
 pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     let source = match args.corpus.as_str() {
         "synthetic" => None,
-        "shakespeare" => Some(args.data.clone().unwrap_or_else(|| SHAKESPEARE.to_string())),
+        "shakespeare" => match &args.data {
+            Some(data) => Some(data.clone()),
+            None if std::path::Path::new(SHAKESPEARE).is_file() => Some(SHAKESPEARE.to_string()),
+            None => anyhow::bail!(
+                "--corpus shakespeare reads {SHAKESPEARE} by default, and it is not there: give the text with --data PATH"
+            ),
+        },
         "text" => Some(args.data.clone().context("--corpus text needs --data")?),
         other => anyhow::bail!("--corpus must be synthetic, shakespeare or text, not {other}"),
     };

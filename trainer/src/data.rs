@@ -108,6 +108,8 @@ pub struct MarkovSource {
     stationary: Vec<f64>,
     stationary_cumulative: Vec<f64>,
     entropy_rate: f64,
+    /// `H(X)`: the entropy of one symbol on its own, under the stationary distribution.
+    unigram_entropy: f64,
     /// `H(X_j | X_<j)` for j = 1..order (index j - 1).
     prefix_entropy: Vec<f64>,
 }
@@ -165,6 +167,7 @@ impl MarkovSource {
             stationary: Vec::new(),
             stationary_cumulative: Vec::new(),
             entropy_rate: 0.0,
+            unigram_entropy: 0.0,
             prefix_entropy: Vec::new(),
         };
         source.solve();
@@ -219,6 +222,7 @@ impl MarkovSource {
             }
             *hm = marginal.iter().map(|&p| -xlogx(p)).sum();
         }
+        self.unigram_entropy = h[1];
         self.prefix_entropy = (1..order).map(|j| h[j + 1] - h[j]).collect();
         let mut acc = 0.0;
         self.stationary_cumulative = pi
@@ -242,6 +246,13 @@ impl MarkovSource {
     /// The entropy rate in nats per token: the best possible loss once a full context is visible.
     pub fn entropy_rate_nats(&self) -> f64 {
         self.entropy_rate
+    }
+
+    /// The unigram plateau in nats per token: the best loss of a model that ignores the context and
+    /// predicts every symbol from the symbol frequencies alone. A model stuck there has learned
+    /// nothing about the sequence.
+    pub fn unigram_entropy_nats(&self) -> f64 {
+        self.unigram_entropy
     }
 
     /// The best possible mean loss (nats) over the `seq_len` targets of one sequence: positions with
@@ -762,6 +773,15 @@ impl Dataset {
         }
     }
 
+    /// The loss of predicting every token from the symbol frequencies alone, for the synthetic
+    /// corpus ([`MarkovSource::unigram_entropy_nats`]).
+    pub fn unigram_plateau_nats(&self) -> Option<f64> {
+        match &self.corpus {
+            Corpus::Synthetic(source) => Some(source.unigram_entropy_nats()),
+            Corpus::Tokens(_) => None,
+        }
+    }
+
     /// For a text corpus, the token positions sequence `index` covers.
     pub fn token_range(&self, index: u64) -> Option<Range<u64>> {
         match self.corpus {
@@ -929,23 +949,42 @@ mod tests {
         let model_nll = model_nll / n as f64;
         assert!((plug_in - rate).abs() < 0.01, "plug-in {plug_in}, rate {rate}");
         assert!((model_nll - rate).abs() < 0.01, "empirical {model_nll}, rate {rate}");
+        // The unigram plateau, from symbol counts alone.
+        let mut counts: HashMap<u16, u64> = HashMap::new();
+        for index in 0..2_000 {
+            for s in source.symbols(index, 200) {
+                *counts.entry(s).or_default() += 1;
+            }
+        }
+        let total: u64 = counts.values().sum();
+        let unigram: f64 = counts.values().map(|&k| k as f64 / total as f64).map(|p| -p * p.ln()).sum();
+        let plateau = source.unigram_entropy_nats();
+        assert!((unigram - plateau).abs() < 0.01, "plug-in {unigram}, computed {plateau}");
+        assert!(plateau > rate && plateau <= 32f64.ln() + 1e-12, "plateau {plateau}");
         // The first target sees one symbol of context: it costs more than the rate.
         assert!(source.loss_floor_nats(1) > rate);
         assert!(source.loss_floor_nats(64) > rate && source.loss_floor_nats(64) < source.loss_floor_nats(8));
     }
 
     #[tokio::test]
-    async fn tinyshakespeare_loads_through_a_store_url() {
-        // ../shared beside the repository (CI lays it there too); a missing file fails, loudly.
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tinyshakespeare.txt");
-        let path = path
-            .canonicalize()
-            .unwrap_or_else(|e| panic!("{}: {e} (shared/ must sit beside the repo)", path.display()));
+    async fn a_text_file_loads_through_a_store_url_and_splits_by_arithmetic() {
+        // The test writes its own text: it must not depend on anything outside the clone.
+        let line = "First Citizen:\nBefore we proceed any further, hear me speak.\n";
+        assert_eq!(line.len(), 62);
+        let text = line.repeat(10_000);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corpus.txt");
+        std::fs::write(&path, &text).unwrap();
         let bytes = load_text(&format!("file://{}", path.display()), MAX_TEXT_BYTES).await.unwrap();
-        assert_eq!(bytes.len(), 1_115_394);
+        assert_eq!(bytes.len(), 620_000);
         assert!(bytes.starts_with(b"First Citizen:"));
         let ds = Dataset::text(byte_tokens(&bytes), 0, 256, 0.1).unwrap();
-        assert_eq!(ds.eval_range().end, 1_115_393 / 256);
+        // 619,999 next-token targets make 2,421 windows of 256; 10% of them, rounded up, are held out.
+        let windows = 619_999 / 256;
+        assert_eq!(windows, 2_421);
+        assert_eq!(ds.eval_range().end, windows);
+        assert_eq!(ds.eval_range().end - ds.eval_range().start, 243);
+        // "First" in bytes.
         assert_eq!(ds.sequence(0).unwrap()[..5], [70, 105, 114, 115, 116]);
     }
 
