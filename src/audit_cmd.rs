@@ -2,7 +2,7 @@
 //! run's store. The checks live in `verify::audit`; this file draws progress, prints reports and
 //! maps verdicts to exit codes (docs/AUDIT.md).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -297,21 +297,21 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
     let entries = reader.entries();
     let accepted = || entries.iter().filter(|e| e.validity.is_accept()).filter_map(|e| Some((e, e.entry.as_ref()?)));
 
-    let closed: BTreeSet<u64> = accepted()
-        .filter_map(|(_, e)| match &e.body {
-            Body::RoundClose(rc) => Some(rc.round.0),
-            _ => None,
-        })
-        .collect();
-    let mut current = 0u64;
-    while closed.contains(&current) {
-        current += 1;
-    }
+    let tally = reader.state().rounds();
+    let current = tally.open_round().0;
+    let final_rounds = tally.finals().count();
 
     println!("run         {run_id}");
     let void = entries.iter().filter(|e| !e.validity.is_accept()).count();
     println!("ledger      {} slots, {} entries ({void} void)", reader.slots().len(), entries.len());
-    println!("round       {current} (open); {} closed", closed.len());
+    let phase = match tally.close(ledger::Round(current)) {
+        Some(c) => format!("closed at {} (cut at slot {}), awaiting attestations", c.pos, c.cut),
+        None => {
+            let voters: Vec<&str> = tally.voters().collect();
+            format!("open, {} of {} organisations voted to close", voters.len(), tally.quorum())
+        }
+    };
+    println!("round       {current} ({phase}); {final_rounds} final; organisation quorum {}", tally.quorum());
 
     let mut members: BTreeMap<ledger::PublicKey, MemberLine> = reader
         .state()
@@ -372,10 +372,13 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
     }
 
     let latest = |kind: Kind| accepted().filter(|(_, e)| e.body.kind() == kind).last();
-    if let Some((logged, e)) = latest(Kind::RoundClose)
-        && let Body::RoundClose(rc) = &e.body
-    {
-        println!("last close  round {} at {}: state {}", rc.round, logged.pos, rc.state);
+    if let Some((round, result)) = tally.finals().last() {
+        println!(
+            "last final  round {round} at {}: state {} ({} dropped)",
+            result.pos,
+            result.state,
+            result.dropped.len()
+        );
     }
     if let Some((logged, e)) = latest(Kind::Snapshot)
         && let Body::Snapshot(s) = &e.body

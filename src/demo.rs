@@ -2,8 +2,9 @@
 //! participant a separate OS process talking only through the store:
 //!
 //! ```text
-//!   store check ─▶ keys for alpha (admin, 2 workers) and beta (2 workers, validator) ─▶ run.toml
-//!     ─▶ cairn genesis ─▶ 4 × cairn worker + 1 × cairn validate (child processes, logs/)
+//!   store check ─▶ keys for alpha (admin, 2 workers, validator) and beta (2 workers, validator)
+//!     ─▶ run.toml (organisation quorum 2: both must vote, attest, fail a contribution)
+//!     ─▶ cairn genesis ─▶ 4 × cairn worker + 2 × cairn validate (child processes, logs/)
 //!     ─▶ live progress from the ledger ─▶ cairn audit ─▶ summary (loss vs floor, bytes, audit)
 //! ```
 //!
@@ -55,10 +56,11 @@ pub struct DemoArgs {
 }
 
 /// The demo's members: (name, organisation, role).
-const MEMBERS: [(&str, &str, &str); 6] = [
+const MEMBERS: [(&str, &str, &str); 7] = [
     ("admin", "alpha", "admin"),
     ("alpha-worker-1", "alpha", "worker"),
     ("alpha-worker-2", "alpha", "worker"),
+    ("alpha-validator", "alpha", "validator"),
     ("beta-worker-1", "beta", "worker"),
     ("beta-worker-2", "beta", "worker"),
     ("beta-validator", "beta", "validator"),
@@ -87,7 +89,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     let (name, url) = next_run(&base).await?;
     let dir = args.work_dir.join(&name);
     std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
-    println!("\n[2/5] members: 2 organisations x 2 workers, a validator, an admin (keys in {})", dir.display());
+    println!(
+        "\n[2/5] members: 2 organisations, each with 2 workers and a validator; an admin (keys in {})",
+        dir.display()
+    );
     let mut keys = Vec::new();
     for (member, org, role) in MEMBERS {
         let path = dir.join(format!("{member}.key"));
@@ -112,7 +117,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     anyhow::ensure!(status.success(), "cairn genesis failed ({status})");
 
     println!(
-        "\n[4/5] training: 4 workers and a validator as separate processes (logs in {})",
+        "\n[4/5] training: 4 workers and 2 validators as separate processes (logs in {})",
         dir.join("logs").display()
     );
     let mut children = Vec::new();
@@ -194,7 +199,7 @@ fn demo_spec(args: &DemoArgs, keys: &[(&str, &str, &str, PathBuf, ledger::Public
          [optimizer]\nlr = 0.002\nwarmup_rounds = 2\nweight_decay = 0.0\nclip = \"median\"\n\n\
          [rounds]\nmin_contributions = 2\nmax_contributions = 16\ndeadline_secs = 120\nverdict_wait_secs = 60\n\n\
          [validation]\nmin_score = -20\nmax_failures = 2\nassigned_sequences = {assigned}\neval_sequences = 4\n\n\
-         [roster]\nquorum = 1\n",
+         [roster]\nquorum = 1\norg_quorum = 2\n",
         preset = args.preset,
         rounds = args.rounds,
         tokens = args.tokens_per_round,
@@ -236,7 +241,8 @@ async fn watch(store: &storage::Store, children: &mut [(&str, Child)], rounds: u
         anyhow::ensure!(started.elapsed() < DEMO_TIMEOUT, "the demo ran past {} minutes", DEMO_TIMEOUT.as_secs() / 60);
         tokio::time::sleep(Duration::from_millis(500)).await;
         reader.poll().await?;
-        while let Some((close, _)) = reader.state().round_close(ledger::Round(shown)) {
+        while reader.state().rounds().final_result(ledger::Round(shown)).is_some() {
+            let Some(close) = reader.state().rounds().close(ledger::Round(shown)).map(|c| c.pos) else { break };
             let mut losses = Vec::new();
             let mut verdicts = 0;
             for e in reader.by_round(ledger::Round(shown)).filter(|e| e.pos < close) {

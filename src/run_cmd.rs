@@ -151,22 +151,27 @@ pub async fn genesis(args: GenesisArgs) -> anyhow::Result<Outcome> {
     let snapshot_size = bytes.len() as u64;
     let blob = store.put_blob(bytes).await.with_context(|| format!("uploading the initial state to {url}"))?;
     let hash = state.hash();
-    let genesis = Genesis::new(
-        parts.config.encode()?,
-        parts.roster.clone(),
-        parts.quorum,
-        ledger::StateHash(hash.0),
-        blob,
-        snapshot_size,
-    );
-    let run_id = ledger::RunId::random();
+    let genesis = Genesis {
+        org_quorum: parts.org_quorum,
+        salt: rand::random(),
+        ..Genesis::new(
+            parts.config.encode()?,
+            parts.roster.clone(),
+            parts.quorum,
+            ledger::StateHash(hash.0),
+            blob,
+            snapshot_size,
+        )
+    };
+    let run_id = genesis.run_id();
     let entry = Entry::sign(run_id, Body::Genesis(genesis), &[&admin])?;
     ledger::write_genesis(&store, &entry).await.with_context(|| format!("writing the genesis of {url}"))?;
     println!(
-        "run {run_id}: preset {} ({} parameters), {} members, initial state {hash}",
+        "run {run_id}: preset {} ({} parameters), {} members, organisation quorum {}, initial state {hash}",
         parts.train.preset,
         state.layout().elements(),
-        parts.roster.len()
+        parts.roster.len(),
+        parts.org_quorum
     );
     println!("genesis: run={run_id} state={hash} store={url}");
     Ok(Outcome::Ok)
@@ -254,7 +259,14 @@ pub fn describe_worker(e: &WorkerEvent) -> String {
             format!("round {round}: contributed, loss {loss:.4}, {bytes} bytes, {train_secs:.1} s")
         }
         WorkerEvent::AlreadyContributed { round } => format!("round {round}: contribution already in the ledger"),
-        WorkerEvent::Closed { round, counted } => format!("round {round}: closed it ({counted} counted)"),
+        WorkerEvent::Voted { round, seen } => format!("round {round}: voted to close it (read {seen} slots)"),
+        WorkerEvent::Attested { round, state, dropped } => {
+            format!(
+                "round {round}: attested state {}{}",
+                short(state),
+                if *dropped > 0 { format!(", {dropped} dropped") } else { String::new() }
+            )
+        }
         WorkerEvent::RoundApplied { round, counted, ours, state } => {
             let ours = match ours {
                 Some(Ok(())) => "ours counted".to_string(),

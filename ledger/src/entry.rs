@@ -1,9 +1,9 @@
-//! Ledger entries: the signed envelope and the six kinds of body, in their one canonical encoding.
+//! Ledger entries: the signed envelope and the seven kinds of body, in their one canonical encoding.
 //!
 //! ```text
-//!   entry     = version:u8 (=1) | kind:u8 | run_id:[32] | body_len:u32 | body
+//!   entry     = version:u8 (=2) | kind:u8 | run_id:[32] | body_len:u32 | body
 //!               | sig_count:u8 (1..=MAX_SIGNATURES) | (public_key:[32] | signature:[64]) * sig_count
-//!   signed    = "cairn-entry/v1" | run_id | version | kind | body_len | body
+//!   signed    = "cairn-entry/v2" | run_id | version | kind | body_len | body
 //! ```
 //!
 //! Signatures are sorted by public key, strictly ascending (so no key signs twice), and each one
@@ -12,14 +12,18 @@
 //!
 //! ```text
 //!   1 Genesis       config:bytes32(<=MAX_CONFIG_BYTES) | member_count:u16 | member*  (sorted by key)
-//!                   | quorum:u16 | initial_state:[32] | snapshot:[32] | snapshot_size:u64
+//!                   | quorum:u16 | org_quorum:u16 | initial_state:[32] | snapshot:[32] | snapshot_size:u64
+//!                   | salt:[16]
 //!       member      = key:[32] | organisation:str8(1..=MAX_ORG_BYTES) | role:u8 (1 admin, 2 worker, 3 validator)
+//!       run id      = blake3 derive_key("cairn run id v2", genesis body)
 //!   2 Contribution  round:u64 | base_state:[32] | assignment:bytes16(<=MAX_ASSIGNMENT_BYTES)
 //!                   | blob:[32] | blob_size:u64 | metric_count:u8 | (name:str8 | value:i64)*  (sorted by name)
 //!   3 Verdict       round:u64 | target_tag:u8 (1 entry: seq:u64 | index:u16, 2 blob: [32]) | score:i64
-//!   4 RoundClose    round:u64 | state:[32]
+//!   4 CloseVote     round:u64 | seen:u64
 //!   5 Snapshot      round:u64 | state:[32] | blob:[32] | blob_size:u64
 //!   6 RosterChange  epoch:u64 | change_tag:u8 (1 add: member, 2 remove: key:[32], 3 quorum: u16)
+//!   7 Attestation   round:u64 | state:[32] | dropped_count:u16 (<= MAX_DROPPED)
+//!                   | (seq:u64 | index:u16) * dropped_count  (sorted, strictly ascending)
 //! ```
 //!
 //! The decoder refuses anything that would not re-encode to the same bytes: unknown version or
@@ -32,8 +36,8 @@ use crate::id::{EntryPos, Round, RunId, Seq, StateHash};
 use crate::key::{ENTRY_DOMAIN, Keypair, PublicKey, Signature, verify};
 use crate::wire::{Reader, Writer};
 
-/// The entry format version this crate reads and writes.
-pub const ENTRY_VERSION: u8 = 1;
+/// The entry format version this crate reads and writes (2: closes by a quorum of organisations).
+pub const ENTRY_VERSION: u8 = 2;
 /// Largest encoded entry, signatures included.
 pub const MAX_ENTRY_BYTES: u32 = 256 * 1024;
 /// Largest opaque run configuration in a Genesis entry.
@@ -50,6 +54,10 @@ pub const MAX_ASSIGNMENT_BYTES: u16 = 1024;
 pub const MAX_METRICS: u8 = 32;
 /// Longest metric name, in UTF-8 bytes.
 pub const MAX_METRIC_NAME_BYTES: u8 = 32;
+/// Most contributions one Attestation may drop (the most a round can count).
+pub const MAX_DROPPED: u16 = 4096;
+/// The key-derivation context of a run id (see [`Genesis::run_id`]).
+pub const RUN_ID_CONTEXT: &str = "cairn run id v2";
 
 /// What a member may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -115,16 +123,23 @@ pub struct Genesis {
     pub roster: Vec<Member>,
     /// Admin signatures a RosterChange needs.
     pub quorum: u16,
+    /// The run's quorum of organisations: how many distinct organisations must vote to close a
+    /// round, attest its state, fail a contribution, or sign a checkpoint an audit relies on.
+    pub org_quorum: u16,
     /// Hash of the initial model state.
     pub initial_state: StateHash,
     /// Snapshot blob of the initial state.
     pub snapshot: BlobId,
     /// Its size in bytes.
     pub snapshot_size: u64,
+    /// Random bytes chosen when the run is created, so that two runs started from the same
+    /// config, roster and state still get different run ids.
+    pub salt: [u8; 16],
 }
 
 impl Genesis {
-    /// A genesis body with the roster put in canonical order.
+    /// A genesis body with the roster put in canonical order, an organisation quorum of 1 and a
+    /// zero salt (set both fields for a real run).
     pub fn new(
         config: Vec<u8>,
         mut roster: Vec<Member>,
@@ -134,7 +149,21 @@ impl Genesis {
         snapshot_size: u64,
     ) -> Genesis {
         roster.sort_by_key(|m| m.key);
-        Genesis { config, roster, quorum, initial_state, snapshot, snapshot_size }
+        Genesis { config, roster, quorum, org_quorum: 1, initial_state, snapshot, snapshot_size, salt: [0; 16] }
+    }
+
+    /// The run id: derived from the body, so it names exactly this genesis (its config, roster,
+    /// quorums, initial state and salt). A Genesis entry signed for another id is void.
+    pub fn run_id(&self) -> RunId {
+        RunId(blake3::derive_key(RUN_ID_CONTEXT, &Body::Genesis(self.clone()).encode()))
+    }
+
+    /// The distinct organisations of the roster.
+    pub fn organisations(&self) -> usize {
+        let mut orgs: Vec<&str> = self.roster.iter().map(|m| m.organisation.as_str()).collect();
+        orgs.sort_unstable();
+        orgs.dedup();
+        orgs.len()
     }
 }
 
@@ -175,13 +204,30 @@ pub struct Verdict {
     pub score: i64,
 }
 
-/// The claimed end of a round.
+/// One organisation's vote to close the open round: its author's clock says the round's deadline
+/// passed, and it has read every slot below `seen`. The round closes at the vote that brings the
+/// voting organisations to the run's quorum; its cut is the largest `seen` among those votes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoundClose {
-    /// The round.
+pub struct CloseVote {
+    /// The round (only the open round accepts votes).
     pub round: Round,
-    /// The claimed resulting state (a commitment others check, never trusted).
+    /// The voter has read every slot below this one (at most the vote's own slot).
+    pub seen: Seq,
+}
+
+/// One organisation's attestation of a closed round's result: applying the round's counted
+/// contributions, less those in `dropped` (whose blobs its author could not read), gives `state`.
+/// The round becomes final at the attestation that brings the organisations whose latest
+/// attestations agree to the run's quorum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attestation {
+    /// The round (closed, not yet final).
+    pub round: Round,
+    /// The state after the round.
     pub state: StateHash,
+    /// Contributions of the round, before its cut, left out because no copy of their blob could
+    /// be read; sorted, strictly ascending.
+    pub dropped: Vec<EntryPos>,
 }
 
 /// A stored model state to resume from.
@@ -227,12 +273,14 @@ pub enum Body {
     Contribution(Contribution),
     /// See [`Verdict`].
     Verdict(Verdict),
-    /// See [`RoundClose`].
-    RoundClose(RoundClose),
+    /// See [`CloseVote`].
+    CloseVote(CloseVote),
     /// See [`Snapshot`].
     Snapshot(Snapshot),
     /// See [`RosterChange`].
     RosterChange(RosterChange),
+    /// See [`Attestation`].
+    Attestation(Attestation),
 }
 
 /// The kind of an entry, as its tag byte.
@@ -245,11 +293,13 @@ pub enum Kind {
     /// Tag 3.
     Verdict,
     /// Tag 4.
-    RoundClose,
+    CloseVote,
     /// Tag 5.
     Snapshot,
     /// Tag 6.
     RosterChange,
+    /// Tag 7.
+    Attestation,
 }
 
 impl Kind {
@@ -259,9 +309,10 @@ impl Kind {
             Kind::Genesis => 1,
             Kind::Contribution => 2,
             Kind::Verdict => 3,
-            Kind::RoundClose => 4,
+            Kind::CloseVote => 4,
             Kind::Snapshot => 5,
             Kind::RosterChange => 6,
+            Kind::Attestation => 7,
         }
     }
 
@@ -270,9 +321,10 @@ impl Kind {
             1 => Kind::Genesis,
             2 => Kind::Contribution,
             3 => Kind::Verdict,
-            4 => Kind::RoundClose,
+            4 => Kind::CloseVote,
             5 => Kind::Snapshot,
             6 => Kind::RosterChange,
+            7 => Kind::Attestation,
             tag => return Err(DecodeError::UnknownTag { what: "entry kind", tag }),
         })
     }
@@ -283,9 +335,10 @@ impl Kind {
             Kind::Genesis => "genesis",
             Kind::Contribution => "contribution",
             Kind::Verdict => "verdict",
-            Kind::RoundClose => "round_close",
+            Kind::CloseVote => "close_vote",
             Kind::Snapshot => "snapshot",
             Kind::RosterChange => "roster_change",
+            Kind::Attestation => "attestation",
         }
     }
 }
@@ -297,9 +350,10 @@ impl Body {
             Body::Genesis(_) => Kind::Genesis,
             Body::Contribution(_) => Kind::Contribution,
             Body::Verdict(_) => Kind::Verdict,
-            Body::RoundClose(_) => Kind::RoundClose,
+            Body::CloseVote(_) => Kind::CloseVote,
             Body::Snapshot(_) => Kind::Snapshot,
             Body::RosterChange(_) => Kind::RosterChange,
+            Body::Attestation(_) => Kind::Attestation,
         }
     }
 
@@ -308,8 +362,9 @@ impl Body {
         match self {
             Body::Contribution(c) => Some(c.round),
             Body::Verdict(v) => Some(v.round),
-            Body::RoundClose(r) => Some(r.round),
+            Body::CloseVote(v) => Some(v.round),
             Body::Snapshot(s) => Some(s.round),
+            Body::Attestation(a) => Some(a.round),
             Body::Genesis(_) | Body::RosterChange(_) => None,
         }
     }
@@ -320,11 +375,11 @@ impl Body {
             Body::Genesis(g) => Some((g.snapshot, g.snapshot_size)),
             Body::Contribution(c) => Some((c.blob, c.blob_size)),
             Body::Snapshot(s) => Some((s.blob, s.blob_size)),
-            Body::Verdict(_) | Body::RoundClose(_) | Body::RosterChange(_) => None,
+            Body::Verdict(_) | Body::CloseVote(_) | Body::RosterChange(_) | Body::Attestation(_) => None,
         }
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         match self {
             Body::Genesis(g) => {
@@ -332,7 +387,8 @@ impl Body {
                 for m in &g.roster {
                     encode_member(&mut w, m);
                 }
-                w.u16(g.quorum).raw(&g.initial_state.0).raw(&g.snapshot.0).u64(g.snapshot_size);
+                w.u16(g.quorum).u16(g.org_quorum).raw(&g.initial_state.0).raw(&g.snapshot.0).u64(g.snapshot_size);
+                w.raw(&g.salt);
             }
             Body::Contribution(c) => {
                 w.u64(c.round.0).raw(&c.base_state.0).bytes16(&c.assignment).raw(&c.blob.0).u64(c.blob_size);
@@ -349,8 +405,14 @@ impl Body {
                 };
                 w.i64(v.score);
             }
-            Body::RoundClose(r) => {
-                w.u64(r.round.0).raw(&r.state.0);
+            Body::CloseVote(v) => {
+                w.u64(v.round.0).u64(v.seen.0);
+            }
+            Body::Attestation(a) => {
+                w.u64(a.round.0).raw(&a.state.0).u16(u16::try_from(a.dropped.len()).unwrap_or(u16::MAX));
+                for p in &a.dropped {
+                    w.u64(p.seq.0).u16(p.index);
+                }
             }
             Body::Snapshot(s) => {
                 w.u64(s.round.0).raw(&s.state.0).raw(&s.blob.0).u64(s.blob_size);
@@ -392,10 +454,21 @@ impl Body {
                     return Err(DecodeError::NotSorted { field: "roster" });
                 }
                 let quorum = r.field("quorum").u16()?;
+                let org_quorum = r.field("organisation quorum").u16()?;
                 let initial_state = StateHash(r.field("initial state").array()?);
                 let snapshot = BlobId(r.field("snapshot").array()?);
                 let snapshot_size = r.field("snapshot size").u64()?;
-                Body::Genesis(Genesis { config, roster, quorum, initial_state, snapshot, snapshot_size })
+                let salt = r.field("salt").array()?;
+                Body::Genesis(Genesis {
+                    config,
+                    roster,
+                    quorum,
+                    org_quorum,
+                    initial_state,
+                    snapshot,
+                    snapshot_size,
+                    salt,
+                })
             }
             Kind::Contribution => {
                 let round = Round(r.field("round").u64()?);
@@ -428,10 +501,26 @@ impl Body {
                 let score = r.field("score").i64()?;
                 Body::Verdict(Verdict { round, target, score })
             }
-            Kind::RoundClose => {
+            Kind::CloseVote => {
+                let round = Round(r.field("round").u64()?);
+                let seen = Seq(r.field("seen").u64()?);
+                Body::CloseVote(CloseVote { round, seen })
+            }
+            Kind::Attestation => {
                 let round = Round(r.field("round").u64()?);
                 let state = StateHash(r.field("state").array()?);
-                Body::RoundClose(RoundClose { round, state })
+                let count = r.field("dropped count").u16()?;
+                if count > MAX_DROPPED {
+                    return Err(DecodeError::TooLong { field: "dropped", len: count.into(), max: MAX_DROPPED.into() });
+                }
+                let mut dropped = Vec::with_capacity(count.into());
+                for _ in 0..count {
+                    dropped.push(EntryPos { seq: Seq(r.field("dropped seq").u64()?), index: r.u16()? });
+                }
+                if !dropped.windows(2).all(|w| matches!(w, [a, b] if a < b)) {
+                    return Err(DecodeError::NotSorted { field: "dropped" });
+                }
+                Body::Attestation(Attestation { round, state, dropped })
             }
             Kind::Snapshot => {
                 let round = Round(r.field("round").u64()?);
@@ -664,17 +753,52 @@ mod tests {
     #[test]
     fn unknown_kind_and_version_are_refused() {
         let k = Keypair::from_seed([1; 32]);
-        let e = Entry::sign(
-            RunId([0; 32]),
-            Body::RoundClose(RoundClose { round: Round(3), state: StateHash([1; 32]) }),
-            &[&k],
-        )
-        .unwrap();
+        let e =
+            Entry::sign(RunId([0; 32]), Body::CloseVote(CloseVote { round: Round(3), seen: Seq(7) }), &[&k]).unwrap();
         let mut bytes = e.encode();
         bytes[1] = 99;
         assert_eq!(Entry::decode(&bytes), Err(DecodeError::UnknownTag { what: "entry kind", tag: 99 }));
         bytes[1] = 4;
-        bytes[0] = 2;
-        assert_eq!(Entry::decode(&bytes), Err(DecodeError::UnknownVersion { what: "entry", version: 2 }));
+        bytes[0] = 1;
+        assert_eq!(Entry::decode(&bytes), Err(DecodeError::UnknownVersion { what: "entry", version: 1 }));
+    }
+
+    #[test]
+    fn attestations_round_trip_and_refuse_unsorted_drops() {
+        let k = Keypair::from_seed([1; 32]);
+        let at = |seq, index| EntryPos { seq: Seq(seq), index };
+        let body = |dropped| Body::Attestation(Attestation { round: Round(2), state: StateHash([5; 32]), dropped });
+        let e = Entry::sign(RunId([0; 32]), body(vec![at(3, 0), at(3, 1), at(9, 0)]), &[&k]).unwrap();
+        assert_eq!(Entry::decode(&e.encode()).unwrap(), e);
+        let err = Entry::sign(RunId([0; 32]), body(vec![at(9, 0), at(3, 0)]), &[&k]).unwrap_err();
+        assert!(matches!(err, LedgerError::Malformed { reason: DecodeError::NotSorted { field: "dropped" }, .. }));
+        let err = Entry::sign(RunId([0; 32]), body(vec![at(3, 0), at(3, 0)]), &[&k]).unwrap_err();
+        assert!(matches!(err, LedgerError::Malformed { reason: DecodeError::NotSorted { field: "dropped" }, .. }));
+    }
+
+    #[test]
+    fn the_run_id_is_derived_from_the_whole_genesis_body() {
+        let (_, a) = member(1, Role::Admin);
+        let g = Genesis::new(b"cfg".to_vec(), vec![a], 1, StateHash([3; 32]), BlobId([4; 32]), 9);
+        // blake3's derive_key over the body's canonical bytes, written out here by hand.
+        let mut body = Vec::new();
+        body.extend_from_slice(&3u32.to_be_bytes());
+        body.extend_from_slice(b"cfg");
+        body.extend_from_slice(&1u16.to_be_bytes());
+        body.extend_from_slice(&g.roster[0].key.0);
+        body.push(4);
+        body.extend_from_slice(b"org1");
+        body.push(1);
+        body.extend_from_slice(&1u16.to_be_bytes());
+        body.extend_from_slice(&1u16.to_be_bytes());
+        body.extend_from_slice(&[3; 32]);
+        body.extend_from_slice(&[4; 32]);
+        body.extend_from_slice(&9u64.to_be_bytes());
+        body.extend_from_slice(&[0; 16]);
+        assert_eq!(g.run_id(), RunId(blake3::derive_key("cairn run id v2", &body)));
+        let salted = Genesis { salt: [1; 16], ..g.clone() };
+        let two_orgs = Genesis { org_quorum: 2, ..g.clone() };
+        assert_ne!(salted.run_id(), g.run_id());
+        assert_ne!(two_orgs.run_id(), g.run_id());
     }
 }

@@ -88,13 +88,6 @@ hex_id!(
     StateHash
 );
 
-impl RunId {
-    /// A fresh random run id.
-    pub fn random() -> RunId {
-        RunId(rand::random())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

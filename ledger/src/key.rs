@@ -26,7 +26,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use crate::error::{LedgerError, Result};
 
 /// The domain tag of entry signatures.
-pub const ENTRY_DOMAIN: &[u8] = b"cairn-entry/v1";
+pub const ENTRY_DOMAIN: &[u8] = b"cairn-entry/v2";
 /// The domain tag of checkpoint signatures.
 pub const CHECKPOINT_DOMAIN: &[u8] = b"cairn-checkpoint/v1";
 /// The first line of a key file, before the hex seed.

@@ -7,6 +7,7 @@
 //!                                                                                 │
 //!   Reader (log) ◄── poll / wait_for_new ─────────────────────────────────────────┘
 //!     ├─ validity::LedgerState::apply   Accept | Void(reason), pure
+//!     ├─ rounds::RoundTally             closes and attested results, by a quorum of organisations
 //!     ├─ merkle leaves, one per slot    inclusion / consistency proofs
 //!     ├─ checkpoint: publish, cosign, check; audit names a rewritten slot
 //!     └─ export (feature `parquet`): what it read, as a Parquet file
@@ -25,20 +26,21 @@ pub mod id;
 pub mod key;
 pub mod log;
 pub mod merkle;
+pub mod rounds;
 pub mod slot;
 pub mod validity;
 mod wire;
 
 pub use checkpoint::{Checkpoint, SignedCheckpoint, Witness, verify_extension};
 pub use entry::{
-    Body, Change, Contribution, Entry, Genesis, Kind, Member, Role, RosterChange, RoundClose, Snapshot, Target, Verdict,
+    Attestation, Body, Change, CloseVote, Contribution, Entry, Genesis, Kind, Member, Role, RosterChange, Snapshot,
+    Target, Verdict,
 };
 pub use error::{DecodeError, LedgerError, Result, Tamper};
 pub use id::{EntryPos, Round, RunId, Seq, StateHash};
 pub use key::{Keypair, PublicKey, Signature, read_key_file, write_key_file};
-pub use log::{
-    Appender, LoggedEntry, Reader, SlotRecord, append_at, find_head, genesis_run_id, seq_key, write_genesis,
-};
+pub use log::{Appender, LoggedEntry, Reader, SlotRecord, find_head, genesis_run_id, seq_key, write_genesis};
 pub use merkle::Hash;
+pub use rounds::{Close, Final, RoundError, RoundTally};
 pub use storage::BlobId;
 pub use validity::{Checked, LedgerState, RawEntry, Validity, VoidReason, validate, validate_checked};

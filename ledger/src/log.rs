@@ -209,9 +209,10 @@ pub async fn write_genesis(store: &Store, genesis: &Entry) -> Result<()> {
     }
 }
 
-/// The run id named by the first entry of slot 0, for a reader that only has the store (the
-/// command line's `--store URL`). Whether that genesis is valid is still the validity rule's
-/// call; this only says which run the log claims to be.
+/// The run id of slot 0's first entry, for a reader that only has the store (the command line's
+/// `--store URL`): the id derived from its body when it is a Genesis ([`crate::Genesis::run_id`]),
+/// whatever id it was signed for otherwise. Whether that genesis is valid is still the validity
+/// rule's call (a Genesis signed for another id than its derived one is void).
 pub async fn genesis_run_id(store: &Store) -> Result<RunId> {
     let malformed = |reason| LedgerError::Malformed { what: "genesis slot", reason };
     match read_slot(store, Seq(0)).await? {
@@ -226,32 +227,13 @@ pub async fn genesis_run_id(store: &Store) -> Result<RunId> {
                 len: 0,
                 min: 1,
             }))?;
-            Ok(Entry::decode(first).map_err(malformed)?.run_id)
+            let entry = Entry::decode(first).map_err(malformed)?;
+            Ok(match &entry.body {
+                crate::Body::Genesis(g) => g.run_id(),
+                _ => entry.run_id,
+            })
         }
     }
-}
-
-/// Writes `entries` as slot `seq` and nowhere else: `Ok(true)` when the slot now holds them,
-/// `Ok(false)` when another writer's bytes are there. For an entry whose meaning depends on its
-/// position (a RoundClose counts the contributions before it), where landing later would be wrong.
-/// A write whose reply was lost is read back, as [`Appender`] does.
-pub async fn append_at(store: &Store, seq: Seq, entries: &[Entry]) -> Result<bool> {
-    let slot = slot::encode_entries(entries)?;
-    let key = seq_key(seq);
-    for _ in 0..REPROBE_AFTER_LOSSES {
-        let state = match store.put_if_absent(&key, slot.clone()).await {
-            Ok(PutOutcome::Created(_)) => SlotState::Ours,
-            Ok(PutOutcome::AlreadyExists) => slot_state(store, &key, &slot).await?,
-            Err(StoreError::Unavailable { .. }) => slot_state(store, &key, &slot).await?,
-            Err(e) => return Err(e.into()),
-        };
-        match state {
-            SlotState::Ours => return Ok(true),
-            SlotState::Taken => return Ok(false),
-            SlotState::Unknown => debug!(seq = seq.0, "slot state unknown after a failed write; trying it again"),
-        }
-    }
-    Err(LedgerError::AppendUncertain { seq })
 }
 
 /// Writes slots. One per writer task; cheap to create.

@@ -14,20 +14,24 @@
 //! 3. a Genesis is the very first entry (seq 0, index 0), and nothing else is
 //!    ([`VoidReason::GenesisNotFirst`], [`VoidReason::NoGenesis`]);
 //! 4. every signature verifies (ed25519 under ZIP-215, see [`crate::key`]) ([`VoidReason::BadSignature`]);
-//! 5. the signed message was not accepted before ([`VoidReason::Duplicate`]);
+//! 5. the same signed message by the same signers was not accepted before ([`VoidReason::Duplicate`]);
 //! 6. the signers are members whose role allows the kind, in the right number
 //!    (table below; RosterChange: at least `quorum` admins, at the current epoch);
-//! 7. kind rules: no contribution to a closed round, one RoundClose per round, a verdict names an
-//!    accepted contribution of its round, roster changes keep at least `quorum` admins, and no
-//!    roster (genesis or change) admits a small-order key (under ZIP-215 it would verify every
-//!    message, see [`key::is_weak`]).
+//! 7. kind rules: no contribution to a closed round; close votes and attestations follow the
+//!    round tally ([`crate::rounds`]: votes only for the open round, one per organisation;
+//!    attestations only for the closed open round); a snapshot names a final round and its
+//!    attested state; a verdict names an accepted contribution of its round; roster changes keep
+//!    at least `quorum` admins and `org_quorum` organisations; and no roster (genesis or change)
+//!    admits a small-order key (under ZIP-215 it would verify every message, see
+//!    [`key::is_weak`]). A Genesis must carry the run id derived from its body.
 //!
 //! ```text
 //!   Genesis       signers: admins of its own roster (>= 1)
 //!   Contribution  one signer, worker
 //!   Verdict       one signer, validator
-//!   RoundClose    one signer, any member (its claimed hash is recomputed by everyone)
-//!   Snapshot      one signer, any member (likewise)
+//!   CloseVote     one signer, any member (counts for its organisation)
+//!   Attestation   one signer, any member (likewise)
+//!   Snapshot      one signer, any member (the state must be the round's attested one)
 //!   RosterChange  >= quorum signers, all admins
 //! ```
 //!
@@ -43,8 +47,9 @@ use storage::BlobId;
 
 use crate::entry::{Body, Change, Entry, Genesis, Kind, Member, Role, Target};
 use crate::error::DecodeError;
-use crate::id::{EntryPos, Round, RunId, StateHash};
+use crate::id::{EntryPos, Round, RunId};
 use crate::key::{self, PublicKey};
+use crate::rounds::{RoundError, RoundTally};
 
 /// Why an entry does not count.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,9 +123,15 @@ pub enum VoidReason {
     /// A contribution to a round that already closed.
     #[error("round {0} is already closed")]
     RoundClosed(Round),
-    /// A second RoundClose for one round.
-    #[error("round {0} was already closed")]
-    AlreadyClosed(Round),
+    /// A close vote or an attestation that the round tally refuses.
+    #[error("{0}")]
+    Rounds(RoundError),
+    /// A snapshot of a round whose result is not final.
+    #[error("snapshot of round {0}, which is not final")]
+    NotFinal(Round),
+    /// A snapshot whose state is not the round's attested state.
+    #[error("snapshot of round {0} with a state other than the attested one")]
+    WrongState(Round),
     /// A verdict for something that is not an accepted contribution of its round.
     #[error("verdict target is not an accepted contribution of round {0}")]
     UnknownTarget(Round),
@@ -160,7 +171,7 @@ pub struct LedgerState {
     quorum: u16,
     roster_epoch: u64,
     seen: HashSet<[u8; 32]>,
-    closed: BTreeMap<Round, (EntryPos, StateHash)>,
+    rounds: RoundTally,
     contributions: HashMap<EntryPos, Round>,
     contribution_blobs: HashMap<BlobId, Round>,
 }
@@ -175,7 +186,7 @@ impl LedgerState {
             quorum: 0,
             roster_epoch: 0,
             seen: HashSet::new(),
-            closed: BTreeMap::new(),
+            rounds: RoundTally::new(1),
             contributions: HashMap::new(),
             contribution_blobs: HashMap::new(),
         }
@@ -211,9 +222,22 @@ impl LedgerState {
         self.roster_epoch
     }
 
-    /// The accepted RoundClose of `round`: where it is and the state it claims.
-    pub fn round_close(&self, round: Round) -> Option<(EntryPos, StateHash)> {
-        self.closed.get(&round).copied()
+    /// The round tally: the open round, closes and attested results.
+    pub fn rounds(&self) -> &RoundTally {
+        &self.rounds
+    }
+
+    /// The organisation of the member with this key, if any.
+    pub fn organisation(&self, key: &PublicKey) -> Option<&str> {
+        self.roster.get(key).map(|m| m.organisation.as_str())
+    }
+
+    fn organisations_without(&self, removed: &PublicKey) -> usize {
+        let mut orgs: Vec<&str> =
+            self.roster.values().filter(|m| m.key != *removed).map(|m| m.organisation.as_str()).collect();
+        orgs.sort_unstable();
+        orgs.dedup();
+        orgs.len()
     }
 
     fn admins(&self) -> usize {
@@ -233,7 +257,7 @@ impl LedgerState {
             Ok(c) => c,
             Err(e) => return (Validity::Void(VoidReason::Malformed(e)), None),
         };
-        let digest = *blake3::hash(&checked.message).as_bytes();
+        let digest = checked.digest();
         match check(self, pos, &checked, &digest) {
             Err(reason) => (Validity::Void(reason), Some(checked.entry)),
             Ok(()) => {
@@ -249,14 +273,20 @@ impl LedgerState {
             Body::Genesis(g) => {
                 self.roster = g.roster.iter().map(|m| (m.key, m.clone())).collect();
                 self.quorum = g.quorum;
+                self.rounds = RoundTally::new(g.org_quorum);
                 self.genesis = Some(g.clone());
             }
             Body::Contribution(c) => {
                 self.contributions.insert(pos, c.round);
                 self.contribution_blobs.entry(c.blob).or_insert(c.round);
             }
-            Body::RoundClose(rc) => {
-                self.closed.insert(rc.round, (pos, rc.state));
+            Body::CloseVote(v) => {
+                let org = self.organisation(&entry.signer()).unwrap_or_default().to_string();
+                self.rounds.vote(pos, &org, v);
+            }
+            Body::Attestation(a) => {
+                let org = self.organisation(&entry.signer()).unwrap_or_default().to_string();
+                self.rounds.attest(pos, &org, a);
             }
             Body::RosterChange(rc) => {
                 self.roster_epoch += 1;
@@ -332,6 +362,19 @@ impl Checked {
     pub fn entry(&self) -> &Entry {
         &self.entry
     }
+
+    /// What the duplicate check compares: blake3 of the signed message followed by the signers'
+    /// keys in signature order. Re-signing the same body does not make a new entry, but two
+    /// members who write the same body (two organisations attesting the same state, two
+    /// validators giving the same score) each make their own.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.message);
+        for s in &self.entry.signatures {
+            h.update(&s.key.0);
+        }
+        *h.finalize().as_bytes()
+    }
 }
 
 /// The validity rule: whether `raw` counts, given the prefix summarised by `state`.
@@ -343,7 +386,7 @@ pub fn validate(state: &LedgerState, raw: RawEntry<'_>) -> Validity {
 pub fn validate_checked(state: &LedgerState, pos: EntryPos, checked: &Result<Checked, DecodeError>) -> Validity {
     match checked {
         Err(e) => Validity::Void(VoidReason::Malformed(e.clone())),
-        Ok(c) => match check(state, pos, c, blake3::hash(&c.message).as_bytes()) {
+        Ok(c) => match check(state, pos, c, &c.digest()) {
             Ok(()) => Validity::Accept,
             Err(reason) => Validity::Void(reason),
         },
@@ -374,7 +417,7 @@ fn check(state: &LedgerState, pos: EntryPos, checked: &Checked, digest: &[u8; 32
         Body::Genesis(g) => check_genesis(g, entry),
         Body::Contribution(c) => {
             single_signer(state, entry, &[Role::Worker])?;
-            if state.closed.contains_key(&c.round) {
+            if state.rounds.close(c.round).is_some() || c.round < state.rounds.open_round() {
                 return Err(VoidReason::RoundClosed(c.round));
             }
             Ok(())
@@ -390,15 +433,23 @@ fn check(state: &LedgerState, pos: EntryPos, checked: &Checked, digest: &[u8; 32
             }
             Ok(())
         }
-        Body::RoundClose(rc) => {
-            // Any member may close a round: the claimed hash is a commitment everyone checks.
-            single_signer(state, entry, ANY_MEMBER)?;
-            if state.closed.contains_key(&rc.round) {
-                return Err(VoidReason::AlreadyClosed(rc.round));
-            }
-            Ok(())
+        Body::CloseVote(v) => {
+            let member = single_signer(state, entry, ANY_MEMBER)?;
+            state.rounds.check_vote(pos, &member.organisation, v).map_err(VoidReason::Rounds)
         }
-        Body::Snapshot(_) => single_signer(state, entry, ANY_MEMBER),
+        Body::Attestation(a) => {
+            let member = single_signer(state, entry, ANY_MEMBER)?;
+            let is_contribution = |p| state.contributions.get(&p) == Some(&a.round);
+            state.rounds.check_attestation(&member.organisation, a, is_contribution).map_err(VoidReason::Rounds)
+        }
+        Body::Snapshot(snapshot) => {
+            single_signer(state, entry, ANY_MEMBER)?;
+            match state.rounds.final_result(snapshot.round) {
+                None => Err(VoidReason::NotFinal(snapshot.round)),
+                Some(f) if f.state != snapshot.state => Err(VoidReason::WrongState(snapshot.round)),
+                Some(_) => Ok(()),
+            }
+        }
         Body::RosterChange(rc) => {
             for s in &entry.signatures {
                 let member = state.roster.get(&s.key).ok_or(VoidReason::UnknownSigner(s.key))?;
@@ -427,6 +478,9 @@ fn check(state: &LedgerState, pos: EntryPos, checked: &Checked, digest: &[u8; 32
                     Some(m) if m.role == Role::Admin && admins <= usize::from(state.quorum.max(1)) => {
                         Err(VoidReason::BadRosterChange("would leave fewer admins than the quorum"))
                     }
+                    Some(_) if state.organisations_without(k) < usize::from(state.rounds.quorum()) => {
+                        Err(VoidReason::BadRosterChange("would leave fewer organisations than the organisation quorum"))
+                    }
                     Some(_) => Ok(()),
                 },
                 Change::SetQuorum(q) if *q == 0 || usize::from(*q) > admins => {
@@ -446,6 +500,12 @@ fn check_genesis(g: &Genesis, entry: &Entry) -> Result<(), VoidReason> {
     if g.quorum == 0 || usize::from(g.quorum) > admins {
         return Err(VoidReason::BadGenesis("quorum must be between 1 and the number of admins"));
     }
+    if g.org_quorum == 0 || usize::from(g.org_quorum) > g.organisations() {
+        return Err(VoidReason::BadGenesis("organisation quorum must be between 1 and the number of organisations"));
+    }
+    if entry.run_id != g.run_id() {
+        return Err(VoidReason::BadGenesis("the run id is not the one derived from the genesis body"));
+    }
     if g.roster.iter().any(|m| key::is_weak(&m.key)) {
         return Err(VoidReason::BadGenesis("a roster key is small-order"));
     }
@@ -464,7 +524,7 @@ fn check_genesis(g: &Genesis, entry: &Entry) -> Result<(), VoidReason> {
 /// Roles allowed to write claims (RoundClose, Snapshot): every member, since claims are checked.
 const ANY_MEMBER: &[Role] = &[Role::Admin, Role::Worker, Role::Validator];
 
-fn single_signer(state: &LedgerState, entry: &Entry, roles: &[Role]) -> Result<(), VoidReason> {
+fn single_signer<'a>(state: &'a LedgerState, entry: &Entry, roles: &[Role]) -> Result<&'a Member, VoidReason> {
     let [signed] = entry.signatures.as_slice() else {
         return Err(VoidReason::TooManySigners { count: entry.signatures.len() });
     };
@@ -472,46 +532,54 @@ fn single_signer(state: &LedgerState, entry: &Entry, roles: &[Role]) -> Result<(
     if !roles.contains(&member.role) {
         return Err(VoidReason::WrongRole { key: signed.key, role: member.role, kind: entry.body.kind() });
     }
-    Ok(())
+    Ok(member)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::{Body, Genesis, RoundClose};
+    use crate::entry::{Body, CloseVote, Genesis};
     use crate::id::Seq;
+    use crate::id::StateHash;
     use crate::key::Keypair;
 
     fn at(seq: u64) -> EntryPos {
         EntryPos { seq: Seq(seq), index: 0 }
     }
 
-    fn genesis(run: RunId, admin: &Keypair, quorum: u16) -> Vec<u8> {
+    /// A one-admin genesis and the run id derived from it.
+    fn genesis(admin: &Keypair, quorum: u16) -> (RunId, Vec<u8>) {
         let roster = vec![Member { key: admin.public(), organisation: "a".into(), role: Role::Admin }];
         let g = Genesis::new(vec![], roster, quorum, StateHash([0; 32]), BlobId([0; 32]), 0);
-        Entry::sign(run, Body::Genesis(g), &[admin]).unwrap().encode()
+        let run = g.run_id();
+        (run, Entry::sign(run, Body::Genesis(g), &[admin]).unwrap().encode())
     }
 
     #[test]
     fn garbage_is_void_and_nothing_counts_before_genesis() {
-        let run = RunId([1; 32]);
         let admin = Keypair::from_seed([1; 32]);
+        let (run, good) = genesis(&admin, 1);
         let mut state = LedgerState::new(run);
         assert!(matches!(
             validate(&state, RawEntry { pos: at(0), bytes: b"junk" }),
             Validity::Void(VoidReason::Malformed(_))
         ));
         let close =
-            Entry::sign(run, Body::RoundClose(RoundClose { round: Round(0), state: StateHash([0; 32]) }), &[&admin])
-                .unwrap()
-                .encode();
+            Entry::sign(run, Body::CloseVote(CloseVote { round: Round(0), seen: Seq(1) }), &[&admin]).unwrap().encode();
         assert_eq!(validate(&state, RawEntry { pos: at(0), bytes: &close }), Validity::Void(VoidReason::NoGenesis));
-        let bad = genesis(run, &admin, 0);
+        // A zero quorum, and a genesis signed for a run id that is not derived from its body.
+        let (other_run, bad) = genesis(&admin, 0);
         assert!(matches!(
-            validate(&state, RawEntry { pos: at(0), bytes: &bad }),
+            validate(&LedgerState::new(other_run), RawEntry { pos: at(0), bytes: &bad }),
             Validity::Void(VoidReason::BadGenesis(_))
         ));
-        let good = genesis(run, &admin, 1);
+        let roster = vec![Member { key: admin.public(), organisation: "a".into(), role: Role::Admin }];
+        let g = Genesis::new(vec![], roster, 1, StateHash([0; 32]), BlobId([0; 32]), 0);
+        let chosen = Entry::sign(RunId([1; 32]), Body::Genesis(g), &[&admin]).unwrap().encode();
+        assert_eq!(
+            validate(&LedgerState::new(RunId([1; 32])), RawEntry { pos: at(0), bytes: &chosen }),
+            Validity::Void(VoidReason::BadGenesis("the run id is not the one derived from the genesis body"))
+        );
         assert_eq!(
             validate(&state, RawEntry { pos: at(1), bytes: &good }),
             Validity::Void(VoidReason::GenesisNotFirst)
@@ -556,7 +624,6 @@ mod tests {
 
     #[test]
     fn a_batch_with_one_bad_signature_voids_only_that_entry_as_single_checks_do() {
-        let run = RunId([2; 32]);
         let admin = Keypair::from_seed([1; 32]);
         let worker = Keypair::from_seed([2; 32]);
         let stranger = Keypair::from_seed([3; 32]);
@@ -565,6 +632,7 @@ mod tests {
             Member { key: worker.public(), organisation: "a".into(), role: Role::Worker },
         ];
         let g = Genesis::new(vec![], roster, 1, StateHash([0; 32]), BlobId([0; 32]), 0);
+        let run = g.run_id();
         let mut state = LedgerState::new(run);
         let g = Entry::sign(run, Body::Genesis(g), &[&admin]).unwrap().encode();
         assert_eq!(state.apply(RawEntry { pos: at(0), bytes: &g }).0, Validity::Accept);
@@ -617,7 +685,6 @@ mod tests {
     /// A small-order key would "sign" everything under ZIP-215: no roster may hold one.
     #[test]
     fn small_order_keys_cannot_join_a_roster() {
-        let run = RunId([3; 32]);
         let admin = Keypair::from_seed([1; 32]);
         let mut identity = [0u8; 32];
         identity[0] = 1;
@@ -625,14 +692,16 @@ mod tests {
         let mut roster = vec![Member { key: admin.public(), organisation: "a".into(), role: Role::Admin }];
         roster.push(weak.clone());
         let g = Genesis::new(vec![], roster, 1, StateHash([0; 32]), BlobId([0; 32]), 0);
-        let g = Entry::sign(run, Body::Genesis(g), &[&admin]).unwrap().encode();
-        let state = LedgerState::new(run);
+        let weak_run = g.run_id();
+        let g = Entry::sign(weak_run, Body::Genesis(g), &[&admin]).unwrap().encode();
+        let state = LedgerState::new(weak_run);
         assert_eq!(
             validate(&state, RawEntry { pos: at(0), bytes: &g }),
             Validity::Void(VoidReason::BadGenesis("a roster key is small-order"))
         );
+        let (run, good) = genesis(&admin, 1);
         let mut state = LedgerState::new(run);
-        assert_eq!(state.apply(RawEntry { pos: at(0), bytes: &genesis(run, &admin, 1) }).0, Validity::Accept);
+        assert_eq!(state.apply(RawEntry { pos: at(0), bytes: &good }).0, Validity::Accept);
         let add = crate::entry::RosterChange { epoch: 0, change: Change::Add(weak) };
         let add = Entry::sign(run, Body::RosterChange(add), &[&admin]).unwrap().encode();
         assert_eq!(

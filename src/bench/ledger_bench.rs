@@ -48,22 +48,27 @@ struct Run {
 
 impl Run {
     fn new(rng: &mut StdRng) -> Run {
-        Run {
-            run_id: RunId(rng.random()),
+        let mut run = Run {
+            run_id: RunId([0; 32]),
             admin: Keypair::from_seed(rng.random()),
             workers: (0..WORKERS).map(|_| Keypair::from_seed(rng.random())).collect(),
-        }
+        };
+        run.run_id = run.genesis_body().run_id();
+        run
     }
 
-    fn genesis(&self) -> anyhow::Result<Entry> {
+    fn genesis_body(&self) -> Genesis {
         let mut roster = vec![Member { key: self.admin.public(), organisation: "admin".into(), role: Role::Admin }];
         roster.extend(self.workers.iter().enumerate().map(|(i, k)| Member {
             key: k.public(),
             organisation: format!("org-{}", i % 4),
             role: Role::Worker,
         }));
-        let g = Genesis::new(vec![], roster, 1, ledger::StateHash([0; 32]), BlobId([0; 32]), 0);
-        Ok(Entry::sign(self.run_id, Body::Genesis(g), &[&self.admin])?)
+        Genesis::new(vec![], roster, 1, ledger::StateHash([0; 32]), BlobId([0; 32]), 0)
+    }
+
+    fn genesis(&self) -> anyhow::Result<Entry> {
+        Ok(Entry::sign(self.run_id, Body::Genesis(self.genesis_body()), &[&self.admin])?)
     }
 
     /// A distinct contribution: `tag` separates the phases, `n` the entries.

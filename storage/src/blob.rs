@@ -40,6 +40,11 @@ impl BlobId {
     pub fn key(&self) -> String {
         format!("blobs/{self}")
     }
+
+    /// The key of a copy of the blob under `prefix` (a mirror: `<prefix>/blobs/<hex>`).
+    pub fn key_under(&self, prefix: &str) -> String {
+        format!("{}/blobs/{self}", prefix.trim_end_matches('/'))
+    }
 }
 
 impl fmt::Display for BlobId {
@@ -156,7 +161,25 @@ impl Store {
 
     /// Fetches blob `id` (at most `limit_bytes`) and checks that it hashes to its name.
     pub async fn get_blob(&self, id: BlobId, limit_bytes: u64) -> Result<Bytes> {
-        let (bytes, _, _) = self.fetch(&id.key(), limit_bytes).await?;
+        self.get_blob_at(&id.key(), id, limit_bytes).await
+    }
+
+    /// Fetches the copy of blob `id` kept under `prefix` ([`BlobId::key_under`]), re-hashed like
+    /// [`Store::get_blob`].
+    pub async fn get_blob_under(&self, prefix: &str, id: BlobId, limit_bytes: u64) -> Result<Bytes> {
+        self.get_blob_at(&id.key_under(prefix), id, limit_bytes).await
+    }
+
+    /// Stores a copy of `bytes` under `prefix` ([`BlobId::key_under`]) with put-if-absent: anyone
+    /// who holds a blob's bytes can re-publish it, and readers re-hash whatever they find.
+    pub async fn put_blob_under(&self, prefix: &str, bytes: Bytes) -> Result<BlobId> {
+        let id = BlobId::of(&bytes);
+        self.put_if_absent(&id.key_under(prefix), bytes).await?;
+        Ok(id)
+    }
+
+    async fn get_blob_at(&self, key: &str, id: BlobId, limit_bytes: u64) -> Result<Bytes> {
+        let (bytes, _, _) = self.fetch(key, limit_bytes).await?;
         let actual = BlobId::of(&bytes);
         if actual != id {
             return Err(StoreError::HashMismatch { expected: id, actual });
@@ -174,6 +197,7 @@ mod tests {
         let id = BlobId::of(b"cairn");
         assert_eq!(id.to_string().parse::<BlobId>().unwrap(), id);
         assert_eq!(id.key(), format!("blobs/{}", blake3::hash(b"cairn").to_hex()));
+        assert_eq!(id.key_under("mirrors/ab/"), format!("mirrors/ab/blobs/{}", blake3::hash(b"cairn").to_hex()));
         assert!("xyz".parse::<BlobId>().is_err());
         assert!("00".parse::<BlobId>().is_err());
     }

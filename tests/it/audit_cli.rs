@@ -2,7 +2,7 @@
 //! ledger and verify libraries (real signatures, real update blobs, honest round closes).
 
 use bytes::Bytes;
-use ledger::{Appender, Body, Contribution, Entry, Genesis, Keypair, Member, Role, RoundClose, RunId, Snapshot};
+use ledger::{Appender, Attestation, Body, CloseVote, Contribution, Entry, Genesis, Keypair, Member, Role, Snapshot};
 use verify::config::{ExclusionRules, RoundRules};
 use verify::{
     Compression, Header, Hyper, Layout, NormClip, Ratio, Round, RunConfig, Schedule, State, TensorSpec, ValueEncoding,
@@ -55,7 +55,6 @@ async fn two_rounds(url: &str) -> State {
         exclusion: ExclusionRules { min_score: 0, max_failures: 0 },
         extra: b"preset=tiny".to_vec(),
     };
-    let run = RunId([0x61; 32]);
     let admin = Keypair::from_seed([1; 32]);
     let workers = [Keypair::from_seed([10; 32]), Keypair::from_seed([11; 32])];
     let roster = vec![
@@ -68,6 +67,7 @@ async fn two_rounds(url: &str) -> State {
     let size = bytes.len() as u64;
     let blob = store.put_blob(bytes).await.unwrap();
     let genesis = Genesis::new(config.encode().unwrap(), roster, 1, ledger::StateHash(initial.hash().0), blob, size);
+    let run = genesis.run_id();
     ledger::write_genesis(&store, &Entry::sign(run, Body::Genesis(genesis), &[&admin]).unwrap()).await.unwrap();
     let mut appender = Appender::new(store.clone());
     let mut current = initial;
@@ -98,9 +98,17 @@ async fn two_rounds(url: &str) -> State {
             updates.push(update);
         }
         current = aggregate(&current, Round(round), &updates, &config.hyper).unwrap();
-        let close =
-            Body::RoundClose(RoundClose { round: ledger::Round(round), state: ledger::StateHash(current.hash().0) });
-        appender.append(&[Entry::sign(run, close, &[&admin]).unwrap()]).await.unwrap();
+        // The admin's organisation is the quorum (1): its vote closes the round (having read every
+        // slot written so far), its attestation makes the result final.
+        let seen = ledger::Reader::replay(store.clone(), run).await.unwrap().next_seq();
+        let vote = Body::CloseVote(CloseVote { round: ledger::Round(round), seen });
+        appender.append(&[Entry::sign(run, vote, &[&admin]).unwrap()]).await.unwrap();
+        let attestation = Body::Attestation(Attestation {
+            round: ledger::Round(round),
+            state: ledger::StateHash(current.hash().0),
+            dropped: vec![],
+        });
+        appender.append(&[Entry::sign(run, attestation, &[&admin]).unwrap()]).await.unwrap();
         if round == 0 {
             let bytes = Bytes::from(current.to_safetensors().unwrap());
             let size = bytes.len() as u64;
@@ -126,7 +134,7 @@ async fn audit_status_and_gc_on_a_local_run() {
 
     let out = crate::cairn(&["audit", "--store", &url], &[]);
     assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
-    assert_eq!(last_line(&out), format!("audit: OK rounds=2 entries=8 state={state}"));
+    assert_eq!(last_line(&out), format!("audit: OK rounds=2 entries=10 state={state}"));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("checkpoint  none published"), "{stdout}");
 
@@ -140,7 +148,7 @@ async fn audit_status_and_gc_on_a_local_run() {
 
     let out = crate::cairn(&["status", "--store", &url], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(last_line(&out), "status: round=2 entries=8 members=3");
+    assert_eq!(last_line(&out), "status: round=2 entries=10 members=3");
     let stdout = text(&out.stdout);
     assert!(stdout.contains("round 1      loss 2.299 (2 contribution(s))"), "{stdout}");
 
@@ -156,10 +164,11 @@ async fn audit_status_and_gc_on_a_local_run() {
     // From the snapshot the run still audits to the same state; from genesis it no longer can.
     let out = crate::cairn(&["audit", "--store", &url, "--from-snapshot"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
-    assert_eq!(last_line(&out), format!("audit: OK rounds=1 entries=8 state={state}"));
+    assert_eq!(last_line(&out), format!("audit: OK rounds=1 entries=10 state={state}"));
     let out = crate::cairn(&["audit", "--store", &url], &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(last_line(&out).starts_with("audit: FAIL round 0: the round_close at 3.0 claims"), "{}", last_line(&out));
+    assert!(last_line(&out).starts_with("audit: FAIL round 0: blob "), "{}", last_line(&out));
+    assert!(last_line(&out).ends_with(" unavailable: absent"), "{}", last_line(&out));
     let out = crate::cairn(&["gc", "--store", &url, "--delete"], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(last_line(&out).starts_with("gc: REFUSED the audit fails"), "{}", last_line(&out));

@@ -413,12 +413,16 @@ async fn adversaries_are_void_or_excluded_and_the_audit_says_why() {
         ("copier", "mallory", "worker"),
         ("flipper", "mallory", "worker"),
         ("v", "beta", "validator"),
+        ("v2", "alpha", "validator"),
     ];
     // One round, which waits for every worker (the deadline is far), so every adversary lands in
-    // it; the close also waits for the validator's verdict on every contribution it would count.
+    // it; the close also waits for the verdicts of both honest organisations' validators on every
+    // contribution it would count (a contribution fails only when validators of a quorum of
+    // organisations, 2 of alpha, beta and mallory, fail it).
     let fed = Fed::start(&members, &sections(1, 2, 600, 0, "bf16")).await;
     let mut children = vec![("w1", fed.spawn("worker", "w1")), ("w2", fed.spawn("worker", "w2"))];
     children.push(("v", fed.spawn("validate", "v")));
+    children.push(("v2", fed.spawn("validate", "v2")));
     let store = storage::open_with(&fed.url, &testing::s3_options()).await.unwrap();
     let mut follower = Follower::join(store).await.unwrap();
     // Wait for both honest contributions of round 0.

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use bytes::Bytes;
-use ledger::{Appender, BlobId, Body, Contribution, Entry, Genesis, Keypair, Member, Role, Round, RoundClose, RunId};
+use ledger::{Appender, BlobId, Body, CloseVote, Contribution, Entry, Genesis, Keypair, Member, Role, Round, RunId};
 
 fn cairn(args: &[&str]) -> Output {
     crate::cairn(args, &[])
@@ -40,17 +40,17 @@ fn keygen_writes_a_private_key_prints_its_hex_and_never_overwrites() {
 }
 
 /// A small run in a local folder: genesis, two contributions (one in a batch with a verdict-free
-/// duplicate), a garbage slot, and a round close. Returns the run id and the worker's key.
+/// duplicate), a garbage slot, and a close vote. Returns the run id and the worker's key.
 async fn small_run(url: &str) -> (RunId, Keypair) {
     let store = storage::open(url).await.unwrap();
     let admin = Keypair::from_seed([1; 32]);
     let worker = Keypair::from_seed([2; 32]);
-    let run_id = RunId([0x42; 32]);
     let roster = vec![
         Member { key: admin.public(), organisation: "org-admin".into(), role: Role::Admin },
         Member { key: worker.public(), organisation: "org-worker".into(), role: Role::Worker },
     ];
     let genesis = Genesis::new(b"cfg".to_vec(), roster, 1, ledger::StateHash([0; 32]), BlobId([3; 32]), 77);
+    let run_id = genesis.run_id();
     let contribution = |n: u64| {
         let c = Contribution {
             round: Round(0),
@@ -67,8 +67,8 @@ async fn small_run(url: &str) -> (RunId, Keypair) {
     a.append(&[contribution(1)]).await.unwrap(); // slot 1
     a.append(&[contribution(2), contribution(2)]).await.unwrap(); // slot 2: valid, duplicate
     store.put_if_absent(&ledger::seq_key(ledger::Seq(3)), Bytes::from_static(b"garbage")).await.unwrap(); // slot 3
-    let close = RoundClose { round: Round(0), state: ledger::StateHash([9; 32]) };
-    a.append(&[Entry::sign(run_id, Body::RoundClose(close), &[&admin]).unwrap()]).await.unwrap(); // slot 4
+    let close = CloseVote { round: Round(0), seen: ledger::Seq(4) };
+    a.append(&[Entry::sign(run_id, Body::CloseVote(close), &[&admin]).unwrap()]).await.unwrap(); // slot 4
     (run_id, worker)
 }
 
@@ -132,7 +132,7 @@ print("leaf3", t.column("leaf_hash")[4].as_py())
     assert_eq!(field("root"), root.to_string());
     assert_eq!(field("size"), "5");
     assert_eq!(field("run"), run_id.to_string());
-    assert_eq!(field("kinds"), "genesis,contribution,contribution,contribution,-,round_close");
+    assert_eq!(field("kinds"), "genesis,contribution,contribution,contribution,-,close_vote");
     assert_eq!(field("seqs"), "0,1,2,2,3,4");
     assert_eq!(field("signer1"), worker.public().to_string());
     assert_eq!(field("org1"), "org-worker");

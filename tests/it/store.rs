@@ -87,7 +87,7 @@ fn demo_runs_a_federation_and_its_store_passes_the_audit() {
     let text = stdout(&out);
     assert!(out.status.success(), "{text}{}", stderr(&out));
     assert!(text.contains("store check: PASS"), "{text}");
-    assert!(text.contains("round   2/2: 4 contributions, 4 verdicts"), "{text}");
+    assert!(text.contains("round   2/2: 4 contributions, 8 verdicts"), "two validators judge each: {text}");
     let audit_line = text.lines().find(|l| l.trim_start().starts_with("audit: OK rounds=2")).expect("audit line");
     assert!(text.contains("floor"), "the summary compares the loss with the corpus's floor: {text}");
     // What the demo leaves behind is a run any auditor accepts.

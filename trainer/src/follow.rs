@@ -2,29 +2,45 @@
 //! it with verify's replay. Workers and validators both stand on it.
 //!
 //! ```text
-//!   join:  genesis ─▶ TrainSpec ─▶ newest confirmed snapshot (or the genesis state)
-//!                                   └─▶ replay every later closed round ─▶ state before round r
-//!   sync:  poll the ledger ─▶ while round r has a RoundClose: apply it (verify) ─▶ r += 1
-//!   close: round r's provisional plan (the counted set if a RoundClose landed at the ledger's end)
-//!          ─▶ apply it to a copy ─▶ sign RoundClose(r, hash) ─▶ write it at exactly that slot,
-//!          or, if another writer took the slot, sync and look again
+//!   join:   genesis ─▶ TrainSpec ─▶ newest usable snapshot (attested state, readable blob; older
+//!                                   ones, then the genesis state, when it is not)
+//!                                   └─▶ replay every later final round ─▶ state before round r
+//!   sync:   poll the ledger ─▶ while round r is final: apply it (verify) ─▶ r += 1
+//!   vote:   round r open, close_ready (own clock) and our organisation has not voted
+//!           ─▶ CloseVote(r, seen = the slots read so far)
+//!   attest: round r closed, not final ─▶ its provisional plan, every counted blob fetched
+//!           (canonical, then mirrors); one that fails DROP_AFTER_FAILED_READS reads in a row
+//!           is dropped ─▶ apply the rest to a copy ─▶ Attestation(r, state, dropped), unless our
+//!           organisation's latest attestation already says that; a blob another organisation
+//!           dropped but we read is re-published under our organisation's mirror prefix
 //! ```
 //!
-//! The clock never enters here: when to close is [`close_ready`]'s answer to times the caller
-//! measured. Claimed hashes are never trusted: a RoundClose whose hash differs from the computed
-//! one is recorded as a discrepancy and the computed state goes on.
+//! The clock never enters here: when to vote is [`close_ready`]'s answer to times the caller
+//! measured. A round's result is what a quorum of organisations attested; replay recomputes it,
+//! and an attested hash that differs from the computed one is recorded as a discrepancy.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ledger::{Appender, Body, Entry, Keypair, LoggedEntry, Reader, Role, RoundClose, Snapshot, Target};
+use ledger::{
+    Appender, Attestation, BlobId, Body, CloseVote, Entry, EntryPos, Keypair, LoggedEntry, Reader, Role, Snapshot,
+    Target,
+};
 use storage::Store;
-use verify::replay::{Discrepancy, RoundReport, fetch_blobs, replay_from_latest_snapshot};
-use verify::{Replay, Round, RoundPlan, RoundRule, RunConfig, Start, State, StateHash, WorkerKey};
+use verify::replay::{
+    Discrepancy, RoundReport, RunBlobs, SkippedSnapshot, fetch_blobs, mirror_prefix, replay_from_latest_snapshot,
+};
+use verify::{Replay, Round, RoundRule, RunConfig, Start, State, StateHash, WorkerKey};
 
 use crate::TrainerError;
 use crate::model::ModelConfig;
 use crate::run_spec::TrainSpec;
+
+/// Failed reads in a row (one per attestation attempt, at the caller's poll interval, each after
+/// the storage layer's own retries) after which an attesting participant drops a contribution
+/// whose blob it cannot read.
+pub const DROP_AFTER_FAILED_READS: u32 = 3;
 
 /// What a run is, from its Genesis entry.
 #[derive(Clone, Debug)]
@@ -39,6 +55,19 @@ pub struct RunInfo {
     pub train: TrainSpec,
     /// The model shape.
     pub model: ModelConfig,
+    /// The run's organisation quorum.
+    pub org_quorum: u16,
+}
+
+/// A round this participant computed to attest it: reused when the round becomes final with the
+/// same result.
+#[derive(Debug)]
+struct Computed {
+    round: Round,
+    state: State,
+    hash: StateHash,
+    dropped: Vec<EntryPos>,
+    report: RoundReport,
 }
 
 /// The ledger and the consensus state of one run, as one participant follows it.
@@ -46,6 +75,7 @@ pub struct RunInfo {
 pub struct Follower {
     info: RunInfo,
     reader: Reader,
+    blobs: RunBlobs,
     /// The state before round `next`.
     state: State,
     hash: StateHash,
@@ -54,34 +84,53 @@ pub struct Follower {
     joined_at: Round,
     /// Whether the start was a snapshot rather than the genesis state.
     from_snapshot: bool,
+    /// Newer snapshots that could not be used when joining.
+    skipped: Vec<SkippedSnapshot>,
     discrepancies: Vec<Discrepancy>,
-    /// Reports of rounds applied outside `sync` (our own closes), handed out by the next `sync`.
-    pending: Vec<RoundReport>,
+    /// Failed reads in a row, per blob, while attesting.
+    unreadable: HashMap<BlobId, u32>,
+    computed: Option<Computed>,
+    /// What this follower last wrote for the tally: never the same vote or attestation twice (a
+    /// void one is not retried, so a refused entry cannot turn into a flood).
+    last_vote: Option<Round>,
+    last_attestation: Option<(Round, StateHash, Vec<EntryPos>)>,
 }
 
-/// How a close attempt ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseOutcome {
-    /// Our RoundClose landed; the follower moved on to the next round.
-    Closed {
-        /// The state hash claimed (and computed).
-        state: StateHash,
-        /// Contributions counted.
-        counted: usize,
+/// What [`Follower::take_part`] did for the open round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TallyAction {
+    /// Appended a close vote.
+    Voted {
+        /// The round.
+        round: u64,
+        /// The slots it had read.
+        seen: u64,
     },
-    /// Another entry took the slot first; sync and look again.
-    Raced,
-    /// The round was already closed.
-    AlreadyClosed,
+    /// Appended an attestation of the round's result.
+    Attested {
+        /// The round.
+        round: u64,
+        /// The state attested.
+        state: StateHash,
+        /// Contributions dropped because their blobs could not be read.
+        dropped: usize,
+    },
+    /// Could not read some counted blobs yet; will try again.
+    WaitingForBlobs {
+        /// The round.
+        round: u64,
+        /// Blobs not read.
+        missing: usize,
+    },
 }
 
 impl Follower {
-    /// Joins the run in `store`: reads the whole ledger, starts from the newest snapshot whose
-    /// round's RoundClose confirms it (the genesis state if none), and replays the rounds after it.
+    /// Joins the run in `store`: reads the whole ledger, starts from the newest usable snapshot
+    /// (the genesis state if none), and replays the rounds after it.
     pub async fn join(store: Store) -> Result<Follower, TrainerError> {
         let run_id = ledger::genesis_run_id(&store).await?;
         let reader = Reader::replay(store.clone(), run_id).await?;
-        let (_, config, _) = verify::replay::genesis_config(reader.entries())?;
+        let (_, config, genesis) = verify::replay::genesis_config(reader.entries())?;
         let train = TrainSpec::from_extra(&config.extra)?;
         let model = train.model_config()?;
         if model.layout()? != config.layout {
@@ -90,47 +139,70 @@ impl Follower {
                 train.preset
             )));
         }
-        let replayed = replay_from_latest_snapshot(reader.entries(), &store).await?;
+        let blobs = RunBlobs::of_reader(store.clone(), &reader);
+        let (replayed, skipped) = replay_from_latest_snapshot(reader.entries(), &blobs).await?;
+        for s in &skipped {
+            tracing::warn!(pos = %s.snapshot.pos, round = s.snapshot.round.0, reason = %s.reason,
+                "skipped a snapshot for an older start");
+        }
         let joined_at = replayed.report.first_round;
         let from_snapshot = joined_at.0 > 0;
         let next = replayed.report.next_round;
         let hash = replayed.state.hash();
-        let info = RunInfo { store, run_id, config, train, model };
+        let info = RunInfo { store, run_id, config, train, model, org_quorum: genesis.org_quorum };
         tracing::info!(run = %run_id, round = next.0, from_snapshot, "joined the run");
         Ok(Follower {
             info,
             reader,
+            blobs,
             state: replayed.state,
             hash,
             next,
             joined_at,
             from_snapshot,
+            skipped,
             discrepancies: replayed.report.discrepancies,
-            pending: Vec::new(),
+            unreadable: HashMap::new(),
+            computed: None,
+            last_vote: None,
+            last_attestation: None,
         })
     }
 
-    /// Reads what was appended since the last call and applies every round that closed. Returns
-    /// the reports of the rounds applied since the last call (counted and not-counted
-    /// contributions, with reasons), including rounds this follower closed itself.
+    /// Reads what was appended since the last call and applies every round whose result is now
+    /// final. Returns the reports of the rounds applied (counted and not-counted contributions,
+    /// with reasons).
     pub async fn sync(&mut self) -> Result<Vec<RoundReport>, TrainerError> {
         self.reader.poll().await?;
-        if self.reader.state().round_close(ledger::Round(self.next.0)).is_none() {
-            return Ok(std::mem::take(&mut self.pending));
+        let mut reports = Vec::new();
+        loop {
+            let Some(result) = self.reader.state().rounds().final_result(ledger::Round(self.next.0)).cloned() else {
+                return Ok(reports);
+            };
+            if let Some(c) = self.computed.take()
+                && c.round == self.next
+                && c.hash.0 == result.state.0
+                && c.dropped == result.dropped
+            {
+                // What we attested is what the quorum attested: no need to compute it again.
+                self.state = c.state;
+                self.hash = c.hash;
+                self.next = Round(self.next.0.saturating_add(1));
+                reports.push(c.report);
+                continue;
+            }
+            let start = Start::Continue { next: self.next, state: self.state.clone() };
+            let replayed = verify::replay(self.reader.entries(), start, &self.blobs).await?;
+            for d in replayed.report.discrepancies.iter().filter(|d| d.kind.is_binding()) {
+                tracing::warn!(round = d.round.0, pos = %d.pos, claimed = %d.claimed, computed = %d.computed,
+                    "an attested state hash differs from the computed one; going on with the computed state");
+            }
+            self.discrepancies.extend(replayed.report.discrepancies.iter().copied());
+            self.state = replayed.state;
+            self.hash = self.state.hash();
+            self.next = replayed.report.next_round;
+            reports.extend(replayed.report.rounds);
         }
-        let start = Start::Continue { next: self.next, state: self.state.clone() };
-        let replayed = verify::replay(self.reader.entries(), start, &self.info.store).await?;
-        for d in &replayed.report.discrepancies {
-            tracing::warn!(round = d.round.0, pos = %d.pos, claimed = %d.claimed, computed = %d.computed,
-                "a claimed state hash differs from the computed one; going on with the computed state");
-        }
-        self.discrepancies.extend(replayed.report.discrepancies.iter().copied());
-        self.state = replayed.state;
-        self.hash = self.state.hash();
-        self.next = replayed.report.next_round;
-        let mut reports = std::mem::take(&mut self.pending);
-        reports.extend(replayed.report.rounds);
-        Ok(reports)
     }
 
     /// Reads what was appended since the last call without applying rounds (see [`Follower::sync`]).
@@ -163,9 +235,20 @@ impl Follower {
         &self.reader
     }
 
-    /// The first round without a RoundClose: the round being worked on.
+    /// The run's blobs (canonical keys and mirrors).
+    pub fn blobs(&self) -> &RunBlobs {
+        &self.blobs
+    }
+
+    /// The first round whose result is not final: the round being worked on.
     pub fn round(&self) -> Round {
         self.next
+    }
+
+    /// Whether the current round closed (it then awaits its attested result; contributions to it
+    /// are late).
+    pub fn is_closed(&self) -> bool {
+        self.reader.state().rounds().close(ledger::Round(self.next.0)).is_some()
     }
 
     /// The state before [`Follower::round`].
@@ -183,7 +266,13 @@ impl Follower {
         (self.joined_at, self.from_snapshot)
     }
 
-    /// Claimed hashes that differed from the computed ones, since joining.
+    /// Newer snapshots that could not be used when joining, with reasons.
+    pub fn skipped_snapshots(&self) -> &[SkippedSnapshot] {
+        &self.skipped
+    }
+
+    /// Claimed hashes that differed from the computed ones, since joining (dissenting
+    /// attestations included; see [`verify::round::ClaimKind::is_binding`]).
     pub fn discrepancies(&self) -> &[Discrepancy] {
         &self.discrepancies
     }
@@ -191,11 +280,6 @@ impl Follower {
     /// The round rule over the ledger read so far.
     pub fn rule(&self) -> RoundRule {
         RoundRule::new(self.reader.entries(), &self.info.config)
-    }
-
-    /// The current round's counted set if it closed at the ledger's end.
-    pub fn provisional(&self) -> Option<RoundPlan> {
-        self.rule().provisional(self.next, self.hash)
     }
 
     /// Accepted entries of the current round signed by `key`.
@@ -220,7 +304,8 @@ impl Follower {
         }
     }
 
-    /// The verdict that excluded `worker`, if validators' verdicts excluded it.
+    /// The verdict that completed `worker`'s exclusion, if validators of a quorum of organisations
+    /// failed enough of its contributions in a row.
     pub fn exclusion(&self, worker: &WorkerKey) -> Option<ledger::EntryPos> {
         self.rule().exclusions().into_iter().find(|(w, _)| w == worker).map(|(_, pos)| pos)
     }
@@ -230,72 +315,150 @@ impl Follower {
         self.own_entries(key).any(|e| matches!(e.entry.as_ref().map(|x| &x.body), Some(Body::Contribution(_))))
     }
 
-    /// The facts [`close_ready`] decides on, for the current round.
+    /// The member whose attestation made `round` final, if it is.
+    pub fn finalised_by(&self, round: Round) -> Option<ledger::PublicKey> {
+        let result = self.reader.state().rounds().final_result(ledger::Round(round.0))?;
+        self.reader.entries().iter().find(|e| e.pos == result.pos).and_then(|e| e.entry.as_ref()).map(|e| e.signer())
+    }
+
+    /// The facts [`close_ready`] decides on, for the current round while it is open.
     pub fn close_facts(&self) -> Option<CloseFacts> {
         let rule = self.rule();
-        let plan = rule.provisional(self.next, self.hash)?;
-        let excluded: Vec<WorkerKey> = rule.exclusions().into_iter().map(|(w, _)| w).collect();
+        let plan = rule.prospective(self.next, self.hash)?;
         let roster = self.reader.state().roster();
         let active_workers: Vec<WorkerKey> = roster
             .values()
             .filter(|m| m.role == Role::Worker)
             .map(|m| WorkerKey(m.key.0))
-            .filter(|w| !excluded.contains(w))
+            .filter(|w| rule.excluded_in(w, self.next).is_none())
             .collect();
         let contributed = active_workers.iter().filter(|w| rule.candidates(self.next).any(|c| c.worker == **w)).count();
-        let has_validators = roster.values().any(|m| m.role == Role::Validator);
-        let judged = self.judged_positions();
-        let unjudged = plan.counted.iter().filter(|c| !judged.contains(&c.pos)).count();
+        let mut validator_orgs: Vec<&str> =
+            roster.values().filter(|m| m.role == Role::Validator).map(|m| m.organisation.as_str()).collect();
+        validator_orgs.sort_unstable();
+        validator_orgs.dedup();
+        let needed = validator_orgs.len().min(usize::from(self.info.org_quorum));
+        let judged = self.judging_organisations();
+        let unjudged = plan.counted.iter().filter(|c| judged.get(&c.pos).map_or(0, HashSet::len) < needed).count();
         Some(CloseFacts {
             counted: plan.counted.len(),
             active_workers: active_workers.len(),
             contributed,
-            has_validators,
+            has_validators: needed > 0,
             unjudged,
         })
     }
 
-    /// Positions of current-round contributions that have an accepted verdict.
-    fn judged_positions(&self) -> Vec<ledger::EntryPos> {
-        self.reader
-            .by_round(ledger::Round(self.next.0))
-            .filter_map(|e| match e.entry.as_ref().map(|x| &x.body) {
-                Some(Body::Verdict(v)) => match v.target {
-                    Target::Entry(p) => Some(p),
-                    Target::Blob(_) => None,
-                },
-                _ => None,
-            })
-            .collect()
+    /// Per current-round contribution, the organisations of the validators that judged it.
+    fn judging_organisations(&self) -> HashMap<EntryPos, HashSet<String>> {
+        let mut out: HashMap<EntryPos, HashSet<String>> = HashMap::new();
+        for e in self.reader.by_round(ledger::Round(self.next.0)) {
+            if let Some(Body::Verdict(v)) = e.entry.as_ref().map(|x| &x.body)
+                && let Target::Entry(p) = v.target
+            {
+                out.entry(p).or_default().insert(e.organisation.clone().unwrap_or_default());
+            }
+        }
+        out
     }
 
-    /// Tries to close the current round with `key`: computes the round as if its RoundClose were
-    /// the next slot, and writes the RoundClose there and only there.
-    pub async fn close_round(&mut self, key: &Keypair) -> Result<CloseOutcome, TrainerError> {
-        let Some(plan) = self.provisional() else { return Ok(CloseOutcome::AlreadyClosed) };
-        let blobs = fetch_blobs(&self.info.store, &plan).await;
+    /// What an honest member does for the round tally, given how long it has seen the current
+    /// round open (its own clock): votes to close it when [`close_ready`] says so and its
+    /// organisation has not voted yet; once it closed, attests its result. At most one entry per
+    /// call.
+    pub async fn take_part(&mut self, key: &Keypair, open_for: Duration) -> Result<Option<TallyAction>, TrainerError> {
+        let Some(org) = self.reader.state().organisation(&key.public()).map(str::to_string) else {
+            return Err(TrainerError::InvalidConfig(format!("key {} is not in this run's roster", key.public())));
+        };
+        let tally = self.reader.state().rounds();
+        if tally.open_round().0 != self.next.0 {
+            return Ok(None); // not synced up to the open round yet
+        }
+        if tally.close(ledger::Round(self.next.0)).is_none() {
+            if tally.voters().any(|o| o == org) || self.last_vote == Some(self.next) {
+                return Ok(None);
+            }
+            let ready =
+                self.close_facts().is_some_and(|f| close_ready(&f, &self.info.config, &self.info.train, open_for));
+            if !ready {
+                return Ok(None);
+            }
+            let seen = self.reader.next_seq();
+            let vote = Body::CloseVote(CloseVote { round: ledger::Round(self.next.0), seen });
+            self.last_vote = Some(self.next);
+            self.append(Entry::sign(self.info.run_id, vote, &[key])?).await?;
+            tracing::info!(round = self.next.0, seen = seen.0, "voted to close the round");
+            return Ok(Some(TallyAction::Voted { round: self.next.0, seen: seen.0 }));
+        }
+        self.attest(key, &org).await
+    }
+
+    async fn attest(&mut self, key: &Keypair, org: &str) -> Result<Option<TallyAction>, TrainerError> {
+        let rule = self.rule();
+        let Some(mut plan) = rule.provisional(self.next, self.hash) else { return Ok(None) };
+        let round = self.next.0;
+        let fetched = fetch_blobs(&self.blobs, &plan).await;
+        let mut dropped = Vec::new();
+        let mut waiting = 0;
+        for (c, blob) in plan.counted.iter().zip(&fetched) {
+            if blob.is_ok() {
+                self.unreadable.remove(&c.blob);
+                continue;
+            }
+            let failures = self.unreadable.entry(c.blob).or_default();
+            *failures += 1;
+            if *failures >= DROP_AFTER_FAILED_READS {
+                dropped.push(c.pos);
+            } else {
+                waiting += 1;
+            }
+        }
+        if waiting > 0 {
+            return Ok(Some(TallyAction::WaitingForBlobs { round, missing: waiting }));
+        }
+        // Re-publish what others could not read and we could.
+        let others_dropped: HashSet<EntryPos> =
+            rule.tally().attestations().filter(|(o, _, _)| *o != org).flat_map(|(_, _, d)| d.iter().copied()).collect();
+        for (c, blob) in plan.counted.iter().zip(&fetched) {
+            if let Ok(bytes) = blob
+                && others_dropped.contains(&c.pos)
+            {
+                self.info.store.put_blob_under(&mirror_prefix(org), bytes.clone()).await?;
+                tracing::info!(blob = %c.blob, round, "re-published a blob another organisation could not read");
+            }
+        }
+        let kept: Vec<Result<Bytes, verify::BlobFault>> =
+            plan.counted.iter().zip(fetched).filter(|(c, _)| !dropped.contains(&c.pos)).map(|(_, blob)| blob).collect();
+        plan.drop_unavailable(&dropped);
         let mut replay =
             Replay::new(self.reader.entries(), Start::Continue { next: self.next, state: self.state.clone() })?;
-        let counted = plan.counted.len();
-        let seq = plan.close.seq;
-        replay.apply(plan, blobs)?;
+        replay.apply(plan, kept)?;
         let after = replay.finish();
         let hash = after.state.hash();
-        let close =
-            Body::RoundClose(RoundClose { round: ledger::Round(self.next.0), state: ledger::StateHash(hash.0) });
-        let entry = Entry::sign(self.info.run_id, close, &[key])?;
-        if !ledger::append_at(&self.info.store, seq, &[entry]).await? {
-            return Ok(CloseOutcome::Raced);
+        let Some(report) = after.report.rounds.into_iter().next() else {
+            return Err(TrainerError::InvalidConfig("replaying the round to attest gave no report".into()));
+        };
+        let mine = rule.tally().attestations().any(|(o, s, d)| o == org && s.0 == hash.0 && d == dropped.as_slice());
+        let count = dropped.len();
+        self.computed = Some(Computed { round: self.next, state: after.state, hash, dropped: dropped.clone(), report });
+        let attempt = (self.next, hash, dropped.clone());
+        if mine || self.last_attestation.as_ref() == Some(&attempt) {
+            return Ok(None);
         }
-        tracing::info!(round = self.next.0, counted, state = %hash, "closed the round");
-        // The plan we applied is the real one now: take its state, then read our own slot.
-        self.pending.extend(after.report.rounds);
-        self.state = after.state;
-        self.hash = hash;
-        // A snapshot near u64::MAX can start a follower at the last round there is.
-        self.next = Round(self.next.0.saturating_add(1));
+        // Fetching and computing took a while: another member of our organisation may have
+        // attested the same, or the round may have become final meanwhile.
         self.reader.poll().await?;
-        Ok(CloseOutcome::Closed { state: hash, counted })
+        let tally = self.reader.state().rounds();
+        let same = tally.attestations().any(|(o, s, d)| o == org && s.0 == hash.0 && d == dropped.as_slice());
+        if same || tally.open_round().0 != self.next.0 {
+            return Ok(None);
+        }
+        self.last_attestation = Some(attempt);
+        let body =
+            Body::Attestation(Attestation { round: ledger::Round(round), state: ledger::StateHash(hash.0), dropped });
+        self.append(Entry::sign(self.info.run_id, body, &[key])?).await?;
+        tracing::info!(round, state = %hash, dropped = count, "attested the round's result");
+        Ok(Some(TallyAction::Attested { round, state: hash, dropped: count }))
     }
 
     /// Uploads the current state (the state after round `round() - 1`) and appends a Snapshot
@@ -318,10 +481,13 @@ impl Follower {
         Ok(size)
     }
 
-    /// Appends `entry` after everything this follower has read (never past a hole it did not see).
+    /// Appends `entry` after everything this follower has read (never past a hole it did not see),
+    /// then reads on (so the entry is in the follower's view).
     pub async fn append(&mut self, entry: Entry) -> Result<ledger::Seq, TrainerError> {
         let mut appender = Appender::starting_at(self.info.store.clone(), self.reader.next_seq());
-        Ok(appender.append(&[entry]).await?)
+        let seq = appender.append(&[entry]).await?;
+        self.reader.poll().await?;
+        Ok(seq)
     }
 
     /// Writes the ledger as read so far as Parquet at `exports/{slots:020}.parquet` (derived data for
@@ -346,17 +512,18 @@ pub struct CloseFacts {
     pub active_workers: usize,
     /// Of them, how many have a contribution entry for the round (counted or not).
     pub contributed: usize,
-    /// Whether the roster has validators (then a closer waits for their verdicts).
+    /// Whether the roster has validators (then a voter waits for their verdicts).
     pub has_validators: bool,
-    /// Counted contributions without a verdict yet.
+    /// Counted contributions not yet judged by validators of enough organisations.
     pub unjudged: usize,
 }
 
-/// Whether an honest participant closes the round now. `open_for` is how long this participant
-/// has seen the round open (its own clock; consensus never sees it). A round closes once it has
-/// `min_contributions` and either every active worker contributed or the deadline passed, and,
-/// when the roster has validators, every counted contribution was judged or the verdict wait
-/// after the deadline passed too.
+/// Whether an honest participant votes to close the round now. `open_for` is how long this
+/// participant has seen the round open (its own clock; consensus never sees it). It votes once the
+/// round has `min_contributions` and either every active worker contributed or the deadline
+/// passed, and, when the roster has validators, every counted contribution was judged by
+/// validators of as many organisations as can fail it (the quorum, or every validator
+/// organisation when there are fewer) or the verdict wait after the deadline passed too.
 pub fn close_ready(facts: &CloseFacts, config: &RunConfig, train: &TrainSpec, open_for: Duration) -> bool {
     let deadline = Duration::from_secs(train.deadline_secs);
     // Both come from the Genesis entry: a sum past Duration's range means "never".

@@ -255,6 +255,10 @@ pub struct RosterSection {
     /// Admin signatures a roster change needs.
     #[serde(default = "one")]
     pub quorum: u16,
+    /// The run's quorum of organisations (close a round, attest its result, fail a contribution,
+    /// sign a checkpoint audits rely on); default: a majority of the roster's organisations.
+    #[serde(default)]
+    pub org_quorum: Option<u16>,
     /// `[[roster.member]]`: the members.
     pub member: Vec<MemberSpec>,
 }
@@ -454,6 +458,8 @@ pub struct GenesisParts {
     pub roster: Vec<Member>,
     /// Admin signatures a roster change needs.
     pub quorum: u16,
+    /// The run's quorum of organisations.
+    pub org_quorum: u16,
 }
 
 impl RunSpec {
@@ -588,7 +594,20 @@ impl RunSpec {
         if !roster.iter().any(|m| m.role == Role::Worker) {
             return Err(bad("the roster needs at least one worker".into()));
         }
-        Ok(GenesisParts { config, train, roster, quorum: self.roster.quorum })
+        let mut orgs: Vec<&str> = roster.iter().map(|m| m.organisation.as_str()).collect();
+        orgs.sort_unstable();
+        orgs.dedup();
+        let org_quorum = match self.roster.org_quorum {
+            None => u16::try_from(orgs.len() / 2 + 1).unwrap_or(u16::MAX),
+            Some(q) if q == 0 || usize::from(q) > orgs.len() => {
+                return Err(bad(format!(
+                    "roster.org_quorum must be in 1..={} (the number of organisations in the roster)",
+                    orgs.len()
+                )));
+            }
+            Some(q) => q,
+        };
+        Ok(GenesisParts { config, train, roster, quorum: self.roster.quorum, org_quorum })
     }
 }
 

@@ -7,12 +7,13 @@
 //!               ├─ decodes: loss on the worker's assignment and on held-out data, before and after
 //!               │           applying the update alone ─▶ Verdict(score in milli-nats)
 //!               └─ does not decode (NaN, copied under another key, garbage): Verdict(UNUSABLE)
-//!         ─▶ close the round when close_ready ─▶ repeat until the run's last round
+//!         ─▶ vote and attest like any member (Follower::take_part) ─▶ repeat until the run's last round
 //! ```
 //!
-//! A verdict below the run's `min_score` fails the contribution (if it lands before the round's
-//! RoundClose), and `max_failures` failures exclude the worker: that rule is verify's, applied by
-//! everyone from the ledger alone. The validator only writes the scores.
+//! A contribution fails when validators of a quorum of organisations scored it below the run's
+//! `min_score` before the round closed, and `max_failures` failed rounds in a row exclude the
+//! worker: that rule is verify's, applied by everyone from the ledger alone. The validator only
+//! writes the scores.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -23,10 +24,10 @@ use verify::Expected;
 use verify::wire::encoded_len;
 
 use crate::TrainerError;
-use crate::follow::{CloseOutcome, Follower, close_ready};
+use crate::follow::{Follower, TallyAction};
 use crate::model::Model;
 use crate::score::score_blob;
-use crate::worker::{WorkerEvent, after_own_close};
+use crate::worker::{WorkerEvent, after_final};
 
 /// The score a validator records for an update that does not decode for its claimed round, base
 /// and worker, or holds non-finite values: far below any sensible `min_score`.
@@ -102,6 +103,8 @@ pub async fn run_validator(
     let mut verdicts = 0u64;
     loop {
         for report in follower.sync().await? {
+            let mut forward = |e| events(ValidatorEvent::Worker(e));
+            after_final(&mut follower, key, &report, &mut forward).await?;
             events(ValidatorEvent::RoundApplied { round: report.round.0, counted: report.counted.len() });
         }
         let round = follower.round();
@@ -171,14 +174,16 @@ pub async fn run_validator(
             append_verdict(&mut follower, key, round.0, pos, score).await?;
             events(ValidatorEvent::Judged { round: round.0, pos, organisation, score, unusable });
         }
-        if let Some(facts) = follower.close_facts()
-            && close_ready(&facts, &info.config, &info.train, opened.1.elapsed())
-            && let CloseOutcome::Closed { counted, .. } = follower.close_round(key).await?
-        {
-            events(ValidatorEvent::Worker(WorkerEvent::Closed { round: round.0, counted }));
-            let mut forward = |e| events(ValidatorEvent::Worker(e));
-            after_own_close(&mut follower, key, &mut forward).await?;
-            continue;
+        match follower.take_part(key, opened.1.elapsed()).await? {
+            Some(TallyAction::Voted { round, seen }) => {
+                events(ValidatorEvent::Worker(WorkerEvent::Voted { round, seen }));
+                continue;
+            }
+            Some(TallyAction::Attested { round, state, dropped }) => {
+                events(ValidatorEvent::Worker(WorkerEvent::Attested { round, state: state.to_string(), dropped }));
+                continue;
+            }
+            Some(TallyAction::WaitingForBlobs { .. }) | None => {}
         }
         follower.wait(options.poll).await?;
     }

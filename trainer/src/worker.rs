@@ -1,12 +1,15 @@
 //! The worker loop: catch up, train on the round's assignment, upload the update, append the signed
-//! Contribution, help close the round, follow the result, repeat.
+//! Contribution, take part in closing the round, follow the result, repeat.
 //!
 //! ```text
 //!   join (snapshot + replay) ─▶ round r open, base = hash(state)
 //!     ├─ no contribution of ours in r: assignment(seed, r, key) ─▶ forward/backward ─▶ momentum
 //!     │    ─▶ DCT top-k encode ─▶ put blob ─▶ append Contribution(r, base, blob) ─▶ save momentum
-//!     ├─ wait: sync; close the round when close_ready (any participant may)
-//!     └─ round r closed (by anyone): state = verify's aggregation of the counted set ─▶ r + 1
+//!     ├─ wait: sync; vote to close when close_ready, attest the result once it closed
+//!     │        (Follower::take_part: one vote and one attestation per organisation)
+//!     └─ round r final (a quorum of organisations attested it): state = verify's aggregation of
+//!        the counted set ─▶ r + 1; the member whose attestation completed the quorum writes the
+//!        snapshot every `snapshot_every` rounds
 //! ```
 //!
 //! Crash safety: the momentum file is written after the Contribution is in the ledger, and a
@@ -26,7 +29,7 @@ use verify::{Header, NotCounted, Round, WorkerKey};
 use crate::TrainerError;
 use crate::data::Dataset;
 use crate::demo::DemoState;
-use crate::follow::{CloseOutcome, Follower, close_ready};
+use crate::follow::{Follower, TallyAction};
 use crate::model::{Model, Precision};
 use crate::score::milli_nats;
 use crate::step::{StepConfig, local_step};
@@ -75,12 +78,21 @@ pub enum WorkerEvent {
         /// The round.
         round: u64,
     },
-    /// Closed a round itself.
-    Closed {
+    /// Voted to close a round (for its organisation).
+    Voted {
         /// The round.
         round: u64,
-        /// Contributions counted.
-        counted: usize,
+        /// The slots it had read.
+        seen: u64,
+    },
+    /// Attested a closed round's result (for its organisation).
+    Attested {
+        /// The round.
+        round: u64,
+        /// The state attested.
+        state: String,
+        /// Contributions dropped because their blobs could not be read.
+        dropped: usize,
     },
     /// A round ended (closed by anyone) and was applied.
     RoundApplied {
@@ -167,7 +179,7 @@ pub async fn run_worker(
         }
         if follower.has_contributed(&key.public()) {
             events(WorkerEvent::AlreadyContributed { round: round.0 });
-        } else {
+        } else if !follower.is_closed() {
             if model_hash != follower.state_hash() {
                 model.load_state(follower.state())?;
                 model_hash = follower.state_hash();
@@ -195,7 +207,9 @@ pub async fn run_worker(
             summary.contributed += 1;
             events(WorkerEvent::Contributed { round: round.0, loss, bytes: size, train_secs });
         }
-        wait_for_close(&mut follower, key, options, &me, &mut summary, events).await?;
+        for report in wait_for_round(&mut follower, key, options.poll, events).await? {
+            applied(&report, &me, &mut summary, events);
+        }
     }
     summary.next_round = follower.round().0;
     summary.state = follower.state_hash().to_string();
@@ -240,64 +254,63 @@ pub fn assignment_bytes(round: Round, sequences: usize) -> Vec<u8> {
     out
 }
 
-/// Follows the ledger until the current round closes, closing it ourselves when the rule of
-/// [`close_ready`] says an honest participant should.
-pub(crate) async fn wait_for_close(
+/// Follows the ledger until the current round is final, voting and attesting as an honest member
+/// does ([`Follower::take_part`]). Returns the reports of the rounds applied meanwhile.
+pub(crate) async fn wait_for_round(
     follower: &mut Follower,
     key: &Keypair,
-    options: &WorkerOptions,
-    me: &WorkerKey,
-    summary: &mut WorkerSummary,
+    poll: Duration,
     events: &mut (dyn FnMut(WorkerEvent) + Send),
-) -> Result<(), TrainerError> {
+) -> Result<Vec<RoundReport>, TrainerError> {
     let round = follower.round();
     let opened = Instant::now();
-    let info = follower.info().clone();
+    let mut reports = Vec::new();
     while follower.round() == round {
-        if let Some(facts) = follower.close_facts()
-            && close_ready(&facts, &info.config, &info.train, opened.elapsed())
-        {
-            match follower.close_round(key).await? {
-                CloseOutcome::Closed { counted, .. } => {
-                    events(WorkerEvent::Closed { round: round.0, counted });
-                    after_own_close(follower, key, events).await?;
-                    continue;
-                }
-                CloseOutcome::Raced | CloseOutcome::AlreadyClosed => {}
+        match follower.take_part(key, opened.elapsed()).await? {
+            Some(TallyAction::Voted { round, seen }) => events(WorkerEvent::Voted { round, seen }),
+            Some(TallyAction::Attested { round, state, dropped }) => {
+                events(WorkerEvent::Attested { round, state: state.to_string(), dropped })
             }
+            Some(TallyAction::WaitingForBlobs { .. }) | None => {}
         }
         for report in follower.sync().await? {
-            applied(&report, me, summary, events);
+            after_final(follower, key, &report, events).await?;
+            reports.push(report);
         }
         if follower.round() == round {
-            follower.wait(options.poll).await?;
+            follower.wait(poll).await?;
         }
     }
-    Ok(())
+    Ok(reports)
 }
 
-/// After our RoundClose landed: every `snapshot_every` rounds, the snapshot, then a signed
-/// checkpoint and a Parquet export of the ledger (both derived from the log as read).
-pub(crate) async fn after_own_close(
+/// After a round became final: if our attestation completed its quorum and it is a snapshot round
+/// (every `snapshot_every`), the snapshot, then a signed checkpoint and a Parquet export of the
+/// ledger (both derived from the log as read). Only when the follower's state is that round's.
+pub(crate) async fn after_final(
     follower: &mut Follower,
     key: &Keypair,
+    report: &RoundReport,
     events: &mut (dyn FnMut(WorkerEvent) + Send),
 ) -> Result<(), TrainerError> {
     let every = follower.info().train.snapshot_every;
-    let closed = follower.round().0.saturating_sub(1);
-    if every > 0 && (closed + 1).is_multiple_of(every) {
-        let bytes = follower.write_snapshot(key).await?;
-        events(WorkerEvent::Snapshot { round: closed, bytes });
-        // The checkpoint covers the snapshot entry too.
-        follower.poll().await?;
-        if let Err(e) = follower.publish_checkpoint(key).await {
-            tracing::warn!(error = %e, "could not publish a checkpoint; the next snapshot will try again");
-        }
-        match follower.publish_export().await {
-            Ok(key) => events(WorkerEvent::Exported { key }),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not publish the Parquet export; the next snapshot will try again")
-            }
+    let round = report.round;
+    if every == 0
+        || !(round.0 + 1).is_multiple_of(every)
+        || follower.round().0 != round.0.saturating_add(1)
+        || follower.finalised_by(round) != Some(key.public())
+    {
+        return Ok(());
+    }
+    let bytes = follower.write_snapshot(key).await?;
+    events(WorkerEvent::Snapshot { round: round.0, bytes });
+    if let Err(e) = follower.publish_checkpoint(key).await {
+        tracing::warn!(error = %e, "could not publish a checkpoint; the next snapshot will try again");
+    }
+    match follower.publish_export().await {
+        Ok(key) => events(WorkerEvent::Exported { key }),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not publish the Parquet export; the next snapshot will try again")
         }
     }
     Ok(())

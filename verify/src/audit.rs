@@ -8,17 +8,21 @@
 //!     2 checkpoint ledger/checkpoint: signed by a member, root == Merkle root of the slots it
 //!                  covers (absent: reported, not a failure)
 //!     3 re-read    Reader::audit: every slot read again; a deleted or rewritten slot is named
-//!     4 replay     from genesis (or the newest confirmed snapshot): per closed round, the round
-//!                  rule's plan, every counted blob fetched and re-hashed, aggregation, every
-//!                  claimed hash (RoundClose, Snapshot) compared ─► discrepancies
+//!     4 replay     from genesis (or the newest usable snapshot): per final round, the round
+//!                  rule's plan, every counted blob fetched (canonical key, then mirrors) and
+//!                  re-hashed, aggregation, every claimed hash compared: the quorum's attested
+//!                  result and Snapshots (binding ─► discrepancies), each organisation's
+//!                  attestations (─► dissents, listed, not failures)
 //!     5 snapshots  every Snapshot blob replayed past is fetched, re-hashed and hashed as a state
 //!   ─► AuditReport { ..., first_problem }   FAIL iff first_problem is Some
 //! ```
 //!
-//! A problem is something that should not happen in an honest bucket: a discrepancy between a
-//! claimed and a computed state hash, a rewritten or deleted slot, a bad checkpoint, a blob that
-//! cannot be read, a snapshot whose blob is not the state it claims. Void entries and contributions
-//! that do not count are the rules working: they are listed with their reasons, never failures.
+//! A problem is something that should not happen in an honest bucket: a discrepancy between an
+//! attested and a computed state hash (a quorum of organisations attested a wrong state), a
+//! rewritten or deleted slot, a bad checkpoint, a counted blob of which no copy can be read, a
+//! snapshot whose blob is not the state it claims. Void entries, contributions that do not count
+//! and one organisation's dissenting attestation are the rules working: they are listed with their
+//! reasons and the entries that caused them, never failures.
 //!
 //! The garbage-collection plan ([`plan_gc`]) is derived from a passing audit: update blobs of
 //! rounds up to the newest snapshot the audit confirmed may go; the Genesis blob and every
@@ -33,7 +37,9 @@ use storage::{Store, StoreError};
 
 use crate::config::RunConfig;
 use crate::id::{Round, StateHash, WorkerKey};
-use crate::replay::{Replay, ReplayReport, Start, fetch_blobs, fetch_state, genesis_config};
+use crate::replay::{
+    Replay, ReplayReport, RunBlobs, Start, fetch_blobs, fetch_state, genesis_config, newest_usable_snapshot,
+};
 use crate::round::{NotCounted, RoundRule};
 
 /// Blobs deleted at once by [`collect_garbage`].
@@ -42,8 +48,8 @@ pub const DELETE_CONCURRENCY: usize = 8;
 /// What to audit, and how.
 #[derive(Clone, Debug, Default)]
 pub struct AuditOptions {
-    /// Replay from the newest snapshot whose round's RoundClose claims the same hash, instead of
-    /// from genesis (faster; and the only way once `cairn gc` deleted older update blobs).
+    /// Replay from the newest usable snapshot (the round's attested state, in a readable blob),
+    /// instead of from genesis (faster; and the only way once `cairn gc` deleted older update blobs).
     pub from_snapshot: bool,
     /// A witness kept from an earlier audit: the log must extend it, and a slot rewritten since is
     /// named.
@@ -141,8 +147,10 @@ pub struct NotCountedEntry {
 pub struct RoundSummary {
     /// The round.
     pub round: u64,
-    /// Its RoundClose, `seq.index`.
+    /// The close vote that completed the quorum, `seq.index`.
     pub close: String,
+    /// Contributions in slots below this counted.
+    pub cut: u64,
     /// The state hash it started from.
     pub base: String,
     /// The state hash the replay computed for it.
@@ -204,8 +212,12 @@ pub struct DiscrepancySummary {
     pub round: u64,
     /// The claiming entry, `seq.index`.
     pub pos: String,
-    /// `genesis`, `round_close` or `snapshot`.
+    /// `genesis`, `final`, `snapshot` or `attestation`.
     pub kind: String,
+    /// The claiming entry's signer, hex (for `final`: the attestation that completed the quorum).
+    pub signer: Option<String>,
+    /// Its organisation.
+    pub organisation: Option<String>,
     /// The claimed hash.
     pub claimed: String,
     /// The computed hash.
@@ -249,12 +261,20 @@ pub struct SnapshotSummary {
     pub blob: String,
     /// The blob's declared size.
     pub blob_size: u64,
-    /// The round's RoundClose claims the same hash.
-    pub matches_close: bool,
+    /// The state is the one the round's quorum attested (always, for an accepted Snapshot).
+    pub attested: bool,
     /// `Some(true)`: the blob was fetched, re-hashed and parsed, and its state hashes to the claim;
     /// `Some(false)`: it does not (see the problems); `None`: not checked (before a
     /// `--from-snapshot` start).
     pub blob_ok: Option<bool>,
+}
+
+impl SnapshotSummary {
+    /// Its position as numbers, for ordering (`seq.index`).
+    fn pos_key(&self) -> (u64, u64) {
+        let mut parts = self.pos.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    }
 }
 
 /// Where the replay started.
@@ -293,7 +313,7 @@ pub struct AuditReport {
     pub checkpoint: CheckpointStatus,
     /// The first round replayed.
     pub first_round: u64,
-    /// The first round without a RoundClose: the open round.
+    /// The first round whose result is not final: the open round.
     pub open_round: u64,
     /// Rounds replayed.
     pub rounds_replayed: u64,
@@ -307,12 +327,18 @@ pub struct AuditReport {
     pub verdicts: VerdictSummary,
     /// Excluded workers.
     pub exclusions: Vec<ExclusionSummary>,
-    /// Every claim that differs from the computed hash, in round order.
+    /// Every binding claim (the quorum's attested result, a Snapshot, the genesis) that differs
+    /// from the computed hash, in round order: each is a problem.
     pub discrepancies: Vec<DiscrepancySummary>,
+    /// Attestations of single organisations that differ from the computed hash: listed with their
+    /// authors, not problems (the quorum decided).
+    pub dissents: Vec<DiscrepancySummary>,
     /// Accepted Snapshot entries.
     pub snapshots: Vec<SnapshotSummary>,
     /// Hash of the state after the last replayed round.
     pub state: String,
+    /// Things worth knowing that are not problems (a snapshot skipped for an older start, ...).
+    pub notes: Vec<String>,
     /// Every problem found, most fundamental first (ledger, checkpoint, replay, claims, snapshots).
     pub problems: Vec<String>,
     /// The first of them: `None` is a pass.
@@ -343,8 +369,10 @@ impl AuditReport {
             verdicts: VerdictSummary::default(),
             exclusions: Vec::new(),
             discrepancies: Vec::new(),
+            dissents: Vec::new(),
             snapshots: Vec::new(),
             state: String::new(),
+            notes: Vec::new(),
             problems: Vec::new(),
             first_problem: None,
             witness: None,
@@ -554,20 +582,13 @@ fn count_entries(entries: &[LoggedEntry], config: &RunConfig, report: &mut Audit
     }
 }
 
-/// The newest accepted Snapshot entry whose round's RoundClose claims the same hash (what
-/// [`crate::replay::replay_from_latest_snapshot`] starts from).
-fn latest_confirmed_snapshot(entries: &[LoggedEntry], rule: &RoundRule) -> Option<(EntryPos, u64, BlobId, u64)> {
-    entries.iter().rev().find_map(|e| match e.entry.as_ref().map(|x| &x.body) {
-        Some(Body::Snapshot(s))
-            if e.validity.is_accept() && rule.close(Round(s.round.0)).map(|c| c.state.0) == Some(s.state.0) =>
-        {
-            Some((e.pos, s.round.0, s.blob, s.blob_size))
-        }
-        _ => None,
-    })
+/// The run's blobs with the mirrors of every organisation the log names.
+fn run_blobs(store: &Store, entries: &[LoggedEntry]) -> RunBlobs {
+    let organisations = organisations_by_key(entries);
+    RunBlobs::new(store.clone(), organisations.values().map(String::as_str))
 }
 
-/// Step 4: every closed round from the start point, with per-round progress.
+/// Step 4: every final round from the start point, with per-round progress.
 async fn replay_rounds(
     store: &Store,
     entries: &[LoggedEntry],
@@ -577,15 +598,34 @@ async fn replay_rounds(
     progress: &mut (dyn FnMut(AuditProgress) + Send),
 ) {
     let rule = RoundRule::new(entries, config);
-    let snapshot = if options.from_snapshot { latest_confirmed_snapshot(entries, &rule) } else { None };
+    let blobs = run_blobs(store, entries);
+    let snapshot = if options.from_snapshot {
+        match newest_usable_snapshot(entries, &blobs).await {
+            Ok((usable, skipped)) => {
+                for s in skipped {
+                    report.notes.push(format!(
+                        "snapshot at {} (round {}) skipped for an older start: {}",
+                        s.snapshot.pos, s.snapshot.round, s.reason
+                    ));
+                }
+                usable
+            }
+            Err(e) => {
+                report.problem(format!("snapshots: {e}"));
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let start = match snapshot {
-        Some((pos, round, blob, size)) => {
-            report.start = StartPoint::Snapshot { pos: pos.to_string(), round };
-            fetch_state(store, config, blob, size).await.map(|state| Start::Snapshot { pos, state })
+        Some((snapshot, state)) => {
+            report.start = StartPoint::Snapshot { pos: snapshot.pos.to_string(), round: snapshot.round.0 };
+            Ok(Start::Snapshot { pos: snapshot.pos, state })
         }
         None => match genesis_config(entries) {
             Ok((_, _, genesis)) => {
-                fetch_state(store, config, genesis.snapshot, genesis.snapshot_size).await.map(Start::Genesis)
+                fetch_state(&blobs, config, genesis.snapshot, genesis.snapshot_size).await.map(Start::Genesis)
             }
             Err(e) => Err(e),
         },
@@ -603,15 +643,15 @@ async fn replay_rounds(
     };
     let first = replay.next_plan().map_or_else(|| replay_first_round(&report.start), |p| p.round);
     let mut total = 0u64;
-    while rule.close(Round(first.0.saturating_add(total))).is_some() && total < u64::MAX {
+    while rule.final_result(Round(first.0.saturating_add(total))).is_some() && total < u64::MAX {
         total += 1;
     }
     progress(AuditProgress::ReplayStarted { first, rounds: total });
     let mut done = 0u64;
     while let Some(plan) = replay.next_plan() {
         let round = plan.round;
-        let blobs = fetch_blobs(store, &plan).await;
-        if let Err(e) = replay.apply(plan, blobs) {
+        let fetched = fetch_blobs(&blobs, &plan).await;
+        if let Err(e) = replay.apply(plan, fetched) {
             report.problem(format!("round {round}: {e}"));
             break;
         }
@@ -660,6 +700,7 @@ fn summarise_replay(replay: &ReplayReport, entries: &[LoggedEntry], report: &mut
         report.rounds.push(RoundSummary {
             round: r.round.0,
             close: r.close.to_string(),
+            cut: r.cut.0,
             base: r.base.to_hex(),
             state: r.state.to_hex(),
             counted: r.counted.len() as u64,
@@ -683,35 +724,39 @@ fn summarise_replay(replay: &ReplayReport, entries: &[LoggedEntry], report: &mut
 
     let mut discrepancies: Vec<_> = replay.discrepancies.clone();
     discrepancies.sort_by_key(|d| (d.round, d.pos));
-    for d in &discrepancies {
-        let mut what = format!(
-            "round {}: the {} at {} claims state {}, the replay computed {}",
-            d.round,
-            d.kind.name(),
-            d.pos,
-            d.claimed,
-            d.computed
-        );
-        // Name the blobs that did not count for a reason a bucket change explains.
-        let faults: Vec<String> = replay
-            .rounds
+    let signer_of = |pos: EntryPos| {
+        entries
             .iter()
-            .filter(|r| r.round == d.round)
-            .flat_map(|r| &r.not_counted)
-            .filter(|(_, why)| matches!(why, NotCounted::BlobMissing | NotCounted::BlobCorrupt(_)))
-            .map(|(c, why)| format!("contribution at {}: {why}", c.pos))
-            .collect();
-        if !faults.is_empty() {
-            what.push_str(&format!(" ({})", faults.join("; ")));
-        }
-        report.problem(what);
-        report.discrepancies.push(DiscrepancySummary {
+            .find(|e| e.pos == pos)
+            .map(|e| (e.entry.as_ref().map(|x| x.signer().to_string()), e.organisation.clone()))
+            .unwrap_or_default()
+    };
+    for d in &discrepancies {
+        let (signer, organisation) = signer_of(d.pos);
+        let summary = DiscrepancySummary {
             round: d.round.0,
             pos: d.pos.to_string(),
             kind: d.kind.name().to_string(),
+            signer: signer.clone(),
+            organisation: organisation.clone(),
             claimed: d.claimed.to_hex(),
             computed: d.computed.to_hex(),
-        });
+        };
+        if !d.kind.is_binding() {
+            report.dissents.push(summary);
+            continue;
+        }
+        report.problem(format!(
+            "round {}: the {} at {} (signed by {}, organisation {}) claims state {}, the replay computed {}",
+            d.round,
+            d.kind.name(),
+            d.pos,
+            signer.as_deref().unwrap_or("?"),
+            organisation.as_deref().unwrap_or("?"),
+            d.claimed,
+            d.computed
+        ));
+        report.discrepancies.push(summary);
     }
 }
 
@@ -741,6 +786,7 @@ async fn check_snapshots(
     progress: &mut (dyn FnMut(AuditProgress) + Send),
 ) {
     let rule = RoundRule::new(entries, config);
+    let blobs = run_blobs(store, entries);
     let (start_pos, start_round) = match &report.start {
         StartPoint::Genesis => (None, None),
         StartPoint::Snapshot { pos, round } => (Some(pos.clone()), Some(*round)),
@@ -762,7 +808,7 @@ async fn check_snapshots(
             state: hex_of(&s.state.0),
             blob: s.blob.to_string(),
             blob_size: s.blob_size,
-            matches_close: rule.close(Round(s.round.0)).map(|c| c.state.0) == Some(s.state.0),
+            attested: rule.final_result(Round(s.round.0)).map(|f| f.state.0) == Some(s.state.0),
             blob_ok: None,
         };
         if start_round.is_some_and(|r| s.round.0 < r) {
@@ -773,7 +819,7 @@ async fn check_snapshots(
             // The replay started from it: fetched, re-hashed and checked against its claim there.
             summary.blob_ok = Some(!report.problems.iter().any(|p| p.starts_with("replay start")));
         } else {
-            match fetch_state(store, config, s.blob, s.blob_size).await {
+            match fetch_state(&blobs, config, s.blob, s.blob_size).await {
                 Ok(state) if state.hash().0 == s.state.0 => summary.blob_ok = Some(true),
                 Ok(state) => {
                     summary.blob_ok = Some(false);
@@ -831,8 +877,9 @@ impl GcPlan {
 
 /// The pure part of garbage collection: given the log and a passing audit, the update blobs that
 /// may be deleted. A blob may go when every entry naming it is a Contribution of a round up to
-/// the newest snapshot whose blob the audit checked and whose round's RoundClose claims the same
-/// hash. The Genesis blob and every Snapshot blob (accepted or void) are never deleted.
+/// the newest snapshot whose blob the audit checked (the newest usable one, as joiners and
+/// `--from-snapshot` audits choose it). The Genesis blob and every Snapshot blob (accepted or
+/// void) are never deleted.
 pub fn gc_plan_from(entries: &[LoggedEntry], audit: AuditReport) -> GcPlan {
     let mut plan = GcPlan { audit, refused: None, snapshot: None, blobs: Vec::new(), protected: 0 };
     if let Some(problem) = &plan.audit.first_problem {
@@ -843,8 +890,8 @@ pub fn gc_plan_from(entries: &[LoggedEntry], audit: AuditReport) -> GcPlan {
         .audit
         .snapshots
         .iter()
-        .filter(|s| s.matches_close && s.blob_ok == Some(true) && s.round < plan.audit.open_round)
-        .max_by_key(|s| s.round);
+        .filter(|s| s.attested && s.blob_ok == Some(true) && s.round < plan.audit.open_round)
+        .max_by_key(|s| (s.round, s.pos_key()));
     let Some(snapshot) = confirmed else {
         plan.refused = Some("no snapshot confirmed by the audit: nothing may be deleted".into());
         return plan;
@@ -948,7 +995,7 @@ mod tests {
         assert_eq!(variant_name("BadSignature(PublicKey(ab))"), "bad_signature");
         assert_eq!(variant_name("Late { close: 1.0 }"), "late");
         assert_eq!(variant_name("Filler"), "filler");
-        assert_eq!(not_counted_kind(&NotCounted::BlobMissing), "blob_missing");
+        assert_eq!(not_counted_kind(&NotCounted::Unavailable), "unavailable");
         assert_eq!(not_counted_kind(&NotCounted::OverLimit { max: 3 }), "over_limit");
     }
 }

@@ -1,22 +1,25 @@
-//! Replay: recompute every closed round from the ledger and check every state hash anyone claims.
+//! Replay: recompute every final round from the ledger and check every state hash anyone claims.
 //!
 //! ```text
 //!   entries ──Replay::new(start)──▶ config from Genesis, RoundRule index, start state checked
-//!     loop, round r = start, start+1, ... while r has a RoundClose:
-//!       plan    = rule.round(r, hash(state))                       pure
-//!       blobs   = source.blob(c.blob, c.blob_size) per counted c    IO (the edge: `replay`)
+//!     loop, round r = start, start+1, ... while r is final (attested by a quorum of organisations):
+//!       plan    = rule.round(r, hash(state))                       pure; the attested drops are
+//!                                                                  not counted (Unavailable)
+//!       blobs   = source.blob(c.blob, c.blob_size) per counted c    IO (the edge: `replay`),
+//!                                                                  the canonical key, then mirrors
 //!       Replay::apply(plan, blobs):                                 pure
 //!         decode each with Expected{run, r, base, worker = signer, layout, compression}
-//!         a missing, corrupt or undecodable blob: that contribution does not count
+//!         an undecodable blob, or one shorter than declared: that contribution does not count
 //!         aggregate::apply(state, r, decoded updates in ledger order, hyper)
-//!         compare hash(state) with every claim for r (RoundClose, Snapshots) → discrepancies
+//!         compare hash(state) with every claim for r (the attested result, Snapshots: binding;
+//!         each organisation's attestations: dissent) → discrepancies
 //!   ──finish──▶ (final State, ReplayReport)
 //! ```
 //!
-//! A blob that cannot be read *now* (network, permissions: [`BlobFault::Unavailable`]) stops the
-//! replay with [`VerifyError::BlobUnavailable`] instead of voiding the contribution: otherwise the
-//! computed state would depend on the weather. A blob that is absent, corrupt or undecodable is a
-//! fact about the bucket and voids its contribution. No clock, no environment.
+//! Which contributions count never depends on whether a read succeeds: a counted blob that no copy
+//! of can be read now (absent, corrupt, or unreadable: [`BlobFault`]) stops the replay with
+//! [`VerifyError::BlobUnavailable`]. Only the organisations attesting a round decide, in the
+//! ledger, to drop contributions whose blobs they could not read. No clock, no environment.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -58,13 +61,68 @@ pub trait BlobSource {
     fn blob(&self, id: BlobId, limit_bytes: u64) -> impl Future<Output = Result<Bytes, BlobFault>> + Send;
 }
 
+fn fault(e: StoreError) -> BlobFault {
+    match e {
+        StoreError::NotFound { .. } => BlobFault::Missing,
+        e @ (StoreError::HashMismatch { .. } | StoreError::TooLarge { .. }) => BlobFault::Corrupt(e.to_string()),
+        e => BlobFault::Unavailable(e.to_string()),
+    }
+}
+
 impl BlobSource for Store {
     async fn blob(&self, id: BlobId, limit_bytes: u64) -> Result<Bytes, BlobFault> {
-        self.get_blob(id, limit_bytes).await.map_err(|e| match e {
-            StoreError::NotFound { .. } => BlobFault::Missing,
-            e @ (StoreError::HashMismatch { .. } | StoreError::TooLarge { .. }) => BlobFault::Corrupt(e.to_string()),
-            e => BlobFault::Unavailable(e.to_string()),
-        })
+        self.get_blob(id, limit_bytes).await.map_err(fault)
+    }
+}
+
+/// The prefix under which members of `organisation` re-publish blobs they hold
+/// (`mirrors/<first 8 bytes of blake3(organisation), hex>`).
+pub fn mirror_prefix(organisation: &str) -> String {
+    format!("mirrors/{}", &blake3::hash(organisation.as_bytes()).to_hex()[..16])
+}
+
+/// A run's blobs: the canonical key `blobs/<hex>`, then the copy each organisation of the roster may
+/// have re-published under its [`mirror_prefix`]. Content addressing makes every copy as good as
+/// the original: whatever is read is re-hashed.
+#[derive(Clone, Debug)]
+pub struct RunBlobs {
+    store: Store,
+    mirrors: Vec<String>,
+}
+
+impl RunBlobs {
+    /// The blobs of the run in `store`, with the mirrors of these organisations.
+    pub fn new<'a>(store: Store, organisations: impl IntoIterator<Item = &'a str>) -> RunBlobs {
+        let mut mirrors: Vec<String> = organisations.into_iter().map(mirror_prefix).collect();
+        mirrors.sort();
+        mirrors.dedup();
+        RunBlobs { store, mirrors }
+    }
+
+    /// The blobs of the run whose ledger `reader` reads, with the mirrors of its roster's
+    /// organisations.
+    pub fn of_reader(store: Store, reader: &ledger::Reader) -> RunBlobs {
+        RunBlobs::new(store, reader.state().roster().values().map(|m| m.organisation.as_str()))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl BlobSource for RunBlobs {
+    async fn blob(&self, id: BlobId, limit_bytes: u64) -> Result<Bytes, BlobFault> {
+        let canonical = match self.store.get_blob(id, limit_bytes).await {
+            Ok(bytes) => return Ok(bytes),
+            Err(e) => fault(e),
+        };
+        for prefix in &self.mirrors {
+            if let Ok(bytes) = self.store.get_blob_under(prefix, id, limit_bytes).await {
+                return Ok(bytes);
+            }
+        }
+        Err(canonical)
     }
 }
 
@@ -128,8 +186,10 @@ pub struct Discrepancy {
 pub struct RoundReport {
     /// The round.
     pub round: Round,
-    /// Its RoundClose.
+    /// The close vote that completed the quorum.
     pub close: EntryPos,
+    /// Contributions in slots below this counted.
+    pub cut: ledger::Seq,
     /// The state hash it started from.
     pub base: StateHash,
     /// The state hash it ended with.
@@ -139,7 +199,7 @@ pub struct RoundReport {
     /// The contributions not aggregated, in ledger order, with reasons.
     pub not_counted: Vec<(Candidate, NotCounted)>,
     /// Fewer contributions were aggregated than the run's `min_contributions` (the round still
-    /// applies; a closer closed it early, or blobs failed).
+    /// applies: its closers saw enough when they voted, and some did not count in the end).
     pub under_minimum: bool,
 }
 
@@ -159,7 +219,7 @@ pub struct ReplayReport {
     pub run: RunId,
     /// The first round replayed.
     pub first_round: Round,
-    /// The first round not replayed (no RoundClose yet): the open round.
+    /// The first round not replayed (not final yet): the open round.
     pub next_round: Round,
     /// Each replayed round.
     pub rounds: Vec<RoundReport>,
@@ -167,16 +227,24 @@ pub struct ReplayReport {
     pub organisations: BTreeMap<Option<String>, OrgCounts>,
     /// Excluded workers and the verdict that excluded each (whole ledger).
     pub exclusions: Vec<(WorkerKey, EntryPos)>,
-    /// Every claim that differs from the computed hash, in round order.
+    /// Every claim that differs from the computed hash, in round order (binding claims and
+    /// dissenting attestations alike; [`ClaimKind::is_binding`] tells them apart).
     pub discrepancies: Vec<Discrepancy>,
     /// Hash of the final state.
     pub state: StateHash,
 }
 
 impl ReplayReport {
-    /// The first discrepancy: lowest round, then ledger position.
+    /// The first binding discrepancy (a quorum, a snapshot or the genesis claimed a state replay
+    /// does not give): lowest round, then ledger position.
     pub fn first_discrepancy(&self) -> Option<&Discrepancy> {
-        self.discrepancies.iter().min_by_key(|d| (d.round, d.pos))
+        self.discrepancies.iter().filter(|d| d.kind.is_binding()).min_by_key(|d| (d.round, d.pos))
+    }
+
+    /// Attestations whose state differs from the computed one: organisations that dissented (an
+    /// honest one when it could not read a blob the quorum read; a faulty or hostile one otherwise).
+    pub fn dissents(&self) -> impl Iterator<Item = &Discrepancy> {
+        self.discrepancies.iter().filter(|d| !d.kind.is_binding())
     }
 }
 
@@ -229,7 +297,9 @@ impl Replay {
                 };
                 let own = Claim { pos, kind: ClaimKind::Snapshot, state: StateHash(s.state.0) };
                 let round = Round(s.round.0);
-                let others = rule.claims(round).into_iter().filter(|c| c.pos != pos).map(|c| (c, false));
+                // The attested result binds the snapshot's state too; the attestations are dissent.
+                let others =
+                    rule.claims(round).into_iter().filter(|c| c.pos != pos).map(|c| (c, c.kind == ClaimKind::Final));
                 (state, round.0.checked_add(1).map(Round), std::iter::once((own, true)).chain(others).collect())
             }
             Start::Continue { next, state } => (state, Some(next), Vec::new()),
@@ -283,14 +353,14 @@ impl Replay {
         &self.state
     }
 
-    /// The next round's plan, or `None` when it has no RoundClose (the replay is done).
+    /// The next round's plan, or `None` when it is not final (the replay is done).
     pub fn next_plan(&self) -> Option<RoundPlan> {
         self.rule.round(self.next?, self.hash)
     }
 
-    /// The plan of the next round, still open, as if it were closed by the next entry (see
-    /// [`RoundRule::provisional`]): a closer applies it to learn the hash its RoundClose claims.
-    /// `None` when the next round is closed (use [`Replay::next_plan`]).
+    /// The plan of the next round, closed but not final (see [`RoundRule::provisional`]): an
+    /// organisation applies it, less what it could not read, to learn the state it attests.
+    /// `None` unless the next round is closed and not final.
     pub fn provisional_plan(&self) -> Option<RoundPlan> {
         self.rule.provisional(self.next?, self.hash)
     }
@@ -318,8 +388,12 @@ impl Replay {
                 Err(BlobFault::Unavailable(reason)) => {
                     return Err(VerifyError::BlobUnavailable { blob: c.blob.to_string(), reason });
                 }
-                Err(BlobFault::Missing) => Err(NotCounted::BlobMissing),
-                Err(BlobFault::Corrupt(why)) => Err(NotCounted::BlobCorrupt(why)),
+                Err(BlobFault::Missing) => {
+                    return Err(VerifyError::BlobUnavailable { blob: c.blob.to_string(), reason: "absent".into() });
+                }
+                Err(BlobFault::Corrupt(why)) => {
+                    return Err(VerifyError::BlobUnavailable { blob: c.blob.to_string(), reason: why });
+                }
                 Ok(bytes) if bytes.len() as u64 != c.blob_size => {
                     Err(NotCounted::BlobCorrupt(format!("{} bytes, the entry declares {}", bytes.len(), c.blob_size)))
                 }
@@ -357,6 +431,7 @@ impl Replay {
         self.report.rounds.push(RoundReport {
             round: plan.round,
             close: plan.close,
+            cut: plan.cut,
             base: plan.base,
             state: hash,
             counted,
@@ -431,28 +506,85 @@ pub async fn replay_from_genesis<S: BlobSource>(entries: &[LoggedEntry], source:
     replay(entries, Start::Genesis(state), source).await
 }
 
-/// Replays `entries` from the newest accepted Snapshot entry whose round's RoundClose claims the
-/// same state hash (from genesis if there is none): what a worker's catch-up and
-/// `cairn audit --from-snapshot` run. The snapshot's state must hash to what it claims.
+/// A Snapshot entry a replay may start from: accepted, so its round is final and its state is the
+/// round's attested one (the ledger's validity rule checks both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotEntry {
+    /// The entry.
+    pub pos: EntryPos,
+    /// The round it is the state after.
+    pub round: Round,
+    /// The state it names.
+    pub state: StateHash,
+    /// Its blob.
+    pub blob: BlobId,
+    /// The blob's declared size.
+    pub blob_size: u64,
+}
+
+/// Every accepted Snapshot entry, newest first: highest round first, then the latest in the
+/// ledger. The one order in which joiners, `cairn audit --from-snapshot` and `cairn gc` look for
+/// a starting point.
+pub fn snapshots_newest_first(entries: &[LoggedEntry]) -> Vec<SnapshotEntry> {
+    let mut found: Vec<SnapshotEntry> = entries
+        .iter()
+        .filter(|e| e.validity.is_accept())
+        .filter_map(|e| match e.entry.as_ref().map(|x| &x.body) {
+            Some(Body::Snapshot(s)) => Some(SnapshotEntry {
+                pos: e.pos,
+                round: Round(s.round.0),
+                state: StateHash(s.state.0),
+                blob: s.blob,
+                blob_size: s.blob_size,
+            }),
+            _ => None,
+        })
+        .collect();
+    found.sort_by_key(|s| std::cmp::Reverse((s.round, s.pos)));
+    found
+}
+
+/// A snapshot that could not be used, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedSnapshot {
+    /// The snapshot.
+    pub snapshot: SnapshotEntry,
+    /// Why: its blob could not be read, or does not hold the attested state.
+    pub reason: String,
+}
+
+/// The newest snapshot whose blob can be read and holds the state the round's quorum attested, with
+/// the state; the newer ones that could not be used, with reasons. `None`: no usable snapshot.
+pub async fn newest_usable_snapshot<S: BlobSource>(
+    entries: &[LoggedEntry],
+    source: &S,
+) -> Result<(Option<(SnapshotEntry, State)>, Vec<SkippedSnapshot>), VerifyError> {
+    let (_, config, _) = genesis_config(entries)?;
+    let mut skipped = Vec::new();
+    for snapshot in snapshots_newest_first(entries) {
+        let reason = match fetch_state(source, &config, snapshot.blob, snapshot.blob_size).await {
+            Ok(state) if state.hash() == snapshot.state => return Ok((Some((snapshot, state)), skipped)),
+            Ok(state) => format!("its blob holds state {}, not the attested {}", state.hash(), snapshot.state),
+            Err(e) => e.to_string(),
+        };
+        skipped.push(SkippedSnapshot { snapshot, reason });
+    }
+    Ok((None, skipped))
+}
+
+/// Replays `entries` from the newest usable snapshot ([`newest_usable_snapshot`]; from genesis if
+/// there is none): what a worker's catch-up and `cairn audit --from-snapshot` run. A snapshot
+/// that is missing, unreadable or holds another state is skipped for an older one, so no single
+/// member or bucket writer can stop joins by publishing a bad snapshot. Also returns the skipped
+/// snapshots.
 pub async fn replay_from_latest_snapshot<S: BlobSource>(
     entries: &[LoggedEntry],
     source: &S,
-) -> Result<Replayed, VerifyError> {
-    let (_, config, _) = genesis_config(entries)?;
-    let rule = RoundRule::new(entries, &config);
-    let latest = entries.iter().rev().find_map(|e| match e.entry.as_ref().map(|x| &x.body) {
-        Some(Body::Snapshot(s))
-            if e.validity.is_accept() && rule.close(Round(s.round.0)).map(|c| c.state.0) == Some(s.state.0) =>
-        {
-            Some((e.pos, s.blob, s.blob_size))
-        }
-        _ => None,
-    });
-    match latest {
-        None => replay_from_genesis(entries, source).await,
-        Some((pos, blob, size)) => {
-            let state = fetch_state(source, &config, blob, size).await?;
-            replay(entries, Start::Snapshot { pos, state }, source).await
-        }
-    }
+) -> Result<(Replayed, Vec<SkippedSnapshot>), VerifyError> {
+    let (usable, skipped) = newest_usable_snapshot(entries, source).await?;
+    let replayed = match usable {
+        None => replay_from_genesis(entries, source).await?,
+        Some((snapshot, state)) => replay(entries, Start::Snapshot { pos: snapshot.pos, state }, source).await?,
+    };
+    Ok((replayed, skipped))
 }

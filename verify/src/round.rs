@@ -2,31 +2,33 @@
 //! (and of the state hash after the previous round, which aggregation computes).
 //!
 //! ```text
-//!   entries (ledger order) ──RoundRule::new──▶ index: contributions by round, first RoundClose per
-//!                                              round, failing verdicts, exclusions, hash claims
-//!   replay, round r = 0, 1, ...:
+//!   entries (ledger order) ──RoundRule::new──▶ index: contributions by round, the round tally
+//!                                              (closes and cuts, attested results: ledger::rounds),
+//!                                              failing verdicts by organisation, exclusions
+//!   replay, round r = 0, 1, ... while r is final:
 //!     rule.round(r, base = hash of the state after r-1) ──▶ RoundPlan
 //!        every Contribution entry of round r, in ledger order, gets the first reason that applies:
 //!          void by the ledger ............ Late (closed before it) | Void(reason)
-//!          after the round's close ....... Late
-//!          worker excluded before it ..... Excluded
+//!          in a slot at or after the cut . Late
+//!          worker excluded before r ...... Excluded
 //!          worker already contributed .... Duplicate
 //!          base_state != base ............ StaleBase
 //!          blob size != the update size .. WrongSize
-//!          failing verdict before close .. Rejected
+//!          failed by a quorum of orgs .... Rejected
 //!          max_contributions reached ..... OverLimit
+//!          dropped by the attestation .... Unavailable
 //!          otherwise ..................... counted (replay then fetches and decodes its blob)
 //! ```
 //!
-//! Exclusion: a contribution *fails* when an accepted Verdict on it has a score below
-//! `min_score`; a worker is excluded from the position of the verdict that gives it its
-//! `max_failures`-th failed contribution (0: never), and none of its later contributions count.
-//! Only the prefix up to a round's close decides that round. docs/FORMAT.md ("Round rule") is the
-//! normative text.
+//! A contribution *fails* when validators of the run's quorum of distinct organisations wrote a
+//! verdict below `min_score` on it before the round closed. A worker is excluded from the round
+//! after its `max_failures`-th consecutive failed round (its first contribution of each closed
+//! round counts; one that did not fail resets the count; 0: never). Verdicts written after a
+//! round's close change nothing. docs/FORMAT.md ("Round rule") is the normative text.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use ledger::{BlobId, Body, EntryPos, LoggedEntry, Seq, Target, Validity, VoidReason};
+use ledger::{BlobId, Body, EntryPos, LoggedEntry, RoundTally, Seq, Target, Validity, VoidReason};
 
 use crate::config::RunConfig;
 use crate::error::VerifyError;
@@ -56,19 +58,20 @@ pub struct Candidate {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NotCounted {
-    /// Its round was closed before it (the ledger voids it as `RoundClosed`).
-    #[error("late: the round closed at {close}")]
+    /// It landed after the round's cut (or after its close, when the ledger voids it as
+    /// `RoundClosed`).
+    #[error("late: the round's cut is slot {cut}")]
     Late {
-        /// The round's RoundClose.
-        close: EntryPos,
+        /// The round's cut: contributions in slots below it count.
+        cut: Seq,
     },
     /// The ledger's validity rule voided it for another reason.
     #[error("void entry: {0}")]
     Void(VoidReason),
-    /// Its worker was excluded by validators' verdicts before it.
+    /// Its worker was excluded by validators' verdicts before this round.
     #[error("worker excluded since {since}")]
     Excluded {
-        /// The verdict that excluded the worker.
+        /// The verdict that completed the exclusion.
         since: EntryPos,
     },
     /// Its worker already contributed to this round.
@@ -93,13 +96,17 @@ pub enum NotCounted {
         /// The size every update of this run has.
         expected: u64,
     },
-    /// A validator failed it before the round closed.
-    #[error("rejected by verdict {verdict} (score {score})")]
+    /// Validators of a quorum of organisations failed it before the round closed.
+    #[error(
+        "rejected by validators of {orgs} organisations (the verdict that completed the quorum: {verdict}, score {score})"
+    )]
     Rejected {
-        /// The first failing verdict.
+        /// The failing verdict that completed the quorum.
         verdict: EntryPos,
         /// Its score.
         score: i64,
+        /// Distinct organisations whose validators failed it.
+        orgs: usize,
     },
     /// The round already had `max_contributions` counted contributions.
     #[error("over the limit of {max} contributions per round")]
@@ -107,10 +114,11 @@ pub enum NotCounted {
         /// The limit.
         max: u32,
     },
-    /// The blob is not in the store.
-    #[error("blob missing")]
-    BlobMissing,
-    /// The blob does not hash to its id, or is not the size the entry declares.
+    /// The round's attested result left it out: its blob could not be read by the organisations
+    /// that attested the round.
+    #[error("unavailable: the round's attested result dropped it (no copy of its blob could be read)")]
+    Unavailable,
+    /// The blob holds fewer or more bytes than the entry declares.
     #[error("blob corrupt: {0}")]
     BlobCorrupt(String),
     /// The blob does not decode as an update for this run, round, base and worker.
@@ -123,20 +131,31 @@ pub enum NotCounted {
 pub enum ClaimKind {
     /// The Genesis entry's initial state (before round 0).
     Genesis,
-    /// A RoundClose.
-    RoundClose,
-    /// A Snapshot.
+    /// The round's result, attested by a quorum of organisations (the attestation that completed
+    /// the quorum is the claiming entry).
+    Final,
+    /// A Snapshot (the ledger accepts one only with the round's attested state).
     Snapshot,
+    /// One organisation's attestation (its latest, or an earlier one it revised): a dissent when
+    /// it differs from the computed state, never binding.
+    Attestation,
 }
 
 impl ClaimKind {
-    /// A lowercase name, for reports (the ledger's kind names).
+    /// A lowercase name, for reports.
     pub fn name(self) -> &'static str {
         match self {
             ClaimKind::Genesis => "genesis",
-            ClaimKind::RoundClose => "round_close",
+            ClaimKind::Final => "final",
             ClaimKind::Snapshot => "snapshot",
+            ClaimKind::Attestation => "attestation",
         }
+    }
+
+    /// Whether a difference from the computed state is a failure of the run (a quorum or the
+    /// genesis claimed a wrong state) rather than one organisation's dissent.
+    pub fn is_binding(self) -> bool {
+        !matches!(self, ClaimKind::Attestation)
     }
 }
 
@@ -158,15 +177,32 @@ pub struct RoundPlan {
     pub round: Round,
     /// The state hash it starts from.
     pub base: StateHash,
-    /// The round's first accepted RoundClose.
+    /// The close vote that completed the quorum (for a prospective plan: where the round would
+    /// close, the end of the ledger read so far).
     pub close: EntryPos,
+    /// Contributions in slots below this count.
+    pub cut: Seq,
     /// The contributions that count, in ledger order (their blobs still to be fetched and decoded).
     pub counted: Vec<Candidate>,
     /// The others, in ledger order, each with its reason.
     pub not_counted: Vec<(Candidate, NotCounted)>,
-    /// Every hash claimed for the state after this round (the RoundClose first, then Snapshots, in
-    /// ledger order).
+    /// Every hash claimed for the state after this round: the attested result first, then every
+    /// accepted attestation and Snapshot, in ledger order. Empty for a round that is not final.
     pub claims: Vec<Claim>,
+}
+
+impl RoundPlan {
+    /// Moves the counted contributions at `dropped` to the not-counted ones as
+    /// [`NotCounted::Unavailable`]: what an attesting organisation does with the contributions whose
+    /// blobs it could not read. They keep their place under `max_contributions`, as in
+    /// [`RoundRule::round`] once the round is final with these drops.
+    pub fn drop_unavailable(&mut self, dropped: &[EntryPos]) {
+        let (gone, kept): (Vec<Candidate>, Vec<Candidate>) =
+            std::mem::take(&mut self.counted).into_iter().partition(|c| dropped.contains(&c.pos));
+        self.counted = kept;
+        self.not_counted.extend(gone.into_iter().map(|c| (c, NotCounted::Unavailable)));
+        self.not_counted.sort_by_key(|(c, _)| c.pos);
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -181,13 +217,15 @@ pub struct RoundRule {
     config: RunConfig,
     update_bytes: u64,
     genesis: Option<Claim>,
-    closes: BTreeMap<Round, Claim>,
+    tally: RoundTally,
+    /// Every accepted attestation of each round, in ledger order.
+    attestations: BTreeMap<Round, Vec<Claim>>,
     snapshots: BTreeMap<Round, Vec<Claim>>,
     contributions: BTreeMap<Round, Vec<Indexed>>,
-    /// First failing verdict (position, score) per contribution.
-    failing: HashMap<EntryPos, (EntryPos, i64)>,
-    /// Verdict position that excluded each excluded worker.
-    excluded: BTreeMap<WorkerKey, EntryPos>,
+    /// Failing verdicts (position, organisation, score) per contribution, in ledger order.
+    failing: HashMap<EntryPos, Vec<(EntryPos, String, i64)>>,
+    /// The first round each excluded worker is excluded from, and the verdict that completed it.
+    excluded: BTreeMap<WorkerKey, (Round, EntryPos)>,
     /// The position after the last entry.
     end: EntryPos,
 }
@@ -195,22 +233,21 @@ pub struct RoundRule {
 impl RoundRule {
     /// Indexes `entries` (in ledger order, as `ledger::Reader::entries` gives them) under `config`.
     pub fn new(entries: &[LoggedEntry], config: &RunConfig) -> RoundRule {
-        let ex = config.exclusion;
         let mut rule = RoundRule {
             config: config.clone(),
             update_bytes: encoded_len(&config.layout, &config.hyper.compression),
             genesis: None,
-            closes: BTreeMap::new(),
+            tally: RoundTally::new(1),
+            attestations: BTreeMap::new(),
             snapshots: BTreeMap::new(),
             contributions: BTreeMap::new(),
             failing: HashMap::new(),
             excluded: BTreeMap::new(),
             end: EntryPos { seq: Seq(0), index: 0 },
         };
-        // Accepted contributions by position and by (round, blob), for verdict targets.
-        let mut by_pos: HashMap<EntryPos, WorkerKey> = HashMap::new();
+        // Accepted contributions by (round, blob), for verdicts that target a blob.
         let mut by_blob: HashMap<(Round, BlobId), Vec<EntryPos>> = HashMap::new();
-        let mut failures: BTreeMap<WorkerKey, u32> = BTreeMap::new();
+        let min_score = config.exclusion.min_score;
         for logged in entries {
             if let Some(next) = logged.pos.seq.next() {
                 rule.end = rule.end.max(EntryPos { seq: next, index: 0 });
@@ -221,6 +258,7 @@ impl RoundRule {
                 Validity::Accept => None,
                 Validity::Void(reason) => Some(reason.clone()),
             };
+            let org = logged.organisation.clone().unwrap_or_default();
             match &entry.body {
                 Body::Contribution(c) => {
                     let candidate = Candidate {
@@ -233,7 +271,6 @@ impl RoundRule {
                         blob_size: c.blob_size,
                     };
                     if void.is_none() {
-                        by_pos.insert(pos, candidate.worker);
                         by_blob.entry((candidate.round, c.blob)).or_default().push(pos);
                     }
                     rule.contributions.entry(candidate.round).or_default().push(Indexed { candidate, void });
@@ -241,36 +278,31 @@ impl RoundRule {
                 _ if void.is_some() => {}
                 Body::Genesis(g) => {
                     rule.genesis = Some(Claim { pos, kind: ClaimKind::Genesis, state: StateHash(g.initial_state.0) });
+                    rule.tally = RoundTally::new(g.org_quorum);
                 }
-                Body::RoundClose(rc) => {
-                    let claim = Claim { pos, kind: ClaimKind::RoundClose, state: StateHash(rc.state.0) };
-                    rule.closes.entry(Round(rc.round.0)).or_insert(claim);
+                Body::CloseVote(_) => rule.tally.observe(pos, &org, &entry.body),
+                Body::Attestation(a) => {
+                    let claim = Claim { pos, kind: ClaimKind::Attestation, state: StateHash(a.state.0) };
+                    rule.attestations.entry(Round(a.round.0)).or_default().push(claim);
+                    rule.tally.observe(pos, &org, &entry.body);
                 }
                 Body::Snapshot(s) => {
                     let claim = Claim { pos, kind: ClaimKind::Snapshot, state: StateHash(s.state.0) };
                     rule.snapshots.entry(Round(s.round.0)).or_default().push(claim);
                 }
-                Body::Verdict(v) if v.score < ex.min_score => {
+                Body::Verdict(v) if v.score < min_score => {
                     let targets = match v.target {
                         Target::Entry(p) => vec![p],
                         Target::Blob(b) => by_blob.get(&(Round(v.round.0), b)).cloned().unwrap_or_default(),
                     };
                     for target in targets {
-                        let Some(&worker) = by_pos.get(&target) else { continue };
-                        if rule.failing.contains_key(&target) {
-                            continue;
-                        }
-                        rule.failing.insert(target, (pos, v.score));
-                        let n = failures.entry(worker).or_default();
-                        *n += 1;
-                        if ex.max_failures > 0 && *n == ex.max_failures {
-                            rule.excluded.entry(worker).or_insert(pos);
-                        }
+                        rule.failing.entry(target).or_default().push((pos, org.clone(), v.score));
                     }
                 }
                 Body::Verdict(_) | Body::RosterChange(_) => {}
             }
         }
+        rule.excluded = rule.exclusions_by_round();
         rule
     }
 
@@ -284,24 +316,47 @@ impl RoundRule {
         self.genesis
     }
 
-    /// The first accepted RoundClose of `round`.
-    pub fn close(&self, round: Round) -> Option<Claim> {
-        self.closes.get(&round).copied()
+    /// The round tally (closes, cuts, attested results), as the ledger's validity rule keeps it.
+    pub fn tally(&self) -> &RoundTally {
+        &self.tally
     }
 
-    /// Every hash claimed for the state after `round`: its RoundClose, then its Snapshots.
+    /// Where `round` closed, and its cut.
+    pub fn close(&self, round: Round) -> Option<ledger::Close> {
+        self.tally.close(ledger::Round(round.0))
+    }
+
+    /// `round`'s result as a quorum of organisations attested it, if it is final.
+    pub fn final_result(&self, round: Round) -> Option<&ledger::Final> {
+        self.tally.final_result(ledger::Round(round.0))
+    }
+
+    /// Every hash claimed for the state after a final `round`: its attested result, then every
+    /// accepted attestation and Snapshot of the round, in ledger order.
     pub fn claims(&self, round: Round) -> Vec<Claim> {
-        self.close(round).into_iter().chain(self.snapshots.get(&round).into_iter().flatten().copied()).collect()
+        let Some(f) = self.final_result(round) else { return Vec::new() };
+        let attested = Claim { pos: f.pos, kind: ClaimKind::Final, state: StateHash(f.state.0) };
+        let mut others: Vec<Claim> = self
+            .attestations
+            .get(&round)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.pos != f.pos)
+            .chain(self.snapshots.get(&round).into_iter().flatten())
+            .copied()
+            .collect();
+        others.sort_by_key(|c| c.pos);
+        std::iter::once(attested).chain(others).collect()
     }
 
-    /// Excluded workers and the verdict that excluded each.
+    /// Excluded workers and the verdict that completed each exclusion.
     pub fn exclusions(&self) -> Vec<(WorkerKey, EntryPos)> {
-        self.excluded.iter().map(|(w, p)| (*w, *p)).collect()
+        self.excluded.iter().map(|(w, (_, p))| (*w, *p)).collect()
     }
 
-    /// The first failing verdict on the contribution at `pos` (anywhere in the ledger), if any.
-    pub fn failing_verdict(&self, pos: EntryPos) -> Option<(EntryPos, i64)> {
-        self.failing.get(&pos).copied()
+    /// Whether `worker` is excluded from `round` on (the verdict that completed the exclusion).
+    pub fn excluded_in(&self, worker: &WorkerKey, round: Round) -> Option<EntryPos> {
+        self.excluded.get(worker).filter(|(from, _)| *from <= round).map(|(_, pos)| *pos)
     }
 
     /// Contribution entries of `round` (accepted or not), in ledger order.
@@ -309,22 +364,32 @@ impl RoundRule {
         self.contributions.get(&round).into_iter().flatten().map(|i| &i.candidate)
     }
 
-    /// The rule for `round`, which starts from the state with hash `base`: `None` while the round
-    /// has no accepted RoundClose.
+    /// The rule for a final `round`, which starts from the state with hash `base`: `None` while
+    /// the round's result is not final.
     pub fn round(&self, round: Round, base: StateHash) -> Option<RoundPlan> {
+        let f = self.final_result(round)?;
         let close = self.close(round)?;
-        Some(self.round_closed_at(round, base, close.pos, self.claims(round)))
+        Some(self.plan(round, base, close.pos, close.cut, &f.dropped, self.claims(round)))
     }
 
-    /// The rule for an open `round` as if its RoundClose were the next entry after the indexed ones
-    /// (at [`RoundRule::end`]): what a participant about to close the round computes, to claim the
-    /// resulting hash. If its RoundClose then lands at exactly that position (an append at slot
-    /// `end.seq`), the real plan is this one. `None` if the round is already closed.
+    /// The rule for a closed `round` whose result is not final yet: what an organisation about to
+    /// attest computes (it then drops what it cannot read). `None` unless the round is closed and
+    /// not final.
     pub fn provisional(&self, round: Round, base: StateHash) -> Option<RoundPlan> {
-        match self.close(round) {
-            Some(_) => None,
-            None => Some(self.round_closed_at(round, base, self.end, Vec::new())),
+        if self.final_result(round).is_some() {
+            return None;
         }
+        let close = self.close(round)?;
+        Some(self.plan(round, base, close.pos, close.cut, &[], Vec::new()))
+    }
+
+    /// The rule for an open `round` as if it closed now with the cut at the end of the ledger read
+    /// so far: what an honest member looks at before it votes to close. `None` once it closed.
+    pub fn prospective(&self, round: Round, base: StateHash) -> Option<RoundPlan> {
+        if self.close(round).is_some() {
+            return None;
+        }
+        Some(self.plan(round, base, self.end, self.end.seq, &[], Vec::new()))
     }
 
     /// The position right after the last indexed entry (slot after the last one seen, index 0).
@@ -332,24 +397,85 @@ impl RoundRule {
         self.end
     }
 
-    fn round_closed_at(&self, round: Round, base: StateHash, close: EntryPos, claims: Vec<Claim>) -> RoundPlan {
+    /// The failing verdict that brought a contribution's failing organisations to the quorum,
+    /// among verdicts before `before`, with the number of organisations.
+    fn failed(&self, pos: EntryPos, before: EntryPos) -> Option<(EntryPos, i64, usize)> {
+        let mut orgs = BTreeSet::new();
+        for (verdict, org, score) in self.failing.get(&pos)?.iter().filter(|(v, _, _)| *v < before) {
+            orgs.insert(org.as_str());
+            if orgs.len() >= usize::from(self.tally.quorum()) {
+                return Some((*verdict, *score, orgs.len()));
+            }
+        }
+        None
+    }
+
+    /// Walks the closed rounds in order and finds, per worker, the round from which it is excluded:
+    /// after `max_failures` consecutive closed rounds in which its first contribution failed.
+    fn exclusions_by_round(&self) -> BTreeMap<WorkerKey, (Round, EntryPos)> {
+        let max = self.config.exclusion.max_failures;
+        let mut excluded = BTreeMap::new();
+        if max == 0 {
+            return excluded;
+        }
+        let mut streak: BTreeMap<WorkerKey, u32> = BTreeMap::new();
+        for (round, contributions) in &self.contributions {
+            let Some(close) = self.close(*round) else { continue };
+            let mut seen = BTreeSet::new();
+            for Indexed { candidate: c, void } in contributions {
+                if void.is_some() || c.pos > close.pos || !seen.insert(c.worker) || excluded.contains_key(&c.worker) {
+                    continue;
+                }
+                match self.failed(c.pos, close.pos) {
+                    Some((verdict, _, _)) => {
+                        let n = streak.entry(c.worker).or_default();
+                        *n += 1;
+                        if *n >= max {
+                            excluded.insert(c.worker, (Round(round.0.saturating_add(1)), verdict));
+                        }
+                    }
+                    None => {
+                        streak.insert(c.worker, 0);
+                    }
+                }
+            }
+        }
+        excluded
+    }
+
+    fn plan(
+        &self,
+        round: Round,
+        base: StateHash,
+        close: EntryPos,
+        cut: Seq,
+        dropped: &[EntryPos],
+        claims: Vec<Claim>,
+    ) -> RoundPlan {
         let max = self.config.rounds.max_contributions;
         let mut first: BTreeMap<WorkerKey, EntryPos> = BTreeMap::new();
         let mut counted = Vec::new();
         let mut not_counted = Vec::new();
+        // Counted plus dropped: a dropped contribution keeps its place under max_contributions, so
+        // the attested set is exactly the provisional one the attesters fetched, less the drops.
+        let mut taken = 0usize;
         for Indexed { candidate: c, void } in self.contributions.get(&round).into_iter().flatten() {
             let reason = match void {
-                Some(VoidReason::RoundClosed(_)) => Some(NotCounted::Late { close }),
+                Some(VoidReason::RoundClosed(_)) => Some(NotCounted::Late { cut }),
                 Some(reason) => Some(NotCounted::Void(reason.clone())),
-                None if c.pos > close => Some(NotCounted::Late { close }),
-                None => self.accepted_reason(c, base, close, &mut first, counted.len(), max),
+                None if c.pos.seq >= cut || c.pos > close => Some(NotCounted::Late { cut }),
+                None => self.accepted_reason(c, base, close, &mut first, taken, max),
             };
+            if reason.is_none() {
+                taken += 1;
+            }
+            let reason = reason.or_else(|| dropped.contains(&c.pos).then_some(NotCounted::Unavailable));
             match reason {
                 Some(reason) => not_counted.push((c.clone(), reason)),
                 None => counted.push(c.clone()),
             }
         }
-        RoundPlan { round, base, close, counted, not_counted, claims }
+        RoundPlan { round, base, close, cut, counted, not_counted, claims }
     }
 
     fn accepted_reason(
@@ -361,9 +487,7 @@ impl RoundRule {
         counted: usize,
         max: u32,
     ) -> Option<NotCounted> {
-        if let Some(&since) = self.excluded.get(&c.worker)
-            && since < c.pos
-        {
+        if let Some(since) = self.excluded_in(&c.worker, c.round) {
             return Some(NotCounted::Excluded { since });
         }
         if let Some(&earlier) = first.get(&c.worker) {
@@ -376,10 +500,8 @@ impl RoundRule {
         if c.blob_size != self.update_bytes || self.update_bytes > MAX_UPDATE_BYTES {
             return Some(NotCounted::WrongSize { declared: c.blob_size, expected: self.update_bytes });
         }
-        if let Some((verdict, score)) = self.failing.get(&c.pos).copied()
-            && verdict < close
-        {
-            return Some(NotCounted::Rejected { verdict, score });
+        if let Some((verdict, score, orgs)) = self.failed(c.pos, close) {
+            return Some(NotCounted::Rejected { verdict, score, orgs });
         }
         if counted >= max as usize {
             return Some(NotCounted::OverLimit { max });
@@ -391,7 +513,7 @@ impl RoundRule {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use ledger::{Contribution, Entry, Genesis, Keypair, Member, Role, RoundClose, Verdict};
+    use ledger::{Attestation, CloseVote, Contribution, Entry, Genesis, Keypair, Member, Role, Verdict};
 
     use super::*;
     use crate::aggregate::{Hyper, NormClip};
@@ -400,9 +522,7 @@ mod tests {
     use crate::state::{Layout, TensorSpec};
     use crate::wire::{Compression, ValueEncoding};
 
-    const RUN: ledger::RunId = ledger::RunId([3; 32]);
-
-    fn config() -> RunConfig {
+    fn config(max_contributions: u32, max_failures: u32) -> RunConfig {
         RunConfig {
             layout: Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![4, 4] }]).unwrap(),
             hyper: Hyper {
@@ -411,84 +531,186 @@ mod tests {
                 weight_decay: Ratio::new(0, 1),
                 clip: NormClip::Off,
             },
-            rounds: RoundRules { min_contributions: 1, max_contributions: 4 },
-            exclusion: ExclusionRules { min_score: 0, max_failures: 1 },
+            rounds: RoundRules { min_contributions: 1, max_contributions },
+            exclusion: ExclusionRules { min_score: 0, max_failures },
             extra: Vec::new(),
         }
     }
 
-    fn logged(seq: u64, entry: Entry, validity: Validity) -> LoggedEntry {
-        let pos = EntryPos { seq: Seq(seq), index: 0 };
-        LoggedEntry { pos, bytes: Bytes::from(entry.encode()), entry: Some(entry), validity, organisation: None }
+    /// Builds ledger entries as a reader would hand them over: every entry is accepted (the tests
+    /// below only write valid ones), one per slot, with the signer's organisation.
+    struct Log {
+        run: ledger::RunId,
+        entries: Vec<LoggedEntry>,
+        orgs: BTreeMap<ledger::PublicKey, String>,
     }
 
-    fn contribution(worker: &Keypair, round: u64, blob: BlobId) -> Entry {
-        let size = encoded_len(&config().layout, &config().hyper.compression);
-        let body = Body::Contribution(Contribution {
-            round: ledger::Round(round),
-            base_state: ledger::StateHash([7; 32]),
-            assignment: Vec::new(),
-            blob,
-            blob_size: size,
-            metrics: Vec::new(),
-        });
-        Entry::sign(RUN, body, &[worker]).unwrap()
+    impl Log {
+        fn new(members: &[(&Keypair, &str, Role)], org_quorum: u16) -> Log {
+            let roster: Vec<Member> = members
+                .iter()
+                .map(|(k, org, role)| Member { key: k.public(), organisation: org.to_string(), role: *role })
+                .collect();
+            let g =
+                Genesis::new(config(4, 2).encode().unwrap(), roster, 1, ledger::StateHash([7; 32]), BlobId([0; 32]), 0);
+            let g = Genesis { org_quorum, ..g };
+            let run = g.run_id();
+            let orgs = members.iter().map(|(k, org, _)| (k.public(), org.to_string())).collect();
+            let mut log = Log { run, entries: Vec::new(), orgs };
+            log.push(Body::Genesis(g), members[0].0);
+            log
+        }
+
+        fn push(&mut self, body: Body, key: &Keypair) -> EntryPos {
+            let entry = Entry::sign(self.run, body, &[key]).unwrap();
+            let pos = EntryPos { seq: Seq(self.entries.len() as u64), index: 0 };
+            self.entries.push(LoggedEntry {
+                pos,
+                bytes: Bytes::from(entry.encode()),
+                organisation: self.orgs.get(&entry.signer()).cloned(),
+                entry: Some(entry),
+                validity: Validity::Accept,
+            });
+            pos
+        }
+
+        fn contribute(&mut self, worker: &Keypair, round: u64, blob: u8, config: &RunConfig) -> EntryPos {
+            let body = Body::Contribution(Contribution {
+                round: ledger::Round(round),
+                base_state: ledger::StateHash([7; 32]),
+                assignment: Vec::new(),
+                blob: BlobId([blob; 32]),
+                blob_size: encoded_len(&config.layout, &config.hyper.compression),
+                metrics: Vec::new(),
+            });
+            self.push(body, worker)
+        }
+
+        fn fail(&mut self, validator: &Keypair, round: u64, target: EntryPos) {
+            let v = Verdict { round: ledger::Round(round), target: Target::Entry(target), score: -5 };
+            self.push(Body::Verdict(v), validator);
+        }
+
+        fn close(&mut self, voters: &[&Keypair], round: u64) {
+            for v in voters {
+                let seen = Seq(self.entries.len() as u64);
+                self.push(Body::CloseVote(CloseVote { round: ledger::Round(round), seen }), v);
+            }
+        }
+
+        fn finalise(&mut self, attesters: &[&Keypair], round: u64, dropped: Vec<EntryPos>) {
+            for a in attesters {
+                let body = Body::Attestation(Attestation {
+                    round: ledger::Round(round),
+                    state: ledger::StateHash([7; 32]),
+                    dropped: dropped.clone(),
+                });
+                self.push(body, a);
+            }
+        }
+    }
+
+    fn reasons(plan: &RoundPlan) -> Vec<(EntryPos, NotCounted)> {
+        plan.not_counted.iter().map(|(c, r)| (c.pos, r.clone())).collect()
     }
 
     #[test]
-    fn a_blob_verdict_rejects_and_excludes_and_ledger_voids_keep_their_reason() {
-        let admin = Keypair::from_seed([1; 32]);
-        let worker = Keypair::from_seed([2; 32]);
-        let validator = Keypair::from_seed([3; 32]);
-        let roster = vec![Member { key: admin.public(), organisation: "a".into(), role: Role::Admin }];
-        let genesis =
-            Genesis::new(config().encode().unwrap(), roster, 1, ledger::StateHash([7; 32]), BlobId([0; 32]), 0);
-        let blob = BlobId([9; 32]);
-        let verdict = Body::Verdict(Verdict { round: ledger::Round(0), target: Target::Blob(blob), score: -1 });
-        let close = |round| {
-            Entry::sign(
-                RUN,
-                Body::RoundClose(RoundClose { round: ledger::Round(round), state: ledger::StateHash([7; 32]) }),
-                &[&validator],
-            )
-            .unwrap()
-        };
-        let entries = vec![
-            logged(0, Entry::sign(RUN, Body::Genesis(genesis), &[&admin]).unwrap(), Validity::Accept),
-            logged(1, contribution(&worker, 0, blob), Validity::Accept),
-            logged(2, Entry::sign(RUN, verdict, &[&validator]).unwrap(), Validity::Accept),
-            logged(3, close(0), Validity::Accept),
-            logged(
-                4,
-                contribution(&worker, 0, BlobId([8; 32])),
-                Validity::Void(VoidReason::RoundClosed(ledger::Round(0))),
-            ),
-            logged(5, contribution(&worker, 1, blob), Validity::Accept),
-            logged(6, contribution(&worker, 1, BlobId([6; 32])), Validity::Void(VoidReason::Duplicate)),
-            logged(7, close(1), Validity::Accept),
+    fn failing_needs_validators_of_a_quorum_of_organisations_before_the_close() {
+        let keys: Vec<Keypair> = (1..=6).map(|i| Keypair::from_seed([i; 32])).collect();
+        let [admin, w1, w2, va, vb, vb2] = [&keys[0], &keys[1], &keys[2], &keys[3], &keys[4], &keys[5]];
+        let members = [
+            (admin, "a", Role::Admin),
+            (w1, "a", Role::Worker),
+            (w2, "b", Role::Worker),
+            (va, "a", Role::Validator),
+            (vb, "b", Role::Validator),
+            (vb2, "b", Role::Validator),
         ];
-        let rule = RoundRule::new(&entries, &config());
-        let at = |seq| EntryPos { seq: Seq(seq), index: 0 };
-        assert_eq!(rule.exclusions(), [(WorkerKey(worker.public().0), at(2))]);
+        let cfg = config(4, 2);
+        let mut log = Log::new(&members, 2);
+        let c1 = log.contribute(w1, 0, 1, &cfg);
+        let c2 = log.contribute(w2, 0, 2, &cfg);
+        // Two validators of one organisation fail c1: not a quorum of organisations.
+        log.fail(vb, 0, c1);
+        log.fail(vb2, 0, c1);
+        // Validators of both organisations fail c2.
+        log.fail(va, 0, c2);
+        log.fail(vb, 0, c2);
+        log.close(&[w1, w2], 0);
+        // A verdict after the close changes nothing.
+        log.fail(va, 0, c1);
+        log.finalise(&[w1, w2], 0, vec![]);
+        let rule = RoundRule::new(&log.entries, &cfg);
+        let plan = rule.round(Round(0), StateHash([7; 32])).unwrap();
+        assert_eq!(plan.counted.iter().map(|c| c.pos).collect::<Vec<_>>(), [c1]);
+        assert!(matches!(reasons(&plan)[..], [(p, NotCounted::Rejected { orgs: 2, .. })] if p == c2));
+    }
+
+    #[test]
+    fn the_cut_the_drops_and_exclusion_after_consecutive_failed_rounds() {
+        let keys: Vec<Keypair> = (1..=5).map(|i| Keypair::from_seed([i; 32])).collect();
+        let [admin, w1, w2, w3, va] = [&keys[0], &keys[1], &keys[2], &keys[3], &keys[4]];
+        let members =
+            [(admin, "a", Role::Admin), (w1, "a", Role::Worker), (w2, "b", Role::Worker), (w3, "b", Role::Worker)];
+        let mut members = members.to_vec();
+        members.push((va, "a", Role::Validator));
+        let cfg = config(1, 2);
+        let mut log = Log::new(&members, 1);
         let base = StateHash([7; 32]);
-        let r0 = rule.round(Round(0), base).unwrap();
-        assert!(r0.counted.is_empty());
-        let reasons: Vec<_> = r0.not_counted.iter().map(|(c, r)| (c.pos, r.clone())).collect();
-        assert_eq!(
-            reasons,
-            [(at(1), NotCounted::Rejected { verdict: at(2), score: -1 }), (at(4), NotCounted::Late { close: at(3) })]
-        );
-        let r1 = rule.round(Round(1), base).unwrap();
-        let reasons: Vec<_> = r1.not_counted.iter().map(|(c, r)| (c.pos, r.clone())).collect();
-        assert_eq!(
-            reasons,
-            [(at(5), NotCounted::Excluded { since: at(2) }), (at(6), NotCounted::Void(VoidReason::Duplicate))]
-        );
-        assert_eq!(r1.claims.len(), 1);
-        assert!(rule.round(Round(2), base).is_none());
-        assert!(rule.provisional(Round(1), base).is_none());
-        assert_eq!(rule.end(), at(8));
-        let open = rule.provisional(Round(2), base).unwrap();
-        assert_eq!((open.close, open.counted.len(), open.claims.len()), (at(8), 0, 0));
+
+        // Round 0: w1 fails, w2 is dropped (it keeps its place under max_contributions = 1, so w3
+        // is over the limit), and a contribution after the cut is late.
+        let r0_w1 = log.contribute(w1, 0, 10, &cfg);
+        let r0_w2 = log.contribute(w2, 0, 11, &cfg);
+        let r0_w3 = log.contribute(w3, 0, 12, &cfg);
+        log.fail(va, 0, r0_w1);
+        log.close(&[w2], 0);
+        let late = log.contribute(w1, 0, 13, &cfg); // void (round closed) in a real log; here: after the cut
+        log.finalise(&[w2], 0, vec![r0_w2]);
+        let rule = RoundRule::new(&log.entries, &cfg);
+        let plan = rule.round(Round(0), base).unwrap();
+        let got = reasons(&plan);
+        assert!(matches!(got[0], (p, NotCounted::Rejected { orgs: 1, .. }) if p == r0_w1));
+        assert_eq!(got[1], (r0_w2, NotCounted::Unavailable));
+        assert_eq!(got[2], (r0_w3, NotCounted::OverLimit { max: 1 }));
+        assert_eq!(got[3], (late, NotCounted::Late { cut: plan.cut }));
+        assert!(plan.counted.is_empty());
+        // The attested result is the binding claim, listed first.
+        assert_eq!(plan.claims[0].kind, ClaimKind::Final);
+
+        // Round 1: w1 fails again: two failed rounds in a row exclude it from round 2 on.
+        let r1_w1 = log.contribute(w1, 1, 20, &cfg);
+        log.fail(va, 1, r1_w1);
+        log.close(&[w2], 1);
+        log.finalise(&[w2], 1, vec![]);
+        let r2_w1 = log.contribute(w1, 2, 30, &cfg);
+        log.close(&[w2], 2);
+        let rule = RoundRule::new(&log.entries, &cfg);
+        assert!(rule.excluded_in(&WorkerKey(w1.public().0), Round(1)).is_none());
+        assert!(rule.excluded_in(&WorkerKey(w1.public().0), Round(2)).is_some());
+        assert!(rule.round(Round(2), base).is_none(), "closed, not final");
+        let provisional = rule.provisional(Round(2), base).unwrap();
+        assert!(matches!(reasons(&provisional)[..], [(p, NotCounted::Excluded { .. })] if p == r2_w1));
+        assert!(rule.prospective(Round(2), base).is_none(), "already closed");
+        assert!(rule.prospective(Round(3), base).is_some());
+    }
+
+    #[test]
+    fn a_passing_round_resets_the_failure_count() {
+        let keys: Vec<Keypair> = (1..=3).map(|i| Keypair::from_seed([i; 32])).collect();
+        let [admin, w1, va] = [&keys[0], &keys[1], &keys[2]];
+        let members = [(admin, "a", Role::Admin), (w1, "a", Role::Worker), (va, "a", Role::Validator)];
+        let cfg = config(4, 2);
+        let mut log = Log::new(&members, 1);
+        for (round, fails) in [(0, true), (1, false), (2, true), (3, false)] {
+            let c = log.contribute(w1, round, round as u8, &cfg);
+            if fails {
+                log.fail(va, round, c);
+            }
+            log.close(&[admin], round);
+            log.finalise(&[admin], round, vec![]);
+        }
+        let rule = RoundRule::new(&log.entries, &cfg);
+        assert!(rule.exclusions().is_empty(), "no two failed rounds in a row");
     }
 }

@@ -96,30 +96,3 @@ async fn eight_appenders_on_seaweedfs_leave_no_gap_and_no_duplicate() {
     let store = storage::testing::s3_store().await.scoped("runs/test").unwrap();
     race(store, 8, 20).await;
 }
-
-/// `append_at` is for entries whose meaning depends on their slot (a RoundClose): it lands in
-/// exactly that slot or reports it taken, and of many racers for one slot exactly one lands.
-#[tokio::test]
-async fn exact_slot_appends_land_there_or_report_the_slot_taken() {
-    let run = std::sync::Arc::new(TestRun::new(8));
-    let store = memory_store().await;
-    Appender::new(store.clone()).append(&[run.genesis()]).await.unwrap();
-    let tasks: Vec<_> = (0..8)
-        .map(|w| {
-            let (store, run) = (store.clone(), run.clone());
-            tokio::spawn(async move { ledger::append_at(&store, Seq(1), &[run.contribution(w, 0, 0)]).await.unwrap() })
-        })
-        .collect();
-    let mut landed = 0;
-    for t in tasks {
-        landed += usize::from(t.await.unwrap());
-    }
-    assert_eq!(landed, 1, "exactly one racer owns slot 1");
-    // Our own bytes already there (a retry after a crash) count as ours; other bytes do not.
-    let reader = Reader::replay(store.clone(), run.run_id).await.unwrap();
-    let winner = reader.entries()[1].entry.clone().unwrap();
-    assert!(ledger::append_at(&store, Seq(1), &[winner]).await.unwrap());
-    assert!(!ledger::append_at(&store, Seq(1), &[run.contribution(1, 0, 99)]).await.unwrap());
-    assert!(ledger::append_at(&store, Seq(2), &[run.contribution(1, 0, 99)]).await.unwrap());
-    assert_eq!(Reader::replay(store, run.run_id).await.unwrap().next_seq(), Seq(3));
-}

@@ -3,7 +3,7 @@
 use ledger::entry::{MAX_ORG_BYTES, Target};
 use ledger::{
     BlobId, Body, Change, Contribution, DecodeError, Entry, EntryPos, Genesis, Keypair, Member, Role, RosterChange,
-    Round, RoundClose, RunId, Seq, Snapshot, StateHash, Verdict, merkle, slot,
+    Round, RunId, Seq, Snapshot, StateHash, Verdict, merkle, slot,
 };
 use proptest::prelude::*;
 
@@ -36,7 +36,8 @@ fn arb_body() -> impl Strategy<Value = Body> {
             .prop_map(|(config, mut roster, quorum, s, b, size)| {
                 roster.sort_by_key(|m| m.key);
                 roster.dedup_by(|a, b| a.key == b.key);
-                Body::Genesis(Genesis::new(config, roster, quorum, StateHash(s), BlobId(b), size))
+                let g = Genesis::new(config, roster, quorum, StateHash(s), BlobId(b), size);
+                Body::Genesis(Genesis { org_quorum: quorum.rotate_left(3), salt: s[..16].try_into().unwrap(), ..g })
             }),
         (
             any::<u64>(),
@@ -63,8 +64,15 @@ fn arb_body() -> impl Strategy<Value = Body> {
                 Body::Verdict(Verdict { round: Round(round), target, score })
             }
         ),
-        (any::<u64>(), arb_hash())
-            .prop_map(|(r, s)| Body::RoundClose(RoundClose { round: Round(r), state: StateHash(s) })),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(r, seen)| Body::CloseVote(ledger::CloseVote { round: Round(r), seen: Seq(seen) })),
+        (any::<u64>(), arb_hash(), proptest::collection::btree_set((any::<u64>(), any::<u16>()), 0..6)).prop_map(
+            |(r, s, dropped)| Body::Attestation(ledger::Attestation {
+                round: Round(r),
+                state: StateHash(s),
+                dropped: dropped.into_iter().map(|(seq, index)| EntryPos { seq: Seq(seq), index }).collect(),
+            })
+        ),
         (any::<u64>(), arb_hash(), arb_hash(), any::<u64>()).prop_map(|(r, s, b, n)| Body::Snapshot(Snapshot {
             round: Round(r),
             state: StateHash(s),

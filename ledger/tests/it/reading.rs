@@ -84,7 +84,88 @@ async fn the_validity_rule_voids_forged_misplaced_and_replayed_entries() {
     assert_eq!(reasons[10], None);
     assert_eq!(reasons[11], Some(VoidReason::Duplicate));
     assert_eq!(reasons[12], Some(VoidReason::RoundClosed(ledger::Round(0))));
-    assert!(reader.state().round_close(ledger::Round(0)).is_some());
+    assert!(reader.state().rounds().close(ledger::Round(0)).is_some());
+}
+
+/// Rounds close and become final only with a quorum of organisations: one organisation, however
+/// many members it has and however often it writes, can do neither; votes for rounds other than
+/// the open one, second votes of an organisation, snapshots of rounds that are not final or with
+/// another state are void.
+#[tokio::test]
+async fn closes_and_results_need_a_quorum_of_organisations() {
+    use ledger::rounds::RoundError;
+    let run = TestRun::with_org_quorum(4, 2);
+    let store = memory_store().await;
+    let mut a = Appender::new(store.clone());
+    let mut append = async |e: Entry| a.append(&[e]).await.unwrap();
+    let w0 = &run.workers[0];
+    append(run.genesis()).await; // 0
+    append(run.contribution(0, 0, 0)).await; // 1 org-0
+    append(run.contribution(1, 0, 1)).await; // 2 org-1
+    append(run.vote(w0, 1, 3)).await; // 3 not the open round
+    append(run.vote(w0, 0, 9)).await; // 4 seen past its own slot
+    append(run.vote(w0, 0, 3)).await; // 5 org-0 votes: not closed yet
+    append(run.vote(&run.workers[1], 0, 6)).await; // 6 org-1 votes: closed, cut = max(3, 6) = 6
+    append(run.contribution(2, 0, 2)).await; // 7 round closed
+    append(run.vote(&run.workers[2], 0, 7)).await; // 8 already closed
+    let snapshot = |state: u8| ledger::Snapshot {
+        round: ledger::Round(0),
+        state: ledger::StateHash([state; 32]),
+        blob: ledger::BlobId([1; 32]),
+        blob_size: 1,
+    };
+    append(Entry::sign(run.run_id, Body::Snapshot(snapshot(7)), &[w0]).unwrap()).await; // 9 not final
+    append(run.attest(w0, 0, 7, vec![])).await; // 10 org-0 attests
+    append(run.attest(w0, 0, 8, vec![])).await; // 11 org-0 changes its mind (its latest counts)
+    append(run.attest(&run.workers[1], 0, 7, vec![])).await; // 12 org-1 agrees with org-0's first: not final
+    let stranger_drop = vec![ledger::EntryPos { seq: ledger::Seq(3), index: 0 }];
+    append(run.attest(&run.workers[1], 0, 8, stranger_drop)).await; // 13 drops a non-contribution
+    append(run.attest(&run.workers[1], 0, 8, vec![])).await; // 14 org-1 agrees with org-0's latest: final
+    append(Entry::sign(run.run_id, Body::Snapshot(snapshot(7)), &[w0]).unwrap()).await; // 15 wrong state
+    append(Entry::sign(run.run_id, Body::Snapshot(snapshot(8)), &[w0]).unwrap()).await; // 16 ok
+    append(run.vote(w0, 1, 17)).await; // 17 round 1 is open now
+
+    let reader = Reader::replay(store, run.run_id).await.unwrap();
+    let reasons: Vec<Option<VoidReason>> = (0..18).map(|s| void_reason(&reader, s)).collect();
+    let rounds = |e| Some(VoidReason::Rounds(e));
+    assert_eq!(reasons[3], rounds(RoundError::NotOpen { round: ledger::Round(1), open: ledger::Round(0) }));
+    assert_eq!(reasons[4], rounds(RoundError::SeenAhead { at: ledger::Seq(4), seen: ledger::Seq(9) }));
+    assert_eq!(reasons[5], None);
+    assert_eq!(reasons[6], None);
+    assert_eq!(reasons[7], Some(VoidReason::RoundClosed(ledger::Round(0))));
+    assert_eq!(reasons[8], rounds(RoundError::AlreadyClosed(ledger::Round(0))));
+    assert_eq!(reasons[9], Some(VoidReason::NotFinal(ledger::Round(0))));
+    assert_eq!(reasons[10..13], [None, None, None]);
+    assert_eq!(reasons[13], rounds(RoundError::BadDrop(ledger::EntryPos { seq: ledger::Seq(3), index: 0 })));
+    assert_eq!(reasons[14], None);
+    assert_eq!(reasons[15], Some(VoidReason::WrongState(ledger::Round(0))));
+    assert_eq!(reasons[16], None);
+    assert_eq!(reasons[17], None);
+    let tally = reader.state().rounds();
+    assert_eq!(tally.close(ledger::Round(0)).map(|c| (c.pos.seq, c.cut)), Some((ledger::Seq(6), ledger::Seq(6))));
+    let result = tally.final_result(ledger::Round(0)).unwrap();
+    assert_eq!((result.pos.seq, result.state), (ledger::Seq(14), ledger::StateHash([8; 32])));
+    assert_eq!(tally.open_round(), ledger::Round(1));
+}
+
+/// Two members of different organisations that write the same body (the same attestation, the
+/// same score) each make their own entry: the duplicate check covers the signer too.
+#[tokio::test]
+async fn the_same_body_from_two_members_is_not_a_duplicate() {
+    let run = TestRun::with_org_quorum(2, 2);
+    let store = memory_store().await;
+    let mut a = Appender::new(store.clone());
+    let mut append = async |e: Entry| a.append(&[e]).await.unwrap();
+    append(run.genesis()).await; // 0
+    append(run.vote(&run.workers[0], 0, 1)).await; // 1
+    append(run.vote(&run.workers[1], 0, 1)).await; // 2: same body, another organisation
+    append(run.attest(&run.workers[0], 0, 3, vec![])).await; // 3
+    append(run.attest(&run.workers[0], 0, 3, vec![])).await; // 4: the same signer again
+    append(run.attest(&run.workers[1], 0, 3, vec![])).await; // 5: same body, final
+    let reader = Reader::replay(store, run.run_id).await.unwrap();
+    let reasons: Vec<Option<VoidReason>> = (0..6).map(|s| void_reason(&reader, s)).collect();
+    assert_eq!(reasons, [None, None, None, None, Some(VoidReason::Duplicate), None]);
+    assert!(reader.state().rounds().final_result(ledger::Round(0)).is_some());
 }
 
 #[tokio::test]
@@ -133,17 +214,17 @@ async fn index_by_round_and_signer() {
     for round in 0..3u64 {
         let batch: Vec<Entry> = (0..3).map(|w| run.contribution(w, round, round)).collect();
         a.append(&batch).await.unwrap();
-        a.append(&[run.close(round)]).await.unwrap();
+        a.append(&[run.close(round), run.attest(&run.validator, round, round as u8, vec![])]).await.unwrap();
     }
     let reader = Reader::replay(store, run.run_id).await.unwrap();
-    assert_eq!(reader.by_round(ledger::Round(1)).count(), 4);
+    assert_eq!(reader.by_round(ledger::Round(1)).count(), 5);
     let kinds: Vec<_> =
         reader.by_round(ledger::Round(2)).map(|e| e.entry.as_ref().unwrap().body.kind().name()).collect();
-    assert_eq!(kinds, ["contribution", "contribution", "contribution", "round_close"]);
+    assert_eq!(kinds, ["contribution", "contribution", "contribution", "close_vote", "attestation"]);
     let by_w1: Vec<_> = reader.by_signer(&run.workers[1].public()).map(|e| e.pos).collect();
     assert_eq!(by_w1.len(), 3);
     assert!(by_w1.windows(2).all(|w| w[0] < w[1]));
-    assert_eq!(reader.by_signer(&run.validator.public()).count(), 3);
+    assert_eq!(reader.by_signer(&run.validator.public()).count(), 6, "a vote and an attestation per round");
 }
 
 #[tokio::test(start_paused = true)]

@@ -29,17 +29,19 @@ async fn an_honest_run_audits_ok_with_its_state_hash_and_counts() {
     let (report, progress) = audit_run(&run, false).await;
     assert!(report.passed(), "{:?}", report.problems);
     assert_eq!(report.first_problem, None);
-    assert_eq!(report.run, ledger::RunId([0x5a; 32]).to_string());
+    assert_eq!(report.run, run.run.to_string());
     assert_eq!(report.start, StartPoint::Genesis);
     assert_eq!(report.state, states[3].hash().to_hex());
     assert_eq!((report.first_round, report.open_round, report.rounds_replayed), (0, 3, 3));
-    // Genesis, 9 + 1 contributions, 3 closes, 1 snapshot: one entry per slot.
-    assert_eq!((report.slots, report.entries), (15, 15));
+    // Genesis, 9 + 1 contributions, 3 close votes and 3 attestations, 1 snapshot: one entry per slot.
+    assert_eq!((report.slots, report.entries), (18, 18));
     assert_eq!(report.kinds["contribution"].accepted, 10);
-    assert_eq!(report.kinds["round_close"].accepted, 3);
+    assert_eq!(report.kinds["close_vote"].accepted, 3);
+    assert_eq!(report.kinds["attestation"].accepted, 3);
     assert!(report.void_entries.is_empty(), "{:?}", report.void_entries);
     for (i, r) in report.rounds.iter().enumerate() {
-        assert_eq!(r.close, closes[i].to_string());
+        assert_eq!(r.close, closes[i].vote.to_string());
+        assert_eq!(r.cut, closes[i].vote.seq.0);
         assert_eq!(r.state, states[i + 1].hash().to_hex());
         assert_eq!(r.counted, 3);
         assert!(r.not_counted.is_empty());
@@ -48,9 +50,9 @@ async fn an_honest_run_audits_ok_with_its_state_hash_and_counts() {
     assert_eq!(report.checkpoint, CheckpointStatus::Missing);
     assert_eq!(report.snapshots.len(), 1);
     assert_eq!(report.snapshots[0].blob_ok, Some(true));
-    assert!(report.snapshots[0].matches_close);
+    assert!(report.snapshots[0].attested);
     // Progress: the ledger, the checkpoint, the re-read, then one event per round.
-    assert_eq!(progress[0], AuditProgress::LedgerRead { slots: 15, entries: 15 });
+    assert_eq!(progress[0], AuditProgress::LedgerRead { slots: 18, entries: 18 });
     assert!(progress.contains(&AuditProgress::ReplayStarted { first: Round(0), rounds: 3 }));
     let rounds: Vec<_> = progress.iter().filter(|p| matches!(p, AuditProgress::RoundReplayed { .. })).collect();
     assert_eq!(rounds.len(), 3);
@@ -72,16 +74,24 @@ async fn an_honest_run_audits_ok_with_its_state_hash_and_counts() {
 }
 
 #[tokio::test]
-async fn a_round_close_with_a_wrong_hash_fails_naming_its_round_and_position() {
+async fn a_quorum_attesting_a_wrong_hash_fails_naming_its_round_position_and_signer() {
     let (run, states, closes) = three_rounds(Some(1)).await;
     let (report, _) = audit_run(&run, false).await;
-    let problem = report.first_problem.clone().expect("a wrong claim fails the audit");
-    assert!(problem.starts_with(&format!("round 1: the round_close at {} claims", closes[1])), "{problem}");
+    let problem = report.first_problem.clone().expect("a wrong attested result fails the audit");
+    let expected = format!(
+        "round 1: the final at {} (signed by {}, organisation beta)",
+        closes[1].attestation,
+        run.validator.public()
+    );
+    assert!(problem.starts_with(&expected), "{problem}");
     assert!(problem.contains(&states[2].hash().to_hex()), "{problem}");
     assert_eq!(report.discrepancies.len(), 1);
-    assert_eq!(report.discrepancies[0].pos, closes[1].to_string());
-    // The snapshot of round 1 claims the honest hash, which the RoundClose does not: not confirmed.
-    assert!(!report.snapshots[0].matches_close);
+    assert_eq!(report.discrepancies[0].pos, closes[1].attestation.to_string());
+    assert_eq!(report.discrepancies[0].organisation.as_deref(), Some("beta"));
+    // The snapshot of round 1 holds the honest state, which is not the attested one: the ledger
+    // voids it, so no joiner can start from it.
+    assert!(report.snapshots.is_empty());
+    assert!(report.void_entries.iter().any(|v| v.reason_kind == "wrong_state"), "{:?}", report.void_entries);
 }
 
 #[tokio::test]
@@ -99,9 +109,10 @@ async fn a_blob_overwritten_in_the_store_fails_the_audit() {
     run.store.put(&blob.key(), Bytes::from(vec![0x42; size as usize])).await.unwrap();
     let (report, _) = audit_run(&run, false).await;
     let problem = report.first_problem.expect("an overwritten blob fails the audit");
-    assert!(problem.starts_with("round 1: the round_close at"), "{problem}");
-    assert!(problem.contains("blob corrupt"), "{problem}");
-    assert_eq!(report.not_counted_by_reason["blob_corrupt"], 1);
+    assert!(problem.starts_with(&format!("round 1: blob {blob}")), "{problem}");
+    assert!(problem.contains("hash"), "{problem}");
+    // The replay stops there: it never guesses what the round would have been without it.
+    assert_eq!(report.rounds_replayed, 1);
 }
 
 #[tokio::test]

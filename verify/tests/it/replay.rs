@@ -22,7 +22,7 @@ async fn replay_reproduces_direct_aggregation() {
     assert_eq!((report.first_round, report.next_round), (Round(0), Round(3)));
     for (i, r) in report.rounds.iter().enumerate() {
         assert_eq!(r.round, Round(i as u64));
-        assert_eq!(r.close, closes[i]);
+        assert_eq!(r.close, closes[i].vote);
         assert_eq!((r.base, r.state), (states[i].hash(), states[i + 1].hash()));
         assert_eq!(r.counted.len(), 3);
         assert!(r.not_counted.is_empty());
@@ -32,20 +32,20 @@ async fn replay_reproduces_direct_aggregation() {
 }
 
 #[tokio::test]
-async fn a_round_close_with_a_wrong_hash_is_reported_with_its_round_and_seq() {
+async fn a_quorum_attesting_a_wrong_hash_is_reported_with_its_round_and_seq() {
     let (run, states, closes) = three_rounds(Some(1)).await;
     let entries = run.entries().await;
     let replayed = replay_from_genesis(&entries, &run.store).await.unwrap();
     let expected = Discrepancy {
         round: Round(1),
-        pos: closes[1],
-        kind: ClaimKind::RoundClose,
+        pos: closes[1].attestation,
+        kind: ClaimKind::Final,
         claimed: StateHash([0xEE; 32]),
         computed: states[2].hash(),
     };
     assert_eq!(replayed.report.discrepancies, [expected]);
     assert_eq!(replayed.report.first_discrepancy(), Some(&expected));
-    assert_eq!(expected.kind.name(), "round_close");
+    assert_eq!(expected.kind.name(), "final");
     // The replay went on from the computed state, which the workers had built on.
     assert_eq!(replayed.state, states[3]);
 }
@@ -55,7 +55,8 @@ async fn replay_from_a_snapshot_equals_replay_from_genesis() {
     let (run, states, _) = three_rounds(None).await;
     let entries = run.entries().await;
     let full = replay_from_genesis(&entries, &run.store).await.unwrap();
-    let resumed = replay_from_latest_snapshot(&entries, &run.store).await.unwrap();
+    let (resumed, skipped) = replay_from_latest_snapshot(&entries, &run.store).await.unwrap();
+    assert!(skipped.is_empty());
     assert_eq!(resumed.state, full.state);
     assert_eq!(resumed.report.state, full.report.state);
     assert_eq!(resumed.report.first_round, Round(2));
@@ -117,22 +118,25 @@ async fn an_unreadable_blob_stops_the_replay_instead_of_voiding_the_contribution
 }
 
 #[tokio::test]
-async fn a_closer_claims_the_provisional_hash_and_replay_agrees() {
+async fn an_attester_claims_the_provisional_hash_and_replay_agrees() {
     let (mut run, states, _) = three_rounds(None).await;
     for w in 0..2 {
         run.contribute(w + 1, 3, states[3].hash()).await;
     }
     let entries = run.entries().await;
-    let mut closer = Replay::new(&entries, Start::Continue { next: Round(3), state: states[3].clone() }).unwrap();
-    assert!(closer.next_plan().is_none(), "round 3 is open");
-    let plan = closer.provisional_plan().unwrap();
-    assert_eq!(plan.close, closer.rule().end());
+    let open = Replay::new(&entries, Start::Continue { next: Round(3), state: states[3].clone() }).unwrap();
+    assert!(open.next_plan().is_none() && open.provisional_plan().is_none(), "round 3 is open");
+    let vote = run.vote(3).await;
+    let entries = run.entries().await;
+    let mut attester = Replay::new(&entries, Start::Continue { next: Round(3), state: states[3].clone() }).unwrap();
+    assert!(attester.next_plan().is_none(), "round 3 is closed, not final");
+    let plan = attester.provisional_plan().unwrap();
+    assert_eq!((plan.close, plan.cut), (vote, vote.seq));
     assert_eq!(plan.counted.len(), 3);
     let blobs = verify::replay::fetch_blobs(&run.store, &plan).await;
-    closer.apply(plan, blobs).unwrap();
-    let claim = closer.state().hash();
-    let close = run.close(3, claim).await;
-    assert_eq!(close, closer.rule().end(), "the close landed where the closer computed it");
+    attester.apply(plan, blobs).unwrap();
+    let claim = attester.state().hash();
+    run.attest(3, claim, Vec::new()).await;
     let entries = run.entries().await;
     let audited = replay_from_genesis(&entries, &run.store).await.unwrap();
     assert!(audited.report.discrepancies.is_empty(), "{:?}", audited.report.discrepancies);

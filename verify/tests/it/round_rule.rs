@@ -43,7 +43,8 @@ async fn every_kind_of_bad_contribution_gets_its_reason() {
     let missing = run.contribute_entry(7, 0, base, ledger::BlobId::of(&missing_blob), len as u64).await;
 
     let expected = aggregate(&s0, Round(0), &[u0, u1], &run.hyper()).unwrap();
-    let close = run.close(0, expected.hash()).await;
+    // The attesting organisation could not read the missing blob: it drops it.
+    let close = run.close_dropping(0, expected.hash(), vec![missing]).await;
     let late = run.contribute(2, 0, base).await.0;
     let wrong_size = run.contribute_bytes(2, 1, expected.hash(), vec![1, 2, 3]).await;
 
@@ -60,9 +61,9 @@ async fn every_kind_of_bad_contribution_gets_its_reason() {
     assert_eq!(expect_reason(garbage), NotCounted::Undecodable(VerifyError::BadMagic));
     assert!(matches!(expect_reason(nan), NotCounted::Undecodable(VerifyError::NonFiniteValue { .. })));
     assert!(matches!(expect_reason(wrong_round), NotCounted::Undecodable(VerifyError::WrongRound { .. })));
-    assert_eq!(expect_reason(rejected), NotCounted::Rejected { verdict, score: -3 });
-    assert_eq!(expect_reason(missing), NotCounted::BlobMissing);
-    assert_eq!(expect_reason(late), NotCounted::Late { close });
+    assert_eq!(expect_reason(rejected), NotCounted::Rejected { verdict, score: -3, orgs: 1 });
+    assert_eq!(expect_reason(missing), NotCounted::Unavailable);
+    assert_eq!(expect_reason(late), NotCounted::Late { cut: close.vote.seq });
     assert_eq!(got.len(), 8, "{got:?}");
     assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "ledger order");
     assert_eq!(replayed.state.hash(), expected.hash());
@@ -91,7 +92,7 @@ async fn failing_verdicts_reject_then_exclude_and_the_limit_cuts_the_rest() {
     let s0 = run.initial.clone();
 
     // Round 0: worker 0 fails (verdict before the close); worker 1's failing verdict comes after
-    // the close, so it counts, but it is a failure on worker 1's record.
+    // the close, so it changes nothing.
     let (a0, _) = run.contribute(0, 0, s0.hash()).await;
     let (b0, ub0) = run.contribute(1, 0, s0.hash()).await;
     let v_a0 = run.verdict(0, a0, -1).await;
@@ -99,7 +100,7 @@ async fn failing_verdicts_reject_then_exclude_and_the_limit_cuts_the_rest() {
     run.close(0, s1.hash()).await;
     run.verdict(0, b0, -1).await;
 
-    // Round 1: worker 0 fails a second time: excluded from this verdict on.
+    // Round 1: worker 0 fails a second round in a row: excluded from the next round on.
     let (a1, _) = run.contribute(0, 1, s1.hash()).await;
     let (b1, ub1) = run.contribute(1, 1, s1.hash()).await;
     let v_a1 = run.verdict(1, a1, i64::MIN).await;
@@ -118,9 +119,9 @@ async fn failing_verdicts_reject_then_exclude_and_the_limit_cuts_the_rest() {
     let replayed = replay_from_genesis(&entries, &run.store).await.unwrap();
     let report = &replayed.report;
     assert_eq!(counted(report, 0), [b0]);
-    assert_eq!(reasons(report, 0), [(a0, NotCounted::Rejected { verdict: v_a0, score: -1 })]);
+    assert_eq!(reasons(report, 0), [(a0, NotCounted::Rejected { verdict: v_a0, score: -1, orgs: 1 })]);
     assert_eq!(counted(report, 1), [b1]);
-    assert_eq!(reasons(report, 1), [(a1, NotCounted::Rejected { verdict: v_a1, score: i64::MIN })]);
+    assert_eq!(reasons(report, 1), [(a1, NotCounted::Rejected { verdict: v_a1, score: i64::MIN, orgs: 1 })]);
     assert_eq!(counted(report, 2), [b2, c2]);
     assert_eq!(
         reasons(report, 2),

@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use ledger::{
-    Appender, BlobId, Body, Contribution, Entry, EntryPos, Genesis, Keypair, LoggedEntry, Member, Reader, Role,
-    RoundClose, Snapshot, Target, Verdict, write_genesis,
+    Appender, Attestation, BlobId, Body, CloseVote, Contribution, Entry, EntryPos, Genesis, Keypair, LoggedEntry,
+    Member, Reader, Role, Seq, Snapshot, Target, Verdict, write_genesis,
 };
 use rand_chacha::ChaCha8Rng;
 use storage::Store;
@@ -45,8 +45,20 @@ pub struct TestRun {
     pub workers: Vec<Keypair>,
     pub validator: Keypair,
     pub appender: Appender,
+    /// Slots written so far (the next entry lands here).
+    pub slots: u64,
     pub initial: State,
     pub rng: ChaCha8Rng,
+}
+
+/// Where a round closed and was made final (an organisation quorum of 1: the validator's vote and
+/// attestation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Closed {
+    /// The close vote.
+    pub vote: EntryPos,
+    /// The attestation that made the result final.
+    pub attestation: EntryPos,
 }
 
 fn org(i: usize) -> String {
@@ -56,7 +68,6 @@ fn org(i: usize) -> String {
 impl TestRun {
     pub async fn new(config: RunConfig) -> TestRun {
         let store = storage::testing::memory_store().await;
-        let run = ledger::RunId([0x5a; 32]);
         let admin = Keypair::from_seed([1; 32]);
         let validator = Keypair::from_seed([2; 32]);
         let workers: Vec<Keypair> = (0..WORKERS).map(|i| Keypair::from_seed([10 + i as u8; 32])).collect();
@@ -74,10 +85,11 @@ impl TestRun {
         let blob = store.put_blob(snapshot).await.unwrap();
         let genesis =
             Genesis::new(config.encode().unwrap(), roster, 1, ledger::StateHash(initial.hash().0), blob, size);
+        let run = genesis.run_id();
         let entry = Entry::sign(run, Body::Genesis(genesis), &[&admin]).unwrap();
         write_genesis(&store, &entry).await.unwrap();
         let appender = Appender::new(store.clone());
-        TestRun { store, run, config, admin, workers, validator, appender, initial, rng }
+        TestRun { store, run, config, admin, workers, validator, appender, slots: 1, initial, rng }
     }
 
     pub fn hyper(&self) -> Hyper {
@@ -91,6 +103,7 @@ impl TestRun {
     /// Appends one entry as its own slot and returns its position.
     pub async fn append(&mut self, entry: Entry) -> EntryPos {
         let seq = self.appender.append(&[entry]).await.unwrap();
+        self.slots = self.slots.max(seq.0 + 1);
         EntryPos { seq, index: 0 }
     }
 
@@ -149,10 +162,32 @@ impl TestRun {
         self.append(entry).await
     }
 
-    pub async fn close(&mut self, round: u64, claimed: StateHash) -> EntryPos {
-        let body = Body::RoundClose(RoundClose { round: ledger::Round(round), state: ledger::StateHash(claimed.0) });
-        let entry = Entry::sign(self.run, body, &[&self.validator]).unwrap();
-        self.append(entry).await
+    /// Closes `round` with everything written so far counted, and makes `claimed` its result.
+    pub async fn close(&mut self, round: u64, claimed: StateHash) -> Closed {
+        self.close_dropping(round, claimed, Vec::new()).await
+    }
+
+    /// [`TestRun::close`], with `dropped` left out as unreadable.
+    pub async fn close_dropping(&mut self, round: u64, claimed: StateHash, dropped: Vec<EntryPos>) -> Closed {
+        let vote = self.vote(round).await;
+        let attestation = self.attest(round, claimed, dropped).await;
+        Closed { vote, attestation }
+    }
+
+    /// The validator's vote to close `round`, with every slot written so far read.
+    pub async fn vote(&mut self, round: u64) -> EntryPos {
+        let vote = Body::CloseVote(CloseVote { round: ledger::Round(round), seen: Seq(self.slots) });
+        self.append(Entry::sign(self.run, vote, &[&self.validator]).unwrap()).await
+    }
+
+    /// The validator's attestation of `round`'s result.
+    pub async fn attest(&mut self, round: u64, claimed: StateHash, dropped: Vec<EntryPos>) -> EntryPos {
+        let attestation = Body::Attestation(Attestation {
+            round: ledger::Round(round),
+            state: ledger::StateHash(claimed.0),
+            dropped,
+        });
+        self.append(Entry::sign(self.run, attestation, &[&self.validator]).unwrap()).await
     }
 
     pub async fn snapshot(&mut self, round: u64, state: &State) -> EntryPos {
@@ -175,10 +210,10 @@ impl TestRun {
     }
 }
 
-/// Three closed rounds of three honest workers each (workers 0 and 2 of organisation alpha,
+/// Three final rounds of three honest workers each (workers 0 and 2 of organisation alpha,
 /// worker 1 of beta), a snapshot after round 1, and a fourth, open round with one contribution.
-/// Returns the run, the state after each closed round and the RoundClose positions.
-pub async fn three_rounds(wrong_claim_at: Option<u64>) -> (TestRun, Vec<State>, Vec<EntryPos>) {
+/// Returns the run, the state after each closed round and where each closed and became final.
+pub async fn three_rounds(wrong_claim_at: Option<u64>) -> (TestRun, Vec<State>, Vec<Closed>) {
     let mut run = TestRun::new(run_config(16, 0)).await;
     let h = run.hyper();
     let mut states = vec![run.initial.clone()];

@@ -62,7 +62,7 @@ async fn replay_of_the_ledger_equals_the_live_state() {
         let got: Vec<Vec<_>> =
             replayed.report.rounds.iter().map(|r| r.counted.iter().map(|c| c.pos).collect()).collect();
         assert_eq!(got, expected_counted, "seed {seed}");
-        let resumed = replay_from_latest_snapshot(&entries, &run.store).await.unwrap();
+        let (resumed, _) = replay_from_latest_snapshot(&entries, &run.store).await.unwrap();
         assert_eq!(resumed.state, live, "seed {seed}");
         total_counted += got.iter().map(Vec::len).sum::<usize>();
         total_not_counted += replayed.report.rounds.iter().map(|r| r.not_counted.len()).sum::<usize>();
