@@ -254,8 +254,25 @@ fn print_report(r: &AuditReport) {
     }
     let checked = r.snapshots.iter().filter(|s| s.blob_ok.is_some()).count();
     println!("snapshots   {} accepted, {checked} blob(s) checked", r.snapshots.len());
+    if !r.dissents.is_empty() {
+        println!("dissents    {} attestation(s) of single organisations differ from the replay:", r.dissents.len());
+        print_list(&r.dissents, |d| {
+            println!(
+                "  round {} {} by {} ({}) claims {}",
+                d.round,
+                d.pos,
+                short(d.signer.as_deref().unwrap_or("?")),
+                org_name(&d.organisation),
+                short(&d.claimed)
+            )
+        });
+    }
+    if !r.notes.is_empty() {
+        println!("notes       {}:", r.notes.len());
+        print_list(&r.notes, |n| println!("  {n}"));
+    }
     match r.discrepancies.first() {
-        None => println!("claims      every claimed state hash matches the replay"),
+        None => println!("claims      every attested state hash matches the replay"),
         Some(d) => println!(
             "claims      {} discrepancy(ies); first: round {} {} at {} claims {}, computed {}",
             r.discrepancies.len(),

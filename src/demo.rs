@@ -198,7 +198,7 @@ fn demo_spec(args: &DemoArgs, keys: &[(&str, &str, &str, PathBuf, ledger::Public
          [demo]\nchunk = 64\ntopk = 4\nvalues = \"sign\"\n\n\
          [optimizer]\nlr = 0.002\nwarmup_rounds = 2\nweight_decay = 0.0\nclip = \"median\"\n\n\
          [rounds]\nmin_contributions = 2\nmax_contributions = 16\ndeadline_secs = 120\nverdict_wait_secs = 60\n\n\
-         [validation]\nmin_score = -20\nmax_failures = 2\nassigned_sequences = {assigned}\neval_sequences = 4\n\n\
+         [validation]\nmin_score = -20\nmax_failures = 3\nassigned_sequences = {assigned}\neval_sequences = 4\n\n\
          [roster]\nquorum = 1\norg_quorum = 2\n",
         preset = args.preset,
         rounds = args.rounds,

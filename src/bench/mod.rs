@@ -1,6 +1,7 @@
 //! `cairn bench NAME`: whole-system benchmarks. Each prints its headline figures on its last
 //! line as `bench NAME: key=value ...`, with ratios against a baseline measured in the same run.
 
+mod adversary_bench;
 mod aggregate_bench;
 mod ledger_bench;
 mod step_bench;
@@ -23,6 +24,9 @@ pub enum BenchCommand {
     Train(train_bench::Args),
     /// One worker's compute per round on one device (passes, DeMo encoding): tokens/s and MFU.
     Step(step_bench::Args),
+    /// A seeded adversarial simulation: honest organisations against byzantine ones and a faulty
+    /// bucket, every safety property checked after every round.
+    Adversary(adversary_bench::Args),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
@@ -32,6 +36,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
         BenchCommand::Ledger(args) => ledger_bench::run(args).await,
         BenchCommand::Train(args) => train_bench::run(args).await,
         BenchCommand::Step(args) => step_bench::run(args).await,
+        BenchCommand::Adversary(args) => adversary_bench::run(args).await,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod admin;
 mod blob;
 pub mod conformance;
 mod error;
+pub mod fault;
 mod local_cas;
 mod retry;
 mod store;

@@ -412,6 +412,8 @@ async fn adversaries_are_void_or_excluded_and_the_audit_says_why() {
         ("nan", "mallory", "worker"),
         ("copier", "mallory", "worker"),
         ("flipper", "mallory", "worker"),
+        ("closer", "mallory", "worker"),
+        ("vanisher", "mallory", "worker"),
         ("v", "beta", "validator"),
         ("v2", "alpha", "validator"),
     ];
@@ -477,6 +479,29 @@ async fn adversaries_are_void_or_excluded_and_the_audit_says_why() {
     let update = honest_update(&follower, flipper).await;
     let flipped = sign_flipped(&update, &follower, &flipper.public());
     contribute(&mut follower, flipper, flipped, None).await;
+    // A blob that vanishes: contributed, then deleted from the bucket before anyone read it
+    // (what a member who can delete objects, or a storage class change, does). Nobody can read
+    // it, so the attesting organisations drop it and the round goes on.
+    let vanisher = fed.key("vanisher");
+    let update = honest_update(&follower, vanisher).await;
+    let entry = contribute(&mut follower, vanisher, update, None).await;
+    let Body::Contribution(c) = &entry.body else { unreachable!() };
+    follower.info().store.delete(&c.blob.key()).await.unwrap();
+    // Garbage at the head of the log, from anyone with write access to the bucket (it used to stall
+    // closing: a close had to land at one exact slot).
+    follower.poll().await.unwrap();
+    let head = follower.reader().next_seq();
+    follower.info().store.put_if_absent(&ledger::seq_key(head), Bytes::from_static(b"not a slot")).await.unwrap();
+    // An early close: mallory contributes, then votes to close at once (to shut out everyone after
+    // it). One organisation is below the quorum of 2: the round closes only with an honest vote,
+    // whose cut covers every contribution that honest organisation had seen.
+    let closer = fed.key("closer");
+    let update = honest_update(&follower, closer).await;
+    contribute(&mut follower, closer, update, None).await;
+    let seen = follower.reader().next_seq();
+    let vote = Body::CloseVote(ledger::CloseVote { round: ledger::Round(0), seen });
+    follower.append(Entry::sign(follower.info().run_id, vote, &[closer]).unwrap()).await.unwrap();
+    assert!(follower.reader().state().rounds().close(ledger::Round(0)).is_none(), "one organisation cannot close");
 
     fed.wait_all(&mut children);
     let (report, passed) = fed.audit_json();
@@ -497,8 +522,17 @@ async fn adversaries_are_void_or_excluded_and_the_audit_says_why() {
         let r = reason(name);
         assert!(r == ["rejected"] || r == ["undecodable"], "{name}: {r:?} in {why:?}");
     }
-    assert_eq!(reason("flipper"), ["rejected"], "the sign flip decodes; only the validator's score catches it");
-    assert_eq!(report["rounds"][0]["counted"].as_u64(), Some(2), "only the honest updates count: {report:#}");
+    assert_eq!(reason("flipper"), ["rejected"], "the sign flip decodes; only the validators' scores catch it");
+    // Its validators could not read it either: failed by both honest organisations' validators
+    // (unusable), or, had the round closed first, dropped by the attesters (unavailable).
+    let vanished = reason("vanisher");
+    assert!(vanished == ["rejected"] || vanished == ["unavailable"], "{why:?}");
+    assert!(reason("closer").is_empty(), "the early closer's own update counts like any other: {why:?}");
+    assert_eq!(report["rounds"][0]["counted"].as_u64(), Some(3), "the honest updates and the closer's: {report:#}");
+    // The cut is an honest organisation's, past every contribution.
+    let cut = report["rounds"][0]["cut"].as_u64().unwrap();
+    assert!(cut > seen.0, "cut {cut}, the early vote had seen {}", seen.0);
+    assert!(void.iter().any(|(_, r)| r == "malformed_slot"), "the garbage slot is void: {void:?}");
     let excluded: Vec<&str> =
         report["exclusions"].as_array().unwrap().iter().map(|e| e["worker"].as_str().unwrap()).collect();
     assert!(excluded.contains(&hex("flipper").as_str()), "max_failures = 1 excludes the flipper: {excluded:?}");

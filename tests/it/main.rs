@@ -1,5 +1,6 @@
 //! Tests of the `cairn` command as users run it: exit codes, last lines, one-line errors.
 
+mod adversary_cli;
 mod audit_cli;
 mod federation;
 mod ledger_cli;

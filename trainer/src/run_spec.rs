@@ -244,7 +244,7 @@ pub struct ValidationSection {
 
 impl Default for ValidationSection {
     fn default() -> ValidationSection {
-        ValidationSection { min_score: -20, max_failures: 2, assigned_sequences: 16, eval_sequences: 16 }
+        ValidationSection { min_score: -20, max_failures: 3, assigned_sequences: 16, eval_sequences: 16 }
     }
 }
 

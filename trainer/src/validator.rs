@@ -15,16 +15,16 @@
 //! worker: that rule is verify's, applied by everyone from the ledger alone. The validator only
 //! writes the scores.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use ledger::{Body, EntryPos, Keypair, Target, Verdict};
 use tch::Device;
-use verify::Expected;
 use verify::wire::encoded_len;
+use verify::{BlobSource, Expected};
 
 use crate::TrainerError;
-use crate::follow::{Follower, TallyAction};
+use crate::follow::{DROP_AFTER_FAILED_READS, Follower, TallyAction};
 use crate::model::Model;
 use crate::score::score_blob;
 use crate::worker::{WorkerEvent, after_final};
@@ -93,6 +93,7 @@ pub async fn run_validator(
     let start = follower.round().0;
     events(ValidatorEvent::Joined { round: start });
     let mut judged: HashSet<EntryPos> = HashSet::new();
+    let mut unreadable: HashMap<EntryPos, u32> = HashMap::new();
     // Verdicts this key wrote before a restart count as judged.
     for e in follower.reader().by_signer(&key.public()) {
         if let Some(Body::Verdict(Verdict { target: Target::Entry(p), .. })) = e.entry.as_ref().map(|x| &x.body) {
@@ -128,12 +129,18 @@ pub async fn run_validator(
             })
             .collect();
         for (pos, signer, blob, organisation) in todo {
-            let bytes = match info.store.get_blob(blob, update_bytes).await {
+            let bytes = match follower.blobs().blob(blob, update_bytes).await {
                 Ok(b) => b,
-                // Not (yet) readable: the round rule voids a missing blob at close; look again later.
-                Err(storage::StoreError::NotFound { .. }) => continue,
-                Err(e @ (storage::StoreError::HashMismatch { .. } | storage::StoreError::TooLarge { .. })) => {
-                    // Corrupt: score it as unusable.
+                // Not readable now: look again next time; after DROP_AFTER_FAILED_READS tries in a
+                // row (what makes an attester drop it) it is unusable, so that voters waiting for
+                // verdicts are not held up by a blob nobody can read.
+                Err(fault) if unreadable.get(&pos).copied().unwrap_or(0) + 1 < DROP_AFTER_FAILED_READS => {
+                    *unreadable.entry(pos).or_default() += 1;
+                    tracing::debug!(%pos, ?fault, "contribution blob not readable yet");
+                    continue;
+                }
+                Err(fault) => {
+                    // Absent, corrupt or unreadable for good: score it as unusable.
                     judged.insert(pos);
                     verdicts += 1;
                     let score = UNUSABLE_SCORE;
@@ -143,11 +150,10 @@ pub async fn run_validator(
                         pos,
                         organisation,
                         score,
-                        unusable: Some(e.to_string()),
+                        unusable: Some(format!("blob {blob} not readable: {fault:?}")),
                     });
                     continue;
                 }
-                Err(e) => return Err(e.into()),
             };
             let layout = &info.config.layout;
             let expected = Expected {

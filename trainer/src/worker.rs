@@ -287,7 +287,7 @@ pub(crate) async fn wait_for_round(
 /// After a round became final: if our attestation completed its quorum and it is a snapshot round
 /// (every `snapshot_every`), the snapshot, then a signed checkpoint and a Parquet export of the
 /// ledger (both derived from the log as read). Only when the follower's state is that round's.
-pub(crate) async fn after_final(
+pub async fn after_final(
     follower: &mut Follower,
     key: &Keypair,
     report: &RoundReport,

@@ -13,16 +13,19 @@
 //!                  re-hashed, aggregation, every claimed hash compared: the quorum's attested
 //!                  result and Snapshots (binding ─► discrepancies), each organisation's
 //!                  attestations (─► dissents, listed, not failures)
-//!     5 snapshots  every Snapshot blob replayed past is fetched, re-hashed and hashed as a state
+//!     5 snapshots  every Snapshot blob replayed past is fetched, re-hashed and hashed as a state;
+//!                  one that is not the attested state is named with its publisher (a note: joiners
+//!                  and --from-snapshot audits skip it)
 //!   ─► AuditReport { ..., first_problem }   FAIL iff first_problem is Some
 //! ```
 //!
 //! A problem is something that should not happen in an honest bucket: a discrepancy between an
 //! attested and a computed state hash (a quorum of organisations attested a wrong state), a
-//! rewritten or deleted slot, a bad checkpoint, a counted blob of which no copy can be read, a
-//! snapshot whose blob is not the state it claims. Void entries, contributions that do not count
+//! rewritten or deleted slot, a bad checkpoint, a counted blob of which no copy can be read. Void
+//! entries, contributions that do not count
 //! and one organisation's dissenting attestation are the rules working: they are listed with their
-//! reasons and the entries that caused them, never failures.
+//! reasons and the entries that caused them, never failures; so is a snapshot whose blob is not
+//! the state it offers (any member can publish one; nobody starts from it).
 //!
 //! The garbage-collection plan ([`plan_gc`]) is derived from a passing audit: update blobs of
 //! rounds up to the newest snapshot the audit confirmed may go; the Genesis blob and every
@@ -819,12 +822,23 @@ async fn check_snapshots(
             // The replay started from it: fetched, re-hashed and checked against its claim there.
             summary.blob_ok = Some(!report.problems.iter().any(|p| p.starts_with("replay start")));
         } else {
+            // A snapshot is an offer of the attested state; a bad blob is its publisher's fault,
+            // skipped by joiners and by --from-snapshot audits, and named here, not a failure of
+            // the run.
+            let by = entries
+                .iter()
+                .find(|e| e.pos == pos)
+                .map(|e| {
+                    let signer = e.entry.as_ref().map(|x| x.signer().to_string()).unwrap_or_default();
+                    format!("{signer} ({})", e.organisation.as_deref().unwrap_or("not a member"))
+                })
+                .unwrap_or_default();
             match fetch_state(&blobs, config, s.blob, s.blob_size).await {
                 Ok(state) if state.hash().0 == s.state.0 => summary.blob_ok = Some(true),
                 Ok(state) => {
                     summary.blob_ok = Some(false);
-                    report.problem(format!(
-                        "snapshot at {pos} (round {}): its blob holds state {}, the entry claims {}",
+                    report.notes.push(format!(
+                        "snapshot at {pos} (round {}) by {by}: its blob holds state {}, not the attested {}; joiners skip it",
                         s.round,
                         state.hash(),
                         summary.state
@@ -832,7 +846,7 @@ async fn check_snapshots(
                 }
                 Err(e) => {
                     summary.blob_ok = Some(false);
-                    report.problem(format!("snapshot at {pos} (round {}): {e}", s.round));
+                    report.notes.push(format!("snapshot at {pos} (round {}) by {by}: {e}; joiners skip it", s.round));
                 }
             }
         }

@@ -2,7 +2,6 @@
 
 mod common;
 mod concurrency;
-mod fault;
 mod holes;
 mod properties;
 mod reading;

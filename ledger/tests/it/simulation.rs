@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use storage::{RetryPolicy, Store, StoreError};
 
 use crate::common::TestRun;
-use crate::fault::{FaultStore, Faults, Injected};
+use storage::fault::{FaultStore, Faults, Injected};
 
 const SEED_ENV: &str = "CAIRN_SIM_SEED";
 const FIXED_SEEDS: u64 = 64;

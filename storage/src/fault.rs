@@ -1,11 +1,15 @@
-//! An object store wrapper that misbehaves on purpose, driven by one seeded RNG.
+//! An object store that misbehaves on purpose, driven by one seeded RNG: the faulty bucket of the
+//! ledger's deterministic simulation tests and of `cairn bench adversary`.
 //!
 //! Writes can fail before landing, or land with the reply lost; reads can fail; every call can
 //! be delayed (tokio time, so a paused clock makes the schedule deterministic), which reorders
-//! concurrent operations; listings come back shuffled.
+//! concurrent operations; listings come back shuffled. Chosen keys can be made unreadable for
+//! good (what an S3 storage class, SSE-C or a `chmod` does to one object: the key is listed, every
+//! read is refused).
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,22 +26,30 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// Fault rates (probabilities per call) and the delay bound.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
+    /// A write fails before landing.
     pub fail_write: f64,
+    /// A write lands and its reply is lost.
     pub lose_reply: f64,
+    /// A read fails (transiently).
     pub fail_read: f64,
+    /// Every call waits up to this long (0: no delay).
     pub max_delay_ms: u64,
 }
 
 /// What was injected, for the report on failure.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Injected {
+    /// Writes failed before landing.
     pub failed_writes: u64,
+    /// Writes that landed with the reply lost.
     pub lost_replies: u64,
+    /// Reads failed.
     pub failed_reads: u64,
 }
 
+/// An in-memory object store with seeded faults (see the module docs).
 #[derive(Debug)]
 pub struct FaultStore {
     inner: InMemory,
@@ -45,6 +57,12 @@ pub struct FaultStore {
     faults: Faults,
     injected: Arc<Mutex<Injected>>,
     enabled: Arc<std::sync::atomic::AtomicBool>,
+    unreadable: Arc<Mutex<HashSet<Path>>>,
+}
+
+/// A poisoned lock only means another task panicked; the data is still what it was.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl fmt::Display for FaultStore {
@@ -58,6 +76,7 @@ fn injected_error(what: &'static str) -> object_store::Error {
 }
 
 impl FaultStore {
+    /// An empty store whose faults follow `seed`.
     pub fn new(seed: u64, faults: Faults) -> FaultStore {
         FaultStore {
             inner: InMemory::new(),
@@ -65,7 +84,13 @@ impl FaultStore {
             faults,
             injected: Arc::default(),
             enabled: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            unreadable: Arc::default(),
         }
+    }
+
+    /// A handle that makes keys unreadable for good (whatever the switch says).
+    pub fn unreadable(&self) -> Unreadable {
+        Unreadable(self.unreadable.clone())
     }
 
     /// A handle that switches faults off (to read back the truth) or on.
@@ -73,6 +98,7 @@ impl FaultStore {
         self.enabled.clone()
     }
 
+    /// What was injected so far.
     pub fn injected(&self) -> Arc<Mutex<Injected>> {
         self.injected.clone()
     }
@@ -82,14 +108,14 @@ impl FaultStore {
     }
 
     fn roll(&self, p: f64) -> bool {
-        self.on() && self.rng.lock().unwrap().random_bool(p)
+        self.on() && lock(&self.rng).random_bool(p)
     }
 
     async fn delay(&self) {
         if !self.on() || self.faults.max_delay_ms == 0 {
             return;
         }
-        let ms = self.rng.lock().unwrap().random_range(0..=self.faults.max_delay_ms);
+        let ms = lock(&self.rng).random_range(0..=self.faults.max_delay_ms);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }
@@ -104,13 +130,13 @@ impl ObjectStore for FaultStore {
     ) -> object_store::Result<PutResult> {
         self.delay().await;
         if self.roll(self.faults.fail_write) {
-            self.injected.lock().unwrap().failed_writes += 1;
+            lock(&self.injected).failed_writes += 1;
             return Err(injected_error("injected: write failed before landing"));
         }
         let result = self.inner.put_opts(location, payload, opts).await;
         self.delay().await;
         if result.is_ok() && self.roll(self.faults.lose_reply) {
-            self.injected.lock().unwrap().lost_replies += 1;
+            lock(&self.injected).lost_replies += 1;
             return Err(injected_error("injected: write landed, reply lost"));
         }
         result
@@ -126,8 +152,14 @@ impl ObjectStore for FaultStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
         self.delay().await;
+        if lock(&self.unreadable).contains(location) {
+            return Err(object_store::Error::PermissionDenied {
+                path: location.to_string(),
+                source: "injected: this object cannot be read".into(),
+            });
+        }
         if self.roll(self.faults.fail_read) {
-            self.injected.lock().unwrap().failed_reads += 1;
+            lock(&self.injected).failed_reads += 1;
             return Err(injected_error("injected: read failed"));
         }
         self.inner.get_opts(location, options).await
@@ -147,7 +179,7 @@ impl ObjectStore for FaultStore {
         futures::stream::once(async move {
             let mut all: Vec<_> = inner.collect().await;
             if on {
-                all.shuffle(&mut *rng.lock().unwrap());
+                all.shuffle(&mut *lock(&rng));
             }
             futures::stream::iter(all)
         })
@@ -161,5 +193,16 @@ impl ObjectStore for FaultStore {
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// Makes keys of a [`FaultStore`] unreadable (see [`FaultStore::unreadable`]).
+#[derive(Debug, Clone)]
+pub struct Unreadable(Arc<Mutex<HashSet<Path>>>);
+
+impl Unreadable {
+    /// From now on every read of `key` (a full object path, prefix included) is refused.
+    pub fn add(&self, key: &str) {
+        lock(&self.0).insert(Path::from(key));
     }
 }
