@@ -13,14 +13,21 @@ pub enum StoreCommand {
     Init {
         /// Store URL: file:///abs/dir, s3://bucket/prefix, memory://
         url: String,
-        /// Default retention for S3 Object Lock, in days (entries and blobs become immutable).
+        /// Default retention for S3 Object Lock, in days: every object version is kept for that
+        /// long. It does not stop a new version at the same key or a delete marker; the bucket
+        /// policy in docs/SECURITY.md does (check it with `cairn store check --require-protection`).
         #[arg(long)]
         object_lock_days: Option<u32>,
     },
-    /// Check that a store gives the guarantees the ledger needs (put-if-absent races, CAS, ...).
+    /// Check that a store gives the guarantees the ledger needs (put-if-absent races, CAS, ...),
+    /// and whether these credentials can replace or delete history (the bucket policy).
     Check {
         /// Store URL: file:///abs/dir, s3://bucket/prefix, memory://
         url: String,
+        /// Fail unless the store refuses to replace or delete objects under every history prefix
+        /// (what the bucket policy in docs/SECURITY.md enforces; run it with a member's credentials).
+        #[arg(long)]
+        require_protection: bool,
     },
 }
 
@@ -38,30 +45,58 @@ pub async fn run(cmd: StoreCommand) -> anyhow::Result<Outcome> {
                 }
                 InitReport::Bucket { created, object_lock_days } => {
                     println!("bucket {}", if created { "created" } else { "already there" });
-                    if let Some(days) = object_lock_days {
-                        println!("object lock: governance retention of {days} days");
+                    match object_lock_days {
+                        Some(days) => println!(
+                            "object lock: governance retention of {days} days (old versions are kept; overwrites \
+                             and deletes are stopped only by the bucket policy in docs/SECURITY.md)"
+                        ),
+                        None => println!(
+                            "history is not protected until the bucket policy in docs/SECURITY.md denies \
+                             overwrites and deletes; `cairn store check --require-protection` verifies it"
+                        ),
                     }
                 }
             }
             Ok(Outcome::Ok)
         }
-        StoreCommand::Check { url } => check(&absolute_url(&url)?).await,
+        StoreCommand::Check { url, require_protection } => check(&absolute_url(&url)?, require_protection).await,
     }
 }
 
-/// Runs the conformance check and prints one line per check and a verdict line.
-pub async fn check(url: &str) -> anyhow::Result<Outcome> {
+/// Runs the conformance check, then the protection check, one line per check, and a verdict line:
+/// `store check: PASS history=protected|unprotected|partly-protected` or `store check: FAIL <checks>`.
+pub async fn check(url: &str, require_protection: bool) -> anyhow::Result<Outcome> {
     let store = storage::open(url).await.with_context(|| format!("opening {url}"))?;
     let results = conformance::check(&store).await.with_context(|| format!("store check {url}"))?;
+    let print = |r: &conformance::CheckResult, bad: &str| {
+        println!("{:<5} {:<22} {:>6} ms  {}", if r.passed { "ok" } else { bad }, r.name, r.elapsed_ms, r.detail)
+    };
     let mut failed = Vec::new();
     for r in &results {
-        println!("{:<5} {:<22} {:>6} ms  {}", if r.passed { "ok" } else { "FAIL" }, r.name, r.elapsed_ms, r.detail);
+        print(r, "FAIL");
         if !r.passed {
             failed.push(r.name);
         }
     }
+    println!("can these credentials replace or delete history? (a bucket policy should refuse both)");
+    let protection = conformance::check_protection(&store).await.with_context(|| format!("store check {url}"))?;
+    for r in &protection {
+        print(r, if require_protection { "FAIL" } else { "no" });
+    }
+    let protected = protection.iter().filter(|r| r.passed).count();
+    let history = match protected {
+        0 => "unprotected",
+        n if n == protection.len() => "protected",
+        _ => "partly-protected",
+    };
+    if protected > 0 {
+        println!("{protected} probe object(s) stay behind: the store refused to delete them, as it should");
+    }
+    if require_protection {
+        failed.extend(protection.iter().filter(|r| !r.passed).map(|r| r.name));
+    }
     if failed.is_empty() {
-        println!("store check: PASS");
+        println!("store check: PASS history={history}");
         Ok(Outcome::Ok)
     } else {
         println!("store check: FAIL {}", failed.join(", "));

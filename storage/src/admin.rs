@@ -1,9 +1,11 @@
 //! Store administration that object_store has no API for: creating the bucket (or the local
 //! folder) and turning on S3 Object Lock with a default retention.
 //!
-//! Object Lock makes every ledger entry and blob immutable for the retention period, so a member
-//! with write access cannot overwrite or delete history; the ledger's checkpoints still detect it
-//! on stores without it.
+//! Object Lock keeps every object *version* for the retention period. It does not make a key
+//! immutable: a plain PUT adds a new current version and a DELETE a delete marker, and readers
+//! read the current version. What stops members from replacing or deleting history is a bucket
+//! policy (docs/SECURITY.md), verified by [`crate::conformance::check_protection`]; the ledger's
+//! checkpoints detect a rewrite on stores without one.
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{

@@ -4,6 +4,16 @@
 //!
 //! Every check works under a fresh scratch prefix (`_cairn-check/<random>/`) and removes what it
 //! wrote.
+//!
+//! [`check_protection`] asks a second question: can the caller's credentials replace or delete
+//! history? The ledger's slots, checkpoint signatures and blobs are written once, with
+//! put-if-absent; a bucket policy can deny every other write and every delete under their
+//! prefixes (S3: deny `s3:PutObject` when the `s3:if-none-match` condition key is absent, and deny
+//! `s3:DeleteObject`/`s3:DeleteObjectVersion`). Object Lock alone does not: it keeps old versions,
+//! while a plain PUT makes a new current version and a DELETE a delete marker, and readers read
+//! the current version. The check writes one probe object under each prefix and tries to replace
+//! it and to delete it; when the store denies both, the probes stay (harmless: nothing refers to
+//! them).
 
 use std::time::Instant;
 
@@ -12,6 +22,10 @@ use futures::future::join_all;
 
 use crate::error::Result;
 use crate::store::{CasOutcome, PutOutcome, Store};
+
+/// Key prefixes that hold history: written once with put-if-absent, never replaced or deleted.
+/// (The ledger's slots and checkpoint signatures, update and snapshot blobs, and mirrored blobs.)
+pub const HISTORY_PREFIXES: [&str; 4] = ["ledger/seq/", "ledger/checkpoints/", "blobs/", "mirrors/"];
 
 /// Racers in the put-if-absent race.
 pub const RACERS: usize = 8;
@@ -147,6 +161,66 @@ async fn run_checks(s: &Store, results: &mut Vec<CheckResult>) -> Result<()> {
     })
     .await?;
     Ok(())
+}
+
+/// For each of [`HISTORY_PREFIXES`]: a probe is created with put-if-absent (which members must be
+/// able to do), then replaced with a plain PUT and deleted. Passed: the probe still holds its
+/// first bytes after both. An error means the store could not be used at all.
+pub async fn check_protection(store: &Store) -> Result<Vec<CheckResult>> {
+    let tag = hex::encode(rand::random::<[u8; 8]>());
+    let mut results = Vec::new();
+    for prefix in HISTORY_PREFIXES {
+        let start = Instant::now();
+        let key = format!("{prefix}_cairn-probe-{tag}");
+        let first = Bytes::from(format!("cairn store check probe {tag}: first bytes"));
+        let (passed, detail) = probe(store, &key, first).await?;
+        results.push(CheckResult {
+            name: protection_name(prefix),
+            passed,
+            detail,
+            elapsed_ms: start.elapsed().as_millis() as u64,
+        });
+    }
+    Ok(results)
+}
+
+fn protection_name(prefix: &str) -> &'static str {
+    match prefix {
+        "ledger/seq/" => "protected ledger/seq/",
+        "ledger/checkpoints/" => "protected checkpoints/",
+        "blobs/" => "protected blobs/",
+        _ => "protected mirrors/",
+    }
+}
+
+async fn probe(store: &Store, key: &str, first: Bytes) -> Result<(bool, String)> {
+    match store.put_if_absent(key, first.clone()).await {
+        Ok(PutOutcome::Created(_)) => {}
+        Ok(PutOutcome::AlreadyExists) => return Ok((false, format!("{key} already exists (run the check again)"))),
+        Err(e) => return Ok((false, format!("creating {key} with put-if-absent was refused: {e}"))),
+    }
+    let holds_first =
+        || async { Ok::<_, crate::StoreError>(matches!(store.get(key, 1 << 10).await, Ok(o) if o.bytes == first)) };
+    let replace = store.put(key, Bytes::from_static(b"replaced")).await;
+    let overwrite_denied = holds_first().await?;
+    let delete = store.delete(key).await;
+    let delete_denied = holds_first().await?;
+    let said = |r: &Result<(), crate::StoreError>| match r {
+        Ok(()) => "accepted".to_string(),
+        Err(e) => format!("refused ({})", e.to_string().lines().next().unwrap_or("")),
+    };
+    let replace = replace.map(|_| ());
+    let detail = format!(
+        "overwrite {}: {}; delete {}: {}",
+        if overwrite_denied { "denied" } else { "ALLOWED" },
+        said(&replace),
+        if delete_denied { "denied" } else { "ALLOWED" },
+        said(&delete),
+    );
+    if !delete_denied || !overwrite_denied {
+        let _ = store.delete(key).await; // best effort: leave no probe where nothing protects it
+    }
+    Ok((overwrite_denied && delete_denied, detail))
 }
 
 fn label(o: &PutOutcome) -> &'static str {

@@ -5,7 +5,8 @@
 //! be delayed (tokio time, so a paused clock makes the schedule deterministic), which reorders
 //! concurrent operations; listings come back shuffled. Chosen keys can be made unreadable for
 //! good (what an S3 storage class, SSE-C or a `chmod` does to one object: the key is listed, every
-//! read is refused).
+//! read is refused). Prefixes can be write-protected the way a bucket policy protects history:
+//! under them only create-only writes are accepted, and no deletes.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -58,6 +59,7 @@ pub struct FaultStore {
     injected: Arc<Mutex<Injected>>,
     enabled: Arc<std::sync::atomic::AtomicBool>,
     unreadable: Arc<Mutex<HashSet<Path>>>,
+    protected: Arc<Vec<String>>,
 }
 
 /// A poisoned lock only means another task panicked; the data is still what it was.
@@ -69,6 +71,10 @@ impl fmt::Display for FaultStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "FaultStore({})", self.inner)
     }
+}
+
+fn denied(location: &Path, why: &'static str) -> object_store::Error {
+    object_store::Error::PermissionDenied { path: location.to_string(), source: why.into() }
 }
 
 fn injected_error(what: &'static str) -> object_store::Error {
@@ -85,7 +91,21 @@ impl FaultStore {
             injected: Arc::default(),
             enabled: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             unreadable: Arc::default(),
+            protected: Arc::default(),
         }
+    }
+
+    /// Under these path prefixes (the store's own prefix included, e.g. `run/ledger/seq/`), refuse
+    /// every write that is not create-only and every delete, as the bucket policy in
+    /// docs/SECURITY.md does on S3.
+    pub fn protecting(mut self, prefixes: &[&str]) -> FaultStore {
+        self.protected = Arc::new(prefixes.iter().map(|p| p.to_string()).collect());
+        self
+    }
+
+    fn is_protected(protected: &[String], location: &Path) -> bool {
+        let path = location.as_ref();
+        protected.iter().any(|p| path.starts_with(p.as_str()))
     }
 
     /// A handle that makes keys unreadable for good (whatever the switch says).
@@ -129,6 +149,9 @@ impl ObjectStore for FaultStore {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.delay().await;
+        if !matches!(opts.mode, object_store::PutMode::Create) && Self::is_protected(&self.protected, location) {
+            return Err(denied(location, "protected: only create-only writes are allowed here"));
+        }
         if self.roll(self.faults.fail_write) {
             lock(&self.injected).failed_writes += 1;
             return Err(injected_error("injected: write failed before landing"));
@@ -153,10 +176,7 @@ impl ObjectStore for FaultStore {
     async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
         self.delay().await;
         if lock(&self.unreadable).contains(location) {
-            return Err(object_store::Error::PermissionDenied {
-                path: location.to_string(),
-                source: "injected: this object cannot be read".into(),
-            });
+            return Err(denied(location, "injected: this object cannot be read"));
         }
         if self.roll(self.faults.fail_read) {
             lock(&self.injected).failed_reads += 1;
@@ -169,7 +189,17 @@ impl ObjectStore for FaultStore {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
+        let protected = self.protected.clone();
+        let checked = locations
+            .map(move |location| {
+                let location = location?;
+                if Self::is_protected(&protected, &location) {
+                    return Err(denied(&location, "protected: deletes are not allowed here"));
+                }
+                Ok(location)
+            })
+            .boxed();
+        self.inner.delete_stream(checked)
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {

@@ -29,8 +29,9 @@ fn store_check_passes_on_a_local_folder() {
     assert!(init.status.success(), "{}", stderr(&init));
     let check = cairn(&["store", "check", &format!("file://{}", path.display())], &[]);
     assert!(check.status.success(), "{}{}", stdout(&check), stderr(&check));
-    assert_eq!(last_line(&stdout(&check)), "store check: PASS");
+    assert_eq!(last_line(&stdout(&check)), "store check: PASS history=unprotected");
     assert_eq!(stdout(&check).lines().filter(|l| l.starts_with("ok ")).count(), 5);
+    assert_eq!(stdout(&check).lines().filter(|l| l.starts_with("no ") && l.contains("overwrite ALLOWED")).count(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,7 +39,15 @@ async fn store_check_passes_on_s3() {
     let url = testing::fresh_bucket().await;
     let check = cairn(&["store", "check", &url], testing::s3_env());
     assert!(check.status.success(), "{}{}", stdout(&check), stderr(&check));
-    assert_eq!(last_line(&stdout(&check)), "store check: PASS");
+    assert_eq!(last_line(&stdout(&check)), "store check: PASS history=unprotected");
+    // SeaweedFS here has no bucket policy: a member's credentials can replace and delete history,
+    // and an operator who requires protection is told so, prefix by prefix.
+    let strict = cairn(&["store", "check", &url, "--require-protection"], testing::s3_env());
+    assert_eq!(strict.status.code(), Some(1), "{}{}", stdout(&strict), stderr(&strict));
+    assert_eq!(
+        last_line(&stdout(&strict)),
+        "store check: FAIL protected ledger/seq/, protected checkpoints/, protected blobs/, protected mirrors/"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,7 @@ on_every_backend!(
     streamed_blob_over_the_limit_leaves_nothing,
     conformance_check_passes,
     concurrent_compare_and_swap_loses_no_update,
+    an_unprotected_store_is_reported_as_such,
 );
 
 async fn put_if_absent_first_writer_wins(s: &Store) {
@@ -146,6 +147,20 @@ async fn conformance_check_passes(s: &Store) {
         assert!(r.passed, "{}: {}", r.name, r.detail);
     }
     assert!(s.list("_cairn-check", None).await.unwrap().is_empty(), "the check cleans up");
+}
+
+/// No backend here has a bucket policy: a plain PUT replaces history and a DELETE removes it, and
+/// the protection check says so, prefix by prefix, leaving no probe behind.
+async fn an_unprotected_store_is_reported_as_such(s: &Store) {
+    let results = conformance::check_protection(s).await.unwrap();
+    assert_eq!(results.len(), conformance::HISTORY_PREFIXES.len());
+    for r in &results {
+        assert!(!r.passed, "{}: {}", r.name, r.detail);
+        assert!(r.detail.starts_with("overwrite ALLOWED: accepted; delete ALLOWED: accepted"), "{}", r.detail);
+    }
+    for prefix in conformance::HISTORY_PREFIXES {
+        assert!(s.list(prefix.trim_end_matches('/'), None).await.unwrap().is_empty(), "probe left under {prefix}");
+    }
 }
 
 /// Several writers increment one counter with read / compare-and-swap loops: no increment lost.

@@ -140,3 +140,32 @@ async fn persistent_failures_give_up_with_a_typed_error() {
     }
     assert!(s.head("k").await.unwrap().is_none(), "nothing was written");
 }
+
+/// A bucket whose policy protects history (modelled by `FaultStore::protecting`, as S3 enforces
+/// the policy in docs/SECURITY.md): the check passes for the protected prefixes only, and the
+/// probes stay where the store refused to delete them.
+#[tokio::test]
+async fn the_protection_check_sees_a_bucket_policy() {
+    use storage::conformance::{HISTORY_PREFIXES, check_protection};
+    use storage::fault::{FaultStore, Faults};
+    let protected: Vec<String> = HISTORY_PREFIXES.iter().map(|p| format!("run/{p}")).collect();
+    let protected: Vec<&str> = protected.iter().map(String::as_str).collect();
+    let all = FaultStore::new(1, Faults::default()).protecting(&protected);
+    let store = Store::from_object_store(Arc::new(all), "sim://", RetryPolicy::default()).scoped("run").unwrap();
+    let results = check_protection(&store).await.unwrap();
+    for r in &results {
+        assert!(r.passed, "{}: {}", r.name, r.detail);
+        assert!(r.detail.starts_with("overwrite denied: refused"), "{}", r.detail);
+        assert!(r.detail.contains("delete denied: refused"), "{}", r.detail);
+    }
+    for prefix in HISTORY_PREFIXES {
+        assert_eq!(store.list(prefix.trim_end_matches('/'), None).await.unwrap().len(), 1, "probe under {prefix}");
+    }
+
+    // A policy that forgets the checkpoint signatures: that prefix, and only it, fails.
+    let some = FaultStore::new(2, Faults::default()).protecting(&["run/ledger/seq/", "run/blobs/", "run/mirrors/"]);
+    let store = Store::from_object_store(Arc::new(some), "sim://", RetryPolicy::default()).scoped("run").unwrap();
+    let failed: Vec<&str> =
+        check_protection(&store).await.unwrap().iter().filter(|r| !r.passed).map(|r| r.name).collect();
+    assert_eq!(failed, vec!["protected checkpoints/"]);
+}
