@@ -45,10 +45,14 @@ pub enum RosterCommand {
         #[arg(long)]
         member: String,
     },
-    /// Add signatures to a proposal another admin wrote; appends it once the quorum is reached.
+    /// Show a proposal another admin wrote, then sign it (with --yes, or after typing y at a
+    /// terminal); appends it once the quorum is reached.
     Sign {
         #[command(flatten)]
         common: Common,
+        /// Sign without asking (the change is still printed first).
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -66,6 +70,7 @@ pub struct Common {
 }
 
 pub async fn run(cmd: RosterCommand) -> anyhow::Result<Outcome> {
+    let mut confirmed = true;
     let (common, change) = match cmd {
         RosterCommand::Add { common, member, organisation, role } => {
             let role = Role::from_name(&role)
@@ -74,7 +79,10 @@ pub async fn run(cmd: RosterCommand) -> anyhow::Result<Outcome> {
             (common, Some(Change::Add(Member { key, organisation, role })))
         }
         RosterCommand::Remove { common, member } => (common, Some(Change::Remove(parse_key(&member)?))),
-        RosterCommand::Sign { common } => (common, None),
+        RosterCommand::Sign { common, yes } => {
+            confirmed = yes;
+            (common, None)
+        }
     };
     let url = absolute_url(&common.store)?;
     let store = storage::open(&url).await.with_context(|| format!("opening {url}"))?;
@@ -100,6 +108,11 @@ pub async fn run(cmd: RosterCommand) -> anyhow::Result<Outcome> {
         change.epoch,
         state.roster_epoch()
     );
+    print!("{}", describe(change, &entry, state));
+    if !confirmed && !confirm()? {
+        println!("roster: not signed");
+        return Ok(Outcome::Failed);
+    }
     for path in &common.keys {
         let key = ledger::read_key_file(path).with_context(|| format!("reading {}", path.display()))?;
         anyhow::ensure!(is_admin(&key.public()), "{} ({}) is not an admin of this run", path.display(), key.public());
@@ -133,6 +146,60 @@ pub async fn run(cmd: RosterCommand) -> anyhow::Result<Outcome> {
             Ok(Outcome::Failed)
         }
     }
+}
+
+/// The change in words: what it does, who signed it so far, and the roster it leaves.
+fn describe(change: &RosterChange, entry: &Entry, state: &ledger::LedgerState) -> String {
+    let who = |key: &PublicKey| match state.member(key) {
+        Some(m) => format!("{} {key} (organisation {:?})", m.role.name(), m.organisation),
+        None => format!("{key} (not a member)"),
+    };
+    let mut roster: Vec<Member> = state.roster().values().cloned().collect();
+    let what = match &change.change {
+        Change::Add(m) => {
+            roster.retain(|r| r.key != m.key);
+            roster.push(m.clone());
+            format!("add {} {} (organisation {:?})", m.role.name(), m.key, m.organisation)
+        }
+        Change::Remove(key) => {
+            roster.retain(|r| r.key != *key);
+            format!("remove {}", who(key))
+        }
+        Change::SetQuorum(q) => format!("set the admin quorum from {} to {q}", state.quorum()),
+    };
+    let mut orgs: Vec<&str> = roster.iter().map(|m| m.organisation.as_str()).collect();
+    orgs.sort_unstable();
+    orgs.dedup();
+    let count = |role: Role| roster.iter().filter(|m| m.role == role).count();
+    let mut text = format!("roster change at epoch {}: {what}\n", change.epoch);
+    for s in &entry.signatures {
+        text += &format!("  signed by {}\n", who(&s.key));
+    }
+    text += &format!(
+        "  afterwards: {} members ({} admins, {} workers, {} validators) in {} organisations; \
+         rounds need {} organisations\n",
+        roster.len(),
+        count(Role::Admin),
+        count(Role::Worker),
+        count(Role::Validator),
+        orgs.len(),
+        state.rounds().quorum()
+    );
+    text
+}
+
+/// Asks at a terminal; refuses when nobody can answer.
+fn confirm() -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    anyhow::ensure!(
+        std::io::stdin().is_terminal(),
+        "not signed: read the change above, then run again with --yes to sign it"
+    );
+    print!("sign this change? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 fn parse_key(hex: &str) -> anyhow::Result<PublicKey> {

@@ -16,7 +16,8 @@
 //! 4. every signature verifies (ed25519 under ZIP-215, see [`crate::key`]) ([`VoidReason::BadSignature`]);
 //! 5. the same signed message by the same signers was not accepted before ([`VoidReason::Duplicate`]);
 //! 6. the signers are members whose role allows the kind, in the right number
-//!    (table below; RosterChange: at least `quorum` admins, at the current epoch);
+//!    (table below; RosterChange: at least `quorum` admins, from at least `org_quorum`
+//!    organisations or from every organisation that has an admin if fewer do, at the current epoch);
 //! 7. kind rules: no contribution to a closed round; close votes and attestations follow the
 //!    round tally ([`crate::rounds`]: votes only for the open round, one per organisation;
 //!    attestations only for the closed open round); a snapshot names a final round and its
@@ -107,6 +108,15 @@ pub enum VoidReason {
         have: usize,
         /// The quorum.
         need: u16,
+    },
+    /// A roster change whose admins come from too few organisations: at least the organisation
+    /// quorum, or every organisation that has an admin when fewer do.
+    #[error("admin signatures from {have} organisations, {need} required")]
+    NoOrganisationQuorum {
+        /// Organisations of the valid admin signatures.
+        have: usize,
+        /// Required.
+        need: usize,
     },
     /// A roster change for another roster epoch (replayed or out of date).
     #[error("roster change for epoch {found}, the roster is at epoch {expected}")]
@@ -459,6 +469,21 @@ fn check(state: &LedgerState, pos: EntryPos, checked: &Checked, digest: &[u8; 32
             }
             if entry.signatures.len() < usize::from(state.quorum) {
                 return Err(VoidReason::NoQuorum { have: entry.signatures.len(), need: state.quorum });
+            }
+            // Admin keys alone are not enough: one organisation holding `quorum` admin keys must
+            // not change the roster (and so the organisations that make up every quorum) alone.
+            let admin_orgs = |keys: &mut dyn Iterator<Item = &PublicKey>| -> usize {
+                let mut orgs: Vec<&str> =
+                    keys.filter_map(|k| state.roster.get(k)).map(|m| m.organisation.as_str()).collect();
+                orgs.sort_unstable();
+                orgs.dedup();
+                orgs.len()
+            };
+            let have = admin_orgs(&mut entry.signatures.iter().map(|s| &s.key));
+            let need = usize::from(state.rounds.quorum())
+                .min(admin_orgs(&mut state.roster.values().filter(|m| m.role == Role::Admin).map(|m| &m.key)));
+            if have < need {
+                return Err(VoidReason::NoOrganisationQuorum { have, need });
             }
             if rc.epoch != state.roster_epoch {
                 return Err(VoidReason::StaleEpoch { expected: state.roster_epoch, found: rc.epoch });

@@ -581,12 +581,24 @@ async fn a_quorum_of_admins_adds_a_worker_who_can_then_work() {
     let text = String::from_utf8_lossy(&first.stdout);
     assert!(first.status.success() && text.contains("1 of 2 admin signatures"), "{text}{:?}", first);
     // A worker cannot sign for admins.
-    let worker_signs =
-        cairn(&["roster", "sign", "--store", store, "--proposal", proposal, "--key", fed.key_path("w1")], &fed.env);
+    let sign = |key: &str, yes: bool| {
+        let args = ["roster", "sign", "--store", store, "--proposal", proposal, "--key", fed.key_path(key)];
+        cairn(&[&args[..], if yes { &["--yes"][..] } else { &[] }].concat(), &fed.env)
+    };
+    let worker_signs = sign("w1", true);
     assert_eq!(worker_signs.status.code(), Some(1));
+    // Without --yes (and no terminal to ask at) the second admin sees the change and nothing is signed.
+    let shown = sign("a2", false);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert_eq!(shown.status.code(), Some(1), "{shown:?}");
+    assert!(
+        text.starts_with(&format!("roster change at epoch 0: add worker {public} (organisation \"gamma\")")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("signed by admin {}", fed.key("a1").public())), "{text}");
+    assert!(String::from_utf8_lossy(&shown.stderr).contains("run again with --yes"), "{shown:?}");
     // The second admin completes the quorum on their own machine; the change is appended.
-    let second =
-        cairn(&["roster", "sign", "--store", store, "--proposal", proposal, "--key", fed.key_path("a2")], &fed.env);
+    let second = sign("a2", true);
     let text = String::from_utf8_lossy(&second.stdout);
     assert!(
         second.status.success() && text.contains("roster: applied") && text.contains("epoch 1"),
@@ -594,8 +606,7 @@ async fn a_quorum_of_admins_adds_a_worker_who_can_then_work() {
         second
     );
     // The proposal cannot be replayed: the roster moved to epoch 1.
-    let again =
-        cairn(&["roster", "sign", "--store", store, "--proposal", proposal, "--key", fed.key_path("a1")], &fed.env);
+    let again = sign("a1", true);
     assert!(String::from_utf8_lossy(&again.stderr).contains("epoch 0"), "{again:?}");
 
     let joined = cairn(&["worker", "--store", store, "--key", newcomer.to_str().unwrap(), "--rounds", "0"], &fed.env);

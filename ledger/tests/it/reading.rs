@@ -205,6 +205,52 @@ async fn roster_changes_need_a_quorum_of_admins_and_cannot_be_replayed() {
     assert_eq!(reader.state().member(&newcomer.public()).map(|m| m.role), Some(Role::Worker));
 }
 
+/// Issue 16 (SECURITY.md): one organisation that holds `quorum` admin keys cannot change the
+/// roster alone; admins of `org_quorum` organisations must sign (or of every organisation that
+/// has an admin, when fewer do).
+#[tokio::test]
+async fn roster_changes_need_admins_of_a_quorum_of_organisations() {
+    let run = TestRun::with_org_quorum(1, 2);
+    let mut genesis = run.genesis_body();
+    let second = run.admins[1].public();
+    genesis.roster.iter_mut().filter(|m| m.key == second).for_each(|m| m.organisation = "admin-org-0".into());
+    let run_id = genesis.run_id();
+    let store = memory_store().await;
+    let mut a = Appender::new(store.clone());
+    a.append(&[Entry::sign(run_id, Body::Genesis(genesis), &[&run.admins[0]]).unwrap()]).await.unwrap();
+    let newcomer = ledger::Keypair::from_seed([0xab; 32]);
+    let add = Body::RosterChange(RosterChange {
+        epoch: 0,
+        change: Change::Add(Member { key: newcomer.public(), organisation: "admin-org-0".into(), role: Role::Worker }),
+    });
+    let one_org = Entry::sign(run_id, add.clone(), &[&run.admins[0], &run.admins[1]]).unwrap();
+    let two_orgs = Entry::sign(run_id, add, &[&run.admins[1], &run.admins[2]]).unwrap();
+    a.append(&[one_org]).await.unwrap();
+    a.append(&[two_orgs]).await.unwrap();
+    let reader = Reader::replay(store, run_id).await.unwrap();
+    assert_eq!(void_reason(&reader, 1), Some(VoidReason::NoOrganisationQuorum { have: 1, need: 2 }));
+    assert_eq!(void_reason(&reader, 2), None);
+    assert_eq!(reader.state().roster_epoch(), 1);
+
+    // Every admin in one organisation: that organisation is the roster's authority, as the
+    // genesis everyone joined says; a change by its admins counts.
+    let mut genesis = run.genesis_body();
+    for m in genesis.roster.iter_mut().filter(|m| m.role == Role::Admin) {
+        m.organisation = "admin-org-0".into();
+    }
+    let run_id = genesis.run_id();
+    let store = memory_store().await;
+    let mut a = Appender::new(store.clone());
+    a.append(&[Entry::sign(run_id, Body::Genesis(genesis), &[&run.admins[0]]).unwrap()]).await.unwrap();
+    let add = Body::RosterChange(RosterChange {
+        epoch: 0,
+        change: Change::Add(Member { key: newcomer.public(), organisation: "newco".into(), role: Role::Worker }),
+    });
+    a.append(&[Entry::sign(run_id, add, &[&run.admins[0], &run.admins[1]]).unwrap()]).await.unwrap();
+    let reader = Reader::replay(store, run_id).await.unwrap();
+    assert_eq!(void_reason(&reader, 1), None);
+}
+
 #[tokio::test]
 async fn index_by_round_and_signer() {
     let run = TestRun::new(3);
