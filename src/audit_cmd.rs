@@ -27,10 +27,14 @@ pub struct AuditArgs {
     /// The run's store: file:///abs/dir, s3://bucket/run, memory:// (read access is enough)
     #[arg(long)]
     store: String,
-    /// Replay from the newest snapshot whose round's RoundClose claims the same hash, not from
-    /// genesis (faster; needed after `cairn gc`).
+    /// Replay from the newest snapshot whose state a quorum of organisations attested and whose
+    /// blob reads, not from genesis (faster; needed after `cairn gc`).
     #[arg(long)]
     from_snapshot: bool,
+    /// Organisations whose members must have cosigned a tree head for the audit to take it as
+    /// the checkpoint (default: the run's org quorum; lower only to inspect a run by hand).
+    #[arg(long, value_name = "N")]
+    checkpoint_organisations: Option<u16>,
     /// Print the report as one JSON object and nothing else; the exit code carries OK/FAIL.
     #[arg(long)]
     json: bool,
@@ -140,6 +144,17 @@ fn write_witness(path: &Path, witness: &ledger::Witness) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
+/// The audit's check of the genesis start: the trainer's initial state for the run's preset and
+/// seed. A config whose `extra` is not a training spec is no run a worker joins: not checked.
+pub fn initial_state_rule() -> std::sync::Arc<verify::audit::InitialStateRule> {
+    std::sync::Arc::new(|config| {
+        if trainer::run_spec::TrainSpec::from_extra(&config.extra).is_err() {
+            return Ok(None);
+        }
+        trainer::run_spec::initial_state_of(config).map(Some).map_err(|e| e.to_string())
+    })
+}
+
 async fn open(url: &str) -> anyhow::Result<(String, storage::Store)> {
     let url = absolute_url(url)?;
     let store = storage::open(&url).await.with_context(|| format!("opening {url}"))?;
@@ -151,7 +166,12 @@ async fn open(url: &str) -> anyhow::Result<(String, storage::Store)> {
 pub async fn audit(args: AuditArgs) -> anyhow::Result<Outcome> {
     let (url, store) = open(&args.store).await?;
     let witness = args.witness.as_deref().map(read_witness).transpose()?.flatten();
-    let options = AuditOptions { from_snapshot: args.from_snapshot, witness };
+    let options = AuditOptions {
+        from_snapshot: args.from_snapshot,
+        witness,
+        checkpoint_organisations: args.checkpoint_organisations,
+        initial_state: Some(initial_state_rule()),
+    };
     let progress = Progress::new("reading the ledger");
     let report = verify::audit::audit(&store, &options, &mut |p| progress.audit(p))
         .await
@@ -193,10 +213,17 @@ fn print_report(r: &AuditReport) {
     println!("run         {}", r.run);
     println!("ledger      {} slots, {} entries, {} void; every signature checked", r.slots, r.entries, void);
     match &r.checkpoint {
-        CheckpointStatus::Missing => println!("checkpoint  none published (nothing to check)"),
-        CheckpointStatus::Verified { size, root, signers } => {
-            println!("checkpoint  verified: {size} slots, root {}, {} member signer(s)", short(root), signers.len())
+        CheckpointStatus::Missing { required_organisations } => {
+            println!("checkpoint  none cosigned by {required_organisations} organisation(s) yet (nothing to check)")
         }
+        CheckpointStatus::Verified { size, root, signers, organisations, required_organisations } => println!(
+            "checkpoint  verified: {size} slots, root {}, {} member signer(s) of {} organisation(s) ({}; {} required)",
+            short(root),
+            signers.len(),
+            organisations.len(),
+            organisations.join(", "),
+            required_organisations
+        ),
         CheckpointStatus::Bad { problem } => println!("checkpoint  BAD: {problem}"),
         CheckpointStatus::NotChecked => println!("checkpoint  not checked"),
     }
@@ -411,7 +438,11 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
 /// `gc: REFUSED <why>` (exit 1).
 pub async fn gc(args: GcArgs) -> anyhow::Result<Outcome> {
     let (url, store) = open(&args.store).await?;
-    let options = AuditOptions { from_snapshot: args.from_snapshot, witness: None };
+    let options = AuditOptions {
+        from_snapshot: args.from_snapshot,
+        initial_state: Some(initial_state_rule()),
+        ..AuditOptions::default()
+    };
     let progress = Progress::new("reading the ledger");
     let plan = verify::audit::plan_gc(&store, &options, &mut |p| progress.audit(p))
         .await

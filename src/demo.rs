@@ -37,7 +37,7 @@ pub struct DemoArgs {
     /// Model preset (tiny, 0.9M parameters, trains in minutes on a CPU; small is 10.8M).
     #[arg(long, default_value = "tiny")]
     preset: String,
-    /// Training text (a path or store URL) instead of the synthetic corpus.
+    /// Training text (a path, made a file:// URL, or a store URL) instead of the synthetic corpus.
     #[arg(long)]
     data: Option<String>,
     /// Tokens per worker per round.
@@ -83,7 +83,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("creating {base}"))?;
     println!("cairn demo: store {base}");
     println!("\n[1/5] storage conformance");
-    if let Outcome::Failed = check(&base).await? {
+    if let Outcome::Failed = check(&base, false).await? {
         return Ok(Outcome::Failed);
     }
     let (name, url) = next_run(&base).await?;
@@ -189,7 +189,14 @@ async fn next_run(base: &str) -> anyhow::Result<(String, String)> {
 }
 
 fn demo_spec(args: &DemoArgs, keys: &[(&str, &str, &str, PathBuf, ledger::PublicKey)]) -> String {
-    let source = args.data.clone().unwrap_or_else(|| "synthetic".into());
+    // Every demo member runs on this machine: a local path becomes the file:// URL the run names.
+    let source = match &args.data {
+        None => "synthetic".to_string(),
+        Some(d) if d.contains("://") => d.clone(),
+        Some(path) => {
+            format!("file://{}", std::path::absolute(path).unwrap_or_else(|_| std::path::PathBuf::from(path)).display())
+        }
+    };
     let mut s = format!(
         "# Written by `cairn demo`; see docs/RUN.md for every field.\n\
          [run]\nname = \"cairn demo\"\npreset = \"{preset}\"\nseed = 1\ntotal_rounds = {rounds}\nsnapshot_every = 50\n\n\

@@ -1,4 +1,5 @@
-//! Signed checkpoints (tree heads) and the reader's defence against rewritten history.
+//! Signed checkpoints (tree heads), cosigned by organisations, and the reader's defence against
+//! rewritten history.
 //!
 //! ```text
 //!   body     = version:u8 (=1) | run_id:[32] | size:u64 | root:[32]
@@ -6,45 +7,53 @@
 //!   object   = body | sig_count:u8 (1..=MAX_CHECKPOINT_SIGNATURES) | (key:[32] | sig:[64]) * sig_count
 //!              (sorted by key, strictly ascending)
 //!
-//!   ledger/checkpoint, replaced only by compare-and-swap:
+//!   ledger/checkpoints/{size:020}/{signer hex}   one member's signature over the first `size`
+//!                                                slots (an object with sig_count = 1), create-only
 //!
-//!   member M publishes (size n, root r):     reader R checks:
-//!     read current (c, version)                read current c
-//!     c absent        ─► CAS(None, {n,r,M})     signatures: >= min valid member signatures
-//!     c.size < n      ─► c must be a prefix      c.size >= trusted.size, else Rollback
-//!                        of M's log; CAS new     catch up to c.size, root(first c.size) == c.root
-//!     c.size == n     ─► same root: cosign,      else: re-read own slots (audit) to name the
-//!                        CAS {n,r,sigs+M}         rewritten slot, or CheckpointMismatch
-//!     c.size > n      ─► read on, retry          trusted := c
+//!   member M, after round R became final        reader, at quorum q (default: the run's org quorum)
+//!     size := slot of the entry that made R      list ledger/checkpoints/; by size, newest first:
+//!             final, + 1 (the same for every       skip a size unless its key names span q orgs
+//!             member that read the log)            read the objects: keep signatures that verify,
+//!     put_if_absent(key(size, M),                  by current members, over this run and size
+//!                   sign(run, size, root))         q orgs signed one root ─► that is the checkpoint
+//!                                                  (two roots each with q orgs ─► CheckpointMismatch)
+//!                                                smaller than the last verified ─► Rollback
+//!                                                catch up to its size (LogTooShort: slots deleted);
+//!                                                root(first size slots) must equal its root
 //! ```
 //!
-//! Cosignatures are plain signatures over the same body by other members: a checkpoint signed by
-//! several organisations cannot be rewritten without all of them colluding. A reader keeps the
-//! last checkpoint it verified; a light client that does not read every slot checks a newer
-//! checkpoint against it with a consistency proof ([`verify_extension`]).
+//! Nobody overwrites anybody's signature: each member writes its own key once, so signatures
+//! over the same head add up without coordination, and a head counts only once members of a
+//! quorum of organisations signed it. A single member, or a bucket writer, can store heads that
+//! no quorum signed; readers skip them. A reader keeps the last checkpoint it verified; a light
+//! client that does not read every slot checks a newer checkpoint against it with a consistency
+//! proof ([`verify_extension`]).
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use storage::{CasOutcome, StoreError};
+use storage::{PutOutcome, StoreError};
 use tracing::{debug, warn};
 
 use crate::entry::Signed;
 use crate::error::{DecodeError, LedgerError, Result};
 use crate::id::RunId;
-use crate::key::{CHECKPOINT_DOMAIN, Keypair, Signature, verify};
+use crate::key::{CHECKPOINT_DOMAIN, Keypair, PublicKey, Signature, verify};
 use crate::log::Reader;
 use crate::merkle::{self, Hash};
 use crate::wire::{Reader as WireReader, Writer};
 
-/// The checkpoint object.
-pub const CHECKPOINT_KEY: &str = "ledger/checkpoint";
+/// Where members store their checkpoint signatures: `{prefix}{size:020}/{signer hex}`.
+pub const CHECKPOINT_PREFIX: &str = "ledger/checkpoints/";
+/// Most tree sizes beyond the end of the log (as read) whose signatures a reader fetches: such a
+/// head, if a quorum signed it, is evidence that slots were deleted; past this many it is noise.
+pub const MAX_HEADS_BEYOND_LOG: usize = 64;
 /// The checkpoint format version.
 pub const CHECKPOINT_VERSION: u8 = 1;
 /// Most signatures on one checkpoint.
 pub const MAX_CHECKPOINT_SIGNATURES: u8 = 64;
 /// Largest checkpoint object.
 pub const MAX_CHECKPOINT_BYTES: u64 = 73 + 1 + 96 * MAX_CHECKPOINT_SIGNATURES as u64;
-/// Compare-and-swap attempts when publishing or cosigning.
-pub const MAX_CHECKPOINT_ATTEMPTS: u32 = 32;
 
 /// A tree head: the first `size` slots of run `run_id` hash to `root`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,52 +231,168 @@ pub fn verify_extension(trusted: &Checkpoint, newer: &Checkpoint, proof: &[Hash]
     Ok(())
 }
 
-/// The stored checkpoint, as a publisher sees it.
-enum Current {
-    Absent,
-    /// Not decodable, another run's, or signed by no member: replaced by the next publisher.
-    Unusable(storage::Version),
-    Valid(SignedCheckpoint, storage::Version),
+/// The key of `signer`'s signature over the tree head of the first `size` slots.
+pub fn checkpoint_key(size: u64, signer: &PublicKey) -> String {
+    format!("{CHECKPOINT_PREFIX}{size:020}/{signer}")
+}
+
+/// `(size, signer)` from a key under [`CHECKPOINT_PREFIX`]; `None` for any other name.
+pub fn parse_checkpoint_key(key: &str) -> Option<(u64, PublicKey)> {
+    let rest = key.strip_prefix(CHECKPOINT_PREFIX)?;
+    let (size, signer) = rest.split_once('/')?;
+    if size.len() != 20 || !size.bytes().all(|b| b.is_ascii_digit()) || signer.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(signer, &mut key).ok()?;
+    if !signer.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None; // one spelling per key: lowercase hex, as written
+    }
+    Some((size.parse().ok()?, PublicKey(key)))
+}
+
+/// The cosignatures found for one tree size, grouped by root.
+struct HeadsAtSize {
+    /// Per root: the valid member signatures over it and their organisations.
+    roots: BTreeMap<Hash, (Vec<Signed>, BTreeSet<String>)>,
 }
 
 impl Reader {
-    async fn current_checkpoint(&self) -> Result<Current> {
-        let obj = match self.store.get(CHECKPOINT_KEY, MAX_CHECKPOINT_BYTES).await {
-            Ok(obj) => obj,
-            Err(StoreError::NotFound { .. }) => return Ok(Current::Absent),
-            Err(e) => return Err(e.into()),
+    /// Signs the tree head of the first `size` slots as this reader read them and stores the
+    /// signature at its own key (create-only). Every honest member that read the same slots signs
+    /// the same head, so the signatures add up without any coordination. Returns every valid member
+    /// signature found over that head so far.
+    pub async fn publish_checkpoint(&mut self, key: &Keypair, size: u64) -> Result<SignedCheckpoint> {
+        self.catch_up_to(size).await?;
+        let ours = Checkpoint {
+            run_id: self.run_id(),
+            size,
+            root: self.root_at(size).ok_or(LedgerError::LogTooShort { head: self.next_seq(), needed: size })?,
         };
-        match SignedCheckpoint::decode(&obj.bytes) {
-            Ok(cp)
-                if cp.checkpoint.run_id == self.run_id()
-                    && cp.valid_signers().iter().any(|k| self.state.member(k).is_some()) =>
-            {
-                Ok(Current::Valid(cp, obj.version))
-            }
-            Ok(_) | Err(_) => {
-                warn!("the stored checkpoint is unusable (malformed, another run's, or unsigned); replacing it");
-                Ok(Current::Unusable(obj.version))
+        let signed = SignedCheckpoint::sign(ours, key);
+        let object_key = checkpoint_key(size, &key.public());
+        match self.store.put_if_absent(&object_key, Bytes::from(signed.encode())).await? {
+            PutOutcome::Created(_) => debug!(size, "checkpoint signature stored"),
+            PutOutcome::AlreadyExists => {
+                // Ours from an earlier call, or someone else's bytes at our key.
+                let held = self.store.get(&object_key, MAX_CHECKPOINT_BYTES).await?;
+                let same = SignedCheckpoint::decode(&held.bytes)
+                    .is_ok_and(|cp| cp.checkpoint == ours && cp.valid_signers() == vec![key.public()]);
+                if !same {
+                    return Err(LedgerError::CheckpointKeyTaken { size });
+                }
             }
         }
+        let heads = self.heads_at(size).await?;
+        let (signatures, _) = heads.roots.get(&ours.root).cloned().unwrap_or_default();
+        Ok(SignedCheckpoint { checkpoint: ours, signatures })
     }
 
-    async fn read_checkpoint(&self) -> Result<Option<(SignedCheckpoint, storage::Version)>> {
-        match self.store.get(CHECKPOINT_KEY, MAX_CHECKPOINT_BYTES).await {
-            Ok(obj) => {
-                let cp = SignedCheckpoint::decode(&obj.bytes)
-                    .map_err(|reason| LedgerError::Malformed { what: "checkpoint", reason })?;
-                if cp.checkpoint.run_id != self.run_id() {
-                    return Err(LedgerError::WrongRun {
-                        what: "checkpoint",
-                        expected: self.run_id(),
-                        found: cp.checkpoint.run_id,
-                    });
-                }
-                Ok(Some((cp, obj.version)))
+    /// Reads the signatures current members stored for tree size `size`, keeping those that verify.
+    async fn heads_at(&self, size: u64) -> Result<HeadsAtSize> {
+        let listed = self.store.list(&format!("{CHECKPOINT_PREFIX}{size:020}"), None).await?;
+        let signers: Vec<PublicKey> = listed
+            .iter()
+            .filter_map(|info| parse_checkpoint_key(&info.key))
+            .filter(|(s, signer)| *s == size && self.state.member(signer).is_some())
+            .map(|(_, signer)| signer)
+            .collect();
+        self.read_heads(size, &signers).await
+    }
+
+    async fn read_heads(&self, size: u64, signers: &[PublicKey]) -> Result<HeadsAtSize> {
+        let mut roots: BTreeMap<Hash, (Vec<Signed>, BTreeSet<String>)> = BTreeMap::new();
+        for signer in signers {
+            let Some(member) = self.state.member(signer) else { continue };
+            let bytes = match self.store.get(&checkpoint_key(size, signer), MAX_CHECKPOINT_BYTES).await {
+                Ok(obj) => obj.bytes,
+                Err(StoreError::NotFound { .. } | StoreError::TooLarge { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let Ok(cp) = SignedCheckpoint::decode(&bytes) else {
+                warn!(size, %signer, "a checkpoint signature object does not decode; ignored");
+                continue;
+            };
+            if cp.checkpoint.run_id != self.run_id()
+                || cp.checkpoint.size != size
+                || cp.valid_signers() != vec![*signer]
+            {
+                warn!(size, %signer, "a checkpoint signature object is not its signer's over this size; ignored");
+                continue;
             }
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
+            let entry = roots.entry(cp.checkpoint.root).or_default();
+            entry.0.extend(cp.signatures);
+            entry.1.insert(member.organisation.clone());
         }
+        for (signatures, _) in roots.values_mut() {
+            signatures.sort_by_key(|s| s.key);
+        }
+        Ok(HeadsAtSize { roots })
+    }
+
+    /// The newest tree head signed by current members of at least `min_organisations`
+    /// organisations, verified against this reader's own reading of the log: it must cover slots
+    /// that exist and hash to its root, and it must not be older than the last one this reader
+    /// verified. Heads with fewer organisations' signatures are proposals and are skipped. On
+    /// success it becomes the trusted checkpoint. `Ok(None)`: no head has the quorum yet.
+    pub async fn check_checkpoint(&mut self, min_organisations: u16) -> Result<Option<SignedCheckpoint>> {
+        let need = usize::from(min_organisations.max(1));
+        let mut by_size: BTreeMap<u64, Vec<PublicKey>> = BTreeMap::new();
+        for info in self.store.list(CHECKPOINT_PREFIX.trim_end_matches('/'), None).await? {
+            if let Some((size, signer)) = parse_checkpoint_key(&info.key)
+                && self.state.member(&signer).is_some()
+            {
+                by_size.entry(size).or_default().push(signer);
+            }
+        }
+        let log_len = self.leaves.len() as u64;
+        let mut beyond_log = 0usize;
+        let mut found = None;
+        for (&size, signers) in by_size.iter().rev() {
+            // The names alone must span a quorum of organisations before anything is fetched.
+            let named: BTreeSet<&str> = signers.iter().filter_map(|k| self.state.organisation(k)).collect();
+            if named.len() < need {
+                continue;
+            }
+            if size > log_len {
+                beyond_log += 1;
+                if beyond_log > MAX_HEADS_BEYOND_LOG {
+                    warn!(size, "too many signed tree heads beyond the log; the rest are not read");
+                    continue;
+                }
+            }
+            let heads = self.read_heads(size, signers).await?;
+            let quorate: Vec<(&Hash, &Vec<Signed>)> =
+                heads.roots.iter().filter(|(_, (_, orgs))| orgs.len() >= need).map(|(r, (s, _))| (r, s)).collect();
+            match quorate.as_slice() {
+                [] => debug!(size, "a tree head without a quorum of organisations' signatures; skipped"),
+                [(root, signatures)] => {
+                    let checkpoint = Checkpoint { run_id: self.run_id(), size, root: **root };
+                    found = Some(SignedCheckpoint { checkpoint, signatures: (*signatures).clone() });
+                    break;
+                }
+                // Two histories, each signed by a quorum: some organisation signed both.
+                _ => return Err(LedgerError::CheckpointMismatch { size }),
+            }
+        }
+        let Some(cp) = found else {
+            if let Some(trusted) = &self.trusted {
+                // The head this reader verified before is gone (its signatures deleted).
+                return Err(LedgerError::CheckpointRollback { trusted: trusted.checkpoint.size, found: 0 });
+            }
+            return Ok(None);
+        };
+        if let Some(trusted) = self.trusted.as_ref().filter(|t| cp.checkpoint.size < t.checkpoint.size) {
+            return Err(LedgerError::CheckpointRollback {
+                trusted: trusted.checkpoint.size,
+                found: cp.checkpoint.size,
+            });
+        }
+        self.verify_against_log(&cp.checkpoint).await?;
+        debug!(size = cp.checkpoint.size, signers = cp.signatures.len(), "checkpoint verified");
+        self.trusted = Some(cp.clone());
+        self.trusted_prefix_ok = true;
+        Ok(Some(cp))
     }
 
     /// Reads until at least `size` slots are read; a trusted checkpoint that covers more slots
@@ -293,66 +418,6 @@ impl Reader {
         // over a history this reader never saw.
         self.audit().await?;
         Err(LedgerError::CheckpointMismatch { size: cp.size })
-    }
-
-    /// Reads `ledger/checkpoint` and verifies it: at least `min_signers` valid signatures by
-    /// current members, not older than the last verified checkpoint, and consistent with the log
-    /// as this reader read it. On success it becomes the trusted checkpoint.
-    pub async fn check_checkpoint(&mut self, min_signers: usize) -> Result<Option<SignedCheckpoint>> {
-        let Some((cp, _)) = self.read_checkpoint().await? else { return Ok(None) };
-        let have = cp.valid_signers().iter().filter(|k| self.state.member(k).is_some()).count();
-        if have < min_signers.max(1) {
-            return Err(LedgerError::CheckpointUnsigned { size: cp.checkpoint.size, have, need: min_signers.max(1) });
-        }
-        if let Some(trusted) = self.trusted.as_ref().filter(|t| cp.checkpoint.size < t.checkpoint.size) {
-            return Err(LedgerError::CheckpointRollback {
-                trusted: trusted.checkpoint.size,
-                found: cp.checkpoint.size,
-            });
-        }
-        self.verify_against_log(&cp.checkpoint).await?;
-        debug!(size = cp.checkpoint.size, signers = have, "checkpoint verified");
-        self.trusted = Some(cp.clone());
-        self.trusted_prefix_ok = true;
-        Ok(Some(cp))
-    }
-
-    /// Signs a checkpoint over every slot read so far and stores it, cosigning the stored one
-    /// when it is the same tree head and replacing it when it is a smaller prefix of ours.
-    pub async fn publish_checkpoint(&mut self, key: &Keypair) -> Result<SignedCheckpoint> {
-        for _ in 0..MAX_CHECKPOINT_ATTEMPTS {
-            let ours =
-                Checkpoint { run_id: self.run_id(), size: self.leaves.len() as u64, root: merkle::root(&self.leaves) };
-            let (next, expected) = match self.current_checkpoint().await? {
-                Current::Absent => (SignedCheckpoint::sign(ours, key), None),
-                Current::Unusable(version) => (SignedCheckpoint::sign(ours, key), Some(version)),
-                Current::Valid(cur, _) if cur.checkpoint.size > ours.size => {
-                    // Someone saw more of the log: read on and try again.
-                    self.catch_up_to(cur.checkpoint.size).await?;
-                    continue;
-                }
-                Current::Valid(cur, version) => {
-                    self.verify_against_log(&cur.checkpoint).await?;
-                    if cur.checkpoint == ours {
-                        let mut both = cur;
-                        both.cosign(key);
-                        (both, Some(version))
-                    } else {
-                        (SignedCheckpoint::sign(ours, key), Some(version))
-                    }
-                }
-            };
-            match self.store.compare_and_swap(CHECKPOINT_KEY, expected.as_ref(), Bytes::from(next.encode())).await? {
-                CasOutcome::Swapped(_) => {
-                    debug!(size = next.checkpoint.size, signers = next.signatures.len(), "checkpoint stored");
-                    self.trusted = Some(next.clone());
-                    self.trusted_prefix_ok = true;
-                    return Ok(next);
-                }
-                CasOutcome::Conflict => continue,
-            }
-        }
-        Err(LedgerError::Contended { attempts: MAX_CHECKPOINT_ATTEMPTS, last_seq: self.next_seq() })
     }
 }
 

@@ -154,15 +154,13 @@ pub enum LedgerError {
         /// The run it names.
         found: RunId,
     },
-    /// A checkpoint is not signed by enough members of the roster.
-    #[error("checkpoint of size {size} has {have} member signatures, {need} required")]
-    CheckpointUnsigned {
-        /// Its tree size.
+    /// This member's checkpoint signature key at this size holds someone else's bytes (only a
+    /// bucket writer can put them there); the member's signature for this size is lost, the next
+    /// checkpoint is not affected.
+    #[error("the checkpoint signature key for size {size} holds bytes this member did not write")]
+    CheckpointKeyTaken {
+        /// The tree size.
         size: u64,
-        /// Valid member signatures.
-        have: usize,
-        /// Required.
-        need: usize,
     },
     /// The log in the store does not hash to a checkpoint's root: history was rewritten or forked.
     /// (When the reader can tell which slot changed, it reports [`LedgerError::Tampered`] instead.)

@@ -811,7 +811,11 @@ async fn finish(store: &Store, orgs: &[Org], findings: &mut Findings) {
     }
     for from_snapshot in [false, true] {
         let from = if from_snapshot { "the newest snapshot" } else { "genesis" };
-        let options = AuditOptions { from_snapshot, witness: None };
+        let options = AuditOptions {
+            from_snapshot,
+            initial_state: Some(crate::audit_cmd::initial_state_rule()),
+            ..AuditOptions::default()
+        };
         match audit(store, &options, &mut |_| {}).await {
             Ok(report) if !report.passed() => {
                 findings.violation(format!("the audit from {from} fails: {}", report.first_problem.unwrap_or_default()))

@@ -136,7 +136,8 @@ async fn audit_status_and_gc_on_a_local_run() {
     assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
     assert_eq!(last_line(&out), format!("audit: OK rounds=2 entries=10 state={state}"));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("checkpoint  none published"), "{stdout}");
+    assert!(stdout.contains("checkpoint  none cosigned by 1 organisation(s) yet"), "{stdout}");
+    assert!(stdout.contains("not a training spec this auditor knows"), "a hand-made config: {stdout}");
 
     let out = crate::cairn(&["audit", "--store", &url, "--json"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -182,4 +183,48 @@ fn audit_of_a_store_without_a_run_is_a_one_line_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).starts_with("error: auditing"), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty());
+}
+
+/// Issue 16, finding 9: a Genesis whose initial state is not the one its preset and seed give
+/// (an admin planting a start) fails the audit, and workers refuse to join it. The same run with
+/// the honest start passes and can be joined.
+#[tokio::test]
+async fn a_planted_initial_state_fails_the_audit_and_nobody_joins() {
+    let spec = trainer::run_spec::RunSpec::parse(trainer::run_spec::RunSpec::EXAMPLE).unwrap();
+    let mut parts = spec.genesis_parts(trainer::model::BYTE_VOCAB).unwrap();
+    let admin = Keypair::from_seed([1; 32]);
+    parts.roster = vec![Member { key: admin.public(), organisation: "alpha".into(), role: Role::Admin }];
+    let model = parts.train.model_config().unwrap();
+    let honest = trainer::model::init_state(&model, parts.train.seed).unwrap();
+    let planted = trainer::model::init_state(&model, parts.train.seed + 1).unwrap();
+    for (start, is_honest) in [(planted, false), (honest, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let store = storage::open(&url).await.unwrap();
+        let bytes = Bytes::from(start.to_safetensors().unwrap());
+        let size = bytes.len() as u64;
+        let blob = store.put_blob(bytes).await.unwrap();
+        let hash = ledger::StateHash(start.hash().0);
+        let genesis = Genesis {
+            org_quorum: 1,
+            ..Genesis::new(parts.config.encode().unwrap(), parts.roster.clone(), 1, hash, blob, size)
+        };
+        let run = genesis.run_id();
+        ledger::write_genesis(&store, &Entry::sign(run, Body::Genesis(genesis), &[&admin]).unwrap()).await.unwrap();
+
+        let out = crate::cairn(&["audit", "--store", &url], &[]);
+        let joined = trainer::follow::Follower::join(store.clone()).await;
+        if is_honest {
+            assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+            assert!(joined.is_ok(), "{:?}", joined.err());
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{}{}", text(&out.stdout), text(&out.stderr));
+            let want =
+                format!("audit: FAIL genesis: its initial state {} is not the one its config gives", start.hash());
+            assert!(last_line(&out).starts_with(&want), "{}", last_line(&out));
+            let Err(err) = joined else { panic!("a planted start is refused") };
+            let err = err.to_string();
+            assert!(err.contains("refusing a start nobody can recompute"), "{err}");
+        }
+    }
 }

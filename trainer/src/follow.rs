@@ -133,10 +133,14 @@ impl Follower {
         let (_, config, genesis) = verify::replay::genesis_config(reader.entries())?;
         let train = TrainSpec::from_extra(&config.extra)?;
         let model = train.model_config()?;
-        if model.layout()? != config.layout {
+        let start = crate::run_spec::initial_state_of(&config)?;
+        if start.0 != genesis.initial_state.0 {
             return Err(TrainerError::InvalidConfig(format!(
-                "the genesis layout is not the layout of preset {}",
-                train.preset
+                "the genesis initial state {} is not the one preset {} with seed {} gives ({start}): \
+                 refusing a start nobody can recompute",
+                verify::StateHash(genesis.initial_state.0),
+                train.preset,
+                train.seed
             )));
         }
         let blobs = RunBlobs::of_reader(store.clone(), &reader);
@@ -496,10 +500,15 @@ impl Follower {
         Ok(ledger::export::write_to_store(&self.reader, &self.info.store).await?.0)
     }
 
-    /// Signs and publishes a checkpoint over the slots read so far (cosigning an equal one).
-    pub async fn publish_checkpoint(&mut self, key: &Keypair) -> Result<(), TrainerError> {
-        self.reader.publish_checkpoint(key).await?;
-        Ok(())
+    /// Signs the tree head that ends with the entry which made `round` final (every member that
+    /// read the log signs the same head, so the signatures add up to a quorum) and stores the
+    /// signature. Returns how many signatures that head has so far. Nothing when the round is
+    /// not final in this follower's reading.
+    pub async fn publish_checkpoint(&mut self, key: &Keypair, round: Round) -> Result<Option<usize>, TrainerError> {
+        let Some(result) = self.reader.state().rounds().final_result(ledger::Round(round.0)) else { return Ok(None) };
+        let size = result.pos.seq.0 + 1;
+        let signed = self.reader.publish_checkpoint(key, size).await?;
+        Ok(Some(signed.signatures.len()))
     }
 }
 

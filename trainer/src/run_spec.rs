@@ -331,6 +331,22 @@ pub struct TrainSpec {
     pub score_eval_sequences: usize,
 }
 
+/// The initial state hash a run config determines: the model of the training spec in its `extra`
+/// bytes, initialised from the spec's seed ([`crate::model::init_state`], pure Rust, the same bits
+/// on every machine). Workers refuse to join, and `cairn audit` fails, a run whose Genesis names
+/// another start: nobody could recompute it.
+pub fn initial_state_of(config: &RunConfig) -> Result<verify::StateHash, TrainerError> {
+    let train = TrainSpec::from_extra(&config.extra)?;
+    let model = train.model_config()?;
+    if model.layout()? != config.layout {
+        return Err(TrainerError::InvalidConfig(format!(
+            "the genesis layout is not the layout of preset {}",
+            train.preset
+        )));
+    }
+    Ok(crate::model::init_state(&model, train.seed)?.hash())
+}
+
 impl TrainSpec {
     /// Reads the spec from a Genesis config's `extra` bytes.
     pub fn from_extra(extra: &[u8]) -> Result<TrainSpec, TrainerError> {
@@ -421,6 +437,15 @@ impl TrainSpec {
         self.model_config()?;
         if self.seq_len == 0 {
             return bad("data.seq_len must be positive".into());
+        }
+        let sources = [("data.source", Some(&self.data_source)), ("data.tokenizer", self.tokenizer.as_ref())];
+        for (what, source) in sources {
+            if let Some(source) = source.filter(|s| *s != "synthetic" && !s.contains("://")) {
+                return bad(format!(
+                    "{what} {source:?} is a local path: every member must read the same bytes, so name a URL \
+                     (s3://bucket/key, https://host/file, or file:///abs/path when every member shares one machine)"
+                ));
+            }
         }
         if !(self.eval_fraction > 0.0 && self.eval_fraction < 1.0) {
             return bad(format!("data.eval_fraction must be in (0, 1), got {}", self.eval_fraction));
@@ -711,8 +736,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("corpus.txt");
         std::fs::write(&path, "to be or not to be, that is the question. ".repeat(200)).unwrap();
-        let text =
-            RunSpec::EXAMPLE.replacen("source = \"synthetic\"", &format!("source = {:?}", path.to_str().unwrap()), 1);
+        let with_source =
+            |source: &str| RunSpec::EXAMPLE.replacen("source = \"synthetic\"", &format!("source = {source:?}"), 1);
+        // A local path is refused: other members would read other bytes, or nothing.
+        let local = RunSpec::parse(&with_source(path.to_str().unwrap())).unwrap().genesis_parts(BYTE_VOCAB);
+        assert!(local.unwrap_err().to_string().contains("is a local path"), "a path is not a URL");
+        let text = with_source(&format!("file://{}", path.display()));
         let train = RunSpec::parse(&text).unwrap().genesis_parts(BYTE_VOCAB).unwrap().train;
         let data = train.dataset().await.unwrap();
         assert!(data.loss_floor_nats().is_none());

@@ -284,9 +284,10 @@ pub(crate) async fn wait_for_round(
     Ok(reports)
 }
 
-/// After a round became final: if our attestation completed its quorum and it is a snapshot round
-/// (every `snapshot_every`), the snapshot, then a signed checkpoint and a Parquet export of the
-/// ledger (both derived from the log as read). Only when the follower's state is that round's.
+/// After a round became final, on a snapshot round (every `snapshot_every`) and only when the
+/// follower's state is that round's: the member whose attestation completed the quorum writes the
+/// snapshot and a Parquet export of the ledger (derived from the log as read); every member signs
+/// the checkpoint that ends with that attestation, so it gathers a quorum of organisations.
 pub async fn after_final(
     follower: &mut Follower,
     key: &Keypair,
@@ -295,23 +296,21 @@ pub async fn after_final(
 ) -> Result<(), TrainerError> {
     let every = follower.info().train.snapshot_every;
     let round = report.round;
-    if every == 0
-        || !(round.0 + 1).is_multiple_of(every)
-        || follower.round().0 != round.0.saturating_add(1)
-        || follower.finalised_by(round) != Some(key.public())
-    {
+    if every == 0 || !(round.0 + 1).is_multiple_of(every) || follower.round().0 != round.0.saturating_add(1) {
         return Ok(());
     }
-    let bytes = follower.write_snapshot(key).await?;
-    events(WorkerEvent::Snapshot { round: round.0, bytes });
-    if let Err(e) = follower.publish_checkpoint(key).await {
-        tracing::warn!(error = %e, "could not publish a checkpoint; the next snapshot will try again");
-    }
-    match follower.publish_export().await {
-        Ok(key) => events(WorkerEvent::Exported { key }),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not publish the Parquet export; the next snapshot will try again")
+    if follower.finalised_by(round) == Some(key.public()) {
+        let bytes = follower.write_snapshot(key).await?;
+        events(WorkerEvent::Snapshot { round: round.0, bytes });
+        match follower.publish_export().await {
+            Ok(key) => events(WorkerEvent::Exported { key }),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not publish the Parquet export; the next snapshot will try again")
+            }
         }
+    }
+    if let Err(e) = follower.publish_checkpoint(key, round).await {
+        tracing::warn!(error = %e, "could not sign the checkpoint; the next snapshot round will try again");
     }
     Ok(())
 }

@@ -48,8 +48,14 @@ use crate::round::{NotCounted, RoundRule};
 /// Blobs deleted at once by [`collect_garbage`].
 pub const DELETE_CONCURRENCY: usize = 8;
 
+/// Recomputes a run's initial state hash from its config (for cairn's runs: the model preset and
+/// seed in the training spec, see trainer's `init_state`). `Ok(None)`: the config is not one this
+/// rule knows (no participant that uses the rule would join such a run); `Err`: it is, and names
+/// no start that can be computed, with why.
+pub type InitialStateRule = dyn Fn(&RunConfig) -> Result<Option<StateHash>, String> + Send + Sync;
+
 /// What to audit, and how.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct AuditOptions {
     /// Replay from the newest usable snapshot (the round's attested state, in a readable blob),
     /// instead of from genesis (faster; and the only way once `cairn gc` deleted older update blobs).
@@ -57,6 +63,23 @@ pub struct AuditOptions {
     /// A witness kept from an earlier audit: the log must extend it, and a slot rewritten since is
     /// named.
     pub witness: Option<Witness>,
+    /// Organisations whose members must have signed a tree head for it to count as the
+    /// checkpoint; `None`: the run's org quorum (Genesis `org_quorum`).
+    pub checkpoint_organisations: Option<u16>,
+    /// When given, the genesis initial state must be the one this rule computes from the run
+    /// config: a start nobody can recompute is a problem.
+    pub initial_state: Option<std::sync::Arc<InitialStateRule>>,
+}
+
+impl std::fmt::Debug for AuditOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditOptions")
+            .field("from_snapshot", &self.from_snapshot)
+            .field("witness", &self.witness.as_ref().map(|w| w.checkpoint.checkpoint.size))
+            .field("checkpoint_organisations", &self.checkpoint_organisations)
+            .field("initial_state", &self.initial_state.is_some())
+            .finish()
+    }
 }
 
 /// Progress of an audit, for a progress bar.
@@ -231,9 +254,12 @@ pub struct DiscrepancySummary {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum CheckpointStatus {
-    /// No checkpoint published (not a failure: nothing to check).
-    Missing,
-    /// Signed by members and consistent with the log.
+    /// No tree head signed by the required organisations yet (not a failure: nothing to check).
+    Missing {
+        /// Organisations required.
+        required_organisations: u16,
+    },
+    /// Signed by members of the required organisations and consistent with the log.
     Verified {
         /// Slots covered.
         size: u64,
@@ -241,6 +267,10 @@ pub enum CheckpointStatus {
         root: String,
         /// Member signers whose signature verifies, hex.
         signers: Vec<String>,
+        /// Their organisations, sorted.
+        organisations: Vec<String>,
+        /// Organisations required.
+        required_organisations: u16,
     },
     /// Unsigned, malformed, or not the root of the slots it covers: a failure.
     Bad {
@@ -314,6 +344,9 @@ pub struct AuditReport {
     pub void_entries: Vec<VoidEntry>,
     /// The published checkpoint.
     pub checkpoint: CheckpointStatus,
+    /// Whether the genesis initial state was recomputed from the run config and matched (`None`:
+    /// not checked, see [`AuditOptions::initial_state`]).
+    pub initial_state_recomputed: Option<bool>,
     /// The first round replayed.
     pub first_round: u64,
     /// The first round whose result is not final: the open round.
@@ -363,6 +396,7 @@ impl AuditReport {
             void_by_reason: BTreeMap::new(),
             void_entries: Vec::new(),
             checkpoint: CheckpointStatus::NotChecked,
+            initial_state_recomputed: None,
             first_round: 0,
             open_round: 0,
             rounds_replayed: 0,
@@ -428,7 +462,6 @@ fn is_finding(e: &LedgerError) -> bool {
         LedgerError::Tampered { .. }
             | LedgerError::CheckpointMismatch { .. }
             | LedgerError::CheckpointRollback { .. }
-            | LedgerError::CheckpointUnsigned { .. }
             | LedgerError::LogTooShort { .. }
             | LedgerError::Malformed { .. }
             | LedgerError::WrongRun { .. }
@@ -464,7 +497,36 @@ async fn audit_with_entries(
     };
     let entries = pass.entries;
     let config = match genesis_config(&entries) {
-        Ok((_, config, _)) => config,
+        Ok((_, config, genesis)) => {
+            if let Some(rule) = &options.initial_state {
+                let claimed = StateHash(genesis.initial_state.0);
+                let matched = match rule(&config) {
+                    Ok(None) => {
+                        report.notes.push(
+                            "genesis: the config is not a training spec this auditor knows; its initial state \
+                             was not recomputed"
+                                .into(),
+                        );
+                        None
+                    }
+                    Ok(Some(computed)) if computed == claimed => Some(true),
+                    Ok(Some(computed)) => {
+                        report.problem(format!(
+                            "genesis: its initial state {} is not the one its config gives ({}): a planted start",
+                            claimed.to_hex(),
+                            computed.to_hex()
+                        ));
+                        Some(false)
+                    }
+                    Err(why) => {
+                        report.problem(format!("genesis: its initial state cannot be recomputed: {why}"));
+                        Some(false)
+                    }
+                };
+                report.initial_state_recomputed = matched;
+            }
+            config
+        }
         Err(e) => {
             report.problem(format!("genesis: {e}"));
             return Ok((report.done(), entries));
@@ -499,18 +561,23 @@ async fn read_ledger(
     };
     progress(AuditProgress::LedgerRead { slots: reader.slots().len() as u64, entries: reader.entries().len() as u64 });
 
-    report.checkpoint = match reader.check_checkpoint(1).await {
-        Ok(None) => CheckpointStatus::Missing,
-        Ok(Some(cp)) => CheckpointStatus::Verified {
-            size: cp.checkpoint.size,
-            root: hex_of(&cp.checkpoint.root.0),
-            signers: cp
-                .valid_signers()
-                .iter()
-                .filter(|k| reader.state().member(k).is_some())
-                .map(|k| k.to_string())
-                .collect(),
-        },
+    let required =
+        options.checkpoint_organisations.or_else(|| reader.state().genesis().map(|g| g.org_quorum)).unwrap_or(1).max(1);
+    report.checkpoint = match reader.check_checkpoint(required).await {
+        Ok(None) => CheckpointStatus::Missing { required_organisations: required },
+        Ok(Some(cp)) => {
+            let signers: Vec<ledger::PublicKey> =
+                cp.valid_signers().into_iter().filter(|k| reader.state().member(k).is_some()).collect();
+            let organisations: std::collections::BTreeSet<String> =
+                signers.iter().filter_map(|k| reader.state().organisation(k)).map(str::to_owned).collect();
+            CheckpointStatus::Verified {
+                size: cp.checkpoint.size,
+                root: hex_of(&cp.checkpoint.root.0),
+                signers: signers.iter().map(|k| k.to_string()).collect(),
+                organisations: organisations.into_iter().collect(),
+                required_organisations: required,
+            }
+        }
         Err(e) if is_finding(&e) => {
             report.problem(format!("checkpoint: {e}"));
             CheckpointStatus::Bad { problem: e.to_string() }

@@ -114,7 +114,8 @@ async fn a_deleted_slot_below_a_verified_checkpoint_is_reported_not_filled() {
     let store = memory_store().await;
     log_of(&run, &store, 6).await;
     let mut reader = Reader::replay(store.clone(), run.run_id).await.unwrap();
-    let cp = reader.publish_checkpoint(&run.admins[0]).await.unwrap();
+    let size = reader.leaves().len() as u64;
+    let cp = reader.publish_checkpoint(&run.admins[0], size).await.unwrap();
     store.delete(&seq_key(Seq(2))).await.unwrap();
     let err = Reader::replay_from_checkpoint(store.clone(), run.run_id, cp).await.unwrap_err();
     assert!(matches!(err, LedgerError::Tampered { seq: Seq(2), how: Tamper::Deleted, .. }), "{err}");

@@ -126,7 +126,8 @@ fn simulate(seed: u64) -> (Outcome, Injected) {
         // Publish a checkpoint under faults, then verify it from a second reader.
         let mut published = None;
         for _ in 0..TRIES {
-            match reader.publish_checkpoint(&run.admins[0]).await {
+            let size = reader.leaves().len() as u64;
+            match reader.publish_checkpoint(&run.admins[0], size).await {
                 Ok(cp) => {
                     published = Some(cp);
                     break;

@@ -2,6 +2,7 @@
 //! the slot.
 
 use bytes::Bytes;
+use ledger::checkpoint::{CHECKPOINT_PREFIX, checkpoint_key};
 use ledger::{Appender, LedgerError, Reader, Seq, SignedCheckpoint, Tamper, seq_key};
 use storage::Store;
 
@@ -19,10 +20,11 @@ async fn checkpointed_log() -> (TestRun, Store, Reader, SignedCheckpoint) {
         a.append(&[run.contribution((n % 3) as usize, 0, n)]).await.unwrap();
     }
     let mut reader = Reader::replay(store.clone(), run.run_id).await.unwrap();
-    reader.publish_checkpoint(&run.admins[0]).await.unwrap();
+    reader.publish_checkpoint(&run.admins[0], SLOTS).await.unwrap();
     let mut cosigner = Reader::replay(store.clone(), run.run_id).await.unwrap();
-    let cp = cosigner.publish_checkpoint(&run.admins[1]).await.unwrap();
+    let cp = cosigner.publish_checkpoint(&run.admins[1], SLOTS).await.unwrap();
     assert_eq!(cp.signatures.len(), 2, "the second admin cosigned the same tree head");
+    // Two organisations (admin-org-0, admin-org-1) signed it.
     assert_eq!(reader.check_checkpoint(2).await.unwrap(), Some(cp.clone()));
     (run, store, reader, cp)
 }
@@ -71,41 +73,102 @@ async fn reordered_slots_are_named_and_break_the_checkpoint() {
 
 #[tokio::test]
 async fn a_forked_checkpoint_over_rewritten_history_is_refused_with_the_slot() {
-    let (run, store, mut reader, _) = checkpointed_log().await;
-    // A colluding admin rewrites slot 3 and signs a checkpoint over the forged log.
+    let (run, store, mut reader, honest) = checkpointed_log().await;
+    // An admin rewrites slot 3 and signs the same size over the forged log: one organisation.
     let forged = ledger::slot::encode_entries(&[run.contribution(1, 0, 777)]).unwrap();
     store.put(&seq_key(Seq(3)), forged).await.unwrap();
-    store.delete(ledger::checkpoint::CHECKPOINT_KEY).await.unwrap();
     let mut forger = Reader::replay(store.clone(), run.run_id).await.unwrap();
-    forger.publish_checkpoint(&run.admins[2]).await.unwrap();
-    let err = reader.check_checkpoint(1).await.unwrap_err();
+    let fork = forger.publish_checkpoint(&run.admins[2], SLOTS).await.unwrap();
+    assert_eq!(fork.signatures.len(), 1, "nobody else signed the forged root");
+    // At a quorum of two organisations the honest head stands; the reader that read the slots
+    // before names the rewritten one, a fresh reader knows that history was rewritten.
+    assert_eq!(reader.check_checkpoint(2).await.unwrap(), Some(honest));
+    let err = reader.audit().await.unwrap_err();
     assert!(matches!(err, LedgerError::Tampered { seq: Seq(3), how: Tamper::Rewritten, .. }), "{err}");
+    let mut fresh = Reader::new(store.clone(), run.run_id);
+    fresh.poll().await.unwrap();
+    let err = fresh.check_checkpoint(2).await.unwrap_err();
+    assert!(matches!(err, LedgerError::CheckpointMismatch { size: SLOTS }), "{err}");
+    // A reader at a quorum of one sees two heads of the same size, each "signed by a quorum".
+    let mut careless = Reader::new(store.clone(), run.run_id);
+    careless.poll().await.unwrap();
+    let err = careless.check_checkpoint(1).await.unwrap_err();
+    assert!(matches!(err, LedgerError::CheckpointMismatch { size: SLOTS }), "{err}");
 }
 
 #[tokio::test]
 async fn a_smaller_checkpoint_is_a_rollback() {
     let (run, store, mut reader, cp) = checkpointed_log().await;
+    // Someone with write access deletes the signatures over the newest head; an older head
+    // (size 5, signed by two organisations) is all that is left.
+    for admin in &run.admins[..2] {
+        store.delete(&checkpoint_key(SLOTS, &admin.public())).await.unwrap();
+    }
     let mut old = Reader::new(store.clone(), run.run_id);
     old.poll().await.unwrap();
-    let smaller = ledger::Checkpoint { run_id: run.run_id, size: 5, root: ledger::merkle::root(&old.leaves()[..5]) };
-    let stale = SignedCheckpoint::sign(smaller, &run.admins[2]);
-    store.put(ledger::checkpoint::CHECKPOINT_KEY, Bytes::from(stale.encode())).await.unwrap();
-    let err = reader.check_checkpoint(1).await.unwrap_err();
+    old.publish_checkpoint(&run.admins[1], 5).await.unwrap();
+    old.publish_checkpoint(&run.admins[2], 5).await.unwrap();
+    let err = reader.check_checkpoint(2).await.unwrap_err();
     assert!(matches!(err, LedgerError::CheckpointRollback { trusted: SLOTS, found: 5 }), "{err}");
     assert_eq!(reader.trusted_checkpoint(), Some(&cp));
 }
 
+/// Issue 16, finding 7: one member (or a bucket writer) stores tree heads that no quorum signed,
+/// strangers' signatures, garbage under a member's name, and a head far beyond the log. Readers
+/// skip all of it, and other members still sign.
 #[tokio::test]
-async fn a_checkpoint_signed_by_strangers_is_refused() {
-    let (run, store, mut reader, _) = checkpointed_log().await;
+async fn heads_without_a_quorum_of_organisations_are_skipped() {
+    let (run, store, mut reader, cp) = checkpointed_log().await;
     let stranger = ledger::Keypair::from_seed([0xee; 32]);
-    let cp = ledger::Checkpoint { run_id: run.run_id, size: SLOTS, root: ledger::merkle::root(reader.leaves()) };
-    store
-        .put(ledger::checkpoint::CHECKPOINT_KEY, Bytes::from(SignedCheckpoint::sign(cp, &stranger).encode()))
-        .await
-        .unwrap();
-    let err = reader.check_checkpoint(1).await.unwrap_err();
-    assert!(matches!(err, LedgerError::CheckpointUnsigned { have: 0, .. }), "{err}");
+    let leaves = reader.leaves().to_vec();
+    let head = |size: u64| ledger::Checkpoint { run_id: run.run_id, size, root: ledger::merkle::root(&leaves) };
+    let put = |key: String, bytes: Vec<u8>| {
+        let store = store.clone();
+        async move { store.put(&key, Bytes::from(bytes)).await.unwrap() }
+    };
+    // A head beyond the log, signed by one admin; the same by a stranger.
+    put(checkpoint_key(1000, &run.admins[2].public()), SignedCheckpoint::sign(head(1000), &run.admins[2]).encode())
+        .await;
+    put(checkpoint_key(1000, &stranger.public()), SignedCheckpoint::sign(head(1000), &stranger).encode()).await;
+    // The stranger's signature stored under a member's name, and garbage under another's.
+    put(checkpoint_key(2000, &run.admins[0].public()), SignedCheckpoint::sign(head(2000), &stranger).encode()).await;
+    put(checkpoint_key(2000, &run.admins[1].public()), b"not a checkpoint".to_vec()).await;
+    put(format!("{CHECKPOINT_PREFIX}junk"), b"x".to_vec()).await;
+
+    assert_eq!(reader.check_checkpoint(2).await.unwrap(), Some(cp.clone()));
+    let mut fresh = Reader::new(store.clone(), run.run_id);
+    fresh.poll().await.unwrap();
+    assert_eq!(fresh.check_checkpoint(2).await.unwrap(), Some(cp.clone()));
+    // A worker still signs the honest head; the garbage does not stand in its way.
+    let signed = fresh.publish_checkpoint(&run.workers[0], SLOTS).await.unwrap();
+    assert_eq!(signed.signatures.len(), 3);
+}
+
+/// The tail of the log is deleted after a quorum signed a head over it: a fresh reader that
+/// never saw those slots still learns that they existed.
+#[tokio::test]
+async fn a_quorum_head_beyond_the_log_reveals_deleted_slots() {
+    let (run, store, _, _) = checkpointed_log().await;
+    for seq in [SLOTS - 2, SLOTS - 1] {
+        store.delete(&seq_key(Seq(seq))).await.unwrap();
+    }
+    let mut fresh = Reader::new(store.clone(), run.run_id);
+    fresh.poll().await.unwrap();
+    assert_eq!(fresh.next_seq(), Seq(SLOTS - 2));
+    let err = fresh.check_checkpoint(2).await.unwrap_err();
+    assert!(matches!(err, LedgerError::LogTooShort { needed: SLOTS, .. }), "{err}");
+}
+
+/// A bucket writer stores bytes at a member's own checkpoint key before the member signs: that
+/// member's signature for that size is lost (with a clear error), nothing else is.
+#[tokio::test]
+async fn a_taken_checkpoint_key_costs_one_signature() {
+    let (run, store, mut reader, _) = checkpointed_log().await;
+    store.put(&checkpoint_key(SLOTS, &run.workers[1].public()), Bytes::from_static(b"squatted")).await.unwrap();
+    let err = reader.publish_checkpoint(&run.workers[1], SLOTS).await.unwrap_err();
+    assert!(matches!(err, LedgerError::CheckpointKeyTaken { size: SLOTS }), "{err}");
+    // Publishing again, once ours is there, is not an error.
+    reader.publish_checkpoint(&run.admins[0], SLOTS).await.unwrap();
 }
 
 #[tokio::test]
@@ -116,7 +179,7 @@ async fn an_honest_extension_is_accepted_and_proved() {
         a.append(&[run.contribution(2, 1, n)]).await.unwrap();
     }
     reader.poll().await.unwrap();
-    let new = reader.publish_checkpoint(&run.admins[0]).await.unwrap();
+    let new = reader.publish_checkpoint(&run.admins[0], SLOTS + 5).await.unwrap();
     assert_eq!(new.checkpoint.size, SLOTS + 5);
     let proof = reader.consistency_proof(old.checkpoint.size, new.checkpoint.size).unwrap();
     ledger::verify_extension(&old.checkpoint, &new.checkpoint, &proof).unwrap();

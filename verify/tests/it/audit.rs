@@ -14,7 +14,7 @@ use crate::run::{TestRun, run_config, three_rounds};
 
 async fn audit_run(run: &TestRun, from_snapshot: bool) -> (AuditReport, Vec<AuditProgress>) {
     let mut seen = Vec::new();
-    let options = AuditOptions { from_snapshot, witness: None };
+    let options = AuditOptions { from_snapshot, ..AuditOptions::default() };
     let report = audit(&run.store, &options, &mut |p| seen.push(p)).await.unwrap();
     (report, seen)
 }
@@ -47,7 +47,7 @@ async fn an_honest_run_audits_ok_with_its_state_hash_and_counts() {
         assert!(r.not_counted.is_empty());
     }
     assert_eq!((org(&report, "alpha").counted, org(&report, "beta").counted), (6, 3));
-    assert_eq!(report.checkpoint, CheckpointStatus::Missing);
+    assert_eq!(report.checkpoint, CheckpointStatus::Missing { required_organisations: 1 });
     assert_eq!(report.snapshots.len(), 1);
     assert_eq!(report.snapshots[0].blob_ok, Some(true));
     assert!(report.snapshots[0].attested);
@@ -175,13 +175,15 @@ async fn void_and_not_counted_entries_are_listed_with_reasons_and_the_audit_pass
 async fn a_checkpoint_is_verified_and_a_slot_rewritten_under_it_fails() {
     let (run, _, _) = three_rounds(None).await;
     let mut reader = Reader::replay(run.store.clone(), run.run).await.unwrap();
-    let cp = reader.publish_checkpoint(&run.admin).await.unwrap();
+    let size = reader.leaves().len() as u64;
+    let cp = reader.publish_checkpoint(&run.admin, size).await.unwrap();
     let (report, _) = audit_run(&run, false).await;
     assert!(report.passed(), "{:?}", report.problems);
-    let CheckpointStatus::Verified { size, signers, .. } = &report.checkpoint else {
+    let CheckpointStatus::Verified { size, signers, organisations, .. } = &report.checkpoint else {
         panic!("{:?}", report.checkpoint)
     };
     assert_eq!((*size, signers.clone()), (cp.checkpoint.size, vec![run.admin.public().to_string()]));
+    assert_eq!(organisations, &vec!["alpha".to_string()]);
     let witness = report.witness.clone();
     assert_eq!(witness.as_ref().map(|w| w.leaves.len() as u64), Some(cp.checkpoint.size));
 
@@ -203,7 +205,7 @@ async fn a_checkpoint_is_verified_and_a_slot_rewritten_under_it_fails() {
     assert!(matches!(report.checkpoint, CheckpointStatus::Bad { .. }));
 
     // An auditor that kept the witness of its last audit names the slot.
-    let options = AuditOptions { from_snapshot: false, witness: witness.clone() };
+    let options = AuditOptions { witness: witness.clone(), ..AuditOptions::default() };
     let report = audit(&run.store, &options, &mut |_| {}).await.unwrap();
     let problem = report.first_problem.expect("a rewritten slot fails the audit");
     assert!(problem.starts_with("ledger: slot 2 was rewritten"), "{problem}");
@@ -267,7 +269,7 @@ async fn gc_deletes_only_update_blobs_behind_a_confirmed_snapshot() {
     let again = plan_gc(&run.store, &AuditOptions::default(), &mut |_| {}).await.unwrap();
     assert!(again.refused.as_deref().unwrap().starts_with("the audit fails"), "{:?}", again.refused);
     assert_eq!(collect_garbage(&run.store, &again, &mut |_| {}).await.unwrap().deleted, 0);
-    let options = AuditOptions { from_snapshot: true, witness: None };
+    let options = AuditOptions { from_snapshot: true, ..AuditOptions::default() };
     let again = plan_gc(&run.store, &options, &mut |_| {}).await.unwrap();
     assert_eq!(again.refused, None);
     let done = collect_garbage(&run.store, &again, &mut |_| {}).await.unwrap();
