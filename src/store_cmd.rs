@@ -83,10 +83,12 @@ pub async fn check(url: &str, require_protection: bool) -> anyhow::Result<Outcom
     for r in &protection {
         print(r, if require_protection { "FAIL" } else { "no" });
     }
-    let protected = protection.iter().filter(|r| r.passed).count();
+    let probes: Vec<&conformance::CheckResult> =
+        protection.iter().filter(|r| r.name.starts_with("protected ")).collect();
+    let protected = probes.iter().filter(|r| r.passed).count();
     let history = match protected {
         0 => "unprotected",
-        n if n == protection.len() => "protected",
+        n if n == probes.len() && protection.iter().all(|r| r.passed) => "protected",
         _ => "partly-protected",
     };
     if protected > 0 {

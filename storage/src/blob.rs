@@ -2,9 +2,13 @@
 //!
 //! ```text
 //!   put_blob(bytes)       hash ─► small: put_if_absent(blobs/<hex>)
-//!                                 large: head ─► absent: multipart upload to blobs/<hex>
+//!                                 large: head ─► absent: multipart upload to tmp/<random>
+//!                                        ─► copy_if_absent to blobs/<hex> ─► delete tmp
 //!   put_blob_reader(r)    multipart to tmp/<random>, hashing while streaming
-//!                         ─► copy to blobs/<hex> unless present ─► delete tmp
+//!                         ─► copy_if_absent to blobs/<hex> ─► delete tmp
+//!
+//! Nothing under blobs/ is ever written without a create-only condition, so a bucket policy that
+//! refuses every other write there (docs/SECURITY.md) does not get in the way.
 //!   get_blob(id, limit)   get with limit ─► blake3 ─► HashMismatch unless equal
 //! ```
 
@@ -68,6 +72,11 @@ impl FromStr for BlobId {
     }
 }
 
+/// A fresh key under `tmp/` for an upload in progress (not history: replaced and deleted freely).
+fn staging_key() -> String {
+    format!("tmp/{}", hex::encode(rand::random::<[u8; 16]>()))
+}
+
 impl Store {
     /// Stores `bytes` as a blob and returns its id. Storing the same bytes twice is harmless.
     #[tracing::instrument(level = "debug", skip(self, bytes), fields(len = bytes.len()))]
@@ -88,14 +97,33 @@ impl Store {
         if self.blob_present(id, bytes.len() as u64).await? {
             return Ok(id);
         }
-        let upload = self.multipart(&key).await?;
+        let staging = staging_key();
+        let upload = self.multipart(&staging).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
         for part in bytes.chunks(PART_BYTES) {
-            writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(|e| self.upload_error(&key, e))?;
+            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                let _ = writer.abort().await;
+                return Err(self.upload_error(&staging, e));
+            }
             writer.put(bytes.slice_ref(part));
         }
-        writer.finish().await.map_err(|e| self.upload_error(&key, e))?;
+        writer.finish().await.map_err(|e| self.upload_error(&staging, e))?;
+        let placed = self.place_staged(&staging, id, bytes.len() as u64).await;
+        self.delete(&staging).await?;
+        placed?;
         Ok(id)
+    }
+
+    /// Copies a fully uploaded staging object to `blobs/<id>` with a create-only copy; a blob
+    /// already there must have the same size.
+    async fn place_staged(&self, staging: &str, id: BlobId, size: u64) -> Result<()> {
+        match self.copy_if_absent(staging, &id.key()).await? {
+            PutOutcome::Created(_) => Ok(()),
+            PutOutcome::AlreadyExists => match self.blob_present(id, size).await? {
+                true => Ok(()),
+                false => Err(StoreError::BlobSlotCorrupt { id, key: id.key(), size: 0 }),
+            },
+        }
     }
 
     /// Whether blob `id` of `size` bytes is already stored; an object of another size at its key
@@ -116,7 +144,7 @@ impl Store {
         mut reader: R,
         limit_bytes: u64,
     ) -> Result<(BlobId, u64)> {
-        let staging = format!("tmp/{}", hex::encode(rand::random::<[u8; 16]>()));
+        let staging = staging_key();
         let upload = self.multipart(&staging).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
         let mut hasher = blake3::Hasher::new();
@@ -150,7 +178,7 @@ impl Store {
         let id = BlobId(*hasher.finalize().as_bytes());
         let placed = match self.blob_present(id, total).await {
             Ok(true) => Ok(()),
-            Ok(false) => self.copy(&staging, &id.key()).await,
+            Ok(false) => self.place_staged(&staging, id, total).await,
             Err(e) => Err(e),
         };
         self.delete(&staging).await?;

@@ -165,7 +165,9 @@ async fn run_checks(s: &Store, results: &mut Vec<CheckResult>) -> Result<()> {
 
 /// For each of [`HISTORY_PREFIXES`]: a probe is created with put-if-absent (which members must be
 /// able to do), then replaced with a plain PUT and deleted. Passed: the probe still holds its
-/// first bytes after both. An error means the store could not be used at all.
+/// first bytes after both. Then a blob larger than one PUT is stored (multipart to `tmp/`, then a
+/// create-only copy), which a policy must still allow. An error means the store could not be used
+/// at all.
 pub async fn check_protection(store: &Store) -> Result<Vec<CheckResult>> {
     let tag = hex::encode(rand::random::<[u8; 8]>());
     let mut results = Vec::new();
@@ -181,8 +183,32 @@ pub async fn check_protection(store: &Store) -> Result<Vec<CheckResult>> {
             elapsed_ms: start.elapsed().as_millis() as u64,
         });
     }
+    // The policy must not stop what members do: a blob too large for one PUT goes up in parts
+    // and lands with a create-only copy. Always the same bytes, so it is stored at most once.
+    let start = Instant::now();
+    let len = crate::SINGLE_PUT_MAX_BYTES + 1;
+    let large = Bytes::from(LARGE_PROBE.iter().copied().cycle().take(len).collect::<Vec<u8>>());
+    let (passed, detail) = match store.put_blob(large).await {
+        Ok(id) => {
+            let unprotected = results.iter().any(|r| r.name == "protected blobs/" && !r.passed);
+            if unprotected {
+                let _ = store.delete(&id.key()).await;
+            }
+            (true, format!("a {len}-byte blob went up in parts and landed create-only"))
+        }
+        Err(e) => (false, format!("a {len}-byte blob could not be stored: {e}")),
+    };
+    results.push(CheckResult {
+        name: "large blob still lands",
+        passed,
+        detail,
+        elapsed_ms: start.elapsed().as_millis() as u64,
+    });
     Ok(results)
 }
+
+/// The repeated pattern of the large-blob probe.
+const LARGE_PROBE: &[u8] = b"cairn store check: a blob too large for one PUT\n";
 
 fn protection_name(prefix: &str) -> &'static str {
     match prefix {

@@ -170,6 +170,10 @@ impl ObjectStore for FaultStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        // object_store completes multipart uploads without a condition: the policy refuses them.
+        if Self::is_protected(&self.protected, location) {
+            return Err(denied(location, "protected: an unconditional multipart upload"));
+        }
         self.inner.put_multipart_opts(location, opts).await
     }
 
@@ -222,6 +226,9 @@ impl ObjectStore for FaultStore {
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+        if !matches!(options.mode, object_store::CopyMode::Create) && Self::is_protected(&self.protected, to) {
+            return Err(denied(to, "protected: only create-only copies are allowed here"));
+        }
         self.inner.copy_opts(from, to, options).await
     }
 }

@@ -178,6 +178,10 @@ pub async fn open_with(url: &str, opts: &OpenOptions) -> Result<Store> {
             }
             let s3 = builder
                 .with_url(url)
+                // Create-only copies (how large blobs land under blobs/) as a one-part multipart
+                // copy completed with If-None-Match: the only create-only copy S3 offers, and
+                // what a bucket policy that requires conditional writes lets through.
+                .with_copy_if_not_exists(object_store::aws::S3CopyIfNotExists::Multipart)
                 // One retry layer (ours): object_store's HTTP retries would hide lost replies.
                 .with_retry(RetryConfig { max_retries: 0, ..RetryConfig::default() })
                 .build()
@@ -551,6 +555,25 @@ impl Store {
     pub async fn copy(&self, from: &str, to: &str) -> Result<()> {
         let (src, dst) = (self.path(from)?, self.path(to)?);
         self.retrying("copy", from, || self.inner.copy(&src, &dst)).await
+    }
+
+    /// Copies `from` to `to` unless an object is already at `to` (on S3: a one-part multipart copy
+    /// completed with `If-None-Match: *`). The retry after a lost reply finds `to` taken; callers
+    /// that copy content-addressed bytes check what is there.
+    pub async fn copy_if_absent(&self, from: &str, to: &str) -> Result<PutOutcome> {
+        let (src, dst) = (self.path(from)?, self.path(to)?);
+        let copied = self
+            .retrying("copy-if-absent", to, || async {
+                match self.inner.copy_if_not_exists(&src, &dst).await {
+                    Ok(()) => Ok(true),
+                    Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        Ok(if copied { PutOutcome::Created(Version { e_tag: None, version: None }) } else { PutOutcome::AlreadyExists })
     }
 
     /// Starts a multipart upload at `key` (used by the blob streamer).

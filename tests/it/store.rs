@@ -30,7 +30,8 @@ fn store_check_passes_on_a_local_folder() {
     let check = cairn(&["store", "check", &format!("file://{}", path.display())], &[]);
     assert!(check.status.success(), "{}{}", stdout(&check), stderr(&check));
     assert_eq!(last_line(&stdout(&check)), "store check: PASS history=unprotected");
-    assert_eq!(stdout(&check).lines().filter(|l| l.starts_with("ok ")).count(), 5);
+    // Five conformance checks, and the large blob that must land with or without a policy.
+    assert_eq!(stdout(&check).lines().filter(|l| l.starts_with("ok ")).count(), 6);
     assert_eq!(stdout(&check).lines().filter(|l| l.starts_with("no ") && l.contains("overwrite ALLOWED")).count(), 4);
 }
 

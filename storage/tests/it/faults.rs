@@ -153,14 +153,26 @@ async fn the_protection_check_sees_a_bucket_policy() {
     let all = FaultStore::new(1, Faults::default()).protecting(&protected);
     let store = Store::from_object_store(Arc::new(all), "sim://", RetryPolicy::default()).scoped("run").unwrap();
     let results = check_protection(&store).await.unwrap();
-    for r in &results {
+    assert_eq!(results.last().map(|r| (r.name, r.passed)), Some(("large blob still lands", true)));
+    for r in &results[..HISTORY_PREFIXES.len()] {
         assert!(r.passed, "{}: {}", r.name, r.detail);
         assert!(r.detail.starts_with("overwrite denied: refused"), "{}", r.detail);
         assert!(r.detail.contains("delete denied: refused"), "{}", r.detail);
     }
     for prefix in HISTORY_PREFIXES {
-        assert_eq!(store.list(prefix.trim_end_matches('/'), None).await.unwrap().len(), 1, "probe under {prefix}");
+        let want = if prefix == "blobs/" { 2 } else { 1 }; // the probe, and the large blob
+        assert_eq!(store.list(prefix.trim_end_matches('/'), None).await.unwrap().len(), want, "under {prefix}");
     }
+
+    // Under the policy, blobs still go up, small (put-if-absent) and large (staged under tmp/,
+    // then a create-only copy), and the same blob again is fine.
+    for len in [1000, storage::SINGLE_PUT_MAX_BYTES + 1] {
+        let bytes = Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let id = store.put_blob(bytes.clone()).await.unwrap();
+        assert_eq!(store.put_blob(bytes.clone()).await.unwrap(), id);
+        assert_eq!(store.get_blob(id, len as u64).await.unwrap(), bytes);
+    }
+    assert!(store.list("tmp", None).await.unwrap().is_empty(), "staging objects are removed");
 
     // A policy that forgets the checkpoint signatures: that prefix, and only it, fails.
     let some = FaultStore::new(2, Faults::default()).protecting(&["run/ledger/seq/", "run/blobs/", "run/mirrors/"]);
