@@ -115,11 +115,14 @@ enum Attack {
     Hole,
     /// Re-append an honest entry's bytes.
     Replay,
+    /// Sign tree heads nobody else signs (one beyond the log, one over a wrong root) and write
+    /// garbage where an honest member's checkpoint signature will go.
+    CheckpointForgery,
     /// Do nothing at all.
     Silence,
 }
 
-const ATTACKS: [Attack; 15] = [
+const ATTACKS: [Attack; 16] = [
     Attack::EarlyVote,
     Attack::FutureVotes,
     Attack::WrongAttestation,
@@ -134,6 +137,7 @@ const ATTACKS: [Attack; 15] = [
     Attack::GarbageSlot,
     Attack::Hole,
     Attack::Replay,
+    Attack::CheckpointForgery,
     Attack::Silence,
 ];
 
@@ -154,6 +158,7 @@ impl Attack {
             Attack::GarbageSlot => "garbage_slot",
             Attack::Hole => "hole",
             Attack::Replay => "replay",
+            Attack::CheckpointForgery => "checkpoint_forgery",
             Attack::Silence => "silence",
         }
     }
@@ -195,6 +200,8 @@ struct Findings {
     attacks: BTreeMap<&'static str, u64>,
     /// Why the byzantine organisations' contributions did not count, by reason.
     byzantine_outcomes: BTreeMap<String, u64>,
+    /// Organisations that cosigned the checkpoint the final audit verified (0: none verified).
+    checkpoint_organisations: usize,
 }
 
 impl Findings {
@@ -344,10 +351,11 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     }
     println!(
         "bench adversary: seed={seed} organisations={n} byzantine={} quorum={quorum} rounds_closed={rounds_closed} \
-         honest_counted_pct={pct:.1} honest_late={} safety_violations={} stalled_rounds={} ticks={tick} \
-         rounds_per_s={:.2}",
+         honest_counted_pct={pct:.1} honest_late={} checkpoint_organisations={} safety_violations={} \
+         stalled_rounds={} ticks={tick} rounds_per_s={:.2}",
         args.byzantine,
         findings.honest_late,
+        findings.checkpoint_organisations,
         findings.violations.len(),
         findings.stalls.len(),
         rounds_closed as f64 / secs.max(1e-9)
@@ -587,6 +595,8 @@ async fn byzantine_step(
         .filter(|o| !o.byzantine)
         .flat_map(|o| o.follower.reader().by_signer(&o.worker.public()).map(|e| e.bytes.clone()).collect::<Vec<_>>())
         .collect();
+    let honest_keys: Vec<ledger::PublicKey> =
+        orgs.iter().filter(|o| !o.byzantine).flat_map(|o| [o.worker.public(), o.validator.public()]).collect();
     let org = &mut orgs[i];
     sync(org).await?;
     let round = org.follower.round();
@@ -707,6 +717,21 @@ async fn byzantine_step(
                 let slot = ledger::slot::encode_entries(&[Entry::sign(run_id, vote, &[&key])?])?;
                 store.put_if_absent(&ledger::seq_key(ahead), slot).await?;
             }
+            Attack::CheckpointForgery => {
+                use ledger::checkpoint::checkpoint_key;
+                let head = org.follower.reader().next_seq().0;
+                let mut root = [0u8; 32];
+                rng.fill_bytes(&mut root);
+                for size in [head + 1000, head] {
+                    let cp = ledger::Checkpoint { run_id, size, root: ledger::Hash(root) };
+                    let bytes = Bytes::from(ledger::SignedCheckpoint::sign(cp, &key).encode());
+                    store.put_if_absent(&checkpoint_key(size, &key.public()), bytes).await?;
+                }
+                if let Some(victim) = honest_keys.choose(rng) {
+                    let size = head + rng.random_range(1..20);
+                    store.put_if_absent(&checkpoint_key(size, victim), Bytes::from_static(b"garbage")).await?;
+                }
+            }
             Attack::Replay => {
                 if let Some(bytes) = honest_entries.choose(rng) {
                     let next = org.follower.reader().next_seq();
@@ -823,7 +848,11 @@ async fn finish(store: &Store, orgs: &[Org], findings: &mut Findings) {
             Ok(report) if report.open_round == round.0 && report.state != state.to_hex() => findings.violation(
                 format!("the audit from {from} computed {}, the honest organisations {state}", report.state),
             ),
-            Ok(_) => {}
+            Ok(report) => {
+                if let verify::audit::CheckpointStatus::Verified { organisations, .. } = &report.checkpoint {
+                    findings.checkpoint_organisations = organisations.len();
+                }
+            }
             Err(e) => findings.violation(format!("the audit from {from} could not run: {e}")),
         }
     }

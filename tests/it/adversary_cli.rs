@@ -33,6 +33,8 @@ fn fixed_seeds_and_a_random_one_keep_every_safety_property() {
         assert_eq!(figure(&figures, "stalled_rounds"), 0.0, "seed {seed}: {all}");
         assert_eq!(figure(&figures, "rounds_closed"), 5.0, "seed {seed}: {all}");
         assert_eq!(figure(&figures, "honest_counted_pct"), 100.0, "seed {seed}: {all}");
+        // Round 2 is a snapshot round: the honest organisations' signatures make its checkpoint.
+        assert!(figure(&figures, "checkpoint_organisations") >= figure(&figures, "quorum"), "seed {seed}: {all}");
     }
 }
 
