@@ -248,10 +248,34 @@ async fn a_late_worker_joins_from_a_snapshot_and_its_contributions_count() {
         assert!(started.elapsed() < RUN_TIMEOUT, "no snapshot: {}", fed.log_text("w1"));
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Checkpoint forgeries on the real server, while the run goes on: one organisation (gamma)
+    // signs a head far beyond the log and a wrong root at the head; anyone with write access puts
+    // garbage where w1's next signatures will go. Publishing and auditing must not notice.
+    let store = storage::open_with(&fed.url, &testing::s3_options()).await.unwrap();
+    let run_id = ledger::genesis_run_id(&store).await.unwrap();
+    let head = ledger::find_head(&store, ledger::Seq(0)).await.unwrap().0;
+    for size in [head, head + 1000] {
+        let cp = ledger::Checkpoint { run_id, size, root: ledger::Hash([0xee; 32]) };
+        let bytes = Bytes::from(ledger::SignedCheckpoint::sign(cp, fed.key("late")).encode());
+        store.put_if_absent(&ledger::checkpoint::checkpoint_key(size, &fed.key("late").public()), bytes).await.unwrap();
+    }
+    for size in head + 1..head + 40 {
+        let key = ledger::checkpoint::checkpoint_key(size, &fed.key("w1").public());
+        store.put_if_absent(&key, Bytes::from_static(b"garbage")).await.unwrap();
+    }
     children.push(("late", fed.spawn("worker", "late")));
     fed.wait_all(&mut children);
     let log = fed.log_text("late");
     assert!(log.contains("from a snapshot"), "{log}");
+    let (report, passed) = fed.audit_json();
+    assert!(passed, "{report:#}");
+    let checkpoint = &report["checkpoint"];
+    assert_eq!(checkpoint["status"], "verified", "{checkpoint:#}");
+    // A head after the forgeries, cosigned by two organisations (w1's signature may be the one the
+    // garbage took: then beta and gamma are the two).
+    assert_eq!(checkpoint["required_organisations"], 2, "{checkpoint:#}");
+    assert!(checkpoint["organisations"].as_array().unwrap().len() >= 2, "{checkpoint:#}");
+    assert!(checkpoint["size"].as_u64().unwrap() > head, "signing went on past the forgeries: {checkpoint:#}");
     let closers = fed.log_text("w1") + &fed.log_text("w2");
     assert!(closers.contains("ledger exported to exports/"), "each snapshot comes with a Parquet export: {closers}");
     assert!(log.contains("ours counted"), "the late worker's contributions count: {log}");
