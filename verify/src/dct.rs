@@ -133,6 +133,27 @@ mod tests {
         assert_eq!(blake3::hash(&b.to_le_bytes()).to_hex().as_str(), BASIS_64_BLAKE3);
     }
 
+    /// Entries of the basis as FORMAT.md §3.1 lists them, computed outside this crate (CPython's
+    /// `math.cos`, the C library's, through the same f64 steps, then rounded to f32).
+    #[test]
+    fn basis_entries_match_an_independent_cosine() {
+        let golden: [(u16, usize, usize, u32); 9] = [
+            (64, 1, 0, 0x3e34_f6fe),
+            (64, 1, 31, 0x3b8e_2871),
+            (64, 17, 5, 0xbcb1_4504),
+            (64, 63, 63, 0xbb8e_2871),
+            (64, 32, 7, 0x3e00_0000),
+            (8, 3, 2, 0xbefb_14be),
+            (8, 7, 0, 0x3dc7_c5c2),
+            (128, 100, 77, 0xbc96_4083),
+            (12, 5, 11, 0xbea5_d446),
+        ];
+        for (n, k, i, bits) in golden {
+            let got = Basis::new(n).row(k)[i].to_bits();
+            assert_eq!(got, bits, "D[{k}][{i}] of size {n}: {got:#010x}, expected {bits:#010x}");
+        }
+    }
+
     #[test]
     fn basis_is_orthonormal() {
         for n in [1u16, 2, 7, 29, 64] {
