@@ -123,18 +123,21 @@ pub async fn genesis(args: GenesisArgs) -> anyhow::Result<Outcome> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let spec = RunSpec::parse(&text)?;
     let vocab = spec.vocab().await.context("loading data.tokenizer")?;
-    let parts = spec.genesis_parts(vocab)?;
+    let mut parts = spec.genesis_parts(vocab)?;
     // Every participant will load the data: fail here, once, if it cannot be.
     let data =
         parts.train.dataset().await.with_context(|| format!("loading the run's data ({})", parts.train.data_source))?;
+    // Every member must train on these tokens: their hash goes into the genesis.
+    parts.pin_data(&data)?;
     match data.loss_floor_nats() {
         Some(floor) => println!("data: the synthetic corpus (unbounded), loss floor {floor:.4} nats"),
         None => println!(
-            "data: {} ({} training sequences of {} tokens, {} held out)",
+            "data: {} ({} training sequences of {} tokens, {} held out; tokens pinned as blake3 {})",
             parts.train.data_source,
             data.train_range().end - data.train_range().start,
             parts.train.seq_len,
-            data.eval_range().end - data.eval_range().start
+            data.eval_range().end - data.eval_range().start,
+            parts.train.data_blake3.as_deref().unwrap_or("-")
         ),
     }
     let admin = ledger::read_key_file(&args.key).with_context(|| format!("reading {}", args.key.display()))?;

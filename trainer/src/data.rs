@@ -750,6 +750,22 @@ impl Dataset {
         &self.corpus
     }
 
+    /// The blake3 of a text corpus's tokens (each a u32, little-endian), lowercase hex: what a run's
+    /// training spec pins so every member trains on the same tokens. `None` for the synthetic
+    /// corpus, which the run seed determines.
+    pub fn tokens_blake3(&self) -> Option<String> {
+        match &self.corpus {
+            Corpus::Synthetic(_) => None,
+            Corpus::Tokens(tokens) => {
+                let mut hasher = blake3::Hasher::new();
+                for t in tokens {
+                    hasher.update(&t.to_le_bytes());
+                }
+                Some(hasher.finalize().to_hex().to_string())
+            }
+        }
+    }
+
     /// Inputs per sequence (each sequence holds `seq_len + 1` tokens).
     pub fn seq_len(&self) -> usize {
         self.seq_len

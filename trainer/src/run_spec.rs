@@ -80,7 +80,8 @@ pub struct RunSection {
     /// Rounds in the run; workers and validators stop after the last one closes (0: no end).
     #[serde(default)]
     pub total_rounds: u64,
-    /// Every this many rounds the round's closer uploads a snapshot (0: never).
+    /// Every this many rounds the member whose attestation made the round final uploads a
+    /// snapshot, and every member signs the checkpoint (0: never).
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
 }
@@ -100,7 +101,7 @@ pub struct DataSection {
     pub eval_sequences: u64,
     /// The text column of a Parquet source.
     pub text_column: String,
-    /// An HF `tokenizer.json` (path or store URL); byte-level when absent.
+    /// An HF `tokenizer.json` (a URL every member can read); byte-level when absent.
     pub tokenizer: Option<String>,
 }
 
@@ -212,13 +213,13 @@ impl Default for OptimizerSection {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoundsSection {
-    /// Contributions an honest participant waits for before closing a round.
+    /// Contributions an honest member waits for before it votes to close a round.
     pub min_contributions: u32,
     /// Most contributions counted per round.
     pub max_contributions: u32,
     /// Seconds after a round opens before it may close with fewer than every active worker.
     pub deadline_secs: u64,
-    /// Extra seconds a closer waits for validators' verdicts on the counted contributions.
+    /// Extra seconds an honest member waits for validators' verdicts before it votes to close.
     pub verdict_wait_secs: u64,
 }
 
@@ -234,7 +235,8 @@ impl Default for RoundsSection {
 pub struct ValidationSection {
     /// A verdict below this score (milli-nats of loss improvement) fails a contribution.
     pub min_score: i64,
-    /// Failed contributions after which a worker is excluded (0: never).
+    /// Contributed rounds in a row whose contribution failed, after which a worker is excluded
+    /// (0: never).
     pub max_failures: u32,
     /// Assigned sequences a validator re-evaluates per contribution.
     pub assigned_sequences: usize,
@@ -301,6 +303,10 @@ pub struct TrainSpec {
     pub snapshot_every: u64,
     /// `[data]`.
     pub data_source: String,
+    /// The blake3 of the tokens `cairn genesis` loaded from `data_source` ([`Dataset::tokens_blake3`]);
+    /// members refuse other tokens. `None` for the synthetic corpus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_blake3: Option<String>,
     /// Tokens per sequence.
     pub seq_len: usize,
     /// Held-out share of a text corpus.
@@ -309,7 +315,7 @@ pub struct TrainSpec {
     pub eval_sequences: u64,
     /// The text column of a Parquet source.
     pub text_column: String,
-    /// An HF `tokenizer.json` (path or store URL), or none for byte-level tokens.
+    /// An HF `tokenizer.json` (a URL), or none for byte-level tokens.
     pub tokenizer: Option<String>,
     /// The vocabulary size (256 for bytes; the tokenizer's, checked when it is loaded).
     pub vocab: u32,
@@ -424,7 +430,16 @@ impl TrainSpec {
         } else {
             tokenizer.encode(&load_text(&self.data_source, MAX_TEXT_BYTES).await?)?
         };
-        Dataset::text(tokens, self.seed, self.seq_len, self.eval_fraction)
+        let data = Dataset::text(tokens, self.seed, self.seq_len, self.eval_fraction)?;
+        if let (Some(pinned), Some(found)) = (&self.data_blake3, data.tokens_blake3())
+            && *pinned != found
+        {
+            return Err(TrainerError::InvalidConfig(format!(
+                "the data at {} is not what the run pinned: its tokens hash to {found}, the genesis names {pinned}",
+                self.data_source
+            )));
+        }
+        Ok(data)
     }
 
     /// Whether round `round` is past the end of the run.
@@ -487,6 +502,17 @@ pub struct GenesisParts {
     pub org_quorum: u16,
 }
 
+impl GenesisParts {
+    /// Pins the tokens of `data` (the run's dataset, as `cairn genesis` loaded it) in the training
+    /// spec and in the config's `extra` bytes that carry it.
+    pub fn pin_data(&mut self, data: &Dataset) -> Result<(), TrainerError> {
+        self.train.data_blake3 = data.tokens_blake3();
+        self.config.extra = serde_json::to_vec(&self.train)
+            .map_err(|e| TrainerError::InvalidConfig(format!("the training spec does not serialise: {e}")))?;
+        Ok(())
+    }
+}
+
 impl RunSpec {
     /// A complete, commented example (what docs/RUN.md explains and `cairn demo` writes).
     pub const EXAMPLE: &'static str = include_str!("../../docs/run.example.toml");
@@ -515,6 +541,7 @@ impl RunSpec {
             total_rounds: self.run.total_rounds,
             snapshot_every: self.run.snapshot_every,
             data_source: self.data.source.clone(),
+            data_blake3: None,
             seq_len: self.data.seq_len,
             eval_fraction: self.data.eval_fraction,
             eval_sequences: self.data.eval_sequences,
@@ -746,6 +773,23 @@ mod tests {
         let data = train.dataset().await.unwrap();
         assert!(data.loss_floor_nats().is_none());
         assert_eq!(data.sequence(0).unwrap()[..2], [u32::from(b't'), u32::from(b'o')]);
+        // Pinned at genesis: the same tokens load; changed bytes behind the URL are refused.
+        let mut parts = RunSpec::parse(&text).unwrap().genesis_parts(BYTE_VOCAB).unwrap();
+        parts.pin_data(&data).unwrap();
+        let pinned = TrainSpec::from_extra(&parts.config.extra).unwrap();
+        let digest = blake3::hash(
+            &"to be or not to be, that is the question. "
+                .repeat(200)
+                .into_bytes()
+                .iter()
+                .flat_map(|b| u32::from(*b).to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
+        assert_eq!(pinned.data_blake3.as_deref(), Some(digest.to_hex().as_str()), "blake3 of the u32 LE byte tokens");
+        assert!(pinned.dataset().await.is_ok());
+        std::fs::write(&path, "to be or not to be, that is the answer. ".repeat(200)).unwrap();
+        let err = pinned.dataset().await.unwrap_err().to_string();
+        assert!(err.contains("is not what the run pinned"), "{err}");
         let wrong = TrainSpec { vocab: 300, ..train };
         assert!(wrong.tokenizer().await.unwrap_err().to_string().contains("256 tokens"));
     }
