@@ -1019,7 +1019,7 @@ pub async fn plan_gc(
 /// What [`collect_garbage`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct GcDone {
-    /// Blobs deleted.
+    /// Blobs deleted (and copies of them re-published under `mirrors/`).
     pub deleted: u64,
     /// Their bytes, as the store reported them before deletion.
     pub bytes: u64,
@@ -1063,6 +1063,16 @@ pub async fn collect_garbage(
         }
         count += 1;
         progress(count);
+    }
+    // Copies that organisations re-published (`mirrors/<org>/blobs/<hex>`) go with the original.
+    let planned: BTreeSet<String> = plan.blobs.iter().map(|b| b.blob.key()).collect();
+    for info in store.list("mirrors", None).await? {
+        let copy_of = info.key.split_once("/blobs/").map(|(_, hex)| format!("blobs/{hex}"));
+        if copy_of.is_some_and(|k| planned.contains(&k)) {
+            store.delete(&info.key).await?;
+            done.deleted += 1;
+            done.bytes = done.bytes.saturating_add(info.size);
+        }
     }
     Ok(done)
 }

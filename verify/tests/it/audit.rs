@@ -242,7 +242,7 @@ async fn a_snapshot_whose_blob_is_not_its_state_is_named_and_skipped() {
 
 #[tokio::test]
 async fn gc_deletes_only_update_blobs_behind_a_confirmed_snapshot() {
-    let (run, states, _) = three_rounds(None).await;
+    let (mut run, states, _) = three_rounds(None).await;
     let blobs_before = run.store.list("blobs/", None).await.unwrap().len();
     // Genesis state, 10 updates, 1 snapshot.
     assert_eq!(blobs_before, 12);
@@ -253,11 +253,17 @@ async fn gc_deletes_only_update_blobs_behind_a_confirmed_snapshot() {
     assert_eq!(plan.blobs.len(), 6);
     assert!(plan.blobs.iter().all(|b| b.round <= 1));
     assert_eq!(plan.protected, 2 + 4);
+    // An organisation had re-published one of them under its mirror: the copy goes with it.
+    let copied = plan.blobs[0].blob;
+    let bytes = run.store.get_blob(copied, 1 << 30).await.unwrap();
+    let mirror = verify::replay::mirror_prefix("beta");
+    run.store.put_blob_under(&mirror, bytes.clone()).await.unwrap();
     let mut ticks = 0;
     let done = collect_garbage(&run.store, &plan, &mut |_| ticks += 1).await.unwrap();
-    assert_eq!((done.deleted, done.absent, ticks), (6, 0, 6));
-    assert_eq!(done.bytes, plan.declared_bytes());
+    assert_eq!((done.deleted, done.absent, ticks), (7, 0, 6));
+    assert_eq!(done.bytes, plan.declared_bytes() + bytes.len() as u64);
     assert_eq!(run.store.list("blobs/", None).await.unwrap().len(), 6);
+    assert!(run.store.list("mirrors", None).await.unwrap().is_empty(), "the copy went with its original");
 
     // After gc: from the snapshot the audit still passes to the same state; from genesis it cannot.
     let (resumed, _) = audit_run(&run, true).await;
@@ -274,6 +280,27 @@ async fn gc_deletes_only_update_blobs_behind_a_confirmed_snapshot() {
     assert_eq!(again.refused, None);
     let done = collect_garbage(&run.store, &again, &mut |_| {}).await.unwrap();
     assert_eq!((done.deleted, done.absent), (0, 6));
+
+    // Issue 16, finding 5: after the gc, a member appends a valid snapshot of an older round
+    // (round 0's attested state, in a readable blob). Replay, audit and gc take the newest
+    // snapshot by round, not the last one in the ledger, so they still start from round 1.
+    let bytes = Bytes::from(states[1].to_safetensors().unwrap());
+    let size = bytes.len() as u64;
+    let blob = run.store.put_blob(bytes).await.unwrap();
+    let body = Body::Snapshot(ledger::Snapshot {
+        round: ledger::Round(0),
+        state: ledger::StateHash(states[1].hash().0),
+        blob,
+        blob_size: size,
+    });
+    let worker = run.workers[0].clone();
+    run.append(Entry::sign(run.run, body, &[&worker]).unwrap()).await;
+    let (resumed, _) = audit_run(&run, true).await;
+    assert!(resumed.passed(), "{:?}", resumed.problems);
+    assert!(matches!(resumed.start, StartPoint::Snapshot { round: 1, .. }), "{:?}", resumed.start);
+    assert_eq!(resumed.state, states[3].hash().to_hex());
+    let again = plan_gc(&run.store, &options, &mut |_| {}).await.unwrap();
+    assert_eq!((again.refused.as_deref(), again.snapshot.as_ref().map(|s| s.1)), (None, Some(1)));
 }
 
 #[tokio::test]
