@@ -24,7 +24,7 @@ use trainer::model::{Model, init_state};
 use trainer::step::eval_loss;
 
 use crate::Outcome;
-use crate::store_cmd::{absolute_url, check};
+use crate::store_cmd::{Protection, absolute_url, check};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -83,7 +83,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("creating {base}"))?;
     println!("cairn demo: store {base}");
     println!("\n[1/5] storage conformance");
-    if let Outcome::Failed = check(&base, false).await? {
+    if let Outcome::Failed = check(&base, Protection::Skip).await? {
         return Ok(Outcome::Failed);
     }
     let (name, url) = next_run(&base).await?;

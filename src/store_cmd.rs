@@ -59,13 +59,29 @@ pub async fn run(cmd: StoreCommand) -> anyhow::Result<Outcome> {
             }
             Ok(Outcome::Ok)
         }
-        StoreCommand::Check { url, require_protection } => check(&absolute_url(&url)?, require_protection).await,
+        StoreCommand::Check { url, require_protection } => {
+            let protection = if require_protection { Protection::Require } else { Protection::Report };
+            check(&absolute_url(&url)?, protection).await
+        }
     }
 }
 
-/// Runs the conformance check, then the protection check, one line per check, and a verdict line:
-/// `store check: PASS history=protected|unprotected|partly-protected` or `store check: FAIL <checks>`.
-pub async fn check(url: &str, require_protection: bool) -> anyhow::Result<Outcome> {
+/// Whether `check` asks if history can be replaced or deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protection {
+    /// Not asked (the demo's local folder, where nothing could protect it).
+    Skip,
+    /// Asked and reported.
+    Report,
+    /// Asked; anything unprotected fails the check.
+    Require,
+}
+
+/// Runs the conformance check, then (unless skipped) the protection check, one line per check,
+/// and a verdict line: `store check: PASS history=protected|unprotected|partly-protected` (just
+/// `store check: PASS` when skipped) or `store check: FAIL <checks>`.
+pub async fn check(url: &str, protection: Protection) -> anyhow::Result<Outcome> {
+    let require_protection = protection == Protection::Require;
     let store = storage::open(url).await.with_context(|| format!("opening {url}"))?;
     let results = conformance::check(&store).await.with_context(|| format!("store check {url}"))?;
     let print = |r: &conformance::CheckResult, bad: &str| {
@@ -77,6 +93,9 @@ pub async fn check(url: &str, require_protection: bool) -> anyhow::Result<Outcom
         if !r.passed {
             failed.push(r.name);
         }
+    }
+    if protection == Protection::Skip {
+        return Ok(verdict(&failed, ""));
     }
     println!("can these credentials replace or delete history? (a bucket policy should refuse both)");
     let protection = conformance::check_protection(&store).await.with_context(|| format!("store check {url}"))?;
@@ -97,12 +116,17 @@ pub async fn check(url: &str, require_protection: bool) -> anyhow::Result<Outcom
     if require_protection {
         failed.extend(protection.iter().filter(|r| !r.passed).map(|r| r.name));
     }
+    Ok(verdict(&failed, &format!(" history={history}")))
+}
+
+/// Prints the verdict line: PASS (with `pass_detail`) when nothing failed, else FAIL and the checks.
+fn verdict(failed: &[&str], pass_detail: &str) -> Outcome {
     if failed.is_empty() {
-        println!("store check: PASS history={history}");
-        Ok(Outcome::Ok)
+        println!("store check: PASS{pass_detail}");
+        Outcome::Ok
     } else {
         println!("store check: FAIL {}", failed.join(", "));
-        Ok(Outcome::Failed)
+        Outcome::Failed
     }
 }
 
