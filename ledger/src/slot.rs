@@ -109,4 +109,26 @@ mod tests {
         v2[0] = 2;
         assert_eq!(decode_slot(&v2), Err(DecodeError::UnknownVersion { what: "slot", version: 2 }));
     }
+
+    /// The batch and entry limits (SECURITY.md, per-member limits), on the writing and the reading
+    /// side: slots built by hand, byte by byte, as a hostile writer would.
+    #[test]
+    fn a_batch_of_257_entries_and_an_entry_over_the_limit_are_refused() {
+        let tiny = vec![b"e".to_vec(); 257];
+        assert!(matches!(encode_slot(&tiny), Err(LedgerError::TooLarge { size: 257, limit: 256, .. })));
+        assert!(encode_slot(&tiny[..256]).is_ok());
+        // version 1, count 257, then 257 entries of one byte each.
+        let mut raw = vec![1u8, 0x01, 0x01];
+        for _ in 0..257 {
+            raw.extend_from_slice(&[0, 0, 0, 1, b'e']);
+        }
+        assert_eq!(decode_slot(&raw), Err(DecodeError::TooLong { field: "batch", len: 257, max: 256 }));
+        // One entry of 256 KiB + 1 byte: refused when framing, and when reading a hand-made slot.
+        let over = vec![0u8; 256 * 1024 + 1];
+        assert!(matches!(encode_slot(std::slice::from_ref(&over)), Err(LedgerError::TooLarge { size: 262_145, .. })));
+        let mut raw = vec![1u8, 0, 1];
+        raw.extend_from_slice(&262_145u32.to_be_bytes());
+        raw.extend_from_slice(&over);
+        assert!(matches!(decode_slot(&raw), Err(DecodeError::TooLong { len: 262_145, max: 262_144, .. })));
+    }
 }

@@ -546,7 +546,8 @@ fn check_genesis(g: &Genesis, entry: &Entry) -> Result<(), VoidReason> {
     Ok(())
 }
 
-/// Roles allowed to write claims (RoundClose, Snapshot): every member, since claims are checked.
+/// Roles allowed to write votes, attestations and snapshots: every member, since each counts for
+/// its organisation and is checked against the round tally.
 const ANY_MEMBER: &[Role] = &[Role::Admin, Role::Worker, Role::Validator];
 
 fn single_signer<'a>(state: &'a LedgerState, entry: &Entry, roles: &[Role]) -> Result<&'a Member, VoidReason> {

@@ -47,7 +47,7 @@ pub const MAX_EXTRA_BYTES: u32 = 64 * 1024;
 /// How many contributions a round takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RoundRules {
-    /// Counted contributions an honest participant waits for before it writes a RoundClose. Not a
+    /// Counted contributions an honest member waits for before it votes to close a round. Not a
     /// consensus check: a round closed with fewer is applied with what it has (and flagged in the
     /// replay report as under the minimum).
     pub min_contributions: u32,
@@ -61,7 +61,8 @@ pub struct RoundRules {
 pub struct ExclusionRules {
     /// A verdict with a score below this fails the contribution it names.
     pub min_score: i64,
-    /// A worker with this many failed contributions is excluded from then on (0: never).
+    /// A worker whose contributions failed (rejected by validators of a quorum of organisations)
+    /// in this many of its contributed rounds in a row is excluded from then on (0: never).
     pub max_failures: u32,
 }
 

@@ -188,7 +188,14 @@ async fn roster_changes_need_a_quorum_of_admins_and_cannot_be_replayed() {
         let body = run.contribution(0, 0, n).body;
         Entry::sign(run.run_id, body, &[&newcomer]).unwrap()
     };
-    for e in [contribution(1), one, worker_signed, two.clone(), contribution(2), two] {
+    // A different change, signed at epoch 0 but landing after the first one applied.
+    let other = ledger::Keypair::from_seed([0xac; 32]);
+    let late = Body::RosterChange(RosterChange {
+        epoch: 0,
+        change: Change::Add(Member { key: other.public(), organisation: "newco".into(), role: Role::Worker }),
+    });
+    let stale = Entry::sign(run.run_id, late, &[&run.admins[0], &run.admins[1]]).unwrap();
+    for e in [contribution(1), one, worker_signed, two.clone(), contribution(2), two, stale] {
         a.append(&[e]).await.unwrap();
     }
     let reader = Reader::replay(store, run.run_id).await.unwrap();
@@ -198,6 +205,7 @@ async fn roster_changes_need_a_quorum_of_admins_and_cannot_be_replayed() {
     assert_eq!(void_reason(&reader, 4), None);
     assert_eq!(void_reason(&reader, 5), None, "the newcomer may contribute once added");
     assert_eq!(void_reason(&reader, 6), Some(VoidReason::Duplicate));
+    assert_eq!(void_reason(&reader, 7), Some(VoidReason::StaleEpoch { expected: 1, found: 0 }));
     assert_eq!(reader.state().roster_epoch(), 1);
     assert_eq!(reader.entries()[5].organisation.as_deref(), Some("newco"));
     assert_eq!(reader.entries()[1].organisation, None, "not a member when it wrote");
