@@ -148,10 +148,8 @@ fn write_witness(path: &Path, witness: &ledger::Witness) -> anyhow::Result<()> {
 /// seed. A config whose `extra` is not a training spec is no run a worker joins: not checked.
 pub fn initial_state_rule() -> std::sync::Arc<verify::audit::InitialStateRule> {
     std::sync::Arc::new(|config| {
-        if trainer::run_spec::TrainSpec::from_extra(&config.extra).is_err() {
-            return Ok(None);
-        }
-        trainer::run_spec::initial_state_of(config).map(Some).map_err(|e| e.to_string())
+        let Ok(train) = trainer::run_spec::TrainSpec::from_extra(&config.extra) else { return Ok(None) };
+        trainer::run_spec::initial_state_of(config, &train).map(Some).map_err(|e| e.to_string())
     })
 }
 

@@ -240,22 +240,23 @@ pub fn checkpoint_key(size: u64, signer: &PublicKey) -> String {
 pub fn parse_checkpoint_key(key: &str) -> Option<(u64, PublicKey)> {
     let rest = key.strip_prefix(CHECKPOINT_PREFIX)?;
     let (size, signer) = rest.split_once('/')?;
-    if size.len() != 20 || !size.bytes().all(|b| b.is_ascii_digit()) || signer.len() != 64 {
+    // One spelling per key: 20 digits, and the signer in lowercase hex, as written.
+    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if size.len() != 20
+        || !size.bytes().all(|b| b.is_ascii_digit())
+        || signer.len() != 64
+        || !signer.bytes().all(lower_hex)
+    {
         return None;
     }
     let mut key = [0u8; 32];
     hex::decode_to_slice(signer, &mut key).ok()?;
-    if !signer.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return None; // one spelling per key: lowercase hex, as written
-    }
     Some((size.parse().ok()?, PublicKey(key)))
 }
 
-/// The cosignatures found for one tree size, grouped by root.
-struct HeadsAtSize {
-    /// Per root: the valid member signatures over it and their organisations.
-    roots: BTreeMap<Hash, (Vec<Signed>, BTreeSet<String>)>,
-}
+/// The cosignatures found for one tree size: per root, the valid member signatures over it and
+/// their organisations.
+type HeadsAtSize = BTreeMap<Hash, (Vec<Signed>, BTreeSet<String>)>;
 
 impl Reader {
     /// Signs the tree head of the first `size` slots as this reader read them and stores the
@@ -284,7 +285,7 @@ impl Reader {
             }
         }
         let heads = self.heads_at(size).await?;
-        let (signatures, _) = heads.roots.get(&ours.root).cloned().unwrap_or_default();
+        let (signatures, _) = heads.get(&ours.root).cloned().unwrap_or_default();
         Ok(SignedCheckpoint { checkpoint: ours, signatures })
     }
 
@@ -294,14 +295,16 @@ impl Reader {
         let signers: Vec<PublicKey> = listed
             .iter()
             .filter_map(|info| parse_checkpoint_key(&info.key))
-            .filter(|(s, signer)| *s == size && self.state.member(signer).is_some())
+            .filter(|(s, _)| *s == size)
             .map(|(_, signer)| signer)
             .collect();
         self.read_heads(size, &signers).await
     }
 
+    /// Reads the signature objects of `signers` at `size`; those of non-members, and objects that
+    /// are not their signer's valid signature over this run and size, are skipped.
     async fn read_heads(&self, size: u64, signers: &[PublicKey]) -> Result<HeadsAtSize> {
-        let mut roots: BTreeMap<Hash, (Vec<Signed>, BTreeSet<String>)> = BTreeMap::new();
+        let mut roots = HeadsAtSize::new();
         for signer in signers {
             let Some(member) = self.state.member(signer) else { continue };
             let bytes = match self.store.get(&checkpoint_key(size, signer), MAX_CHECKPOINT_BYTES).await {
@@ -327,7 +330,7 @@ impl Reader {
         for (signatures, _) in roots.values_mut() {
             signatures.sort_by_key(|s| s.key);
         }
-        Ok(HeadsAtSize { roots })
+        Ok(roots)
     }
 
     /// The newest tree head signed by current members of at least `min_organisations`
@@ -363,7 +366,7 @@ impl Reader {
             }
             let heads = self.read_heads(size, signers).await?;
             let quorate: Vec<(&Hash, &Vec<Signed>)> =
-                heads.roots.iter().filter(|(_, (_, orgs))| orgs.len() >= need).map(|(r, (s, _))| (r, s)).collect();
+                heads.iter().filter(|(_, (_, orgs))| orgs.len() >= need).map(|(r, (s, _))| (r, s)).collect();
             match quorate.as_slice() {
                 [] => debug!(size, "a tree head without a quorum of organisations' signatures; skipped"),
                 [(root, signatures)] => {

@@ -133,7 +133,7 @@ impl Follower {
         let (_, config, genesis) = verify::replay::genesis_config(reader.entries())?;
         let train = TrainSpec::from_extra(&config.extra)?;
         let model = train.model_config()?;
-        let start = crate::run_spec::initial_state_of(&config)?;
+        let start = crate::run_spec::initial_state_of(&config, &train)?;
         if start.0 != genesis.initial_state.0 {
             return Err(TrainerError::InvalidConfig(format!(
                 "the genesis initial state {} is not the one preset {} with seed {} gives ({start}): \

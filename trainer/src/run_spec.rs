@@ -337,12 +337,11 @@ pub struct TrainSpec {
     pub score_eval_sequences: usize,
 }
 
-/// The initial state hash a run config determines: the model of the training spec in its `extra`
-/// bytes, initialised from the spec's seed ([`crate::model::init_state`], pure Rust, the same bits
-/// on every machine). Workers refuse to join, and `cairn audit` fails, a run whose Genesis names
-/// another start: nobody could recompute it.
-pub fn initial_state_of(config: &RunConfig) -> Result<verify::StateHash, TrainerError> {
-    let train = TrainSpec::from_extra(&config.extra)?;
+/// The initial state hash a run determines: the model of its training spec `train` (read from the
+/// `extra` bytes of `config`), initialised from the spec's seed ([`crate::model::init_state`], pure
+/// Rust, the same bits on every machine). Workers refuse to join, and `cairn audit` fails, a run
+/// whose Genesis names another start: nobody could recompute it.
+pub fn initial_state_of(config: &RunConfig, train: &TrainSpec) -> Result<verify::StateHash, TrainerError> {
     let model = train.model_config()?;
     if model.layout()? != config.layout {
         return Err(TrainerError::InvalidConfig(format!(

@@ -12,6 +12,22 @@ use verify::{Round, StateHash, aggregate};
 
 use crate::run::{TestRun, run_config, three_rounds};
 
+/// Uploads `blob_state` and appends, signed by `signer`, a Snapshot of `round` claiming `claimed`.
+async fn append_snapshot(
+    run: &mut TestRun,
+    round: u64,
+    blob_state: &verify::State,
+    claimed: StateHash,
+    signer: &ledger::Keypair,
+) -> ledger::EntryPos {
+    let bytes = Bytes::from(blob_state.to_safetensors().unwrap());
+    let blob_size = bytes.len() as u64;
+    let blob = run.store.put_blob(bytes).await.unwrap();
+    let state = ledger::StateHash(claimed.0);
+    let body = Body::Snapshot(ledger::Snapshot { round: ledger::Round(round), state, blob, blob_size });
+    run.append(Entry::sign(run.run, body, &[signer]).unwrap()).await
+}
+
 async fn audit_run(run: &TestRun, from_snapshot: bool) -> (AuditReport, Vec<AuditProgress>) {
     let mut seen = Vec::new();
     let options = AuditOptions { from_snapshot, ..AuditOptions::default() };
@@ -215,16 +231,8 @@ async fn a_checkpoint_is_verified_and_a_slot_rewritten_under_it_fails() {
 async fn a_snapshot_whose_blob_is_not_its_state_is_named_and_skipped() {
     let (mut run, states, _) = three_rounds(None).await;
     // A second snapshot of round 2 whose blob holds round 1's state but claims round 2's hash.
-    let bytes = Bytes::from(states[2].to_safetensors().unwrap());
-    let size = bytes.len() as u64;
-    let blob = run.store.put_blob(bytes).await.unwrap();
-    let body = Body::Snapshot(ledger::Snapshot {
-        round: ledger::Round(2),
-        state: ledger::StateHash(states[3].hash().0),
-        blob,
-        blob_size: size,
-    });
-    let pos = run.append(Entry::sign(run.run, body, &[&run.admin]).unwrap()).await;
+    let admin = run.admin.clone();
+    let pos = append_snapshot(&mut run, 2, &states[2], states[3].hash(), &admin).await;
     let (report, _) = audit_run(&run, false).await;
     // Any member can publish such a snapshot: it is named with its publisher, not a failure.
     assert!(report.passed(), "{:?}", report.problems);
@@ -284,17 +292,8 @@ async fn gc_deletes_only_update_blobs_behind_a_confirmed_snapshot() {
     // Issue 16, finding 5: after the gc, a member appends a valid snapshot of an older round
     // (round 0's attested state, in a readable blob). Replay, audit and gc take the newest
     // snapshot by round, not the last one in the ledger, so they still start from round 1.
-    let bytes = Bytes::from(states[1].to_safetensors().unwrap());
-    let size = bytes.len() as u64;
-    let blob = run.store.put_blob(bytes).await.unwrap();
-    let body = Body::Snapshot(ledger::Snapshot {
-        round: ledger::Round(0),
-        state: ledger::StateHash(states[1].hash().0),
-        blob,
-        blob_size: size,
-    });
     let worker = run.workers[0].clone();
-    run.append(Entry::sign(run.run, body, &[&worker]).unwrap()).await;
+    append_snapshot(&mut run, 0, &states[1], states[1].hash(), &worker).await;
     let (resumed, _) = audit_run(&run, true).await;
     assert!(resumed.passed(), "{:?}", resumed.problems);
     assert!(matches!(resumed.start, StartPoint::Snapshot { round: 1, .. }), "{:?}", resumed.start);
