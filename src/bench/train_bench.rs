@@ -21,8 +21,12 @@ use trainer::data::{
     Dataset, MAX_TEXT_BYTES, MarkovSpec, Tokenizer, is_parquet_source, load_parquet, load_text, sequences_for_tokens,
 };
 use trainer::model::{ModelConfig, Preset, init_state};
+use trainer::peers::{
+    DemoPeer, DemoPeerConfig, LocoConfig, LocoPeer, Method, Outer, PeerValues, closest_topk, topk_for_bytes,
+};
 use trainer::simulate::{Baseline, Experiment, Swarm, SwarmConfig, embedding_coherence, global_batch};
 use trainer::step::{AdamWConfig, StepConfig, eval_loss};
+use verify::wire::encoded_len;
 use verify::{Compression, Hyper, NormClip, Ratio, Round, Schedule, ValueEncoding};
 
 use crate::Outcome;
@@ -115,6 +119,9 @@ pub struct Args {
     /// `--csv` and the research flags.
     #[command(flatten)]
     research: Box<Research>,
+    /// The research peers and the compression sweep.
+    #[command(flatten)]
+    peers: Box<PeerArgs>,
     /// Decoupled weight decay (both optimisers).
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
@@ -161,6 +168,45 @@ pub struct Research {
     /// of the embedding rows of the synthetic corpus's 32 symbols, baseline and cairn.
     #[arg(long)]
     diagnostics: bool,
+}
+
+/// Published methods trained beside cairn on the same tokens (research, not consensus; see
+/// `trainer::peers`), and the compression sweep.
+#[derive(Debug, clap::Args)]
+pub struct PeerArgs {
+    /// Peers to train: a comma-separated list of demo-ref (DeMo's reference: f32 values, mean over
+    /// the workers that sent each coefficient, sign step), demo-sign (the same with sign values),
+    /// sparseloco (local AdamW steps, top-k at 2 bits with error feedback, outer SGD) and diloco
+    /// (local AdamW steps, dense f32 outer delta, Nesterov outer step); `none` for none. Each sparse
+    /// peer takes the top-k whose bytes per step are nearest cairn's.
+    #[arg(long, value_delimiter = ',', default_value = "demo-ref,demo-sign,sparseloco,diloco")]
+    peers: Vec<String>,
+    /// Local AdamW steps between SparseLoCo's and DiLoCo's synchronisations (H).
+    #[arg(long, default_value_t = 8)]
+    local_steps: u64,
+    /// Peak rate of SparseLoCo's and DiLoCo's inner AdamW (default: the first --adamw-lr), on the
+    /// same schedule shape as the others.
+    #[arg(long)]
+    inner_lr: Option<f64>,
+    /// SparseLoCo's outer learning rate.
+    #[arg(long, default_value_t = 1.0)]
+    sparseloco_outer_lr: f64,
+    /// SparseLoCo's error-feedback decay.
+    #[arg(long, default_value_t = 0.95)]
+    sparseloco_ef_decay: f64,
+    /// DiLoCo's outer learning rate.
+    #[arg(long, default_value_t = 0.7)]
+    diloco_outer_lr: f64,
+    /// DiLoCo's outer Nesterov momentum.
+    #[arg(long, default_value_t = 0.9)]
+    diloco_momentum: f64,
+    /// Sweep compression: train cairn and every sparse peer at each --frontier-x ratio to a dense
+    /// fp32 gradient, and print the gap-vs-bytes table.
+    #[arg(long)]
+    frontier: bool,
+    /// The ratios of the sweep.
+    #[arg(long, value_delimiter = ',', default_value = "250,1000,2500")]
+    frontier_x: Vec<f64>,
 }
 
 /// The schedule of an optimiser peaking at `peak`: the same warm-up and decay for every optimiser in
@@ -262,20 +308,8 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
 
     let state = init_state(&config, args.seed)?;
     let params = state.layout().elements();
+    let dense_bytes = params * 4;
     anyhow::ensure!(!args.adamw_lr.is_empty(), "--adamw-lr needs at least one rate");
-    let mut baselines = args
-        .adamw_lr
-        .iter()
-        .map(|&lr| -> anyhow::Result<Baseline> {
-            let adamw = AdamWConfig {
-                schedule: schedule(&args, lr, "--adamw-lr")?,
-                weight_decay: args.weight_decay,
-                step,
-                ..AdamWConfig::default()
-            };
-            Ok(Baseline::new(&config, &state, adamw, device)?)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     let values = ValueEncoding::from_name(&args.research.values)
         .with_context(|| format!("--values must be sign, int8 or bf16, not {}", args.research.values))?;
     let layout = state.layout().clone();
@@ -297,27 +331,127 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         "--dense-tensors {:?} matches no tensor",
         args.research.dense_tensors
     );
-    let schedule = schedule(&args, args.lr, "--lr")?;
-    let overrides = trainer::model::topk_overrides(&layout, args.topk, &topk_by_name(&args.topk_override)?)?;
-    let hyper = Hyper {
-        compression: Compression { overrides, ..Compression::uniform(args.chunk, args.topk, values) },
-        schedule,
-        weight_decay: ratio(args.weight_decay, "--weight-decay")?,
-        clip: NormClip::Off,
+    let peers = Peers::parse(&args.peers)?;
+    let by_name = topk_by_name(&args.topk_override)?;
+    let cairn_compression = |topk: u16| -> anyhow::Result<Compression> {
+        let overrides = trainer::model::topk_overrides(&layout, topk, &by_name)?;
+        Ok(Compression { overrides, ..Compression::uniform(args.chunk, topk, values) })
     };
-    let mut swarm = Swarm::new(
-        &config,
-        state,
-        SwarmConfig { workers: args.workers, hyper, momentum_decay: args.decay, step },
-        device,
-    )?;
+    // The compression settings compared: the flags' (one), or one per --frontier-x target, where
+    // cairn's top-k is the one whose update size is nearest the target.
+    let targets: Vec<Target> = if args.peers.frontier {
+        anyhow::ensure!(!args.peers.frontier_x.is_empty(), "--frontier needs at least one --frontier-x");
+        args.peers
+            .frontier_x
+            .iter()
+            .map(|&x| -> anyhow::Result<Target> {
+                anyhow::ensure!(x > 1.0 && x.is_finite(), "--frontier-x {x}: a compression ratio above 1 expected");
+                let bytes = dense_bytes as f64 / x;
+                let size = |k: u16| cairn_compression(k).map_or(f64::INFINITY, |c| encoded_len(&layout, &c) as f64);
+                let topk = closest_topk(size, bytes);
+                Ok(Target { label: format!("@{x}x"), x, bytes, cairn_topk: topk })
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        let bytes = encoded_len(&layout, &cairn_compression(args.topk)?) as f64;
+        vec![Target { label: String::new(), x: dense_bytes as f64 / bytes, bytes, cairn_topk: args.topk }]
+    };
+
+    let cairn_schedule = schedule(&args, args.lr, "--lr")?;
+    let adamw = |lr: f64| -> anyhow::Result<AdamWConfig> {
+        Ok(AdamWConfig {
+            schedule: schedule(&args, lr, "--adamw-lr")?,
+            weight_decay: args.weight_decay,
+            step,
+            ..AdamWConfig::default()
+        })
+    };
+    let mut runners: Vec<Runner> = Vec::new();
+    for &lr in &args.adamw_lr {
+        let label = format!("AdamW lr {lr}");
+        runners.push(Runner::new(
+            label,
+            Role::Baseline,
+            None,
+            Trainee::Baseline(Baseline::new(&config, &state, adamw(lr)?, device)?),
+        ));
+    }
     let experiment =
         Experiment { linear: args.research.linear_step, dense: dense.clone(), diagnostics: args.research.diagnostics };
     let research = args.research.linear_step || !dense.is_empty() || args.research.diagnostics;
-    swarm.set_experiment(experiment);
-    let update_bytes = swarm.update_bytes();
-    let dense_bytes = params * 4;
-    let compression_x = dense_bytes as f64 / update_bytes as f64;
+    let h = args.peers.local_steps;
+    anyhow::ensure!(h >= 1, "--local-steps must be >= 1");
+    let inner_lr = args.peers.inner_lr.unwrap_or(args.adamw_lr[0]);
+    for (i, target) in targets.iter().enumerate() {
+        let hyper = Hyper {
+            compression: cairn_compression(target.cairn_topk)?,
+            schedule: cairn_schedule,
+            weight_decay: ratio(args.weight_decay, "--weight-decay")?,
+            clip: NormClip::Off,
+        };
+        let mut swarm = Swarm::new(
+            &config,
+            state.clone(),
+            SwarmConfig { workers: args.workers, hyper, momentum_decay: args.decay, step },
+            device,
+        )?;
+        swarm.set_experiment(experiment.clone());
+        runners.push(Runner::new(format!("cairn{}", target.label), Role::Consensus, Some(i), Trainee::Cairn(swarm)));
+        let grids = Compression::uniform(args.chunk, 1, ValueEncoding::Sign).grids(&layout);
+        for (name, values) in [(DEMO_REF, PeerValues::F32), (DEMO_SIGN, PeerValues::Sign)] {
+            if !peers.has(name) {
+                continue;
+            }
+            let topk = topk_for_bytes(&grids, values, 1, target.bytes);
+            let peer = DemoPeer::new(
+                &config,
+                &state,
+                DemoPeerConfig {
+                    workers: args.workers,
+                    compression: Compression::uniform(args.chunk, topk, ValueEncoding::Sign),
+                    values,
+                    schedule: cairn_schedule,
+                    weight_decay: args.weight_decay,
+                    momentum_decay: args.decay,
+                    step,
+                },
+                device,
+            )?;
+            runners.push(Runner::new(
+                format!("{name}{}", target.label),
+                Role::Peer,
+                Some(i),
+                Trainee::Peer(Box::new(peer)),
+            ));
+        }
+        if peers.has(SPARSELOCO) {
+            let topk = topk_for_bytes(&grids, PeerValues::TwoBit, h, target.bytes);
+            let outer = Outer::SparseLoco { chunk: args.chunk, topk, ef_decay: args.peers.sparseloco_ef_decay };
+            let loco = LocoConfig {
+                workers: args.workers,
+                h,
+                total_steps: args.steps,
+                inner: adamw(inner_lr)?,
+                outer_lr: args.peers.sparseloco_outer_lr,
+                outer,
+            };
+            let peer = LocoPeer::new(&config, &state, loco, device)?;
+            let label = format!("{SPARSELOCO}{}", target.label);
+            runners.push(Runner::new(label, Role::Peer, Some(i), Trainee::Peer(Box::new(peer))));
+        }
+    }
+    if peers.has(DILOCO) {
+        let loco = LocoConfig {
+            workers: args.workers,
+            h,
+            total_steps: args.steps,
+            inner: adamw(inner_lr)?,
+            outer_lr: args.peers.diloco_outer_lr,
+            outer: Outer::Diloco { momentum: args.peers.diloco_momentum },
+        };
+        let peer = LocoPeer::new(&config, &state, loco, device)?;
+        runners.push(Runner::new(DILOCO.to_string(), Role::Peer, None, Trainee::Peer(Box::new(peer))));
+    }
 
     println!(
         "bench train: {corpus} corpus, preset {preset} ({params} params), {} steps of {} sequences x {} tokens, {} workers, {threads} threads",
@@ -336,9 +470,8 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         args.lr,
         args.decay,
         args.chunk,
-        args.topk,
-        hyper
-            .compression
+        targets.iter().map(|t| t.cairn_topk.to_string()).collect::<Vec<_>>().join("/"),
+        cairn_compression(targets[0].cairn_topk)?
             .overrides
             .as_slice()
             .iter()
@@ -354,108 +487,312 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             args.research.diagnostics
         );
     }
+    if runners.iter().any(|r| r.role == Role::Peer) {
+        println!(
+            "  peers (research, not consensus; bytes per worker per step, module trainer::peers): {}",
+            runners
+                .iter()
+                .filter(|r| r.role == Role::Peer)
+                .map(|r| format!("{} {:.0} B ({:.0}x)", r.label, r.bytes, dense_bytes as f64 / r.bytes))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "  peers' settings: DeMo sign step and momentum as cairn's; SparseLoCo and DiLoCo H {h}, inner AdamW lr {inner_lr}, SparseLoCo outer lr {} error feedback {}, DiLoCo outer lr {} Nesterov {}",
+            args.peers.sparseloco_outer_lr,
+            args.peers.sparseloco_ef_decay,
+            args.peers.diloco_outer_lr,
+            args.peers.diloco_momentum
+        );
+    }
     if corpus == "synthetic" {
         println!("  loss floor {floor:.4} nats/token");
     }
+    let single = !args.peers.frontier;
+    // The key of a runner on the step lines and in the CSV.
+    let key = |r: &Runner| match (r.role, single) {
+        (Role::Consensus, true) => "cairn_loss".to_string(),
+        _ => r.label.clone(),
+    };
 
-    // Per evaluation: the step, every baseline's loss (in --adamw-lr order) and cairn's.
-    let mut curve: Vec<(u64, Vec<f64>, f64)> = Vec::new();
-    let evaluate = |baselines: &[Baseline], swarm: &Swarm| -> anyhow::Result<(Vec<f64>, f64)> {
-        let b = baselines
+    // Per evaluation: the step and every runner's loss (runner order).
+    let mut curve: Vec<(u64, Vec<f64>)> = Vec::new();
+    let evaluate = |runners: &[Runner]| -> anyhow::Result<Vec<f64>> {
+        runners
             .iter()
-            .map(|b| -> anyhow::Result<f64> { Ok(eval_loss(b.model(), &eval, micro_batch)?) })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok((b, eval_loss(swarm.model(), &eval, micro_batch)?))
+            .map(|r| -> anyhow::Result<f64> { Ok(eval_loss(r.trainee.model(), &eval, micro_batch)?) })
+            .collect()
     };
+    let baselines = args.adamw_lr.len();
     // The step line shows the best baseline so far, and each one's loss when there are several.
-    let step_line = |done: u64, b: &[f64], c: f64| {
-        let best = b.iter().copied().fold(f64::INFINITY, f64::min);
-        let each = match b.len() {
+    let step_line = |done: u64, losses: &[f64], runners: &[Runner]| {
+        let best = losses[..baselines].iter().copied().fold(f64::INFINITY, f64::min);
+        let others: String =
+            runners.iter().zip(losses).skip(baselines).map(|(r, l)| format!(" {}={l:.4}", key(r))).collect();
+        let each = match baselines {
             1 => String::new(),
-            _ => format!(" adamw_losses={}", b.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join("/")),
+            _ => format!(
+                " adamw_losses={}",
+                losses[..baselines].iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join("/")
+            ),
         };
-        println!("step {done} baseline_loss={best:.4} cairn_loss={c:.4}{each}");
+        println!("step {done} baseline_loss={best:.4}{others}{each}");
     };
-    let (b0, c0) = evaluate(&baselines, &swarm)?;
-    step_line(0, &b0, c0);
-    curve.push((0, b0, c0));
-    let (mut t_base, mut t_swarm) = (0.0f64, 0.0f64);
-    let mut bytes_per_worker = update_bytes;
+    let first = evaluate(&runners)?;
+    step_line(0, &first, &runners);
+    curve.push((0, first));
     for s in 0..args.steps {
         let batch = global_batch(&data, Round(s), sequences, device)?;
-        let t = Instant::now();
-        for baseline in &mut baselines {
-            baseline.step(&batch)?;
+        for r in &mut runners {
+            let t = Instant::now();
+            r.trainee.method().step(Round(s), &batch).with_context(|| format!("{} at step {s}", r.label))?;
+            r.seconds += t.elapsed().as_secs_f64();
         }
-        t_base += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let stats = swarm.round(Round(s), &batch)?;
-        t_swarm += t.elapsed().as_secs_f64();
-        bytes_per_worker = stats.bytes_per_worker;
         let done = s + 1;
         if done % args.eval_every == 0 || done == args.steps {
-            let (b, c) = evaluate(&baselines, &swarm)?;
-            step_line(done, &b, c);
+            let losses = evaluate(&runners)?;
+            step_line(done, &losses, &runners);
             if args.research.diagnostics {
-                let d = swarm.take_diagnostics();
-                // Token ids the synthetic corpus writes (byte-level): its first `alphabet` symbols.
-                let rows: Vec<usize> = trainer::data::SYMBOLS[..usize::from(MarkovSpec::default().alphabet)]
-                    .iter()
-                    .map(|&b| usize::from(b))
-                    .collect();
-                let coherence = |s: Option<f64>| s.map_or("-".to_string(), |c| format!("{c:.4}"));
-                println!(
-                    "  diag embedding coherence (mean pairwise cos of the corpus's token rows): baseline {}, cairn {}",
-                    coherence(embedding_coherence(&baselines[0].model().to_state()?, &rows)),
-                    coherence(embedding_coherence(swarm.state(), &rows))
-                );
-                let n = d.rounds.max(1) as f64;
-                println!(
-                    "  diag rounds={} cos_step_grad={:.4} (vocab {:.4}, rest {:.4}) cos_signgrad_grad={:.4} zero_fraction={:.6}",
-                    d.rounds,
-                    d.cos_step_grad / n,
-                    d.cos_step_grad_vocab / n,
-                    d.cos_step_grad_rest / n,
-                    d.cos_signgrad_grad / n,
-                    d.zero_fraction / n
-                );
+                diagnostics(&mut runners);
             }
             let _ = std::io::stdout().flush();
-            curve.push((done, b, c));
+            curve.push((done, losses));
         }
     }
-    anyhow::ensure!(
-        bytes_per_worker == update_bytes,
-        "update is {bytes_per_worker} bytes, encoded_len says {update_bytes}"
-    );
     // The baseline reported: the learning rate with the lowest final loss.
-    let (_, finals, cairn_loss) = curve.last().context("no evaluation")?;
-    let best = (0..finals.len()).min_by(|&i, &j| finals[i].total_cmp(&finals[j])).unwrap_or(0);
-    let (base_loss, cairn_loss) = (finals[best], *cairn_loss);
-    if args.adamw_lr.len() > 1 {
+    let (_, finals) = curve.last().context("no evaluation")?;
+    let best = (0..baselines).min_by(|&i, &j| finals[i].total_cmp(&finals[j])).unwrap_or(0);
+    let base_loss = finals[best];
+    if baselines > 1 {
         let each: Vec<String> = args.adamw_lr.iter().zip(finals).map(|(lr, l)| format!("lr {lr}: {l:.4}")).collect();
         println!("  AdamW final losses: {}; the baseline is lr {}", each.join(", "), args.adamw_lr[best]);
     }
+    let gap = |loss: f64| 100.0 * (loss - base_loss) / base_loss;
     if let Some(path) = &args.research.csv {
         // floor_nats: the synthetic corpus's entropy floor, 0 when unknown (as on the last line).
-        let mut csv = String::from("step,baseline_loss,cairn_loss,floor_nats\n");
-        for (s, b, c) in &curve {
-            csv.push_str(&format!("{s},{},{c},{floor}\n", b[best]));
+        let others: Vec<String> = runners.iter().skip(baselines).map(key).collect();
+        let mut csv = match single {
+            true => format!("step,baseline_loss,{},floor_nats\n", others.join(",")),
+            false => format!("step,baseline_loss,floor_nats,{}\n", others.join(",")),
+        };
+        for (s, losses) in &curve {
+            let rest: Vec<String> = losses[baselines..].iter().map(f64::to_string).collect();
+            match single {
+                true => csv.push_str(&format!("{s},{},{},{floor}\n", losses[best], rest.join(","))),
+                false => csv.push_str(&format!("{s},{},{floor},{}\n", losses[best], rest.join(","))),
+            }
         }
+        // keep the historical column order in single mode: cairn_loss right after the baseline
         std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
     }
-    let gap_pct = 100.0 * (cairn_loss - base_loss) / base_loss;
     println!(
-        "  final held-out loss: baseline {base_loss:.4}, cairn {cairn_loss:.4} ({gap_pct:+.2}%){}",
-        if corpus == "synthetic" { format!("; floor {floor:.4}") } else { String::new() }
+        "  final held-out loss{}:",
+        if corpus == "synthetic" { format!(" (floor {floor:.4})") } else { String::new() }
     );
     println!(
-        "  upload per worker per round: {bytes_per_worker} bytes vs {dense_bytes} bytes dense fp32: {compression_x:.0}x smaller"
+        "    {:<28} {:>14} {:>10} {:>10} {:>9} {:>9}",
+        "method", "bytes/step", "vs dense", "loss", "gap", "seconds"
     );
-    println!("  time: baseline {t_base:.1} s, cairn {t_swarm:.1} s ({} workers in sequence)", args.workers);
-    println!(
-        "bench train: corpus={corpus} steps={} workers={} baseline_loss={base_loss:.4} cairn_loss={cairn_loss:.4} gap_pct={gap_pct:.2} floor_nats={floor:.4} bytes_per_worker_round={bytes_per_worker} compression_x={compression_x:.1}",
-        args.steps, args.workers
-    );
+    for (r, &loss) in runners.iter().zip(finals) {
+        let label = match r.role {
+            Role::Baseline => format!("{}{}", r.label, if std::ptr::eq(r, &runners[best]) { " *" } else { "" }),
+            Role::Consensus => format!("{} (consensus)", r.label),
+            Role::Peer => format!("{} (research)", r.label),
+        };
+        println!(
+            "    {label:<28} {:>14.0} {:>9.0}x {loss:>10.4} {:>+8.2}% {:>9.1}",
+            r.bytes,
+            dense_bytes as f64 / r.bytes,
+            gap(loss),
+            r.seconds
+        );
+    }
+    // Per target: cairn's gap and the best peer's among those within a factor 1.25 of cairn's bytes.
+    let mut headline = Vec::new();
+    for (i, target) in targets.iter().enumerate() {
+        let of = |role: Role| runners.iter().zip(finals).filter(move |(r, _)| r.role == role && r.target == Some(i));
+        let (cairn, cairn_loss) = of(Role::Consensus).next().context("cairn runs at every target")?;
+        let near = |r: &Runner| r.bytes <= 1.25 * cairn.bytes && r.bytes >= cairn.bytes / 1.25;
+        let peer = runners
+            .iter()
+            .zip(finals)
+            .filter(|(r, _)| r.role == Role::Peer && near(r))
+            .min_by(|a, b| a.1.total_cmp(b.1));
+        headline.push((target, cairn, *cairn_loss, peer));
+    }
+    if args.peers.frontier {
+        println!("  frontier (gap to the best AdamW at each compression; peers within 1.25x of cairn's bytes):");
+        for (target, cairn, cairn_loss, peer) in &headline {
+            println!(
+                "    {:>7.0}x: cairn {:+.2}% at {:.0}x; best peer {}",
+                target.x,
+                gap(*cairn_loss),
+                dense_bytes as f64 / cairn.bytes,
+                peer.map_or("none".to_string(), |(p, l)| format!(
+                    "{} {:+.2}% at {:.0}x",
+                    p.label,
+                    gap(*l),
+                    dense_bytes as f64 / p.bytes
+                ))
+            );
+        }
+        let mut line = format!(
+            "bench train: corpus={corpus} steps={} workers={} baseline_loss={base_loss:.4}",
+            args.steps, args.workers
+        );
+        for (target, cairn, cairn_loss, peer) in &headline {
+            let x = target.x.round();
+            line.push_str(&format!(
+                " cairn_gap_{x}x_pct={:.2} cairn_{x}x_x={:.1}",
+                gap(*cairn_loss),
+                dense_bytes as f64 / cairn.bytes
+            ));
+            if let Some((_, l)) = peer {
+                line.push_str(&format!(" best_peer_gap_{x}x_pct={:.2}", gap(**l)));
+            }
+        }
+        println!("{line}");
+    } else {
+        let (_, cairn, cairn_loss, peer) = &headline[0];
+        let bytes_per_worker = cairn.bytes as u64;
+        let compression_x = dense_bytes as f64 / cairn.bytes;
+        println!(
+            "  upload per worker per round: {bytes_per_worker} bytes vs {dense_bytes} bytes dense fp32: {compression_x:.0}x smaller"
+        );
+        if let Some((p, l)) = peer {
+            println!("  best peer at the same bytes (within 1.25x): {} {:+.2}%", p.label, gap(**l));
+        }
+        let gap_pct = gap(*cairn_loss);
+        let peer_keys = peer.map_or(String::new(), |(p, l)| {
+            format!(" best_peer_gap_pct={:.2} best_peer_compression_x={:.1}", gap(*l), dense_bytes as f64 / p.bytes)
+        });
+        println!(
+            "bench train: corpus={corpus} steps={} workers={} baseline_loss={base_loss:.4} cairn_loss={cairn_loss:.4} gap_pct={gap_pct:.2} floor_nats={floor:.4} bytes_per_worker_round={bytes_per_worker} compression_x={compression_x:.1}{peer_keys}",
+            args.steps, args.workers
+        );
+    }
     Ok(Outcome::Ok)
+}
+
+/// One compression setting compared.
+struct Target {
+    /// Suffix of the runners' labels ("" with one setting, "@250x" in a sweep).
+    label: String,
+    /// Its ratio to a dense fp32 gradient.
+    x: f64,
+    /// Its bytes per worker per step.
+    bytes: f64,
+    /// cairn's top-k there.
+    cairn_topk: u16,
+}
+
+const DEMO_REF: &str = "demo-ref";
+const DEMO_SIGN: &str = "demo-sign";
+const SPARSELOCO: &str = "sparseloco";
+const DILOCO: &str = "diloco";
+
+/// The `--peers` list.
+struct Peers(Vec<String>);
+
+impl Peers {
+    fn parse(args: &PeerArgs) -> anyhow::Result<Peers> {
+        if args.peers.len() == 1 && args.peers[0] == "none" {
+            return Ok(Peers(Vec::new()));
+        }
+        for p in &args.peers {
+            anyhow::ensure!(
+                [DEMO_REF, DEMO_SIGN, SPARSELOCO, DILOCO].contains(&p.as_str()),
+                "--peers {p}: one of {DEMO_REF}, {DEMO_SIGN}, {SPARSELOCO}, {DILOCO} or none expected"
+            );
+        }
+        Ok(Peers(args.peers.clone()))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|p| p == name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Baseline,
+    Consensus,
+    Peer,
+}
+
+enum Trainee {
+    Baseline(Baseline),
+    Cairn(Swarm),
+    Peer(Box<dyn Method>),
+}
+
+impl Trainee {
+    fn method(&mut self) -> &mut dyn Method {
+        match self {
+            Trainee::Baseline(b) => b,
+            Trainee::Cairn(s) => s,
+            Trainee::Peer(p) => p.as_mut(),
+        }
+    }
+
+    fn model(&self) -> &trainer::model::Model {
+        match self {
+            Trainee::Baseline(b) => b.model(),
+            Trainee::Cairn(s) => s.model(),
+            Trainee::Peer(p) => p.model(),
+        }
+    }
+}
+
+/// A method in the comparison, with its label, role and the time it took.
+struct Runner {
+    label: String,
+    role: Role,
+    /// The compression setting it belongs to (none for the baselines and DiLoCo).
+    target: Option<usize>,
+    bytes: f64,
+    seconds: f64,
+    trainee: Trainee,
+}
+
+impl Runner {
+    fn new(label: String, role: Role, target: Option<usize>, mut trainee: Trainee) -> Runner {
+        let bytes = trainee.method().bytes_per_step();
+        Runner { label, role, target, bytes, seconds: 0.0, trainee }
+    }
+}
+
+/// `--diagnostics`: the first cairn runner's step statistics and the embedding coherence of the
+/// first baseline and that runner.
+fn diagnostics(runners: &mut [Runner]) {
+    let baseline = runners.iter().find_map(|r| match &r.trainee {
+        Trainee::Baseline(b) => b.model().to_state().ok(),
+        _ => None,
+    });
+    let Some(swarm) = runners.iter_mut().find_map(|r| match &mut r.trainee {
+        Trainee::Cairn(s) => Some(s),
+        _ => None,
+    }) else {
+        return;
+    };
+    let d = swarm.take_diagnostics();
+    // Token ids the synthetic corpus writes (byte-level): its first `alphabet` symbols.
+    let rows: Vec<usize> =
+        trainer::data::SYMBOLS[..usize::from(MarkovSpec::default().alphabet)].iter().map(|&b| usize::from(b)).collect();
+    let coherence = |s: Option<f64>| s.map_or("-".to_string(), |c| format!("{c:.4}"));
+    println!(
+        "  diag embedding coherence (mean pairwise cos of the corpus's token rows): baseline {}, cairn {}",
+        coherence(baseline.as_ref().and_then(|b| embedding_coherence(b, &rows))),
+        coherence(embedding_coherence(swarm.state(), &rows))
+    );
+    let n = d.rounds.max(1) as f64;
+    println!(
+        "  diag rounds={} cos_step_grad={:.4} (vocab {:.4}, rest {:.4}) cos_signgrad_grad={:.4} zero_fraction={:.6}",
+        d.rounds,
+        d.cos_step_grad / n,
+        d.cos_step_grad_vocab / n,
+        d.cos_step_grad_rest / n,
+        d.cos_signgrad_grad / n,
+        d.zero_fraction / n
+    );
 }

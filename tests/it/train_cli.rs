@@ -75,7 +75,9 @@ fn bench_train_runs_both_optimisers_and_both_losses_fall() {
             "gap_pct",
             "floor_nats",
             "bytes_per_worker_round",
-            "compression_x"
+            "compression_x",
+            "best_peer_gap_pct",
+            "best_peer_compression_x"
         ]
     );
     let m = pairs(last);
@@ -91,7 +93,7 @@ fn bench_train_runs_both_optimisers_and_both_losses_fall() {
     // The curves file holds every evaluation, the last one as on the last line.
     let curves = std::fs::read_to_string(&csv).unwrap();
     let rows: Vec<&str> = curves.lines().collect();
-    assert_eq!(rows[0], "step,baseline_loss,cairn_loss,floor_nats");
+    assert_eq!(rows[0], "step,baseline_loss,cairn_loss,demo-ref,demo-sign,sparseloco,diloco,floor_nats");
     assert_eq!(rows.len(), 1 + 3, "steps 0, 2 and 4: {curves}");
     let last_row: Vec<f64> = rows[3].split(',').map(|v| v.parse().unwrap()).collect();
     assert_eq!(last_row[0], 4.0);
@@ -184,4 +186,80 @@ fn bench_train_reports_the_best_of_several_adamw_rates() {
     assert!(losses[0] != losses[1], "two rates, two baselines: {finals}");
     let step3 = stdout.lines().find(|l| l.starts_with("step 3 ")).expect("an evaluation at step 3");
     assert!(step3.contains("adamw_losses="), "{step3}");
+}
+
+/// The table row of `label` in `cairn bench train`'s final table: (bytes per step, loss).
+fn table_row(stdout: &str, label: &str) -> (f64, f64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{label} (")))
+        .unwrap_or_else(|| panic!("no row for {label}: {stdout}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // label, (role), bytes, Nx, loss, gap, seconds
+    (fields[2].parse().unwrap(), fields[4].parse().unwrap())
+}
+
+#[test]
+fn bench_train_runs_the_peers_on_the_same_tokens_and_counts_their_bytes_alike() {
+    let stdout = small_train("4", "4", &["--local-steps", "2"]);
+    assert!(stdout.contains("peers (research, not consensus"), "{stdout}");
+    // Every method starts from the same state.
+    let first = pairs(stdout.lines().find(|l| l.starts_with("step 0 ")).unwrap());
+    let start = number(&first, "baseline_loss");
+    for key in ["cairn_loss", "demo-ref", "demo-sign", "sparseloco", "diloco"] {
+        assert_eq!(number(&first, key), start, "{key}: {first:?}");
+    }
+    let params: f64 = stdout
+        .split_once(" params)")
+        .and_then(|(head, _)| head.rsplit('(').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the parameter count");
+    // DiLoCo uploads the whole model in f32 once every H = 2 steps.
+    assert_eq!(table_row(&stdout, "diloco").0, params * 4.0 / 2.0);
+    // The sparse peers take the top-k whose bytes are nearest cairn's: within 1.25x of them.
+    let last = pairs(stdout.lines().last().unwrap());
+    let cairn_bytes = number(&last, "bytes_per_worker_round");
+    for peer in ["demo-ref", "demo-sign", "sparseloco"] {
+        let (bytes, loss) = table_row(&stdout, peer);
+        assert!(bytes <= 1.25 * cairn_bytes && bytes >= cairn_bytes / 1.25, "{peer}: {bytes} vs {cairn_bytes}");
+        assert!(loss.is_finite());
+    }
+    // The headline's best peer is the lowest final loss among them.
+    let best = ["demo-ref", "demo-sign", "sparseloco"]
+        .map(|p| table_row(&stdout, p).1)
+        .into_iter()
+        .fold(f64::INFINITY, f64::min);
+    let base = number(&last, "baseline_loss");
+    assert!((number(&last, "best_peer_gap_pct") - 100.0 * (best - base) / base).abs() < 0.02, "{last:?}");
+
+    // Without peers the last line names none; an unknown peer is refused.
+    let none = small_train("2", "2", &["--peers", "none"]);
+    let last = none.lines().last().unwrap();
+    assert!(!last.contains("best_peer"), "{last}");
+    assert!(!none.contains("demo-ref"), "{none}");
+    let bad = quick_train("1", &["--peers", "demo-ref,adam"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--peers adam"));
+}
+
+#[test]
+fn bench_train_frontier_sweeps_every_method_over_the_ratios() {
+    let stdout = small_train(
+        "2",
+        "2",
+        &["--frontier", "--frontier-x", "300,1200", "--peers", "demo-sign,sparseloco", "--local-steps", "2"],
+    );
+    let last = pairs(stdout.lines().last().unwrap());
+    for key in ["cairn_gap_300x_pct", "best_peer_gap_300x_pct", "cairn_gap_1200x_pct", "best_peer_gap_1200x_pct"] {
+        assert!(number(&last, key).is_finite(), "{key}: {last:?}");
+    }
+    // Each target's runners sit near its ratio: cairn's achieved ratio is printed beside its gap.
+    for (x, key) in [(300.0, "cairn_300x_x"), (1200.0, "cairn_1200x_x")] {
+        let got = number(&last, key);
+        assert!(got > x / 2.0 && got < x * 2.0, "{key} {got}");
+    }
+    for label in ["cairn@300x", "demo-sign@300x", "sparseloco@1200x"] {
+        table_row(&stdout, label);
+    }
+    assert!(stdout.contains("frontier (gap to the best AdamW"), "{stdout}");
 }

@@ -87,28 +87,28 @@ struct Selected {
     feedback: Tensor,
 }
 
-fn dims(grid: &Grid) -> (i64, i64, i64, i64) {
+pub(crate) fn dims(grid: &Grid) -> (i64, i64, i64, i64) {
     (grid.grid_rows() as i64, grid.grid_cols() as i64, i64::from(grid.chunk_rows), i64::from(grid.chunk_cols))
 }
 
 /// `[rows, cols]` data (any shape with that many elements) as chunks `[grid_rows, grid_cols, chunk_rows, chunk_cols]`.
-fn to_chunks(t: &Tensor, grid: &Grid) -> Result<Tensor, TrainerError> {
+pub(crate) fn to_chunks(t: &Tensor, grid: &Grid) -> Result<Tensor, TrainerError> {
     let (gr, gc, cr, cc) = dims(grid);
     Ok(t.f_reshape([gr, cr, gc, cc])?.f_permute([0, 2, 1, 3])?)
 }
 
 /// The inverse of [`to_chunks`], back to `shape`.
-fn from_chunks(chunks: &Tensor, shape: &[i64]) -> Result<Tensor, TrainerError> {
+pub(crate) fn from_chunks(chunks: &Tensor, shape: &[i64]) -> Result<Tensor, TrainerError> {
     Ok(chunks.f_permute([0, 2, 1, 3])?.f_contiguous()?.f_reshape(shape)?)
 }
 
 /// Forward 2-D DCT per chunk: `Y = Dr · X · Dcᵀ` on `[.., cr, cc]`.
-fn forward(x: &Tensor, dr: &Tensor, dc: &Tensor) -> Result<Tensor, TrainerError> {
+pub(crate) fn forward(x: &Tensor, dr: &Tensor, dc: &Tensor) -> Result<Tensor, TrainerError> {
     Ok(dr.f_matmul(&x.f_matmul(&dc.f_transpose(0, 1)?)?)?)
 }
 
 /// Inverse 2-D DCT per chunk: `X = Drᵀ · Y · Dc` on `[.., cr, cc]`.
-fn inverse(y: &Tensor, dr: &Tensor, dc: &Tensor) -> Result<Tensor, TrainerError> {
+pub(crate) fn inverse(y: &Tensor, dr: &Tensor, dc: &Tensor) -> Result<Tensor, TrainerError> {
     Ok(dr.f_transpose(0, 1)?.f_matmul(&y.f_matmul(dc)?)?)
 }
 
@@ -221,7 +221,7 @@ pub fn encode(tensors: &[Tensor], header: &Header, layout: &Layout, bases: &mut 
 /// Dense tensor of `shape` from sparse chunk coefficients: `values` at `indices` (`[chunks, n]` each),
 /// combined by `reduce` ("sum" keeps them as they are when indices are distinct, "mean" averages
 /// repeats), then the inverse DCT per chunk.
-fn dense(
+pub(crate) fn dense(
     indices: &Tensor,
     values: &Tensor,
     reduce: &str,

@@ -14,6 +14,7 @@ mod error;
 pub mod follow;
 pub mod hf;
 pub mod model;
+pub mod peers;
 pub mod run_spec;
 pub mod score;
 pub mod simulate;

@@ -28,6 +28,7 @@ use crate::data::Dataset;
 use crate::demo::{DemoState, tensors_to_host};
 use crate::error::TrainerError;
 use crate::model::{Model, ModelConfig};
+use crate::peers::Method;
 use crate::step::{AdamW, AdamWConfig, StepConfig, StepStats, local_step};
 
 /// The key whose data assignment is a simulation's global batch (no real worker has it).
@@ -348,6 +349,36 @@ impl Swarm {
     /// The current consensus state.
     pub fn state(&self) -> &State {
         &self.state
+    }
+}
+
+/// The baseline as a [`Method`]: what all-reduce data parallelism uploads is the dense f32 gradient.
+impl Method for Baseline {
+    fn step(&mut self, _step: Round, batch: &Tensor) -> Result<f64, TrainerError> {
+        Ok(Baseline::step(self, batch)?.loss)
+    }
+
+    fn model(&self) -> &Model {
+        &self.model
+    }
+
+    fn bytes_per_step(&self) -> f64 {
+        (4 * self.model.parameter_count()) as f64
+    }
+}
+
+/// cairn's consensus method as a [`Method`]: one round per step, the real wire size.
+impl Method for Swarm {
+    fn step(&mut self, step: Round, batch: &Tensor) -> Result<f64, TrainerError> {
+        Ok(self.round(step, batch)?.loss)
+    }
+
+    fn model(&self) -> &Model {
+        &self.model
+    }
+
+    fn bytes_per_step(&self) -> f64 {
+        self.update_bytes() as f64
     }
 }
 

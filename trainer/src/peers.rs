@@ -1,0 +1,485 @@
+//! Research peers of `cairn bench train`: published communication-efficient methods, trained on the
+//! same tokens as cairn's consensus method and the AdamW baseline. **Not consensus**: nothing here
+//! is replayed, hashed or audited; a run always aggregates with `verify::apply`.
+//!
+//! ```text
+//!   every step s: the global batch, split into one shard per worker (simulate::shards)
+//!
+//!   DeMo (reference)   worker w: g = grad on its shard; m_w = β m_w + g
+//!   DeMo (sign)          per tensor, per DCT chunk: Y = DCT(m_w), keep the top-k |Y|
+//!                        error feedback: m_w -= IDCT(kept Y)            (full precision, both)
+//!                        send (index, Y) as f32 (reference) or (index, sign Y) (sign)
+//!                      all: per coefficient, the mean over the workers that sent it; IDCT;
+//!                        p = p (1 - lr wd) - lr sign(·)
+//!
+//!   SparseLoCo (H)     worker w: one AdamW step on its shard with its own optimiser and copy;
+//!                      every H steps: Δ_w = θ - θ_w;  e_w = β e_w + Δ_w
+//!                        per chunk (no DCT): keep the top-k |e_w|, 2-bit values
+//!                        (±s, ±s/3, s = the chunk's largest kept |e|); e_w -= sent
+//!                      all: θ = θ - α mean_w(sent);  θ_w = θ
+//!
+//!   DiLoCo (H)         as SparseLoCo, but Δ_w is sent dense in f32 and the outer step is
+//!                      Nesterov SGD: v = μ v + mean Δ;  θ = θ - α (mean Δ + μ v)
+//! ```
+//!
+//! Bytes are counted the same way for every method ([`sparse_payload_bytes`]): per chunk, the kept
+//! coefficients' indices packed at the chunk's index width (cairn's wire format) plus their values at
+//! the method's width and any per-chunk scale, summed over tensors; a method that talks every H steps
+//! divides by H. cairn's own method is counted by its real wire size (`verify::encoded_len`, which
+//! adds a header of a few dozen bytes).
+
+use tch::{Device, Kind, Tensor};
+use verify::chunk::Grid;
+use verify::{Compression, Layout, Round, Schedule, State, ValueEncoding};
+
+use crate::demo::{Bases, dense, dims, forward, from_chunks, to_chunks, top_indices};
+use crate::error::TrainerError;
+use crate::model::{Model, ModelConfig};
+use crate::simulate::shards;
+use crate::step::{AdamW, AdamWConfig, StepConfig, local_step};
+
+/// Value width of a sparse upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerValues {
+    /// 32-bit floats.
+    F32,
+    /// One sign bit.
+    Sign,
+    /// Two bits, with one f32 scale per chunk.
+    TwoBit,
+}
+
+impl PeerValues {
+    /// Bytes of `kept` values of one chunk.
+    fn chunk_bytes(self, kept: u64) -> u64 {
+        match self {
+            PeerValues::F32 => 4 * kept,
+            PeerValues::Sign => kept.div_ceil(8),
+            PeerValues::TwoBit => (2 * kept).div_ceil(8) + 4,
+        }
+    }
+}
+
+/// Bytes of one upload that keeps `topk` coefficients per chunk of `grids`: per chunk, the indices
+/// packed at the grid's index width (as cairn's wire format packs them) and the values.
+pub fn sparse_payload_bytes(grids: &[Grid], topk: u16, values: PeerValues) -> u64 {
+    grids
+        .iter()
+        .map(|g| {
+            let kept = u64::from(g.kept(topk));
+            g.chunks() * ((kept * u64::from(g.index_bits())).div_ceil(8) + values.chunk_bytes(kept))
+        })
+        .sum()
+}
+
+/// The top-k in 1..=4096 whose `bytes` is closest to `target` (the smaller k at a tie).
+pub fn closest_topk(bytes: impl Fn(u16) -> f64, target: f64) -> u16 {
+    (1..=4096u16).min_by(|&a, &b| (bytes(a) - target).abs().total_cmp(&(bytes(b) - target).abs())).unwrap_or(1)
+}
+
+/// The top-k whose payload on `grids`, divided by `every` steps, is closest to `target` bytes per
+/// step.
+pub fn topk_for_bytes(grids: &[Grid], values: PeerValues, every: u64, target: f64) -> u16 {
+    closest_topk(|k| sparse_payload_bytes(grids, k, values) as f64 / every.max(1) as f64, target)
+}
+
+/// One method under test: trains on each step's global batch and exposes the shared model.
+pub trait Method {
+    /// One optimiser step on `batch` (the global batch; the method splits it between its workers).
+    /// Returns the mean training loss of the step.
+    fn step(&mut self, step: Round, batch: &Tensor) -> Result<f64, TrainerError>;
+    /// The model holding the shared state, as a newcomer would get it now (for evaluation).
+    fn model(&self) -> &Model;
+    /// Bytes each worker uploads per optimiser step, on average.
+    fn bytes_per_step(&self) -> f64;
+}
+
+fn zeros_like_layout(layout: &Layout, device: Device) -> Result<Vec<Tensor>, TrainerError> {
+    layout
+        .tensors()
+        .iter()
+        .map(|s| {
+            let shape: Vec<i64> = s.shape.iter().map(|&d| d as i64).collect();
+            Ok(Tensor::f_zeros(shape.as_slice(), (Kind::Float, device))?)
+        })
+        .collect()
+}
+
+/// How a DeMo peer sends its values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DemoPeerConfig {
+    /// Simulated workers.
+    pub workers: usize,
+    /// DCT chunk size and top-k (as cairn's wire format; overrides apply as in a run).
+    pub compression: Compression,
+    /// Values at full precision ([`PeerValues::F32`]) or their signs ([`PeerValues::Sign`]).
+    pub values: PeerValues,
+    /// Sign-step learning rate per step.
+    pub schedule: Schedule,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Momentum decay β.
+    pub momentum_decay: f64,
+    /// Micro-batching and clipping of each worker's gradient.
+    pub step: StepConfig,
+}
+
+/// DeMo as its reference implementation aggregates (module docs).
+#[derive(Debug)]
+pub struct DemoPeer {
+    config: DemoPeerConfig,
+    model: Model,
+    grids: Vec<Grid>,
+    momentum: Vec<Vec<Tensor>>,
+    bases: Bases,
+}
+
+impl DemoPeer {
+    /// Every worker at zero momentum, the shared model at `state`.
+    pub fn new(
+        model: &ModelConfig,
+        state: &State,
+        config: DemoPeerConfig,
+        device: Device,
+    ) -> Result<Self, TrainerError> {
+        if config.workers == 0 || config.values == PeerValues::TwoBit {
+            return Err(TrainerError::InvalidConfig(format!(
+                "a DeMo peer needs workers >= 1 and f32 or sign values: {config:?}"
+            )));
+        }
+        config.compression.validate_for(state.layout())?;
+        let m = Model::from_state(model, state, device)?;
+        let momentum =
+            (0..config.workers).map(|_| zeros_like_layout(state.layout(), device)).collect::<Result<_, _>>()?;
+        Ok(DemoPeer {
+            grids: config.compression.grids(state.layout()),
+            config,
+            model: m,
+            momentum,
+            bases: Bases::new(device),
+        })
+    }
+
+    /// The top-k per tensor of this configuration.
+    fn topk(&self, tensor: usize) -> u16 {
+        self.config.compression.topk_for(tensor)
+    }
+}
+
+impl Method for DemoPeer {
+    fn step(&mut self, step: Round, batch: &Tensor) -> Result<f64, TrainerError> {
+        let shards = shards(batch, self.config.workers)?;
+        let tensors = self.grids.len();
+        let mut indices: Vec<Vec<Tensor>> = (0..tensors).map(|_| Vec::new()).collect();
+        let mut values: Vec<Vec<Tensor>> = (0..tensors).map(|_| Vec::new()).collect();
+        let mut loss = 0.0;
+        for (w, shard) in shards.iter().enumerate() {
+            let g = local_step(&self.model, shard, &self.config.step)?;
+            loss += g.loss;
+            tch::no_grad(|| -> Result<(), TrainerError> {
+                for t in 0..tensors {
+                    let (grid, topk) = (self.grids[t], self.topk(t));
+                    let m = &mut self.momentum[w][t];
+                    let _ = m.f_mul_scalar_(self.config.momentum_decay)?;
+                    let _ = m.f_add_(&g.grads[t])?;
+                    let (gr, gc, cr, cc) = dims(&grid);
+                    let (dr, dc) = (self.bases.get(grid.chunk_rows)?, self.bases.get(grid.chunk_cols)?);
+                    let y = forward(&to_chunks(m, &grid)?, &dr, &dc)?.f_reshape([gr * gc, cr * cc])?;
+                    let i = top_indices(&y, i64::from(grid.kept(topk)))?;
+                    let v = y.f_gather(-1, &i, false)?;
+                    let sent = dense(&i, &v, "sum", &grid, &m.size(), &mut self.bases)?;
+                    let _ = m.f_sub_(&sent)?;
+                    values[t].push(if self.config.values == PeerValues::Sign { v.f_sign()? } else { v });
+                    indices[t].push(i);
+                }
+                Ok(())
+            })?;
+        }
+        let lr = f64::from(self.config.schedule.lr(step));
+        let decay = 1.0 - lr * self.config.weight_decay;
+        tch::no_grad(|| -> Result<(), TrainerError> {
+            for t in 0..tensors {
+                let i = Tensor::f_cat(&indices[t], -1)?;
+                let v = Tensor::f_cat(&values[t], -1)?;
+                let mut p = self.model.params()[t].shallow_clone();
+                let d = dense(&i, &v, "mean", &self.grids[t], &p.size(), &mut self.bases)?;
+                let _ = p.f_mul_scalar_(decay)?;
+                let _ = p.f_sub_(&d.f_sign()?.f_mul_scalar(lr)?)?;
+            }
+            Ok(())
+        })?;
+        Ok(loss / shards.len() as f64)
+    }
+
+    fn model(&self) -> &Model {
+        &self.model
+    }
+
+    fn bytes_per_step(&self) -> f64 {
+        self.grids
+            .iter()
+            .enumerate()
+            .map(|(t, g)| sparse_payload_bytes(std::slice::from_ref(g), self.topk(t), self.config.values))
+            .sum::<u64>() as f64
+    }
+}
+
+/// What a local-steps peer sends every H steps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Outer {
+    /// SparseLoCo: error feedback decayed by `ef_decay`, `topk` per chunk of `chunk`, 2-bit values,
+    /// plain averaged outer step.
+    SparseLoco { chunk: u16, topk: u16, ef_decay: f64 },
+    /// DiLoCo: the dense f32 pseudo-gradient, outer Nesterov momentum `momentum`.
+    Diloco { momentum: f64 },
+}
+
+/// A local-steps peer's configuration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LocoConfig {
+    /// Simulated workers.
+    pub workers: usize,
+    /// Local AdamW steps between synchronisations.
+    pub h: u64,
+    /// Steps in the whole run (the last one always synchronises).
+    pub total_steps: u64,
+    /// Each worker's inner AdamW.
+    pub inner: AdamWConfig,
+    /// Outer learning rate α.
+    pub outer_lr: f64,
+    /// What is sent and how the outer step uses it.
+    pub outer: Outer,
+}
+
+/// SparseLoCo or DiLoCo (module docs).
+#[derive(Debug)]
+pub struct LocoPeer {
+    config: LocoConfig,
+    global: Model,
+    workers: Vec<(Model, AdamW)>,
+    grids: Vec<Grid>,
+    error: Vec<Vec<Tensor>>,
+    velocity: Vec<Tensor>,
+}
+
+impl LocoPeer {
+    /// Every worker's copy at `state`, fresh optimisers, zero error feedback and momentum.
+    pub fn new(model: &ModelConfig, state: &State, config: LocoConfig, device: Device) -> Result<Self, TrainerError> {
+        if config.workers == 0 || config.h == 0 || !(config.outer_lr > 0.0) {
+            return Err(TrainerError::InvalidConfig(format!(
+                "a local-steps peer needs workers, H >= 1 and α > 0: {config:?}"
+            )));
+        }
+        let global = Model::from_state(model, state, device)?;
+        let workers = (0..config.workers)
+            .map(|_| {
+                let m = Model::from_state(model, state, device)?;
+                let opt = AdamW::new(&m, config.inner)?;
+                Ok((m, opt))
+            })
+            .collect::<Result<_, TrainerError>>()?;
+        let grids = match config.outer {
+            Outer::SparseLoco { chunk, topk, .. } => {
+                let c = Compression::uniform(chunk, topk, ValueEncoding::Sign);
+                c.validate_for(state.layout())?;
+                c.grids(state.layout())
+            }
+            Outer::Diloco { .. } => Vec::new(),
+        };
+        let error = match config.outer {
+            Outer::SparseLoco { .. } => {
+                (0..config.workers).map(|_| zeros_like_layout(state.layout(), device)).collect::<Result<_, _>>()?
+            }
+            Outer::Diloco { .. } => Vec::new(),
+        };
+        let velocity = zeros_like_layout(state.layout(), device)?;
+        Ok(LocoPeer { config, global, workers, grids, error, velocity })
+    }
+
+    /// SparseLoCo's compression of one worker's accumulator tensor `e` (in place: what is sent is
+    /// removed); returns what is sent, dense.
+    fn compress(e: &mut Tensor, grid: &Grid, topk: u16) -> Result<Tensor, TrainerError> {
+        let (gr, gc, cr, cc) = dims(grid);
+        let x = to_chunks(e, grid)?.f_reshape([gr * gc, cr * cc])?;
+        let i = top_indices(&x, i64::from(grid.kept(topk)))?;
+        let v = x.f_gather(-1, &i, false)?;
+        // 2 bits: levels s * {-1, -1/3, 1/3, 1}, s = the chunk's largest kept magnitude.
+        let s = v.f_abs()?.f_amax([-1].as_slice(), true)?;
+        let unit = v.f_div(&s.f_clamp_min(1e-30)?)?;
+        let code = unit.f_add_scalar(1.0)?.f_mul_scalar(1.5)?.f_round()?.f_clamp(0.0, 3.0)?;
+        let q = code.f_mul_scalar(2.0 / 3.0)?.f_sub_scalar(1.0)?.f_mul(&s)?;
+        let mut coefficients = Tensor::f_zeros([gr * gc, cr * cc], (Kind::Float, e.device()))?;
+        let _ = coefficients.f_scatter_(-1, &i, &q)?;
+        let sent = from_chunks(&coefficients.f_reshape([gr, gc, cr, cc])?, &e.size())?;
+        let _ = e.f_sub_(&sent)?;
+        Ok(sent)
+    }
+
+    fn synchronise(&mut self) -> Result<(), TrainerError> {
+        let n = self.workers.len() as f64;
+        tch::no_grad(|| -> Result<(), TrainerError> {
+            for t in 0..self.global.params().len() {
+                let mut theta = self.global.params()[t].shallow_clone();
+                let mut mean = theta.f_zeros_like()?;
+                for (w, (model, _)) in self.workers.iter().enumerate() {
+                    let delta = theta.f_sub(&model.params()[t])?;
+                    let sent = match self.config.outer {
+                        Outer::SparseLoco { topk, ef_decay, .. } => {
+                            let e = &mut self.error[w][t];
+                            let _ = e.f_mul_scalar_(ef_decay)?;
+                            let _ = e.f_add_(&delta)?;
+                            Self::compress(e, &self.grids[t], topk)?
+                        }
+                        Outer::Diloco { .. } => delta,
+                    };
+                    let _ = mean.f_add_(&sent)?;
+                }
+                let _ = mean.f_div_scalar_(n)?;
+                let step = match self.config.outer {
+                    Outer::SparseLoco { .. } => mean,
+                    Outer::Diloco { momentum } => {
+                        let v = &mut self.velocity[t];
+                        let _ = v.f_mul_scalar_(momentum)?;
+                        let _ = v.f_add_(&mean)?;
+                        mean.f_add(&v.f_mul_scalar(momentum)?)?
+                    }
+                };
+                let _ = theta.f_sub_(&step.f_mul_scalar(self.config.outer_lr)?)?;
+                for (model, _) in &self.workers {
+                    let _ = model.params()[t].shallow_clone().f_copy_(&theta)?;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Method for LocoPeer {
+    fn step(&mut self, step: Round, batch: &Tensor) -> Result<f64, TrainerError> {
+        let shards = shards(batch, self.workers.len())?;
+        let mut loss = 0.0;
+        for ((model, opt), shard) in self.workers.iter_mut().zip(&shards) {
+            loss += opt.step(model, shard)?.loss;
+        }
+        let done = step.0 + 1;
+        if done.is_multiple_of(self.config.h) || done == self.config.total_steps {
+            self.synchronise()?;
+        }
+        Ok(loss / shards.len() as f64)
+    }
+
+    fn model(&self) -> &Model {
+        &self.global
+    }
+
+    fn bytes_per_step(&self) -> f64 {
+        let payload = match self.config.outer {
+            Outer::SparseLoco { topk, .. } => sparse_payload_bytes(&self.grids, topk, PeerValues::TwoBit),
+            Outer::Diloco { .. } => 4 * self.global.parameter_count(),
+        };
+        payload as f64 / self.config.h as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use verify::{Ratio, TensorSpec};
+
+    use super::*;
+    use crate::data::{Dataset, MarkovSpec};
+    use crate::model::{Preset, init_state};
+    use crate::simulate::global_batch;
+    use crate::step::eval_loss;
+
+    #[test]
+    fn payload_bytes_follow_the_wire_widths() {
+        // A 128 x 192 tensor in 64 x 64 chunks: 6 chunks of 4096 coefficients, 12-bit indices.
+        let layout = Layout::new(vec![TensorSpec { name: "a".into(), shape: vec![128, 192] }]).unwrap();
+        let grids = Compression::uniform(64, 3, ValueEncoding::Sign).grids(&layout);
+        assert_eq!(grids[0].chunks(), 6);
+        assert_eq!(grids[0].index_bits(), 12);
+        // 3 indices x 12 bits = 36 bits -> 5 bytes; values: f32 12 bytes, sign 1 byte, 2-bit 1 + 4 bytes.
+        assert_eq!(sparse_payload_bytes(&grids, 3, PeerValues::F32), 6 * (5 + 12));
+        assert_eq!(sparse_payload_bytes(&grids, 3, PeerValues::Sign), 6 * (5 + 1));
+        assert_eq!(sparse_payload_bytes(&grids, 3, PeerValues::TwoBit), 6 * (5 + 5));
+        // f32 at k = 6: 6 * (ceil(72 / 8) + 24) = 198 bytes, so that target gives k = 6.
+        assert_eq!(topk_for_bytes(&grids, PeerValues::F32, 1, 198.0), 6);
+        // Talking every 4 steps buys 4x the payload per message.
+        assert_eq!(topk_for_bytes(&grids, PeerValues::F32, 4, 198.0 / 4.0), 6);
+    }
+
+    #[test]
+    fn sparseloco_compression_keeps_the_top_k_at_two_bits_and_feeds_back_the_rest() {
+        let layout = Layout::new(vec![TensorSpec { name: "a".into(), shape: vec![1, 8] }]).unwrap();
+        let grid = Compression::uniform(64, 2, ValueEncoding::Sign).grids(&layout)[0];
+        let mut e = Tensor::from_slice(&[0.1f32, -0.9, 0.05, 0.6, 0.0, 0.2, -0.1, 0.3]).reshape([1, 8]);
+        let sent = LocoPeer::compress(&mut e, &grid, 2).unwrap();
+        // Kept: -0.9 and 0.6; s = 0.9; -0.9 -> -1 * s; 0.6/0.9 = 0.667 -> code round(2.5) = 2 -> +s/3.
+        let sent: Vec<f32> = Vec::try_from(sent.reshape([-1])).unwrap();
+        let want = [0.0, -0.9, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0];
+        for (a, b) in sent.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{sent:?}");
+        }
+        let rest: Vec<f32> = Vec::try_from(e.reshape([-1])).unwrap();
+        let want = [0.1, 0.0, 0.05, 0.3, 0.0, 0.2, -0.1, 0.3];
+        for (a, b) in rest.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{rest:?}");
+        }
+    }
+
+    #[test]
+    fn every_peer_lowers_the_loss_on_the_synthetic_corpus() {
+        crate::set_torch_threads(1);
+        let config = ModelConfig { layers: 2, ..ModelConfig::preset(Preset::Tiny) };
+        let data = Dataset::synthetic(MarkovSpec::default(), 5, 32, 16).unwrap();
+        let eval = data.batch(&data.eval_indices(16), Device::Cpu).unwrap();
+        let state = init_state(&config, 5).unwrap();
+        let step = StepConfig { micro_batch: 8, clip_norm: Some(1.0) };
+        let steps = 12;
+        let schedule = Schedule::Constant { lr: Ratio::new(3, 1000) };
+        let inner = AdamWConfig { schedule, step, ..AdamWConfig::default() };
+        let demo = |values| DemoPeerConfig {
+            workers: 2,
+            compression: Compression::uniform(64, 8, ValueEncoding::Sign),
+            values,
+            schedule,
+            weight_decay: 0.0,
+            momentum_decay: 0.9,
+            step,
+        };
+        let loco = |outer| LocoConfig { workers: 2, h: 4, total_steps: steps, inner, outer_lr: 1.0, outer };
+        let mut methods: Vec<(&str, Box<dyn Method>)> = vec![
+            ("demo-ref", Box::new(DemoPeer::new(&config, &state, demo(PeerValues::F32), Device::Cpu).unwrap())),
+            ("demo-sign", Box::new(DemoPeer::new(&config, &state, demo(PeerValues::Sign), Device::Cpu).unwrap())),
+            (
+                "sparseloco",
+                Box::new(
+                    LocoPeer::new(
+                        &config,
+                        &state,
+                        loco(Outer::SparseLoco { chunk: 64, topk: 64, ef_decay: 0.95 }),
+                        Device::Cpu,
+                    )
+                    .unwrap(),
+                ),
+            ),
+            (
+                "diloco",
+                Box::new(LocoPeer::new(&config, &state, loco(Outer::Diloco { momentum: 0.9 }), Device::Cpu).unwrap()),
+            ),
+        ];
+        for (name, method) in &mut methods {
+            let before = eval_loss(method.model(), &eval, 16).unwrap();
+            for s in 0..steps {
+                let batch = global_batch(&data, Round(s), 8, Device::Cpu).unwrap();
+                let loss = method.step(Round(s), &batch).unwrap();
+                assert!(loss.is_finite());
+            }
+            let after = eval_loss(method.model(), &eval, 16).unwrap();
+            assert!(after < before - 0.1, "{name}: eval loss {before} -> {after}");
+        }
+        // DiLoCo sends the whole model in f32 every H = 4 steps.
+        let diloco = &methods[3].1;
+        assert_eq!(diloco.bytes_per_step(), (4 * diloco.model().parameter_count()) as f64 / 4.0);
+    }
+}
