@@ -108,8 +108,10 @@ fn bench_train_research_flags_are_labelled_and_checked() {
     let int8 = run(&["--values", "int8", "--diagnostics", "--dense-tensors", "vocab"]);
     let (sign_out, int8_out) = (String::from_utf8_lossy(&sign.stdout), String::from_utf8_lossy(&int8.stdout));
     assert!(int8.status.success(), "{int8_out}{}", String::from_utf8_lossy(&int8.stderr));
-    assert!(int8_out.contains("research (not consensus)"), "{int8_out}");
-    assert!(!sign_out.contains("research"), "{sign_out}");
+    // The consensus method's research flags are labelled; without them, only the peers are research.
+    assert!(int8_out.contains("research (not consensus): linear step"), "{int8_out}");
+    assert!(!sign_out.contains("research (not consensus): linear step"), "{sign_out}");
+    assert!(sign_out.contains("cairn (consensus)"), "{sign_out}");
     let bytes = |out: &str| number(&pairs(out.lines().last().unwrap()), "bytes_per_worker_round");
     assert!(bytes(&int8_out) > bytes(&sign_out), "int8 values carry more than one bit each");
     let bad = run(&["--dense-tensors", "no.such.tensor"]);
