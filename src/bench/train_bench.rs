@@ -22,7 +22,8 @@ use trainer::data::{
 };
 use trainer::model::{ModelConfig, Preset, init_state};
 use trainer::peers::{
-    DemoPeer, DemoPeerConfig, LocoConfig, LocoPeer, Method, Outer, PeerValues, closest_topk, topk_for_bytes,
+    DemoPeer, DemoPeerConfig, LocalSwarm, LocoConfig, LocoPeer, Method, Outer, PeerValues, chunk_grids, closest_topk,
+    topk_for_bytes,
 };
 use trainer::simulate::{Baseline, Experiment, Swarm, SwarmConfig, embedding_coherence, global_batch};
 use trainer::step::{AdamWConfig, StepConfig, eval_loss};
@@ -151,8 +152,10 @@ pub struct Research {
     #[arg(long)]
     csv: Option<std::path::PathBuf>,
     /// Value encoding of the selected coefficients: sign (1 bit), int8 (per-chunk f32 scale) or bf16.
-    #[arg(long, default_value = "sign")]
-    values: String,
+    /// Several, comma-separated, train one cairn run each (`cairn-int8`, ...), every one at the top-k
+    /// whose update size is nearest the first's (or the --frontier-x target).
+    #[arg(long, value_delimiter = ',', default_value = "sign")]
+    values: Vec<String>,
     /// Research only, not consensus: replace the aggregation's sign(X) by the linear step
     /// lr * X / rms(X) per tensor (the same RMS step as the sign).
     #[arg(long)]
@@ -178,7 +181,9 @@ pub struct PeerArgs {
     /// the workers that sent each coefficient, sign step), demo-sign (the same with sign values),
     /// sparseloco (local AdamW steps, top-k at 2 bits with error feedback, outer SGD) and diloco
     /// (local AdamW steps, dense f32 outer delta, Nesterov outer step); `none` for none. Each sparse
-    /// peer takes the top-k whose bytes per step are nearest cairn's.
+    /// peer takes the top-k whose bytes per step are nearest cairn's. Also, a candidate not in the
+    /// default list: cairn-local (local AdamW steps whose pseudo-gradient goes through cairn's own
+    /// encoder and `verify::apply` every H steps).
     #[arg(long, value_delimiter = ',', default_value = "demo-ref,demo-sign,sparseloco,diloco")]
     peers: Vec<String>,
     /// Local AdamW steps between SparseLoCo's and DiLoCo's synchronisations (H).
@@ -188,6 +193,9 @@ pub struct PeerArgs {
     /// same schedule shape as the others.
     #[arg(long)]
     inner_lr: Option<f64>,
+    /// cairn-local's sign-step rate per synchronisation (default: --lr x --local-steps).
+    #[arg(long)]
+    local_outer_lr: Option<f64>,
     /// SparseLoCo's outer learning rate.
     #[arg(long, default_value_t = 1.0)]
     sparseloco_outer_lr: f64,
@@ -310,8 +318,13 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     let params = state.layout().elements();
     let dense_bytes = params * 4;
     anyhow::ensure!(!args.adamw_lr.is_empty(), "--adamw-lr needs at least one rate");
-    let values = ValueEncoding::from_name(&args.research.values)
-        .with_context(|| format!("--values must be sign, int8 or bf16, not {}", args.research.values))?;
+    let encodings = args
+        .research
+        .values
+        .iter()
+        .map(|v| ValueEncoding::from_name(v).with_context(|| format!("--values must be sign, int8 or bf16, not {v}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!encodings.is_empty(), "--values needs at least one encoding");
     let layout = state.layout().clone();
     let mut dense = Vec::new();
     for (t, spec) in layout.tensors().iter().enumerate() {
@@ -333,9 +346,17 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     );
     let peers = Peers::parse(&args.peers)?;
     let by_name = topk_by_name(&args.topk_override)?;
-    let cairn_compression = |topk: u16| -> anyhow::Result<Compression> {
+    let cairn_compression = |topk: u16, values: ValueEncoding| -> anyhow::Result<Compression> {
         let overrides = trainer::model::topk_overrides(&layout, topk, &by_name)?;
         Ok(Compression { overrides, ..Compression::uniform(args.chunk, topk, values) })
+    };
+    // cairn's top-k at `values` whose update size is nearest `bytes`.
+    let cairn_topk = |bytes: f64, values: ValueEncoding| {
+        let size = |k: u16| match cairn_compression(k, values) {
+            Ok(c) if c.validate_for(&layout).is_ok() => encoded_len(&layout, &c) as f64,
+            _ => f64::INFINITY,
+        };
+        closest_topk(size, bytes)
     };
     // The compression settings compared: the flags' (one), or one per --frontier-x target, where
     // cairn's top-k is the one whose update size is nearest the target.
@@ -347,14 +368,15 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             .map(|&x| -> anyhow::Result<Target> {
                 anyhow::ensure!(x > 1.0 && x.is_finite(), "--frontier-x {x}: a compression ratio above 1 expected");
                 let bytes = dense_bytes as f64 / x;
-                let size = |k: u16| cairn_compression(k).map_or(f64::INFINITY, |c| encoded_len(&layout, &c) as f64);
-                let topk = closest_topk(size, bytes);
-                Ok(Target { label: format!("@{x}x"), x, bytes, cairn_topk: topk })
+                let cairn_topk = encodings.iter().map(|&v| cairn_topk(bytes, v)).collect();
+                Ok(Target { label: format!("@{x}x"), x, bytes, cairn_topk })
             })
             .collect::<anyhow::Result<_>>()?
     } else {
-        let bytes = encoded_len(&layout, &cairn_compression(args.topk)?) as f64;
-        vec![Target { label: String::new(), x: dense_bytes as f64 / bytes, bytes, cairn_topk: args.topk }]
+        let bytes = encoded_len(&layout, &cairn_compression(args.topk, encodings[0])?) as f64;
+        let mut topks = vec![args.topk];
+        topks.extend(encodings[1..].iter().map(|&v| cairn_topk(bytes, v)));
+        vec![Target { label: String::new(), x: dense_bytes as f64 / bytes, bytes, cairn_topk: topks }]
     };
 
     let cairn_schedule = schedule(&args, args.lr, "--lr")?;
@@ -383,21 +405,28 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     anyhow::ensure!(h >= 1, "--local-steps must be >= 1");
     let inner_lr = args.peers.inner_lr.unwrap_or(args.adamw_lr[0]);
     for (i, target) in targets.iter().enumerate() {
-        let hyper = Hyper {
-            compression: cairn_compression(target.cairn_topk)?,
-            schedule: cairn_schedule,
-            weight_decay: ratio(args.weight_decay, "--weight-decay")?,
-            clip: NormClip::Off,
-        };
-        let mut swarm = Swarm::new(
-            &config,
-            state.clone(),
-            SwarmConfig { workers: args.workers, hyper, momentum_decay: args.decay, step },
-            device,
-        )?;
-        swarm.set_experiment(experiment.clone());
-        runners.push(Runner::new(format!("cairn{}", target.label), Role::Consensus, Some(i), Trainee::Cairn(swarm)));
-        let grids = Compression::uniform(args.chunk, 1, ValueEncoding::Sign).grids(&layout);
+        for (&values, &topk) in encodings.iter().zip(&target.cairn_topk) {
+            let hyper = Hyper {
+                compression: cairn_compression(topk, values)?,
+                schedule: cairn_schedule,
+                weight_decay: ratio(args.weight_decay, "--weight-decay")?,
+                clip: NormClip::Off,
+            };
+            let mut swarm = Swarm::new(
+                &config,
+                state.clone(),
+                SwarmConfig { workers: args.workers, hyper, momentum_decay: args.decay, step },
+                device,
+            )?;
+            swarm.set_experiment(experiment.clone());
+            let name = match encodings.len() {
+                1 => "cairn".to_string(),
+                _ => format!("cairn-{}", values.name()),
+            };
+            let label = format!("{name}{}", target.label);
+            runners.push(Runner::new(label, Role::Consensus, Some(i), Trainee::Cairn(swarm)));
+        }
+        let grids = chunk_grids(&layout, args.chunk)?;
         for (name, values) in [(DEMO_REF, PeerValues::F32), (DEMO_SIGN, PeerValues::Sign)] {
             if !peers.has(name) {
                 continue;
@@ -408,7 +437,8 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
                 &state,
                 DemoPeerConfig {
                     workers: args.workers,
-                    compression: Compression::uniform(args.chunk, topk, ValueEncoding::Sign),
+                    chunk: args.chunk,
+                    topk,
                     values,
                     schedule: cairn_schedule,
                     weight_decay: args.weight_decay,
@@ -423,6 +453,29 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
                 Some(i),
                 Trainee::Peer(Box::new(peer)),
             ));
+        }
+        if peers.has(CAIRN_LOCAL) {
+            let topk = cairn_topk(target.bytes * h as f64, ValueEncoding::Sign);
+            let outer = args.peers.local_outer_lr.unwrap_or(args.lr * h as f64);
+            let hyper = Hyper {
+                compression: cairn_compression(topk, ValueEncoding::Sign)?,
+                schedule: schedule(&args, outer, "--local-outer-lr")?,
+                weight_decay: ratio(args.weight_decay, "--weight-decay")?,
+                clip: NormClip::Off,
+            };
+            let peer = LocalSwarm::new(
+                &config,
+                &state,
+                args.workers,
+                h,
+                args.steps,
+                adamw(inner_lr)?,
+                hyper,
+                args.decay,
+                device,
+            )?;
+            let label = format!("{CAIRN_LOCAL}{}", target.label);
+            runners.push(Runner::new(label, Role::Peer, Some(i), Trainee::Peer(Box::new(peer))));
         }
         if peers.has(SPARSELOCO) {
             let topk = topk_for_bytes(&grids, PeerValues::TwoBit, h, target.bytes);
@@ -470,14 +523,18 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         args.lr,
         args.decay,
         args.chunk,
-        targets.iter().map(|t| t.cairn_topk.to_string()).collect::<Vec<_>>().join("/"),
-        cairn_compression(targets[0].cairn_topk)?
+        targets
+            .iter()
+            .map(|t| t.cairn_topk.iter().map(u16::to_string).collect::<Vec<_>>().join("/"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        cairn_compression(targets[0].cairn_topk[0], encodings[0])?
             .overrides
             .as_slice()
             .iter()
             .map(|o| format!(" ({} {})", layout.tensors()[o.tensor as usize].name, o.topk))
             .collect::<String>(),
-        args.research.values
+        args.research.values.join("/")
     );
     if research {
         println!(
@@ -511,7 +568,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     let single = !args.peers.frontier;
     // The key of a runner on the step lines and in the CSV.
     let key = |r: &Runner| match (r.role, single) {
-        (Role::Consensus, true) => "cairn_loss".to_string(),
+        (Role::Consensus, true) if r.label == "cairn" => "cairn_loss".to_string(),
         _ => r.label.clone(),
     };
 
@@ -611,7 +668,9 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     let mut headline = Vec::new();
     for (i, target) in targets.iter().enumerate() {
         let of = |role: Role| runners.iter().zip(finals).filter(move |(r, _)| r.role == role && r.target == Some(i));
-        let (cairn, cairn_loss) = of(Role::Consensus).next().context("cairn runs at every target")?;
+        // the best consensus encoding there (the only one without several --values)
+        let (cairn, cairn_loss) =
+            of(Role::Consensus).min_by(|a, b| a.1.total_cmp(b.1)).context("cairn runs at every target")?;
         let near = |r: &Runner| r.bytes <= 1.25 * cairn.bytes && r.bytes >= cairn.bytes / 1.25;
         let peer = runners
             .iter()
@@ -624,8 +683,9 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         println!("  frontier (gap to the best AdamW at each compression; peers within 1.25x of cairn's bytes):");
         for (target, cairn, cairn_loss, peer) in &headline {
             println!(
-                "    {:>7.0}x: cairn {:+.2}% at {:.0}x; best peer {}",
+                "    {:>7.0}x: {} {:+.2}% at {:.0}x; best peer {}",
                 target.x,
+                cairn.label,
                 gap(*cairn_loss),
                 dense_bytes as f64 / cairn.bytes,
                 peer.map_or("none".to_string(), |(p, l)| format!(
@@ -659,6 +719,9 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         println!(
             "  upload per worker per round: {bytes_per_worker} bytes vs {dense_bytes} bytes dense fp32: {compression_x:.0}x smaller"
         );
+        if encodings.len() > 1 {
+            println!("  the consensus method reported is the best of the encodings: {}", cairn.label);
+        }
         if let Some((p, l)) = peer {
             println!("  best peer at the same bytes (within 1.25x): {} {:+.2}%", p.label, gap(**l));
         }
@@ -682,14 +745,15 @@ struct Target {
     x: f64,
     /// Its bytes per worker per step.
     bytes: f64,
-    /// cairn's top-k there.
-    cairn_topk: u16,
+    /// cairn's top-k there, per --values encoding.
+    cairn_topk: Vec<u16>,
 }
 
 const DEMO_REF: &str = "demo-ref";
 const DEMO_SIGN: &str = "demo-sign";
 const SPARSELOCO: &str = "sparseloco";
 const DILOCO: &str = "diloco";
+const CAIRN_LOCAL: &str = "cairn-local";
 
 /// The `--peers` list.
 struct Peers(Vec<String>);
@@ -701,8 +765,8 @@ impl Peers {
         }
         for p in &args.peers {
             anyhow::ensure!(
-                [DEMO_REF, DEMO_SIGN, SPARSELOCO, DILOCO].contains(&p.as_str()),
-                "--peers {p}: one of {DEMO_REF}, {DEMO_SIGN}, {SPARSELOCO}, {DILOCO} or none expected"
+                [DEMO_REF, DEMO_SIGN, SPARSELOCO, DILOCO, CAIRN_LOCAL].contains(&p.as_str()),
+                "--peers {p}: one of {DEMO_REF}, {DEMO_SIGN}, {SPARSELOCO}, {DILOCO}, {CAIRN_LOCAL} or none expected"
             );
         }
         Ok(Peers(args.peers.clone()))

@@ -30,12 +30,13 @@
 
 use tch::{Device, Kind, Tensor};
 use verify::chunk::Grid;
-use verify::{Compression, Layout, Round, Schedule, State, ValueEncoding};
+use verify::wire::encoded_len;
+use verify::{Compression, Header, Hyper, Layout, Round, Schedule, State, ValueEncoding, apply, decode};
 
-use crate::demo::{Bases, dense, dims, forward, from_chunks, to_chunks, top_indices};
+use crate::demo::{Bases, DemoState, dense, dims, forward, from_chunks, to_chunks, top_indices};
 use crate::error::TrainerError;
 use crate::model::{Model, ModelConfig};
-use crate::simulate::shards;
+use crate::simulate::{SIM_RUN, shards, worker_key};
 use crate::step::{AdamW, AdamWConfig, StepConfig, local_step};
 
 /// Value width of a sparse upload.
@@ -83,6 +84,13 @@ pub fn topk_for_bytes(grids: &[Grid], values: PeerValues, every: u64, target: f6
     closest_topk(|k| sparse_payload_bytes(grids, k, values) as f64 / every.max(1) as f64, target)
 }
 
+/// cairn's chunk grid of every tensor of `layout` at `chunk` (which must be a valid chunk size).
+pub fn chunk_grids(layout: &Layout, chunk: u16) -> Result<Vec<Grid>, TrainerError> {
+    let c = Compression::uniform(chunk, 1, ValueEncoding::Sign);
+    c.validate_for(layout)?;
+    Ok(c.grids(layout))
+}
+
 /// One method under test: trains on each step's global batch and exposes the shared model.
 pub trait Method {
     /// One optimiser step on `batch` (the global batch; the method splits it between its workers).
@@ -110,8 +118,10 @@ fn zeros_like_layout(layout: &Layout, device: Device) -> Result<Vec<Tensor>, Tra
 pub struct DemoPeerConfig {
     /// Simulated workers.
     pub workers: usize,
-    /// DCT chunk size and top-k (as cairn's wire format; overrides apply as in a run).
-    pub compression: Compression,
+    /// DCT chunk size (cairn's chunk grid).
+    pub chunk: u16,
+    /// Coefficients kept per chunk (any number up to the chunk's size).
+    pub topk: u16,
     /// Values at full precision ([`PeerValues::F32`]) or their signs ([`PeerValues::Sign`]).
     pub values: PeerValues,
     /// Sign-step learning rate per step.
@@ -147,22 +157,11 @@ impl DemoPeer {
                 "a DeMo peer needs workers >= 1 and f32 or sign values: {config:?}"
             )));
         }
-        config.compression.validate_for(state.layout())?;
+        let grids = chunk_grids(state.layout(), config.chunk)?;
         let m = Model::from_state(model, state, device)?;
         let momentum =
             (0..config.workers).map(|_| zeros_like_layout(state.layout(), device)).collect::<Result<_, _>>()?;
-        Ok(DemoPeer {
-            grids: config.compression.grids(state.layout()),
-            config,
-            model: m,
-            momentum,
-            bases: Bases::new(device),
-        })
-    }
-
-    /// The top-k per tensor of this configuration.
-    fn topk(&self, tensor: usize) -> u16 {
-        self.config.compression.topk_for(tensor)
+        Ok(DemoPeer { grids, config, model: m, momentum, bases: Bases::new(device) })
     }
 }
 
@@ -178,7 +177,7 @@ impl Method for DemoPeer {
             loss += g.loss;
             tch::no_grad(|| -> Result<(), TrainerError> {
                 for t in 0..tensors {
-                    let (grid, topk) = (self.grids[t], self.topk(t));
+                    let (grid, topk) = (self.grids[t], self.config.topk);
                     let m = &mut self.momentum[w][t];
                     let _ = m.f_mul_scalar_(self.config.momentum_decay)?;
                     let _ = m.f_add_(&g.grads[t])?;
@@ -216,11 +215,7 @@ impl Method for DemoPeer {
     }
 
     fn bytes_per_step(&self) -> f64 {
-        self.grids
-            .iter()
-            .enumerate()
-            .map(|(t, g)| sparse_payload_bytes(std::slice::from_ref(g), self.topk(t), self.config.values))
-            .sum::<u64>() as f64
+        sparse_payload_bytes(&self.grids, self.config.topk, self.config.values) as f64
     }
 }
 
@@ -279,11 +274,7 @@ impl LocoPeer {
             })
             .collect::<Result<_, TrainerError>>()?;
         let grids = match config.outer {
-            Outer::SparseLoco { chunk, topk, .. } => {
-                let c = Compression::uniform(chunk, topk, ValueEncoding::Sign);
-                c.validate_for(state.layout())?;
-                c.grids(state.layout())
-            }
+            Outer::SparseLoco { chunk, .. } => chunk_grids(state.layout(), chunk)?,
             Outer::Diloco { .. } => Vec::new(),
         };
         let error = match config.outer {
@@ -381,6 +372,113 @@ impl Method for LocoPeer {
     }
 }
 
+/// cairn's consensus aggregation fed by local steps: every worker takes AdamW steps on its own
+/// copy, and every H steps it folds its pseudo-gradient `θ - θ_w` into its DeMo momentum, encodes it
+/// in cairn's wire format (DCT top-k, sign values, error feedback) and `verify::apply` takes the
+/// sign step, exactly as a run's round does. Research: a run's workers take one gradient step per
+/// round today.
+#[derive(Debug)]
+pub struct LocalSwarm {
+    h: u64,
+    total_steps: u64,
+    hyper: Hyper,
+    momentum_decay: f64,
+    state: State,
+    global: Model,
+    workers: Vec<(Model, AdamW, DemoState)>,
+}
+
+impl LocalSwarm {
+    /// `workers` copies at `state`, each with a fresh AdamW (`inner`) and zero momentum; every `h`
+    /// steps (and at `total_steps`) one round of `hyper` (its schedule indexed by the step).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: &ModelConfig,
+        state: &State,
+        workers: usize,
+        h: u64,
+        total_steps: u64,
+        inner: AdamWConfig,
+        hyper: Hyper,
+        momentum_decay: f64,
+        device: Device,
+    ) -> Result<Self, TrainerError> {
+        hyper.validate()?;
+        hyper.compression.validate_for(state.layout())?;
+        if workers == 0 || h == 0 {
+            return Err(TrainerError::InvalidConfig(format!(
+                "local swarm needs workers and H >= 1, got {workers}, {h}"
+            )));
+        }
+        let global = Model::from_state(model, state, device)?;
+        let workers = (0..workers)
+            .map(|_| {
+                let m = Model::from_state(model, state, device)?;
+                let opt = AdamW::new(&m, inner)?;
+                let demo = DemoState::new(state.layout(), device)?;
+                Ok((m, opt, demo))
+            })
+            .collect::<Result<_, TrainerError>>()?;
+        Ok(LocalSwarm { h, total_steps, hyper, momentum_decay, state: state.clone(), global, workers })
+    }
+
+    fn synchronise(&mut self, round: Round) -> Result<(), TrainerError> {
+        let layout = self.state.layout().clone();
+        let base = self.state.hash();
+        let mut updates = Vec::with_capacity(self.workers.len());
+        for (i, (model, _, demo)) in self.workers.iter_mut().enumerate() {
+            let delta = tch::no_grad(|| {
+                self.global
+                    .params()
+                    .iter()
+                    .zip(model.params())
+                    .map(|(g, l)| Ok(g.f_sub(l)?))
+                    .collect::<Result<Vec<_>, TrainerError>>()
+            })?;
+            demo.accumulate(&delta, &layout, self.momentum_decay, 1.0)?;
+            let header = Header {
+                run: SIM_RUN,
+                round,
+                base,
+                worker: worker_key(i),
+                layout: layout.hash(),
+                compression: self.hyper.compression,
+            };
+            let blob = demo.encode(&header, &layout)?.to_bytes();
+            updates.push(decode(&blob, &header.expected(&layout))?);
+        }
+        apply(&mut self.state, round, &updates, &self.hyper)?;
+        self.global.load_state(&self.state)?;
+        for (model, _, _) in &mut self.workers {
+            model.load_state(&self.state)?;
+        }
+        Ok(())
+    }
+}
+
+impl Method for LocalSwarm {
+    fn step(&mut self, step: Round, batch: &Tensor) -> Result<f64, TrainerError> {
+        let shards = shards(batch, self.workers.len())?;
+        let mut loss = 0.0;
+        for ((model, opt, _), shard) in self.workers.iter_mut().zip(&shards) {
+            loss += opt.step(model, shard)?.loss;
+        }
+        let done = step.0 + 1;
+        if done.is_multiple_of(self.h) || done == self.total_steps {
+            self.synchronise(step)?;
+        }
+        Ok(loss / shards.len() as f64)
+    }
+
+    fn model(&self) -> &Model {
+        &self.global
+    }
+
+    fn bytes_per_step(&self) -> f64 {
+        encoded_len(self.state.layout(), &self.hyper.compression) as f64 / self.h as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use verify::{Ratio, TensorSpec};
@@ -440,7 +538,8 @@ mod tests {
         let inner = AdamWConfig { schedule, step, ..AdamWConfig::default() };
         let demo = |values| DemoPeerConfig {
             workers: 2,
-            compression: Compression::uniform(64, 8, ValueEncoding::Sign),
+            chunk: 64,
+            topk: 8,
             values,
             schedule,
             weight_decay: 0.0,
