@@ -276,6 +276,18 @@ async fn a_late_worker_joins_from_a_snapshot_and_its_contributions_count() {
     assert_eq!(checkpoint["required_organisations"], 2, "{checkpoint:#}");
     assert!(checkpoint["organisations"].as_array().unwrap().len() >= 2, "{checkpoint:#}");
     assert!(checkpoint["size"].as_u64().unwrap() > head, "signing went on past the forgeries: {checkpoint:#}");
+    // The same checkpoint as a signed note, checked by the independent verifier with the vkeys.
+    let note = cairn(&["checkpoint", "--store", &fed.url], &fed.env);
+    let vkeys = cairn(&["checkpoint", "--store", &fed.url, "--vkeys"], &fed.env);
+    assert!(note.status.success() && vkeys.status.success(), "{}", String::from_utf8_lossy(&note.stderr));
+    let (note_file, vkeys_file) = (fed.dir.path().join("checkpoint.note"), fed.dir.path().join("members.vkeys"));
+    std::fs::write(&note_file, &note.stdout).unwrap();
+    std::fs::write(&vkeys_file, &vkeys.stdout).unwrap();
+    let checked = crate::ledger_cli::spec_check_note(&note_file, &vkeys_file);
+    let summary = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+    let expected = format!("size={} root={} ", checkpoint["size"], checkpoint["root"].as_str().unwrap());
+    assert!(summary.contains(&expected), "{summary} (audit: {checkpoint:#})");
     let closers = fed.log_text("w1") + &fed.log_text("w2");
     assert!(closers.contains("ledger exported to exports/"), "each snapshot comes with a Parquet export: {closers}");
     assert!(log.contains("ours counted"), "the late worker's contributions count: {log}");
