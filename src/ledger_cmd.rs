@@ -106,7 +106,7 @@ pub async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<Outcome> {
         }
         return Ok(Outcome::Ok);
     }
-    let required = args.organisations.or_else(|| reader.state().genesis().map(|g| g.org_quorum)).unwrap_or(1).max(1);
+    let required = reader.checkpoint_quorum(args.organisations);
     let found =
         reader.check_checkpoint(required).await.with_context(|| format!("checking the checkpoints of {url}"))?;
     let Some(cp) = found else {

@@ -118,8 +118,7 @@ impl Checkpoint {
             return Err(bad("not three lines (origin, size, root hash)"));
         };
         let run_hex = origin_line.strip_prefix(ORIGIN_PREFIX).ok_or(bad("the origin is not cairn.run/<run id>"))?;
-        let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-        if run_hex.len() != 64 || !run_hex.bytes().all(lower_hex) {
+        if !is_lower_hex(run_hex, 64) {
             return Err(bad("the run id is not 64 lowercase hex digits"));
         }
         let run_id: RunId = run_hex.parse().map_err(|_| bad("the run id is not hex"))?;
@@ -329,17 +328,17 @@ pub fn parse_checkpoint_key(key: &str) -> Option<(u64, PublicKey)> {
     let rest = key.strip_prefix(CHECKPOINT_PREFIX)?;
     let (size, signer) = rest.split_once('/')?;
     // One spelling per key: 20 digits, and the signer in lowercase hex, as written.
-    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-    if size.len() != 20
-        || !size.bytes().all(|b| b.is_ascii_digit())
-        || signer.len() != 64
-        || !signer.bytes().all(lower_hex)
-    {
+    if size.len() != 20 || !size.bytes().all(|b| b.is_ascii_digit()) || !is_lower_hex(signer, 64) {
         return None;
     }
     let mut key = [0u8; 32];
     hex::decode_to_slice(signer, &mut key).ok()?;
     Some((size.parse().ok()?, PublicKey(key)))
+}
+
+/// Whether `s` is `len` lowercase hex digits (the one spelling cairn writes keys and ids in).
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The cosignatures found for one tree size: per root, the valid member signatures over it and
@@ -419,6 +418,13 @@ impl Reader {
             signatures.sort_by_key(|s| s.key);
         }
         Ok(roots)
+    }
+
+    /// How many organisations' members must sign a head for it to count: `requested` (a reader's
+    /// choice, e.g. `cairn audit --checkpoint-organisations`), else the run's organisation quorum;
+    /// at least 1.
+    pub fn checkpoint_quorum(&self, requested: Option<u16>) -> u16 {
+        requested.or_else(|| self.state.genesis().map(|g| g.org_quorum)).unwrap_or(1).max(1)
     }
 
     /// The newest tree head signed by current members of at least `min_organisations`
