@@ -171,6 +171,23 @@ proptest! {
         }
     }
 
+    /// Domain separation between the two things member keys sign. An entry's signed bytes start
+    /// with `cairn-entry/v2` and hold its version byte, 0x02, at offset 46: no signed note may
+    /// hold that byte, so no note verifier takes an entry signature for a note signature. A
+    /// checkpoint's note text starts with `cairn.run/` and is printable: never an entry message.
+    #[test]
+    fn entry_messages_and_checkpoint_note_texts_never_coincide(entry in arb_entry(), run in arb_hash(), size in any::<u64>(), root in arb_hash()) {
+        let signed = [ledger::key::ENTRY_DOMAIN, &entry.signed_message()].concat();
+        prop_assert_eq!(signed[46], 0x02);
+        let mut as_note = signed.clone();
+        as_note.extend_from_slice("\n\n\u{2014} k AAAAAAA=\n".as_bytes());
+        let refused = matches!(Note::parse(&as_note), Err(ledger::NoteError::ControlCharacter { .. } | ledger::NoteError::NotUtf8));
+        prop_assert!(refused, "an entry message read as a note");
+        let text = Checkpoint { run_id: RunId(run), size, root: merkle::Hash(root) }.note_text();
+        prop_assert!(text.starts_with("cairn.run/") && !text.as_bytes().starts_with(b"cairn-entry/"));
+        prop_assert!(text.bytes().all(|b| b == b'\n' || (0x20..0x7f).contains(&b)));
+    }
+
     /// Any checkpoint signed by any members converts to a note that their vkeys verify, and back
     /// to the same checkpoint; a note over another size or root verifies for nobody.
     #[test]
