@@ -38,6 +38,9 @@ enum Command {
     Keygen(ledger_cmd::KeygenArgs),
     /// Replay a run's ledger and write it as a Parquet file.
     Export(ledger_cmd::ExportArgs),
+    /// Print the run's newest checkpoint cosigned by a quorum of organisations as a C2SP signed
+    /// note, for any signed-note verifier (or, with --vkeys, the members' verifier keys).
+    Checkpoint(ledger_cmd::CheckpointArgs),
     /// Start a run: write the Genesis entry from a run.toml.
     Genesis(run_cmd::GenesisArgs),
     /// Add or remove members, signed by a quorum of admins.
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
             Command::Bench { command } => bench::run(command).await,
             Command::Keygen(args) => ledger_cmd::keygen(args),
             Command::Export(args) => ledger_cmd::export(args).await,
+            Command::Checkpoint(args) => ledger_cmd::checkpoint(args).await,
             Command::Genesis(args) => run_cmd::genesis(args).await,
             Command::Roster { command } => roster_cmd::run(command).await,
             Command::Worker(args) => run_cmd::worker(args).await,

@@ -78,6 +78,92 @@ pub enum DecodeError {
     },
 }
 
+/// Why bytes are not a signed note, or not one the given keys signed (`crate::note`). Peer bytes
+/// get one of these, never a panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoteError {
+    /// Over the size limit.
+    #[error("the note is {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Not UTF-8.
+    #[error("the note is not UTF-8")]
+    NotUtf8,
+    /// A control character other than newline.
+    #[error("the note holds a control character at byte {offset}")]
+    ControlCharacter {
+        /// Where.
+        offset: u64,
+    },
+    /// Not text, a blank line and signature lines.
+    #[error("not a signed note: {reason}")]
+    Malformed {
+        /// What is missing or extra.
+        reason: &'static str,
+    },
+    /// More signature lines than the limit.
+    #[error("the note has {count} signature lines, over the limit of {limit}")]
+    TooManySignatures {
+        /// How many.
+        count: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A signature line that is not `— <name> <base64>`.
+    #[error("signature line {line}: {reason}")]
+    BadSignatureLine {
+        /// Which line of the signature block (from 1).
+        line: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A key name that is empty or holds a space or `+`.
+    #[error("{name:?} is not a key name (empty, or a space or '+' in it)")]
+    BadKeyName {
+        /// The name.
+        name: String,
+    },
+    /// A verifier key that is not `<name>+<hex key ID>+<base64(0x01 | key)>`.
+    #[error("not an Ed25519 verifier key: {reason}")]
+    BadVerifierKey {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Two different verifier keys with one name and key ID.
+    #[error("two verifier keys are named {name} with key ID {id}")]
+    AmbiguousVerifierKeys {
+        /// The name.
+        name: String,
+        /// The key ID, hex.
+        id: String,
+    },
+    /// A known key signed twice.
+    #[error("{name} signed the note twice")]
+    DuplicateSignature {
+        /// The key name.
+        name: String,
+    },
+    /// A known key's signature does not verify: the note is refused.
+    #[error("the signature of {name} does not verify")]
+    BadSignature {
+        /// The key name.
+        name: String,
+    },
+    /// No known key signed the note.
+    #[error("no signature of a known key on the note")]
+    NoKnownSignature,
+    /// The text is not a cairn checkpoint: origin, size and root hash lines.
+    #[error("not a cairn checkpoint: {reason}")]
+    BadCheckpoint {
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
 /// Why a slot was found tampered with after a checkpoint covered it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tamper {
@@ -138,6 +224,9 @@ pub enum LedgerError {
         /// The slot.
         seq: Seq,
     },
+    /// A signed note (a checkpoint in its outside form) is refused.
+    #[error(transparent)]
+    Note(#[from] NoteError),
     /// A signature does not verify.
     #[error("bad signature on {what}")]
     BadSignature {

@@ -1,17 +1,23 @@
-//! Member keys (ed25519) and the domain-separated messages they sign.
+//! Member keys (ed25519) and the messages they sign.
 //!
 //! ```text
-//!   entry:       "cairn-entry/v1"      || run id || version || kind || body length || body
-//!   checkpoint:  "cairn-checkpoint/v1" || canonical checkpoint body (which starts with the run id)
+//!   entry:       "cairn-entry/v2" || run id || version || kind || body length || body   (ZIP-215)
+//!   checkpoint:  "cairn.run/<run id hex>\n<size>\n<base64 root>\n"          (RFC 8032, strict)
 //! ```
 //!
-//! The domain tag keeps an entry signature from ever being read as a checkpoint signature (or
-//! anything else cairn signs later), and the run id keeps one run's signatures out of every other.
-//! Verification follows ZIP-215 (canonical `S`; any point encoding that decompresses, small-order
-//! and non-canonical ones included; the cofactored equation `[8][S]B = [8]R + [8][k]A`). Under
-//! ZIP-215 a batch of signatures passes exactly when each one passes on its own, so [`verify`] and
-//! [`verify_batch`] accept the same set: every reader, on every machine and on either path, accepts
-//! exactly the same signatures.
+//! Entries carry a domain tag, and the run id keeps one run's signatures out of every other.
+//! Checkpoints are C2SP signed notes (`crate::note`): the note text is signed as it is, with no
+//! tag in front, so that any signed-note verifier checks it. The two can never be the same
+//! message: an entry's starts with `cairn-entry/`, a checkpoint's with `cairn.run/`, and an
+//! entry's version byte (0x02) is a control character no note may hold.
+//!
+//! Entry verification follows ZIP-215 (canonical `S`; any point encoding that decompresses,
+//! small-order and non-canonical ones included; the cofactored equation `[8][S]B = [8]R + [8][k]A`).
+//! Under ZIP-215 a batch of signatures passes exactly when each one passes on its own, so
+//! [`verify`] and [`verify_batch`] accept the same set: every reader, on every machine and on
+//! either path, accepts exactly the same signatures. Checkpoint signatures are checked by
+//! [`verify_strict`] instead, the narrower rule every signed-note verifier applies, so that a
+//! signature cairn counts is one that Go's `sumdb/note`, libsodium or RFC 8032 also accept.
 //!
 //! A key file holds one line, `cairn-secret-key-v1:<64 hex digits>`, the ed25519 seed; it is
 //! created with mode 0600 and never overwritten.
@@ -27,8 +33,6 @@ use crate::error::{LedgerError, Result};
 
 /// The domain tag of entry signatures.
 pub const ENTRY_DOMAIN: &[u8] = b"cairn-entry/v2";
-/// The domain tag of checkpoint signatures.
-pub const CHECKPOINT_DOMAIN: &[u8] = b"cairn-checkpoint/v1";
 /// The first line of a key file, before the hex seed.
 pub const KEY_FILE_PREFIX: &str = "cairn-secret-key-v1:";
 
@@ -101,13 +105,30 @@ impl Keypair {
         let mut full = Vec::with_capacity(domain.len() + message.len());
         full.extend_from_slice(domain);
         full.extend_from_slice(message);
-        Signature(self.signing.sign(&full).to_bytes())
+        self.sign_message(&full)
+    }
+
+    /// Signs `message` as it is (RFC 8032): for formats whose text names its own purpose, the
+    /// checkpoint notes.
+    pub fn sign_message(&self, message: &[u8]) -> Signature {
+        Signature(self.signing.sign(message).to_bytes())
     }
 }
 
 /// Whether `signature` by `key` verifies over `domain || message` (ZIP-215 verification).
 pub fn verify(key: &PublicKey, domain: &[u8], message: &[u8], signature: &Signature) -> bool {
     item(key, domain, message, signature).verify_single().is_ok()
+}
+
+/// Whether `signature` by `key` verifies over `message` under RFC 8032 with strict encodings: the
+/// key is the canonical encoding of a point that is not of small order, `R` is not of small order,
+/// `S` is canonical, and `[S]B = R + [k]A` holds (the cofactorless equation, `R` compared as
+/// bytes). Every signature this accepts also passes ZIP-215 and the checks of Go's
+/// `crypto/ed25519`, libsodium and RFC 8032's own verifier; it is the rule for checkpoint notes.
+pub fn verify_strict(key: &PublicKey, message: &[u8], signature: &Signature) -> bool {
+    let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&key.0) else { return false };
+    vk.to_edwards().compress().to_bytes() == key.0
+        && vk.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&signature.0)).is_ok()
 }
 
 /// Whether `key` is a small-order point (any encoding of one). Under ZIP-215 such a key "signs"
@@ -203,7 +224,7 @@ mod tests {
         let k = Keypair::from_seed([7; 32]);
         let sig = k.sign(ENTRY_DOMAIN, b"hello");
         assert!(verify(&k.public(), ENTRY_DOMAIN, b"hello", &sig));
-        assert!(!verify(&k.public(), CHECKPOINT_DOMAIN, b"hello", &sig));
+        assert!(!verify(&k.public(), b"cairn-other/v1", b"hello", &sig));
         assert!(!verify(&k.public(), ENTRY_DOMAIN, b"hellp", &sig));
         assert!(!verify(&Keypair::from_seed([8; 32]).public(), ENTRY_DOMAIN, b"hello", &sig));
         // Not a curve point: rejected, not a panic.
@@ -327,8 +348,48 @@ mod tests {
             }
         }
         let items = [SignedItem { key: &triples[0].0, message: &triples[0].1, signature: &triples[0].2 }];
-        assert_eq!(verify_batch(CHECKPOINT_DOMAIN, &items), vec![false]);
+        assert_eq!(verify_batch(b"cairn-other/v1", &items), vec![false]);
         assert!(verify_batch(ENTRY_DOMAIN, &[]).is_empty());
+    }
+
+    /// A key with a small-order component (`A = [a]B + T`, `T` of order 8) lets its holder sign so
+    /// that the cofactored equation holds and the cofactorless one does not: ZIP-215 (entries)
+    /// accepts, `verify_strict` (checkpoints), Go's `crypto/ed25519` and libsodium refuse. Counted
+    /// in a checkpoint, such a signature would let one member make the note cairn prints fail in
+    /// every standard verifier.
+    #[test]
+    fn verify_strict_refuses_what_only_the_cofactored_equation_accepts() {
+        use curve25519_dalek::{EdwardsPoint, Scalar, constants};
+        use sha2::{Digest, Sha512};
+        let a = Scalar::from_bytes_mod_order([3; 32]);
+        let torsion = constants::EIGHT_TORSION[1];
+        let key = PublicKey((EdwardsPoint::mul_base(&a) + torsion).compress().to_bytes());
+        assert!(!is_weak(&key), "not small order: a roster accepts it");
+        let r = Scalar::from_bytes_mod_order([4; 32]);
+        let big_r = EdwardsPoint::mul_base(&r).compress().to_bytes();
+        let mut tried = 0;
+        for n in 0..64u8 {
+            let message = [b"cairn.run/x\n".as_slice(), &[b'0' + n % 10, b'\n']].concat();
+            let k = Scalar::from_hash(Sha512::new().chain_update(big_r).chain_update(key.0).chain_update(&message));
+            if k * torsion == EdwardsPoint::default() {
+                continue; // [k]T vanishes: an ordinary signature; try another message
+            }
+            let mut sig = [0u8; 64];
+            sig[..32].copy_from_slice(&big_r);
+            sig[32..].copy_from_slice(&(r + k * a).to_bytes());
+            let sig = Signature(sig);
+            assert!(verify(&key, b"", &message, &sig), "ZIP-215 accepts it");
+            assert!(!verify_strict(&key, &message, &sig), "RFC 8032's cofactorless check refuses it");
+            tried += 1;
+        }
+        assert!(tried > 0);
+        // Honest signatures pass both; other messages and keys, and a small-order key, do not.
+        let k = Keypair::from_seed([9; 32]);
+        let sig = k.sign_message(b"note\n");
+        assert!(verify_strict(&k.public(), b"note\n", &sig) && verify(&k.public(), b"", b"note\n", &sig));
+        assert!(!verify_strict(&k.public(), b"note!\n", &sig));
+        assert!(!verify_strict(&Keypair::from_seed([8; 32]).public(), b"note\n", &sig));
+        assert!(!verify_strict(&PublicKey(IDENTITY), b"anything", &small_order_signature(IDENTITY)));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!     ├─ validity::LedgerState::apply   Accept | Void(reason), pure
 //!     ├─ rounds::RoundTally             closes and attested results, by a quorum of organisations
 //!     ├─ merkle leaves, one per slot    inclusion / consistency proofs
-//!     ├─ checkpoint: publish, cosign, check; audit names a rewritten slot
+//!     ├─ checkpoint: publish, cosign, check; audit names a rewritten slot; as a signed note (note)
 //!     └─ export (feature `parquet`): what it read, as a Parquet file
 //! ```
 //!
@@ -26,6 +26,7 @@ pub mod id;
 pub mod key;
 pub mod log;
 pub mod merkle;
+pub mod note;
 pub mod rounds;
 pub mod slot;
 pub mod validity;
@@ -36,7 +37,7 @@ pub use entry::{
     Attestation, Body, Change, CloseVote, Contribution, Entry, Genesis, Kind, Member, Role, RosterChange, Snapshot,
     Target, Verdict,
 };
-pub use error::{DecodeError, LedgerError, Result, Tamper};
+pub use error::{DecodeError, LedgerError, NoteError, Result, Tamper};
 pub use id::{EntryPos, Round, RunId, Seq, StateHash};
 pub use key::{Keypair, PublicKey, Signature, read_key_file, write_key_file};
 pub use log::{Appender, LoggedEntry, Reader, SlotRecord, find_head, genesis_run_id, seq_key, write_genesis};

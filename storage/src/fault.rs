@@ -50,10 +50,10 @@ pub struct Injected {
     pub failed_reads: u64,
 }
 
-/// An in-memory object store with seeded faults (see the module docs).
+/// An object store with seeded faults (see the module docs): in memory, or over another store.
 #[derive(Debug)]
 pub struct FaultStore {
-    inner: InMemory,
+    inner: Arc<dyn ObjectStore>,
     rng: Arc<Mutex<ChaCha8Rng>>,
     faults: Faults,
     injected: Arc<Mutex<Injected>>,
@@ -82,10 +82,17 @@ fn injected_error(what: &'static str) -> object_store::Error {
 }
 
 impl FaultStore {
-    /// An empty store whose faults follow `seed`.
+    /// An empty in-memory store whose faults follow `seed`.
     pub fn new(seed: u64, faults: Faults) -> FaultStore {
+        FaultStore::over(Arc::new(InMemory::new()), seed, faults)
+    }
+
+    /// `inner` (a real bucket, or a store others share) seen through faults that follow `seed`.
+    /// Two of them over one store give two participants different views of the same objects:
+    /// a key unreadable through one reads through the other.
+    pub fn over(inner: Arc<dyn ObjectStore>, seed: u64, faults: Faults) -> FaultStore {
         FaultStore {
-            inner: InMemory::new(),
+            inner,
             rng: Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed))),
             faults,
             injected: Arc::default(),

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use ledger::{Body, Contribution, Entry, Keypair, PublicKey};
 use serde_json::Value;
 use storage::testing;
-use trainer::follow::Follower;
+use trainer::follow::{Follower, TallyAction};
 use trainer::model::Model;
 use trainer::step::StepConfig;
 use trainer::worker::compute_update;
@@ -276,6 +276,18 @@ async fn a_late_worker_joins_from_a_snapshot_and_its_contributions_count() {
     assert_eq!(checkpoint["required_organisations"], 2, "{checkpoint:#}");
     assert!(checkpoint["organisations"].as_array().unwrap().len() >= 2, "{checkpoint:#}");
     assert!(checkpoint["size"].as_u64().unwrap() > head, "signing went on past the forgeries: {checkpoint:#}");
+    // The same checkpoint as a signed note, checked by the independent verifier with the vkeys.
+    let note = cairn(&["checkpoint", "--store", &fed.url], &fed.env);
+    let vkeys = cairn(&["checkpoint", "--store", &fed.url, "--vkeys"], &fed.env);
+    assert!(note.status.success() && vkeys.status.success(), "{}", String::from_utf8_lossy(&note.stderr));
+    let (note_file, vkeys_file) = (fed.dir.path().join("checkpoint.note"), fed.dir.path().join("members.vkeys"));
+    std::fs::write(&note_file, &note.stdout).unwrap();
+    std::fs::write(&vkeys_file, &vkeys.stdout).unwrap();
+    let checked = crate::ledger_cli::spec_check_note(&note_file, &vkeys_file);
+    let summary = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+    let expected = format!("size={} root={} ", checkpoint["size"], checkpoint["root"].as_str().unwrap());
+    assert!(summary.contains(&expected), "{summary} (audit: {checkpoint:#})");
     let closers = fed.log_text("w1") + &fed.log_text("w2");
     assert!(closers.contains("ledger exported to exports/"), "each snapshot comes with a Parquet export: {closers}");
     assert!(log.contains("ours counted"), "the late worker's contributions count: {log}");
@@ -637,4 +649,88 @@ async fn a_quorum_of_admins_adds_a_worker_who_can_then_work() {
     assert!(joined.status.success(), "a member now: {}", String::from_utf8_lossy(&joined.stderr));
     let (report, passed) = fed.audit_json();
     assert!(passed, "{report:#}");
+}
+
+/// One organisation's view of the run's bucket: the shared S3 store seen through a
+/// `storage::fault::FaultStore` without random faults, where chosen keys can be made unreadable
+/// for this organisation alone (a storage class, an ACL, a network path that only it has).
+fn view_of(shared: &storage::Store, run_prefix: &str, seed: u64) -> (storage::Store, storage::fault::Unreadable) {
+    let fault = storage::fault::FaultStore::over(shared.raw().clone(), seed, storage::fault::Faults::default());
+    let unreadable = fault.unreadable();
+    let store =
+        storage::Store::from_object_store(std::sync::Arc::new(fault), &format!("view{seed}://"), shared.retry_policy());
+    (store.scoped(run_prefix).unwrap(), unreadable)
+}
+
+/// Issue 16's re-publication, end to end on SeaweedFS: beta cannot read alpha's update at its
+/// original key, alpha can. Beta drops it after `DROP_AFTER_FAILED_READS` failed reads; alpha,
+/// seeing the drop, re-publishes the blob under `mirrors/<alpha>/`; beta reads that copy and
+/// revises its attestation. The round becomes final with both updates counted, both organisations
+/// reach the same state, and audits through either view (beta's still cannot read the original)
+/// and through the plain store agree.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_one_organisation_cannot_read_is_re_published_under_a_mirror_and_the_run_closes() {
+    let members = [("admin", "alpha", "admin"), ("wa", "alpha", "worker"), ("wb", "beta", "worker")];
+    // One round that waits for both workers; the default org quorum of two organisations is 2, so
+    // the round is final only once alpha and beta attest the same result.
+    let fed = Fed::start(&members, &sections(1, 2, 600, 0, "bf16")).await;
+    let shared = storage::open_with(&fed.url, &testing::s3_options()).await.unwrap();
+    let run_prefix = fed.url.rsplit('/').next().unwrap();
+    let (alpha_store, _) = view_of(&shared, run_prefix, 1);
+    let (beta_store, beta_cannot_read) = view_of(&shared, run_prefix, 2);
+    let mut alpha = Follower::join(alpha_store.clone()).await.unwrap();
+    let mut beta = Follower::join(beta_store.clone()).await.unwrap();
+    assert_eq!(alpha.info().org_quorum, 2);
+
+    let update = honest_update(&alpha, fed.key("wa")).await;
+    let entry = contribute(&mut alpha, fed.key("wa"), update, None).await;
+    let Body::Contribution(alphas) = &entry.body else { unreachable!() };
+    beta_cannot_read.add(shared.path(&alphas.blob.key()).unwrap().as_ref());
+    assert!(beta_store.get_blob(alphas.blob, 1 << 24).await.is_err(), "beta's view refuses the original");
+    let update = honest_update(&beta, fed.key("wb")).await;
+    contribute(&mut beta, fed.key("wb"), update, None).await;
+
+    // Both organisations' deadlines have passed: each votes, then attests, one call at a time.
+    let open_for = Duration::from_secs(3600);
+    let mut actions = Vec::new();
+    for _ in 0..12 {
+        for (org, follower, key) in [("alpha", &mut alpha, fed.key("wa")), ("beta", &mut beta, fed.key("wb"))] {
+            follower.sync().await.unwrap();
+            if follower.round().0 == 0
+                && let Some(action) = follower.take_part(key, open_for).await.unwrap()
+            {
+                actions.push((org, action));
+            }
+        }
+        if alpha.round().0 == 1 && beta.round().0 == 1 {
+            break;
+        }
+    }
+    assert_eq!((alpha.round().0, beta.round().0), (1, 1), "round 0 became final for both: {actions:?}");
+    let attested = |org: &str| -> Vec<usize> {
+        actions
+            .iter()
+            .filter_map(|(o, a)| match a {
+                TallyAction::Attested { dropped, .. } if *o == org => Some(*dropped),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(attested("beta"), [1, 0], "beta dropped the blob, then read the copy and revised: {actions:?}");
+    assert_eq!(attested("alpha"), [0], "{actions:?}");
+    let mirror = alphas.blob.key_under(&verify::replay::mirror_prefix("alpha"));
+    assert!(shared.head(&mirror).await.unwrap().is_some(), "alpha re-published the blob at {mirror}");
+    assert!(beta_store.get_blob(alphas.blob, 1 << 24).await.is_err(), "the original is still unreadable to beta");
+    assert_eq!(alpha.state_hash(), beta.state_hash());
+
+    // Audits through beta's view (the copy), alpha's view and the plain store agree.
+    let mut states = Vec::new();
+    for store in [&beta_store, &alpha_store] {
+        let report = verify::audit::audit(store, &verify::audit::AuditOptions::default(), &mut |_| {}).await.unwrap();
+        assert!(report.passed(), "{:?}", report.problems);
+        assert_eq!(report.rounds[0].counted, 2, "alpha's update counted: {:?}", report.rounds[0].not_counted);
+        states.push(report.state);
+    }
+    states.push(fed.audit_ok());
+    assert!(states.iter().all(|s| *s == alpha.state_hash().to_string()), "{states:?} vs {}", alpha.state_hash());
 }

@@ -1,4 +1,6 @@
-//! `cairn keygen` and `cairn export`, and the export read back by pyarrow as a user would.
+//! `cairn keygen`, `cairn export` and `cairn checkpoint`; the export read back by pyarrow and the
+//! checkpoint note checked by an independent verifier (infra/spec-check/signed_note.py), as a
+//! user would.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -160,6 +162,100 @@ fn export_of_a_store_without_a_ledger_is_one_clear_error() {
     let err = text(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("error: reading the genesis of"), "{err}");
+}
+
+/// `python3 infra/spec-check/signed_note.py NOTE VKEYS` (standard library only: RFC 8032 written
+/// out, hashlib's SHA-256, no cairn code).
+pub fn spec_check_note(note: &Path, vkeys: &Path) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/spec-check/signed_note.py");
+    Command::new("python3")
+        .arg(script)
+        .args([note, vkeys])
+        .output()
+        .expect("python3 must be installed: infra/spec-check/signed_note.py checks cairn's notes with it")
+}
+
+#[test]
+fn the_independent_verifier_accepts_the_golden_checkpoint_and_refuses_it_altered() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/spec-check");
+    let out = spec_check_note(&dir.join("checkpoint.note"), &dir.join("checkpoint.vkeys"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = "05".repeat(32);
+    assert!(
+        text(&out.stdout).starts_with(&format!("origin=cairn.run/{run} size=7 root={} verified=2 ", "09".repeat(32)))
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let altered = tmp.path().join("altered.note");
+    let golden = std::fs::read_to_string(dir.join("checkpoint.note")).unwrap();
+    std::fs::write(&altered, golden.replacen("\n7\n", "\n8\n", 1)).unwrap();
+    let out = spec_check_note(&altered, &dir.join("checkpoint.vkeys"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("does not verify"), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_prints_the_quorum_head_as_a_note_an_independent_verifier_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/run", dir.path().display());
+    std::fs::create_dir_all(dir.path().join("run")).unwrap();
+    let (run_id, worker) = small_run(&url).await;
+    let no_checkpoint = |organisations: &str| {
+        let out = cairn(&["checkpoint", "--store", &url, "--organisations", organisations]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+        assert!(out.stdout.is_empty());
+        // One error line, last (the reader's warnings about the garbage slot come before it).
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().filter(|l| l.starts_with("error: ")).count(), 1, "{err}");
+        let err = err.lines().last().unwrap_or_default();
+        let expected = format!(
+            "error: no checkpoint yet: no tree head of run {run_id} is signed by members of {organisations} organisation(s)"
+        );
+        assert!(err.starts_with(&expected), "{err}");
+    };
+    no_checkpoint("1");
+    // The admin's organisation signs the head of the 5 slots: a quorum of one, not of two.
+    let store = storage::open(&url).await.unwrap();
+    let mut reader = ledger::Reader::replay(store.clone(), run_id).await.unwrap();
+    reader.publish_checkpoint(&Keypair::from_seed([1; 32]), 5).await.unwrap();
+    no_checkpoint("2");
+    reader.publish_checkpoint(&worker, 5).await.unwrap();
+
+    let out = cairn(&["checkpoint", "--store", &url, "--organisations", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let note_text = text(&out.stdout);
+    let note = ledger::note::Note::parse(note_text.as_bytes()).unwrap();
+    let cp = ledger::Checkpoint::from_note_text(&note.text).unwrap();
+    assert_eq!((cp.run_id, cp.size, cp.root), (run_id, 5, reader.root_at(5).unwrap()));
+    assert_eq!(note.signatures.len(), 2);
+    let vkeys = cairn(&["checkpoint", "--store", &url, "--vkeys"]);
+    assert!(vkeys.status.success(), "{}", text(&vkeys.stderr));
+    assert_eq!(text(&vkeys.stdout).lines().count(), 2, "one vkey per member");
+
+    let note_file = dir.path().join("checkpoint.note");
+    let vkeys_file = dir.path().join("members.vkeys");
+    std::fs::write(&note_file, &out.stdout).unwrap();
+    std::fs::write(&vkeys_file, &vkeys.stdout).unwrap();
+    let checked = spec_check_note(&note_file, &vkeys_file);
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    let root_hex = reader.root_at(5).unwrap().to_string();
+    assert!(
+        text(&checked.stdout).starts_with(&format!("origin=cairn.run/{run_id} size=5 root={root_hex} verified=2 ")),
+        "{}",
+        text(&checked.stdout)
+    );
+    std::fs::write(&note_file, note_text.replacen("\n5\n", "\n4\n", 1)).unwrap();
+    assert_eq!(spec_check_note(&note_file, &vkeys_file).status.code(), Some(1), "an altered size is refused");
+
+    let json = cairn(&["checkpoint", "--store", &url, "--organisations", "2", "--json"]);
+    assert!(json.status.success(), "{}", text(&json.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["note"].as_str(), Some(note_text.as_str()));
+    assert_eq!(report["size"], 5);
+    assert_eq!(report["root"].as_str(), Some(root_hex.as_str()));
+    assert_eq!(report["origin"].as_str(), Some(format!("cairn.run/{run_id}").as_str()));
+    assert_eq!(report["organisations"], serde_json::json!(["org-admin", "org-worker"]));
+    assert_eq!(report["signers"].as_array().unwrap().len(), 2);
+    assert_eq!(report["vkeys"][0]["vkey"].as_str(), text(&vkeys.stdout).lines().next());
 }
 
 #[test]

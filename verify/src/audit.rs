@@ -561,8 +561,7 @@ async fn read_ledger(
     };
     progress(AuditProgress::LedgerRead { slots: reader.slots().len() as u64, entries: reader.entries().len() as u64 });
 
-    let required =
-        options.checkpoint_organisations.or_else(|| reader.state().genesis().map(|g| g.org_quorum)).unwrap_or(1).max(1);
+    let required = reader.checkpoint_quorum(options.checkpoint_organisations);
     report.checkpoint = match reader.check_checkpoint(required).await {
         Ok(None) => CheckpointStatus::Missing { required_organisations: required },
         Ok(Some(cp)) => {

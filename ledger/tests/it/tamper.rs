@@ -2,7 +2,8 @@
 //! the slot.
 
 use bytes::Bytes;
-use ledger::checkpoint::{CHECKPOINT_PREFIX, checkpoint_key};
+use ledger::checkpoint::{CHECKPOINT_PREFIX, checkpoint_key, member_verifier_key, open_checkpoint_note};
+use ledger::note::{MAX_NOTE_SIGNATURES, VerifierKey};
 use ledger::{Appender, LedgerError, Reader, Seq, SignedCheckpoint, Tamper, seq_key};
 use storage::Store;
 
@@ -134,6 +135,12 @@ async fn heads_without_a_quorum_of_organisations_are_skipped() {
     put(checkpoint_key(2000, &run.admins[0].public()), SignedCheckpoint::sign(head(2000), &stranger).encode()).await;
     put(checkpoint_key(2000, &run.admins[1].public()), b"not a checkpoint".to_vec()).await;
     put(format!("{CHECKPOINT_PREFIX}junk"), b"x".to_vec()).await;
+    // A head in the retired format (version 1) signed by two organisations: not read any more.
+    for admin in &run.admins[..2] {
+        let mut v1 = SignedCheckpoint::sign(head(SLOTS), admin).encode();
+        v1[0] = 1;
+        put(checkpoint_key(SLOTS + 1, &admin.public()), v1).await;
+    }
 
     assert_eq!(reader.check_checkpoint(2).await.unwrap(), Some(cp.clone()));
     let mut fresh = Reader::new(store.clone(), run.run_id);
@@ -142,6 +149,53 @@ async fn heads_without_a_quorum_of_organisations_are_skipped() {
     // A worker still signs the honest head; the garbage does not stand in its way.
     let signed = fresh.publish_checkpoint(&run.workers[0], SLOTS).await.unwrap();
     assert_eq!(signed.signatures.len(), 3);
+}
+
+/// The reader's quorum checkpoint as one signed note: every roster member's vkey verifies it, an
+/// outsider's vkey alone does not, and the note states the checkpoint the reader verified.
+#[tokio::test]
+async fn the_quorum_checkpoint_is_a_signed_note_its_members_vkeys_verify() {
+    let (run, _, reader, cp) = checkpointed_log().await;
+    let note = reader.checkpoint_note(&cp).unwrap().encode();
+    let vkeys: Vec<VerifierKey> = reader.state().roster().keys().map(|k| member_verifier_key(run.run_id, k)).collect();
+    let (checkpoint, signers) = open_checkpoint_note(note.as_bytes(), &vkeys).unwrap();
+    assert_eq!(checkpoint, cp.checkpoint);
+    let mut expected = vec![run.admins[0].public(), run.admins[1].public()];
+    expected.sort();
+    assert_eq!(signers.iter().map(|v| *v.key()).collect::<Vec<_>>(), expected, "one line each, in key order");
+    let stranger = member_verifier_key(run.run_id, &ledger::Keypair::from_seed([0xee; 32]).public());
+    assert!(matches!(open_checkpoint_note(note.as_bytes(), &[stranger]), Err(ledger::NoteError::NoKnownSignature)));
+    // Another run's vkeys for the same members name other keys: nothing verifies.
+    let other: Vec<VerifierKey> =
+        reader.state().roster().keys().map(|k| member_verifier_key(ledger::RunId([9; 32]), k)).collect();
+    assert!(open_checkpoint_note(note.as_bytes(), &other).is_err());
+}
+
+/// More members sign a head than one note holds (a note keeps at most 100 signatures, what Go's
+/// verifier accepts): the note keeps one signature of every organisation, and the witness keeps
+/// them all.
+#[tokio::test]
+async fn a_head_signed_by_more_members_than_a_note_holds_keeps_every_organisation_in_the_note() {
+    let run = crate::common::TestRun::new(120);
+    let store = memory_store().await;
+    let mut a = Appender::new(store.clone());
+    a.append(&[run.genesis()]).await.unwrap();
+    a.append(&[run.contribution(0, 0, 1)]).await.unwrap();
+    let mut reader = Reader::replay(store.clone(), run.run_id).await.unwrap();
+    for key in run.admins.iter().chain(&run.workers).chain([&run.validator]) {
+        reader.publish_checkpoint(key, 2).await.unwrap();
+    }
+    let cp = reader.check_checkpoint(2).await.unwrap().unwrap();
+    assert_eq!(cp.signatures.len(), 124);
+    let witness = reader.witness().unwrap();
+    assert_eq!(ledger::Witness::decode(&witness.encode()).unwrap(), witness, "a witness holds all 124");
+    let note = reader.checkpoint_note(&cp).unwrap();
+    assert_eq!(note.signatures.len(), MAX_NOTE_SIGNATURES);
+    let vkeys: Vec<VerifierKey> = reader.state().roster().keys().map(|k| member_verifier_key(run.run_id, k)).collect();
+    let (_, signers) = open_checkpoint_note(note.encode().as_bytes(), &vkeys).unwrap();
+    let organisations: std::collections::BTreeSet<&str> =
+        signers.iter().filter_map(|v| reader.state().organisation(v.key())).collect();
+    assert_eq!(organisations.len(), 8, "admin-org-0..2, org-0..3 and audit: {organisations:?}");
 }
 
 /// The tail of the log is deleted after a quorum signed a head over it: a fresh reader that
