@@ -1,6 +1,7 @@
 """Draws the loss curves that `cairn bench train --csv FILE` writes as a PNG.
 
 Usage: infra/plot-curves.sh [LABEL=]CURVES.csv OUT.png [TITLE] [LABEL=MORE.csv ...]
+       infra/plot-curves.sh --all CURVES.csv OUT.png [TITLE]
 The CSV has a header `step,baseline_loss,cairn_loss,floor_nats`; a positive floor (the synthetic
 corpus's entropy rate) is drawn as a dashed line. Each LABEL=MORE.csv adds the cairn curve of
 another run under that label (a sweep against one baseline: the runs must share its baseline).
@@ -28,6 +29,36 @@ def read_curves(source):
     return steps, baseline, cairn, floor
 
 
+def plot_all(source, out, title):
+    """Every loss column of one CSV (a run with peers or a --frontier sweep), one curve each."""
+    with open(source, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        print(f"{source}: no rows", file=sys.stderr)
+        return 1
+    steps = [int(r["step"]) for r in rows]
+    columns = [c for c in rows[0] if c not in ("step", "floor_nats")]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
+    shown = []
+    for c in columns:
+        values = [float(r[c]) for r in rows]
+        label = "AdamW (best rate)" if c == "baseline_loss" else ("cairn" if c == "cairn_loss" else c)
+        ax.plot(steps, values, marker=".", label=label, linewidth=2.2 if c.startswith("cairn") or c == "cairn_loss" else 1.2)
+        shown += values[1:]
+    if shown:
+        ax.set_ylim(min(shown) * 0.98, min(max(shown), 2 * min(shown)) * 1.02)
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small", ncol=2)
+    fig.tight_layout()
+    fig.savefig(out)
+    print(f"wrote {out}")
+    return 0
+
+
 def split_label(arg):
     """(label, path) of `LABEL=PATH`; the label is empty when there is no `=`."""
     label, _, path = arg.rpartition("=")
@@ -38,6 +69,11 @@ def main() -> int:
     if len(sys.argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
+    if sys.argv[1] == "--all":
+        if len(sys.argv) < 4:
+            print(__doc__, file=sys.stderr)
+            return 2
+        return plot_all(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else sys.argv[2])
     first_label, source = split_label(sys.argv[1])
     out = sys.argv[2]
     title = sys.argv[3] if len(sys.argv) > 3 else source

@@ -218,6 +218,34 @@ async fn three_workers_and_a_validator_agree_with_an_outside_auditor() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn workers_with_local_steps_count_and_agree_with_the_auditor() {
+    let members =
+        [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker"), ("v", "beta", "validator")];
+    // Each round, each worker takes 2 AdamW steps on its own copy (4 of its 8 sequences each) and
+    // uploads the pseudo-gradient through the usual encoder; the rule is the same for everyone.
+    let local = sections(3, 2, 120, 0, "sign").replacen(
+        "momentum_decay = 0.99\n",
+        "momentum_decay = 0.99\nlocal_steps = 2\ninner_lr = 0.003\n",
+        1,
+    );
+    let fed = Fed::start(&members, &local).await;
+    let mut children: Vec<(&str, Child)> = ["w1", "w2"].iter().map(|w| (*w, fed.spawn("worker", w))).collect();
+    children.push(("v", fed.spawn("validate", "v")));
+    fed.wait_all(&mut children);
+    assert_eq!(fed.worker_state("w1"), fed.worker_state("w2"));
+    assert_eq!(fed.audit_ok(), fed.worker_state("w1"));
+    for w in ["w1", "w2"] {
+        assert_eq!(fed.log_text(w).matches("ours counted").count(), 3, "{w}: {}", fed.log_text(w));
+    }
+    // The validator judged all six and passed them: every score is above the run's min_score -20.
+    let log = fed.log_text("v");
+    let scores: Vec<i64> =
+        log.lines().filter_map(|l| l.split_once(": verdict ")?.1.split_whitespace().next()?.parse().ok()).collect();
+    assert_eq!(scores.len(), 6, "{log}");
+    assert!(scores.iter().all(|&s| s > -20), "{scores:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_round_restarts_and_the_run_completes() {
     let members = [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker")];
     // The rounds wait for both workers (min 2), so the run can only finish if the restart works.
@@ -382,7 +410,7 @@ async fn honest_update(follower: &Follower, key: &Keypair) -> Bytes {
     let data = info.train.dataset().await.unwrap();
     let step = StepConfig { micro_batch: 8, clip_norm: Some(1.0) };
     let me = WorkerKey(key.public().0);
-    compute_update(&model, &mut demo, &data, &step, follower, &me, 0.99).unwrap().0
+    compute_update(&model, &mut demo, None, &data, &step, follower, &me, 0.99).unwrap().0
 }
 
 /// The same update with every bf16 value negated.

@@ -13,6 +13,7 @@ pub mod demo;
 mod error;
 pub mod follow;
 pub mod hf;
+pub mod local;
 pub mod model;
 pub mod peers;
 pub mod run_spec;

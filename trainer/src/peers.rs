@@ -35,6 +35,7 @@ use verify::{Compression, Header, Hyper, Layout, Round, Schedule, State, ValueEn
 
 use crate::demo::{Bases, DemoState, dense, dims, forward, from_chunks, to_chunks, top_indices};
 use crate::error::TrainerError;
+use crate::local::LocalSteps;
 use crate::model::{Model, ModelConfig};
 use crate::simulate::{SIM_RUN, shards, worker_key};
 use crate::step::{AdamW, AdamWConfig, StepConfig, local_step};
@@ -260,7 +261,7 @@ pub struct LocoPeer {
 impl LocoPeer {
     /// Every worker's copy at `state`, fresh optimisers, zero error feedback and momentum.
     pub fn new(model: &ModelConfig, state: &State, config: LocoConfig, device: Device) -> Result<Self, TrainerError> {
-        if config.workers == 0 || config.h == 0 || !(config.outer_lr > 0.0) {
+        if config.workers == 0 || config.h == 0 || config.outer_lr.is_nan() || config.outer_lr <= 0.0 {
             return Err(TrainerError::InvalidConfig(format!(
                 "a local-steps peer needs workers, H >= 1 and α > 0: {config:?}"
             )));
@@ -337,7 +338,7 @@ impl LocoPeer {
                 };
                 let _ = theta.f_sub_(&step.f_mul_scalar(self.config.outer_lr)?)?;
                 for (model, _) in &self.workers {
-                    let _ = model.params()[t].shallow_clone().f_copy_(&theta)?;
+                    model.params()[t].shallow_clone().f_copy_(&theta)?;
                 }
             }
             Ok(())
@@ -372,20 +373,21 @@ impl Method for LocoPeer {
     }
 }
 
-/// cairn's consensus aggregation fed by local steps: every worker takes AdamW steps on its own
-/// copy, and every H steps it folds its pseudo-gradient `θ - θ_w` into its DeMo momentum, encodes it
-/// in cairn's wire format (DCT top-k, sign values, error feedback) and `verify::apply` takes the
-/// sign step, exactly as a run's round does. Research: a run's workers take one gradient step per
-/// round today.
+/// cairn's consensus aggregation fed by local steps ([`crate::local`]): every worker takes AdamW
+/// steps on its own copy, and every H steps it folds its pseudo-gradient `θ - θ_w` into its DeMo
+/// momentum, encodes it in cairn's wire format (DCT top-k, sign values, error feedback) and
+/// `verify::apply` takes the sign step, exactly as a run's round does (a run with
+/// `train.local_steps = H` splits each round's assignment into H parts instead).
 #[derive(Debug)]
 pub struct LocalSwarm {
     h: u64,
     total_steps: u64,
+    inner: Schedule,
     hyper: Hyper,
     momentum_decay: f64,
     state: State,
     global: Model,
-    workers: Vec<(Model, AdamW, DemoState)>,
+    workers: Vec<(LocalSteps, DemoState)>,
 }
 
 impl LocalSwarm {
@@ -412,30 +414,18 @@ impl LocalSwarm {
         }
         let global = Model::from_state(model, state, device)?;
         let workers = (0..workers)
-            .map(|_| {
-                let m = Model::from_state(model, state, device)?;
-                let opt = AdamW::new(&m, inner)?;
-                let demo = DemoState::new(state.layout(), device)?;
-                Ok((m, opt, demo))
-            })
+            .map(|_| Ok((LocalSteps::new(model, state, inner, device)?, DemoState::new(state.layout(), device)?)))
             .collect::<Result<_, TrainerError>>()?;
-        Ok(LocalSwarm { h, total_steps, hyper, momentum_decay, state: state.clone(), global, workers })
+        let inner = inner.schedule;
+        Ok(LocalSwarm { h, total_steps, inner, hyper, momentum_decay, state: state.clone(), global, workers })
     }
 
     fn synchronise(&mut self, round: Round) -> Result<(), TrainerError> {
         let layout = self.state.layout().clone();
         let base = self.state.hash();
         let mut updates = Vec::with_capacity(self.workers.len());
-        for (i, (model, _, demo)) in self.workers.iter_mut().enumerate() {
-            let delta = tch::no_grad(|| {
-                self.global
-                    .params()
-                    .iter()
-                    .zip(model.params())
-                    .map(|(g, l)| Ok(g.f_sub(l)?))
-                    .collect::<Result<Vec<_>, TrainerError>>()
-            })?;
-            demo.accumulate(&delta, &layout, self.momentum_decay, 1.0)?;
+        for (i, (local, demo)) in self.workers.iter_mut().enumerate() {
+            demo.accumulate(&local.delta(&self.global)?, &layout, self.momentum_decay, 1.0)?;
             let header = Header {
                 run: SIM_RUN,
                 round,
@@ -449,8 +439,8 @@ impl LocalSwarm {
         }
         apply(&mut self.state, round, &updates, &self.hyper)?;
         self.global.load_state(&self.state)?;
-        for (model, _, _) in &mut self.workers {
-            model.load_state(&self.state)?;
+        for (local, _) in &mut self.workers {
+            local.reset(&self.global)?;
         }
         Ok(())
     }
@@ -459,9 +449,10 @@ impl LocalSwarm {
 impl Method for LocalSwarm {
     fn step(&mut self, step: Round, batch: &Tensor) -> Result<f64, TrainerError> {
         let shards = shards(batch, self.workers.len())?;
+        let lr = self.inner.lr_f64(step);
         let mut loss = 0.0;
-        for ((model, opt, _), shard) in self.workers.iter_mut().zip(&shards) {
-            loss += opt.step(model, shard)?.loss;
+        for ((local, _), shard) in self.workers.iter_mut().zip(&shards) {
+            loss += local.step(shard, lr)?;
         }
         let done = step.0 + 1;
         if done.is_multiple_of(self.h) || done == self.total_steps {

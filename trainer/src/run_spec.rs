@@ -36,6 +36,22 @@ const RATIO_DEN: u64 = 1_000_000_000;
 pub const MAX_SPEC_BYTES: u64 = 1 << 20;
 /// The version of the [`TrainSpec`] JSON in the Genesis `extra` bytes.
 pub const TRAIN_SPEC_VERSION: u32 = 1;
+/// The training spec version of a run with local steps (`train.local_steps > 1`).
+pub const LOCAL_STEPS_SPEC_VERSION: u32 = 2;
+/// Most local steps per round.
+pub const MAX_LOCAL_STEPS: u32 = 64;
+
+fn one_step() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
 
 /// `run.toml`, parsed. See docs/RUN.md.
 #[derive(Clone, Debug, Deserialize)]
@@ -130,6 +146,12 @@ pub struct TrainSection {
     pub clip_norm: f64,
     /// DeMo momentum decay.
     pub momentum_decay: f64,
+    /// AdamW steps a worker takes on its own copy per round, each on an equal part of its
+    /// assignment, before it encodes how far it moved (1: one gradient, no local optimiser).
+    pub local_steps: u32,
+    /// Peak rate of the local AdamW (with local_steps > 1), following the shape of the optimizer
+    /// schedule: round r's rate is inner_lr * lr(r) / lr.
+    pub inner_lr: f64,
 }
 
 impl Default for TrainSection {
@@ -139,6 +161,8 @@ impl Default for TrainSection {
             micro_batch: 8,
             clip_norm: 1.0,
             momentum_decay: crate::demo::DEFAULT_MOMENTUM_DECAY,
+            local_steps: 1,
+            inner_lr: 0.0,
         }
     }
 }
@@ -327,6 +351,12 @@ pub struct TrainSpec {
     pub clip_norm: f64,
     /// DeMo momentum decay.
     pub momentum_decay: f64,
+    /// Local AdamW steps per round ([`crate::local`]); 1 (and absent, in version 1) for none.
+    #[serde(default = "one_step", skip_serializing_if = "is_one")]
+    pub local_steps: u32,
+    /// Peak rate of the local AdamW; 0 (absent) without local steps.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub inner_lr: f64,
     /// Round deadline, seconds.
     pub deadline_secs: u64,
     /// Verdict wait, seconds.
@@ -357,10 +387,14 @@ impl TrainSpec {
     pub fn from_extra(extra: &[u8]) -> Result<TrainSpec, TrainerError> {
         let spec: TrainSpec = serde_json::from_slice(extra)
             .map_err(|e| TrainerError::InvalidConfig(format!("the genesis training spec does not parse: {e}")))?;
-        if spec.version != TRAIN_SPEC_VERSION {
+        // Version 2 is version 1 with local steps: a build that predates them refuses such a run
+        // instead of training it another way.
+        let want = if spec.local_steps > 1 { LOCAL_STEPS_SPEC_VERSION } else { TRAIN_SPEC_VERSION };
+        if spec.version != want {
             return Err(TrainerError::InvalidConfig(format!(
-                "training spec version {} (this build reads {TRAIN_SPEC_VERSION})",
-                spec.version
+                "training spec version {} with local_steps {} (this build reads version {TRAIN_SPEC_VERSION} \
+                 without local steps and {LOCAL_STEPS_SPEC_VERSION} with them)",
+                spec.version, spec.local_steps
             )));
         }
         spec.validate()?;
@@ -441,6 +475,17 @@ impl TrainSpec {
         Ok(data)
     }
 
+    /// The local AdamW's rate in `round`: `inner_lr` scaled as `schedule` (the run's sign-step
+    /// schedule) is scaled from its peak.
+    pub fn inner_rate(&self, schedule: &verify::Schedule, round: verify::Round) -> f64 {
+        let peak = match *schedule {
+            verify::Schedule::Constant { lr } => lr,
+            verify::Schedule::WarmupCosine { peak, .. } | verify::Schedule::WarmupStableDecay { peak, .. } => peak,
+        }
+        .to_f64();
+        if peak > 0.0 { self.inner_lr * schedule.lr_f64(round) / peak } else { 0.0 }
+    }
+
     /// Whether round `round` is past the end of the run.
     pub fn is_past_end(&self, round: u64) -> bool {
         self.total_rounds > 0 && round >= self.total_rounds
@@ -478,6 +523,23 @@ impl TrainSpec {
         }
         if !(0.0..=1.0).contains(&self.momentum_decay) {
             return bad(format!("train.momentum_decay must be in [0, 1], got {}", self.momentum_decay));
+        }
+        if self.local_steps == 0 || self.local_steps > MAX_LOCAL_STEPS {
+            return bad(format!("train.local_steps must be in 1..={MAX_LOCAL_STEPS}, got {}", self.local_steps));
+        }
+        if self.local_steps > 1 {
+            if !(self.inner_lr > 0.0 && self.inner_lr < 1.0) {
+                return bad(format!("train.inner_lr must be in (0, 1) with local steps, got {}", self.inner_lr));
+            }
+            if self.sequences_per_round() < self.local_steps as usize {
+                return bad(format!(
+                    "train.tokens_per_round gives {} sequences, fewer than train.local_steps {}",
+                    self.sequences_per_round(),
+                    self.local_steps
+                ));
+            }
+        } else if self.inner_lr != 0.0 {
+            return bad("train.inner_lr needs train.local_steps > 1".into());
         }
         if self.score_assigned_sequences > 4096 || self.score_eval_sequences > 4096 {
             return bad("validation sequences must be at most 4096".into());
@@ -534,7 +596,7 @@ impl RunSpec {
     pub fn genesis_parts(&self, vocab: u32) -> Result<GenesisParts, TrainerError> {
         let bad = |what: String| TrainerError::InvalidConfig(format!("run.toml: {what}"));
         let train = TrainSpec {
-            version: TRAIN_SPEC_VERSION,
+            version: if self.train.local_steps > 1 { LOCAL_STEPS_SPEC_VERSION } else { TRAIN_SPEC_VERSION },
             preset: self.run.preset.clone(),
             seed: self.run.seed,
             total_rounds: self.run.total_rounds,
@@ -551,6 +613,8 @@ impl RunSpec {
             micro_batch: self.train.micro_batch,
             clip_norm: self.train.clip_norm,
             momentum_decay: self.train.momentum_decay,
+            local_steps: self.train.local_steps,
+            inner_lr: self.train.inner_lr,
             deadline_secs: self.rounds.deadline_secs,
             verdict_wait_secs: self.rounds.verdict_wait_secs,
             score_assigned_sequences: self.validation.assigned_sequences,
@@ -791,5 +855,49 @@ mod tests {
         assert!(err.contains("is not what the run pinned"), "{err}");
         let wrong = TrainSpec { vocab: 300, ..train };
         assert!(wrong.tokenizer().await.unwrap_err().to_string().contains("256 tokens"));
+    }
+
+    #[test]
+    fn local_steps_are_version_2_of_the_training_spec_and_checked() {
+        let with = |train: &str| {
+            RunSpec::EXAMPLE.replacen("momentum_decay = 0.999", &format!("momentum_decay = 0.999\n{train}"), 1)
+        };
+        let parts = |text: &str| RunSpec::parse(text).unwrap().genesis_parts(BYTE_VOCAB);
+        // Without local steps the spec is version 1 and its bytes hold neither field (runs made
+        // before local steps existed keep their genesis bytes, and so their run ids).
+        let plain = parts(RunSpec::EXAMPLE).unwrap();
+        let json = String::from_utf8(plain.config.extra.clone()).unwrap();
+        assert!(
+            json.contains("\"version\":1") && !json.contains("local_steps") && !json.contains("inner_lr"),
+            "{json}"
+        );
+        let local = parts(&with("local_steps = 8\ninner_lr = 0.002")).unwrap();
+        let spec = TrainSpec::from_extra(&local.config.extra).unwrap();
+        assert_eq!((spec.version, spec.local_steps, spec.inner_lr), (2, 8, 0.002));
+        // The inner rate follows the schedule's shape: the example's cosine from 0.003 to 0.0003.
+        let schedule = &local.config.hyper.schedule;
+        let r = verify::Round(500);
+        assert!((spec.inner_rate(schedule, r) - 0.002 * schedule.lr_f64(r) / 0.003).abs() < 1e-15);
+        // A version that does not match the fields is refused, with both named.
+        for (version, steps) in [(1, 8), (2, 1)] {
+            let forged = TrainSpec {
+                version,
+                local_steps: steps,
+                inner_lr: if steps > 1 { 0.002 } else { 0.0 },
+                ..spec.clone()
+            };
+            let err = TrainSpec::from_extra(&serde_json::to_vec(&forged).unwrap()).unwrap_err().to_string();
+            assert!(err.contains(&format!("version {version} with local_steps {steps}")), "{err}");
+        }
+        for (train, what) in [
+            ("local_steps = 0", "train.local_steps must be in 1..=64"),
+            ("local_steps = 65\ninner_lr = 0.002", "train.local_steps must be in 1..=64"),
+            ("local_steps = 4", "train.inner_lr must be in (0, 1)"),
+            ("inner_lr = 0.002", "train.inner_lr needs train.local_steps > 1"),
+            ("local_steps = 64\ninner_lr = 0.002", "fewer than train.local_steps 64"),
+        ] {
+            let err = parts(&with(train)).unwrap_err().to_string();
+            assert!(err.contains(what), "{train}: {err}");
+        }
     }
 }

@@ -236,11 +236,17 @@ impl AdamW {
         self.steps
     }
 
-    /// One optimiser step on `batch` (`[N, T + 1]`): accumulate, clip, update the parameters.
+    /// One optimiser step on `batch` (`[N, T + 1]`): accumulate, clip, update the parameters, at
+    /// the schedule's rate for the steps taken so far.
     pub fn step(&mut self, model: &Model, batch: &Tensor) -> Result<StepStats, TrainerError> {
+        let lr = self.config.schedule.lr_f64(Round(self.steps));
+        self.step_at(model, batch, lr)
+    }
+
+    /// One optimiser step at rate `lr` (whatever the schedule says).
+    pub fn step_at(&mut self, model: &Model, batch: &Tensor, lr: f64) -> Result<StepStats, TrainerError> {
         let (n, t) = batch_rows(batch)?;
         let (loss, grad_norm) = accumulate(model, batch, &self.config.step)?;
-        let lr = self.config.schedule.lr_f64(Round(self.steps));
         self.opt.set_lr(lr);
         self.opt.step();
         self.steps += 1;

@@ -30,9 +30,10 @@ use crate::TrainerError;
 use crate::data::Dataset;
 use crate::demo::DemoState;
 use crate::follow::{Follower, TallyAction};
+use crate::local::LocalSteps;
 use crate::model::{Model, Precision};
 use crate::score::milli_nats;
-use crate::step::{StepConfig, local_step};
+use crate::step::{AdamWConfig, StepConfig, local_step};
 use crate::worker_state::{self, Restored, ResumePolicy};
 
 /// How a worker runs.
@@ -165,6 +166,17 @@ pub async fn run_worker(
         micro_batch: info.train.micro_batch,
         clip_norm: (info.train.clip_norm > 0.0).then_some(info.train.clip_norm),
     };
+    // With local steps, a copy trained by an AdamW whose moments carry over from round to round.
+    let mut local = match info.train.local_steps {
+        0 | 1 => None,
+        _ => {
+            let inner = AdamWConfig { weight_decay: 0.0, step, ..AdamWConfig::default() };
+            Some(
+                LocalSteps::new(&info.model, follower.state(), inner, options.device)?
+                    .with_precision(options.precision),
+            )
+        }
+    };
     let mut summary = WorkerSummary::default();
     loop {
         for report in follower.sync().await? {
@@ -186,7 +198,8 @@ pub async fn run_worker(
             }
             let started = Instant::now();
             let (bytes, loss) = tokio::task::block_in_place(|| {
-                compute_update(&model, &mut demo, &data, &step, &follower, &me, info.train.momentum_decay)
+                let local = local.as_mut();
+                compute_update(&model, &mut demo, local, &data, &step, &follower, &me, info.train.momentum_decay)
             })?;
             let train_secs = started.elapsed().as_secs_f64();
             let size = bytes.len() as u64;
@@ -218,9 +231,14 @@ pub async fn run_worker(
 
 /// Trains `me`'s assignment for the follower's open round from its state (which `model` must
 /// hold), feeds the momentum and encodes the update; returns the blob bytes and the training loss.
+/// With `local` (the run's `train.local_steps` > 1), the assignment is split into that many parts
+/// in order, `local` takes one AdamW step on each from the state, and the momentum takes the
+/// pseudo-gradient ([`crate::local`]); without, one gradient of the whole assignment.
+#[allow(clippy::too_many_arguments)]
 pub fn compute_update(
     model: &Model,
     demo: &mut DemoState,
+    local: Option<&mut LocalSteps>,
     data: &Dataset,
     step: &StepConfig,
     follower: &Follower,
@@ -231,9 +249,19 @@ pub fn compute_update(
     let round = follower.round();
     let indices = data.assignment(round, me, info.train.sequences_per_round());
     let batch = data.batch(&indices, model.device())?;
-    let grads = local_step(model, &batch, step)?;
     let layout = &info.config.layout;
-    demo.accumulate(&grads.grads, layout, decay, 1.0)?;
+    let (direction, loss) = match local {
+        None => {
+            let g = local_step(model, &batch, step)?;
+            (g.grads, g.loss)
+        }
+        Some(local) => {
+            let parts = crate::simulate::shards(&batch, info.train.local_steps as usize)?;
+            let lr = info.train.inner_rate(&info.config.hyper.schedule, round);
+            crate::local::pseudo_gradient(local, model, &parts, lr)?
+        }
+    };
+    demo.accumulate(&direction, layout, decay, 1.0)?;
     let header = Header {
         run: verify::RunId(info.run_id.0),
         round,
@@ -243,7 +271,7 @@ pub fn compute_update(
         compression: info.config.hyper.compression,
     };
     let update = demo.encode(&header, layout)?;
-    Ok((Bytes::from(update.to_bytes()), grads.loss))
+    Ok((Bytes::from(update.to_bytes()), loss))
 }
 
 /// The Contribution's assignment field: the round and the sequence count (the indices themselves
