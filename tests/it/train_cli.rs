@@ -249,7 +249,15 @@ fn bench_train_frontier_sweeps_every_method_over_the_ratios() {
     let stdout = small_train(
         "2",
         "2",
-        &["--frontier", "--frontier-x", "300,1200", "--peers", "demo-sign,sparseloco", "--local-steps", "2"],
+        &[
+            "--frontier",
+            "--frontier-x",
+            "300,1200",
+            "--peers",
+            "demo-sign,sparseloco,cairn-local",
+            "--local-steps",
+            "2",
+        ],
     );
     let last = pairs(stdout.lines().last().unwrap());
     for key in ["cairn_gap_300x_pct", "best_peer_gap_300x_pct", "cairn_gap_1200x_pct", "best_peer_gap_1200x_pct"] {
@@ -260,7 +268,7 @@ fn bench_train_frontier_sweeps_every_method_over_the_ratios() {
         let got = number(&last, key);
         assert!(got > x / 2.0 && got < x * 2.0, "{key} {got}");
     }
-    for label in ["cairn@300x", "demo-sign@300x", "sparseloco@1200x"] {
+    for label in ["cairn@300x", "demo-sign@300x", "sparseloco@1200x", "cairn-local@1200x"] {
         table_row(&stdout, label);
     }
     assert!(stdout.contains("frontier (gap to the best AdamW"), "{stdout}");
