@@ -43,6 +43,10 @@ pub struct DemoArgs {
     /// Tokens per worker per round.
     #[arg(long, default_value_t = 512)]
     tokens_per_round: u64,
+    /// Local AdamW steps per round (train.local_steps; 1: one gradient per round). With more, the
+    /// round's sign step is that many times the one-step rate and the local AdamW peaks at 2e-3.
+    #[arg(long, default_value_t = 1)]
+    local_steps: u32,
     /// Local folder for keys, run.toml and logs (default: ./cairn-demo-local).
     #[arg(long, default_value = "cairn-demo-local")]
     work_dir: PathBuf,
@@ -201,9 +205,9 @@ fn demo_spec(args: &DemoArgs, keys: &[(&str, &str, &str, PathBuf, ledger::Public
         "# Written by `cairn demo`; see docs/RUN.md for every field.\n\
          [run]\nname = \"cairn demo\"\npreset = \"{preset}\"\nseed = 1\ntotal_rounds = {rounds}\nsnapshot_every = 50\n\n\
          [data]\nsource = \"{source}\"\nseq_len = {DEMO_SEQ_LEN}\neval_fraction = 0.05\neval_sequences = 256\n\n\
-         [train]\ntokens_per_round = {tokens}\nmicro_batch = 8\nclip_norm = 1.0\nmomentum_decay = {momentum}\n\n\
+         [train]\ntokens_per_round = {tokens}\nmicro_batch = 8\nclip_norm = 1.0\nmomentum_decay = {momentum}\n{local}\n\
          [demo]\nchunk = 64\ntopk = 4\nvalues = \"sign\"\n\n\
-         [optimizer]\nlr = 0.002\nwarmup_rounds = 2\nweight_decay = 0.0\nclip = \"median\"\n\n\
+         [optimizer]\nlr = {lr}\nwarmup_rounds = 2\nweight_decay = 0.0\nclip = \"median\"\n\n\
          [rounds]\nmin_contributions = 2\nmax_contributions = 16\ndeadline_secs = 120\nverdict_wait_secs = 60\n\n\
          [validation]\nmin_score = -20\nmax_failures = 3\nassigned_sequences = {assigned}\neval_sequences = 4\n\n\
          [roster]\nquorum = 1\norg_quorum = 2\n",
@@ -214,6 +218,11 @@ fn demo_spec(args: &DemoArgs, keys: &[(&str, &str, &str, PathBuf, ledger::Public
         // scores of honest updates were noisy enough to fail some (docs/BENCHMARKS.md).
         assigned = trainer::data::sequences_for_tokens(args.tokens_per_round, DEMO_SEQ_LEN),
         momentum = trainer::demo::DEFAULT_MOMENTUM_DECAY,
+        local = match args.local_steps {
+            0 | 1 => String::new(),
+            h => format!("local_steps = {h}\ninner_lr = 0.002\n"),
+        },
+        lr = 0.002 * f64::from(args.local_steps.max(1)),
     );
     for (_, org, role, _, key) in keys {
         s.push_str(&format!("\n[[roster.member]]\nkey = \"{key}\"\norganisation = \"{org}\"\nrole = \"{role}\"\n"));
