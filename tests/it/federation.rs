@@ -553,9 +553,16 @@ async fn adversaries_are_void_or_excluded_and_the_audit_says_why() {
     follower.info().store.delete(&c.blob.key()).await.unwrap();
     // Garbage at the head of the log, from anyone with write access to the bucket (it used to stall
     // closing: a close had to land at one exact slot).
-    follower.poll().await.unwrap();
-    let head = follower.reader().next_seq();
-    follower.info().store.put_if_absent(&ledger::seq_key(head), Bytes::from_static(b"not a slot")).await.unwrap();
+    // The workers append meanwhile: if one takes the slot first, try the next head.
+    loop {
+        follower.poll().await.unwrap();
+        let head = follower.reader().next_seq();
+        let store = follower.info().store.clone();
+        let put = store.put_if_absent(&ledger::seq_key(head), Bytes::from_static(b"not a slot")).await.unwrap();
+        if matches!(put, storage::PutOutcome::Created(_)) {
+            break;
+        }
+    }
     // An early close: mallory contributes, then votes to close at once (to shut out everyone after
     // it). One organisation is below the quorum of 2: the round closes only with an honest vote,
     // whose cut covers every contribution that honest organisation had seen.
