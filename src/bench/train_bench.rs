@@ -404,6 +404,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     let h = args.peers.local_steps;
     anyhow::ensure!(h >= 1, "--local-steps must be >= 1");
     let inner_lr = args.peers.inner_lr.unwrap_or(args.adamw_lr[0]);
+    let grids = chunk_grids(&layout, args.chunk)?;
     for (i, target) in targets.iter().enumerate() {
         for (&values, &topk) in encodings.iter().zip(&target.cairn_topk) {
             let hyper = Hyper {
@@ -426,7 +427,6 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             let label = format!("{name}{}", target.label);
             runners.push(Runner::new(label, Role::Consensus, Some(i), Trainee::Cairn(swarm)));
         }
-        let grids = chunk_grids(&layout, args.chunk)?;
         for (name, values) in [(DEMO_REF, PeerValues::F32), (DEMO_SIGN, PeerValues::Sign)] {
             if !peers.has(name) {
                 continue;
@@ -628,6 +628,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     if let Some(path) = &args.research.csv {
         // floor_nats: the synthetic corpus's entropy floor, 0 when unknown (as on the last line).
         let others: Vec<String> = runners.iter().skip(baselines).map(key).collect();
+        // single mode keeps the historical columns first: cairn_loss right after the baseline
         let mut csv = match single {
             true => format!("step,baseline_loss,{},floor_nats\n", others.join(",")),
             false => format!("step,baseline_loss,floor_nats,{}\n", others.join(",")),
@@ -639,7 +640,6 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
                 false => csv.push_str(&format!("{s},{},{floor},{}\n", losses[best], rest.join(","))),
             }
         }
-        // keep the historical column order in single mode: cairn_loss right after the baseline
         std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
     }
     println!(

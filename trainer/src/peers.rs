@@ -31,13 +31,13 @@
 use tch::{Device, Kind, Tensor};
 use verify::chunk::Grid;
 use verify::wire::encoded_len;
-use verify::{Compression, Header, Hyper, Layout, Round, Schedule, State, ValueEncoding, apply, decode};
+use verify::{Compression, Hyper, Layout, Round, Schedule, State, ValueEncoding, apply};
 
 use crate::demo::{Bases, DemoState, dense, dims, forward, from_chunks, to_chunks, top_indices};
 use crate::error::TrainerError;
 use crate::local::LocalSteps;
 use crate::model::{Model, ModelConfig};
-use crate::simulate::{SIM_RUN, shards, worker_key};
+use crate::simulate::{shards, simulated_update};
 use crate::step::{AdamW, AdamWConfig, StepConfig, local_step};
 
 /// Value width of a sparse upload.
@@ -284,7 +284,10 @@ impl LocoPeer {
             }
             Outer::Diloco { .. } => Vec::new(),
         };
-        let velocity = zeros_like_layout(state.layout(), device)?;
+        let velocity = match config.outer {
+            Outer::Diloco { .. } => zeros_like_layout(state.layout(), device)?,
+            Outer::SparseLoco { .. } => Vec::new(),
+        };
         Ok(LocoPeer { config, global, workers, grids, error, velocity })
     }
 
@@ -426,16 +429,7 @@ impl LocalSwarm {
         let mut updates = Vec::with_capacity(self.workers.len());
         for (i, (local, demo)) in self.workers.iter_mut().enumerate() {
             demo.accumulate(&local.delta(&self.global)?, &layout, self.momentum_decay, 1.0)?;
-            let header = Header {
-                run: SIM_RUN,
-                round,
-                base,
-                worker: worker_key(i),
-                layout: layout.hash(),
-                compression: self.hyper.compression,
-            };
-            let blob = demo.encode(&header, &layout)?.to_bytes();
-            updates.push(decode(&blob, &header.expected(&layout))?);
+            updates.push(simulated_update(demo, &layout, round, base, i, self.hyper.compression)?.0);
         }
         apply(&mut self.state, round, &updates, &self.hyper)?;
         self.global.load_state(&self.state)?;

@@ -68,6 +68,21 @@ pub fn worker_key(i: usize) -> WorkerKey {
     WorkerKey(k)
 }
 
+/// Simulated worker `i`'s update of `round` on `base`: its momentum encoded into the wire format
+/// (with error feedback), serialised and decoded as a receiver would; and its size in bytes.
+pub fn simulated_update(
+    demo: &mut DemoState,
+    layout: &Layout,
+    round: Round,
+    base: StateHash,
+    i: usize,
+    compression: verify::Compression,
+) -> Result<(Update, u64), TrainerError> {
+    let header = Header { run: SIM_RUN, round, base, worker: worker_key(i), layout: layout.hash(), compression };
+    let blob = demo.encode(&header, layout)?.to_bytes();
+    Ok((decode(&blob, &header.expected(layout))?, blob.len() as u64))
+}
+
 /// Full-batch AdamW on its own copy of the model.
 #[derive(Debug)]
 pub struct Baseline {
@@ -271,18 +286,9 @@ impl Swarm {
                 }
             }
             demo.accumulate(&g.grads, &layout, self.config.momentum_decay, 1.0)?;
-            let worker = worker_key(i);
-            let header = Header {
-                run: SIM_RUN,
-                round,
-                base,
-                worker,
-                layout: layout.hash(),
-                compression: self.config.hyper.compression,
-            };
-            let blob = demo.encode(&header, &layout)?.to_bytes();
-            bytes = blob.len() as u64;
-            updates.push(decode(&blob, &header.expected(&layout))?);
+            let (update, size) = simulated_update(demo, &layout, round, base, i, self.config.hyper.compression)?;
+            bytes = size;
+            updates.push(update);
         }
         let before: Vec<Vec<f32>> = if need_grads { self.state.data().to_vec() } else { Vec::new() };
         let hyper = &self.config.hyper;
