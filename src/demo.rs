@@ -47,6 +47,10 @@ pub struct DemoArgs {
     /// round's sign step is that many times the one-step rate and the local AdamW peaks at 2e-3.
     #[arg(long, default_value_t = 1)]
     local_steps: u32,
+    /// The aggregation's step rule: sign (DeMo's, 1-bit values), or linear (the mean of the workers'
+    /// pseudo-gradients at rate 1, two-bit values, top-k 4 x local steps; needs --local-steps >= 2).
+    #[arg(long, default_value = "sign")]
+    step_rule: String,
     /// Local folder for keys, run.toml and logs (default: ./cairn-demo-local).
     #[arg(long, default_value = "cairn-demo-local")]
     work_dir: PathBuf,
@@ -81,6 +85,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     // Refuse a device or precision the workers would refuse, before anything is written.
     trainer::parse_device(&args.device)?;
     args.precision.parse::<trainer::model::Precision>()?;
+    match args.step_rule.as_str() {
+        "sign" => {}
+        "linear" => anyhow::ensure!(
+            args.local_steps >= 2,
+            "--step-rule linear takes the mean of local pseudo-gradients: it needs --local-steps 2 or more"
+        ),
+        other => anyhow::bail!("--step-rule must be sign or linear, not {other}"),
+    }
     let base = absolute_url(&args.store)?;
     admin::init(&base, InitOptions::default(), &Default::default())
         .await
@@ -201,12 +213,30 @@ fn demo_spec(args: &DemoArgs, keys: &[(&str, &str, &str, PathBuf, ledger::Public
             format!("file://{}", std::path::absolute(path).unwrap_or_else(|_| std::path::PathBuf::from(path)).display())
         }
     };
+    // The linear rule sends the local pseudo-gradient's top 4 x H coefficients per chunk at two bits
+    // every H steps (about the sign demo's bytes per local step), takes its mean at rate 1 and keeps
+    // SparseLoCo's error-feedback decay; the sign rule steps 0.002 per local step.
+    let (demo, lr, momentum) = match args.step_rule.as_str() {
+        "linear" => (
+            format!(
+                "topk = {}\nvalues = \"two-bit\"\nstep_rule = \"linear\"\n",
+                (4 * args.local_steps).min(u32::from(verify::wire::MAX_TOPK))
+            ),
+            1.0,
+            0.95,
+        ),
+        _ => (
+            "topk = 4\nvalues = \"sign\"\n".to_string(),
+            0.002 * f64::from(args.local_steps.max(1)),
+            trainer::demo::DEFAULT_MOMENTUM_DECAY,
+        ),
+    };
     let mut s = format!(
         "# Written by `cairn demo`; see docs/RUN.md for every field.\n\
          [run]\nname = \"cairn demo\"\npreset = \"{preset}\"\nseed = 1\ntotal_rounds = {rounds}\nsnapshot_every = 50\n\n\
          [data]\nsource = \"{source}\"\nseq_len = {DEMO_SEQ_LEN}\neval_fraction = 0.05\neval_sequences = 256\n\n\
          [train]\ntokens_per_round = {tokens}\nmicro_batch = 8\nclip_norm = 1.0\nmomentum_decay = {momentum}\n{local}\n\
-         [demo]\nchunk = 64\ntopk = 4\nvalues = \"sign\"\n\n\
+         [demo]\nchunk = 64\n{demo}\n\
          [optimizer]\nlr = {lr}\nwarmup_rounds = 2\nweight_decay = 0.0\nclip = \"median\"\n\n\
          [rounds]\nmin_contributions = 2\nmax_contributions = 16\ndeadline_secs = 120\nverdict_wait_secs = 60\n\n\
          [validation]\nmin_score = -20\nmax_failures = 3\nassigned_sequences = {assigned}\neval_sequences = 4\n\n\
@@ -217,12 +247,10 @@ fn demo_spec(args: &DemoArgs, keys: &[(&str, &str, &str, PathBuf, ledger::Public
         // The validator re-evaluates every sequence the worker trained on: with half of them, the
         // scores of honest updates were noisy enough to fail some (docs/BENCHMARKS.md).
         assigned = trainer::data::sequences_for_tokens(args.tokens_per_round, DEMO_SEQ_LEN),
-        momentum = trainer::demo::DEFAULT_MOMENTUM_DECAY,
         local = match args.local_steps {
             0 | 1 => String::new(),
             h => format!("local_steps = {h}\ninner_lr = 0.002\n"),
         },
-        lr = 0.002 * f64::from(args.local_steps.max(1)),
     );
     for (_, org, role, _, key) in keys {
         s.push_str(&format!("\n[[roster.member]]\nkey = \"{key}\"\norganisation = \"{org}\"\nrole = \"{role}\"\n"));

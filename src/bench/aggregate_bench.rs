@@ -115,6 +115,10 @@ fn synthetic(layout: &Layout, header: Header, rng: &mut StdRng) -> anyhow::Resul
                 // bf16 bits of f32 values in (-0.01, 0.01): the top half of the f32 bits, rounded down
                 Values::Bf16((0..m).map(|_| (rng.random_range(-0.01f32..0.01).to_bits() >> 16) as u16).collect())
             }
+            ValueEncoding::TwoBit => Values::TwoBit {
+                scales: (0..g.chunks()).map(|_| 0.001).collect(),
+                q: (0..m).map(|_| rng.random_range(0..=3)).collect(),
+            },
         };
         tensors.push((idx, values));
     }
@@ -151,6 +155,7 @@ fn run_blocking(args: Args) -> anyhow::Result<Outcome> {
         schedule: Schedule::Constant { lr: Ratio::new(1, 1000) },
         weight_decay: Ratio::new(1, 10),
         clip: NormClip::Median,
+        step: verify::StepRule::Sign,
     };
     let layout = gpt2_small()?;
     let params = layout.elements();

@@ -28,7 +28,7 @@ use trainer::peers::{
 use trainer::simulate::{Baseline, Experiment, Swarm, SwarmConfig, embedding_coherence, global_batch};
 use trainer::step::{AdamWConfig, StepConfig, eval_loss};
 use verify::wire::encoded_len;
-use verify::{Compression, Hyper, NormClip, Ratio, Round, Schedule, ValueEncoding};
+use verify::{Compression, Hyper, NormClip, Ratio, Round, Schedule, StepRule, ValueEncoding};
 
 use crate::Outcome;
 
@@ -156,6 +156,12 @@ pub struct Research {
     /// whose update size is nearest the first's (or the --frontier-x target).
     #[arg(long, value_delimiter = ',', default_value = "sign")]
     values: Vec<String>,
+    /// The aggregation's step rule (consensus, a run's `demo.step_rule`) for cairn and cairn-local:
+    /// sign (DeMo's: the sign of the mean over the senders of each coefficient) or linear (the mean
+    /// over every worker, zeros included, times the rate, as SparseLoCo's outer step; needs int8,
+    /// bf16 or two-bit values).
+    #[arg(long, default_value = "sign")]
+    step_rule: String,
     /// Research only, not consensus: replace the aggregation's sign(X) by the linear step
     /// lr * X / rms(X) per tensor (the same RMS step as the sign).
     #[arg(long)]
@@ -193,9 +199,15 @@ pub struct PeerArgs {
     /// same schedule shape as the others.
     #[arg(long)]
     inner_lr: Option<f64>,
-    /// cairn-local's sign-step rate per synchronisation (default: --lr x --local-steps).
+    /// cairn-local's outer rate per synchronisation (default: --lr x --local-steps with the sign
+    /// step rule, 1 with the linear one).
     #[arg(long)]
     local_outer_lr: Option<f64>,
+    /// cairn-local's outer schedule: `shaped` (the warm-up and decay every optimiser follows, which
+    /// the inner AdamW also follows: a run's `optimizer` section) or `constant` (the inner AdamW
+    /// alone decays, as SparseLoCo's).
+    #[arg(long, default_value = "shaped")]
+    local_outer_schedule: String,
     /// SparseLoCo's outer learning rate.
     #[arg(long, default_value_t = 1.0)]
     sparseloco_outer_lr: f64,
@@ -322,9 +334,14 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         .research
         .values
         .iter()
-        .map(|v| ValueEncoding::from_name(v).with_context(|| format!("--values must be sign, int8 or bf16, not {v}")))
+        .map(|v| {
+            ValueEncoding::from_name(v)
+                .with_context(|| format!("--values must be sign, int8, bf16 or two-bit, not {v}"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     anyhow::ensure!(!encodings.is_empty(), "--values needs at least one encoding");
+    let step_rule = StepRule::from_name(&args.research.step_rule)
+        .with_context(|| format!("--step-rule must be sign or linear, not {}", args.research.step_rule))?;
     let layout = state.layout().clone();
     let mut dense = Vec::new();
     for (t, spec) in layout.tensors().iter().enumerate() {
@@ -412,6 +429,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
                 schedule: cairn_schedule,
                 weight_decay: ratio(args.weight_decay, "--weight-decay")?,
                 clip: NormClip::Off,
+                step: step_rule,
             };
             let mut swarm = Swarm::new(
                 &config,
@@ -455,13 +473,22 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             ));
         }
         if peers.has(CAIRN_LOCAL) {
-            let topk = cairn_topk(target.bytes * h as f64, ValueEncoding::Sign);
-            let outer = args.peers.local_outer_lr.unwrap_or(args.lr * h as f64);
+            let values = encodings[0];
+            let topk = cairn_topk(target.bytes * h as f64, values);
+            let outer = args.peers.local_outer_lr.unwrap_or(match step_rule {
+                StepRule::Sign => args.lr * h as f64,
+                StepRule::Linear => 1.0,
+            });
             let hyper = Hyper {
-                compression: cairn_compression(topk, ValueEncoding::Sign)?,
-                schedule: schedule(&args, outer, "--local-outer-lr")?,
+                compression: cairn_compression(topk, values)?,
+                schedule: match args.peers.local_outer_schedule.as_str() {
+                    "shaped" => schedule(&args, outer, "--local-outer-lr")?,
+                    "constant" => Schedule::Constant { lr: ratio(outer, "--local-outer-lr")? },
+                    other => anyhow::bail!("--local-outer-schedule must be shaped or constant, not {other}"),
+                },
                 weight_decay: ratio(args.weight_decay, "--weight-decay")?,
                 clip: NormClip::Off,
+                step: step_rule,
             };
             let peer = LocalSwarm::new(
                 &config,

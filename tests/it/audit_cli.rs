@@ -50,6 +50,7 @@ async fn two_rounds(url: &str) -> State {
             schedule: Schedule::Constant { lr: Ratio::new(1, 100) },
             weight_decay: Ratio::new(1, 10),
             clip: NormClip::Median,
+            step: verify::StepRule::Sign,
         },
         rounds: RoundRules { min_contributions: 2, max_contributions: 8 },
         exclusion: ExclusionRules { min_score: 0, max_failures: 0 },

@@ -217,18 +217,12 @@ async fn three_workers_and_a_validator_agree_with_an_outside_auditor() {
     assert_eq!(fed.log_text("v").matches(": verdict ").count(), 9, "{}", fed.log_text("v"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn workers_with_local_steps_count_and_agree_with_the_auditor() {
+/// Two workers of two organisations and a validator run `config` (3 rounds, both needed per round):
+/// both workers reach the auditor's state, every contribution counts, and the validator passes all six.
+async fn two_workers_count_agree_and_pass(config: &str) {
     let members =
         [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker"), ("v", "beta", "validator")];
-    // Each round, each worker takes 2 AdamW steps on its own copy (4 of its 8 sequences each) and
-    // uploads the pseudo-gradient through the usual encoder; the rule is the same for everyone.
-    let local = sections(3, 2, 120, 0, "sign").replacen(
-        "momentum_decay = 0.99\n",
-        "momentum_decay = 0.99\nlocal_steps = 2\ninner_lr = 0.003\n",
-        1,
-    );
-    let fed = Fed::start(&members, &local).await;
+    let fed = Fed::start(&members, config).await;
     let mut children: Vec<(&str, Child)> = ["w1", "w2"].iter().map(|w| (*w, fed.spawn("worker", w))).collect();
     children.push(("v", fed.spawn("validate", "v")));
     fed.wait_all(&mut children);
@@ -243,6 +237,30 @@ async fn workers_with_local_steps_count_and_agree_with_the_auditor() {
         log.lines().filter_map(|l| l.split_once(": verdict ")?.1.split_whitespace().next()?.parse().ok()).collect();
     assert_eq!(scores.len(), 6, "{log}");
     assert!(scores.iter().all(|&s| s > -20), "{scores:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_with_local_steps_count_and_agree_with_the_auditor() {
+    // Each round, each worker takes 2 AdamW steps on its own copy (4 of its 8 sequences each) and
+    // uploads the pseudo-gradient through the usual encoder; the rule is the same for everyone.
+    let local = sections(3, 2, 120, 0, "sign").replacen(
+        "momentum_decay = 0.99\n",
+        "momentum_decay = 0.99\nlocal_steps = 2\ninner_lr = 0.003\n",
+        1,
+    );
+    two_workers_count_agree_and_pass(&local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_linear_step_run_with_two_bit_values_counts_and_agrees_with_the_auditor() {
+    // SparseLoCo's shape through the consensus path: 2 local AdamW steps, the pseudo-gradient's top-k
+    // at two bits with error feedback, and the mean of the workers' updates applied at rate 1 (the
+    // validator applies each update alone at that rate).
+    let linear = sections(3, 2, 120, 0, "two-bit")
+        .replacen("momentum_decay = 0.99\n", "momentum_decay = 0.95\nlocal_steps = 2\ninner_lr = 0.003\n", 1)
+        .replacen("values = \"two-bit\"\n", "values = \"two-bit\"\nstep_rule = \"linear\"\n", 1)
+        .replacen("[optimizer]\nlr = 0.003\n", "[optimizer]\nlr = 1.0\n", 1);
+    two_workers_count_agree_and_pass(&linear).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

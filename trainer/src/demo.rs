@@ -8,11 +8,11 @@
 //!   Y = Dr · X · Dcᵀ                    bases from verify::dct::Basis, cached per size (Bases)
 //!              │
 //!              ▼  per chunk: stable sort of |Y| descending, keep `kept`, indices ascending
-//!   (index, value) x kept ──copy to host──▶ quantise (sign | int8 + scale | bf16) ──▶ verify::Update::new
+//!   (index, value) x kept ──copy to host──▶ quantise (sign | int8, two-bit + scale | bf16) ──▶ Update::new
 //!              │
 //!              ▼  error feedback (DemoState::encode)
 //!   m = m - Drᵀ · S · Dc      S = the sent coefficients at their positions, zero elsewhere:
-//!                             int8 / bf16: the dequantised values (what receivers decode);
+//!                             int8 / bf16 / two-bit: the dequantised values (what receivers decode);
 //!                             sign: the full-precision coefficients (the receivers' ±1 carry no
 //!                             magnitude, so the worker removes what it selected, as DeMo does)
 //! ```
@@ -200,7 +200,7 @@ fn encode_selected(
         let decoded: Vec<f32> = (0..host_values.len()).map(|e| wire.value(e / kept.max(1), e) as f32).collect();
         let feedback = match comp.values {
             ValueEncoding::Sign => values,
-            ValueEncoding::Int8 | ValueEncoding::Bf16 => {
+            ValueEncoding::Int8 | ValueEncoding::Bf16 | ValueEncoding::TwoBit => {
                 Tensor::f_from_slice(&decoded)?.f_reshape([gr * gc, kept as i64])?.f_to_device(bases.device())?
             }
         };
@@ -478,6 +478,7 @@ mod tests {
             schedule: Schedule::Constant { lr: Ratio::new(1, 100) },
             weight_decay: Ratio::new(1, 10),
             clip,
+            step: verify::StepRule::Sign,
         }
     }
 
@@ -503,6 +504,8 @@ mod tests {
                         Values::Sign(_) => 0.0,
                         // one quantisation step of the larger scale, plus rounding
                         Values::Int8 { scales, .. } => f64::from(scales[c]) * 1.01 + 1e-6,
+                        // one level apart (2 x the scale), plus rounding
+                        Values::TwoBit { scales, .. } => f64::from(scales[c]) * 2.02 + 1e-6,
                         // one bf16 ulp (2^-7 relative)
                         Values::Bf16(_) => va.abs().max(vb.abs()) / 128.0 + 1e-6,
                     };

@@ -5,11 +5,13 @@
 //!   round r, consensus state θ (the follower's, bit-exact)
 //!     local copy θ_w = θ;  the round's assigned sequences split into H parts in order
 //!     for each part:  one AdamW step on θ_w at  inner_lr · lr(r) / peak   (the run's schedule shape)
+//!                     or at its own schedule's rate (train.inner_min_lr: TrainSpec::inner_schedule)
 //!     Δ = θ - θ_w                    ─▶ DeMo momentum  m = β m + Δ  ─▶ encode as any update
 //! ```
 //!
 //! Nothing here is consensus: the aggregation, wire format and round rule are the same whether a
-//! worker took one step or H. The inner optimiser's moments live in memory and carry over from
+//! worker took one step or H. With the linear step rule (docs/FORMAT.md 5.3) the round applies the
+//! mean of the workers' encoded Δ at the run's rate (about 1): SparseLoCo's outer step. The inner optimiser's moments live in memory and carry over from
 //! round to round; a restarted worker starts them at zero (its DeMo momentum is saved as always).
 //! `cairn bench train --peers cairn-local` measures the same procedure with one part per step
 //! ([`crate::peers::LocalSwarm`]).

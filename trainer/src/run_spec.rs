@@ -38,6 +38,8 @@ pub const MAX_SPEC_BYTES: u64 = 1 << 20;
 pub const TRAIN_SPEC_VERSION: u32 = 1;
 /// The training spec version of a run with local steps (`train.local_steps > 1`).
 pub const LOCAL_STEPS_SPEC_VERSION: u32 = 2;
+/// The training spec version of a run whose local AdamW has its own schedule (`train.inner_min_lr`).
+pub const INNER_SCHEDULE_SPEC_VERSION: u32 = 3;
 /// Most local steps per round.
 pub const MAX_LOCAL_STEPS: u32 = 64;
 
@@ -51,6 +53,10 @@ fn is_one(n: &u32) -> bool {
 
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
+}
+
+fn is_zero_u64(x: &u64) -> bool {
+    *x == 0
 }
 
 /// `run.toml`, parsed. See docs/RUN.md.
@@ -149,9 +155,17 @@ pub struct TrainSection {
     /// AdamW steps a worker takes on its own copy per round, each on an equal part of its
     /// assignment, before it encodes how far it moved (1: one gradient, no local optimiser).
     pub local_steps: u32,
-    /// Peak rate of the local AdamW (with local_steps > 1), following the shape of the optimizer
-    /// schedule: round r's rate is inner_lr * lr(r) / lr.
+    /// Peak rate of the local AdamW (with local_steps > 1). Without `inner_min_lr` it follows the
+    /// shape of the optimizer schedule: round r's rate is inner_lr * lr(r) / lr.
     pub inner_lr: f64,
+    /// With it, the local AdamW has its own schedule: a linear warm-up over `inner_warmup_rounds`,
+    /// inner_lr until `inner_decay_start` (0: a cosine from the end of the warm-up), then down to
+    /// this rate at run.total_rounds (as SparseLoCo, whose outer rate stays constant).
+    pub inner_min_lr: Option<f64>,
+    /// Warm-up rounds of the local AdamW's own schedule.
+    pub inner_warmup_rounds: u64,
+    /// Round from which the local AdamW's own schedule decays linearly (0: cosine).
+    pub inner_decay_start: u64,
 }
 
 impl Default for TrainSection {
@@ -163,6 +177,9 @@ impl Default for TrainSection {
             momentum_decay: crate::demo::DEFAULT_MOMENTUM_DECAY,
             local_steps: 1,
             inner_lr: 0.0,
+            inner_min_lr: None,
+            inner_warmup_rounds: 0,
+            inner_decay_start: 0,
         }
     }
 }
@@ -175,8 +192,11 @@ pub struct DemoSection {
     pub chunk: u16,
     /// Coefficients kept per chunk.
     pub topk: u16,
-    /// Value encoding: sign (1 bit), int8, bf16.
+    /// Value encoding: sign (1 bit), int8, bf16, two-bit.
     pub values: String,
+    /// The aggregation's step: sign (DeMo's) or linear (the mean update times the rate; needs
+    /// int8, bf16 or two-bit values).
+    pub step_rule: String,
     /// Top-k of particular tensors, by name (`[demo.topk_by_tensor]`); left out: the embedding at
     /// [`crate::model::DEFAULT_EMBEDDING_TOPK`]; an empty table: none.
     pub topk_by_tensor: Option<BTreeMap<String, u16>>,
@@ -184,7 +204,7 @@ pub struct DemoSection {
 
 impl Default for DemoSection {
     fn default() -> DemoSection {
-        DemoSection { chunk: 64, topk: 4, values: "sign".into(), topk_by_tensor: None }
+        DemoSection { chunk: 64, topk: 4, values: "sign".into(), step_rule: "sign".into(), topk_by_tensor: None }
     }
 }
 
@@ -357,6 +377,16 @@ pub struct TrainSpec {
     /// Peak rate of the local AdamW; 0 (absent) without local steps.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub inner_lr: f64,
+    /// The end rate of the local AdamW's own schedule (version 3); absent: it follows the
+    /// optimizer schedule's shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner_min_lr: Option<f64>,
+    /// Warm-up rounds of the local AdamW's own schedule.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub inner_warmup_rounds: u64,
+    /// Decay start of the local AdamW's own schedule (0: cosine).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub inner_decay_start: u64,
     /// Round deadline, seconds.
     pub deadline_secs: u64,
     /// Verdict wait, seconds.
@@ -387,14 +417,15 @@ impl TrainSpec {
     pub fn from_extra(extra: &[u8]) -> Result<TrainSpec, TrainerError> {
         let spec: TrainSpec = serde_json::from_slice(extra)
             .map_err(|e| TrainerError::InvalidConfig(format!("the genesis training spec does not parse: {e}")))?;
-        // Version 2 is version 1 with local steps: a build that predates them refuses such a run
-        // instead of training it another way.
-        let want = if spec.local_steps > 1 { LOCAL_STEPS_SPEC_VERSION } else { TRAIN_SPEC_VERSION };
+        // Version 2 is version 1 with local steps, version 3 adds the local AdamW's own schedule: a
+        // build that predates them refuses such a run instead of training it another way.
+        let want = spec.version_needed();
         if spec.version != want {
             return Err(TrainerError::InvalidConfig(format!(
-                "training spec version {} with local_steps {} (this build reads version {TRAIN_SPEC_VERSION} \
-                 without local steps and {LOCAL_STEPS_SPEC_VERSION} with them)",
-                spec.version, spec.local_steps
+                "training spec version {} with local_steps {} and inner_min_lr {:?} (this build reads version \
+                 {TRAIN_SPEC_VERSION} without local steps, {LOCAL_STEPS_SPEC_VERSION} with them and \
+                 {INNER_SCHEDULE_SPEC_VERSION} with their own schedule)",
+                spec.version, spec.local_steps, spec.inner_min_lr
             )));
         }
         spec.validate()?;
@@ -475,9 +506,39 @@ impl TrainSpec {
         Ok(data)
     }
 
-    /// The local AdamW's rate in `round`: `inner_lr` scaled as `schedule` (the run's sign-step
-    /// schedule) is scaled from its peak.
+    /// The version this spec's fields need.
+    fn version_needed(&self) -> u32 {
+        match (self.local_steps > 1, self.inner_min_lr.is_some()) {
+            (_, true) => INNER_SCHEDULE_SPEC_VERSION,
+            (true, false) => LOCAL_STEPS_SPEC_VERSION,
+            (false, false) => TRAIN_SPEC_VERSION,
+        }
+    }
+
+    /// The local AdamW's own schedule, when `inner_min_lr` gives it one.
+    pub fn inner_schedule(&self) -> Result<Option<verify::Schedule>, TrainerError> {
+        let Some(min) = self.inner_min_lr else { return Ok(None) };
+        let (peak, min) = (ratio(self.inner_lr, "train.inner_lr")?, ratio(min, "train.inner_min_lr")?);
+        let (warmup_rounds, total_rounds) = (self.inner_warmup_rounds, self.total_rounds);
+        let schedule = match self.inner_decay_start {
+            0 => verify::Schedule::WarmupCosine { peak, min, warmup_rounds, total_rounds },
+            decay_start => verify::Schedule::WarmupStableDecay { peak, min, warmup_rounds, decay_start, total_rounds },
+        };
+        schedule.validate().map_err(|e| {
+            TrainerError::InvalidConfig(format!(
+                "train.inner_warmup_rounds {} and train.inner_decay_start {} must lie within run.total_rounds {}: {e}",
+                self.inner_warmup_rounds, self.inner_decay_start, self.total_rounds
+            ))
+        })?;
+        Ok(Some(schedule))
+    }
+
+    /// The local AdamW's rate in `round`: its own schedule's ([`TrainSpec::inner_schedule`]), or
+    /// `inner_lr` scaled as `schedule` (the run's consensus schedule) is scaled from its peak.
     pub fn inner_rate(&self, schedule: &verify::Schedule, round: verify::Round) -> f64 {
+        if let Ok(Some(own)) = self.inner_schedule() {
+            return own.lr_f64(round);
+        }
         let peak = match *schedule {
             verify::Schedule::Constant { lr } => lr,
             verify::Schedule::WarmupCosine { peak, .. } | verify::Schedule::WarmupStableDecay { peak, .. } => peak,
@@ -541,6 +602,20 @@ impl TrainSpec {
         } else if self.inner_lr != 0.0 {
             return bad("train.inner_lr needs train.local_steps > 1".into());
         }
+        if let Some(min) = self.inner_min_lr {
+            if self.local_steps <= 1 {
+                return bad("train.inner_min_lr needs train.local_steps > 1".into());
+            }
+            if !(0.0..=self.inner_lr).contains(&min) {
+                return bad(format!("train.inner_min_lr must be in [0, train.inner_lr], got {min}"));
+            }
+            if self.total_rounds == 0 {
+                return bad("train.inner_min_lr needs run.total_rounds (the end of its decay)".into());
+            }
+            self.inner_schedule()?;
+        } else if self.inner_warmup_rounds != 0 || self.inner_decay_start != 0 {
+            return bad("train.inner_warmup_rounds and train.inner_decay_start need train.inner_min_lr".into());
+        }
         if self.score_assigned_sequences > 4096 || self.score_eval_sequences > 4096 {
             return bad("validation sequences must be at most 4096".into());
         }
@@ -596,7 +671,7 @@ impl RunSpec {
     pub fn genesis_parts(&self, vocab: u32) -> Result<GenesisParts, TrainerError> {
         let bad = |what: String| TrainerError::InvalidConfig(format!("run.toml: {what}"));
         let train = TrainSpec {
-            version: if self.train.local_steps > 1 { LOCAL_STEPS_SPEC_VERSION } else { TRAIN_SPEC_VERSION },
+            version: TRAIN_SPEC_VERSION,
             preset: self.run.preset.clone(),
             seed: self.run.seed,
             total_rounds: self.run.total_rounds,
@@ -615,14 +690,21 @@ impl RunSpec {
             momentum_decay: self.train.momentum_decay,
             local_steps: self.train.local_steps,
             inner_lr: self.train.inner_lr,
+            inner_min_lr: self.train.inner_min_lr,
+            inner_warmup_rounds: self.train.inner_warmup_rounds,
+            inner_decay_start: self.train.inner_decay_start,
             deadline_secs: self.rounds.deadline_secs,
             verdict_wait_secs: self.rounds.verdict_wait_secs,
             score_assigned_sequences: self.validation.assigned_sequences,
             score_eval_sequences: self.validation.eval_sequences,
         };
+        let train = TrainSpec { version: train.version_needed(), ..train };
         train.validate().map_err(|e| bad(e.to_string()))?;
-        let values = ValueEncoding::from_name(&self.demo.values)
-            .ok_or_else(|| bad(format!("demo.values must be sign, int8 or bf16, not {:?}", self.demo.values)))?;
+        let values = ValueEncoding::from_name(&self.demo.values).ok_or_else(|| {
+            bad(format!("demo.values must be sign, int8, bf16 or two-bit, not {:?}", self.demo.values))
+        })?;
+        let step = verify::StepRule::from_name(&self.demo.step_rule)
+            .ok_or_else(|| bad(format!("demo.step_rule must be sign or linear, not {:?}", self.demo.step_rule)))?;
         let o = &self.optimizer;
         let peak = ratio(o.lr, "optimizer.lr")?;
         if o.decay_start > 0 && o.min_lr.is_none() {
@@ -666,7 +748,15 @@ impl RunSpec {
         let compression = Compression { overrides, ..Compression::uniform(self.demo.chunk, self.demo.topk, values) };
         compression.validate_for(&layout).map_err(|e| bad(format!("demo: {e}")))?;
         let hyper =
-            Hyper { compression, schedule, weight_decay: ratio(o.weight_decay, "optimizer.weight_decay")?, clip };
+            Hyper { compression, schedule, weight_decay: ratio(o.weight_decay, "optimizer.weight_decay")?, clip, step };
+        hyper.validate().map_err(|e| bad(format!("demo: {e}")))?;
+        if step == verify::StepRule::Linear && clip == NormClip::Off {
+            // under the linear rule the step follows the updates' magnitudes: without clipping one
+            // worker moves the model as far as the value bounds allow (docs/SECURITY.md, row 33)
+            return Err(bad("demo.step_rule = \"linear\" needs optimizer.clip = \"median\": without it one worker's \
+                 update can move the model as far as it likes"
+                .into()));
+        }
         let config = RunConfig {
             layout,
             hyper,
@@ -757,6 +847,20 @@ mod tests {
         };
         assert!(with("preset = \"tiny\"", "preset = \"huge\"").contains("huge"));
         assert!(with("values = \"sign\"", "values = \"fp4\"").contains("demo.values"));
+        assert!(with("step_rule = \"sign\"", "step_rule = \"adam\"").contains("demo.step_rule"));
+        // the linear step needs values with a magnitude
+        let err = with("step_rule = \"sign\"", "step_rule = \"linear\"");
+        assert!(err.contains("linear step rule needs values with a magnitude"), "{err}");
+        let err = RunSpec::parse(
+            &RunSpec::EXAMPLE
+                .replacen("values = \"sign\"", "values = \"two-bit\"", 1)
+                .replacen("step_rule = \"sign\"", "step_rule = \"linear\"", 1)
+                .replacen("clip = \"median\"", "clip = \"off\"", 1),
+        )
+        .and_then(|s| s.genesis_parts(BYTE_VOCAB).map(|_| ()))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("needs optimizer.clip = \"median\""), "{err}");
         assert!(with("role = \"admin\"", "role = \"boss\"").contains("roster.member[0].role"));
         assert!(with("momentum_decay = 0.999", "momentum_decay = 1.5").contains("momentum_decay"));
         assert!(with("[train]", "[train]\nbogus = 1").contains("bogus"));
@@ -895,6 +999,48 @@ mod tests {
             ("local_steps = 4", "train.inner_lr must be in (0, 1)"),
             ("inner_lr = 0.002", "train.inner_lr needs train.local_steps > 1"),
             ("local_steps = 64\ninner_lr = 0.002", "fewer than train.local_steps 64"),
+        ] {
+            let err = parts(&with(train)).unwrap_err().to_string();
+            assert!(err.contains(what), "{train}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_local_adamw_s_own_schedule_is_version_3_and_checked() {
+        // the example's total_rounds is 20
+        let with = |train: &str| {
+            RunSpec::EXAMPLE.replacen("momentum_decay = 0.999", &format!("momentum_decay = 0.999\n{train}"), 1)
+        };
+        let parts = |text: &str| RunSpec::parse(text).unwrap().genesis_parts(BYTE_VOCAB);
+        let own = parts(&with(
+            "local_steps = 4\ninner_lr = 0.002\ninner_min_lr = 0.0\ninner_warmup_rounds = 2\ninner_decay_start = 10",
+        ))
+        .unwrap();
+        let spec = TrainSpec::from_extra(&own.config.extra).unwrap();
+        assert_eq!(spec.version, 3);
+        // Its own warm-up, hold and linear decay to 0 at round 20, whatever the optimizer schedule:
+        // round 0 is 1/2 of the peak, rounds 2..10 the peak, round 15 half way down (5 of 10 left).
+        let outer = &own.config.hyper.schedule;
+        let rate = |r| spec.inner_rate(outer, verify::Round(r));
+        assert!((rate(0) - 0.001).abs() < 1e-12, "{}", rate(0));
+        assert!((rate(5) - 0.002).abs() < 1e-12, "{}", rate(5));
+        assert!((rate(15) - 0.001).abs() < 1e-12, "{}", rate(15));
+        assert_eq!(rate(20), 0.0);
+        // A version 2 spec with an own schedule is refused (an older worker would train otherwise).
+        let forged = TrainSpec { version: 2, ..spec.clone() };
+        let err = TrainSpec::from_extra(&serde_json::to_vec(&forged).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("version 2 with local_steps 4 and inner_min_lr Some(0.0)"), "{err}");
+        for (train, what) in [
+            ("inner_min_lr = 0.0", "train.inner_min_lr needs train.local_steps > 1"),
+            (
+                "local_steps = 4\ninner_lr = 0.002\ninner_min_lr = 0.003",
+                "train.inner_min_lr must be in [0, train.inner_lr]",
+            ),
+            ("local_steps = 4\ninner_lr = 0.002\ninner_warmup_rounds = 2", "need train.inner_min_lr"),
+            (
+                "local_steps = 4\ninner_lr = 0.002\ninner_min_lr = 0.0\ninner_decay_start = 30",
+                "must lie within run.total_rounds 20",
+            ),
         ] {
             let err = parts(&with(train)).unwrap_err().to_string();
             assert!(err.contains(what), "{train}: {err}");

@@ -104,7 +104,7 @@ fn check_finite(update: &Update, state: &State) -> Result<(), TrainerError> {
         let kept = tu.kept().max(1) as usize;
         let finite = match tu.values() {
             Values::Sign(_) => true,
-            Values::Int8 { scales, .. } => scales.iter().all(|s| s.is_finite()),
+            Values::Int8 { scales, .. } | Values::TwoBit { scales, .. } => scales.iter().all(|s| s.is_finite()),
             Values::Bf16(_) => (0..tu.indices().len()).all(|e| tu.values().value(e / kept, e).is_finite()),
         };
         if !finite {
@@ -205,6 +205,7 @@ mod tests {
             schedule: Schedule::Constant { lr: Ratio::new(1, 1000) },
             weight_decay: Ratio::new(1, 10),
             clip: NormClip::Median,
+            step: verify::StepRule::Sign,
         }
     }
 
@@ -220,6 +221,10 @@ mod tests {
                         Values::Int8 { scales: scales.clone(), q: q.iter().map(|x| -x).collect() }
                     }
                     Values::Bf16(v) => Values::Bf16(v.iter().map(|b| b ^ 0x8000).collect()),
+                    // code c is level 2c - 3; 3 - c is its negation
+                    Values::TwoBit { scales, q } => {
+                        Values::TwoBit { scales: scales.clone(), q: q.iter().map(|c| 3 - c).collect() }
+                    }
                 };
                 (t.indices().to_vec(), values)
             })

@@ -420,6 +420,7 @@ mod tests {
                 schedule: Schedule::Constant { lr: Ratio::new(3, 1000) },
                 weight_decay: Ratio::new(0, 1),
                 clip: NormClip::Off,
+                step: verify::StepRule::Sign,
             },
             momentum_decay: 0.9,
             step: StepConfig { micro_batch: 8, clip_norm: Some(1.0) },

@@ -4,14 +4,21 @@
 //!   updates (ledger order) ──norms──▶ clip factors f_i (median clipping, or all 1)
 //!        │
 //!        ▼  per tensor, per chunk (chunks are independent: the only parallelism)
-//!   for each coefficient j:  y_j = (Σ_i f_i * v_ij) / n_j       f64, i in the given order,
-//!                                                               over the n_j updates that selected j
+//!   for each coefficient j:  y_j = (Σ_i f_i * v_ij) / d_j       f64, i in the given order, over
+//!                                                               the updates that selected j
+//!        d_j = n_j, the updates that selected j          (step rule sign)
+//!        d_j = N, every update of the round              (step rule linear)
 //!   Y ──round to f32──▶ inverse DCT (dct module's canonical order) ──▶ x
 //!        │
 //!        ▼  per parameter
-//!   s = sign(x) ∈ {-1, 0, +1}
+//!   s = sign(x) ∈ {-1, 0, +1}   (sign)      s = x   (linear)
 //!   p = p * (1 - lr * wd)  then  p = p - lr * s                   f32, each op rounded on its own
 //! ```
+//!
+//! The sign rule is DeMo's: only the direction survives, so the values' bits and the inverse DCT's
+//! rounding rarely matter. The linear rule is SparseLoCo's outer step (the mean of what every worker
+//! sent, zeros included, times the rate), taken in the DCT domain: each rounding of the inverse DCT
+//! reaches the state, so the order of every sum is part of the rule (the dct module states it).
 //!
 //! - Norm of an update: sqrt of the f64 sum, in wire order, of its decoded values squared (the L2 norm
 //!   of its dense coefficient vector, which the orthonormal DCT makes the L2 norm of the dense update).
@@ -32,7 +39,7 @@ use crate::error::VerifyError;
 use crate::id::Round;
 use crate::schedule::{Ratio, Schedule};
 use crate::state::{Layout, State};
-use crate::wire::{Compression, MAX_CHUNK_SIZE, Update};
+use crate::wire::{Compression, MAX_CHUNK_SIZE, Update, ValueEncoding};
 
 /// Most updates aggregated in one round.
 pub const MAX_UPDATES_PER_ROUND: usize = 4096;
@@ -46,6 +53,32 @@ pub enum NormClip {
     Median,
 }
 
+/// What the aggregation does with the combined direction `x` (module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StepRule {
+    /// `p -= lr * sign(x)`, `x` from the mean over the updates that selected each coefficient.
+    #[default]
+    Sign,
+    /// `p -= lr * x`, `x` from the mean over all the round's updates. Needs values with a magnitude
+    /// (int8, bf16 or two-bit).
+    Linear,
+}
+
+impl StepRule {
+    /// The name used in configs and on the command line: `sign`, `linear`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepRule::Sign => "sign",
+            StepRule::Linear => "linear",
+        }
+    }
+
+    /// From its [`StepRule::name`].
+    pub fn from_name(name: &str) -> Option<StepRule> {
+        [StepRule::Sign, StepRule::Linear].into_iter().find(|r| r.name() == name)
+    }
+}
+
 /// The run's optimiser hyperparameters (fixed at genesis).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Hyper {
@@ -57,11 +90,18 @@ pub struct Hyper {
     pub weight_decay: Ratio,
     /// Norm clipping.
     pub clip: NormClip,
+    /// Sign or linear step.
+    pub step: StepRule,
 }
 
 impl Hyper {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), VerifyError> {
+        if self.step == StepRule::Linear && self.compression.values == ValueEncoding::Sign {
+            return Err(VerifyError::InvalidCompression(
+                "the linear step rule needs values with a magnitude (int8, bf16 or two-bit), not sign".into(),
+            ));
+        }
         self.compression.validate()?;
         self.schedule.validate()?;
         self.weight_decay.validate()
@@ -117,11 +157,12 @@ pub fn apply(state: &mut State, round: Round, updates: &[Update], hyper: &Hyper)
     let decay = 1.0f32 - lr * wd;
     let factors = clip_factors(updates, hyper.clip);
     let grids = hyper.compression.grids(state.layout());
-    run(&grids, state.data_mut(), updates, &factors, Mode::Apply { lr, decay });
+    run(&grids, state.data_mut(), updates, &factors, hyper.step, Mode::Apply { lr, decay });
     Ok(())
 }
 
-/// The combined direction before `sign`: per tensor, the inverse DCT of the (clipped) mean coefficients.
+/// The combined direction `x` before the step rule: per tensor, the inverse DCT of the (clipped) mean
+/// coefficients (mean over the selecting updates for the sign rule, over all for the linear rule).
 /// For validators and tests; with one update and `NormClip::Off` it is what that update transmits.
 pub fn direction(
     layout: &Layout,
@@ -133,7 +174,7 @@ pub fn direction(
     let factors = clip_factors(updates, hyper.clip);
     let grids = hyper.compression.grids(layout);
     let mut out = State::zeros(layout.clone());
-    run(&grids, out.data_mut(), updates, &factors, Mode::Direction);
+    run(&grids, out.data_mut(), updates, &factors, hyper.step, Mode::Direction);
     Ok(out.data().to_vec())
 }
 
@@ -190,7 +231,7 @@ struct Band<'a> {
     rows: &'a mut [f32],
 }
 
-fn run(grids: &[Grid], data: &mut [Vec<f32>], updates: &[Update], factors: &[f64], mode: Mode) {
+fn run(grids: &[Grid], data: &mut [Vec<f32>], updates: &[Update], factors: &[f64], rule: StepRule, mode: Mode) {
     let mut bases: Vec<Option<Basis>> = vec![None; usize::from(MAX_CHUNK_SIZE) + 1];
     for g in grids {
         for n in [g.chunk_rows, g.chunk_cols] {
@@ -211,7 +252,7 @@ fn run(grids: &[Grid], data: &mut [Vec<f32>], updates: &[Update], factors: &[f64
         let (Some(rb), Some(cb)) = (&bases[usize::from(g.chunk_rows)], &bases[usize::from(g.chunk_cols)]) else {
             unreachable!("bases for every grid were built above");
         };
-        band(g, rb, cb, b, s, updates, factors, mode);
+        band(g, rb, cb, b, s, updates, factors, rule, mode);
     });
 }
 
@@ -236,6 +277,7 @@ fn band(
     s: &mut Scratch,
     updates: &[Update],
     factors: &[f64],
+    rule: StepRule,
     mode: Mode,
 ) {
     let (cr, cc) = (usize::from(g.chunk_rows), usize::from(g.chunk_cols));
@@ -271,7 +313,11 @@ fn band(
         for &j in &s.touched {
             let j = usize::from(j);
             let (u, v) = (j / cc, j % cc);
-            let y = (s.sums[j] / f64::from(s.counts[j])) as f32;
+            let divisor = match rule {
+                StepRule::Sign => f64::from(s.counts[j]),
+                StepRule::Linear => updates.len() as f64,
+            };
+            let y = (s.sums[j] / divisor) as f32;
             s.sums[j] = 0.0;
             s.counts[j] = 0;
             if s.live_rows.last() != Some(&u) {
@@ -292,9 +338,9 @@ fn band(
             combine_rows(&s.z, cc, &s.coef, &mut s.x[start..start + cc]);
         }
     }
-    // 4. sign and step
-    match mode {
-        Mode::Apply { lr, decay } => {
+    // 4. step: sign or linear
+    match (mode, rule) {
+        (Mode::Apply { lr, decay }, StepRule::Sign) => {
             for (pj, &xj) in b.rows.iter_mut().zip(&s.x) {
                 // +1.0, -1.0, or +0.0 for ±0.0
                 let sign = f32::from(u8::from(xj > 0.0)) - f32::from(u8::from(xj < 0.0));
@@ -302,7 +348,13 @@ fn band(
                 *pj = decayed - lr * sign;
             }
         }
-        Mode::Direction => b.rows.copy_from_slice(&s.x[..b.rows.len()]),
+        (Mode::Apply { lr, decay }, StepRule::Linear) => {
+            for (pj, &xj) in b.rows.iter_mut().zip(&s.x) {
+                let decayed = *pj * decay;
+                *pj = decayed - lr * xj;
+            }
+        }
+        (Mode::Direction, _) => b.rows.copy_from_slice(&s.x[..b.rows.len()]),
     }
 }
 
@@ -390,6 +442,7 @@ mod tests {
             schedule: Schedule::Constant { lr: Ratio::new(1, 100) },
             weight_decay: Ratio::new(1, 10),
             clip: NormClip::Median,
+            step: crate::StepRule::Sign,
         }
     }
 

@@ -4,18 +4,21 @@
 //! ```text
 //!   offset  size  field                      (all integers little-endian; no floats)
 //!   0       8     magic "CAIRNCFG"
-//!   8       2     version = 1, or 2 when the compression has top-k overrides
+//!   8       2     version = 1, or 2 when the compression has top-k overrides, or 3 when the
+//!                 step rule is linear (with or without overrides)
 //!   10            layout      u32 count | (u32 name_len | name | u32 rank | u64 dim * rank) * count
 //!                             (= layout_bytes of FORMAT.md 1.1; names strictly ascending)
 //!                 compression u16 chunk size | u16 top-k | u8 value encoding
 //!                             v2 only: u8 n (1..=4) | (u32 tensor index | u16 top-k) * n, as in
 //!                             the update header (FORMAT.md 2)
+//!                             v3 only: u8 n (0..=4) | (u32 tensor index | u16 top-k) * n
 //!                 schedule    u8 tag: 0 constant:      ratio lr
 //!                                     1 warmup-cosine: ratio peak | ratio min | u64 warmup | u64 total
 //!                                     2 warmup-stable-decay: ratio peak | ratio min | u64 warmup
 //!                                       | u64 decay_start | u64 total
 //!                 weight decay ratio                    ratio = u64 num | u64 den (den != 0)
 //!                 clip        u8: 0 off, 1 median
+//!                 v3 only: step rule  u8: 1 linear (a sign-rule run is v1 or v2)
 //!                 rounds      u32 min contributions | u32 max contributions (1..=4096, min <= max)
 //!                 exclusion   i64 min score | u32 max failures (0 = never exclude)
 //!                 extra       u32 len (<= MAX_EXTRA_BYTES) | bytes (opaque: trainer, federation)
@@ -27,7 +30,7 @@
 //! Fields that do not change consensus (model preset, data spec, tokens per round, deadlines)
 //! belong in `extra`, whose format the trainer and federation own.
 
-use crate::aggregate::{Hyper, MAX_UPDATES_PER_ROUND, NormClip};
+use crate::aggregate::{Hyper, MAX_UPDATES_PER_ROUND, NormClip, StepRule};
 use crate::error::{ConfigError, VerifyError};
 use crate::schedule::{Ratio, Schedule};
 use crate::state::{Layout, MAX_NAME_BYTES, MAX_RANK, MAX_TENSORS, TensorSpec};
@@ -39,6 +42,8 @@ pub const CONFIG_MAGIC: [u8; 8] = *b"CAIRNCFG";
 pub const CONFIG_VERSION: u16 = 1;
 /// The config version of a run with top-k overrides.
 pub const CONFIG_VERSION_WITH_OVERRIDES: u16 = 2;
+/// The config version of a run whose step rule is not the sign.
+pub const CONFIG_VERSION_WITH_STEP_RULE: u16 = 3;
 /// Largest encoded config: the ledger's limit on a Genesis entry's config.
 pub const MAX_CONFIG_BYTES: u64 = ledger::entry::MAX_CONFIG_BYTES as u64;
 /// Largest `extra` field.
@@ -118,9 +123,10 @@ impl RunConfig {
         self.validate()?;
         let mut out = Vec::new();
         out.extend_from_slice(&CONFIG_MAGIC);
-        let version = match self.hyper.compression.overrides.is_empty() {
-            true => CONFIG_VERSION,
-            false => CONFIG_VERSION_WITH_OVERRIDES,
+        let version = match (self.hyper.step, self.hyper.compression.overrides.is_empty()) {
+            (StepRule::Linear, _) => CONFIG_VERSION_WITH_STEP_RULE,
+            (StepRule::Sign, true) => CONFIG_VERSION,
+            (StepRule::Sign, false) => CONFIG_VERSION_WITH_OVERRIDES,
         };
         out.extend_from_slice(&version.to_le_bytes());
         let tensors = self.layout.tensors();
@@ -138,6 +144,9 @@ impl RunConfig {
         out.extend_from_slice(&h.compression.chunk_size.to_le_bytes());
         out.extend_from_slice(&h.compression.topk.to_le_bytes());
         out.push(h.compression.values.code());
+        if version == CONFIG_VERSION_WITH_STEP_RULE && h.compression.overrides.is_empty() {
+            out.push(0);
+        }
         h.compression.write_overrides(&mut out);
         match h.schedule {
             Schedule::Constant { lr } => {
@@ -165,6 +174,12 @@ impl RunConfig {
             NormClip::Off => 0,
             NormClip::Median => 1,
         });
+        if version == CONFIG_VERSION_WITH_STEP_RULE {
+            out.push(match h.step {
+                StepRule::Sign => 0,
+                StepRule::Linear => 1,
+            });
+        }
         out.extend_from_slice(&self.rounds.min_contributions.to_le_bytes());
         out.extend_from_slice(&self.rounds.max_contributions.to_le_bytes());
         out.extend_from_slice(&self.exclusion.min_score.to_le_bytes());
@@ -187,7 +202,7 @@ impl RunConfig {
             return Err(ConfigError::BadMagic.into());
         }
         let version = r.u16("version")?;
-        if version != CONFIG_VERSION && version != CONFIG_VERSION_WITH_OVERRIDES {
+        if !(CONFIG_VERSION..=CONFIG_VERSION_WITH_STEP_RULE).contains(&version) {
             return Err(ConfigError::UnsupportedVersion(version).into());
         }
         let layout = decode_layout(&mut r)?;
@@ -197,10 +212,11 @@ impl RunConfig {
         let values =
             ValueEncoding::from_code(code).ok_or(ConfigError::UnknownTag { field: "value encoding", tag: code })?;
         let mut compression = Compression::uniform(chunk_size, topk, values);
-        if version == CONFIG_VERSION_WITH_OVERRIDES {
+        if version != CONFIG_VERSION {
             let n = r.u8("top-k override count")?;
-            if n == 0 || usize::from(n) > MAX_TOPK_OVERRIDES {
-                return Err(ConfigError::Invalid(format!("{n} top-k overrides in a version 2 config")).into());
+            let least = u8::from(version == CONFIG_VERSION_WITH_OVERRIDES);
+            if n < least || usize::from(n) > MAX_TOPK_OVERRIDES {
+                return Err(ConfigError::Invalid(format!("{n} top-k overrides in a version {version} config")).into());
             }
             let mut list = Vec::with_capacity(usize::from(n));
             for _ in 0..n {
@@ -231,6 +247,14 @@ impl RunConfig {
             1 => NormClip::Median,
             tag => return Err(ConfigError::UnknownTag { field: "clip", tag }.into()),
         };
+        let step = match version {
+            CONFIG_VERSION_WITH_STEP_RULE => match r.u8("step rule")? {
+                0 => StepRule::Sign,
+                1 => StepRule::Linear,
+                tag => return Err(ConfigError::UnknownTag { field: "step rule", tag }.into()),
+            },
+            _ => StepRule::Sign,
+        };
         let rounds = RoundRules { min_contributions: r.u32("min contributions")?, max_contributions: r.u32("max")? };
         let exclusion = ExclusionRules { min_score: r.i64("min score")?, max_failures: r.u32("max failures")? };
         let extra_len = r.u32("extra length")?;
@@ -243,8 +267,13 @@ impl RunConfig {
         if r.pos != bytes.len() {
             return Err(ConfigError::TrailingBytes { extra: (bytes.len() - r.pos) as u64 }.into());
         }
-        let config =
-            RunConfig { layout, hyper: Hyper { compression, schedule, weight_decay, clip }, rounds, exclusion, extra };
+        let config = RunConfig {
+            layout,
+            hyper: Hyper { compression, schedule, weight_decay, clip, step },
+            rounds,
+            exclusion,
+            extra,
+        };
         config.validate()?;
         // Every field above is read in its one encoding, so this holds; it guards the pair.
         if config.encode()? != bytes {
@@ -353,6 +382,7 @@ mod tests {
                 schedule: Schedule::Constant { lr: Ratio::new(1, 100) },
                 weight_decay: Ratio::new(1, 10),
                 clip: NormClip::Median,
+                step: crate::StepRule::Sign,
             },
             rounds: RoundRules { min_contributions: 1, max_contributions: 16 },
             exclusion: ExclusionRules { min_score: 0, max_failures: 3 },
@@ -383,8 +413,8 @@ mod tests {
         magic[0] ^= 1;
         assert_eq!(err(&magic), ConfigError::BadMagic);
         let mut version = bytes.clone();
-        version[8] = 3;
-        assert_eq!(err(&version), ConfigError::UnsupportedVersion(3));
+        version[8] = 4;
+        assert_eq!(err(&version), ConfigError::UnsupportedVersion(4));
         // tensors are "b" then "w": swap the one-byte names to make the list unsorted
         let mut unsorted = bytes.clone();
         let b_at = bytes.windows(5).position(|w| w == [1, 0, 0, 0, b'b']).unwrap() + 4;
@@ -398,5 +428,43 @@ mod tests {
         huge.extra = vec![0; MAX_EXTRA_BYTES as usize + 1];
         assert!(matches!(huge.encode(), Err(VerifyError::Config(ConfigError::TooLong { field: "extra", .. }))));
         assert!(matches!(RunConfig::decode(&vec![0; 200_000]), Err(VerifyError::Config(ConfigError::TooLong { .. }))));
+    }
+
+    #[test]
+    fn a_linear_step_rule_is_version_3_and_has_one_encoding() {
+        let mut linear = config();
+        linear.hyper.compression.values = ValueEncoding::TwoBit;
+        linear.hyper.step = StepRule::Linear;
+        let bytes = linear.encode().unwrap();
+        assert_eq!(bytes[8..10], [3, 0]);
+        assert_eq!(RunConfig::decode(&bytes).unwrap(), linear);
+        // two bytes longer than the same config at the sign rule (v1): the override count 0 after
+        // the value encoding, and the step rule after the clip byte
+        let mut sign = linear.clone();
+        sign.hyper.step = StepRule::Sign;
+        let sign_bytes = sign.encode().unwrap();
+        assert_eq!(sign_bytes[8..10], [1, 0]);
+        assert_eq!(bytes.len(), sign_bytes.len() + 2);
+        // the step byte at 0 (sign) in a v3 config is not canonical: a sign run is v1 or v2
+        // after the step byte: u32 min, u32 max, i64 min score, u32 max failures, u32 extra length, extra
+        let step_at = bytes.len() - linear.extra.len() - 4 - 4 - 8 - 4 - 4 - 1;
+        assert_eq!(bytes[step_at], 1);
+        let mut zero = bytes.clone();
+        zero[step_at] = 0;
+        assert!(matches!(RunConfig::decode(&zero), Err(VerifyError::Config(ConfigError::NotCanonical(_)))));
+        let mut unknown = bytes.clone();
+        unknown[step_at] = 2;
+        assert_eq!(
+            RunConfig::decode(&unknown),
+            Err(VerifyError::Config(ConfigError::UnknownTag { field: "step rule", tag: 2 }))
+        );
+        // the linear rule with sign values is refused on both sides
+        let mut bad = linear.clone();
+        bad.hyper.compression.values = ValueEncoding::Sign;
+        assert!(bad.encode().is_err());
+        let mut bad_bytes = bytes.clone();
+        let code_at = bytes.windows(5).position(|w| w == [64, 0, 8, 0, 3]).unwrap() + 4;
+        bad_bytes[code_at] = 0;
+        assert!(RunConfig::decode(&bad_bytes).is_err());
     }
 }

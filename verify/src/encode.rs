@@ -6,7 +6,7 @@
 //!        order: |value| descending (f32 total order), then lower index first; keep the first `kept`,
 //!        send them by ascending index
 //!                                                                  ▼
-//!                                               values quantised: sign | int8 + scale | bf16
+//!                                      values quantised: sign | int8 + scale | bf16 | two-bit + scale
 //! ```
 //!
 //! The trainer encodes with libtorch on the GPU and builds its [`Update`] with [`Update::new`]; this
@@ -20,7 +20,7 @@ use crate::chunk::Grid;
 use crate::dct::{self, Basis};
 use crate::error::VerifyError;
 use crate::state::State;
-use crate::wire::{Header, MAX_ABS_VALUE, MAX_INT8_SCALE, Update, ValueEncoding, Values};
+use crate::wire::{Header, MAX_ABS_VALUE, MAX_INT8_SCALE, MAX_TWO_BIT_SCALE, Update, ValueEncoding, Values};
 
 /// Top-k of one chunk's coefficients: the `kept` positions, ascending, by |value| descending then index.
 pub fn top_k(coefficients: &[f32], kept: usize) -> Vec<u16> {
@@ -100,6 +100,7 @@ pub fn quantise(
         ValueEncoding::Sign => Values::Sign(Vec::with_capacity(n)),
         ValueEncoding::Int8 => Values::Int8 { scales: Vec::with_capacity(chunks.len()), q: Vec::with_capacity(n) },
         ValueEncoding::Bf16 => Values::Bf16(Vec::with_capacity(n)),
+        ValueEncoding::TwoBit => Values::TwoBit { scales: Vec::with_capacity(chunks.len()), q: Vec::with_capacity(n) },
     };
     for (c, (idx, vals)) in chunks.into_iter().enumerate() {
         let chunk = c as u64;
@@ -119,6 +120,20 @@ pub fn quantise(
                 q.extend(
                     vals.iter().map(|&v| if scale > 0.0 { (v / scale).round().clamp(-127.0, 127.0) as i8 } else { 0 }),
                 );
+            }
+            Values::TwoBit { scales, q } => {
+                // levels -3, -1, +1, +3 times scale = max|v| / 3; each value to the nearest level
+                // (code c = round((v / scale + 3) / 2), clamped to 0..=3)
+                let max = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let scale = max / 3.0;
+                if scale > MAX_TWO_BIT_SCALE {
+                    return Err(VerifyError::ValueOutOfBounds { tensor, chunk });
+                }
+                scales.push(scale);
+                q.extend(vals.iter().map(|&v| match scale > 0.0 {
+                    true => ((v / scale + 3.0) / 2.0).round().clamp(0.0, 3.0) as u8,
+                    false => 0,
+                }));
             }
             Values::Bf16(b) => {
                 for &v in &vals {
@@ -146,5 +161,19 @@ mod tests {
         assert_eq!(top_k(&y, 4), vec![1, 2, 4, 5]);
         assert_eq!(top_k(&y, 10), vec![0, 1, 2, 3, 4, 5]);
         assert_eq!(top_k(&[0.0, -0.0, 0.0], 2), vec![0, 1]);
+    }
+
+    #[test]
+    fn two_bit_values_go_to_the_nearest_of_four_levels() {
+        // scale = 0.9 / 3 = 0.3; levels -0.9, -0.3, 0.3, 0.9
+        let chunks = vec![(vec![0, 1, 2, 3, 4], vec![-0.9f32, 0.9, 0.5, -0.1, 0.65])];
+        let (_, values) = quantise(0, ValueEncoding::TwoBit, chunks).unwrap();
+        let Values::TwoBit { scales, q } = &values else { panic!("{values:?}") };
+        assert_eq!(scales, &[0.9f32 / 3.0]);
+        // 0.5 / 0.3 = 1.67 -> nearest level +1 (code 2); -0.1 -> -1 (code 1); 0.65 -> +3 (code 3)
+        assert_eq!(q, &[0, 3, 2, 1, 3]);
+        let s = f64::from(0.9f32 / 3.0);
+        let decoded: Vec<f64> = (0..5).map(|e| values.value(0, e)).collect();
+        assert_eq!(decoded, vec![-3.0 * s, 3.0 * s, s, -s, 3.0 * s]);
     }
 }

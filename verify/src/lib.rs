@@ -32,7 +32,7 @@ pub mod schedule;
 pub mod state;
 pub mod wire;
 
-pub use aggregate::{Hyper, NormClip, aggregate, apply};
+pub use aggregate::{Hyper, NormClip, StepRule, aggregate, apply};
 pub use config::{ExclusionRules, RoundRules, RunConfig};
 pub use encode::encode;
 pub use error::{ConfigError, VerifyError};

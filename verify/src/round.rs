@@ -530,6 +530,7 @@ mod tests {
                 schedule: Schedule::Constant { lr: Ratio::new(1, 10) },
                 weight_decay: Ratio::new(0, 1),
                 clip: NormClip::Off,
+                step: crate::StepRule::Sign,
             },
             rounds: RoundRules { min_contributions: 1, max_contributions },
             exclusion: ExclusionRules { min_score: 0, max_failures },

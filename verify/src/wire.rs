@@ -13,7 +13,7 @@
 //!   114    32    layout hash
 //!   146    2     chunk size            1..=256
 //!   148    2     top-k                 1..=256
-//!   150    1     value encoding        0 = sign, 1 = int8, 2 = bf16
+//!   150    1     value encoding        0 = sign, 1 = int8, 2 = bf16, 3 = two-bit
 //!   v2 only:
 //!   151    1     override count n      1..=4
 //!   152    6 n   overrides             u32 tensor index | u16 top-k; indices strictly ascending and
@@ -26,6 +26,8 @@
 //!                    values   sign:  kept bits (1 = negative), LSB-first, zero-padded to a byte
 //!                             int8:  f32 scale | kept x i8
 //!                             bf16:  kept x u16 (bf16 bits)
+//!                             two-bit: f32 scale | kept x 2-bit codes c, LSB-first, zero-padded
+//!                                    to a byte; the value is (2c - 3) * scale
 //!   kept = min(the tensor's top-k, chunk_rows * chunk_cols); indices strictly ascending within a
 //!   chunk. A tensor's top-k is its override's, or the run's.
 //! ```
@@ -61,6 +63,8 @@ pub const MAX_TOPK: u16 = 256;
 pub const MAX_ABS_VALUE: f32 = 65536.0;
 /// Largest int8 scale (`127 * MAX_INT8_SCALE < MAX_ABS_VALUE`).
 pub const MAX_INT8_SCALE: f32 = 512.0;
+/// Largest two-bit scale (`3 * MAX_TWO_BIT_SCALE < MAX_ABS_VALUE`).
+pub const MAX_TWO_BIT_SCALE: f32 = 16384.0;
 
 /// How coefficient values travel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -71,6 +75,9 @@ pub enum ValueEncoding {
     Int8,
     /// bf16 per value.
     Bf16,
+    /// One f32 scale per chunk and a 2-bit code `c` per value. Decodes to `(2c - 3) * scale`: the
+    /// levels -3, -1, +1 and +3 times the scale.
+    TwoBit,
 }
 
 impl ValueEncoding {
@@ -80,6 +87,7 @@ impl ValueEncoding {
             ValueEncoding::Sign => 0,
             ValueEncoding::Int8 => 1,
             ValueEncoding::Bf16 => 2,
+            ValueEncoding::TwoBit => 3,
         }
     }
 
@@ -89,22 +97,26 @@ impl ValueEncoding {
             0 => Some(ValueEncoding::Sign),
             1 => Some(ValueEncoding::Int8),
             2 => Some(ValueEncoding::Bf16),
+            3 => Some(ValueEncoding::TwoBit),
             _ => None,
         }
     }
 
-    /// The name used in configs and on the command line: `sign`, `int8`, `bf16`.
+    /// The name used in configs and on the command line: `sign`, `int8`, `bf16`, `two-bit`.
     pub fn name(self) -> &'static str {
         match self {
             ValueEncoding::Sign => "sign",
             ValueEncoding::Int8 => "int8",
             ValueEncoding::Bf16 => "bf16",
+            ValueEncoding::TwoBit => "two-bit",
         }
     }
 
     /// From its [`ValueEncoding::name`].
     pub fn from_name(name: &str) -> Option<ValueEncoding> {
-        [ValueEncoding::Sign, ValueEncoding::Int8, ValueEncoding::Bf16].into_iter().find(|v| v.name() == name)
+        [ValueEncoding::Sign, ValueEncoding::Int8, ValueEncoding::Bf16, ValueEncoding::TwoBit]
+            .into_iter()
+            .find(|v| v.name() == name)
     }
 
     fn block_bytes(self, kept: u64) -> u64 {
@@ -112,6 +124,7 @@ impl ValueEncoding {
             ValueEncoding::Sign => kept.div_ceil(8),
             ValueEncoding::Int8 => 4 + kept,
             ValueEncoding::Bf16 => 2 * kept,
+            ValueEncoding::TwoBit => 4 + (2 * kept).div_ceil(8),
         }
     }
 }
@@ -317,6 +330,13 @@ pub enum Values {
     },
     /// bf16 bit patterns.
     Bf16(Vec<u16>),
+    /// Two-bit codes with one scale per chunk.
+    TwoBit {
+        /// One per chunk.
+        scales: Vec<f32>,
+        /// One per entry, in 0..=3.
+        q: Vec<u8>,
+    },
 }
 
 impl Values {
@@ -325,6 +345,7 @@ impl Values {
             Values::Sign(_) => ValueEncoding::Sign,
             Values::Int8 { .. } => ValueEncoding::Int8,
             Values::Bf16(_) => ValueEncoding::Bf16,
+            Values::TwoBit { .. } => ValueEncoding::TwoBit,
         }
     }
 
@@ -333,11 +354,12 @@ impl Values {
             Values::Sign(v) => v.len(),
             Values::Int8 { q, .. } => q.len(),
             Values::Bf16(v) => v.len(),
+            Values::TwoBit { q, .. } => q.len(),
         }
     }
 
     /// Value of entry `entry` (global position) in chunk `chunk`, exactly, as f64.
-    /// int8 products are exact in f64 (8-bit times 24-bit significand).
+    /// int8 and two-bit products are exact in f64 (8-bit times 24-bit significand).
     pub fn value(&self, chunk: usize, entry: usize) -> f64 {
         match self {
             Values::Sign(v) => {
@@ -349,6 +371,7 @@ impl Values {
             }
             Values::Int8 { scales, q } => f64::from(q[entry]) * f64::from(scales[chunk]),
             Values::Bf16(v) => f64::from(half::bf16::from_bits(v[entry]).to_f32()),
+            Values::TwoBit { scales, q } => (2.0 * f64::from(q[entry]) - 3.0) * f64::from(scales[chunk]),
         }
     }
 }
@@ -447,7 +470,7 @@ impl Update {
                     return Err(VerifyError::WrongCoefficientCount { tensor: t, expected, got });
                 }
             }
-            if let Values::Int8 { scales, .. } = &values
+            if let Values::Int8 { scales, .. } | Values::TwoBit { scales, .. } = &values
                 && scales.len() as u64 != grid.chunks()
             {
                 return Err(VerifyError::WrongCoefficientCount {
@@ -514,6 +537,10 @@ impl Update {
                         for b in &v[r] {
                             out.extend_from_slice(&b.to_le_bytes());
                         }
+                    }
+                    Values::TwoBit { scales, q } => {
+                        out.extend_from_slice(&scales[c].to_le_bytes());
+                        pack(q[r].iter().map(|&v| u16::from(v)), 2, &mut out);
                     }
                 }
             }
@@ -589,6 +616,15 @@ fn check_chunk(t: &TensorUpdate, tensor: u32, chunk: u64) -> Result<(), VerifyEr
                 return Err(VerifyError::NonFiniteValue { tensor, chunk });
             }
             if s.is_sign_negative() || s > MAX_INT8_SCALE || q[r].contains(&i8::MIN) {
+                return Err(VerifyError::ValueOutOfBounds { tensor, chunk });
+            }
+        }
+        Values::TwoBit { scales, q } => {
+            let s = scales[c];
+            if !s.is_finite() {
+                return Err(VerifyError::NonFiniteValue { tensor, chunk });
+            }
+            if s.is_sign_negative() || s > MAX_TWO_BIT_SCALE || q[r].iter().any(|&c| c > 3) {
                 return Err(VerifyError::ValueOutOfBounds { tensor, chunk });
             }
         }
@@ -744,19 +780,22 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Update, VerifyErr
                 Values::Int8 { scales: Vec::with_capacity(chunks), q: Vec::with_capacity(chunks * k) }
             }
             ValueEncoding::Bf16 => Values::Bf16(Vec::with_capacity(chunks * k)),
+            ValueEncoding::TwoBit => {
+                Values::TwoBit { scales: Vec::with_capacity(chunks), q: Vec::with_capacity(chunks * k) }
+            }
         };
-        let mut signs = Vec::with_capacity(k);
+        let mut codes = Vec::with_capacity(k);
         for c in 0..chunks {
             if !unpack(r.take(index_bytes)?, k, bits, &mut indices) {
                 return Err(VerifyError::NonZeroPadding { tensor: t, chunk: c as u64 });
             }
             match &mut values {
                 Values::Sign(v) => {
-                    signs.clear();
-                    if !unpack(r.take(k.div_ceil(8))?, k, 1, &mut signs) {
+                    codes.clear();
+                    if !unpack(r.take(k.div_ceil(8))?, k, 1, &mut codes) {
                         return Err(VerifyError::NonZeroPadding { tensor: t, chunk: c as u64 });
                     }
-                    v.extend(signs.iter().map(|&s| s == 1));
+                    v.extend(codes.iter().map(|&s| s == 1));
                 }
                 Values::Int8 { scales, q } => {
                     scales.push(f32::from_le_bytes(r.array()?));
@@ -764,6 +803,14 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Update, VerifyErr
                 }
                 Values::Bf16(v) => {
                     v.extend(r.take(2 * k)?.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])));
+                }
+                Values::TwoBit { scales, q } => {
+                    scales.push(f32::from_le_bytes(r.array()?));
+                    codes.clear();
+                    if !unpack(r.take((2 * k).div_ceil(8))?, k, 2, &mut codes) {
+                        return Err(VerifyError::NonZeroPadding { tensor: t, chunk: c as u64 });
+                    }
+                    q.extend(codes.iter().map(|&v| v as u8));
                 }
             }
         }

@@ -64,6 +64,7 @@ pub fn hyper(compression: Compression, clip: NormClip) -> Hyper {
         },
         weight_decay: Ratio::new(1, 10),
         clip,
+        step: verify::StepRule::Sign,
     }
 }
 
@@ -80,4 +81,30 @@ pub fn updates(state: &State, compression: Compression, n: u8, rng: &mut ChaCha8
             encode(&m, &header(state.layout(), base, worker(i + 1), compression)).unwrap()
         })
         .collect()
+}
+
+/// Clip factors written from FORMAT.md 5.1 (not the crate's): norm_i = sqrt of the f64 sum of the
+/// squared values in wire order (each value from `value`), the lower median, median / norm_i above it.
+pub fn reference_clip_factors(
+    updates: &[Update],
+    clip: NormClip,
+    value: impl Fn(&verify::Values, usize, usize) -> f64,
+) -> Vec<f64> {
+    let norms: Vec<f64> = updates
+        .iter()
+        .map(|u| {
+            let mut s = 0.0f64;
+            for t in u.tensors() {
+                let k = t.kept() as usize;
+                for e in 0..t.indices().len() {
+                    s += value(t.values(), e / k, e).powi(2);
+                }
+            }
+            s.sqrt()
+        })
+        .collect();
+    let mut sorted = norms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[(sorted.len() - 1) / 2];
+    norms.iter().map(|&n| if clip == NormClip::Median && n > median { median / n } else { 1.0 }).collect()
 }

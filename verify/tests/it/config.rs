@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 use verify::config::{ExclusionRules, MAX_EXTRA_BYTES, RoundRules};
 use verify::{
-    Compression, ConfigError, Hyper, Layout, NormClip, Ratio, RunConfig, Schedule, TensorSpec, ValueEncoding,
+    Compression, ConfigError, Hyper, Layout, NormClip, Ratio, RunConfig, Schedule, StepRule, TensorSpec, ValueEncoding,
     VerifyError,
 };
 
@@ -26,12 +26,17 @@ fn config_strategy() -> impl Strategy<Value = RunConfig> {
             Schedule::WarmupStableDecay { peak, min, warmup_rounds, decay_start, total_rounds }
         }),
     ];
-    let hyper = (1u16..=256, 1u16..=256, 0u8..3, schedule, ratio(), any::<bool>()).prop_map(
-        |(chunk_size, topk, code, schedule, weight_decay, median)| Hyper {
-            compression: Compression::uniform(chunk_size, topk, ValueEncoding::from_code(code).unwrap()),
-            schedule,
-            weight_decay,
-            clip: if median { NormClip::Median } else { NormClip::Off },
+    let hyper = (1u16..=256, 1u16..=256, 0u8..4, schedule, ratio(), any::<bool>(), any::<bool>()).prop_map(
+        |(chunk_size, topk, code, schedule, weight_decay, median, linear)| {
+            let values = ValueEncoding::from_code(code).unwrap();
+            Hyper {
+                compression: Compression::uniform(chunk_size, topk, values),
+                schedule,
+                weight_decay,
+                clip: if median { NormClip::Median } else { NormClip::Off },
+                // the linear rule needs values with a magnitude
+                step: if linear && values != ValueEncoding::Sign { StepRule::Linear } else { StepRule::Sign },
+            }
         },
     );
     let rounds = (1u32..=4096).prop_flat_map(|max| {
@@ -84,6 +89,7 @@ fn zero_denominator_and_unknown_tags_are_refused() {
             schedule: Schedule::Constant { lr: Ratio::new(1, 1000) },
             weight_decay: Ratio::new(0, 1),
             clip: NormClip::Off,
+            step: verify::StepRule::Sign,
         },
         rounds: RoundRules { min_contributions: 0, max_contributions: 1 },
         exclusion: ExclusionRules { min_score: -5, max_failures: 0 },
@@ -93,10 +99,10 @@ fn zero_denominator_and_unknown_tags_are_refused() {
     // layout: 10 + 4 + (4 + 1 + 4 + 16) = 39; then chunk 2, top-k 2, encoding 1 at 43, schedule tag at 44
     assert_eq!(bytes[43], 0);
     let mut bad_encoding = bytes.clone();
-    bad_encoding[43] = 3;
+    bad_encoding[43] = 4;
     assert_eq!(
         RunConfig::decode(&bad_encoding),
-        Err(VerifyError::Config(ConfigError::UnknownTag { field: "value encoding", tag: 3 }))
+        Err(VerifyError::Config(ConfigError::UnknownTag { field: "value encoding", tag: 4 }))
     );
     let mut bad_schedule = bytes.clone();
     bad_schedule[44] = 3;

@@ -89,3 +89,145 @@ fn golden_update_with_topk_overrides() {
     let got = (bytes.len() as u64, blake3::hash(&bytes).to_hex().to_string(), s1.hash().to_hex());
     assert_eq!((got.0, got.1.as_str(), got.2.as_str()), GOLDEN_OVERRIDES, "golden values changed: {got:?}");
 }
+
+/// The linear step rule with two-bit values (a version 3 run): (update length, blake3 of the first
+/// update, state hash). The length is the sign update's 401 plus, per chunk, a 4-byte scale and the
+/// codes' extra bytes: 8 values take 2 bytes instead of 1 (+5 a chunk: 1 embedding chunk, 6 attention,
+/// 3 norm, 1 conv = 55) and the scalar's one value 1 byte as before (+4): 401 + 59.
+const GOLDEN_LINEAR: (u64, &str, &str) = (
+    460,
+    "e6f0cdd676b0ecce134c1a2fe59404c3d24b54545d762a55b3376e37cd14713e",
+    "f9c9390e01ed028ba0dd56b341b77a47d86d8d6bd222ca6779ed9950be7c10e6",
+);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Order {
+    /// FORMAT.md's order: rows of the coefficient chunk first (Z = Y · Dc over the selected v of each
+    /// row, v ascending), then X = Drᵀ · Z over the rows holding a selected coefficient, u ascending;
+    /// f32 left folds from +0.0, each product and sum rounded on its own.
+    Spec,
+    /// The same sums accumulated in f64 and rounded to f32 at the end.
+    F64,
+    /// The outer sum over u in descending order.
+    Reversed,
+    /// The other association: W = Drᵀ · Y first (over u), then X = W · Dc (over v).
+    ColumnsFirst,
+}
+
+/// The DCT basis as FORMAT.md defines it: D[k][i] = s_k cos(pi m / 2n), m = (2i+1)k mod 4n, in f64
+/// (libm's cos), rounded to f32.
+fn outsider_basis(n: usize) -> Vec<Vec<f32>> {
+    (0..n)
+        .map(|k| {
+            let s = if k == 0 { (1.0 / n as f64).sqrt() } else { (2.0 / n as f64).sqrt() };
+            (0..n)
+                .map(|i| {
+                    let m = ((2 * i + 1) * k) % (4 * n);
+                    (s * libm::cos(std::f64::consts::PI * m as f64 / (2.0 * n as f64))) as f32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// One round of the linear rule written from FORMAT.md alone (no verify arithmetic: only the chunk
+/// geometry and the decoded values are taken from the crate), with the inverse DCT in `order`.
+fn outsider_linear_round(s0: &verify::State, ups: &[verify::Update], h: &verify::Hyper, order: Order) -> verify::State {
+    let factors = reference_clip_factors(ups, h.clip, |v, c, e| v.value(c, e));
+    let lr = h.schedule.lr(ROUND);
+    let decay = 1.0f32 - lr * (h.weight_decay.to_f64() as f32);
+    let mut data = s0.data().to_vec();
+    for (ti, spec) in s0.layout().tensors().iter().enumerate() {
+        let g = verify::chunk::Grid::new(spec, h.compression.chunk_size);
+        let (cr, cc, cols) = (g.chunk_rows as usize, g.chunk_cols as usize, g.cols as usize);
+        let (dr, dc) = (outsider_basis(cr), outsider_basis(cc));
+        for c in 0..g.chunks() as usize {
+            let (gy, gx) = (c / g.grid_cols() as usize, c % g.grid_cols() as usize);
+            // y_j = (sum over updates in order of f_i v_ij, f64) / N, rounded to f32; selected j only
+            let mut sums = vec![0.0f64; cr * cc];
+            let mut selected = vec![false; cr * cc];
+            for (u, f) in ups.iter().zip(&factors) {
+                let t = &u.tensors()[ti];
+                let k = t.kept() as usize;
+                for e in c * k..(c + 1) * k {
+                    let j = usize::from(t.indices()[e]);
+                    sums[j] += t.values().value(c, e) * f;
+                    selected[j] = true;
+                }
+            }
+            let y: Vec<Option<f32>> =
+                (0..cr * cc).map(|j| selected[j].then(|| (sums[j] / ups.len() as f64) as f32)).collect();
+            let live: Vec<usize> = (0..cr).filter(|&u| (0..cc).any(|v| y[u * cc + v].is_some())).collect();
+            let x = |i: usize, j: usize| -> f32 {
+                match order {
+                    Order::Spec | Order::Reversed => {
+                        let z = |u: usize| {
+                            (0..cc).filter_map(|v| y[u * cc + v].map(|yv| yv * dc[v][j])).fold(0.0f32, |a, b| a + b)
+                        };
+                        let terms = live.iter().map(|&u| dr[u][i] * z(u));
+                        match order {
+                            Order::Reversed => terms.rev().fold(0.0f32, |a, b| a + b),
+                            _ => terms.fold(0.0f32, |a, b| a + b),
+                        }
+                    }
+                    Order::F64 => {
+                        let z = |u: usize| {
+                            (0..cc)
+                                .filter_map(|v| y[u * cc + v].map(|yv| f64::from(yv) * f64::from(dc[v][j])))
+                                .sum::<f64>()
+                        };
+                        live.iter().map(|&u| f64::from(dr[u][i]) * z(u)).sum::<f64>() as f32
+                    }
+                    Order::ColumnsFirst => {
+                        let w = |v: usize| {
+                            live.iter()
+                                .filter_map(|&u| y[u * cc + v].map(|yv| dr[u][i] * yv))
+                                .fold(0.0f32, |a, b| a + b)
+                        };
+                        (0..cc).map(|v| w(v) * dc[v][j]).fold(0.0f32, |a, b| a + b)
+                    }
+                }
+            };
+            for i in 0..cr {
+                for j in 0..cc {
+                    let p = &mut data[ti][(gy * cr + i) * cols + gx * cc + j];
+                    *p = *p * decay - lr * x(i, j);
+                }
+            }
+        }
+    }
+    verify::State::from_parts(s0.layout().clone(), data).unwrap()
+}
+
+#[test]
+fn golden_linear_step_with_two_bit_values() {
+    let mut r = rng(42);
+    let s0 = random_state(&model_layout(), &mut r, 0.1);
+    let comp = compression(ValueEncoding::TwoBit);
+    let ups = updates(&s0, comp, 3, &mut r);
+    let bytes = ups[0].to_bytes();
+    let h = verify::Hyper { step: verify::StepRule::Linear, ..hyper(comp, NormClip::Median) };
+    let s1 = aggregate(&s0, ROUND, &ups, &h).unwrap();
+    let got = (bytes.len() as u64, blake3::hash(&bytes).to_hex().to_string(), s1.hash().to_hex());
+    assert_eq!((got.0, got.1.as_str(), got.2.as_str()), GOLDEN_LINEAR, "golden values changed: {got:?}");
+}
+
+/// The issue this rule answers: under the sign rule an auditor that ran the inverse DCT in a wrong
+/// order still matched every state hash. Under the linear rule each rounding reaches the state, so an
+/// outsider must follow FORMAT.md's order exactly, and one who does matches bit for bit.
+#[test]
+fn an_outsider_reproduces_the_linear_rule_from_format_md_and_every_wrong_order_fails() {
+    let mut r = rng(42);
+    let s0 = random_state(&model_layout(), &mut r, 0.1);
+    let comp = compression(ValueEncoding::TwoBit);
+    let ups = updates(&s0, comp, 3, &mut r);
+    let h = verify::Hyper { step: verify::StepRule::Linear, ..hyper(comp, NormClip::Median) };
+    let want = aggregate(&s0, ROUND, &ups, &h).unwrap();
+    assert_eq!(outsider_linear_round(&s0, &ups, &h, Order::Spec).hash(), want.hash(), "FORMAT.md's order");
+    for order in [Order::F64, Order::Reversed, Order::ColumnsFirst] {
+        let theirs = outsider_linear_round(&s0, &ups, &h, order);
+        let differing =
+            theirs.data().iter().flatten().zip(want.data().iter().flatten()).filter(|(a, b)| a != b).count();
+        assert!(differing > 0, "{order:?} matched the consensus state: the golden vectors would not catch it");
+    }
+}

@@ -5,8 +5,8 @@
 use proptest::prelude::*;
 use verify::wire::encoded_len;
 use verify::{
-    Compression, Layout, NormClip, State, TensorSpec, Update, ValueEncoding, Values, aggregate, aggregate::direction,
-    chunk::Grid, decode, encode,
+    Compression, Hyper, Layout, NormClip, State, StepRule, TensorSpec, Update, ValueEncoding, Values, aggregate,
+    aggregate::direction, chunk::Grid, decode, encode,
 };
 
 use crate::common::*;
@@ -22,7 +22,7 @@ fn layout_strategy() -> impl Strategy<Value = Layout> {
 }
 
 fn compression_strategy() -> impl Strategy<Value = Compression> {
-    (1u16..=12, 1u16..=10, 0u8..3).prop_map(|(chunk_size, topk, code)| {
+    (1u16..=12, 1u16..=10, 0u8..4).prop_map(|(chunk_size, topk, code)| {
         Compression::uniform(chunk_size, topk, ValueEncoding::from_code(code).unwrap())
     })
 }
@@ -39,6 +39,7 @@ fn value(t: &Values, chunk: usize, e: usize) -> f64 {
         }
         Values::Int8 { scales, q } => f64::from(q[e]) * f64::from(scales[chunk]),
         Values::Bf16(v) => f64::from(f32::from_bits(u32::from(v[e]) << 16)),
+        Values::TwoBit { scales, q } => [-3.0, -1.0, 1.0, 3.0][usize::from(q[e])] * f64::from(scales[chunk]),
     }
 }
 
@@ -51,27 +52,17 @@ fn basis64(n: usize) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// Dense f64 reference of the pre-sign direction: clip, scatter into full coefficient tensors,
-/// mean where selected, inverse DCT chunk by chunk with the textbook triple sum.
-fn reference_direction(layout: &Layout, updates: &[Update], comp: Compression, clip: NormClip) -> Vec<Vec<f64>> {
-    let norms: Vec<f64> = updates
-        .iter()
-        .map(|u| {
-            let mut s = 0.0;
-            for t in u.tensors() {
-                let k = t.kept() as usize;
-                for e in 0..t.indices().len() {
-                    s += value(t.values(), e / k, e).powi(2);
-                }
-            }
-            s.sqrt()
-        })
-        .collect();
-    let mut sorted = norms.clone();
-    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let median = sorted[(sorted.len() - 1) / 2];
-    let factors: Vec<f64> =
-        norms.iter().map(|&n| if clip == NormClip::Median && n > median { median / n } else { 1.0 }).collect();
+/// Dense f64 reference of the pre-step direction: clip, scatter into full coefficient tensors,
+/// mean where selected (sign rule) or over every update (linear rule), inverse DCT chunk by chunk
+/// with the textbook triple sum.
+fn reference_direction(
+    layout: &Layout,
+    updates: &[Update],
+    comp: Compression,
+    clip: NormClip,
+    rule: StepRule,
+) -> Vec<Vec<f64>> {
+    let factors = reference_clip_factors(updates, clip, value);
     let mut out = Vec::new();
     for (ti, spec) in layout.tensors().iter().enumerate() {
         let g = Grid::new(spec, comp.chunk_size);
@@ -91,7 +82,15 @@ fn reference_direction(layout: &Layout, updates: &[Update], comp: Compression, c
                 count[pos] += 1;
             }
         }
-        let y: Vec<f64> = sum.iter().zip(&count).map(|(s, &n)| if n > 0 { s / f64::from(n) } else { 0.0 }).collect();
+        let y: Vec<f64> = sum
+            .iter()
+            .zip(&count)
+            .map(|(s, &n)| match (n, rule) {
+                (0, _) => 0.0,
+                (n, StepRule::Sign) => s / f64::from(n),
+                (_, StepRule::Linear) => s / updates.len() as f64,
+            })
+            .collect();
         let (br, bc) = (basis64(cr), basis64(cc));
         let mut x = vec![0.0f64; rows * cols];
         for gy in 0..rows / cr {
@@ -147,14 +146,17 @@ proptest! {
         comp in compression_strategy(),
         n in 1u8..=4,
         median in any::<bool>(),
+        linear in any::<bool>(),
         seed in any::<u64>(),
     ) {
         let mut r = rng(seed);
         let s0 = random_state(&layout, &mut r, 1.0);
         let ups = make_updates(&s0, comp, n, seed ^ 0x5eed);
         let clip = if median { NormClip::Median } else { NormClip::Off };
-        let h = hyper(comp, clip);
-        let want = reference_direction(&layout, &ups, comp, clip);
+        // the linear rule needs values with a magnitude
+        let rule = if linear && comp.values != ValueEncoding::Sign { StepRule::Linear } else { StepRule::Sign };
+        let h = Hyper { step: rule, ..hyper(comp, clip) };
+        let want = reference_direction(&layout, &ups, comp, clip, rule);
         let got = direction(&layout, ROUND, &ups, &h).unwrap();
         let lr = h.schedule.lr(ROUND);
         let decay = 1.0f32 - lr * (h.weight_decay.to_f64() as f32);
@@ -168,7 +170,12 @@ proptest! {
                 let p = s0.data()[t][i];
                 let step = |s: f32| p * decay - lr * s;
                 let after = s1.data()[t][i];
-                if w.abs() > tol {
+                if rule == StepRule::Linear {
+                    // p * decay - lr * x, with x within tol of the dense reference
+                    let exact = f64::from(p * decay) - f64::from(lr) * w;
+                    let slack = f64::from(lr) * tol + 4.0 * f64::from(f32::EPSILON) * exact.abs().max(1.0);
+                    prop_assert!((f64::from(after) - exact).abs() <= slack, "tensor {} elem {}", t, i);
+                } else if w.abs() > tol {
                     prop_assert_eq!(after, step(w.signum() as f32), "tensor {} elem {}", t, i);
                 } else {
                     prop_assert!([step(-1.0), step(0.0), step(1.0)].contains(&after));

@@ -78,7 +78,7 @@ fn set_indices(bytes: &mut [u8], idx: [u16; 5]) {
 
 #[test]
 fn valid_bytes_decode_and_are_canonical() {
-    for v in [ValueEncoding::Sign, ValueEncoding::Int8, ValueEncoding::Bf16] {
+    for v in [ValueEncoding::Sign, ValueEncoding::Int8, ValueEncoding::Bf16, ValueEncoding::TwoBit] {
         let c = Case::new(v);
         assert_eq!(c.bytes.len() as u64, encoded_len(&c.layout, &c.comp));
         let d = c.decode(&c.bytes).unwrap();
@@ -181,6 +181,28 @@ fn non_zero_padding() {
     assert_eq!(c.edited(|b| b[CHUNK0 + 7] |= 0x80), Err(VerifyError::NonZeroPadding { tensor: 0, chunk: 0 }));
     // the sign block holds 5 bits in one byte: bit 7 is padding
     assert_eq!(c.edited(|b| b[VALUES0] |= 0x80), Err(VerifyError::NonZeroPadding { tensor: 0, chunk: 0 }));
+    // two-bit: a 4-byte scale, then 5 codes x 2 bits in 2 bytes; the top 6 bits of the second are padding
+    let c = Case::new(ValueEncoding::TwoBit);
+    assert_eq!(c.edited(|b| b[VALUES0 + 5] |= 0x04), Err(VerifyError::NonZeroPadding { tensor: 0, chunk: 0 }));
+    // the last code's bits are not padding: any code decodes
+    assert!(c.edited(|b| b[VALUES0 + 5] ^= 0x03).is_ok());
+}
+
+#[test]
+fn two_bit_codes_decode_to_odd_multiples_of_the_scale() {
+    let c = Case::new(ValueEncoding::TwoBit);
+    // chunk 0 of tensor "a": scale 0.25, codes 0, 1, 2, 3, 0 -> -0.75, -0.25, 0.25, 0.75, -0.75
+    let d = c
+        .edited(|b| {
+            b[VALUES0..VALUES0 + 4].copy_from_slice(&0.25f32.to_le_bytes());
+            // LSB-first: codes 0b00, 0b01, 0b10, 0b11 in byte 0 = 0b11_10_01_00; code 4 = 0 in byte 1
+            b[VALUES0 + 4] = 0b1110_0100;
+            b[VALUES0 + 5] = 0;
+        })
+        .unwrap();
+    let t = &d.tensors()[0];
+    let got: Vec<f64> = (0..5).map(|e| t.values().value(0, e)).collect();
+    assert_eq!(got, vec![-0.75, -0.25, 0.25, 0.75, -0.75]);
 }
 
 #[test]
@@ -193,12 +215,14 @@ fn non_finite_values() {
             Err(VerifyError::NonFiniteValue { tensor, chunk })
         );
     }
-    let c = Case::new(ValueEncoding::Int8);
-    for scale in [f32::NAN, f32::INFINITY] {
-        assert_eq!(
-            c.edited(|b| b[VALUES0..VALUES0 + 4].copy_from_slice(&scale.to_le_bytes())),
-            Err(VerifyError::NonFiniteValue { tensor, chunk })
-        );
+    for encoding in [ValueEncoding::Int8, ValueEncoding::TwoBit] {
+        let c = Case::new(encoding);
+        for scale in [f32::NAN, f32::INFINITY] {
+            assert_eq!(
+                c.edited(|b| b[VALUES0..VALUES0 + 4].copy_from_slice(&scale.to_le_bytes())),
+                Err(VerifyError::NonFiniteValue { tensor, chunk })
+            );
+        }
     }
 }
 
@@ -221,6 +245,15 @@ fn values_out_of_bounds() {
             Err(VerifyError::ValueOutOfBounds { tensor, chunk })
         );
     }
+    // two-bit: 3 x 16384 stays below 2^16; 16385 and negative scales are refused
+    let c = Case::new(ValueEncoding::TwoBit);
+    for scale in [-0.5f32, -0.0, 16385.0] {
+        assert_eq!(
+            c.edited(|b| b[VALUES0..VALUES0 + 4].copy_from_slice(&scale.to_le_bytes())),
+            Err(VerifyError::ValueOutOfBounds { tensor, chunk })
+        );
+    }
+    assert!(c.edited(|b| b[VALUES0..VALUES0 + 4].copy_from_slice(&16384.0f32.to_le_bytes())).is_ok());
 }
 
 #[test]

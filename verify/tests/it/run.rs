@@ -30,6 +30,7 @@ pub fn run_config(max_contributions: u32, max_failures: u32) -> RunConfig {
             schedule: Schedule::Constant { lr: Ratio::new(1, 100) },
             weight_decay: Ratio::new(1, 10),
             clip: NormClip::Median,
+            step: verify::StepRule::Sign,
         },
         rounds: RoundRules { min_contributions: 2, max_contributions },
         exclusion: ExclusionRules { min_score: 0, max_failures },
