@@ -38,7 +38,7 @@ pub struct Args {
     /// Chunk size.
     #[arg(long, default_value_t = 64)]
     chunk: u16,
-    /// Value encoding: sign, int8 or bf16.
+    /// Value encoding: sign, int8, bf16 or two-bit.
     #[arg(long, default_value = "sign")]
     values: String,
     /// Threads for rayon and libtorch (0: all cores).
@@ -142,7 +142,7 @@ fn run_blocking(args: Args) -> anyhow::Result<Outcome> {
     anyhow::ensure!(args.updates > 0, "--updates must be > 0");
     anyhow::ensure!(args.rounds >= 2, "--rounds must be >= 2 (bit-exactness compares rounds)");
     let values = ValueEncoding::from_name(&args.values)
-        .with_context(|| format!("--values must be sign, int8 or bf16, not {}", args.values))?;
+        .with_context(|| format!("--values must be sign, int8, bf16 or two-bit, not {}", args.values))?;
     let threads =
         if args.threads == 0 { std::thread::available_parallelism().map_or(1, usize::from) } else { args.threads };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("rayon thread pool")?;

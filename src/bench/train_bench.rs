@@ -162,6 +162,12 @@ pub struct Research {
     /// bf16 or two-bit values).
     #[arg(long, default_value = "sign")]
     step_rule: String,
+    /// cairn's consensus runner takes --local-steps local AdamW steps (inner rate --inner-lr) between
+    /// rounds, as a run with `train.local_steps` does, with cairn-local's outer rate and schedule
+    /// (--local-outer-lr, --local-outer-schedule); its top-k is the one whose bytes per step are
+    /// nearest the target.
+    #[arg(long)]
+    cairn_local: bool,
     /// Research only, not consensus: replace the aggregation's sign(X) by the linear step
     /// lr * X / rms(X) per tensor (the same RMS step as the sign).
     #[arg(long)]
@@ -185,7 +191,8 @@ pub struct Research {
 pub struct PeerArgs {
     /// Peers to train: a comma-separated list of demo-ref (DeMo's reference: f32 values, mean over
     /// the workers that sent each coefficient, sign step), demo-sign (the same with sign values),
-    /// sparseloco (local AdamW steps, top-k at 2 bits with error feedback, outer SGD) and diloco
+    /// sparseloco (local AdamW steps, top-k at 2 bits with error feedback, outer SGD; sparseloco-dct
+    /// takes each chunk's top-k in the DCT domain, as cairn's wire format does) and diloco
     /// (local AdamW steps, dense f32 outer delta, Nesterov outer step); `none` for none. Each sparse
     /// peer takes the top-k whose bytes per step are nearest cairn's. Also, a candidate not in the
     /// default list: cairn-local (local AdamW steps whose pseudo-gradient goes through cairn's own
@@ -375,6 +382,8 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         };
         closest_topk(size, bytes)
     };
+    // Steps between two of cairn's rounds (its bytes per step are a round's divided by this).
+    let cairn_every = if args.research.cairn_local { args.peers.local_steps.max(1) as f64 } else { 1.0 };
     // The compression settings compared: the flags' (one), or one per --frontier-x target, where
     // cairn's top-k is the one whose update size is nearest the target.
     let targets: Vec<Target> = if args.peers.frontier {
@@ -385,18 +394,19 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             .map(|&x| -> anyhow::Result<Target> {
                 anyhow::ensure!(x > 1.0 && x.is_finite(), "--frontier-x {x}: a compression ratio above 1 expected");
                 let bytes = dense_bytes as f64 / x;
-                let cairn_topk = encodings.iter().map(|&v| cairn_topk(bytes, v)).collect();
+                let cairn_topk = encodings.iter().map(|&v| cairn_topk(bytes * cairn_every, v)).collect();
                 Ok(Target { label: format!("@{x}x"), x, bytes, cairn_topk })
             })
             .collect::<anyhow::Result<_>>()?
     } else {
-        let bytes = encoded_len(&layout, &cairn_compression(args.topk, encodings[0])?) as f64;
+        let bytes = encoded_len(&layout, &cairn_compression(args.topk, encodings[0])?) as f64 / cairn_every;
         let mut topks = vec![args.topk];
-        topks.extend(encodings[1..].iter().map(|&v| cairn_topk(bytes, v)));
+        topks.extend(encodings[1..].iter().map(|&v| cairn_topk(bytes * cairn_every, v)));
         vec![Target { label: String::new(), x: dense_bytes as f64 / bytes, bytes, cairn_topk: topks }]
     };
 
     let cairn_schedule = schedule(&args, args.lr, "--lr")?;
+    let inner_lr = args.peers.inner_lr.unwrap_or(args.adamw_lr[0]);
     let adamw = |lr: f64| -> anyhow::Result<AdamWConfig> {
         Ok(AdamWConfig {
             schedule: schedule(&args, lr, "--adamw-lr")?,
@@ -420,10 +430,39 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     let research = args.research.linear_step || !dense.is_empty() || args.research.diagnostics;
     let h = args.peers.local_steps;
     anyhow::ensure!(h >= 1, "--local-steps must be >= 1");
-    let inner_lr = args.peers.inner_lr.unwrap_or(args.adamw_lr[0]);
     let grids = chunk_grids(&layout, args.chunk)?;
+    // cairn with local steps (a run's train.local_steps): the consensus runner with --cairn-local,
+    // and the cairn-local peer.
+    let local_swarm = |topk: u16, values: ValueEncoding| -> anyhow::Result<LocalSwarm> {
+        let outer = args.peers.local_outer_lr.unwrap_or(match step_rule {
+            StepRule::Sign => args.lr * h as f64,
+            StepRule::Linear => 1.0,
+        });
+        let hyper = Hyper {
+            compression: cairn_compression(topk, values)?,
+            schedule: match args.peers.local_outer_schedule.as_str() {
+                "shaped" => schedule(&args, outer, "--local-outer-lr")?,
+                "constant" => Schedule::Constant { lr: ratio(outer, "--local-outer-lr")? },
+                other => anyhow::bail!("--local-outer-schedule must be shaped or constant, not {other}"),
+            },
+            weight_decay: ratio(args.weight_decay, "--weight-decay")?,
+            clip: NormClip::Off,
+            step: step_rule,
+        };
+        Ok(LocalSwarm::new(&config, &state, args.workers, h, args.steps, adamw(inner_lr)?, hyper, args.decay, device)?)
+    };
     for (i, target) in targets.iter().enumerate() {
         for (&values, &topk) in encodings.iter().zip(&target.cairn_topk) {
+            let name = match encodings.len() {
+                1 => "cairn".to_string(),
+                _ => format!("cairn-{}", values.name()),
+            };
+            let label = format!("{name}{}", target.label);
+            if args.research.cairn_local {
+                let trainee = Trainee::Peer(Box::new(local_swarm(topk, values)?));
+                runners.push(Runner::new(label, Role::Consensus, Some(i), trainee));
+                continue;
+            }
             let hyper = Hyper {
                 compression: cairn_compression(topk, values)?,
                 schedule: cairn_schedule,
@@ -438,11 +477,6 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
                 device,
             )?;
             swarm.set_experiment(experiment.clone());
-            let name = match encodings.len() {
-                1 => "cairn".to_string(),
-                _ => format!("cairn-{}", values.name()),
-            };
-            let label = format!("{name}{}", target.label);
             runners.push(Runner::new(label, Role::Consensus, Some(i), Trainee::Cairn(swarm)));
         }
         for (name, values) in [(DEMO_REF, PeerValues::F32), (DEMO_SIGN, PeerValues::Sign)] {
@@ -475,38 +509,16 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         if peers.has(CAIRN_LOCAL) {
             let values = encodings[0];
             let topk = cairn_topk(target.bytes * h as f64, values);
-            let outer = args.peers.local_outer_lr.unwrap_or(match step_rule {
-                StepRule::Sign => args.lr * h as f64,
-                StepRule::Linear => 1.0,
-            });
-            let hyper = Hyper {
-                compression: cairn_compression(topk, values)?,
-                schedule: match args.peers.local_outer_schedule.as_str() {
-                    "shaped" => schedule(&args, outer, "--local-outer-lr")?,
-                    "constant" => Schedule::Constant { lr: ratio(outer, "--local-outer-lr")? },
-                    other => anyhow::bail!("--local-outer-schedule must be shaped or constant, not {other}"),
-                },
-                weight_decay: ratio(args.weight_decay, "--weight-decay")?,
-                clip: NormClip::Off,
-                step: step_rule,
-            };
-            let peer = LocalSwarm::new(
-                &config,
-                &state,
-                args.workers,
-                h,
-                args.steps,
-                adamw(inner_lr)?,
-                hyper,
-                args.decay,
-                device,
-            )?;
+            let peer = local_swarm(topk, values)?;
             let label = format!("{CAIRN_LOCAL}{}", target.label);
             runners.push(Runner::new(label, Role::Peer, Some(i), Trainee::Peer(Box::new(peer))));
         }
-        if peers.has(SPARSELOCO) {
+        for (name, dct) in [(SPARSELOCO, false), (SPARSELOCO_DCT, true)] {
+            if !peers.has(name) {
+                continue;
+            }
             let topk = topk_for_bytes(&grids, PeerValues::TwoBit, h, target.bytes);
-            let outer = Outer::SparseLoco { chunk: args.chunk, topk, ef_decay: args.peers.sparseloco_ef_decay };
+            let outer = Outer::SparseLoco { chunk: args.chunk, topk, ef_decay: args.peers.sparseloco_ef_decay, dct };
             let loco = LocoConfig {
                 workers: args.workers,
                 h,
@@ -516,7 +528,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
                 outer,
             };
             let peer = LocoPeer::new(&config, &state, loco, device)?;
-            let label = format!("{SPARSELOCO}{}", target.label);
+            let label = format!("{name}{}", target.label);
             runners.push(Runner::new(label, Role::Peer, Some(i), Trainee::Peer(Box::new(peer))));
         }
     }
@@ -538,7 +550,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         args.steps, sequences, args.seq_len, args.workers
     );
     println!(
-        "  baseline: AdamW lr {} warm-up {}{} wd {}; cairn: sign step lr {} decay {} chunk {} top-k {}{} {} values",
+        "  baseline: AdamW lr {} warm-up {}{} wd {}; cairn: {} step lr {} decay {} chunk {} top-k {}{} {} values",
         args.adamw_lr.iter().map(f64::to_string).collect::<Vec<_>>().join(","),
         args.warmup,
         match (args.min_lr_factor, args.decay_start) {
@@ -547,6 +559,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             (f, n) => format!(", from step {n} linear to {f} x lr (both)"),
         },
         args.weight_decay,
+        step_rule.name(),
         args.lr,
         args.decay,
         args.chunk,
@@ -563,6 +576,13 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             .collect::<String>(),
         args.research.values.join("/")
     );
+    if args.research.cairn_local {
+        println!(
+            "  cairn takes {h} local AdamW steps (inner lr {inner_lr}) per round, outer rate {} ({}), as train.local_steps = {h} does",
+            args.peers.local_outer_lr.map_or("default".to_string(), |r| r.to_string()),
+            args.peers.local_outer_schedule
+        );
+    }
     if research {
         println!(
             "  research (not consensus): linear step {}, dense tensors {:?}, diagnostics {}",
@@ -780,6 +800,7 @@ const DEMO_REF: &str = "demo-ref";
 const DEMO_SIGN: &str = "demo-sign";
 const SPARSELOCO: &str = "sparseloco";
 const DILOCO: &str = "diloco";
+const SPARSELOCO_DCT: &str = "sparseloco-dct";
 const CAIRN_LOCAL: &str = "cairn-local";
 
 /// The `--peers` list.
@@ -792,8 +813,8 @@ impl Peers {
         }
         for p in &args.peers {
             anyhow::ensure!(
-                [DEMO_REF, DEMO_SIGN, SPARSELOCO, DILOCO, CAIRN_LOCAL].contains(&p.as_str()),
-                "--peers {p}: one of {DEMO_REF}, {DEMO_SIGN}, {SPARSELOCO}, {DILOCO}, {CAIRN_LOCAL} or none expected"
+                [DEMO_REF, DEMO_SIGN, SPARSELOCO, DILOCO, CAIRN_LOCAL, SPARSELOCO_DCT].contains(&p.as_str()),
+                "--peers {p}: one of {DEMO_REF}, {DEMO_SIGN}, {SPARSELOCO}, {DILOCO}, {CAIRN_LOCAL}, {SPARSELOCO_DCT} or none expected"
             );
         }
         Ok(Peers(args.peers.clone()))

@@ -273,3 +273,41 @@ fn bench_train_frontier_sweeps_every_method_over_the_ratios() {
     }
     assert!(stdout.contains("frontier (gap to the best AdamW"), "{stdout}");
 }
+
+#[test]
+fn bench_train_runs_cairn_with_local_steps_and_the_linear_rule_as_a_run_would() {
+    let stdout = small_train(
+        "4",
+        "4",
+        &[
+            "--cairn-local",
+            "--local-steps",
+            "2",
+            "--values",
+            "two-bit",
+            "--step-rule",
+            "linear",
+            "--local-outer-schedule",
+            "constant",
+            "--peers",
+            "sparseloco,sparseloco-dct",
+        ],
+    );
+    assert!(stdout.contains("cairn takes 2 local AdamW steps"), "{stdout}");
+    assert!(stdout.contains("cairn: linear step"), "{stdout}");
+    let first = pairs(stdout.lines().find(|l| l.starts_with("step 0 ")).unwrap());
+    let last = pairs(stdout.lines().last().unwrap());
+    let (start, cairn) = (number(&first, "cairn_loss"), number(&last, "cairn_loss"));
+    assert!(cairn < start - 0.1, "cairn's loss {start} -> {cairn}");
+    // cairn talks every 2 steps: its bytes per step are half a round's, and the peers' are near them.
+    let cairn_bytes = number(&last, "bytes_per_worker_round");
+    for peer in ["sparseloco", "sparseloco-dct"] {
+        let (bytes, loss) = table_row(&stdout, peer);
+        assert!(bytes <= 1.25 * cairn_bytes && bytes >= cairn_bytes / 1.25, "{peer}: {bytes} vs {cairn_bytes}");
+        assert!(loss.is_finite());
+    }
+    // The linear rule needs values with a magnitude.
+    let bad = quick_train("1", &["--step-rule", "linear"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("needs values with a magnitude"), "{bad:?}");
+}

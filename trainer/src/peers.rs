@@ -14,7 +14,7 @@
 //!
 //!   SparseLoCo (H)     worker w: one AdamW step on its shard with its own optimiser and copy;
 //!                      every H steps: Δ_w = θ - θ_w;  e_w = β e_w + Δ_w
-//!                        per chunk (no DCT): keep the top-k |e_w|, 2-bit values
+//!                        per chunk (no DCT; sparseloco-dct: of its DCT): keep the top-k |e_w|, 2-bit values
 //!                        (±s, ±s/3, s = the chunk's largest kept |e|); e_w -= sent
 //!                      all: θ = θ - α mean_w(sent);  θ_w = θ
 //!
@@ -224,8 +224,9 @@ impl Method for DemoPeer {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Outer {
     /// SparseLoCo: error feedback decayed by `ef_decay`, `topk` per chunk of `chunk`, 2-bit values,
-    /// plain averaged outer step.
-    SparseLoco { chunk: u16, topk: u16, ef_decay: f64 },
+    /// plain averaged outer step; `dct`: the top-k of each chunk's DCT coefficients instead of its
+    /// entries (what cairn's wire format does).
+    SparseLoco { chunk: u16, topk: u16, ef_decay: f64, dct: bool },
     /// DiLoCo: the dense f32 pseudo-gradient, outer Nesterov momentum `momentum`.
     Diloco { momentum: f64 },
 }
@@ -256,6 +257,7 @@ pub struct LocoPeer {
     grids: Vec<Grid>,
     error: Vec<Vec<Tensor>>,
     velocity: Vec<Tensor>,
+    bases: Bases,
 }
 
 impl LocoPeer {
@@ -288,14 +290,22 @@ impl LocoPeer {
             Outer::Diloco { .. } => zeros_like_layout(state.layout(), device)?,
             Outer::SparseLoco { .. } => Vec::new(),
         };
-        Ok(LocoPeer { config, global, workers, grids, error, velocity })
+        Ok(LocoPeer { config, global, workers, grids, error, velocity, bases: Bases::new(device) })
     }
 
     /// SparseLoCo's compression of one worker's accumulator tensor `e` (in place: what is sent is
-    /// removed); returns what is sent, dense.
-    fn compress(e: &mut Tensor, grid: &Grid, topk: u16) -> Result<Tensor, TrainerError> {
+    /// removed); returns what is sent, dense. With `bases`, in the DCT domain.
+    fn compress(e: &mut Tensor, grid: &Grid, topk: u16, bases: Option<&mut Bases>) -> Result<Tensor, TrainerError> {
         let (gr, gc, cr, cc) = dims(grid);
-        let x = to_chunks(e, grid)?.f_reshape([gr * gc, cr * cc])?;
+        let chunks = to_chunks(e, grid)?;
+        let (x, inverse_bases) = match bases {
+            Some(b) => {
+                let (dr, dc) = (b.get(grid.chunk_rows)?, b.get(grid.chunk_cols)?);
+                (forward(&chunks, &dr, &dc)?, Some((dr, dc)))
+            }
+            None => (chunks, None),
+        };
+        let x = x.f_reshape([gr * gc, cr * cc])?;
         let i = top_indices(&x, i64::from(grid.kept(topk)))?;
         let v = x.f_gather(-1, &i, false)?;
         // 2 bits: levels s * {-1, -1/3, 1/3, 1}, s = the chunk's largest kept magnitude.
@@ -305,7 +315,11 @@ impl LocoPeer {
         let q = code.f_mul_scalar(2.0 / 3.0)?.f_sub_scalar(1.0)?.f_mul(&s)?;
         let mut coefficients = Tensor::f_zeros([gr * gc, cr * cc], (Kind::Float, e.device()))?;
         let _ = coefficients.f_scatter_(-1, &i, &q)?;
-        let sent = from_chunks(&coefficients.f_reshape([gr, gc, cr, cc])?, &e.size())?;
+        let mut coefficients = coefficients.f_reshape([gr, gc, cr, cc])?;
+        if let Some((dr, dc)) = inverse_bases {
+            coefficients = crate::demo::inverse(&coefficients, &dr, &dc)?;
+        }
+        let sent = from_chunks(&coefficients, &e.size())?;
         let _ = e.f_sub_(&sent)?;
         Ok(sent)
     }
@@ -319,11 +333,11 @@ impl LocoPeer {
                 for (w, (model, _)) in self.workers.iter().enumerate() {
                     let delta = theta.f_sub(&model.params()[t])?;
                     let sent = match self.config.outer {
-                        Outer::SparseLoco { topk, ef_decay, .. } => {
+                        Outer::SparseLoco { topk, ef_decay, dct, .. } => {
                             let e = &mut self.error[w][t];
                             let _ = e.f_mul_scalar_(ef_decay)?;
                             let _ = e.f_add_(&delta)?;
-                            Self::compress(e, &self.grids[t], topk)?
+                            Self::compress(e, &self.grids[t], topk, dct.then_some(&mut self.bases))?
                         }
                         Outer::Diloco { .. } => delta,
                     };
@@ -496,7 +510,7 @@ mod tests {
         let layout = Layout::new(vec![TensorSpec { name: "a".into(), shape: vec![1, 8] }]).unwrap();
         let grid = Compression::uniform(64, 2, ValueEncoding::Sign).grids(&layout)[0];
         let mut e = Tensor::from_slice(&[0.1f32, -0.9, 0.05, 0.6, 0.0, 0.2, -0.1, 0.3]).reshape([1, 8]);
-        let sent = LocoPeer::compress(&mut e, &grid, 2).unwrap();
+        let sent = LocoPeer::compress(&mut e, &grid, 2, None).unwrap();
         // Kept: -0.9 and 0.6; s = 0.9; -0.9 -> -1 * s; 0.6/0.9 = 0.667 -> code round(2.5) = 2 -> +s/3.
         let sent: Vec<f32> = Vec::try_from(sent.reshape([-1])).unwrap();
         let want = [0.0, -0.9, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0];
@@ -508,6 +522,29 @@ mod tests {
         for (a, b) in rest.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{rest:?}");
         }
+    }
+
+    #[test]
+    fn sparseloco_in_the_dct_domain_sends_a_whole_basis_function_with_one_coefficient() {
+        // e = 0.5 x the DCT basis function of frequency 3 along an 8-long row: one coefficient.
+        let layout = Layout::new(vec![TensorSpec { name: "a".into(), shape: vec![1, 8] }]).unwrap();
+        let grid = Compression::uniform(64, 1, ValueEncoding::Sign).grids(&layout)[0];
+        let basis = verify::dct::Basis::new(8);
+        let row: Vec<f32> = basis.row(3).iter().map(|d| 0.5 * d).collect();
+        let mut e = Tensor::from_slice(&row).reshape([1, 8]);
+        let mut bases = Bases::cpu();
+        let sent = LocoPeer::compress(&mut e, &grid, 1, Some(&mut bases)).unwrap();
+        let sent: Vec<f32> = Vec::try_from(sent.reshape([-1])).unwrap();
+        for (a, b) in sent.iter().zip(&row) {
+            assert!((a - b).abs() < 1e-6, "{sent:?} vs {row:?}");
+        }
+        let rest: Vec<f32> = Vec::try_from(e.reshape([-1])).unwrap();
+        assert!(rest.iter().all(|r| r.abs() < 1e-6), "{rest:?}");
+        // In the entries' domain one kept entry leaves the other seven behind.
+        let mut e = Tensor::from_slice(&row).reshape([1, 8]);
+        let _ = LocoPeer::compress(&mut e, &grid, 1, None).unwrap();
+        let rest: Vec<f32> = Vec::try_from(e.reshape([-1])).unwrap();
+        assert_eq!(rest.iter().filter(|r| r.abs() > 1e-3).count(), 7, "{rest:?}");
     }
 
     #[test]
@@ -541,7 +578,7 @@ mod tests {
                     LocoPeer::new(
                         &config,
                         &state,
-                        loco(Outer::SparseLoco { chunk: 64, topk: 64, ef_decay: 0.95 }),
+                        loco(Outer::SparseLoco { chunk: 64, topk: 64, ef_decay: 0.95, dct: false }),
                         Device::Cpu,
                     )
                     .unwrap(),
