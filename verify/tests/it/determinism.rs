@@ -6,12 +6,14 @@ use crate::common::*;
 
 #[test]
 fn same_hash_on_1_2_and_8_threads() {
-    for encoding in [ValueEncoding::Sign, ValueEncoding::Int8, ValueEncoding::Bf16] {
+    for encoding in [ValueEncoding::Sign, ValueEncoding::Int8, ValueEncoding::Bf16, ValueEncoding::TwoBit] {
         let mut r = rng(5);
         let s0 = random_state(&model_layout(), &mut r, 0.1);
         let comp = compression(encoding);
         let ups = updates(&s0, comp, 5, &mut r);
-        let h = hyper(comp, NormClip::Median);
+        // every encoding with a magnitude also under the linear rule, whose step shows every rounding
+        let step = if encoding == ValueEncoding::Sign { verify::StepRule::Sign } else { verify::StepRule::Linear };
+        let h = verify::Hyper { step, ..hyper(comp, NormClip::Median) };
         let hashes: Vec<_> = [1usize, 2, 8]
             .iter()
             .map(|&n| {
