@@ -460,6 +460,8 @@ impl TrainSpec {
             assigned_sequences: self.score_assigned_sequences.min(self.sequences_per_round()).max(1),
             eval_sequences: self.score_eval_sequences.max(1),
             micro_batch: self.micro_batch.max(1),
+            // the validator sets the round's share from the roster (validator::validate)
+            linear_share: 1,
         }
     }
 

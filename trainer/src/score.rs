@@ -6,7 +6,9 @@
 //!   state S ─────────────────────────────┤
 //!                                        ▼
 //!   S+ = verify::aggregate(S, round, [update], hyper)   the rule itself, with this one update
-//!                                                       (one update: median clipping is a no-op)
+//!                                                       (one update: median clipping is a no-op;
+//!                                                       linear rule: at lr / the active workers,
+//!                                                       this update's share of the round's mean)
 //!   S- = 2 S - S+                                       the same step taken the other way
 //!   assigned = data.assignment(round, worker, n)        the same pure function the worker used
 //!   eval     = data.eval_indices(m)                     held out: no worker trains on it
@@ -58,13 +60,29 @@ pub struct ScoreConfig {
     pub eval_sequences: usize,
     /// Sequences per forward pass.
     pub micro_batch: usize,
+    /// Under the linear step rule, how many updates the round's mean is expected to average over
+    /// (the active workers): the update is scored at `lr / linear_share`, its share of the round's
+    /// step. 1 scores it alone at the full rate; the sign rule ignores it (a sign step has no share).
+    pub linear_share: u32,
 }
 
 impl Default for ScoreConfig {
-    /// 16 assigned and 16 held-out sequences, 8 per pass.
+    /// 16 assigned and 16 held-out sequences, 8 per pass, an update scored alone.
     fn default() -> ScoreConfig {
-        ScoreConfig { assigned_sequences: 16, eval_sequences: 16, micro_batch: 8 }
+        ScoreConfig { assigned_sequences: 16, eval_sequences: 16, micro_batch: 8, linear_share: 1 }
     }
+}
+
+/// The rule a validator scores with: the run's, except that under the linear rule the rate of
+/// `round` is divided by `share` (held constant: only this round is taken).
+fn scoring_hyper(hyper: &Hyper, round: verify::Round, share: u32) -> Hyper {
+    if hyper.step != verify::StepRule::Linear || share <= 1 {
+        return *hyper;
+    }
+    const DEN: u64 = 1_000_000_000_000;
+    let lr = hyper.schedule.lr_f64(round) / f64::from(share);
+    let schedule = verify::Schedule::Constant { lr: verify::Ratio::new((lr * DEN as f64).round() as u64, DEN) };
+    Hyper { schedule, ..*hyper }
 }
 
 /// One contribution's losses before and after applying it alone, and its score.
@@ -136,7 +154,8 @@ pub fn score(
         return Err(TrainerError::InvalidConfig("scoring needs assigned and eval sequences".into()));
     }
     let header = update.header();
-    let after = verify::aggregate(state, header.round, std::slice::from_ref(update), hyper)?;
+    let hyper = scoring_hyper(hyper, header.round, config.linear_share);
+    let after = verify::aggregate(state, header.round, std::slice::from_ref(update), &hyper)?;
     let device: Device = model.device();
     let assigned = data.batch(&data.assignment(header.round, &header.worker, config.assigned_sequences), device)?;
     let eval = data.batch(&data.eval_indices(config.eval_sequences), device)?;
@@ -209,6 +228,16 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_linear_rule_update_is_scored_at_its_share_of_the_round() {
+        let h = Hyper { step: verify::StepRule::Linear, weight_decay: Ratio::new(0, 1), ..hyper() };
+        let r = Round(3);
+        // the rate divided by the share, held for this round; the sign rule and a share of 1 unchanged
+        assert_eq!(scoring_hyper(&h, r, 4).schedule.lr_f64(r), 0.001 / 4.0);
+        assert_eq!(scoring_hyper(&h, r, 1), h);
+        assert_eq!(scoring_hyper(&hyper(), r, 4), hyper());
+    }
+
     /// The same update with every value negated.
     fn flipped(u: &Update, state: &State) -> Update {
         let parts = u
@@ -263,7 +292,7 @@ mod tests {
         let state = model.to_state().unwrap();
         let layout = state.layout().clone();
         let data = Dataset::synthetic(MarkovSpec::default(), 3, 32, 16).unwrap();
-        let sc = ScoreConfig { assigned_sequences: 8, eval_sequences: 8, micro_batch: 8 };
+        let sc = ScoreConfig { assigned_sequences: 8, eval_sequences: 8, micro_batch: 8, linear_share: 1 };
         let hy = hyper();
         let header = Header {
             run: RunId([1; 32]),

@@ -26,7 +26,7 @@ use verify::{BlobSource, Expected};
 use crate::TrainerError;
 use crate::follow::{DROP_AFTER_FAILED_READS, Follower, TallyAction};
 use crate::model::Model;
-use crate::score::score_blob;
+use crate::score::{ScoreConfig, score_blob};
 use crate::worker::{WorkerEvent, after_final};
 
 /// The score a validator records for an update that does not decode for its claimed round, base
@@ -164,6 +164,11 @@ pub async fn run_validator(
                 layout,
                 compression: info.config.hyper.compression,
             };
+            // Under the linear rule an update is a share of the round's mean: score it at
+            // lr / the active workers (all of them contribute in a healthy round).
+            let linear_share = follower.close_facts().map_or(1, |f| f.active_workers.max(1));
+            let score_config =
+                ScoreConfig { linear_share: u32::try_from(linear_share).unwrap_or(u32::MAX), ..score_config };
             let state = follower.state();
             let scored = tokio::task::block_in_place(|| {
                 score_blob(&bytes, &expected, &mut model, state, &info.config.hyper, &data, &score_config)
