@@ -111,11 +111,8 @@ pub fn quantise(
         match &mut values {
             Values::Sign(s) => s.extend(vals.iter().map(|&v| v < 0.0)),
             Values::Int8 { scales, q } => {
-                let max = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let scale = max / 127.0;
-                if scale > MAX_INT8_SCALE {
-                    return Err(VerifyError::ValueOutOfBounds { tensor, chunk });
-                }
+                let scale =
+                    chunk_scale(&vals, 127.0, MAX_INT8_SCALE).ok_or(VerifyError::ValueOutOfBounds { tensor, chunk })?;
                 scales.push(scale);
                 q.extend(
                     vals.iter().map(|&v| if scale > 0.0 { (v / scale).round().clamp(-127.0, 127.0) as i8 } else { 0 }),
@@ -124,11 +121,8 @@ pub fn quantise(
             Values::TwoBit { scales, q } => {
                 // levels -3, -1, +1, +3 times scale = max|v| / 3; each value to the nearest level
                 // (code c = round((v / scale + 3) / 2), clamped to 0..=3)
-                let max = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let scale = max / 3.0;
-                if scale > MAX_TWO_BIT_SCALE {
-                    return Err(VerifyError::ValueOutOfBounds { tensor, chunk });
-                }
+                let scale = chunk_scale(&vals, 3.0, MAX_TWO_BIT_SCALE)
+                    .ok_or(VerifyError::ValueOutOfBounds { tensor, chunk })?;
                 scales.push(scale);
                 q.extend(vals.iter().map(|&v| match scale > 0.0 {
                     true => ((v / scale + 3.0) / 2.0).round().clamp(0.0, 3.0) as u8,
@@ -147,6 +141,13 @@ pub fn quantise(
         }
     }
     Ok((indices, values))
+}
+
+/// A chunk's scale: its largest magnitude over `top` (the largest level: int8 127, two-bit 3), or
+/// `None` above `max` (what the decoder would refuse).
+fn chunk_scale(vals: &[f32], top: f32, max: f32) -> Option<f32> {
+    let scale = vals.iter().fold(0.0f32, |m, v| m.max(v.abs())) / top;
+    (scale <= max).then_some(scale)
 }
 
 #[cfg(test)]

@@ -199,14 +199,19 @@ fn outsider_linear_round(s0: &verify::State, ups: &[verify::Update], h: &verify:
     verify::State::from_parts(s0.layout().clone(), data).unwrap()
 }
 
-#[test]
-fn golden_linear_step_with_two_bit_values() {
+/// The golden state, three two-bit updates for it and the linear rule with median clipping.
+fn linear_round() -> (verify::State, Vec<verify::Update>, verify::Hyper) {
     let mut r = rng(42);
     let s0 = random_state(&model_layout(), &mut r, 0.1);
     let comp = compression(ValueEncoding::TwoBit);
     let ups = updates(&s0, comp, 3, &mut r);
+    (s0, ups, verify::Hyper { step: verify::StepRule::Linear, ..hyper(comp, NormClip::Median) })
+}
+
+#[test]
+fn golden_linear_step_with_two_bit_values() {
+    let (s0, ups, h) = linear_round();
     let bytes = ups[0].to_bytes();
-    let h = verify::Hyper { step: verify::StepRule::Linear, ..hyper(comp, NormClip::Median) };
     let s1 = aggregate(&s0, ROUND, &ups, &h).unwrap();
     let got = (bytes.len() as u64, blake3::hash(&bytes).to_hex().to_string(), s1.hash().to_hex());
     assert_eq!((got.0, got.1.as_str(), got.2.as_str()), GOLDEN_LINEAR, "golden values changed: {got:?}");
@@ -217,11 +222,7 @@ fn golden_linear_step_with_two_bit_values() {
 /// outsider must follow FORMAT.md's order exactly, and one who does matches bit for bit.
 #[test]
 fn an_outsider_reproduces_the_linear_rule_from_format_md_and_every_wrong_order_fails() {
-    let mut r = rng(42);
-    let s0 = random_state(&model_layout(), &mut r, 0.1);
-    let comp = compression(ValueEncoding::TwoBit);
-    let ups = updates(&s0, comp, 3, &mut r);
-    let h = verify::Hyper { step: verify::StepRule::Linear, ..hyper(comp, NormClip::Median) };
+    let (s0, ups, h) = linear_round();
     let want = aggregate(&s0, ROUND, &ups, &h).unwrap();
     assert_eq!(outsider_linear_round(&s0, &ups, &h, Order::Spec).hash(), want.hash(), "FORMAT.md's order");
     for order in [Order::F64, Order::Reversed, Order::ColumnsFirst] {
