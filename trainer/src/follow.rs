@@ -132,6 +132,7 @@ impl Follower {
         let reader = Reader::replay(store.clone(), run_id).await?;
         let (_, config, genesis) = verify::replay::genesis_config(reader.entries())?;
         let train = TrainSpec::from_extra(&config.extra)?;
+        crate::run_spec::refuse_unclipped_linear(&config.hyper)?;
         let model = train.model_config()?;
         let start = crate::run_spec::initial_state_of(&config, &train)?;
         if start.0 != genesis.initial_state.0 {

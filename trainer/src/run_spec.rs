@@ -752,13 +752,7 @@ impl RunSpec {
         let hyper =
             Hyper { compression, schedule, weight_decay: ratio(o.weight_decay, "optimizer.weight_decay")?, clip, step };
         hyper.validate().map_err(|e| bad(format!("demo: {e}")))?;
-        if step == verify::StepRule::Linear && clip == NormClip::Off {
-            // under the linear rule the step follows the updates' magnitudes: without clipping one
-            // worker moves the model as far as the value bounds allow (docs/SECURITY.md, row 33)
-            return Err(bad("demo.step_rule = \"linear\" needs optimizer.clip = \"median\": without it one worker's \
-                 update can move the model as far as it likes"
-                .into()));
-        }
+        refuse_unclipped_linear(&hyper).map_err(|e| bad(e.to_string()))?;
         let config = RunConfig {
             layout,
             hyper,
@@ -819,6 +813,20 @@ impl RunSpec {
 }
 
 /// An exact ratio for a decimal rate, at most nine decimals.
+/// Refuses the linear step rule without median clipping: the step then follows the updates'
+/// magnitudes, and one worker moves the model as far as the value bounds allow (docs/SECURITY.md,
+/// row 33). `cairn genesis` will not write such a run, and members will not join one.
+pub fn refuse_unclipped_linear(hyper: &Hyper) -> Result<(), TrainerError> {
+    if hyper.step == verify::StepRule::Linear && hyper.clip == NormClip::Off {
+        return Err(TrainerError::InvalidConfig(
+            "demo.step_rule = \"linear\" needs optimizer.clip = \"median\": without it one worker's update can \
+             move the model as far as it likes"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 fn ratio(x: f64, what: &str) -> Result<Ratio, TrainerError> {
     if !(0.0..1e6).contains(&x) {
         return Err(TrainerError::InvalidConfig(format!("run.toml: {what} must be in [0, 1e6), got {x}")));
@@ -1005,6 +1013,21 @@ mod tests {
             let err = parts(&with(train)).unwrap_err().to_string();
             assert!(err.contains(what), "{train}: {err}");
         }
+    }
+
+    #[test]
+    fn members_refuse_only_the_linear_rule_without_clipping() {
+        let hyper = |step, clip| Hyper {
+            compression: Compression::uniform(64, 4, ValueEncoding::TwoBit),
+            schedule: Schedule::Constant { lr: Ratio::new(1, 1) },
+            weight_decay: Ratio::new(0, 1),
+            clip,
+            step,
+        };
+        let err = refuse_unclipped_linear(&hyper(verify::StepRule::Linear, NormClip::Off)).unwrap_err().to_string();
+        assert!(err.contains("needs optimizer.clip = \"median\""), "{err}");
+        assert!(refuse_unclipped_linear(&hyper(verify::StepRule::Linear, NormClip::Median)).is_ok());
+        assert!(refuse_unclipped_linear(&hyper(verify::StepRule::Sign, NormClip::Off)).is_ok());
     }
 
     #[test]
