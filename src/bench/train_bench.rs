@@ -28,7 +28,7 @@ use trainer::peers::{
 use trainer::simulate::{Baseline, Experiment, Swarm, SwarmConfig, embedding_coherence, global_batch};
 use trainer::step::{AdamWConfig, StepConfig, eval_loss};
 use verify::wire::encoded_len;
-use verify::{Compression, Hyper, NormClip, Ratio, Round, Schedule, StepRule, ValueEncoding};
+use verify::{Compression, Hyper, NormClip, Ratio, Round, Schedule, StepRule, Transform, ValueEncoding};
 
 use crate::Outcome;
 
@@ -162,6 +162,10 @@ pub struct Research {
     /// bf16 or two-bit values).
     #[arg(long, default_value = "sign")]
     step_rule: String,
+    /// What each chunk's top-k is taken of, for cairn and cairn-local (consensus, a run's
+    /// `demo.transform`): dct (its DCT coefficients, DeMo's) or identity (its entries, SparseLoCo's).
+    #[arg(long, default_value = "dct")]
+    transform: String,
     /// cairn's consensus runner takes --local-steps local AdamW steps (inner rate --inner-lr) between
     /// rounds, as a run with `train.local_steps` does, with cairn-local's outer rate and schedule
     /// (--local-outer-lr, --local-outer-schedule); its top-k is the one whose bytes per step are
@@ -370,9 +374,11 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     );
     let peers = Peers::parse(&args.peers)?;
     let by_name = topk_by_name(&args.topk_override)?;
+    let transform = Transform::from_name(&args.research.transform)
+        .with_context(|| format!("--transform must be dct or identity, not {}", args.research.transform))?;
     let cairn_compression = |topk: u16, values: ValueEncoding| -> anyhow::Result<Compression> {
         let overrides = trainer::model::topk_overrides(&layout, topk, &by_name)?;
-        Ok(Compression { overrides, ..Compression::uniform(args.chunk, topk, values) })
+        Ok(Compression { overrides, transform, ..Compression::uniform(args.chunk, topk, values) })
     };
     // cairn's top-k at `values` whose update size is nearest `bytes`.
     let cairn_topk = |bytes: f64, values: ValueEncoding| {
@@ -513,12 +519,13 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             let label = format!("{CAIRN_LOCAL}{}", target.label);
             runners.push(Runner::new(label, Role::Peer, Some(i), Trainee::Peer(Box::new(peer))));
         }
-        for (name, dct) in [(SPARSELOCO, false), (SPARSELOCO_DCT, true)] {
+        for (name, transform) in [(SPARSELOCO, Transform::Identity), (SPARSELOCO_DCT, Transform::Dct)] {
             if !peers.has(name) {
                 continue;
             }
             let topk = topk_for_bytes(&grids, PeerValues::TwoBit, h, target.bytes);
-            let outer = Outer::SparseLoco { chunk: args.chunk, topk, ef_decay: args.peers.sparseloco_ef_decay, dct };
+            let outer =
+                Outer::SparseLoco { chunk: args.chunk, topk, ef_decay: args.peers.sparseloco_ef_decay, transform };
             let loco = LocoConfig {
                 workers: args.workers,
                 h,

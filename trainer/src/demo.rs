@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 use verify::chunk::Grid;
 use verify::dct::Basis;
-use verify::{Header, Hyper, Layout, Round, State, Update, ValueEncoding};
+use verify::{Header, Hyper, Layout, Round, State, Transform, Update, ValueEncoding};
 
 use crate::error::TrainerError;
 
@@ -64,6 +64,27 @@ impl Bases {
     /// The device the bases live on.
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// Chunks `[.., cr, cc]` of `grid` in `transform`'s domain: the forward DCT of each, or as they are.
+    pub(crate) fn forward(
+        &mut self,
+        chunks: &Tensor,
+        grid: &Grid,
+        transform: Transform,
+    ) -> Result<Tensor, TrainerError> {
+        match transform {
+            Transform::Dct => forward(chunks, &self.get(grid.chunk_rows)?, &self.get(grid.chunk_cols)?),
+            Transform::Identity => Ok(chunks.shallow_clone()),
+        }
+    }
+
+    /// The inverse of [`Bases::forward`].
+    pub(crate) fn inverse(&mut self, y: &Tensor, grid: &Grid, transform: Transform) -> Result<Tensor, TrainerError> {
+        match transform {
+            Transform::Dct => inverse(y, &self.get(grid.chunk_rows)?, &self.get(grid.chunk_cols)?),
+            Transform::Identity => Ok(y.shallow_clone()),
+        }
     }
 
     /// The `n x n` basis (row = frequency, column = sample), bit-identical to [`Basis::new`]`(n)`.
@@ -185,8 +206,7 @@ fn encode_selected(
             return Err(TrainerError::NonFinite { name: spec.name.clone() });
         }
         let (gr, gc, cr, cc) = dims(&grid);
-        let (dr, dc) = (bases.get(grid.chunk_rows)?, bases.get(grid.chunk_cols)?);
-        let y = forward(&to_chunks(&t, &grid)?, &dr, &dc)?.f_reshape([gr * gc, cr * cc])?;
+        let y = bases.forward(&to_chunks(&t, &grid)?, &grid, comp.transform)?.f_reshape([gr * gc, cr * cc])?;
         let kept = grid.kept(comp.topk_for(tensor)) as usize;
         let indices = top_indices(&y, kept as i64)?;
         let values = y.f_gather(-1, &indices, false)?;
@@ -220,12 +240,12 @@ pub fn encode(tensors: &[Tensor], header: &Header, layout: &Layout, bases: &mut 
 
 /// Dense tensor of `shape` from sparse chunk coefficients: `values` at `indices` (`[chunks, n]` each),
 /// combined by `reduce` ("sum" keeps them as they are when indices are distinct, "mean" averages
-/// repeats), then the inverse DCT per chunk.
+/// repeats), then the inverse transform per chunk.
 pub(crate) fn dense(
     indices: &Tensor,
     values: &Tensor,
     reduce: &str,
-    grid: &Grid,
+    (grid, transform): (&Grid, Transform),
     shape: &[i64],
     bases: &mut Bases,
 ) -> Result<Tensor, TrainerError> {
@@ -234,8 +254,7 @@ pub(crate) fn dense(
     // `_scatter_reduce_` is torch's `scatter_reduce_` (tch's `scatter_reduce` maps to the old `scatter`,
     // which knows no "mean"); include_self = false: coefficients nobody selected stay 0.
     let _ = coefficients.f_internal_scatter_reduce_(-1, indices, values, reduce, false)?;
-    let (dr, dc) = (bases.get(grid.chunk_rows)?, bases.get(grid.chunk_cols)?);
-    let x = inverse(&coefficients.f_reshape([gr, gc, cr, cc])?, &dr, &dc)?;
+    let x = bases.inverse(&coefficients.f_reshape([gr, gc, cr, cc])?, grid, transform)?;
     from_chunks(&x, shape)
 }
 
@@ -285,7 +304,8 @@ impl DemoState {
             let (update, selected) = encode_selected(&self.momentum, header, layout, &mut self.bases)?;
             let grids = header.compression.grids(layout);
             for ((m, s), grid) in self.momentum.iter_mut().zip(&selected).zip(&grids) {
-                let sent = dense(&s.indices, &s.feedback, "sum", grid, &m.size(), &mut self.bases)?;
+                let domain = (grid, header.compression.transform);
+                let sent = dense(&s.indices, &s.feedback, "sum", domain, &m.size(), &mut self.bases)?;
                 let _ = m.f_sub_(&sent)?;
             }
             Ok(update)

@@ -31,9 +31,9 @@
 use tch::{Device, Kind, Tensor};
 use verify::chunk::Grid;
 use verify::wire::encoded_len;
-use verify::{Compression, Hyper, Layout, Round, Schedule, State, ValueEncoding, apply};
+use verify::{Compression, Hyper, Layout, Round, Schedule, State, Transform, ValueEncoding, apply};
 
-use crate::demo::{Bases, DemoState, dense, dims, forward, from_chunks, to_chunks, top_indices};
+use crate::demo::{Bases, DemoState, dense, dims, from_chunks, to_chunks, top_indices};
 use crate::error::TrainerError;
 use crate::local::LocalSteps;
 use crate::model::{Model, ModelConfig};
@@ -183,11 +183,11 @@ impl Method for DemoPeer {
                     let _ = m.f_mul_scalar_(self.config.momentum_decay)?;
                     let _ = m.f_add_(&g.grads[t])?;
                     let (gr, gc, cr, cc) = dims(&grid);
-                    let (dr, dc) = (self.bases.get(grid.chunk_rows)?, self.bases.get(grid.chunk_cols)?);
-                    let y = forward(&to_chunks(m, &grid)?, &dr, &dc)?.f_reshape([gr * gc, cr * cc])?;
+                    let y = self.bases.forward(&to_chunks(m, &grid)?, &grid, Transform::Dct)?;
+                    let y = y.f_reshape([gr * gc, cr * cc])?;
                     let i = top_indices(&y, i64::from(grid.kept(topk)))?;
                     let v = y.f_gather(-1, &i, false)?;
-                    let sent = dense(&i, &v, "sum", &grid, &m.size(), &mut self.bases)?;
+                    let sent = dense(&i, &v, "sum", (&grid, Transform::Dct), &m.size(), &mut self.bases)?;
                     let _ = m.f_sub_(&sent)?;
                     values[t].push(if self.config.values == PeerValues::Sign { v.f_sign()? } else { v });
                     indices[t].push(i);
@@ -202,7 +202,7 @@ impl Method for DemoPeer {
                 let i = Tensor::f_cat(&indices[t], -1)?;
                 let v = Tensor::f_cat(&values[t], -1)?;
                 let mut p = self.model.params()[t].shallow_clone();
-                let d = dense(&i, &v, "mean", &self.grids[t], &p.size(), &mut self.bases)?;
+                let d = dense(&i, &v, "mean", (&self.grids[t], Transform::Dct), &p.size(), &mut self.bases)?;
                 let _ = p.f_mul_scalar_(decay)?;
                 let _ = p.f_sub_(&d.f_sign()?.f_mul_scalar(lr)?)?;
             }
@@ -224,9 +224,9 @@ impl Method for DemoPeer {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Outer {
     /// SparseLoCo: error feedback decayed by `ef_decay`, `topk` per chunk of `chunk`, 2-bit values,
-    /// plain averaged outer step; `dct`: the top-k of each chunk's DCT coefficients instead of its
-    /// entries (what cairn's wire format does).
-    SparseLoco { chunk: u16, topk: u16, ef_decay: f64, dct: bool },
+    /// plain averaged outer step; `transform`: the top-k of each chunk's entries (SparseLoCo's
+    /// identity) or of its DCT coefficients.
+    SparseLoco { chunk: u16, topk: u16, ef_decay: f64, transform: Transform },
     /// DiLoCo: the dense f32 pseudo-gradient, outer Nesterov momentum `momentum`.
     Diloco { momentum: f64 },
 }
@@ -295,17 +295,15 @@ impl LocoPeer {
 
     /// SparseLoCo's compression of one worker's accumulator tensor `e` (in place: what is sent is
     /// removed); returns what is sent, dense. With `bases`, in the DCT domain.
-    fn compress(e: &mut Tensor, grid: &Grid, topk: u16, bases: Option<&mut Bases>) -> Result<Tensor, TrainerError> {
+    fn compress(
+        e: &mut Tensor,
+        domain: (&Grid, Transform),
+        topk: u16,
+        bases: &mut Bases,
+    ) -> Result<Tensor, TrainerError> {
+        let (grid, transform) = domain;
         let (gr, gc, cr, cc) = dims(grid);
-        let chunks = to_chunks(e, grid)?;
-        let (x, inverse_bases) = match bases {
-            Some(b) => {
-                let (dr, dc) = (b.get(grid.chunk_rows)?, b.get(grid.chunk_cols)?);
-                (forward(&chunks, &dr, &dc)?, Some((dr, dc)))
-            }
-            None => (chunks, None),
-        };
-        let x = x.f_reshape([gr * gc, cr * cc])?;
+        let x = bases.forward(&to_chunks(e, grid)?, grid, transform)?.f_reshape([gr * gc, cr * cc])?;
         let i = top_indices(&x, i64::from(grid.kept(topk)))?;
         let v = x.f_gather(-1, &i, false)?;
         // 2 bits: levels s * {-1, -1/3, 1/3, 1}, s = the chunk's largest kept magnitude.
@@ -315,10 +313,7 @@ impl LocoPeer {
         let q = code.f_mul_scalar(2.0 / 3.0)?.f_sub_scalar(1.0)?.f_mul(&s)?;
         let mut coefficients = Tensor::f_zeros([gr * gc, cr * cc], (Kind::Float, e.device()))?;
         let _ = coefficients.f_scatter_(-1, &i, &q)?;
-        let mut coefficients = coefficients.f_reshape([gr, gc, cr, cc])?;
-        if let Some((dr, dc)) = inverse_bases {
-            coefficients = crate::demo::inverse(&coefficients, &dr, &dc)?;
-        }
+        let coefficients = bases.inverse(&coefficients.f_reshape([gr, gc, cr, cc])?, grid, transform)?;
         let sent = from_chunks(&coefficients, &e.size())?;
         let _ = e.f_sub_(&sent)?;
         Ok(sent)
@@ -333,11 +328,11 @@ impl LocoPeer {
                 for (w, (model, _)) in self.workers.iter().enumerate() {
                     let delta = theta.f_sub(&model.params()[t])?;
                     let sent = match self.config.outer {
-                        Outer::SparseLoco { topk, ef_decay, dct, .. } => {
+                        Outer::SparseLoco { topk, ef_decay, transform, .. } => {
                             let e = &mut self.error[w][t];
                             let _ = e.f_mul_scalar_(ef_decay)?;
                             let _ = e.f_add_(&delta)?;
-                            Self::compress(e, &self.grids[t], topk, dct.then_some(&mut self.bases))?
+                            Self::compress(e, (&self.grids[t], transform), topk, &mut self.bases)?
                         }
                         Outer::Diloco { .. } => delta,
                     };
@@ -510,7 +505,7 @@ mod tests {
         let layout = Layout::new(vec![TensorSpec { name: "a".into(), shape: vec![1, 8] }]).unwrap();
         let grid = Compression::uniform(64, 2, ValueEncoding::Sign).grids(&layout)[0];
         let mut e = Tensor::from_slice(&[0.1f32, -0.9, 0.05, 0.6, 0.0, 0.2, -0.1, 0.3]).reshape([1, 8]);
-        let sent = LocoPeer::compress(&mut e, &grid, 2, None).unwrap();
+        let sent = LocoPeer::compress(&mut e, (&grid, Transform::Identity), 2, &mut Bases::cpu()).unwrap();
         // Kept: -0.9 and 0.6; s = 0.9; -0.9 -> -1 * s; 0.6/0.9 = 0.667 -> code round(2.5) = 2 -> +s/3.
         let sent: Vec<f32> = Vec::try_from(sent.reshape([-1])).unwrap();
         let want = [0.0, -0.9, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0];
@@ -533,7 +528,7 @@ mod tests {
         let row: Vec<f32> = basis.row(3).iter().map(|d| 0.5 * d).collect();
         let mut e = Tensor::from_slice(&row).reshape([1, 8]);
         let mut bases = Bases::cpu();
-        let sent = LocoPeer::compress(&mut e, &grid, 1, Some(&mut bases)).unwrap();
+        let sent = LocoPeer::compress(&mut e, (&grid, Transform::Dct), 1, &mut bases).unwrap();
         let sent: Vec<f32> = Vec::try_from(sent.reshape([-1])).unwrap();
         for (a, b) in sent.iter().zip(&row) {
             assert!((a - b).abs() < 1e-6, "{sent:?} vs {row:?}");
@@ -542,7 +537,7 @@ mod tests {
         assert!(rest.iter().all(|r| r.abs() < 1e-6), "{rest:?}");
         // In the entries' domain one kept entry leaves the other seven behind.
         let mut e = Tensor::from_slice(&row).reshape([1, 8]);
-        let _ = LocoPeer::compress(&mut e, &grid, 1, None).unwrap();
+        let _ = LocoPeer::compress(&mut e, (&grid, Transform::Identity), 1, &mut Bases::cpu()).unwrap();
         let rest: Vec<f32> = Vec::try_from(e.reshape([-1])).unwrap();
         assert_eq!(rest.iter().filter(|r| r.abs() > 1e-3).count(), 7, "{rest:?}");
     }
@@ -578,7 +573,7 @@ mod tests {
                     LocoPeer::new(
                         &config,
                         &state,
-                        loco(Outer::SparseLoco { chunk: 64, topk: 64, ef_decay: 0.95, dct: false }),
+                        loco(Outer::SparseLoco { chunk: 64, topk: 64, ef_decay: 0.95, transform: Transform::Identity }),
                         Device::Cpu,
                     )
                     .unwrap(),

@@ -8,7 +8,8 @@
 //!                                                               the updates that selected j
 //!        d_j = n_j, the updates that selected j          (step rule sign)
 //!        d_j = N, every update of the round              (step rule linear)
-//!   Y ──round to f32──▶ inverse DCT (dct module's canonical order) ──▶ x
+//!   Y ──round to f32──▶ inverse DCT (dct module's canonical order) ──▶ x     (transform dct)
+//!   Y ──round to f32──▶ placed at its entries, zero elsewhere ──▶ x          (transform identity)
 //!        │
 //!        ▼  per parameter
 //!   s = sign(x) ∈ {-1, 0, +1}   (sign)      s = x   (linear)
@@ -21,7 +22,8 @@
 //! reaches the state, so the order of every sum is part of the rule (the dct module states it).
 //!
 //! - Norm of an update: sqrt of the f64 sum, in wire order, of its decoded values squared (the L2 norm
-//!   of its dense coefficient vector, which the orthonormal DCT makes the L2 norm of the dense update).
+//!   of its dense coefficient vector, which the orthonormal DCT, like the identity, makes the L2 norm
+//!   of the dense update).
 //! - Median: the lower median ((n-1)/2-th smallest, f64 total order). An update whose norm exceeds it
 //!   gets f_i = median / norm_i; every other update gets f_i = 1.
 //! - `lr` comes from the [`Schedule`] rounded to f32; `wd` is the weight-decay ratio rounded to f32;
@@ -39,7 +41,7 @@ use crate::error::VerifyError;
 use crate::id::Round;
 use crate::schedule::{Ratio, Schedule};
 use crate::state::{Layout, State};
-use crate::wire::{Compression, MAX_CHUNK_SIZE, Update, ValueEncoding};
+use crate::wire::{Compression, MAX_CHUNK_SIZE, Transform, Update, ValueEncoding};
 
 /// Most updates aggregated in one round.
 pub const MAX_UPDATES_PER_ROUND: usize = 4096;
@@ -157,7 +159,14 @@ pub fn apply(state: &mut State, round: Round, updates: &[Update], hyper: &Hyper)
     let decay = 1.0f32 - lr * wd;
     let factors = clip_factors(updates, hyper.clip);
     let grids = hyper.compression.grids(state.layout());
-    run(&grids, state.data_mut(), updates, &factors, hyper.step, Mode::Apply { lr, decay });
+    run(
+        &grids,
+        state.data_mut(),
+        updates,
+        &factors,
+        (hyper.step, hyper.compression.transform),
+        Mode::Apply { lr, decay },
+    );
     Ok(())
 }
 
@@ -174,7 +183,7 @@ pub fn direction(
     let factors = clip_factors(updates, hyper.clip);
     let grids = hyper.compression.grids(layout);
     let mut out = State::zeros(layout.clone());
-    run(&grids, out.data_mut(), updates, &factors, hyper.step, Mode::Direction);
+    run(&grids, out.data_mut(), updates, &factors, (hyper.step, hyper.compression.transform), Mode::Direction);
     Ok(out.data().to_vec())
 }
 
@@ -208,6 +217,12 @@ fn check(layout: &Layout, round: Round, updates: &[Update], hyper: &Hyper) -> Re
                 got: h.compression.values.code(),
             });
         }
+        if h.compression.transform != comp.transform {
+            return Err(VerifyError::WrongTransform {
+                expected: comp.transform.code(),
+                got: h.compression.transform.code(),
+            });
+        }
         if h.compression.overrides != comp.overrides {
             return Err(VerifyError::WrongTopkOverrides {
                 expected: crate::wire::format_overrides(comp.overrides.as_slice()),
@@ -231,7 +246,14 @@ struct Band<'a> {
     rows: &'a mut [f32],
 }
 
-fn run(grids: &[Grid], data: &mut [Vec<f32>], updates: &[Update], factors: &[f64], rule: StepRule, mode: Mode) {
+fn run(
+    grids: &[Grid],
+    data: &mut [Vec<f32>],
+    updates: &[Update],
+    factors: &[f64],
+    (rule, transform): (StepRule, Transform),
+    mode: Mode,
+) {
     let mut bases: Vec<Option<Basis>> = vec![None; usize::from(MAX_CHUNK_SIZE) + 1];
     for g in grids {
         for n in [g.chunk_rows, g.chunk_cols] {
@@ -252,7 +274,7 @@ fn run(grids: &[Grid], data: &mut [Vec<f32>], updates: &[Update], factors: &[f64
         let (Some(rb), Some(cb)) = (&bases[usize::from(g.chunk_rows)], &bases[usize::from(g.chunk_cols)]) else {
             unreachable!("bases for every grid were built above");
         };
-        band(g, rb, cb, b, s, updates, factors, rule, mode);
+        band(g, rb, cb, b, s, updates, factors, rule, transform, mode);
     });
 }
 
@@ -268,6 +290,21 @@ struct Scratch {
     x: Vec<f32>,
 }
 
+impl Scratch {
+    /// Coefficient `j`'s mean under `rule` (its sum over the `updates` of the round), rounded to f32;
+    /// clears its sum and count for the next chunk.
+    fn take_mean(&mut self, j: usize, rule: StepRule, updates: usize) -> f32 {
+        let divisor = match rule {
+            StepRule::Sign => f64::from(self.counts[j]),
+            StepRule::Linear => updates as f64,
+        };
+        let y = (self.sums[j] / divisor) as f32;
+        self.sums[j] = 0.0;
+        self.counts[j] = 0;
+        y
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn band(
     g: &Grid,
@@ -278,6 +315,7 @@ fn band(
     updates: &[Update],
     factors: &[f64],
     rule: StepRule,
+    transform: Transform,
     mode: Mode,
 ) {
     let (cr, cc) = (usize::from(g.chunk_rows), usize::from(g.chunk_cols));
@@ -308,34 +346,44 @@ fn band(
             }
         }
         s.touched.sort_unstable();
-        // 2. Z = Y · Dc over the rows that hold a coefficient (v ascending within a row)
-        s.live_rows.clear();
-        for &j in &s.touched {
-            let j = usize::from(j);
-            let (u, v) = (j / cc, j % cc);
-            let divisor = match rule {
-                StepRule::Sign => f64::from(s.counts[j]),
-                StepRule::Linear => updates.len() as f64,
-            };
-            let y = (s.sums[j] / divisor) as f32;
-            s.sums[j] = 0.0;
-            s.counts[j] = 0;
-            if s.live_rows.last() != Some(&u) {
-                s.live_rows.push(u);
-                s.z[(s.live_rows.len() - 1) * cc..s.live_rows.len() * cc].fill(0.0);
+        match transform {
+            Transform::Dct => {
+                // 2. Z = Y · Dc over the rows that hold a coefficient (v ascending within a row)
+                s.live_rows.clear();
+                for t in 0..s.touched.len() {
+                    let j = usize::from(s.touched[t]);
+                    let (u, v) = (j / cc, j % cc);
+                    let y = s.take_mean(j, rule, updates.len());
+                    if s.live_rows.last() != Some(&u) {
+                        s.live_rows.push(u);
+                        s.z[(s.live_rows.len() - 1) * cc..s.live_rows.len() * cc].fill(0.0);
+                    }
+                    let slot = s.live_rows.len() - 1;
+                    let z = &mut s.z[slot * cc..(slot + 1) * cc];
+                    for (zj, d) in z.iter_mut().zip(cb.row(v)) {
+                        *zj += y * *d;
+                    }
+                }
+                // 3. X = Drᵀ · Z (u ascending), row by row, into the band buffer
+                for i in 0..cr {
+                    s.coef.clear();
+                    s.coef.extend(s.live_rows.iter().map(|&u| rb.row(u)[i]));
+                    let start = i * cols + gx * cc;
+                    combine_rows(&s.z, cc, &s.coef, &mut s.x[start..start + cc]);
+                }
             }
-            let slot = s.live_rows.len() - 1;
-            let z = &mut s.z[slot * cc..(slot + 1) * cc];
-            for (zj, d) in z.iter_mut().zip(cb.row(v)) {
-                *zj += y * *d;
+            Transform::Identity => {
+                // 2-3. X = Y: the chunk is zero where no update selected an entry
+                for i in 0..cr {
+                    let start = i * cols + gx * cc;
+                    s.x[start..start + cc].fill(0.0);
+                }
+                for t in 0..s.touched.len() {
+                    let j = usize::from(s.touched[t]);
+                    let y = s.take_mean(j, rule, updates.len());
+                    s.x[(j / cc) * cols + gx * cc + j % cc] = y;
+                }
             }
-        }
-        // 3. X = Drᵀ · Z (u ascending), row by row, into the band buffer
-        for i in 0..cr {
-            s.coef.clear();
-            s.coef.extend(s.live_rows.iter().map(|&u| rb.row(u)[i]));
-            let start = i * cols + gx * cc;
-            combine_rows(&s.z, cc, &s.coef, &mut s.x[start..start + cc]);
         }
     }
     // 4. step: sign or linear

@@ -1,7 +1,7 @@
 //! Reference encoder: dense tensors (a worker's momentum) to a sparse [`Update`], in pure Rust.
 //!
 //! ```text
-//!   tensor ──chunk grid──▶ chunks ──forward DCT──▶ coefficients ──top-k──▶ (index, value) x kept
+//!   tensor ──chunk grid──▶ chunks ──forward DCT (or the identity)──▶ coefficients ──top-k──▶ (index, value) x kept
 //!                                                                  │
 //!        order: |value| descending (f32 total order), then lower index first; keep the first `kept`,
 //!        send them by ascending index
@@ -20,7 +20,7 @@ use crate::chunk::Grid;
 use crate::dct::{self, Basis};
 use crate::error::VerifyError;
 use crate::state::State;
-use crate::wire::{Header, MAX_ABS_VALUE, MAX_INT8_SCALE, MAX_TWO_BIT_SCALE, Update, ValueEncoding, Values};
+use crate::wire::{Header, MAX_ABS_VALUE, MAX_INT8_SCALE, MAX_TWO_BIT_SCALE, Transform, Update, ValueEncoding, Values};
 
 /// Top-k of one chunk's coefficients: the `kept` positions, ascending, by |value| descending then index.
 pub fn top_k(coefficients: &[f32], kept: usize) -> Vec<u16> {
@@ -52,14 +52,14 @@ pub fn encode(momentum: &State, header: &Header) -> Result<Update, VerifyError> 
             return Err(VerifyError::NonFiniteTensor { name: spec.name.clone() });
         }
         let grid = Grid::new(spec, comp.chunk_size);
-        let chunks = encode_tensor(data, &grid, comp.topk_for(t));
+        let chunks = encode_tensor(data, &grid, comp.topk_for(t), comp.transform);
         tensors.push(quantise(t as u32, comp.values, chunks)?);
     }
     Update::new(*header, layout, tensors)
 }
 
 /// Per chunk (row-major): kept indices ascending, and their coefficient values.
-fn encode_tensor(data: &[f32], grid: &Grid, k: u16) -> Vec<(Vec<u16>, Vec<f32>)> {
+fn encode_tensor(data: &[f32], grid: &Grid, k: u16, transform: Transform) -> Vec<(Vec<u16>, Vec<f32>)> {
     let (cr, cc) = (usize::from(grid.chunk_rows), usize::from(grid.chunk_cols));
     let (rb, cb) = (Basis::new(grid.chunk_rows), Basis::new(grid.chunk_cols));
     let cols = grid.cols as usize;
@@ -75,7 +75,10 @@ fn encode_tensor(data: &[f32], grid: &Grid, k: u16) -> Vec<(Vec<u16>, Vec<f32>)>
                     let start = i * cols + gx * cc;
                     x[i * cc..(i + 1) * cc].copy_from_slice(&rows[start..start + cc]);
                 }
-                dct::forward(&x, &rb, &cb, &mut y);
+                match transform {
+                    Transform::Dct => dct::forward(&x, &rb, &cb, &mut y),
+                    Transform::Identity => y.copy_from_slice(&x),
+                }
                 let idx = top_k(&y, kept);
                 let vals = idx.iter().map(|&i| y[usize::from(i)]).collect();
                 out.push((idx, vals));

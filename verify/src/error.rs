@@ -76,6 +76,15 @@ pub enum VerifyError {
         /// The update's code.
         got: u8,
     },
+    /// The transform differs from the run's, or is not a known code (or is the DCT's code in a
+    /// version 3 update, which only the identity uses).
+    #[error("transform code {got}, expected {expected}")]
+    WrongTransform {
+        /// The run's transform code.
+        expected: u8,
+        /// The update's code.
+        got: u8,
+    },
     /// Compression parameters outside the protocol's limits (in a config, or in an update).
     #[error("invalid compression parameters: {0}")]
     InvalidCompression(String),

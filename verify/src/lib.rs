@@ -41,4 +41,6 @@ pub use replay::{BlobFault, BlobSource, Replay, ReplayReport, Replayed, RunBlobs
 pub use round::{Candidate, NotCounted, RoundPlan, RoundRule};
 pub use schedule::{Ratio, Schedule};
 pub use state::{Layout, State, TensorSpec};
-pub use wire::{Compression, Expected, Header, TopkOverride, TopkOverrides, Update, ValueEncoding, Values, decode};
+pub use wire::{
+    Compression, Expected, Header, TopkOverride, TopkOverrides, Transform, Update, ValueEncoding, Values, decode,
+};

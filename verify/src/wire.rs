@@ -1,11 +1,12 @@
-//! Update wire format v1 and v2: the bytes a worker uploads (and whose blake3 its ledger entry
-//! signs). Version 2 is version 1 plus per-tensor top-k overrides after the value encoding; an
-//! update without overrides is always version 1, so each update has one encoding.
+//! Update wire format v1, v2 and v3: the bytes a worker uploads (and whose blake3 its ledger entry
+//! signs). Version 2 is version 1 plus per-tensor top-k overrides after the value encoding; version
+//! 3 (a run whose transform is not the DCT) writes the override count even when it is 0, then the
+//! transform. The compression decides the version, so each update has one encoding.
 //!
 //! ```text
 //!   offset size  field                      (all integers little-endian)
 //!   0      8     magic "CAIRNUPD"
-//!   8      2     version = 1 (no overrides) or 2 (overrides)
+//!   8      2     version = 1 (DCT, no overrides), 2 (DCT, overrides) or 3 (identity transform)
 //!   10     32    run id
 //!   42     8     round
 //!   50     32    base state hash
@@ -14,10 +15,12 @@
 //!   146    2     chunk size            1..=256
 //!   148    2     top-k                 1..=256
 //!   150    1     value encoding        0 = sign, 1 = int8, 2 = bf16, 3 = two-bit
-//!   v2 only:
-//!   151    1     override count n      1..=4
+//!   v2 and v3 only:
+//!   151    1     override count n      1..=4 (v2), 0..=4 (v3)
 //!   152    6 n   overrides             u32 tensor index | u16 top-k; indices strictly ascending and
 //!                                      below the tensor count, top-k 1..=256 and not the run's top-k
+//!   v3 only:
+//!   +0     1     transform             1 = identity (the DCT is 0, and is written as v1 or v2)
 //!   +0     4     tensor count          = tensors in the layout (at 151 in v1)
 //!   +4           tensors, in layout order:
 //!                  2 chunk_rows | 2 chunk_cols | 8 grid_rows | 8 grid_cols
@@ -47,6 +50,8 @@ pub const MAGIC: [u8; 8] = *b"CAIRNUPD";
 pub const VERSION: u16 = 1;
 /// The format version of an update with top-k overrides.
 pub const VERSION_WITH_OVERRIDES: u16 = 2;
+/// The format version of an update whose transform is not the DCT (with or without overrides).
+pub const VERSION_WITH_TRANSFORM: u16 = 3;
 /// Bytes before the first tensor in a version 1 update ([`header_len`] in general).
 pub const HEADER_BYTES: u64 = 155;
 /// Most per-tensor top-k overrides a run may set.
@@ -129,6 +134,46 @@ impl ValueEncoding {
     }
 }
 
+/// What a chunk's top-k is taken of: its DCT coefficients (DeMo's choice) or its entries as they
+/// are (SparseLoCo's). With the identity, coefficient `(u, v)` of a chunk is its entry at row `u`,
+/// column `v`, and the aggregation places the combined values without an inverse transform.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Transform {
+    /// The orthonormal DCT-II of each chunk (the dct module).
+    #[default]
+    Dct,
+    /// No transform: the chunk's entries.
+    Identity,
+}
+
+impl Transform {
+    /// Wire and config code.
+    pub fn code(self) -> u8 {
+        match self {
+            Transform::Dct => 0,
+            Transform::Identity => 1,
+        }
+    }
+
+    /// From a wire or config code.
+    pub fn from_code(code: u8) -> Option<Transform> {
+        [Transform::Dct, Transform::Identity].into_iter().find(|t| t.code() == code)
+    }
+
+    /// The name used in configs and on the command line: `dct`, `identity`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transform::Dct => "dct",
+            Transform::Identity => "identity",
+        }
+    }
+
+    /// From its [`Transform::name`].
+    pub fn from_name(name: &str) -> Option<Transform> {
+        [Transform::Dct, Transform::Identity].into_iter().find(|t| t.name() == name)
+    }
+}
+
 /// One tensor's top-k instead of the run's: the tensor by its position in layout order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TopkOverride {
@@ -197,12 +242,14 @@ pub struct Compression {
     /// Tensors that keep another number of coefficients per chunk (for example the token
     /// embedding, whose chunks mix the rows of many tokens).
     pub overrides: TopkOverrides,
+    /// What each chunk's top-k is taken of.
+    pub transform: Transform,
 }
 
 impl Compression {
     /// The same top-k for every tensor.
     pub fn uniform(chunk_size: u16, topk: u16, values: ValueEncoding) -> Compression {
-        Compression { chunk_size, topk, values, overrides: TopkOverrides::NONE }
+        Compression { chunk_size, topk, values, overrides: TopkOverrides::NONE, transform: Transform::Dct }
     }
 
     /// Checks the limits: chunk size and every top-k in range, and no override that repeats the
@@ -245,13 +292,17 @@ impl Compression {
 
     /// The update format version this compression is written in.
     pub fn version(&self) -> u16 {
-        if self.overrides.is_empty() { VERSION } else { VERSION_WITH_OVERRIDES }
+        match (self.transform, self.overrides.is_empty()) {
+            (Transform::Identity, _) => VERSION_WITH_TRANSFORM,
+            (Transform::Dct, true) => VERSION,
+            (Transform::Dct, false) => VERSION_WITH_OVERRIDES,
+        }
     }
 
-    /// Appends the overrides as the wire format and the run config write them (nothing when there
-    /// are none): u8 count, then u32 tensor | u16 top-k each.
-    pub fn write_overrides(&self, out: &mut Vec<u8>) {
-        if self.overrides.is_empty() {
+    /// Appends the overrides as the wire format and the run config write them: u8 count, then
+    /// u32 tensor | u16 top-k each; nothing at all when there are none and `always` is false.
+    pub fn write_overrides(&self, out: &mut Vec<u8>, always: bool) {
+        if self.overrides.is_empty() && !always {
             return;
         }
         out.push(self.overrides.len);
@@ -417,9 +468,11 @@ pub struct Update {
 
 /// Bytes before the first tensor of an update at `compression`.
 pub fn header_len(compression: &Compression) -> u64 {
-    match compression.overrides.as_slice().len() {
-        0 => HEADER_BYTES,
-        n => HEADER_BYTES + 1 + 6 * n as u64,
+    let n = compression.overrides.as_slice().len() as u64;
+    match compression.version() {
+        VERSION => HEADER_BYTES,
+        VERSION_WITH_OVERRIDES => HEADER_BYTES + 1 + 6 * n,
+        _ => HEADER_BYTES + 1 + 6 * n + 1,
     }
 }
 
@@ -513,7 +566,11 @@ impl Update {
         out.extend_from_slice(&comp.chunk_size.to_le_bytes());
         out.extend_from_slice(&comp.topk.to_le_bytes());
         out.push(comp.values.code());
-        comp.write_overrides(&mut out);
+        let v3 = comp.version() == VERSION_WITH_TRANSFORM;
+        comp.write_overrides(&mut out, v3);
+        if v3 {
+            out.push(comp.transform.code());
+        }
         out.extend_from_slice(&(self.tensors.len() as u32).to_le_bytes());
         assert_eq!(out.len() as u64, header_len(&comp));
         for t in &self.tensors {
@@ -692,7 +749,7 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Update, VerifyErr
         return Err(VerifyError::BadMagic);
     }
     let version = r.u16()?;
-    if version != VERSION && version != VERSION_WITH_OVERRIDES {
+    if !(VERSION..=VERSION_WITH_TRANSFORM).contains(&version) {
         return Err(VerifyError::UnsupportedVersion(version));
     }
     let run = RunId(r.array()?);
@@ -729,10 +786,11 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Update, VerifyErr
         return Err(VerifyError::WrongValueEncoding { expected: comp.values.code(), got: code });
     }
     let mut overrides = Vec::new();
-    if version == VERSION_WITH_OVERRIDES {
+    if version != VERSION {
         let n = r.array::<1>()?[0];
-        if n == 0 || usize::from(n) > MAX_TOPK_OVERRIDES {
-            return Err(VerifyError::InvalidCompression(format!("{n} top-k overrides in a version 2 update")));
+        let least = u8::from(version == VERSION_WITH_OVERRIDES);
+        if n < least || usize::from(n) > MAX_TOPK_OVERRIDES {
+            return Err(VerifyError::InvalidCompression(format!("{n} top-k overrides in a version {version} update")));
         }
         for _ in 0..n {
             overrides.push(TopkOverride { tensor: r.u32()?, topk: r.u16()? });
@@ -743,6 +801,25 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Update, VerifyErr
             expected: format_overrides(comp.overrides.as_slice()),
             got: format_overrides(&overrides),
         });
+    }
+    let transform = match version {
+        VERSION_WITH_TRANSFORM => {
+            let code = r.array::<1>()?[0];
+            match Transform::from_code(code) {
+                Some(Transform::Identity) => Transform::Identity,
+                // The DCT is written as version 1 or 2: a second encoding would break canonicity.
+                Some(Transform::Dct) => {
+                    return Err(VerifyError::InvalidCompression(
+                        "the DCT transform in a version 3 update (it is written as version 1 or 2)".into(),
+                    ));
+                }
+                None => return Err(VerifyError::WrongTransform { expected: comp.transform.code(), got: code }),
+            }
+        }
+        _ => Transform::Dct,
+    };
+    if transform != comp.transform {
+        return Err(VerifyError::WrongTransform { expected: comp.transform.code(), got: transform.code() });
     }
     let count = r.u32()?;
     let tensors = expected.layout.tensors().len();
