@@ -51,6 +51,10 @@ pub struct DemoArgs {
     /// pseudo-gradients at rate 1, two-bit values, top-k 4 x local steps; needs --local-steps >= 2).
     #[arg(long, default_value = "sign")]
     step_rule: String,
+    /// What each chunk's top-k is taken of (demo.transform): dct (its DCT coefficients) or identity
+    /// (its entries, SparseLoCo's choice; better with --step-rule linear).
+    #[arg(long, default_value = "dct")]
+    transform: String,
     /// Local folder for keys, run.toml and logs (default: ./cairn-demo-local).
     #[arg(long, default_value = "cairn-demo-local")]
     work_dir: PathBuf,
@@ -93,6 +97,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         ),
         other => anyhow::bail!("--step-rule must be sign or linear, not {other}"),
     }
+    anyhow::ensure!(
+        verify::Transform::from_name(&args.transform).is_some(),
+        "--transform must be dct or identity, not {}",
+        args.transform
+    );
     let base = absolute_url(&args.store)?;
     admin::init(&base, InitOptions::default(), &Default::default())
         .await
@@ -236,13 +245,14 @@ fn demo_spec(args: &DemoArgs, keys: &[(&str, &str, &str, PathBuf, ledger::Public
          [run]\nname = \"cairn demo\"\npreset = \"{preset}\"\nseed = 1\ntotal_rounds = {rounds}\nsnapshot_every = 50\n\n\
          [data]\nsource = \"{source}\"\nseq_len = {DEMO_SEQ_LEN}\neval_fraction = 0.05\neval_sequences = 256\n\n\
          [train]\ntokens_per_round = {tokens}\nmicro_batch = 8\nclip_norm = 1.0\nmomentum_decay = {momentum}\n{local}\n\
-         [demo]\nchunk = 64\n{demo}\n\
+         [demo]\nchunk = 64\ntransform = \"{transform}\"\n{demo}\n\
          [optimizer]\nlr = {lr}\nwarmup_rounds = 2\nweight_decay = 0.0\nclip = \"median\"\n\n\
          [rounds]\nmin_contributions = 2\nmax_contributions = 16\ndeadline_secs = 120\nverdict_wait_secs = 60\n\n\
          [validation]\nmin_score = -20\nmax_failures = 3\nassigned_sequences = {assigned}\neval_sequences = 4\n\n\
          [roster]\nquorum = 1\norg_quorum = 2\n",
         preset = args.preset,
         rounds = args.rounds,
+        transform = args.transform,
         tokens = args.tokens_per_round,
         // The validator re-evaluates every sequence the worker trained on: with half of them, the
         // scores of honest updates were noisy enough to fail some (docs/BENCHMARKS.md).

@@ -197,6 +197,9 @@ pub struct DemoSection {
     /// The aggregation's step: sign (DeMo's) or linear (the mean update times the rate; needs
     /// int8, bf16 or two-bit values).
     pub step_rule: String,
+    /// What each chunk's top-k is taken of: dct (its DCT coefficients, DeMo's) or identity (its
+    /// entries, SparseLoCo's).
+    pub transform: String,
     /// Top-k of particular tensors, by name (`[demo.topk_by_tensor]`); left out: the embedding at
     /// [`crate::model::DEFAULT_EMBEDDING_TOPK`]; an empty table: none.
     pub topk_by_tensor: Option<BTreeMap<String, u16>>,
@@ -204,7 +207,14 @@ pub struct DemoSection {
 
 impl Default for DemoSection {
     fn default() -> DemoSection {
-        DemoSection { chunk: 64, topk: 4, values: "sign".into(), step_rule: "sign".into(), topk_by_tensor: None }
+        DemoSection {
+            chunk: 64,
+            topk: 4,
+            values: "sign".into(),
+            step_rule: "sign".into(),
+            transform: "dct".into(),
+            topk_by_tensor: None,
+        }
     }
 }
 
@@ -707,6 +717,8 @@ impl RunSpec {
         })?;
         let step = verify::StepRule::from_name(&self.demo.step_rule)
             .ok_or_else(|| bad(format!("demo.step_rule must be sign or linear, not {:?}", self.demo.step_rule)))?;
+        let transform = verify::Transform::from_name(&self.demo.transform)
+            .ok_or_else(|| bad(format!("demo.transform must be dct or identity, not {:?}", self.demo.transform)))?;
         let o = &self.optimizer;
         let peak = ratio(o.lr, "optimizer.lr")?;
         if o.decay_start > 0 && o.min_lr.is_none() {
@@ -747,7 +759,8 @@ impl RunSpec {
         let layout = train.model_config()?.layout()?;
         let overrides = topk_overrides(&layout, self.demo.topk, &self.demo.topk_by_name())
             .map_err(|e| bad(format!("demo.topk_by_tensor: {e}")))?;
-        let compression = Compression { overrides, ..Compression::uniform(self.demo.chunk, self.demo.topk, values) };
+        let compression =
+            Compression { overrides, transform, ..Compression::uniform(self.demo.chunk, self.demo.topk, values) };
         compression.validate_for(&layout).map_err(|e| bad(format!("demo: {e}")))?;
         let hyper =
             Hyper { compression, schedule, weight_decay: ratio(o.weight_decay, "optimizer.weight_decay")?, clip, step };
@@ -849,6 +862,17 @@ mod tests {
     }
 
     #[test]
+    fn the_identity_transform_reaches_the_run_config() {
+        let genesis = |text: &str| {
+            let parts = RunSpec::parse(text).unwrap().genesis_parts(BYTE_VOCAB).unwrap();
+            RunConfig::decode(&parts.config.encode().unwrap()).unwrap().hyper.compression.transform
+        };
+        assert_eq!(genesis(RunSpec::EXAMPLE), verify::Transform::Dct);
+        let identity = RunSpec::EXAMPLE.replacen("transform = \"dct\"", "transform = \"identity\"", 1);
+        assert_eq!(genesis(&identity), verify::Transform::Identity);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let with = |from: &str, to: &str| {
             let text = RunSpec::EXAMPLE.replacen(from, to, 1);
@@ -858,6 +882,7 @@ mod tests {
         assert!(with("preset = \"tiny\"", "preset = \"huge\"").contains("huge"));
         assert!(with("values = \"sign\"", "values = \"fp4\"").contains("demo.values"));
         assert!(with("step_rule = \"sign\"", "step_rule = \"adam\"").contains("demo.step_rule"));
+        assert!(with("transform = \"dct\"", "transform = \"fft\"").contains("demo.transform"));
         // the linear step needs values with a magnitude
         let err = with("step_rule = \"sign\"", "step_rule = \"linear\"");
         assert!(err.contains("linear step rule needs values with a magnitude"), "{err}");

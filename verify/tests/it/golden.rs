@@ -232,3 +232,52 @@ fn an_outsider_reproduces_the_linear_rule_from_format_md_and_every_wrong_order_f
         assert!(differing > 0, "{order:?} matched the consensus state: the golden vectors would not catch it");
     }
 }
+
+/// One round of the linear rule under the identity transform, from FORMAT.md alone: each chunk's
+/// entry takes the clipped mean of the values sent for it (zero where nobody sent one), with no
+/// inverse transform at all.
+fn outsider_identity_round(s0: &verify::State, ups: &[verify::Update], h: &verify::Hyper) -> verify::State {
+    let factors = reference_clip_factors(ups, h.clip, |v, c, e| v.value(c, e));
+    let lr = h.schedule.lr(ROUND);
+    let decay = 1.0f32 - lr * (h.weight_decay.to_f64() as f32);
+    let mut data = s0.data().to_vec();
+    for (ti, spec) in s0.layout().tensors().iter().enumerate() {
+        let g = verify::chunk::Grid::new(spec, h.compression.chunk_size);
+        let (cr, cc, cols) = (g.chunk_rows as usize, g.chunk_cols as usize, g.cols as usize);
+        for c in 0..g.chunks() as usize {
+            let (gy, gx) = (c / g.grid_cols() as usize, c % g.grid_cols() as usize);
+            let mut sums = vec![0.0f64; cr * cc];
+            for (u, f) in ups.iter().zip(&factors) {
+                let t = &u.tensors()[ti];
+                let k = t.kept() as usize;
+                for e in c * k..(c + 1) * k {
+                    sums[usize::from(t.indices()[e])] += t.values().value(c, e) * f;
+                }
+            }
+            for i in 0..cr {
+                for j in 0..cc {
+                    let x = (sums[i * cc + j] / ups.len() as f64) as f32;
+                    let p = &mut data[ti][(gy * cr + i) * cols + gx * cc + j];
+                    *p = *p * decay - lr * x;
+                }
+            }
+        }
+    }
+    verify::State::from_parts(s0.layout().clone(), data).unwrap()
+}
+
+/// The identity transform: updates are wire version 3 and the round is the outsider's arithmetic.
+#[test]
+fn an_outsider_reproduces_the_linear_rule_under_the_identity_transform() {
+    let mut r = rng(42);
+    let s0 = random_state(&model_layout(), &mut r, 0.1);
+    let comp = verify::Compression { transform: verify::Transform::Identity, ..compression(ValueEncoding::TwoBit) };
+    let ups = updates(&s0, comp, 3, &mut r);
+    assert_eq!(ups[0].to_bytes()[8..10], [3, 0], "an identity update is wire version 3 (u16 LE after the magic)");
+    let h = verify::Hyper { step: verify::StepRule::Linear, ..hyper(comp, NormClip::Median) };
+    let want = aggregate(&s0, ROUND, &ups, &h).unwrap();
+    assert_eq!(outsider_identity_round(&s0, &ups, &h).hash(), want.hash());
+    // and the same updates judged against a DCT run are refused, typed
+    let dct = verify::Hyper { compression: compression(ValueEncoding::TwoBit), ..h };
+    assert!(aggregate(&s0, ROUND, &ups, &dct).is_err());
+}
