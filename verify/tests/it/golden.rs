@@ -279,5 +279,8 @@ fn an_outsider_reproduces_the_linear_rule_under_the_identity_transform() {
     assert_eq!(outsider_identity_round(&s0, &ups, &h).hash(), want.hash());
     // and the same updates judged against a DCT run are refused, typed
     let dct = verify::Hyper { compression: compression(ValueEncoding::TwoBit), ..h };
-    assert!(aggregate(&s0, ROUND, &ups, &dct).is_err());
+    assert!(matches!(
+        aggregate(&s0, ROUND, &ups, &dct),
+        Err(verify::VerifyError::WrongTransform { expected: 0, got: 1 })
+    ));
 }
