@@ -130,6 +130,23 @@ fn outsider_basis(n: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// FORMAT.md 5.3's Y for chunk `c` of tensor `ti` under the linear rule: (sum over the updates in
+/// order of f_i v_ij, f64) / N, rounded to f32, for each coefficient j someone selected.
+fn outsider_chunk_means(ups: &[verify::Update], factors: &[f64], ti: usize, c: usize, size: usize) -> Vec<Option<f32>> {
+    let mut sums = vec![0.0f64; size];
+    let mut selected = vec![false; size];
+    for (u, f) in ups.iter().zip(factors) {
+        let t = &u.tensors()[ti];
+        let k = t.kept() as usize;
+        for e in c * k..(c + 1) * k {
+            let j = usize::from(t.indices()[e]);
+            sums[j] += t.values().value(c, e) * f;
+            selected[j] = true;
+        }
+    }
+    (0..size).map(|j| selected[j].then(|| (sums[j] / ups.len() as f64) as f32)).collect()
+}
+
 /// One round of the linear rule written from FORMAT.md alone (no verify arithmetic: only the chunk
 /// geometry and the decoded values are taken from the crate), with the inverse DCT in `order`.
 fn outsider_linear_round(s0: &verify::State, ups: &[verify::Update], h: &verify::Hyper, order: Order) -> verify::State {
@@ -143,20 +160,7 @@ fn outsider_linear_round(s0: &verify::State, ups: &[verify::Update], h: &verify:
         let (dr, dc) = (outsider_basis(cr), outsider_basis(cc));
         for c in 0..g.chunks() as usize {
             let (gy, gx) = (c / g.grid_cols() as usize, c % g.grid_cols() as usize);
-            // y_j = (sum over updates in order of f_i v_ij, f64) / N, rounded to f32; selected j only
-            let mut sums = vec![0.0f64; cr * cc];
-            let mut selected = vec![false; cr * cc];
-            for (u, f) in ups.iter().zip(&factors) {
-                let t = &u.tensors()[ti];
-                let k = t.kept() as usize;
-                for e in c * k..(c + 1) * k {
-                    let j = usize::from(t.indices()[e]);
-                    sums[j] += t.values().value(c, e) * f;
-                    selected[j] = true;
-                }
-            }
-            let y: Vec<Option<f32>> =
-                (0..cr * cc).map(|j| selected[j].then(|| (sums[j] / ups.len() as f64) as f32)).collect();
+            let y = outsider_chunk_means(ups, &factors, ti, c, cr * cc);
             let live: Vec<usize> = (0..cr).filter(|&u| (0..cc).any(|v| y[u * cc + v].is_some())).collect();
             let x = |i: usize, j: usize| -> f32 {
                 match order {
@@ -246,17 +250,10 @@ fn outsider_identity_round(s0: &verify::State, ups: &[verify::Update], h: &verif
         let (cr, cc, cols) = (g.chunk_rows as usize, g.chunk_cols as usize, g.cols as usize);
         for c in 0..g.chunks() as usize {
             let (gy, gx) = (c / g.grid_cols() as usize, c % g.grid_cols() as usize);
-            let mut sums = vec![0.0f64; cr * cc];
-            for (u, f) in ups.iter().zip(&factors) {
-                let t = &u.tensors()[ti];
-                let k = t.kept() as usize;
-                for e in c * k..(c + 1) * k {
-                    sums[usize::from(t.indices()[e])] += t.values().value(c, e) * f;
-                }
-            }
+            let y = outsider_chunk_means(ups, &factors, ti, c, cr * cc);
             for i in 0..cr {
                 for j in 0..cc {
-                    let x = (sums[i * cc + j] / ups.len() as f64) as f32;
+                    let x = y[i * cc + j].unwrap_or(0.0);
                     let p = &mut data[ti][(gy * cr + i) * cols + gx * cc + j];
                     *p = *p * decay - lr * x;
                 }
