@@ -55,6 +55,10 @@ pub struct DemoArgs {
     /// (its entries, SparseLoCo's choice; better with --step-rule linear).
     #[arg(long, default_value = "dct")]
     transform: String,
+    /// How each chunk's kept indices are written (demo.index_coding): fixed (12 bits each) or
+    /// elias-fano (about 2 + log2(coefficients / top-k) bits each: smaller updates at the same top-k).
+    #[arg(long, default_value = "fixed")]
+    index_coding: String,
     /// Local folder for keys, run.toml and logs (default: ./cairn-demo-local).
     #[arg(long, default_value = "cairn-demo-local")]
     work_dir: PathBuf,
@@ -101,6 +105,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         verify::Transform::from_name(&args.transform).is_some(),
         "--transform must be dct or identity, not {}",
         args.transform
+    );
+    anyhow::ensure!(
+        verify::IndexCoding::from_name(&args.index_coding).is_some(),
+        "--index-coding must be fixed or elias-fano, not {}",
+        args.index_coding
     );
     let base = absolute_url(&args.store)?;
     admin::init(&base, InitOptions::default(), &Default::default())
@@ -245,7 +254,7 @@ fn demo_spec(args: &DemoArgs, keys: &[(&str, &str, &str, PathBuf, ledger::Public
          [run]\nname = \"cairn demo\"\npreset = \"{preset}\"\nseed = 1\ntotal_rounds = {rounds}\nsnapshot_every = 50\n\n\
          [data]\nsource = \"{source}\"\nseq_len = {DEMO_SEQ_LEN}\neval_fraction = 0.05\neval_sequences = 256\n\n\
          [train]\ntokens_per_round = {tokens}\nmicro_batch = 8\nclip_norm = 1.0\nmomentum_decay = {momentum}\n{local}\n\
-         [demo]\nchunk = 64\ntransform = \"{transform}\"\n{demo}\n\
+         [demo]\nchunk = 64\ntransform = \"{transform}\"\nindex_coding = \"{index_coding}\"\n{demo}\n\
          [optimizer]\nlr = {lr}\nwarmup_rounds = 2\nweight_decay = 0.0\nclip = \"median\"\n\n\
          [rounds]\nmin_contributions = 2\nmax_contributions = 16\ndeadline_secs = 120\nverdict_wait_secs = 60\n\n\
          [validation]\nmin_score = -20\nmax_failures = 3\nassigned_sequences = {assigned}\neval_sequences = 4\n\n\
@@ -253,6 +262,7 @@ fn demo_spec(args: &DemoArgs, keys: &[(&str, &str, &str, PathBuf, ledger::Public
         preset = args.preset,
         rounds = args.rounds,
         transform = args.transform,
+        index_coding = args.index_coding,
         tokens = args.tokens_per_round,
         // The validator re-evaluates every sequence the worker trained on: with half of them, the
         // scores of honest updates were noisy enough to fail some (docs/BENCHMARKS.md).

@@ -166,6 +166,11 @@ pub struct Research {
     /// `demo.transform`): dct (its DCT coefficients, DeMo's) or identity (its entries, SparseLoCo's).
     #[arg(long, default_value = "dct")]
     transform: String,
+    /// How cairn's and cairn-local's updates write each chunk's kept indices (consensus, a run's
+    /// `demo.index_coding`): fixed (12 or 16 bits each) or elias-fano (about 2 + log2(n / k) bits
+    /// each); the frontier's top-k is the one whose real update size is nearest the target.
+    #[arg(long, default_value = "fixed")]
+    index_coding: String,
     /// cairn's consensus runner takes --local-steps local AdamW steps (inner rate --inner-lr) between
     /// rounds, as a run with `train.local_steps` does, with cairn-local's outer rate and schedule
     /// (--local-outer-lr, --local-outer-schedule); its top-k is the one whose bytes per step are
@@ -376,9 +381,11 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     let by_name = topk_by_name(&args.topk_override)?;
     let transform = Transform::from_name(&args.research.transform)
         .with_context(|| format!("--transform must be dct or identity, not {}", args.research.transform))?;
+    let indices = verify::IndexCoding::from_name(&args.research.index_coding)
+        .with_context(|| format!("--index-coding must be fixed or elias-fano, not {}", args.research.index_coding))?;
     let cairn_compression = |topk: u16, values: ValueEncoding| -> anyhow::Result<Compression> {
         let overrides = trainer::model::topk_overrides(&layout, topk, &by_name)?;
-        Ok(Compression { overrides, transform, ..Compression::uniform(args.chunk, topk, values) })
+        Ok(Compression { overrides, transform, indices, ..Compression::uniform(args.chunk, topk, values) })
     };
     // cairn's top-k at `values` whose update size is nearest `bytes`.
     let cairn_topk = |bytes: f64, values: ValueEncoding| {

@@ -311,3 +311,29 @@ fn bench_train_runs_cairn_with_local_steps_and_the_linear_rule_as_a_run_would() 
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("needs values with a magnitude"), "{bad:?}");
 }
+
+#[test]
+fn bench_train_elias_fano_indices_buy_a_larger_top_k_at_the_same_bytes() {
+    let run = |coding: &str| {
+        let mut args = vec!["--cairn-local", "--local-steps", "8", "--values", "two-bit", "--step-rule", "linear"];
+        args.extend(["--local-outer-schedule", "constant", "--transform", "identity", "--topk-override", "none"]);
+        args.extend(["--peers", "none", "--frontier", "--frontier-x", "1000", "--index-coding", coding]);
+        let stdout = small_train("2", "2", &args);
+        let setting = stdout.lines().find(|l| l.contains("cairn: linear step")).expect("the settings line").to_string();
+        let topk: u32 =
+            setting.split("top-k ").nth(1).and_then(|t| t.split_whitespace().next()).unwrap().parse().unwrap();
+        let x = number(&pairs(stdout.lines().last().unwrap()), "cairn_1000x_x");
+        (topk, x)
+    };
+    let (fixed_k, fixed_x) = run("fixed");
+    let (ef_k, ef_x) = run("elias-fano");
+    // Both sizes are the real wire sizes nearest 1000x; Elias-Fano's indices take fewer bits, so
+    // more coefficients fit (about 1.5x on this layout: FORMAT.md 4.2).
+    assert!(ef_k > fixed_k, "elias-fano top-k {ef_k}, fixed {fixed_k}");
+    for x in [fixed_x, ef_x] {
+        assert!((900.0..1100.0).contains(&x), "{x}x");
+    }
+    let bad = quick_train("1", &["--index-coding", "huffman"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--index-coding must be fixed or elias-fano"), "{bad:?}");
+}

@@ -644,13 +644,16 @@ mod tests {
         let ts = tensors(&random_state(&l, 3));
         let mut bases = Bases::new(Device::Cpu);
         for values in ENCODINGS {
-            let h = header(&l, values, 3);
-            let update = encode(&ts, &h, &l, &mut bases).unwrap();
-            let bytes = update.to_bytes();
-            assert_eq!(bytes.len() as u64, verify::wire::encoded_len(&l, &h.compression));
-            let back = decode(&bytes, &h.expected(&l)).unwrap();
-            assert_eq!(back, update, "{values:?}");
-            assert_eq!(back.to_bytes(), bytes);
+            for indices in [verify::IndexCoding::Fixed, verify::IndexCoding::EliasFano] {
+                let mut h = header(&l, values, 3);
+                h.compression.indices = indices;
+                let update = encode(&ts, &h, &l, &mut bases).unwrap();
+                let bytes = update.to_bytes();
+                assert_eq!(bytes.len() as u64, verify::wire::encoded_len(&l, &h.compression));
+                let back = decode(&bytes, &h.expected(&l)).unwrap();
+                assert_eq!(back, update, "{values:?} {indices:?}");
+                assert_eq!(back.to_bytes(), bytes);
+            }
         }
     }
 

@@ -200,6 +200,9 @@ pub struct DemoSection {
     /// What each chunk's top-k is taken of: dct (its DCT coefficients, DeMo's) or identity (its
     /// entries, SparseLoCo's).
     pub transform: String,
+    /// How each chunk's kept indices are written: fixed (12 or 16 bits each) or elias-fano (about
+    /// 2 + log2(coefficients / top-k) bits each, so more coefficients fit the same bytes).
+    pub index_coding: String,
     /// Top-k of particular tensors, by name (`[demo.topk_by_tensor]`); left out: the embedding at
     /// [`crate::model::DEFAULT_EMBEDDING_TOPK`]; an empty table: none.
     pub topk_by_tensor: Option<BTreeMap<String, u16>>,
@@ -213,6 +216,7 @@ impl Default for DemoSection {
             values: "sign".into(),
             step_rule: "sign".into(),
             transform: "dct".into(),
+            index_coding: "fixed".into(),
             topk_by_tensor: None,
         }
     }
@@ -719,6 +723,9 @@ impl RunSpec {
             .ok_or_else(|| bad(format!("demo.step_rule must be sign or linear, not {:?}", self.demo.step_rule)))?;
         let transform = verify::Transform::from_name(&self.demo.transform)
             .ok_or_else(|| bad(format!("demo.transform must be dct or identity, not {:?}", self.demo.transform)))?;
+        let indices = verify::IndexCoding::from_name(&self.demo.index_coding).ok_or_else(|| {
+            bad(format!("demo.index_coding must be fixed or elias-fano, not {:?}", self.demo.index_coding))
+        })?;
         let o = &self.optimizer;
         let peak = ratio(o.lr, "optimizer.lr")?;
         if o.decay_start > 0 && o.min_lr.is_none() {
@@ -759,8 +766,12 @@ impl RunSpec {
         let layout = train.model_config()?.layout()?;
         let overrides = topk_overrides(&layout, self.demo.topk, &self.demo.topk_by_name())
             .map_err(|e| bad(format!("demo.topk_by_tensor: {e}")))?;
-        let compression =
-            Compression { overrides, transform, ..Compression::uniform(self.demo.chunk, self.demo.topk, values) };
+        let compression = Compression {
+            overrides,
+            transform,
+            indices,
+            ..Compression::uniform(self.demo.chunk, self.demo.topk, values)
+        };
         compression.validate_for(&layout).map_err(|e| bad(format!("demo: {e}")))?;
         let hyper =
             Hyper { compression, schedule, weight_decay: ratio(o.weight_decay, "optimizer.weight_decay")?, clip, step };
@@ -873,6 +884,24 @@ mod tests {
     }
 
     #[test]
+    fn elias_fano_indices_reach_the_run_config_and_shrink_the_update() {
+        let genesis = |text: &str| {
+            let parts = RunSpec::parse(text).unwrap().genesis_parts(BYTE_VOCAB).unwrap();
+            let config = RunConfig::decode(&parts.config.encode().unwrap()).unwrap();
+            (config.hyper.compression, verify::wire::encoded_len(&config.layout, &config.hyper.compression))
+        };
+        let (fixed, fixed_len) = genesis(RunSpec::EXAMPLE);
+        assert_eq!(fixed.indices, verify::IndexCoding::Fixed);
+        let text = RunSpec::EXAMPLE.replacen("index_coding = \"fixed\"", "index_coding = \"elias-fano\"", 1);
+        let (ef, ef_len) = genesis(&text);
+        assert_eq!(ef.indices, verify::IndexCoding::EliasFano);
+        assert_eq!(ef.version(), verify::wire::VERSION_WITH_INDEX_CODING);
+        // The example's embedding keeps 64 of 4096 per chunk: 96 bytes of 12-bit indices, 64 in
+        // Elias-Fano (L = 6, U = 64: 384 + 64 + 63 bits); 4 of 4096 elsewhere: 6 bytes either way.
+        assert!(ef_len < fixed_len, "{ef_len} >= {fixed_len}");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let with = |from: &str, to: &str| {
             let text = RunSpec::EXAMPLE.replacen(from, to, 1);
@@ -883,6 +912,7 @@ mod tests {
         assert!(with("values = \"sign\"", "values = \"fp4\"").contains("demo.values"));
         assert!(with("step_rule = \"sign\"", "step_rule = \"adam\"").contains("demo.step_rule"));
         assert!(with("transform = \"dct\"", "transform = \"fft\"").contains("demo.transform"));
+        assert!(with("index_coding = \"fixed\"", "index_coding = \"huffman\"").contains("demo.index_coding"));
         // the linear step needs values with a magnitude
         let err = with("step_rule = \"sign\"", "step_rule = \"linear\"");
         assert!(err.contains("linear step rule needs values with a magnitude"), "{err}");

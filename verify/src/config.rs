@@ -6,14 +6,17 @@
 //!   0       8     magic "CAIRNCFG"
 //!   8       2     version = 1, or 2 when the compression has top-k overrides, or 3 when the
 //!                 step rule is linear (with or without overrides), or 4 when the transform is
-//!                 not the DCT (with any step rule, with or without overrides)
+//!                 not the DCT (with any step rule, with or without overrides), or 5 when the
+//!                 indices are Elias-Fano coded (with either transform and any step rule)
 //!   10            layout      u32 count | (u32 name_len | name | u32 rank | u64 dim * rank) * count
 //!                             (= layout_bytes of FORMAT.md 1.1; names strictly ascending)
 //!                 compression u16 chunk size | u16 top-k | u8 value encoding
 //!                             v2 only: u8 n (1..=4) | (u32 tensor index | u16 top-k) * n, as in
 //!                             the update header (FORMAT.md 2)
-//!                             v3, v4: u8 n (0..=4) | (u32 tensor index | u16 top-k) * n
-//!                             v4 only: u8 transform: 1 identity (a DCT run is v1 to v3)
+//!                             v3 to v5: u8 n (0..=4) | (u32 tensor index | u16 top-k) * n
+//!                             v4: u8 transform: 1 identity (a DCT run is v1 to v3)
+//!                             v5: u8 transform: 0 DCT, 1 identity | u8 index coding: 1
+//!                                 Elias-Fano (fixed-width indices are v1 to v4)
 //!                 schedule    u8 tag: 0 constant:      ratio lr
 //!                                     1 warmup-cosine: ratio peak | ratio min | u64 warmup | u64 total
 //!                                     2 warmup-stable-decay: ratio peak | ratio min | u64 warmup
@@ -21,7 +24,7 @@
 //!                 weight decay ratio                    ratio = u64 num | u64 den (den != 0)
 //!                 clip        u8: 0 off, 1 median
 //!                 v3 only: step rule  u8: 1 linear (a sign-rule run is v1, v2 or v4)
-//!                 v4 only: step rule  u8: 0 sign, 1 linear
+//!                 v4, v5: step rule   u8: 0 sign, 1 linear
 //!                 rounds      u32 min contributions | u32 max contributions (1..=4096, min <= max)
 //!                 exclusion   i64 min score | u32 max failures (0 = never exclude)
 //!                 extra       u32 len (<= MAX_EXTRA_BYTES) | bytes (opaque: trainer, federation)
@@ -37,7 +40,9 @@ use crate::aggregate::{Hyper, MAX_UPDATES_PER_ROUND, NormClip, StepRule};
 use crate::error::{ConfigError, VerifyError};
 use crate::schedule::{Ratio, Schedule};
 use crate::state::{Layout, MAX_NAME_BYTES, MAX_RANK, MAX_TENSORS, TensorSpec};
-use crate::wire::{Compression, MAX_TOPK_OVERRIDES, TopkOverride, TopkOverrides, Transform, ValueEncoding};
+use crate::wire::{
+    Compression, IndexCoding, MAX_TOPK_OVERRIDES, TopkOverride, TopkOverrides, Transform, ValueEncoding,
+};
 
 /// First 8 bytes of every run config.
 pub const CONFIG_MAGIC: [u8; 8] = *b"CAIRNCFG";
@@ -49,6 +54,8 @@ pub const CONFIG_VERSION_WITH_OVERRIDES: u16 = 2;
 pub const CONFIG_VERSION_WITH_STEP_RULE: u16 = 3;
 /// The config version of a run whose transform is not the DCT.
 pub const CONFIG_VERSION_WITH_TRANSFORM: u16 = 4;
+/// The config version of a run whose indices are Elias-Fano coded.
+pub const CONFIG_VERSION_WITH_INDEX_CODING: u16 = 5;
 /// Largest encoded config: the ledger's limit on a Genesis entry's config.
 pub const MAX_CONFIG_BYTES: u64 = ledger::entry::MAX_CONFIG_BYTES as u64;
 /// Largest `extra` field.
@@ -129,11 +136,13 @@ impl RunConfig {
         let mut out = Vec::new();
         out.extend_from_slice(&CONFIG_MAGIC);
         let h = &self.hyper;
-        let version = match (h.compression.transform, h.step, h.compression.overrides.is_empty()) {
-            (Transform::Identity, _, _) => CONFIG_VERSION_WITH_TRANSFORM,
-            (Transform::Dct, StepRule::Linear, _) => CONFIG_VERSION_WITH_STEP_RULE,
-            (Transform::Dct, StepRule::Sign, true) => CONFIG_VERSION,
-            (Transform::Dct, StepRule::Sign, false) => CONFIG_VERSION_WITH_OVERRIDES,
+        let c = &h.compression;
+        let version = match (c.indices, c.transform, h.step, c.overrides.is_empty()) {
+            (IndexCoding::EliasFano, _, _, _) => CONFIG_VERSION_WITH_INDEX_CODING,
+            (IndexCoding::Fixed, Transform::Identity, _, _) => CONFIG_VERSION_WITH_TRANSFORM,
+            (IndexCoding::Fixed, Transform::Dct, StepRule::Linear, _) => CONFIG_VERSION_WITH_STEP_RULE,
+            (IndexCoding::Fixed, Transform::Dct, StepRule::Sign, true) => CONFIG_VERSION,
+            (IndexCoding::Fixed, Transform::Dct, StepRule::Sign, false) => CONFIG_VERSION_WITH_OVERRIDES,
         };
         let step_byte = version >= CONFIG_VERSION_WITH_STEP_RULE;
         out.extend_from_slice(&version.to_le_bytes());
@@ -152,8 +161,11 @@ impl RunConfig {
         out.extend_from_slice(&h.compression.topk.to_le_bytes());
         out.push(h.compression.values.code());
         h.compression.write_overrides(&mut out, step_byte);
-        if version == CONFIG_VERSION_WITH_TRANSFORM {
+        if version >= CONFIG_VERSION_WITH_TRANSFORM {
             out.push(h.compression.transform.code());
+        }
+        if version == CONFIG_VERSION_WITH_INDEX_CODING {
+            out.push(h.compression.indices.code());
         }
         match h.schedule {
             Schedule::Constant { lr } => {
@@ -209,7 +221,7 @@ impl RunConfig {
             return Err(ConfigError::BadMagic.into());
         }
         let version = r.u16("version")?;
-        if !(CONFIG_VERSION..=CONFIG_VERSION_WITH_TRANSFORM).contains(&version) {
+        if !(CONFIG_VERSION..=CONFIG_VERSION_WITH_INDEX_CODING).contains(&version) {
             return Err(ConfigError::UnsupportedVersion(version).into());
         }
         let layout = decode_layout(&mut r)?;
@@ -231,10 +243,15 @@ impl RunConfig {
             }
             compression.overrides = TopkOverrides::new(&list)?;
         }
-        if version == CONFIG_VERSION_WITH_TRANSFORM {
+        if version >= CONFIG_VERSION_WITH_TRANSFORM {
             let code = r.u8("transform")?;
             compression.transform =
                 Transform::from_code(code).ok_or(ConfigError::UnknownTag { field: "transform", tag: code })?;
+        }
+        if version == CONFIG_VERSION_WITH_INDEX_CODING {
+            let code = r.u8("index coding")?;
+            compression.indices =
+                IndexCoding::from_code(code).ok_or(ConfigError::UnknownTag { field: "index coding", tag: code })?;
         }
         let schedule = match r.u8("schedule")? {
             0 => Schedule::Constant { lr: r.ratio("learning rate")? },
@@ -260,11 +277,13 @@ impl RunConfig {
             tag => return Err(ConfigError::UnknownTag { field: "clip", tag }.into()),
         };
         let step = match version {
-            CONFIG_VERSION_WITH_STEP_RULE | CONFIG_VERSION_WITH_TRANSFORM => match r.u8("step rule")? {
-                0 => StepRule::Sign,
-                1 => StepRule::Linear,
-                tag => return Err(ConfigError::UnknownTag { field: "step rule", tag }.into()),
-            },
+            CONFIG_VERSION_WITH_STEP_RULE | CONFIG_VERSION_WITH_TRANSFORM | CONFIG_VERSION_WITH_INDEX_CODING => {
+                match r.u8("step rule")? {
+                    0 => StepRule::Sign,
+                    1 => StepRule::Linear,
+                    tag => return Err(ConfigError::UnknownTag { field: "step rule", tag }.into()),
+                }
+            }
             _ => StepRule::Sign,
         };
         let rounds = RoundRules { min_contributions: r.u32("min contributions")?, max_contributions: r.u32("max")? };
@@ -425,8 +444,8 @@ mod tests {
         magic[0] ^= 1;
         assert_eq!(err(&magic), ConfigError::BadMagic);
         let mut version = bytes.clone();
-        version[8] = 5;
-        assert_eq!(err(&version), ConfigError::UnsupportedVersion(5));
+        version[8] = 6;
+        assert_eq!(err(&version), ConfigError::UnsupportedVersion(6));
         // tensors are "b" then "w": swap the one-byte names to make the list unsorted
         let mut unsorted = bytes.clone();
         let b_at = bytes.windows(5).position(|w| w == [1, 0, 0, 0, b'b']).unwrap() + 4;

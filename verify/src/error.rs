@@ -85,6 +85,14 @@ pub enum VerifyError {
         /// The update's code.
         got: u8,
     },
+    /// The index coding differs from the run's, or is not a known code.
+    #[error("index coding code {got}, expected {expected}")]
+    WrongIndexCoding {
+        /// The run's index coding code.
+        expected: u8,
+        /// The update's code.
+        got: u8,
+    },
     /// Compression parameters outside the protocol's limits (in a config, or in an update).
     #[error("invalid compression parameters: {0}")]
     InvalidCompression(String),
@@ -125,6 +133,14 @@ pub enum VerifyError {
     /// Indices within a chunk are not in strictly ascending order (the canonical order).
     #[error("tensor {tensor} chunk {chunk}: indices not ascending")]
     IndexOrder {
+        /// Tensor position in layout order.
+        tensor: u32,
+        /// Chunk position in row-major grid order.
+        chunk: u64,
+    },
+    /// An Elias-Fano index block whose high part holds other than `kept` set bits.
+    #[error("tensor {tensor} chunk {chunk}: malformed Elias-Fano index block")]
+    MalformedIndices {
         /// Tensor position in layout order.
         tensor: u32,
         /// Chunk position in row-major grid order.

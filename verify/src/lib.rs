@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Modules: [`state`] (tensors, [`StateHash`], safetensors), [`chunk`] (chunk grids), [`dct`]
-//! (portable DCT-II), [`wire`] (format v1 and decoder), [`mod@encode`] (reference encoder),
+//! (portable DCT-II), [`elias_fano`] (the index coding of wire v4), [`wire`] (formats v1 to v4 and the decoder), [`mod@encode`] (reference encoder),
 //! [`schedule`] (learning rate), [`mod@aggregate`] (the rule), [`config`] (the run config in the
 //! Genesis entry), [`round`] (which contributions count), [`mod@replay`] (recompute every round and
 //! check every claimed hash), [`mod@audit`] (what `cairn audit` checks, and the `cairn gc` plan).
@@ -23,6 +23,7 @@ pub mod audit;
 pub mod chunk;
 pub mod config;
 pub mod dct;
+pub mod elias_fano;
 pub mod encode;
 mod error;
 pub mod id;
@@ -42,5 +43,6 @@ pub use round::{Candidate, NotCounted, RoundPlan, RoundRule};
 pub use schedule::{Ratio, Schedule};
 pub use state::{Layout, State, TensorSpec};
 pub use wire::{
-    Compression, Expected, Header, TopkOverride, TopkOverrides, Transform, Update, ValueEncoding, Values, decode,
+    Compression, Expected, Header, IndexCoding, TopkOverride, TopkOverrides, Transform, Update, ValueEncoding, Values,
+    decode,
 };

@@ -1,12 +1,15 @@
-//! Update wire format v1, v2 and v3: the bytes a worker uploads (and whose blake3 its ledger entry
+//! Update wire format v1 to v4: the bytes a worker uploads (and whose blake3 its ledger entry
 //! signs). Version 2 is version 1 plus per-tensor top-k overrides after the value encoding; version
 //! 3 (a run whose transform is not the DCT) writes the override count even when it is 0, then the
-//! transform. The compression decides the version, so each update has one encoding.
+//! transform; version 4 (a run whose indices are Elias-Fano coded, with either transform) is
+//! version 3 plus the index coding. The compression decides the version, so each update has one
+//! encoding.
 //!
 //! ```text
 //!   offset size  field                      (all integers little-endian)
 //!   0      8     magic "CAIRNUPD"
-//!   8      2     version = 1 (DCT, no overrides), 2 (DCT, overrides) or 3 (identity transform)
+//!   8      2     version = 1 (DCT, no overrides), 2 (DCT, overrides), 3 (identity transform)
+//!                          or 4 (Elias-Fano indices)
 //!   10     32    run id
 //!   42     8     round
 //!   50     32    base state hash
@@ -15,17 +18,21 @@
 //!   146    2     chunk size            1..=256
 //!   148    2     top-k                 1..=256
 //!   150    1     value encoding        0 = sign, 1 = int8, 2 = bf16, 3 = two-bit
-//!   v2 and v3 only:
-//!   151    1     override count n      1..=4 (v2), 0..=4 (v3)
+//!   v2, v3 and v4:
+//!   151    1     override count n      1..=4 (v2), 0..=4 (v3, v4)
 //!   152    6 n   overrides             u32 tensor index | u16 top-k; indices strictly ascending and
 //!                                      below the tensor count, top-k 1..=256 and not the run's top-k
-//!   v3 only:
-//!   +0     1     transform             1 = identity (the DCT is 0, and is written as v1 or v2)
+//!   v3 and v4:
+//!   +0     1     transform             v3: 1 = identity (the DCT is written as v1 or v2);
+//!                                      v4: 0 = DCT, 1 = identity
+//!   v4 only:
+//!   +0     1     index coding          1 = Elias-Fano (fixed-width indices are written as v1 to v3)
 //!   +0     4     tensor count          = tensors in the layout (at 151 in v1)
 //!   +4           tensors, in layout order:
 //!                  2 chunk_rows | 2 chunk_cols | 8 grid_rows | 8 grid_cols
 //!                  chunks, row-major over the grid, each:
-//!                    indices  kept x 12 or 16 bits, LSB-first bit stream, zero-padded to a byte
+//!                    indices  v1 to v3: kept x 12 or 16 bits, LSB-first bit stream, zero-padded
+//!                             to a byte; v4: one Elias-Fano block (the elias_fano module)
 //!                    values   sign:  kept bits (1 = negative), LSB-first, zero-padded to a byte
 //!                             int8:  f32 scale | kept x i8
 //!                             bf16:  kept x u16 (bf16 bits)
@@ -40,6 +47,7 @@
 //! docs/FORMAT.md is the normative description.
 
 use crate::chunk::Grid;
+use crate::elias_fano;
 use crate::error::VerifyError;
 use crate::id::{LayoutHash, Round, RunId, StateHash, WorkerKey};
 use crate::state::Layout;
@@ -52,6 +60,9 @@ pub const VERSION: u16 = 1;
 pub const VERSION_WITH_OVERRIDES: u16 = 2;
 /// The format version of an update whose transform is not the DCT (with or without overrides).
 pub const VERSION_WITH_TRANSFORM: u16 = 3;
+/// The format version of an update whose indices are Elias-Fano coded (either transform, with or
+/// without overrides).
+pub const VERSION_WITH_INDEX_CODING: u16 = 4;
 /// Bytes before the first tensor in a version 1 update ([`header_len`] in general).
 pub const HEADER_BYTES: u64 = 155;
 /// Most per-tensor top-k overrides a run may set.
@@ -174,6 +185,53 @@ impl Transform {
     }
 }
 
+/// How each chunk's kept indices are written: fixed-width (12 bits, or 16 in chunks of more than
+/// 4096 coefficients) or Elias-Fano coded (about `2 + log2(n / k)` bits each; [`crate::elias_fano`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum IndexCoding {
+    /// `kept` x 12 or 16 bits.
+    #[default]
+    Fixed,
+    /// One Elias-Fano block per chunk.
+    EliasFano,
+}
+
+impl IndexCoding {
+    /// Wire and config code.
+    pub fn code(self) -> u8 {
+        match self {
+            IndexCoding::Fixed => 0,
+            IndexCoding::EliasFano => 1,
+        }
+    }
+
+    /// From a wire or config code.
+    pub fn from_code(code: u8) -> Option<IndexCoding> {
+        [IndexCoding::Fixed, IndexCoding::EliasFano].into_iter().find(|c| c.code() == code)
+    }
+
+    /// The name used in configs and on the command line: `fixed`, `elias-fano`.
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexCoding::Fixed => "fixed",
+            IndexCoding::EliasFano => "elias-fano",
+        }
+    }
+
+    /// From its [`IndexCoding::name`].
+    pub fn from_name(name: &str) -> Option<IndexCoding> {
+        [IndexCoding::Fixed, IndexCoding::EliasFano].into_iter().find(|c| c.name() == name)
+    }
+
+    /// Bytes of one chunk's indices: `kept` of the `grid`'s coefficients.
+    pub fn block_bytes(self, grid: &Grid, kept: u32) -> u64 {
+        match self {
+            IndexCoding::Fixed => (u64::from(kept) * u64::from(grid.index_bits())).div_ceil(8),
+            IndexCoding::EliasFano => elias_fano::block_bytes(grid.coefficients(), kept),
+        }
+    }
+}
+
 /// One tensor's top-k instead of the run's: the tensor by its position in layout order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TopkOverride {
@@ -244,12 +302,21 @@ pub struct Compression {
     pub overrides: TopkOverrides,
     /// What each chunk's top-k is taken of.
     pub transform: Transform,
+    /// How each chunk's kept indices are written.
+    pub indices: IndexCoding,
 }
 
 impl Compression {
     /// The same top-k for every tensor.
     pub fn uniform(chunk_size: u16, topk: u16, values: ValueEncoding) -> Compression {
-        Compression { chunk_size, topk, values, overrides: TopkOverrides::NONE, transform: Transform::Dct }
+        Compression {
+            chunk_size,
+            topk,
+            values,
+            overrides: TopkOverrides::NONE,
+            transform: Transform::Dct,
+            indices: IndexCoding::Fixed,
+        }
     }
 
     /// Checks the limits: chunk size and every top-k in range, and no override that repeats the
@@ -292,10 +359,11 @@ impl Compression {
 
     /// The update format version this compression is written in.
     pub fn version(&self) -> u16 {
-        match (self.transform, self.overrides.is_empty()) {
-            (Transform::Identity, _) => VERSION_WITH_TRANSFORM,
-            (Transform::Dct, true) => VERSION,
-            (Transform::Dct, false) => VERSION_WITH_OVERRIDES,
+        match (self.indices, self.transform, self.overrides.is_empty()) {
+            (IndexCoding::EliasFano, _, _) => VERSION_WITH_INDEX_CODING,
+            (IndexCoding::Fixed, Transform::Identity, _) => VERSION_WITH_TRANSFORM,
+            (IndexCoding::Fixed, Transform::Dct, true) => VERSION,
+            (IndexCoding::Fixed, Transform::Dct, false) => VERSION_WITH_OVERRIDES,
         }
     }
 
@@ -472,7 +540,8 @@ pub fn header_len(compression: &Compression) -> u64 {
     match compression.version() {
         VERSION => HEADER_BYTES,
         VERSION_WITH_OVERRIDES => HEADER_BYTES + 1 + 6 * n,
-        _ => HEADER_BYTES + 1 + 6 * n + 1,
+        VERSION_WITH_TRANSFORM => HEADER_BYTES + 1 + 6 * n + 1,
+        _ => HEADER_BYTES + 1 + 6 * n + 2,
     }
 }
 
@@ -481,7 +550,7 @@ pub fn encoded_len(layout: &Layout, compression: &Compression) -> u64 {
     let mut n = header_len(compression);
     for (t, g) in compression.grids(layout).into_iter().enumerate() {
         let kept = u64::from(g.kept(compression.topk_for(t)));
-        let per_chunk = (kept * u64::from(g.index_bits())).div_ceil(8) + compression.values.block_bytes(kept);
+        let per_chunk = compression.indices.block_bytes(&g, kept as u32) + compression.values.block_bytes(kept);
         n = n.saturating_add(TENSOR_HEADER_BYTES).saturating_add(g.chunks().saturating_mul(per_chunk));
     }
     n
@@ -566,10 +635,13 @@ impl Update {
         out.extend_from_slice(&comp.chunk_size.to_le_bytes());
         out.extend_from_slice(&comp.topk.to_le_bytes());
         out.push(comp.values.code());
-        let v3 = comp.version() == VERSION_WITH_TRANSFORM;
+        let v3 = comp.version() >= VERSION_WITH_TRANSFORM;
         comp.write_overrides(&mut out, v3);
         if v3 {
             out.push(comp.transform.code());
+        }
+        if comp.version() == VERSION_WITH_INDEX_CODING {
+            out.push(comp.indices.code());
         }
         out.extend_from_slice(&(self.tensors.len() as u32).to_le_bytes());
         assert_eq!(out.len() as u64, header_len(&comp));
@@ -583,7 +655,10 @@ impl Update {
             let bits = g.index_bits();
             for c in 0..g.chunks() as usize {
                 let r = c * kept..(c + 1) * kept;
-                pack(t.indices[r.clone()].iter().copied(), bits, &mut out);
+                match comp.indices {
+                    IndexCoding::Fixed => pack(t.indices[r.clone()].iter().copied(), bits, &mut out),
+                    IndexCoding::EliasFano => elias_fano::encode(&t.indices[r.clone()], g.coefficients(), &mut out),
+                }
                 match &t.values {
                     Values::Sign(s) => pack(s[r].iter().map(|&neg| u16::from(neg)), 1, &mut out),
                     Values::Int8 { scales, q } => {
@@ -749,7 +824,7 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Update, VerifyErr
         return Err(VerifyError::BadMagic);
     }
     let version = r.u16()?;
-    if !(VERSION..=VERSION_WITH_TRANSFORM).contains(&version) {
+    if !(VERSION..=VERSION_WITH_INDEX_CODING).contains(&version) {
         return Err(VerifyError::UnsupportedVersion(version));
     }
     let run = RunId(r.array()?);
@@ -816,10 +891,34 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Update, VerifyErr
                 None => return Err(VerifyError::WrongTransform { expected: comp.transform.code(), got: code }),
             }
         }
+        VERSION_WITH_INDEX_CODING => {
+            let code = r.array::<1>()?[0];
+            Transform::from_code(code)
+                .ok_or(VerifyError::WrongTransform { expected: comp.transform.code(), got: code })?
+        }
         _ => Transform::Dct,
     };
     if transform != comp.transform {
         return Err(VerifyError::WrongTransform { expected: comp.transform.code(), got: transform.code() });
+    }
+    let indices = match version {
+        VERSION_WITH_INDEX_CODING => {
+            let code = r.array::<1>()?[0];
+            match IndexCoding::from_code(code) {
+                Some(IndexCoding::EliasFano) => IndexCoding::EliasFano,
+                // Fixed-width indices are written as version 1 to 3: a second encoding would break canonicity.
+                Some(IndexCoding::Fixed) => {
+                    return Err(VerifyError::InvalidCompression(
+                        "fixed-width indices in a version 4 update (they are written as version 1 to 3)".into(),
+                    ));
+                }
+                None => return Err(VerifyError::WrongIndexCoding { expected: comp.indices.code(), got: code }),
+            }
+        }
+        _ => IndexCoding::Fixed,
+    };
+    if indices != comp.indices {
+        return Err(VerifyError::WrongIndexCoding { expected: comp.indices.code(), got: indices.code() });
     }
     let count = r.u32()?;
     let tensors = expected.layout.tensors().len();
@@ -849,7 +948,7 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Update, VerifyErr
         // The exact-length check above bounds every count below by the input length.
         let chunks = grid.chunks() as usize;
         let bits = grid.index_bits();
-        let index_bytes = (k * bits as usize).div_ceil(8);
+        let index_bytes = comp.indices.block_bytes(&grid, kept) as usize;
         let mut indices = Vec::with_capacity(chunks * k);
         let mut values = match comp.values {
             ValueEncoding::Sign => Values::Sign(Vec::with_capacity(chunks * k)),
@@ -863,8 +962,18 @@ pub fn decode(bytes: &[u8], expected: &Expected<'_>) -> Result<Update, VerifyErr
         };
         let mut codes = Vec::with_capacity(k);
         for c in 0..chunks {
-            if !unpack(r.take(index_bytes)?, k, bits, &mut indices) {
-                return Err(VerifyError::NonZeroPadding { tensor: t, chunk: c as u64 });
+            let block = r.take(index_bytes)?;
+            match comp.indices {
+                IndexCoding::Fixed => {
+                    if !unpack(block, k, bits, &mut indices) {
+                        return Err(VerifyError::NonZeroPadding { tensor: t, chunk: c as u64 });
+                    }
+                }
+                IndexCoding::EliasFano => {
+                    if !elias_fano::decode(block, grid.coefficients(), kept, &mut indices) {
+                        return Err(VerifyError::MalformedIndices { tensor: t, chunk: c as u64 });
+                    }
+                }
             }
             match &mut values {
                 Values::Sign(v) => {

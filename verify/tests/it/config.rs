@@ -3,8 +3,8 @@
 use proptest::prelude::*;
 use verify::config::{ExclusionRules, MAX_EXTRA_BYTES, RoundRules};
 use verify::{
-    Compression, ConfigError, Hyper, Layout, NormClip, Ratio, RunConfig, Schedule, StepRule, TensorSpec, ValueEncoding,
-    VerifyError,
+    Compression, ConfigError, Hyper, IndexCoding, Layout, NormClip, Ratio, RunConfig, Schedule, StepRule, TensorSpec,
+    Transform, ValueEncoding, VerifyError,
 };
 
 fn ratio() -> impl Strategy<Value = Ratio> {
@@ -26,19 +26,22 @@ fn config_strategy() -> impl Strategy<Value = RunConfig> {
             Schedule::WarmupStableDecay { peak, min, warmup_rounds, decay_start, total_rounds }
         }),
     ];
-    let hyper = (1u16..=256, 1u16..=256, 0u8..4, schedule, ratio(), any::<bool>(), any::<bool>()).prop_map(
-        |(chunk_size, topk, code, schedule, weight_decay, median, linear)| {
+    let hyper = (1u16..=256, 1u16..=256, 0u8..4, schedule, ratio(), any::<bool>(), any::<bool>(), 0u8..2, 0u8..2)
+        .prop_map(|(chunk_size, topk, code, schedule, weight_decay, median, linear, transform, indices)| {
             let values = ValueEncoding::from_code(code).unwrap();
             Hyper {
-                compression: Compression::uniform(chunk_size, topk, values),
+                compression: Compression {
+                    transform: Transform::from_code(transform).unwrap(),
+                    indices: IndexCoding::from_code(indices).unwrap(),
+                    ..Compression::uniform(chunk_size, topk, values)
+                },
                 schedule,
                 weight_decay,
                 clip: if median { NormClip::Median } else { NormClip::Off },
                 // the linear rule needs values with a magnitude
                 step: if linear && values != ValueEncoding::Sign { StepRule::Linear } else { StepRule::Sign },
             }
-        },
-    );
+        });
     let rounds = (1u32..=4096).prop_flat_map(|max| {
         (0..=max).prop_map(move |min| RoundRules { min_contributions: min, max_contributions: max })
     });

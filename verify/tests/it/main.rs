@@ -8,6 +8,7 @@ mod config;
 mod corruption;
 mod determinism;
 mod golden;
+mod index_coding;
 mod linear;
 mod overrides;
 mod props;

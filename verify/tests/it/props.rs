@@ -5,8 +5,8 @@
 use proptest::prelude::*;
 use verify::wire::encoded_len;
 use verify::{
-    Compression, Hyper, Layout, NormClip, State, StepRule, TensorSpec, Update, ValueEncoding, Values, aggregate,
-    aggregate::direction, chunk::Grid, decode, encode,
+    Compression, Hyper, IndexCoding, Layout, NormClip, State, StepRule, TensorSpec, Update, ValueEncoding, Values,
+    aggregate, aggregate::direction, chunk::Grid, decode, encode,
 };
 
 use crate::common::*;
@@ -22,8 +22,9 @@ fn layout_strategy() -> impl Strategy<Value = Layout> {
 }
 
 fn compression_strategy() -> impl Strategy<Value = Compression> {
-    (1u16..=12, 1u16..=10, 0u8..4).prop_map(|(chunk_size, topk, code)| {
-        Compression::uniform(chunk_size, topk, ValueEncoding::from_code(code).unwrap())
+    (1u16..=12, 1u16..=10, 0u8..4, 0u8..2).prop_map(|(chunk_size, topk, code, indices)| Compression {
+        indices: IndexCoding::from_code(indices).unwrap(),
+        ..Compression::uniform(chunk_size, topk, ValueEncoding::from_code(code).unwrap())
     })
 }
 

@@ -100,7 +100,9 @@ fn too_large() {
 fn bad_magic_and_version() {
     let c = Case::new(ValueEncoding::Sign);
     assert_eq!(c.edited(|b| b[0] ^= 1), Err(VerifyError::BadMagic));
-    assert_eq!(c.edited(|b| b[8] = 4), Err(VerifyError::UnsupportedVersion(4)));
+    assert_eq!(c.edited(|b| b[8] = 5), Err(VerifyError::UnsupportedVersion(5)));
+    // Version 4 carries a transform and an index coding byte, which a v1 run's update must not have.
+    assert!(c.edited(|b| b[8] = 4).is_err());
     // Version 3 carries a transform byte, which a DCT run's update must not have.
     assert!(c.edited(|b| b[8] = 3).is_err());
     // Version 2 reads overrides after the value encoding, which this run does not have.
