@@ -264,6 +264,21 @@ async fn a_linear_step_run_with_two_bit_values_counts_and_agrees_with_the_audito
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_linear_run_under_the_identity_with_elias_fano_indices_counts_and_agrees_with_the_auditor() {
+    // The issue-17 setting through real workers, a validator and the auditor on S3: the top-k of
+    // each chunk's entries (wire v4, run config v5), its indices Elias-Fano coded.
+    let linear = sections(3, 2, 120, 0, "two-bit")
+        .replacen("momentum_decay = 0.99\n", "momentum_decay = 0.95\nlocal_steps = 2\ninner_lr = 0.003\n", 1)
+        .replacen(
+            "values = \"two-bit\"\n",
+            "values = \"two-bit\"\nstep_rule = \"linear\"\ntransform = \"identity\"\nindex_coding = \"elias-fano\"\n",
+            1,
+        )
+        .replacen("[optimizer]\nlr = 0.003\n", "[optimizer]\nlr = 1.0\n", 1);
+    two_workers_count_agree_and_pass(&linear).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_mid_round_restarts_and_the_run_completes() {
     let members = [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker")];
     // The rounds wait for both workers (min 2), so the run can only finish if the restart works.

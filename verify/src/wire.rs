@@ -16,12 +16,12 @@
 //!   82     32    worker public key
 //!   114    32    layout hash
 //!   146    2     chunk size            1..=256
-//!   148    2     top-k                 1..=256
+//!   148    2     top-k                 1..=4096
 //!   150    1     value encoding        0 = sign, 1 = int8, 2 = bf16, 3 = two-bit
 //!   v2, v3 and v4:
 //!   151    1     override count n      1..=4 (v2), 0..=4 (v3, v4)
 //!   152    6 n   overrides             u32 tensor index | u16 top-k; indices strictly ascending and
-//!                                      below the tensor count, top-k 1..=256 and not the run's top-k
+//!                                      below the tensor count, top-k 1..=4096 and not the run's top-k
 //!   v3 and v4:
 //!   +0     1     transform             v3: 1 = identity (the DCT is written as v1 or v2);
 //!                                      v4: 0 = DCT, 1 = identity
@@ -73,8 +73,8 @@ pub const TENSOR_HEADER_BYTES: u64 = 20;
 pub const MAX_UPDATE_BYTES: u64 = 1 << 30;
 /// Largest chunk size (a 256 x 256 chunk has 65536 coefficients: the most 16-bit indices address).
 pub const MAX_CHUNK_SIZE: u16 = 256;
-/// Largest top-k.
-pub const MAX_TOPK: u16 = 256;
+/// Largest top-k (all of a 64 x 64 chunk; a larger chunk keeps at most this many).
+pub const MAX_TOPK: u16 = 4096;
 /// Largest magnitude of a bf16 value.
 pub const MAX_ABS_VALUE: f32 = 65536.0;
 /// Largest int8 scale (`127 * MAX_INT8_SCALE < MAX_ABS_VALUE`).

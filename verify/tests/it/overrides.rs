@@ -99,7 +99,7 @@ fn invalid_overrides_are_refused_before_anything_is_encoded() {
     };
     assert!(bad(&[o(3, 8)]), "the run's own top-k");
     assert!(bad(&[o(3, 0)]));
-    assert!(bad(&[o(3, 257)]));
+    assert!(bad(&[o(3, 4097)]));
     assert!(bad(&[o(5, 16)]), "no tensor 5");
     assert!(!bad(&[o(4, 16)]));
     let out_of_layout =
