@@ -55,9 +55,9 @@ pub struct DemoArgs {
     /// (its entries, SparseLoCo's choice; better with --step-rule linear).
     #[arg(long, default_value = "dct")]
     transform: String,
-    /// How each chunk's kept indices are written (demo.index_coding): fixed (12 bits each) or
-    /// elias-fano (about 2 + log2(coefficients / top-k) bits each: smaller updates at the same top-k).
-    #[arg(long, default_value = "fixed")]
+    /// How each chunk's kept indices are written (demo.index_coding): elias-fano (about 2 +
+    /// log2(coefficients / top-k) bits each) or fixed (12 bits each: larger updates at the same top-k).
+    #[arg(long, default_value = "elias-fano")]
     index_coding: String,
     /// Local folder for keys, run.toml and logs (default: ./cairn-demo-local).
     #[arg(long, default_value = "cairn-demo-local")]

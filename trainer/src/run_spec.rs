@@ -216,7 +216,7 @@ impl Default for DemoSection {
             values: "sign".into(),
             step_rule: "sign".into(),
             transform: "dct".into(),
-            index_coding: "fixed".into(),
+            index_coding: "elias-fano".into(),
             topk_by_tensor: None,
         }
     }
@@ -890,10 +890,10 @@ mod tests {
             let config = RunConfig::decode(&parts.config.encode().unwrap()).unwrap();
             (config.hyper.compression, verify::wire::encoded_len(&config.layout, &config.hyper.compression))
         };
-        let (fixed, fixed_len) = genesis(RunSpec::EXAMPLE);
+        let (ef, ef_len) = genesis(RunSpec::EXAMPLE);
+        let text = RunSpec::EXAMPLE.replacen("index_coding = \"elias-fano\"", "index_coding = \"fixed\"", 1);
+        let (fixed, fixed_len) = genesis(&text);
         assert_eq!(fixed.indices, verify::IndexCoding::Fixed);
-        let text = RunSpec::EXAMPLE.replacen("index_coding = \"fixed\"", "index_coding = \"elias-fano\"", 1);
-        let (ef, ef_len) = genesis(&text);
         assert_eq!(ef.indices, verify::IndexCoding::EliasFano);
         assert_eq!(ef.version(), verify::wire::VERSION_WITH_INDEX_CODING);
         // The example's embedding keeps 64 of 4096 per chunk: 96 bytes of 12-bit indices, 64 in
@@ -912,7 +912,7 @@ mod tests {
         assert!(with("values = \"sign\"", "values = \"fp4\"").contains("demo.values"));
         assert!(with("step_rule = \"sign\"", "step_rule = \"adam\"").contains("demo.step_rule"));
         assert!(with("transform = \"dct\"", "transform = \"fft\"").contains("demo.transform"));
-        assert!(with("index_coding = \"fixed\"", "index_coding = \"huffman\"").contains("demo.index_coding"));
+        assert!(with("index_coding = \"elias-fano\"", "index_coding = \"huffman\"").contains("demo.index_coding"));
         // the linear step needs values with a magnitude
         let err = with("step_rule = \"sign\"", "step_rule = \"linear\"");
         assert!(err.contains("linear step rule needs values with a magnitude"), "{err}");
