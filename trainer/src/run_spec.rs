@@ -902,6 +902,42 @@ mod tests {
     }
 
     #[test]
+    fn the_high_compression_settings_in_run_md_make_a_run_of_that_method() {
+        // docs/RUN.md's block, laid over the example: the genesis a reader of the docs would write.
+        let doc = include_str!("../../docs/RUN.md");
+        let block = doc.split("**Settings by compression**").nth(1).unwrap();
+        let block = block.split("```toml\n").nth(1).unwrap().split("```").next().unwrap();
+        let mut spec: toml::Table = toml::from_str(RunSpec::EXAMPLE).unwrap();
+        for (section, fields) in toml::from_str::<toml::Table>(block).unwrap() {
+            let target = spec.get_mut(&section).and_then(|t| t.as_table_mut()).unwrap();
+            for (k, v) in fields.as_table().unwrap() {
+                target.insert(k.clone(), v.clone());
+            }
+        }
+        // The example's optimizer decays; the outer rate of this method is constant.
+        let optimizer = spec.get_mut("optimizer").and_then(|t| t.as_table_mut()).unwrap();
+        for k in ["min_lr", "warmup_rounds", "decay_start", "decay_rounds"] {
+            optimizer.remove(k);
+        }
+        let spec: RunSpec = toml::Value::Table(spec).try_into().unwrap();
+        let parts = spec.genesis_parts(BYTE_VOCAB).unwrap();
+        let config = RunConfig::decode(&parts.config.encode().unwrap()).unwrap();
+        let c = config.hyper.compression;
+        assert_eq!(
+            (c.transform, c.indices, c.values, c.topk),
+            (verify::Transform::Identity, verify::IndexCoding::EliasFano, ValueEncoding::TwoBit, 103)
+        );
+        assert!(c.overrides.is_empty());
+        assert_eq!(config.hyper.step, verify::StepRule::Linear);
+        assert!(
+            matches!(config.hyper.schedule, Schedule::Constant { lr } if lr.num == lr.den),
+            "{:?}",
+            config.hyper.schedule
+        );
+        assert_eq!(parts.train.local_steps, 8);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let with = |from: &str, to: &str| {
             let text = RunSpec::EXAMPLE.replacen(from, to, 1);
