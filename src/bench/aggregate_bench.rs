@@ -41,6 +41,9 @@ pub struct Args {
     /// Value encoding: sign, int8, bf16 or two-bit.
     #[arg(long, default_value = "sign")]
     values: String,
+    /// How the blobs write each chunk's kept indices: fixed (12 bits each) or elias-fano.
+    #[arg(long, default_value = "fixed")]
+    index_coding: String,
     /// Threads for rayon and libtorch (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -148,7 +151,9 @@ fn run_blocking(args: Args) -> anyhow::Result<Outcome> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("rayon thread pool")?;
     trainer::set_torch_threads(threads);
 
-    let comp = Compression::uniform(args.chunk, args.k, values);
+    let indices = verify::IndexCoding::from_name(&args.index_coding)
+        .with_context(|| format!("--index-coding must be fixed or elias-fano, not {}", args.index_coding))?;
+    let comp = Compression { indices, ..Compression::uniform(args.chunk, args.k, values) };
     comp.validate()?;
     let hyper = Hyper {
         compression: comp,
@@ -170,11 +175,12 @@ fn run_blocking(args: Args) -> anyhow::Result<Outcome> {
     let update_bytes = encoded_len(&layout, &comp);
     let dense_bytes = params * 4;
     println!(
-        "bench aggregate: {params} params ({} tensors), {} updates, chunk {} top-k {} {values:?}, {threads} threads, {} rounds",
+        "bench aggregate: {params} params ({} tensors), {} updates, chunk {} top-k {} {values:?}, {} indices, {threads} threads, {} rounds",
         layout.tensors().len(),
         args.updates,
         args.chunk,
         args.k,
+        indices.name(),
         args.rounds
     );
     let workers: Vec<WorkerKey> = (0..args.updates)
@@ -269,10 +275,11 @@ fn run_blocking(args: Args) -> anyhow::Result<Outcome> {
     let sign_agreement_pct = 100.0 * same as f64 / params as f64;
 
     let (c, t) = (median(cairn_s), median(torch_s));
+    let decode_median = median(decode_s);
     let (cairn_pps, torch_pps) = (params_per_s(params, c), params_per_s(params, t));
     println!(
         "  cairn: decode {:.3}s + aggregate/apply {:.3}s = {c:.3}s  ({cairn_pps:.3e} params/s)",
-        median(decode_s),
+        decode_median,
         median(apply_s)
     );
     println!("  torch: gather {:.3}s + scatter/einsum/step = {t:.3}s  ({torch_pps:.3e} params/s)", median(gather_s));
@@ -283,7 +290,7 @@ fn run_blocking(args: Args) -> anyhow::Result<Outcome> {
         params - same
     );
     println!(
-        "bench aggregate: params={params} updates={} cairn_params_per_s={cairn_pps:.0} torch_params_per_s={torch_pps:.0} ratio={:.3} update_bytes={update_bytes} compression_x={:.1} sign_agreement_pct={sign_agreement_pct:.4}",
+        "bench aggregate: params={params} updates={} cairn_params_per_s={cairn_pps:.0} torch_params_per_s={torch_pps:.0} ratio={:.3} decode_s={decode_median:.3} update_bytes={update_bytes} compression_x={:.1} sign_agreement_pct={sign_agreement_pct:.4}",
         args.updates,
         cairn_pps / torch_pps,
         dense_bytes as f64 / update_bytes as f64

@@ -40,29 +40,24 @@ pub fn block_bytes(n: u32, k: u32) -> u64 {
     (u64::from(k) * u64::from(low_bits(n, k)) + high_bits(n, k)).div_ceil(8)
 }
 
-/// An LSB-first bit stream appended to a byte vector.
-struct BitWriter<'a> {
-    out: &'a mut Vec<u8>,
-    acc: u64,
-    n: u32,
+/// ORs `value` into `block` at stream bit `pos` (LSB-first; `value` below 2^16).
+fn or_bits(block: &mut [u8], pos: u64, value: u32) {
+    let mut v = u64::from(value) << (pos % 8);
+    let mut b = (pos / 8) as usize;
+    while v != 0 {
+        block[b] |= v as u8;
+        v >>= 8;
+        b += 1;
+    }
 }
 
-impl BitWriter<'_> {
-    fn put(&mut self, value: u32, bits: u32) {
-        self.acc |= u64::from(value) << self.n;
-        self.n += bits;
-        while self.n >= 8 {
-            self.out.push(self.acc as u8);
-            self.acc >>= 8;
-            self.n -= 8;
-        }
+/// The `bits` (at most 16) bits of `block` from stream bit `pos` (which is inside the block).
+fn read_bits(block: &[u8], pos: u64, bits: u32) -> u32 {
+    let mut w = 0u32;
+    for (j, &byte) in block[(pos / 8) as usize..].iter().take(3).enumerate() {
+        w |= u32::from(byte) << (8 * j);
     }
-
-    fn finish(self) {
-        if self.n > 0 {
-            self.out.push(self.acc as u8);
-        }
-    }
+    (w >> (pos % 8)) & ((1u32 << bits) - 1)
 }
 
 /// Appends the block of `indices` (strictly ascending, each below `n`, at least one): exactly
@@ -73,20 +68,15 @@ pub fn encode(indices: &[u16], n: u32, out: &mut Vec<u8>) {
         return;
     }
     let l = low_bits(n, k);
-    let mask = (1u32 << l) - 1;
-    let mut w = BitWriter { out, acc: 0, n: 0 };
-    for &x in indices {
-        w.put(u32::from(x) & mask, l);
+    let lows_end = u64::from(k) * u64::from(l);
+    let start = out.len();
+    out.resize(start + block_bytes(n, k) as usize, 0);
+    let block = &mut out[start..];
+    for (i, &x) in indices.iter().enumerate() {
+        or_bits(block, i as u64 * u64::from(l), u32::from(x) & ((1u32 << l) - 1));
+        let p = lows_end + (u64::from(x) >> l) + i as u64;
+        block[(p / 8) as usize] |= 1 << (p % 8);
     }
-    let mut next = indices.iter().enumerate().map(|(i, &x)| (u64::from(x) >> l) + i as u64).peekable();
-    for p in 0..high_bits(n, k) {
-        let one = next.peek() == Some(&p);
-        if one {
-            next.next();
-        }
-        w.put(u32::from(one), 1);
-    }
-    w.finish();
 }
 
 /// Reads `k` indices below `n` from `block` (exactly [`block_bytes`]`(n, k)` bytes) into `out`;
@@ -100,31 +90,31 @@ pub fn decode(block: &[u8], n: u32, k: u32, out: &mut Vec<u16>) -> bool {
         return true;
     }
     let l = low_bits(n, k);
-    let mut bits = block.iter().flat_map(|b| (0..8).map(move |i| (b >> i) & 1 == 1));
+    let lows_end = u64::from(k) * u64::from(l);
+    let end = lows_end + high_bits(n, k);
     let start = out.len();
-    for _ in 0..k {
-        let mut low = 0u32;
-        for i in 0..l {
-            low |= u32::from(bits.next().unwrap_or(true)) << i;
-        }
-        out.push(low as u16);
-    }
+    out.extend((0..u64::from(k)).map(|i| read_bits(block, i * u64::from(l), l) as u16));
+    let first = (lows_end / 8) as usize;
     let mut j = 0u32;
-    for p in 0..high_bits(n, k) {
-        if bits.next().unwrap_or(false) {
-            if j == k {
+    for (b, &byte) in block.iter().enumerate().skip(first) {
+        let mut ones = if b == first { byte & (0xFF << (lows_end % 8)) } else { byte };
+        while ones != 0 {
+            let q = b as u64 * 8 + u64::from(ones.trailing_zeros());
+            ones &= ones - 1;
+            // A one past the highs is a padding bit; a (k+1)-th one is one too many.
+            if q >= end || j == k {
                 return false;
             }
-            // p - j <= U - 1 and (U - 1) << L | low < 2^16: U 2^L is the least multiple of 2^L
-            // at or above n <= 2^16, itself a multiple of 2^L.
-            let high = (p - u64::from(j)) << l;
+            // The j-th one sits at least j bits into the highs. (q - lows_end - j) << L | low is
+            // below 2^16: U 2^L is the least multiple of 2^L at or above n <= 2^16.
+            let high = (q - lows_end - u64::from(j)) << l;
             let slot = &mut out[start + j as usize];
             let Ok(x) = u16::try_from(high | u64::from(*slot)) else { return false };
             *slot = x;
             j += 1;
         }
     }
-    j == k && bits.all(|b| !b)
+    j == k
 }
 
 #[cfg(test)]
