@@ -53,6 +53,10 @@ pub struct StatusArgs {
     /// How many of the latest contributions to list.
     #[arg(long, default_value_t = 10)]
     last: usize,
+    /// Print the run's figures as one JSON object (what `cairn dashboard` serves under `ledger`
+    /// at /api/run; docs/DASHBOARD.md) and nothing else.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -153,7 +157,7 @@ pub fn initial_state_rule() -> std::sync::Arc<verify::audit::InitialStateRule> {
     })
 }
 
-async fn open(url: &str) -> anyhow::Result<(String, storage::Store)> {
+pub async fn open(url: &str) -> anyhow::Result<(String, storage::Store)> {
     let url = absolute_url(url)?;
     let store = storage::open(&url).await.with_context(|| format!("opening {url}"))?;
     Ok((url, store))
@@ -334,8 +338,15 @@ fn loss_text(loss_milli: i64) -> String {
 pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
     let (url, store) = open(&args.store).await?;
     let run_id = ledger::genesis_run_id(&store).await.with_context(|| format!("reading the genesis of {url}"))?;
-    let reader =
+    let mut reader =
         Reader::replay(store.clone(), run_id).await.with_context(|| format!("replaying the ledger of {url}"))?;
+    if args.json {
+        let quorum = reader.checkpoint_quorum(None);
+        let checkpoint = reader.check_checkpoint(quorum).await.context("checking the run's checkpoint")?;
+        let view = crate::dashboard::view::ledger_view(&reader, checkpoint.as_ref());
+        println!("{}", serde_json::to_string(&view).context("encoding the status")?);
+        return Ok(Outcome::Ok);
+    }
     let entries = reader.entries();
     let accepted = || entries.iter().filter(|e| e.validity.is_accept()).filter_map(|e| Some((e, e.entry.as_ref()?)));
 

@@ -3,6 +3,7 @@
 
 mod audit_cmd;
 mod bench;
+mod dashboard;
 mod demo;
 mod export_hf_cmd;
 mod ledger_cmd;
@@ -57,6 +58,8 @@ enum Command {
     Audit(audit_cmd::AuditArgs),
     /// Show a run's state from its ledger: open round, members, latest contributions, loss.
     Status(audit_cmd::StatusArgs),
+    /// Serve a live, read-only web page and JSON API of a run, every figure from its ledger.
+    Dashboard(dashboard::DashboardArgs),
     /// Delete update blobs behind the newest snapshot a passing audit confirms (dry run unless
     /// --delete).
     Gc(audit_cmd::GcArgs),
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
             Command::Validate(args) => run_cmd::validate(args).await,
             Command::Audit(args) => audit_cmd::audit(args).await,
             Command::Status(args) => audit_cmd::status(args).await,
+            Command::Dashboard(args) => dashboard::run(args).await,
             Command::Gc(args) => audit_cmd::gc(args).await,
             Command::ExportHf(args) => export_hf_cmd::run(args).await,
             Command::Demo(args) => demo::run(args).await,

@@ -178,6 +178,9 @@ pub async fn run_worker(
         }
     };
     let mut summary = WorkerSummary::default();
+    // How long the previous round's result took to arrive and to apply, reported with the next
+    // contribution (the ledger has no clock; docs/DASHBOARD.md).
+    let mut last_round_times: Option<(Duration, Duration)> = None;
     loop {
         for report in follower.sync().await? {
             applied(&report, &me, &mut summary, events);
@@ -201,32 +204,61 @@ pub async fn run_worker(
                 let local = local.as_mut();
                 compute_update(&model, &mut demo, local, &data, &step, &follower, &me, info.train.momentum_decay)
             })?;
-            let train_secs = started.elapsed().as_secs_f64();
+            let train_time = started.elapsed();
+            let train_secs = train_time.as_secs_f64();
             let size = bytes.len() as u64;
+            let uploading = Instant::now();
             let blob = info.store.put_blob(bytes).await?;
+            let mut metrics = vec![
+                ("device".into(), device_code(options.device)),
+                ("loss_milli".into(), milli_nats(loss)),
+                ("tokens".into(), (info.train.sequences_per_round() * info.train.seq_len) as i64),
+                ("train_ms".into(), millis(train_time)),
+                ("upload_ms".into(), millis(uploading.elapsed())),
+            ];
+            if let Some((wait, apply)) = last_round_times.take() {
+                metrics.extend([("apply_ms".into(), millis(apply)), ("wait_ms".into(), millis(wait))]);
+            }
+            // Sorted by name, as the entry format requires.
+            metrics.sort();
             let body = Body::Contribution(Contribution {
                 round: ledger::Round(round.0),
                 base_state: ledger::StateHash(follower.state_hash().0),
                 assignment: assignment_bytes(round, info.train.sequences_per_round()),
                 blob,
                 blob_size: size,
-                metrics: vec![
-                    ("loss_milli".into(), milli_nats(loss)),
-                    ("tokens".into(), (info.train.sequences_per_round() * info.train.seq_len) as i64),
-                ],
+                metrics,
             });
             follower.append(Entry::sign(info.run_id, body, &[key])?).await?;
             worker_state::save(&options.state_file, &demo, &layout, run, round)?;
             summary.contributed += 1;
             events(WorkerEvent::Contributed { round: round.0, loss, bytes: size, train_secs });
         }
-        for report in wait_for_round(&mut follower, key, options.poll, events).await? {
+        let waiting = Instant::now();
+        let (reports, apply) = wait_for_round(&mut follower, key, options.poll, events).await?;
+        last_round_times = Some((waiting.elapsed().saturating_sub(apply), apply));
+        for report in reports {
             applied(&report, &me, &mut summary, events);
         }
     }
     summary.next_round = follower.round().0;
     summary.state = follower.state_hash().to_string();
     Ok(summary)
+}
+
+/// Milliseconds, saturating.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The `device` metric of a contribution: 0 CPU, 1 CUDA, 2 MPS, 3 anything else (docs/FORMAT.md).
+fn device_code(device: Device) -> i64 {
+    match device {
+        Device::Cpu => 0,
+        Device::Cuda(_) => 1,
+        Device::Mps => 2,
+        _ => 3,
+    }
 }
 
 /// Trains `me`'s assignment for the follower's open round from its state (which `model` must
@@ -289,10 +321,11 @@ pub(crate) async fn wait_for_round(
     key: &Keypair,
     poll: Duration,
     events: &mut (dyn FnMut(WorkerEvent) + Send),
-) -> Result<Vec<RoundReport>, TrainerError> {
+) -> Result<(Vec<RoundReport>, Duration), TrainerError> {
     let round = follower.round();
     let opened = Instant::now();
     let mut reports = Vec::new();
+    let mut apply = Duration::ZERO;
     while follower.round() == round {
         match follower.take_part(key, opened.elapsed()).await? {
             Some(TallyAction::Voted { round, seen }) => events(WorkerEvent::Voted { round, seen }),
@@ -301,7 +334,12 @@ pub(crate) async fn wait_for_round(
             }
             Some(TallyAction::WaitingForBlobs { .. }) | None => {}
         }
-        for report in follower.sync().await? {
+        let syncing = Instant::now();
+        let synced = follower.sync().await?;
+        if !synced.is_empty() {
+            apply += syncing.elapsed();
+        }
+        for report in synced {
             after_final(follower, key, &report, events).await?;
             reports.push(report);
         }
@@ -309,7 +347,7 @@ pub(crate) async fn wait_for_round(
             follower.wait(poll).await?;
         }
     }
-    Ok(reports)
+    Ok((reports, apply))
 }
 
 /// After a round became final, on a snapshot round (every `snapshot_every`) and only when the
