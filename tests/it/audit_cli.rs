@@ -36,7 +36,7 @@ fn state(layout: &Layout, seed: u64, scale: f32) -> State {
 
 /// Two rounds of two workers (organisations alpha and beta), a snapshot after round 0, both
 /// rounds closed with the honest hash. Returns the final state.
-async fn two_rounds(url: &str) -> State {
+pub(crate) async fn two_rounds(url: &str) -> State {
     let store = storage::open(url).await.unwrap();
     let layout = Layout::new(vec![
         TensorSpec { name: "w".into(), shape: vec![8, 12] },

@@ -2,6 +2,7 @@
 
 mod adversary_cli;
 mod audit_cli;
+mod dashboard;
 mod federation;
 mod ledger_cli;
 mod store;
