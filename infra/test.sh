@@ -6,6 +6,7 @@ cd "$root"
 
 bash infra/setup-libtorch.sh
 bash infra/setup-python.sh >/dev/null
+bash infra/setup-browser.sh
 
 # One S3 server for the whole run; it also stops if this script dies (watchdog on our pid).
 export CAIRN_S3_DIR=${CAIRN_S3_DIR:-$root/target/s3-local-test}

@@ -69,6 +69,13 @@ pub struct DemoArgs {
     /// The workers' arithmetic: f32, or bf16 (for GPUs).
     #[arg(long, default_value = "f32")]
     precision: String,
+    /// Where the live dashboard of the run listens while the demo trains (port 0: any free port;
+    /// the address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    dashboard: std::net::SocketAddr,
+    /// Do not start the dashboard.
+    #[arg(long)]
+    no_dashboard: bool,
 }
 
 /// The demo's members: (name, organisation, role).
@@ -150,6 +157,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         .context("running cairn genesis")?;
     anyhow::ensure!(status.success(), "cairn genesis failed ({status})");
 
+    let dashboard = if args.no_dashboard { None } else { Some(start_dashboard(&exe, &url, args.dashboard).await?) };
     println!(
         "\n[4/5] training: 4 workers and 2 validators as separate processes (logs in {})",
         dir.join("logs").display()
@@ -202,6 +210,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     );
     println!("  {audit_line}");
     println!("\nTry: cairn status --store {url}   |   cairn audit --store {url} --json");
+    if let Some(mut dashboard) = dashboard {
+        let _ = dashboard.kill().await;
+        println!("     cairn dashboard --store {url}   (the page the demo served while it trained)");
+    }
     Ok(if audit.status.success() { Outcome::Ok } else { Outcome::Failed })
 }
 
@@ -290,6 +302,25 @@ fn spawn(exe: &Path, command: &str, extra: &[&str], url: &str, key: &Path, log: 
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting cairn {command}"))
+}
+
+/// Starts `cairn dashboard` on the run and prints its address (its first line); it stops with
+/// the demo.
+async fn start_dashboard(exe: &Path, url: &str, listen: std::net::SocketAddr) -> anyhow::Result<Child> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = Command::new(exe)
+        .args(["dashboard", "--store", url, "--listen", &listen.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting cairn dashboard")?;
+    let stdout = child.stdout.take().context("reading the dashboard's address")?;
+    let mut line = String::new();
+    tokio::io::BufReader::new(stdout).read_line(&mut line).await.context("reading the dashboard's address")?;
+    anyhow::ensure!(line.starts_with("dashboard: "), "cairn dashboard did not start (is {listen} free?)");
+    println!("  {}   <- open it to watch the run live", line.trim_end());
+    Ok(child)
 }
 
 /// Follows the ledger and prints each closed round until every child exits; fails if one fails.

@@ -168,7 +168,8 @@ async fn run_audit(store: storage::Store, at_slots: u64, app: App) {
         shared.audit.running = true;
         shared.generation += 1;
     }
-    let options = AuditOptions { initial_state: Some(crate::audit_cmd::initial_state_rule()), ..AuditOptions::default() };
+    let options =
+        AuditOptions { initial_state: Some(crate::audit_cmd::initial_state_rule()), ..AuditOptions::default() };
     let result = verify::audit::audit(&store, &options, &mut |_| {}).await;
     let mut shared = app.write().await;
     shared.generation += 1;

@@ -310,7 +310,8 @@ pub fn ledger_view(reader: &Reader, checkpoint: Option<&SignedCheckpoint>) -> Le
         }
         match &entry.body {
             Body::Contribution(c) => {
-                let round = rounds.entry(c.round.0).or_insert_with(|| RoundView { round: c.round.0, ..Default::default() });
+                let round =
+                    rounds.entry(c.round.0).or_insert_with(|| RoundView { round: c.round.0, ..Default::default() });
                 round.contributions += 1;
                 round.contribution_entries.push(pos);
                 let tokens = metric(&c.metrics, "tokens").and_then(|t| u64::try_from(t).ok()).unwrap_or(0);

@@ -37,6 +37,11 @@ fn state(layout: &Layout, seed: u64, scale: f32) -> State {
 /// Two rounds of two workers (organisations alpha and beta), a snapshot after round 0, both
 /// rounds closed with the honest hash. Returns the final state.
 pub(crate) async fn two_rounds(url: &str) -> State {
+    two_rounds_with(url, "beta").await
+}
+
+/// [`two_rounds`] with the second organisation named `beta`.
+pub(crate) async fn two_rounds_with(url: &str, beta: &str) -> State {
     let store = storage::open(url).await.unwrap();
     let layout = Layout::new(vec![
         TensorSpec { name: "w".into(), shape: vec![8, 12] },
@@ -61,7 +66,7 @@ pub(crate) async fn two_rounds(url: &str) -> State {
     let roster = vec![
         Member { key: admin.public(), organisation: "alpha".into(), role: Role::Admin },
         Member { key: workers[0].public(), organisation: "alpha".into(), role: Role::Worker },
-        Member { key: workers[1].public(), organisation: "beta".into(), role: Role::Worker },
+        Member { key: workers[1].public(), organisation: beta.into(), role: Role::Worker },
     ];
     let initial = state(&layout, 1, 0.5);
     let bytes = Bytes::from(initial.to_safetensors().unwrap());

@@ -129,10 +129,7 @@ fn pixels_near(png_path: &Path, rgb: [u8; 3]) -> usize {
     let info = reader.next_frame(&mut buf).unwrap();
     let channels = info.color_type.samples();
     assert!(channels >= 3, "an RGB screenshot");
-    buf[..info.buffer_size()]
-        .chunks(channels)
-        .filter(|p| p.iter().zip(rgb).all(|(&a, b)| a.abs_diff(b) <= 12))
-        .count()
+    buf[..info.buffer_size()].chunks(channels).filter(|p| p.iter().zip(rgb).all(|(&a, b)| a.abs_diff(b) <= 12)).count()
 }
 
 /// The page's colours (src/dashboard/page.html): the OK and FAIL badges, and the loss curve.
@@ -212,7 +209,8 @@ async fn the_dashboard_shows_what_the_ledger_and_the_audit_say() {
     assert_eq!(rounds[1]["loss_milli"], (2300 + 2299) / 2);
     assert_eq!(rounds[1]["state"], last.hash().to_hex());
     assert_eq!(rounds[0]["contributions"], 2);
-    let orgs: Vec<&str> = ledger["organisations"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+    let orgs: Vec<&str> =
+        ledger["organisations"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
     assert_eq!(orgs, ["alpha", "beta"]);
     assert_eq!(ledger["snapshots"].as_array().unwrap().len(), 1);
     assert_eq!(ledger["checkpoint"]["size"], size);
@@ -267,4 +265,19 @@ async fn the_dashboard_shows_what_the_ledger_and_the_audit_say() {
     let dom = browse(&format!("{}/", dashboard.base), 1280, 800, None);
     assert!(dom.contains("data-testid=\"first-problem\""), "the page shows the problem");
     check_page(&dashboard.base, 2, &["alpha", "beta"], "fail", "tampered");
+
+    drop(dashboard);
+
+    // A member's organisation name is anything the format allows, HTML included: the page shows
+    // it as text and runs none of it.
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let hostile = "<img src=x onerror=document.body.dataset.pwned=1>";
+    crate::audit_cli::two_rounds_with(&url, hostile).await;
+    let dashboard = start(&url);
+    wait_for(&dashboard.base, "the audit", |r| r["audit"]["verdict"].is_string());
+    let dom = browse(&format!("{}/", dashboard.base), 1280, 800, None);
+    assert!(dom.contains("&lt;img src=x onerror=document.body.dataset.pwned=1&gt;"), "shown as text");
+    assert!(!dom.contains("data-pwned"), "and never run");
+    assert!(dom.contains("audit: OK</span>"), "the page drew");
 }

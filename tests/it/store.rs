@@ -2,6 +2,7 @@
 
 use std::process::Output;
 
+use serde_json::Value;
 use storage::testing;
 
 use crate::{bench_figures, cairn};
@@ -88,17 +89,63 @@ fn bench_storage_ends_with_its_figures() {
 }
 
 #[test]
-fn demo_runs_a_federation_and_its_store_passes_the_audit() {
+fn demo_runs_a_federation_serves_its_dashboard_and_its_store_passes_the_audit() {
+    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}/demo", dir.path().display());
     let work = dir.path().join("local");
-    let args = ["demo", "--store", &url, "--work-dir", work.to_str().unwrap(), "--preset", "tiny", "--rounds", "2"];
-    let out = cairn(&[&args[..], &["--tokens-per-round", "256"]].concat(), &[]);
-    let text = stdout(&out);
-    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let args = ["demo", "--store", &url, "--work-dir", work.to_str().unwrap(), "--preset", "tiny", "--rounds", "4"];
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([&args[..], &["--tokens-per-round", "256"]].concat())
+        .env("OMP_NUM_THREADS", "1")
+        .env_remove("CAIRN_LOG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut text = String::new();
+    let mut base = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        text += &line;
+        text += "\n";
+        base = crate::dashboard::dashboard_address(&line);
+        if base.is_some() {
+            break;
+        }
+    }
+    let base = base.unwrap_or_else(|| panic!("the demo prints its dashboard's address: {text}"));
+    // While the demo trains, the page follows it: the screenshot in the README is this one.
+    let live =
+        crate::dashboard::wait_for(&base, "two final rounds", |r| r["ledger"]["final_rounds"].as_u64() >= Some(2));
+    assert_eq!(live["ledger"]["config"]["preset"], "tiny");
+    assert_eq!(live["ledger"]["organisations"].as_array().unwrap().len(), 2);
+    let devices: Vec<&Value> = live["ledger"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "worker")
+        .map(|m| &m["device"])
+        .collect();
+    assert_eq!(devices.len(), 4);
+    assert!(devices.iter().all(|d| *d == "cpu"), "workers report their device: {devices:?}");
+    let round0 = &live["ledger"]["rounds"][0];
+    assert!(round0["train_ms"].as_i64().unwrap() > 0, "workers report their timings: {round0}");
+    assert!(round0["wait_ms"].is_i64(), "and the wait, with the next round's contribution: {round0}");
+    crate::dashboard::browse(
+        &format!("{base}/"),
+        1280,
+        800,
+        Some(&crate::dashboard::artifact("demo-live-1280x800.png")),
+    );
+    for line in lines {
+        text += &line.unwrap();
+        text += "\n";
+    }
+    assert!(child.wait().unwrap().success(), "{text}");
     assert!(text.contains("store check: PASS"), "{text}");
-    assert!(text.contains("round   2/2: 4 contributions, 8 verdicts"), "two validators judge each: {text}");
-    let audit_line = text.lines().find(|l| l.trim_start().starts_with("audit: OK rounds=2")).expect("audit line");
+    assert!(text.contains("4/4: 4 contributions, 8 verdicts"), "two validators judge each: {text}");
+    let audit_line = text.lines().find(|l| l.trim_start().starts_with("audit: OK rounds=4")).expect("audit line");
     assert!(text.contains("floor"), "the summary compares the loss with the corpus's floor: {text}");
     // What the demo leaves behind is a run any auditor accepts.
     let again = cairn(&["audit", "--store", &format!("{url}/run-1")], &[]);
