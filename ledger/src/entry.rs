@@ -24,6 +24,7 @@
 //!   6 RosterChange  epoch:u64 | change_tag:u8 (1 add: member, 2 remove: key:[32], 3 quorum: u16)
 //!   7 Attestation   round:u64 | state:[32] | dropped_count:u16 (<= MAX_DROPPED)
 //!                   | (seq:u64 | index:u16) * dropped_count  (sorted, strictly ascending)
+//!   8 Evaluation    round:u64 | state:[32] | sequences:u32 (1..=MAX_EVAL_SEQUENCES) | loss_milli:i64
 //! ```
 //!
 //! The decoder refuses anything that would not re-encode to the same bytes: unknown version or
@@ -56,6 +57,8 @@ pub const MAX_METRICS: u8 = 32;
 pub const MAX_METRIC_NAME_BYTES: u8 = 32;
 /// Most contributions one Attestation may drop (the most a round can count).
 pub const MAX_DROPPED: u16 = 4096;
+/// Most held-out sequences an Evaluation may name.
+pub const MAX_EVAL_SEQUENCES: u32 = 1 << 20;
 /// The key-derivation context of a run id (see [`Genesis::run_id`]).
 pub const RUN_ID_CONTEXT: &str = "cairn run id v2";
 
@@ -230,6 +233,22 @@ pub struct Attestation {
     pub dropped: Vec<EntryPos>,
 }
 
+/// The held-out loss of a final round's state: the mean next-token loss of the model at `state`
+/// over the first `sequences` held-out sequences of the run's data, in milli-nats. Anyone with the
+/// store can compute it again (`cairn eval`); the ledger only checks that it names a final round
+/// and that round's attested state, once per signer and round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    /// The round whose result was evaluated.
+    pub round: Round,
+    /// That result's state.
+    pub state: StateHash,
+    /// Held-out sequences evaluated (the first ones of the run's held-out set).
+    pub sequences: u32,
+    /// The mean loss, in milli-nats.
+    pub loss_milli: i64,
+}
+
 /// A stored model state to resume from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -281,6 +300,8 @@ pub enum Body {
     RosterChange(RosterChange),
     /// See [`Attestation`].
     Attestation(Attestation),
+    /// See [`Evaluation`].
+    Evaluation(Evaluation),
 }
 
 /// The kind of an entry, as its tag byte.
@@ -300,6 +321,8 @@ pub enum Kind {
     RosterChange,
     /// Tag 7.
     Attestation,
+    /// Tag 8.
+    Evaluation,
 }
 
 impl Kind {
@@ -313,6 +336,7 @@ impl Kind {
             Kind::Snapshot => 5,
             Kind::RosterChange => 6,
             Kind::Attestation => 7,
+            Kind::Evaluation => 8,
         }
     }
 
@@ -325,6 +349,7 @@ impl Kind {
             5 => Kind::Snapshot,
             6 => Kind::RosterChange,
             7 => Kind::Attestation,
+            8 => Kind::Evaluation,
             tag => return Err(DecodeError::UnknownTag { what: "entry kind", tag }),
         })
     }
@@ -339,6 +364,7 @@ impl Kind {
             Kind::Snapshot => "snapshot",
             Kind::RosterChange => "roster_change",
             Kind::Attestation => "attestation",
+            Kind::Evaluation => "evaluation",
         }
     }
 }
@@ -354,6 +380,7 @@ impl Body {
             Body::Snapshot(_) => Kind::Snapshot,
             Body::RosterChange(_) => Kind::RosterChange,
             Body::Attestation(_) => Kind::Attestation,
+            Body::Evaluation(_) => Kind::Evaluation,
         }
     }
 
@@ -365,6 +392,7 @@ impl Body {
             Body::CloseVote(v) => Some(v.round),
             Body::Snapshot(s) => Some(s.round),
             Body::Attestation(a) => Some(a.round),
+            Body::Evaluation(e) => Some(e.round),
             Body::Genesis(_) | Body::RosterChange(_) => None,
         }
     }
@@ -375,7 +403,11 @@ impl Body {
             Body::Genesis(g) => Some((g.snapshot, g.snapshot_size)),
             Body::Contribution(c) => Some((c.blob, c.blob_size)),
             Body::Snapshot(s) => Some((s.blob, s.blob_size)),
-            Body::Verdict(_) | Body::CloseVote(_) | Body::RosterChange(_) | Body::Attestation(_) => None,
+            Body::Verdict(_)
+            | Body::CloseVote(_)
+            | Body::RosterChange(_)
+            | Body::Attestation(_)
+            | Body::Evaluation(_) => None,
         }
     }
 
@@ -416,6 +448,9 @@ impl Body {
             }
             Body::Snapshot(s) => {
                 w.u64(s.round.0).raw(&s.state.0).raw(&s.blob.0).u64(s.blob_size);
+            }
+            Body::Evaluation(e) => {
+                w.u64(e.round.0).raw(&e.state.0).u32(e.sequences).i64(e.loss_milli);
             }
             Body::RosterChange(rc) => {
                 w.u64(rc.epoch);
@@ -528,6 +563,23 @@ impl Body {
                 let blob = BlobId(r.field("blob").array()?);
                 let blob_size = r.field("blob size").u64()?;
                 Body::Snapshot(Snapshot { round, state, blob, blob_size })
+            }
+            Kind::Evaluation => {
+                let round = Round(r.field("round").u64()?);
+                let state = StateHash(r.field("state").array()?);
+                let sequences = r.field("sequences").u32()?;
+                if sequences == 0 {
+                    return Err(DecodeError::TooShort { field: "sequences", len: 0, min: 1 });
+                }
+                if sequences > MAX_EVAL_SEQUENCES {
+                    return Err(DecodeError::TooLong {
+                        field: "sequences",
+                        len: sequences.into(),
+                        max: MAX_EVAL_SEQUENCES.into(),
+                    });
+                }
+                let loss_milli = r.field("loss").i64()?;
+                Body::Evaluation(Evaluation { round, state, sequences, loss_milli })
             }
             Kind::RosterChange => {
                 let epoch = r.field("epoch").u64()?;

@@ -34,8 +34,8 @@ mod wire;
 
 pub use checkpoint::{Checkpoint, SignedCheckpoint, Witness, verify_extension};
 pub use entry::{
-    Attestation, Body, Change, CloseVote, Contribution, Entry, Genesis, Kind, Member, Role, RosterChange, Snapshot,
-    Target, Verdict,
+    Attestation, Body, Change, CloseVote, Contribution, Entry, Evaluation, Genesis, Kind, Member, Role, RosterChange,
+    Snapshot, Target, Verdict,
 };
 pub use error::{DecodeError, LedgerError, NoteError, Result, Tamper};
 pub use id::{EntryPos, Round, RunId, Seq, StateHash};

@@ -20,8 +20,8 @@
 //!    organisations or from every organisation that has an admin if fewer do, at the current epoch);
 //! 7. kind rules: no contribution to a closed round; close votes and attestations follow the
 //!    round tally ([`crate::rounds`]: votes only for the open round, one per organisation;
-//!    attestations only for the closed open round); a snapshot names a final round and its
-//!    attested state; a verdict names an accepted contribution of its round; roster changes keep
+//!    attestations only for the closed open round); a snapshot or an evaluation names a final round
+//!    and its attested state (an evaluation once per signer and round); a verdict names an accepted contribution of its round; roster changes keep
 //!    at least `quorum` admins and `org_quorum` organisations; and no roster (genesis or change)
 //!    admits a small-order key (under ZIP-215 it would verify every message, see
 //!    [`key::is_weak`]). A Genesis must carry the run id derived from its body.
@@ -33,6 +33,7 @@
 //!   CloseVote     one signer, any member (counts for its organisation)
 //!   Attestation   one signer, any member (likewise)
 //!   Snapshot      one signer, any member (the state must be the round's attested one)
+//!   Evaluation    one signer, any member (likewise; one per signer and round)
 //!   RosterChange  >= quorum signers, all admins
 //! ```
 //!
@@ -137,11 +138,14 @@ pub enum VoidReason {
     #[error("{0}")]
     Rounds(RoundError),
     /// A snapshot of a round whose result is not final.
-    #[error("snapshot of round {0}, which is not final")]
+    #[error("names round {0}, which is not final")]
     NotFinal(Round),
-    /// A snapshot whose state is not the round's attested state.
-    #[error("snapshot of round {0} with a state other than the attested one")]
+    /// A snapshot or evaluation whose state is not the round's attested state.
+    #[error("names round {0} with a state other than the attested one")]
     WrongState(Round),
+    /// A second evaluation of one round by one signer.
+    #[error("a second evaluation of round {0} by the same signer")]
+    AlreadyEvaluated(Round),
     /// A verdict for something that is not an accepted contribution of its round.
     #[error("verdict target is not an accepted contribution of round {0}")]
     UnknownTarget(Round),
@@ -184,6 +188,7 @@ pub struct LedgerState {
     rounds: RoundTally,
     contributions: HashMap<EntryPos, Round>,
     contribution_blobs: HashMap<BlobId, Round>,
+    evaluated: HashSet<(PublicKey, Round)>,
 }
 
 impl LedgerState {
@@ -199,6 +204,7 @@ impl LedgerState {
             rounds: RoundTally::new(1),
             contributions: HashMap::new(),
             contribution_blobs: HashMap::new(),
+            evaluated: HashSet::new(),
         }
     }
 
@@ -310,6 +316,9 @@ impl LedgerState {
                     Change::SetQuorum(q) => self.quorum = *q,
                 }
             }
+            Body::Evaluation(e) => {
+                self.evaluated.insert((entry.signer(), e.round));
+            }
             Body::Verdict(_) | Body::Snapshot(_) => {}
         }
     }
@@ -403,6 +412,15 @@ pub fn validate_checked(state: &LedgerState, pos: EntryPos, checked: &Result<Che
     }
 }
 
+/// `round` is final and `claimed` is its attested state.
+fn final_state(state: &LedgerState, round: Round, claimed: &crate::id::StateHash) -> Result<(), VoidReason> {
+    match state.rounds.final_result(round) {
+        None => Err(VoidReason::NotFinal(round)),
+        Some(f) if f.state != *claimed => Err(VoidReason::WrongState(round)),
+        Some(_) => Ok(()),
+    }
+}
+
 fn check(state: &LedgerState, pos: EntryPos, checked: &Checked, digest: &[u8; 32]) -> Result<(), VoidReason> {
     let entry = &checked.entry;
     if entry.run_id != state.run_id {
@@ -454,11 +472,15 @@ fn check(state: &LedgerState, pos: EntryPos, checked: &Checked, digest: &[u8; 32
         }
         Body::Snapshot(snapshot) => {
             single_signer(state, entry, ANY_MEMBER)?;
-            match state.rounds.final_result(snapshot.round) {
-                None => Err(VoidReason::NotFinal(snapshot.round)),
-                Some(f) if f.state != snapshot.state => Err(VoidReason::WrongState(snapshot.round)),
-                Some(_) => Ok(()),
+            final_state(state, snapshot.round, &snapshot.state)
+        }
+        Body::Evaluation(e) => {
+            single_signer(state, entry, ANY_MEMBER)?;
+            final_state(state, e.round, &e.state)?;
+            if state.evaluated.contains(&(entry.signer(), e.round)) {
+                return Err(VoidReason::AlreadyEvaluated(e.round));
             }
+            Ok(())
         }
         Body::RosterChange(rc) => {
             for s in &entry.signatures {

@@ -272,6 +272,9 @@ fn body_json(body: &Body) -> Value {
             "round": s.round.0, "state": s.state.to_string(), "blob": s.blob.to_string(), "blob_size": s.blob_size,
         }),
         Body::RosterChange(r) => json!({ "epoch": r.epoch, "change": format!("{:?}", r.change) }),
+        Body::Evaluation(e) => json!({
+            "round": e.round.0, "state": e.state.to_string(), "sequences": e.sequences, "loss_milli": e.loss_milli,
+        }),
         Body::Attestation(a) => json!({
             "round": a.round.0, "state": a.state.to_string(),
             "dropped": a.dropped.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -110,6 +110,10 @@ pub struct RoundView {
     pub contribution_entries: Vec<String>,
     /// Mean of their `loss_milli` (training loss in milli-nats, as the workers reported it).
     pub loss_milli: Option<i64>,
+    /// Accepted Evaluations of this round's result (held-out loss, signed by their evaluators).
+    pub evaluations: Vec<EvaluationView>,
+    /// Their mean `loss_milli`, rounded toward zero.
+    pub eval_loss_milli: Option<i64>,
     /// Sum of their `tokens`.
     pub tokens: u64,
     /// Mean declared blob size of their updates.
@@ -133,6 +137,21 @@ pub struct RoundView {
     pub state: Option<String>,
     /// Contributions dropped as unreadable.
     pub dropped: Vec<String>,
+}
+
+/// One evaluation of a round's result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EvaluationView {
+    /// The entry.
+    pub entry: String,
+    /// The evaluator's key, hex.
+    pub key: String,
+    /// Its organisation.
+    pub organisation: Option<String>,
+    /// Held-out sequences evaluated.
+    pub sequences: u32,
+    /// The held-out loss, in milli-nats.
+    pub loss_milli: i64,
 }
 
 /// One member.
@@ -341,6 +360,17 @@ pub fn ledger_view(reader: &Reader, checkpoint: Option<&SignedCheckpoint>) -> Le
                     m.verdicts += 1;
                 }
             }
+            Body::Evaluation(e) => {
+                let round =
+                    rounds.entry(e.round.0).or_insert_with(|| RoundView { round: e.round.0, ..Default::default() });
+                round.evaluations.push(EvaluationView {
+                    entry: pos,
+                    key: entry.signer().to_string(),
+                    organisation: logged.organisation.clone(),
+                    sequences: e.sequences,
+                    loss_milli: e.loss_milli,
+                });
+            }
             Body::Snapshot(s) => snapshots.push(SnapshotView {
                 entry: pos,
                 round: s.round.0,
@@ -366,6 +396,9 @@ pub fn ledger_view(reader: &Reader, checkpoint: Option<&SignedCheckpoint>) -> Le
             view.close = Some(close.pos.to_string());
             view.cut = Some(close.cut.0);
         }
+    }
+    for view in rounds.values_mut() {
+        view.eval_loss_milli = mean(&view.evaluations.iter().map(|e| e.loss_milli).collect::<Vec<_>>());
     }
     for (round, s) in &samples {
         if let Some(view) = rounds.get_mut(round) {

@@ -299,7 +299,8 @@ impl RoundRule {
                         rule.failing.entry(target).or_default().push((pos, org.clone(), v.score));
                     }
                 }
-                Body::Verdict(_) | Body::RosterChange(_) => {}
+                // An evaluation names a final state (the validity rule checks it) and decides nothing.
+                Body::Verdict(_) | Body::RosterChange(_) | Body::Evaluation(_) => {}
             }
         }
         rule.excluded = rule.exclusions_by_round();

@@ -82,6 +82,14 @@ fn arb_body() -> impl Strategy<Value = Body> {
             blob: BlobId(b),
             blob_size: n
         })),
+        (any::<u64>(), arb_hash(), 1..=ledger::entry::MAX_EVAL_SEQUENCES, any::<i64>()).prop_map(|(r, s, n, loss)| {
+            Body::Evaluation(ledger::Evaluation {
+                round: Round(r),
+                state: StateHash(s),
+                sequences: n,
+                loss_milli: loss,
+            })
+        }),
         (
             any::<u64>(),
             prop_oneof![

@@ -343,3 +343,61 @@ async fn a_run_has_one_genesis_at_slot_zero() {
     assert_eq!(reader.next_seq(), Seq(1));
     assert_eq!(reader.state().genesis().map(|g| g.quorum), Some(2));
 }
+
+/// An evaluation counts only for a final round with its attested state, once per signer and
+/// round, from a member; its held-out sequences are between 1 and the limit, or it does not decode.
+#[tokio::test]
+async fn evaluations_name_a_final_state_once_per_signer_and_round() {
+    let run = TestRun::with_org_quorum(4, 2);
+    let store = memory_store().await;
+    let mut a = Appender::new(store.clone());
+    let mut append = async |e: Entry| a.append(&[e]).await.unwrap();
+    let (w0, w1) = (&run.workers[0], &run.workers[1]);
+    let evaluation = |state: u8, loss_milli: i64| {
+        Body::Evaluation(ledger::Evaluation {
+            round: ledger::Round(0),
+            state: ledger::StateHash([state; 32]),
+            sequences: 64,
+            loss_milli,
+        })
+    };
+    append(run.genesis()).await; // 0
+    append(run.contribution(0, 0, 0)).await; // 1
+    append(run.vote(w0, 0, 2)).await; // 2
+    append(run.vote(w1, 0, 3)).await; // 3 closed
+    append(Entry::sign(run.run_id, evaluation(8, 2500), &[w0]).unwrap()).await; // 4 not final yet
+    append(run.attest(w0, 0, 8, vec![])).await; // 5
+    append(run.attest(w1, 0, 8, vec![])).await; // 6 final: state 8
+    append(Entry::sign(run.run_id, evaluation(7, 2500), &[w0]).unwrap()).await; // 7 another state
+    append(Entry::sign(run.run_id, evaluation(8, 2500), &[w0]).unwrap()).await; // 8 ok
+    append(Entry::sign(run.run_id, evaluation(8, 2400), &[w0]).unwrap()).await; // 9 a second one by w0
+    append(Entry::sign(run.run_id, evaluation(8, 2600), &[w1]).unwrap()).await; // 10 ok: another signer
+    let stranger = ledger::Keypair::from_seed([0x55; 32]);
+    append(Entry::sign(run.run_id, evaluation(8, 1), &[&stranger]).unwrap()).await; // 11 not a member
+
+    let reader = Reader::replay(store, run.run_id).await.unwrap();
+    let reasons: Vec<Option<VoidReason>> = (4..12).map(|s| void_reason(&reader, s)).collect();
+    assert_eq!(reasons[0], Some(VoidReason::NotFinal(ledger::Round(0))));
+    assert_eq!(reasons[3], Some(VoidReason::WrongState(ledger::Round(0))));
+    assert_eq!(reasons[4], None);
+    assert_eq!(reasons[5], Some(VoidReason::AlreadyEvaluated(ledger::Round(0))));
+    assert_eq!(reasons[6], None);
+    assert_eq!(reasons[7], Some(VoidReason::UnknownSigner(stranger.public())));
+
+    // 0 and more than MAX_EVAL_SEQUENCES held-out sequences do not decode (the u32 follows the
+    // state, FORMAT of the body: round u64 | state [32] | sequences u32 | loss i64).
+    let max = ledger::entry::MAX_EVAL_SEQUENCES;
+    for (sequences, ok) in [(0u32, false), (1, true), (max, true), (max + 1, false)] {
+        let body = Body::Evaluation(ledger::Evaluation {
+            round: ledger::Round(0),
+            state: ledger::StateHash([8; 32]),
+            sequences: 1,
+            loss_milli: 1,
+        });
+        let mut bytes = Entry::sign(run.run_id, body, &[w0]).unwrap().encode();
+        let at = bytes.windows(32).position(|w| w == [8u8; 32]).unwrap() + 32;
+        assert_eq!(bytes[at..at + 4], 1u32.to_be_bytes());
+        bytes[at..at + 4].copy_from_slice(&sequences.to_be_bytes());
+        assert_eq!(Entry::decode(&bytes).is_ok(), ok, "{sequences} held-out sequences");
+    }
+}
