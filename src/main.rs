@@ -51,8 +51,11 @@ enum Command {
     },
     /// Take part in a run as a worker: train, contribute, follow.
     Worker(run_cmd::ParticipantArgs),
-    /// Take part in a run as a validator: score contributions, append verdicts.
+    /// Take part in a run as a validator: score contributions, append verdicts and evaluations.
     Validate(run_cmd::ParticipantArgs),
+    /// The held-out loss of the run's newest final state, beside the ledger's signed evaluations
+    /// (with --key, a member signs and appends it).
+    Eval(run_cmd::EvalArgs),
     /// Audit a run: check every signature, slot, checkpoint and blob, replay every round and
     /// compare every claimed state hash; last line `audit: OK ...` or `audit: FAIL ...`.
     Audit(audit_cmd::AuditArgs),
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
             Command::Audit(args) => audit_cmd::audit(args).await,
             Command::Status(args) => audit_cmd::status(args).await,
             Command::Dashboard(args) => dashboard::run(args).await,
+            Command::Eval(args) => run_cmd::eval(args).await,
             Command::Gc(args) => audit_cmd::gc(args).await,
             Command::ExportHf(args) => export_hf_cmd::run(args).await,
             Command::Demo(args) => demo::run(args).await,

@@ -231,6 +231,7 @@ pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
                 unusable.as_ref().map(|u| format!(": unusable: {u}")).unwrap_or_default()
             ),
             ValidatorEvent::RoundApplied { round, counted } => format!("round {round} closed, {counted} counted"),
+            ValidatorEvent::Evaluated { round, loss } => format!("round {round}: held-out loss {loss:.4} (evaluation)"),
             ValidatorEvent::Worker(w) => describe_worker(w),
         };
         println!("validator {me}: {line}");
@@ -281,4 +282,91 @@ pub fn describe_worker(e: &WorkerEvent) -> String {
         WorkerEvent::Snapshot { round, bytes } => format!("snapshot after round {round}: {bytes} bytes"),
         WorkerEvent::Exported { key } => format!("ledger exported to {key}"),
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// The run's store: file:///abs/dir, s3://bucket/run (read access is enough without --key).
+    #[arg(long)]
+    store: String,
+    /// A member's key file: sign the evaluation and append it to the ledger (unless this key
+    /// already evaluated that round). Without it the loss is only printed, next to what the
+    /// ledger's evaluators signed: anyone can recompute the curve.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Where to evaluate: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// `cairn eval`: the held-out loss of the run's newest final state (the first
+/// `trainer::evaluate::EVAL_SEQUENCES` held-out sequences), compared with the ledger's signed
+/// evaluations of that round, and appended as a signed Evaluation with `--key`. Last line:
+/// `eval: round=R loss=L sequences=N state=H appended=true|false`.
+pub async fn eval(args: EvalArgs) -> anyhow::Result<Outcome> {
+    use trainer::evaluate::{HeldOut, append_evaluation, evaluate_latest, has_evaluated};
+    let device = trainer::parse_device(&args.device)?;
+    let key = match &args.key {
+        Some(path) => Some(ledger::read_key_file(path).with_context(|| format!("reading {}", path.display()))?),
+        None => None,
+    };
+    let (url, store) = open_run(&args.store).await?;
+    let mut follower =
+        trainer::follow::Follower::join(store).await.with_context(|| format!("replaying the run in {url}"))?;
+    if let Some(key) = &key {
+        anyhow::ensure!(
+            follower.reader().state().member(&key.public()).is_some(),
+            "{} is not a member of the run: only members sign evaluations (leave out --key to only compute)",
+            key.public()
+        );
+    }
+    let info = follower.info().clone();
+    let data = info.train.dataset().await.context("reading the run's data")?;
+    let held_out = HeldOut::new(&data, info.train.micro_batch, device)?;
+    let mut model = trainer::model::Model::from_state(&info.model, follower.state(), device)?;
+    let Some(evaluation) = evaluate_latest(&follower, &mut model, &held_out)? else {
+        anyhow::bail!("no round of the run in {url} is final yet: nothing to evaluate");
+    };
+    let round = evaluation.round;
+    let ours = evaluation.loss_milli;
+    println!(
+        "round {} (state {}): held-out loss {:.4} nats over {} sequences",
+        round.0,
+        evaluation.state,
+        ours as f64 / 1000.0,
+        evaluation.sequences
+    );
+    for logged in follower.reader().by_round(round).filter(|e| e.validity.is_accept()) {
+        if let Some(Body::Evaluation(e)) = logged.entry.as_ref().map(|x| &x.body) {
+            let signer = logged.entry.as_ref().map(|x| x.signer().to_string()).unwrap_or_default();
+            println!(
+                "  signed at {} by {} ({}): {:.4} ({:+} milli-nats from this one)",
+                logged.pos,
+                signer.get(..12).unwrap_or(&signer),
+                logged.organisation.as_deref().unwrap_or("?"),
+                e.loss_milli as f64 / 1000.0,
+                e.loss_milli.saturating_sub(ours)
+            );
+        }
+    }
+    let state = evaluation.state;
+    let sequences = evaluation.sequences;
+    let appended = match &key {
+        Some(key) if !has_evaluated(&follower, &key.public(), round) => {
+            let seq = append_evaluation(&mut follower, key, evaluation).await?;
+            println!("  appended at slot {}", seq.0);
+            true
+        }
+        Some(_) => {
+            println!("  this key already evaluated round {}: nothing appended", round.0);
+            false
+        }
+        None => false,
+    };
+    println!(
+        "eval: round={} loss={:.4} sequences={sequences} state={state} appended={appended}",
+        round.0,
+        ours as f64 / 1000.0
+    );
+    Ok(Outcome::Ok)
 }

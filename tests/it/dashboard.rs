@@ -144,14 +144,23 @@ pub fn artifact(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// Checks a page drawn at 1280x800 and 390x844: the loss chart has `points` points, the
+/// Checks a page drawn at 1280x800 and 390x844: the loss chart has `points` training-loss points
+/// and `eval_points` held-out ones, the
 /// organisations are listed, the badge says `verdict`, nothing overflows the narrow width, and
 /// the screenshots show the badge's colour and the curve. Returns the desktop screenshot's path.
-pub fn check_page(base: &str, points: usize, organisations: &[&str], verdict: &str, name: &str) -> PathBuf {
+pub fn check_page(
+    base: &str,
+    points: usize,
+    eval_points: usize,
+    organisations: &[&str],
+    verdict: &str,
+    name: &str,
+) -> PathBuf {
     let page = format!("{base}/");
     let dom = browse(&page, 1280, 800, None);
     let chart = dom.split("data-testid=\"loss-chart\"").nth(1).and_then(|s| s.split("</svg>").next()).unwrap_or("");
     assert_eq!(chart.matches("class=\"point\"").count(), points, "points on the loss chart: {chart}");
+    assert_eq!(chart.matches("class=\"eval-point\"").count(), eval_points, "held-out points: {chart}");
     assert_eq!(chart.matches("class=\"axis\"").count(), 2, "two axes");
     for org in organisations {
         assert!(dom.contains(&format!("data-org=\"{org}\"")), "organisation {org} listed");
@@ -179,12 +188,24 @@ async fn the_dashboard_shows_what_the_ledger_and_the_audit_say() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().display());
     let last = crate::audit_cli::two_rounds(&url).await;
-    // The admin (organisation alpha, the quorum of one) cosigns the head of the whole log.
     let store = storage::open(&url).await.unwrap();
     let run_id = ledger::genesis_run_id(&store).await.unwrap();
+
+    // The admin signs a held-out loss of round 1's result (2.1 nats); then cosigns the whole log.
+    let evaluation = ledger::Body::Evaluation(ledger::Evaluation {
+        round: ledger::Round(1),
+        state: ledger::StateHash(last.hash().0),
+        sequences: 64,
+        loss_milli: 2100,
+    });
+    let admin = ledger::Keypair::from_seed([1; 32]);
+    ledger::Appender::new(store.clone())
+        .append(&[ledger::Entry::sign(run_id, evaluation, &[&admin]).unwrap()])
+        .await
+        .unwrap();
     let mut reader = ledger::Reader::replay(store.clone(), run_id).await.unwrap();
     let size = reader.next_seq().0;
-    reader.publish_checkpoint(&ledger::Keypair::from_seed([1; 32]), size).await.unwrap();
+    reader.publish_checkpoint(&admin, size).await.unwrap();
 
     let dashboard = start(&url);
     let run = wait_for(&dashboard.base, "the audit", |r| r["audit"]["verdict"].is_string());
@@ -208,6 +229,9 @@ async fn the_dashboard_shows_what_the_ledger_and_the_audit_say() {
     assert_eq!(rounds[0]["loss_milli"], (2400 + 2399) / 2);
     assert_eq!(rounds[1]["loss_milli"], (2300 + 2299) / 2);
     assert_eq!(rounds[1]["state"], last.hash().to_hex());
+    assert_eq!(rounds[1]["eval_loss_milli"], 2100);
+    assert_eq!(rounds[1]["evaluations"][0]["organisation"], "alpha");
+    assert!(rounds[0]["eval_loss_milli"].is_null());
     assert_eq!(rounds[0]["contributions"], 2);
     let orgs: Vec<&str> =
         ledger["organisations"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
@@ -251,7 +275,7 @@ async fn the_dashboard_shows_what_the_ledger_and_the_audit_say() {
     assert_eq!(get(&format!("{}/api/entry/x.y", dashboard.base)).0, 400);
 
     // The page, as a person sees it: two points on the loss curve, both organisations, OK.
-    check_page(&dashboard.base, 2, &["alpha", "beta"], "ok", "two-rounds");
+    check_page(&dashboard.base, 2, 1, &["alpha", "beta"], "ok", "two-rounds");
     drop(dashboard);
 
     // Someone rewrites a counted update blob: the dashboard's audit, and its page, say FAIL.
@@ -264,7 +288,7 @@ async fn the_dashboard_shows_what_the_ledger_and_the_audit_say() {
     assert!(problem.contains(blob), "{problem}");
     let dom = browse(&format!("{}/", dashboard.base), 1280, 800, None);
     assert!(dom.contains("data-testid=\"first-problem\""), "the page shows the problem");
-    check_page(&dashboard.base, 2, &["alpha", "beta"], "fail", "tampered");
+    check_page(&dashboard.base, 2, 1, &["alpha", "beta"], "fail", "tampered");
 
     drop(dashboard);
 

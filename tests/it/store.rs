@@ -132,6 +132,10 @@ fn demo_runs_a_federation_serves_its_dashboard_and_its_store_passes_the_audit() 
     let round0 = &live["ledger"]["rounds"][0];
     assert!(round0["train_ms"].as_i64().unwrap() > 0, "workers report their timings: {round0}");
     assert!(round0["wait_ms"].is_i64(), "and the wait, with the next round's contribution: {round0}");
+    // Validators sign the held-out loss of each final round (about 5.5 nats at the start: the
+    // uniform guess over 256 bytes is ln 256 = 5.545).
+    let held_out = round0["eval_loss_milli"].as_i64().unwrap_or_else(|| panic!("an evaluation of round 0: {round0}"));
+    assert!((4000..5600).contains(&held_out), "{round0}");
     crate::dashboard::browse(
         &format!("{base}/"),
         1280,
@@ -147,7 +151,35 @@ fn demo_runs_a_federation_serves_its_dashboard_and_its_store_passes_the_audit() 
     assert!(text.contains("4/4: 4 contributions, 8 verdicts"), "two validators judge each: {text}");
     let audit_line = text.lines().find(|l| l.trim_start().starts_with("audit: OK rounds=4")).expect("audit line");
     assert!(text.contains("floor"), "the summary compares the loss with the corpus's floor: {text}");
+    // Anyone recomputes the held-out loss of the newest final round and finds what the validators
+    // signed (the same code; threads may move the last digit); a member appends its own.
+    let run = format!("{url}/run-1");
+    let status: Value = serde_json::from_slice(&cairn(&["status", "--store", &run, "--json"], &[]).stdout).unwrap();
+    let signed: Vec<i64> = status["rounds"][3]["evaluations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["loss_milli"].as_i64().unwrap())
+        .collect();
+    assert_eq!(signed.len(), 2, "both validators evaluated round 3: {}", status["rounds"][3]);
+    let eval = cairn(&["eval", "--store", &run], &[]);
+    let line = last_line(&stdout(&eval)).to_string();
+    assert!(line.starts_with("eval: round=3 loss="), "{line}{}", stderr(&eval));
+    assert!(line.ends_with(" appended=false"), "{line}");
+    let recomputed: f64 = line.split(" loss=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    for s in &signed {
+        assert!((recomputed * 1000.0 - *s as f64).abs() <= 2.0, "recomputed {recomputed}, signed {s}");
+    }
+    let admin = work.join("run-1").join("admin.key");
+    let eval = cairn(&["eval", "--store", &run, "--key", admin.to_str().unwrap()], &[]);
+    assert!(last_line(&stdout(&eval)).ends_with(" appended=true"), "{}{}", stdout(&eval), stderr(&eval));
+    let eval = cairn(&["eval", "--store", &run, "--key", admin.to_str().unwrap()], &[]);
+    assert!(last_line(&stdout(&eval)).ends_with(" appended=false"), "once per signer and round");
     // What the demo leaves behind is a run any auditor accepts.
-    let again = cairn(&["audit", "--store", &format!("{url}/run-1")], &[]);
-    assert_eq!(last_line(&stdout(&again)), audit_line.trim());
+    let again = cairn(&["audit", "--store", &run], &[]);
+    // (one entry more than at the demo's end: the admin's evaluation; the same rounds and state)
+    let (rounds, rest) = audit_line.trim().split_once(" entries=").unwrap();
+    let state = rest.split_once(' ').unwrap().1;
+    let line = last_line(&stdout(&again)).to_string();
+    assert!(line.starts_with(rounds) && line.ends_with(state), "{line} against {audit_line}");
 }

@@ -11,6 +11,7 @@
 pub mod data;
 pub mod demo;
 mod error;
+pub mod evaluate;
 pub mod follow;
 pub mod hf;
 pub mod local;

@@ -7,7 +7,8 @@
 //!               ├─ decodes: loss on the worker's assignment and on held-out data, before and after
 //!               │           applying the update alone ─▶ Verdict(score in milli-nats)
 //!               └─ does not decode (NaN, copied under another key, garbage): Verdict(UNUSABLE)
-//!         ─▶ vote and attest like any member (Follower::take_part) ─▶ repeat until the run's last round
+//!         ─▶ vote and attest like any member (Follower::take_part)
+//!         ─▶ a round became final: its state's held-out loss ─▶ Evaluation ─▶ repeat until the run's last round
 //! ```
 //!
 //! A contribution fails when validators of a quorum of organisations scored it below the run's
@@ -24,6 +25,7 @@ use verify::wire::encoded_len;
 use verify::{BlobSource, Expected};
 
 use crate::TrainerError;
+use crate::evaluate::{HeldOut, append_evaluation, evaluate_latest, has_evaluated};
 use crate::follow::{DROP_AFTER_FAILED_READS, Follower, TallyAction};
 use crate::model::Model;
 use crate::score::{ScoreConfig, score_blob};
@@ -67,6 +69,13 @@ pub enum ValidatorEvent {
     },
     /// What a worker event would say (closes and snapshots this validator wrote).
     Worker(WorkerEvent),
+    /// Evaluated a final round's state on the held-out set and appended the Evaluation.
+    Evaluated {
+        /// The round.
+        round: u64,
+        /// The held-out loss, in nats.
+        loss: f64,
+    },
     /// A round ended and was applied.
     RoundApplied {
         /// The round.
@@ -90,6 +99,7 @@ pub async fn run_validator(
     let mut model = Model::from_state(&info.model, follower.state(), options.device)?;
     let score_config = info.train.score_config();
     let update_bytes = encoded_len(&info.config.layout, &info.config.hyper.compression);
+    let held_out = HeldOut::new(&data, info.train.micro_batch, options.device)?;
     let start = follower.round().0;
     events(ValidatorEvent::Joined { round: start });
     let mut judged: HashSet<EntryPos> = HashSet::new();
@@ -103,10 +113,20 @@ pub async fn run_validator(
     let mut opened = (follower.round(), Instant::now());
     let mut verdicts = 0u64;
     loop {
-        for report in follower.sync().await? {
+        let reports = follower.sync().await?;
+        for report in &reports {
             let mut forward = |e| events(ValidatorEvent::Worker(e));
-            after_final(&mut follower, key, &report, &mut forward).await?;
+            after_final(&mut follower, key, report, &mut forward).await?;
             events(ValidatorEvent::RoundApplied { round: report.round.0, counted: report.counted.len() });
+        }
+        // The held-out loss of the newest result (rounds that became final together share one).
+        if !reports.is_empty()
+            && let Some(evaluation) = evaluate_latest(&follower, &mut model, &held_out)?
+            && !has_evaluated(&follower, &key.public(), evaluation.round)
+        {
+            let (round, loss) = (evaluation.round.0, evaluation.loss_milli as f64 / 1000.0);
+            append_evaluation(&mut follower, key, evaluation).await?;
+            events(ValidatorEvent::Evaluated { round, loss });
         }
         let round = follower.round();
         if info.train.is_past_end(round.0) || ran_enough(options.rounds, start, round.0) {
