@@ -12,6 +12,7 @@ use trainer::validator::{ValidatorEvent, ValidatorOptions, run_validator};
 use trainer::worker::{WorkerEvent, WorkerOptions, run_worker};
 
 use crate::Outcome;
+use crate::metrics::Metrics;
 use crate::store_cmd::absolute_url;
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +55,9 @@ pub struct ParticipantArgs {
     /// The worker's momentum file (default: the key file's path with `.momentum` appended).
     #[arg(long)]
     state_file: Option<PathBuf>,
+    /// Serve Prometheus metrics of this process at http://ADDR/metrics (docs/DASHBOARD.md).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Rejoin the run after transient failures (the store unreachable after the storage layer's
     /// retries, a contended append) at most this many times in a row, waiting 1 s, 2 s, ... up to
     /// 60 s between tries (a failure 10 minutes after the last starts a new count); 0 gives up at
@@ -200,12 +204,22 @@ pub async fn worker(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     let me = short(&key.public().to_string()).to_string();
     let precision: trainer::model::Precision = args.precision.parse()?;
     let options = WorkerOptions { device, rounds: args.rounds, state_file, poll, precision };
-    let mut print = |e: WorkerEvent| println!("worker {me}: {}", describe_worker(&e));
+    let metrics = Metrics::new();
+    if let Some(addr) = args.metrics {
+        crate::metrics::serve(addr, metrics.clone()).await?;
+    }
+    let mut print = |e: WorkerEvent| {
+        worker_metrics(&metrics, &e);
+        println!("worker {me}: {}", describe_worker(&e));
+    };
     let mut rejoins = Rejoins::new(format!("worker {me}"), args.max_rejoins);
     let summary = loop {
         match run_worker(store.clone(), &key, &options, &mut print).await {
             Ok(summary) => break summary,
-            Err(e) => rejoins.wait_or_fail(e).await.with_context(|| format!("working on {url}"))?,
+            Err(e) => {
+                metrics.add("cairn_rejoins_total", "Rejoins after a transient failure.", &[], 1.0);
+                rejoins.wait_or_fail(e).await.with_context(|| format!("working on {url}"))?
+            }
         }
     };
     println!(
@@ -222,7 +236,12 @@ pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     let (url, store) = open_run(&args.store).await?;
     let me = short(&key.public().to_string()).to_string();
     let options = ValidatorOptions { device, rounds: args.rounds, poll };
+    let metrics = Metrics::new();
+    if let Some(addr) = args.metrics {
+        crate::metrics::serve(addr, metrics.clone()).await?;
+    }
     let mut print = |e: ValidatorEvent| {
+        validator_metrics(&metrics, &e);
         let line = match &e {
             ValidatorEvent::Joined { round } => format!("joined at round {round}"),
             ValidatorEvent::Judged { round, pos, organisation, score, unusable } => format!(
@@ -240,11 +259,79 @@ pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     let verdicts = loop {
         match run_validator(store.clone(), &key, &options, &mut print).await {
             Ok(verdicts) => break verdicts,
-            Err(e) => rejoins.wait_or_fail(e).await.with_context(|| format!("validating {url}"))?,
+            Err(e) => {
+                metrics.add("cairn_rejoins_total", "Rejoins after a transient failure.", &[], 1.0);
+                rejoins.wait_or_fail(e).await.with_context(|| format!("validating {url}"))?
+            }
         }
     };
     println!("validator: verdicts={verdicts}");
     Ok(Outcome::Ok)
+}
+
+/// What a worker event changes in its metrics.
+fn worker_metrics(m: &Metrics, e: &WorkerEvent) {
+    const ROUND: &str = "The open round this process works on.";
+    match e {
+        WorkerEvent::Joined { round, .. } => m.set("cairn_round", ROUND, &[], *round as f64),
+        WorkerEvent::Contributed { round, loss, bytes, train_secs, upload_secs, tokens } => {
+            m.set("cairn_round", ROUND, &[], *round as f64);
+            m.add("cairn_contributions_total", "Contributions appended.", &[], 1.0);
+            m.add("cairn_tokens_total", "Tokens trained on.", &[], *tokens as f64);
+            m.set("cairn_train_loss", "Training loss of the latest update (nats).", &[], *loss);
+            m.set("cairn_update_bytes", "Bytes of the latest update.", &[], *bytes as f64);
+            m.add("cairn_uploaded_bytes_total", "Update bytes uploaded.", &[], *bytes as f64);
+            m.set("cairn_step_seconds", "Seconds to train and encode the latest update.", &[], *train_secs);
+            m.set("cairn_upload_seconds", "Seconds to upload the latest update.", &[], *upload_secs);
+            if *train_secs > 0.0 {
+                m.set(
+                    "cairn_tokens_per_second",
+                    "Training throughput of the latest update.",
+                    &[],
+                    *tokens as f64 / train_secs,
+                );
+            }
+        }
+        WorkerEvent::RoundApplied { round, ours, .. } => {
+            if let Some(result) = ours {
+                let outcome = if result.is_ok() { "counted" } else { "not_counted" };
+                m.add(
+                    "cairn_own_contributions_total",
+                    "Own contributions in applied rounds, by outcome.",
+                    &[("outcome", outcome)],
+                    1.0,
+                );
+            }
+            m.set("cairn_round", ROUND, &[], (*round + 1) as f64);
+            m.add("cairn_rounds_applied_total", "Final rounds applied.", &[], 1.0);
+            m.ledger_read();
+        }
+        _ => {}
+    }
+}
+
+/// What a validator event changes in its metrics.
+fn validator_metrics(m: &Metrics, e: &ValidatorEvent) {
+    match e {
+        ValidatorEvent::Judged { unusable, .. } => {
+            let outcome = if unusable.is_some() { "unusable" } else { "scored" };
+            m.add("cairn_verdicts_total", "Verdicts appended, by outcome.", &[("outcome", outcome)], 1.0);
+            m.ledger_read();
+        }
+        ValidatorEvent::Evaluated { loss, .. } => {
+            m.set("cairn_eval_loss", "Held-out loss of the latest final round (nats).", &[], *loss);
+            m.add("cairn_evaluations_total", "Evaluations appended.", &[], 1.0);
+        }
+        ValidatorEvent::RoundApplied { round, .. } => {
+            m.set("cairn_round", "The open round this process works on.", &[], (*round + 1) as f64);
+            m.add("cairn_rounds_applied_total", "Final rounds applied.", &[], 1.0);
+            m.ledger_read();
+        }
+        ValidatorEvent::Worker(w) => worker_metrics(m, w),
+        ValidatorEvent::Joined { round } => {
+            m.set("cairn_round", "The open round this process works on.", &[], *round as f64)
+        }
+    }
 }
 
 fn short(key: &str) -> &str {
@@ -259,7 +346,7 @@ pub fn describe_worker(e: &WorkerEvent) -> String {
             if *from_snapshot { " from a snapshot" } else { "" },
             if *resumed { ", momentum resumed" } else { "" }
         ),
-        WorkerEvent::Contributed { round, loss, bytes, train_secs } => {
+        WorkerEvent::Contributed { round, loss, bytes, train_secs, .. } => {
             format!("round {round}: contributed, loss {loss:.4}, {bytes} bytes, {train_secs:.1} s")
         }
         WorkerEvent::AlreadyContributed { round } => format!("round {round}: contribution already in the ledger"),

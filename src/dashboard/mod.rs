@@ -49,6 +49,10 @@ pub struct DashboardArgs {
     /// Do not replay the run (the page then shows the ledger's figures without the audit's).
     #[arg(long)]
     no_audit: bool,
+    /// Also serve Prometheus metrics at http://ADDR/metrics (they are at /metrics on the
+    /// dashboard's own address too).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// The audit as the page shows it.
@@ -81,6 +85,8 @@ struct Shared {
     entries: Vec<LoggedEntry>,
     #[serde(skip)]
     leaves: Vec<ledger::Hash>,
+    #[serde(skip)]
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 type App = Arc<RwLock<Shared>>;
@@ -92,14 +98,18 @@ pub async fn run(args: DashboardArgs) -> anyhow::Result<Outcome> {
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     let address = listener.local_addr().context("reading the listening address")?;
-    let app: App = Arc::new(RwLock::new(Shared::default()));
+    let metrics = crate::metrics::Metrics::new();
+    if let Some(addr) = args.metrics {
+        crate::metrics::serve(addr, metrics.clone()).await?;
+    }
+    let app: App = Arc::new(RwLock::new(Shared { metrics: metrics.clone(), ..Shared::default() }));
     let poll = Duration::from_secs_f64(args.poll_secs.clamp(0.1, 3600.0));
     // The ledger's futures are not Send (they borrow across awaits): the follower runs on a
     // blocking thread of its own, driven by this runtime.
     let (runtime, follower_app, audit) = (tokio::runtime::Handle::current(), app.clone(), !args.no_audit);
     tokio::task::spawn_blocking(move || runtime.block_on(follow(store, run_id, poll, audit, follower_app)));
     println!("dashboard: http://{address}/ (run {run_id} in {url})");
-    axum::serve(listener, router(app)).await.context("serving the dashboard")?;
+    axum::serve(listener, router(app).merge(crate::metrics::route(metrics))).await.context("serving the dashboard")?;
     Ok(Outcome::Ok)
 }
 
@@ -134,6 +144,7 @@ async fn follow(store: storage::Store, run_id: ledger::RunId, poll: Duration, au
                 let view = view::ledger_view(r, checkpoint.as_ref());
                 let finals = view.final_rounds;
                 let mut shared = app.write().await;
+                ledger_metrics(&shared.metrics, &view);
                 if shared.ledger.as_ref() != Some(&view) || shared.ledger_error != checkpoint_error {
                     shared.generation += 1;
                     shared.ledger = Some(view);
@@ -154,11 +165,45 @@ async fn follow(store: storage::Store, run_id: ledger::RunId, poll: Duration, au
             }
             Err(e) => {
                 let mut shared = app.write().await;
+                shared.metrics.add(
+                    "cairn_ledger_read_errors_total",
+                    "Reads of the ledger's head that failed.",
+                    &[],
+                    1.0,
+                );
                 shared.generation += 1;
                 shared.ledger_error = Some(format!("reading the ledger: {e}"));
             }
         }
         tokio::time::sleep(poll).await;
+    }
+}
+
+/// The dashboard's metrics from a fresh view.
+fn ledger_metrics(m: &crate::metrics::Metrics, view: &LedgerView) {
+    m.ledger_read();
+    m.set("cairn_ledger_slots", "Slots of the ledger read.", &[], view.ledger.slots as f64);
+    m.set("cairn_ledger_entries", "Entries of the ledger read.", &[], view.ledger.entries as f64);
+    m.set("cairn_ledger_void_entries", "Void entries of the ledger read.", &[], view.ledger.void as f64);
+    m.set("cairn_round", "The open round.", &[], view.open_round as f64);
+    m.set("cairn_final_rounds", "Rounds whose result is final.", &[], view.final_rounds as f64);
+    m.set("cairn_tokens_reported", "Tokens reported by accepted contributions.", &[], view.tokens_reported as f64);
+    for org in &view.organisations {
+        let labels = [("organisation", org.name.as_str())];
+        m.set(
+            "cairn_organisation_contributions",
+            "Accepted contributions by organisation.",
+            &labels,
+            org.contributions as f64,
+        );
+    }
+    if let Some(eval) = view.rounds.iter().rev().find_map(|r| r.eval_loss_milli) {
+        m.set(
+            "cairn_eval_loss",
+            "Mean signed held-out loss of the newest evaluated round (nats).",
+            &[],
+            eval as f64 / 1000.0,
+        );
     }
 }
 
@@ -174,8 +219,17 @@ async fn run_audit(store: storage::Store, at_slots: u64, app: App) {
     let mut shared = app.write().await;
     shared.generation += 1;
     shared.audit.running = false;
+    shared.metrics.add("cairn_audits_total", "Audits run.", &[], 1.0);
     match result {
         Ok(report) => {
+            let ok = if report.first_problem.is_none() { 1.0 } else { 0.0 };
+            shared.metrics.set("cairn_audit_ok", "1 when the latest audit passed, 0 when it failed.", &[], ok);
+            shared.metrics.set(
+                "cairn_audit_rounds",
+                "Rounds the latest audit replayed.",
+                &[],
+                report.rounds_replayed as f64,
+            );
             shared.audit.verdict = Some(if report.first_problem.is_none() { "ok" } else { "fail" });
             shared.audit.at_slots = Some(at_slots);
             shared.audit.report = Some(report);

@@ -125,6 +125,27 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// A short name of the variant, for metrics (`cairn_store_requests_total{outcome=...}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::BadUrl { .. } => "bad_url",
+            StoreError::InvalidKey { .. } => "invalid_key",
+            StoreError::StoreMissing { .. } => "store_missing",
+            StoreError::NotFound { .. } => "not_found",
+            StoreError::PermissionDenied { .. } => "permission_denied",
+            StoreError::TooLarge { .. } => "too_large",
+            StoreError::HashMismatch { .. } => "hash_mismatch",
+            StoreError::BlobSlotCorrupt { .. } => "blob_slot_corrupt",
+            StoreError::Unsupported { .. } => "unsupported",
+            StoreError::Unavailable { .. } => "unavailable",
+            StoreError::Backend { .. } => "backend",
+            StoreError::Io { .. } => "io",
+            StoreError::Admin { .. } => "admin",
+        }
+    }
+}
+
 /// Result alias for the storage crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

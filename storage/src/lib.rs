@@ -12,6 +12,7 @@ mod error;
 pub mod fault;
 mod local_cas;
 mod retry;
+pub mod stats;
 mod store;
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -279,14 +279,22 @@ impl Store {
         let mut attempt = 1;
         loop {
             match op().await {
-                Ok(v) => return Ok((v, attempt > 1)),
+                Ok(v) => {
+                    crate::stats::record(operation, "ok");
+                    return Ok((v, attempt > 1));
+                }
                 Err(e) if is_transient(&e) && attempt < self.retry.max_attempts => {
+                    crate::stats::record(operation, "retried");
                     let delay = self.retry.delay(attempt);
                     debug!(operation, key, attempt, delay_ms = delay.as_millis() as u64, error = %e, "transient failure, retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                Err(e) => return Err(self.map_err(operation, key, attempt, e)),
+                Err(e) => {
+                    let err = self.map_err(operation, key, attempt, e);
+                    crate::stats::record(operation, err.kind());
+                    return Err(err);
+                }
             }
         }
     }

@@ -274,6 +274,32 @@ async fn the_dashboard_shows_what_the_ledger_and_the_audit_say() {
     assert_eq!(get(&format!("{}/api/entry/99999.0", dashboard.base)).0, 404);
     assert_eq!(get(&format!("{}/api/entry/x.y", dashboard.base)).0, 400);
 
+    // Its /metrics, read by a Prometheus text-format parser, say the same.
+    let (status, text) = get(&format!("{}/metrics", dashboard.base));
+    assert_eq!(status, 200);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let value = |name: &str| {
+        let sample = scrape.samples.iter().find(|s| s.metric == name).unwrap_or_else(|| panic!("{name} in {text}"));
+        match sample.value {
+            prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a number"),
+        }
+    };
+    assert_eq!(value("cairn_ledger_slots"), size as f64);
+    assert_eq!(value("cairn_final_rounds"), 2.0);
+    assert_eq!(value("cairn_round"), 2.0);
+    assert_eq!(value("cairn_audit_ok"), 1.0);
+    assert_eq!(value("cairn_eval_loss"), 2.1);
+    assert!(value("cairn_ledger_read_age_seconds") < 30.0);
+    let gets = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "cairn_store_requests_total" && s.labels.get("outcome") == Some("ok"))
+        .count();
+    assert!(gets > 0, "store requests are counted: {text}");
+
     // The page, as a person sees it: two points on the loss curve, both organisations, OK.
     check_page(&dashboard.base, 2, 1, &["alpha", "beta"], "ok", "two-rounds");
     drop(dashboard);

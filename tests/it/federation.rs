@@ -89,9 +89,14 @@ impl Fed {
 
     /// Starts `cairn worker` or `cairn validate` for member `name`, appending to its log.
     fn spawn(&self, command: &str, name: &str) -> Child {
+        self.spawn_with(command, name, &[])
+    }
+
+    fn spawn_with(&self, command: &str, name: &str, extra: &[&str]) -> Child {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log(name)).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
         cmd.args([command, "--store", &self.url, "--key", self.key_path(name), "--threads", "1", "--poll-ms", "100"])
+            .args(extra)
             .env("OMP_NUM_THREADS", "1")
             .env_remove("CAIRN_LOG")
             .stdout(log.try_clone().unwrap())
@@ -101,6 +106,25 @@ impl Fed {
             cmd.env(k, v);
         }
         cmd.spawn().expect("spawn cairn")
+    }
+
+    /// Scrapes `name`'s /metrics (its address is the first `metrics:` line of its log) until `done`
+    /// holds; fails after the run's timeout.
+    fn scrape_until(&self, name: &str, done: impl Fn(&prometheus_parse::Scrape) -> bool) -> prometheus_parse::Scrape {
+        let started = Instant::now();
+        loop {
+            assert!(started.elapsed() < RUN_TIMEOUT, "{name}'s metrics never got there: {}", self.log_text(name));
+            let address = self.log_text(name).lines().find_map(|l| l.strip_prefix("metrics: ").map(str::to_string));
+            if let Some(url) = address {
+                let (status, text) = crate::dashboard::get(&url);
+                assert_eq!(status, 200, "{text}");
+                let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+                if done(&scrape) {
+                    return scrape;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Waits for every child to exit successfully; on a failure or a timeout kills them all and
@@ -182,6 +206,20 @@ impl Fed {
 
 /// A tiny-model run: rounds, contributions a round waits for, deadline, snapshot interval, and
 /// the values encoding.
+/// The value of the sample `name` with `labels` (among others) in a scrape.
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
 fn sections(rounds: u64, min: u32, deadline_secs: u64, snapshot_every: u64, values: &str) -> String {
     format!(
         "[run]\npreset = \"tiny\"\nseed = 5\ntotal_rounds = {rounds}\nsnapshot_every = {snapshot_every}\n\
@@ -204,9 +242,25 @@ async fn three_workers_and_a_validator_agree_with_an_outside_auditor() {
         ("v", "beta", "validator"),
     ];
     let fed = Fed::start(&members, &sections(3, 3, 120, 2, "sign")).await;
-    let mut children: Vec<(&str, Child)> = ["w1", "w2", "w3"].iter().map(|w| (*w, fed.spawn("worker", w))).collect();
-    children.push(("v", fed.spawn("validate", "v")));
+    let metrics = ["--metrics", "127.0.0.1:0"];
+    let mut children: Vec<(&str, Child)> = vec![("w1", fed.spawn_with("worker", "w1", &metrics))];
+    children.extend(["w2", "w3"].iter().map(|w| (*w, fed.spawn("worker", w))));
+    children.push(("v", fed.spawn_with("validate", "v", &metrics)));
+    // While they run, w1's and the validator's /metrics (Prometheus text) follow what they do.
+    let worker = fed.scrape_until("w1", |s| value(s, "cairn_contributions_total", &[]) >= Some(2.0));
+    let validator = fed.scrape_until("v", |s| value(s, "cairn_evaluations_total", &[]) >= Some(1.0));
     fed.wait_all(&mut children);
+    let contributions = value(&worker, "cairn_contributions_total", &[]).unwrap();
+    assert_eq!(value(&worker, "cairn_tokens_total", &[]), Some(contributions * 256.0), "tokens_per_round 256");
+    assert!(value(&worker, "cairn_update_bytes", &[]) > Some(0.0));
+    assert!(value(&worker, "cairn_tokens_per_second", &[]) > Some(0.0));
+    assert!(
+        value(&worker, "cairn_store_requests_total", &[("operation", "put-if-absent"), ("outcome", "ok")])
+            >= Some(contributions)
+    );
+    assert!(value(&validator, "cairn_verdicts_total", &[("outcome", "scored")]) >= Some(3.0));
+    let eval = value(&validator, "cairn_eval_loss", &[]).unwrap();
+    assert!((0.5..6.0).contains(&eval), "a held-out loss in nats: {eval}");
     let states: Vec<String> = ["w1", "w2", "w3"].iter().map(|w| fed.worker_state(w)).collect();
     assert!(states.iter().all(|s| *s == states[0]), "workers disagree: {states:?}");
     // The auditor starts from nothing but the bucket, and computes the same bits.

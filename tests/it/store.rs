@@ -75,6 +75,24 @@ async fn store_problems_are_one_clear_line_and_exit_1() {
     }
 }
 
+/// `--log-format json`: every log line on stderr is one JSON object a collector can parse, with
+/// its level, message and target; the error line the user sees stays plain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_one_object_per_line() {
+    let url = testing::fresh_bucket().await;
+    let mut env = testing::s3_env().clone();
+    env.push(("CAIRN_LOG".into(), "debug".into()));
+    let out = cairn(&["store", "check", &url, "--log-format", "json"], &env);
+    let err = stderr(&out);
+    let logs: Vec<Value> =
+        err.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(logs.len() >= 3, "debug logs of the S3 client: {err}");
+    for log in &logs {
+        assert!(log["level"].is_string() && log["target"].is_string() && log["fields"]["message"].is_string(), "{log}");
+    }
+    assert!(err.lines().all(|l| l.starts_with('{') || l.starts_with("error: ")), "{err}");
+}
+
 #[test]
 fn bench_storage_ends_with_its_figures() {
     let out = cairn(&["bench", "storage", "memory://", "--objects", "2", "--rounds", "1", "--object-mib", "1"], &[]);

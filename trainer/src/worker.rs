@@ -73,6 +73,10 @@ pub enum WorkerEvent {
         bytes: u64,
         /// Seconds spent training and encoding.
         train_secs: f64,
+        /// Seconds spent uploading the update.
+        upload_secs: f64,
+        /// Tokens trained on.
+        tokens: u64,
     },
     /// Found its contribution for the open round already in the ledger (a restart).
     AlreadyContributed {
@@ -209,12 +213,14 @@ pub async fn run_worker(
             let size = bytes.len() as u64;
             let uploading = Instant::now();
             let blob = info.store.put_blob(bytes).await?;
+            let upload_time = uploading.elapsed();
+            let tokens = (info.train.sequences_per_round() * info.train.seq_len) as u64;
             let mut metrics = vec![
                 ("device".into(), device_code(options.device)),
                 ("loss_milli".into(), milli_nats(loss)),
-                ("tokens".into(), (info.train.sequences_per_round() * info.train.seq_len) as i64),
+                ("tokens".into(), i64::try_from(tokens).unwrap_or(i64::MAX)),
                 ("train_ms".into(), millis(train_time)),
-                ("upload_ms".into(), millis(uploading.elapsed())),
+                ("upload_ms".into(), millis(upload_time)),
             ];
             if let Some((wait, apply)) = last_round_times.take() {
                 metrics.extend([("apply_ms".into(), millis(apply)), ("wait_ms".into(), millis(wait))]);
@@ -232,7 +238,8 @@ pub async fn run_worker(
             follower.append(Entry::sign(info.run_id, body, &[key])?).await?;
             worker_state::save(&options.state_file, &demo, &layout, run, round)?;
             summary.contributed += 1;
-            events(WorkerEvent::Contributed { round: round.0, loss, bytes: size, train_secs });
+            let upload_secs = upload_time.as_secs_f64();
+            events(WorkerEvent::Contributed { round: round.0, loss, bytes: size, train_secs, upload_secs, tokens });
         }
         let waiting = Instant::now();
         let (reports, apply) = wait_for_round(&mut follower, key, options.poll, events).await?;
