@@ -83,12 +83,12 @@ fn org_name(org: &Option<String>) -> &str {
 }
 
 /// A progress display on stderr, drawn only when stderr is a terminal.
-struct Progress {
+pub(crate) struct Progress {
     bar: ProgressBar,
 }
 
 impl Progress {
-    fn new(what: &'static str) -> Progress {
+    pub(crate) fn new(what: &'static str) -> Progress {
         let target =
             if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
         let bar = ProgressBar::with_draw_target(None, target);
@@ -127,7 +127,7 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.bar.finish_and_clear();
     }
 }
@@ -338,8 +338,10 @@ fn loss_text(loss_milli: i64) -> String {
 pub async fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
     let (url, store) = open(&args.store).await?;
     let run_id = ledger::genesis_run_id(&store).await.with_context(|| format!("reading the genesis of {url}"))?;
+    let progress = Progress::new("replaying the ledger");
     let mut reader =
         Reader::replay(store.clone(), run_id).await.with_context(|| format!("replaying the ledger of {url}"))?;
+    progress.finish();
     if args.json {
         let quorum = reader.checkpoint_quorum(None);
         let checkpoint = reader.check_checkpoint(quorum).await.context("checking the run's checkpoint")?;

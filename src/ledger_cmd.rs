@@ -61,9 +61,11 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<Outcome> {
     let url = absolute_url(&args.store)?;
     let store = storage::open(&url).await.with_context(|| format!("opening {url}"))?;
     let run_id = ledger::genesis_run_id(&store).await.with_context(|| format!("reading the genesis of {url}"))?;
+    let progress = crate::audit_cmd::Progress::new("replaying the ledger");
     let reader = ledger::Reader::replay(store.clone(), run_id)
         .await
         .with_context(|| format!("replaying the ledger of {url}"))?;
+    progress.finish();
     let summary = ledger::export::write_file(&reader, &args.out)
         .with_context(|| format!("exporting to {}", args.out.display()))?;
     println!("wrote {}", args.out.display());
@@ -84,8 +86,10 @@ pub async fn checkpoint(args: CheckpointArgs) -> anyhow::Result<Outcome> {
     let url = absolute_url(&args.store)?;
     let store = storage::open(&url).await.with_context(|| format!("opening {url}"))?;
     let run_id = ledger::genesis_run_id(&store).await.with_context(|| format!("reading the genesis of {url}"))?;
+    let progress = crate::audit_cmd::Progress::new("replaying the ledger");
     let mut reader =
         ledger::Reader::replay(store, run_id).await.with_context(|| format!("replaying the ledger of {url}"))?;
+    progress.finish();
     let members: Vec<ledger::note::VerifierKey> =
         reader.state().roster().keys().map(|k| member_verifier_key(run_id, k)).collect();
     let vkeys: Vec<serde_json::Value> = reader

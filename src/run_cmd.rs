@@ -398,8 +398,10 @@ pub async fn eval(args: EvalArgs) -> anyhow::Result<Outcome> {
         None => None,
     };
     let (url, store) = open_run(&args.store).await?;
+    let progress = crate::audit_cmd::Progress::new("replaying the run (every final round)");
     let mut follower =
         trainer::follow::Follower::join(store).await.with_context(|| format!("replaying the run in {url}"))?;
+    progress.finish();
     if let Some(key) = &key {
         anyhow::ensure!(
             follower.reader().state().member(&key.public()).is_some(),
@@ -411,7 +413,10 @@ pub async fn eval(args: EvalArgs) -> anyhow::Result<Outcome> {
     let data = info.train.dataset().await.context("reading the run's data")?;
     let held_out = HeldOut::new(&data, info.train.micro_batch, device)?;
     let mut model = trainer::model::Model::from_state(&info.model, follower.state(), device)?;
-    let Some(evaluation) = evaluate_latest(&follower, &mut model, &held_out)? else {
+    let progress = crate::audit_cmd::Progress::new("evaluating the newest final state");
+    let evaluation = evaluate_latest(&follower, &mut model, &held_out)?;
+    progress.finish();
+    let Some(evaluation) = evaluation else {
         anyhow::bail!("no round of the run in {url} is final yet: nothing to evaluate");
     };
     let round = evaluation.round;
