@@ -925,7 +925,7 @@ mod tests {
         let c = config.hyper.compression;
         assert_eq!(
             (c.transform, c.indices, c.values, c.topk),
-            (verify::Transform::Identity, verify::IndexCoding::EliasFano, ValueEncoding::TwoBit, 103)
+            (verify::Transform::Identity, verify::IndexCoding::EliasFano, ValueEncoding::TwoBit, 41)
         );
         assert!(c.overrides.is_empty());
         assert_eq!(config.hyper.step, verify::StepRule::Linear);
@@ -934,7 +934,13 @@ mod tests {
             "{:?}",
             config.hyper.schedule
         );
-        assert_eq!(parts.train.local_steps, 8);
+        assert_eq!(parts.train.local_steps, 4);
+        assert_eq!(parts.train.inner_lr, 0.006);
+        // "About 1000x": a dense f32 gradient per optimizer step against one update per 4 steps.
+        let dense = config.layout.elements() * 4;
+        let per_step = verify::wire::encoded_len(&config.layout, &c) as f64 / f64::from(parts.train.local_steps);
+        let ratio = dense as f64 / per_step;
+        assert!((950.0..1050.0).contains(&ratio), "{ratio}");
     }
 
     #[test]
