@@ -598,4 +598,52 @@ mod tests {
         let diloco = &methods[3].1;
         assert_eq!(diloco.bytes_per_step(), (4 * diloco.model().parameter_count()) as f64 / 4.0);
     }
+
+    /// cairn's consensus path with local steps (identity transform, two-bit values, the linear
+    /// rule at rate 1, error feedback) is SparseLoCo's algorithm: fed the same batches, the two
+    /// hold the same parameters to within float rounding after every round, at every top-k. So a
+    /// difference between them in `cairn bench train` comes from what each keeps at equal bytes
+    /// (cairn's Elias-Fano indices fit more coefficients), nothing else.
+    #[test]
+    fn cairn_with_local_steps_is_sparseloco_at_the_same_top_k() {
+        crate::set_torch_threads(1);
+        let config = ModelConfig { layers: 2, ..ModelConfig::preset(Preset::Tiny) };
+        let data = Dataset::synthetic(MarkovSpec::default(), 5, 32, 64).unwrap();
+        let state = init_state(&config, 5).unwrap();
+        let step = StepConfig { micro_batch: 8, clip_norm: Some(1.0) };
+        let steps = 8;
+        let inner_schedule = Schedule::Constant { lr: Ratio::new(6, 1000) };
+        let inner = AdamWConfig { schedule: inner_schedule, step, weight_decay: 0.0, ..AdamWConfig::default() };
+        for topk in [10u16, 249] {
+            let outer = Outer::SparseLoco { chunk: 64, topk, ef_decay: 0.95, transform: Transform::Identity };
+            let loco = LocoConfig { workers: 2, h: 4, total_steps: steps, inner, outer_lr: 1.0, outer };
+            let mut sparseloco = LocoPeer::new(&config, &state, loco, Device::Cpu).unwrap();
+            let mut compression = verify::Compression::uniform(64, topk, ValueEncoding::TwoBit);
+            compression.transform = Transform::Identity;
+            compression.indices = verify::IndexCoding::EliasFano;
+            let hyper = verify::Hyper {
+                compression,
+                schedule: Schedule::Constant { lr: Ratio::new(1, 1) },
+                weight_decay: Ratio::new(0, 1),
+                clip: verify::NormClip::Off,
+                step: verify::StepRule::Linear,
+            };
+            let mut cairn = LocalSwarm::new(&config, &state, 2, 4, steps, inner, hyper, 0.95, Device::Cpu).unwrap();
+            for s in 0..steps {
+                let batch = global_batch(&data, Round(s), 8, Device::Cpu).unwrap();
+                sparseloco.step(Round(s), &batch).unwrap();
+                cairn.step(Round(s), &batch).unwrap();
+                let (mut worst, mut moved) = (0f64, 0f64);
+                let start = Model::from_state(&config, &state, Device::Cpu).unwrap();
+                for ((a, b), p0) in sparseloco.model().params().iter().zip(cairn.model().params()).zip(start.params()) {
+                    worst = worst.max(f64::try_from(a.f_sub(b).unwrap().abs().max()).unwrap());
+                    moved = moved.max(f64::try_from(a.f_sub(p0).unwrap().abs().max()).unwrap());
+                }
+                assert!(worst <= 1e-6, "top-k {topk}, step {s}: the two differ by {worst}");
+                if (s + 1) % 4 == 0 {
+                    assert!(moved > 1e-3, "top-k {topk}, step {s}: a round moved the model ({moved})");
+                }
+            }
+        }
+    }
 }
