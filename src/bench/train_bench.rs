@@ -22,8 +22,8 @@ use trainer::data::{
 };
 use trainer::model::{ModelConfig, Preset, init_state};
 use trainer::peers::{
-    DemoPeer, DemoPeerConfig, LocalSwarm, LocoConfig, LocoPeer, Method, Outer, PeerValues, chunk_grids, closest_topk,
-    topk_for_bytes,
+    DemoPeer, DemoPeerConfig, LocalSwarm, LocoConfig, LocoPeer, Method, Outer, PeerValues, TwoBitScale, chunk_grids,
+    closest_topk, topk_for_bytes,
 };
 use trainer::simulate::{Baseline, Experiment, Swarm, SwarmConfig, embedding_coherence, global_batch};
 use trainer::step::{AdamWConfig, StepConfig, eval_loss};
@@ -230,6 +230,10 @@ pub struct PeerArgs {
     /// SparseLoCo's error-feedback decay.
     #[arg(long, default_value_t = 0.95)]
     sparseloco_ef_decay: f64,
+    /// SparseLoCo's two-bit scale (research): max (the largest kept magnitude, as published) or
+    /// mean (1.5 x the mean kept magnitude, larger values clipped and fed back).
+    #[arg(long, default_value = "max")]
+    sparseloco_scale: String,
     /// DiLoCo's outer learning rate.
     #[arg(long, default_value_t = 0.7)]
     diloco_outer_lr: f64,
@@ -526,13 +530,23 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             let label = format!("{CAIRN_LOCAL}{}", target.label);
             runners.push(Runner::new(label, Role::Peer, Some(i), Trainee::Peer(Box::new(peer))));
         }
+        let scale = match args.peers.sparseloco_scale.as_str() {
+            "max" => TwoBitScale::Max,
+            "mean" => TwoBitScale::Mean,
+            other => anyhow::bail!("--sparseloco-scale must be max or mean, not {other}"),
+        };
         for (name, transform) in [(SPARSELOCO, Transform::Identity), (SPARSELOCO_DCT, Transform::Dct)] {
             if !peers.has(name) {
                 continue;
             }
             let topk = topk_for_bytes(&grids, PeerValues::TwoBit, h, target.bytes);
-            let outer =
-                Outer::SparseLoco { chunk: args.chunk, topk, ef_decay: args.peers.sparseloco_ef_decay, transform };
+            let outer = Outer::SparseLoco {
+                chunk: args.chunk,
+                topk,
+                ef_decay: args.peers.sparseloco_ef_decay,
+                transform,
+                scale,
+            };
             let loco = LocoConfig {
                 workers: args.workers,
                 h,
@@ -616,9 +630,10 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
                 .join(", ")
         );
         println!(
-            "  peers' settings: DeMo sign step and momentum as cairn's; SparseLoCo and DiLoCo H {h}, inner AdamW lr {inner_lr}, SparseLoCo outer lr {} error feedback {}, DiLoCo outer lr {} Nesterov {}",
+            "  peers' settings: DeMo sign step and momentum as cairn's; SparseLoCo and DiLoCo H {h}, inner AdamW lr {inner_lr}, SparseLoCo outer lr {} error feedback {} two-bit scale {}, DiLoCo outer lr {} Nesterov {}",
             args.peers.sparseloco_outer_lr,
             args.peers.sparseloco_ef_decay,
+            args.peers.sparseloco_scale,
             args.peers.diloco_outer_lr,
             args.peers.diloco_momentum
         );

@@ -226,9 +226,20 @@ pub enum Outer {
     /// SparseLoCo: error feedback decayed by `ef_decay`, `topk` per chunk of `chunk`, 2-bit values,
     /// plain averaged outer step; `transform`: the top-k of each chunk's entries (SparseLoCo's
     /// identity) or of its DCT coefficients.
-    SparseLoco { chunk: u16, topk: u16, ef_decay: f64, transform: Transform },
+    SparseLoco { chunk: u16, topk: u16, ef_decay: f64, transform: Transform, scale: TwoBitScale },
     /// DiLoCo: the dense f32 pseudo-gradient, outer Nesterov momentum `momentum`.
     Diloco { momentum: f64 },
+}
+
+/// How a research SparseLoCo sets a chunk's two-bit scale `s` (levels ±s/3, ±s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TwoBitScale {
+    /// `s` = the largest kept magnitude: nothing is clipped (SparseLoCo as published, and cairn's
+    /// `two-bit` encoding).
+    Max,
+    /// `s` = 1.5 x the mean kept magnitude (levels ±mean/2, ±1.5 mean): larger values are clipped
+    /// to ±s and error feedback keeps the rest. Research only: not a consensus encoding.
+    Mean,
 }
 
 /// A local-steps peer's configuration.
@@ -298,7 +309,7 @@ impl LocoPeer {
     fn compress(
         e: &mut Tensor,
         domain: (&Grid, Transform),
-        topk: u16,
+        (topk, scale): (u16, TwoBitScale),
         bases: &mut Bases,
     ) -> Result<Tensor, TrainerError> {
         let (grid, transform) = domain;
@@ -306,8 +317,12 @@ impl LocoPeer {
         let x = bases.forward(&to_chunks(e, grid)?, grid, transform)?.f_reshape([gr * gc, cr * cc])?;
         let i = top_indices(&x, i64::from(grid.kept(topk)))?;
         let v = x.f_gather(-1, &i, false)?;
-        // 2 bits: levels s * {-1, -1/3, 1/3, 1}, s = the chunk's largest kept magnitude.
-        let s = v.f_abs()?.f_amax([-1].as_slice(), true)?;
+        // 2 bits: levels s * {-1, -1/3, 1/3, 1}, s = the chunk's largest kept magnitude (or 1.5 x
+        // the mean one).
+        let s = match scale {
+            TwoBitScale::Max => v.f_abs()?.f_amax([-1].as_slice(), true)?,
+            TwoBitScale::Mean => v.f_abs()?.f_mean_dim([-1].as_slice(), true, Kind::Float)?.f_mul_scalar(1.5)?,
+        };
         let unit = v.f_div(&s.f_clamp_min(1e-30)?)?;
         let code = unit.f_add_scalar(1.0)?.f_mul_scalar(1.5)?.f_round()?.f_clamp(0.0, 3.0)?;
         let q = code.f_mul_scalar(2.0 / 3.0)?.f_sub_scalar(1.0)?.f_mul(&s)?;
@@ -328,11 +343,11 @@ impl LocoPeer {
                 for (w, (model, _)) in self.workers.iter().enumerate() {
                     let delta = theta.f_sub(&model.params()[t])?;
                     let sent = match self.config.outer {
-                        Outer::SparseLoco { topk, ef_decay, transform, .. } => {
+                        Outer::SparseLoco { topk, ef_decay, transform, scale, .. } => {
                             let e = &mut self.error[w][t];
                             let _ = e.f_mul_scalar_(ef_decay)?;
                             let _ = e.f_add_(&delta)?;
-                            Self::compress(e, (&self.grids[t], transform), topk, &mut self.bases)?
+                            Self::compress(e, (&self.grids[t], transform), (topk, scale), &mut self.bases)?
                         }
                         Outer::Diloco { .. } => delta,
                     };
@@ -505,7 +520,8 @@ mod tests {
         let layout = Layout::new(vec![TensorSpec { name: "a".into(), shape: vec![1, 8] }]).unwrap();
         let grid = Compression::uniform(64, 2, ValueEncoding::Sign).grids(&layout)[0];
         let mut e = Tensor::from_slice(&[0.1f32, -0.9, 0.05, 0.6, 0.0, 0.2, -0.1, 0.3]).reshape([1, 8]);
-        let sent = LocoPeer::compress(&mut e, (&grid, Transform::Identity), 2, &mut Bases::cpu()).unwrap();
+        let sent =
+            LocoPeer::compress(&mut e, (&grid, Transform::Identity), (2, TwoBitScale::Max), &mut Bases::cpu()).unwrap();
         // Kept: -0.9 and 0.6; s = 0.9; -0.9 -> -1 * s; 0.6/0.9 = 0.667 -> code round(2.5) = 2 -> +s/3.
         let sent: Vec<f32> = Vec::try_from(sent.reshape([-1])).unwrap();
         let want = [0.0, -0.9, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0];
@@ -520,6 +536,24 @@ mod tests {
     }
 
     #[test]
+    fn the_mean_scale_clips_the_largest_kept_value_and_feeds_the_excess_back() {
+        let layout = Layout::new(vec![TensorSpec { name: "a".into(), shape: vec![1, 4] }]).unwrap();
+        let grid = Compression::uniform(64, 4, ValueEncoding::Sign).grids(&layout)[0];
+        let mut e = Tensor::from_slice(&[1.0f32, 1.0, 1.0, 10.0]).reshape([1, 4]);
+        let sent = LocoPeer::compress(&mut e, (&grid, Transform::Identity), (4, TwoBitScale::Mean), &mut Bases::cpu())
+            .unwrap();
+        // mean |v| = 13 / 4 = 3.25, s = 4.875; 1 / s = 0.205 -> code round(1.808) = 2 -> +s/3 = 1.625;
+        // 10 -> code 3 -> +s = 4.875, the other 5.125 stays behind.
+        let sent: Vec<f32> = Vec::try_from(sent.reshape([-1])).unwrap();
+        let rest: Vec<f32> = Vec::try_from(e.reshape([-1])).unwrap();
+        for (got, want) in
+            sent.iter().zip([1.625, 1.625, 1.625, 4.875]).chain(rest.iter().zip([-0.625, -0.625, -0.625, 5.125]))
+        {
+            assert!((got - want).abs() < 1e-5, "sent {sent:?}, rest {rest:?}");
+        }
+    }
+
+    #[test]
     fn sparseloco_in_the_dct_domain_sends_a_whole_basis_function_with_one_coefficient() {
         // e = 0.5 x the DCT basis function of frequency 3 along an 8-long row: one coefficient.
         let layout = Layout::new(vec![TensorSpec { name: "a".into(), shape: vec![1, 8] }]).unwrap();
@@ -528,7 +562,7 @@ mod tests {
         let row: Vec<f32> = basis.row(3).iter().map(|d| 0.5 * d).collect();
         let mut e = Tensor::from_slice(&row).reshape([1, 8]);
         let mut bases = Bases::cpu();
-        let sent = LocoPeer::compress(&mut e, (&grid, Transform::Dct), 1, &mut bases).unwrap();
+        let sent = LocoPeer::compress(&mut e, (&grid, Transform::Dct), (1, TwoBitScale::Max), &mut bases).unwrap();
         let sent: Vec<f32> = Vec::try_from(sent.reshape([-1])).unwrap();
         for (a, b) in sent.iter().zip(&row) {
             assert!((a - b).abs() < 1e-6, "{sent:?} vs {row:?}");
@@ -537,7 +571,8 @@ mod tests {
         assert!(rest.iter().all(|r| r.abs() < 1e-6), "{rest:?}");
         // In the entries' domain one kept entry leaves the other seven behind.
         let mut e = Tensor::from_slice(&row).reshape([1, 8]);
-        let _ = LocoPeer::compress(&mut e, (&grid, Transform::Identity), 1, &mut Bases::cpu()).unwrap();
+        let _ =
+            LocoPeer::compress(&mut e, (&grid, Transform::Identity), (1, TwoBitScale::Max), &mut Bases::cpu()).unwrap();
         let rest: Vec<f32> = Vec::try_from(e.reshape([-1])).unwrap();
         assert_eq!(rest.iter().filter(|r| r.abs() > 1e-3).count(), 7, "{rest:?}");
     }
@@ -573,7 +608,13 @@ mod tests {
                     LocoPeer::new(
                         &config,
                         &state,
-                        loco(Outer::SparseLoco { chunk: 64, topk: 64, ef_decay: 0.95, transform: Transform::Identity }),
+                        loco(Outer::SparseLoco {
+                            chunk: 64,
+                            topk: 64,
+                            ef_decay: 0.95,
+                            transform: Transform::Identity,
+                            scale: TwoBitScale::Max,
+                        }),
                         Device::Cpu,
                     )
                     .unwrap(),
@@ -615,7 +656,13 @@ mod tests {
         let inner_schedule = Schedule::Constant { lr: Ratio::new(6, 1000) };
         let inner = AdamWConfig { schedule: inner_schedule, step, weight_decay: 0.0, ..AdamWConfig::default() };
         for topk in [10u16, 249] {
-            let outer = Outer::SparseLoco { chunk: 64, topk, ef_decay: 0.95, transform: Transform::Identity };
+            let outer = Outer::SparseLoco {
+                chunk: 64,
+                topk,
+                ef_decay: 0.95,
+                transform: Transform::Identity,
+                scale: TwoBitScale::Max,
+            };
             let loco = LocoConfig { workers: 2, h: 4, total_steps: steps, inner, outer_lr: 1.0, outer };
             let mut sparseloco = LocoPeer::new(&config, &state, loco, Device::Cpu).unwrap();
             let mut compression = verify::Compression::uniform(64, topk, ValueEncoding::TwoBit);
