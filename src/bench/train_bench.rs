@@ -230,6 +230,11 @@ pub struct PeerArgs {
     /// SparseLoCo's error-feedback decay.
     #[arg(long, default_value_t = 0.95)]
     sparseloco_ef_decay: f64,
+    /// cairn's two-bit scale (the worker's encoder choice, not consensus; research): max (the
+    /// largest kept magnitude over 3, what `cairn worker` uses) or mean (min(max, 1.5 x the mean
+    /// kept magnitude) / 3, larger values clipped and fed back).
+    #[arg(long, default_value = "max")]
+    two_bit_scale: String,
     /// SparseLoCo's two-bit scale (research): max (the largest kept magnitude, as published) or
     /// mean (1.5 x the mean kept magnitude, larger values clipped and fed back).
     #[arg(long, default_value = "max")]
@@ -450,6 +455,11 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     let grids = chunk_grids(&layout, args.chunk)?;
     // cairn with local steps (a run's train.local_steps): the consensus runner with --cairn-local,
     // and the cairn-local peer.
+    let two_bit_scale = match args.peers.two_bit_scale.as_str() {
+        "mean" => verify::encode::TwoBitScale::ClippedMean,
+        "max" => verify::encode::TwoBitScale::Max,
+        other => anyhow::bail!("--two-bit-scale must be mean or max, not {other}"),
+    };
     let local_swarm = |topk: u16, values: ValueEncoding| -> anyhow::Result<LocalSwarm> {
         let outer = args.peers.local_outer_lr.unwrap_or(match step_rule {
             StepRule::Sign => args.lr * h as f64,
@@ -466,7 +476,9 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             clip: NormClip::Off,
             step: step_rule,
         };
-        Ok(LocalSwarm::new(&config, &state, args.workers, h, args.steps, adamw(inner_lr)?, hyper, args.decay, device)?)
+        let swarm =
+            LocalSwarm::new(&config, &state, args.workers, h, args.steps, adamw(inner_lr)?, hyper, args.decay, device)?;
+        Ok(swarm.with_two_bit_scale(two_bit_scale))
     };
     for (i, target) in targets.iter().enumerate() {
         for (&values, &topk) in encodings.iter().zip(&target.cairn_topk) {

@@ -34,6 +34,7 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 use verify::chunk::Grid;
 use verify::dct::Basis;
+use verify::encode::TwoBitScale;
 use verify::{Header, Hyper, Layout, Round, State, Transform, Update, ValueEncoding};
 
 use crate::error::TrainerError;
@@ -194,6 +195,7 @@ fn encode_selected(
     header: &Header,
     layout: &Layout,
     bases: &mut Bases,
+    two_bit: TwoBitScale,
 ) -> Result<(Update, Vec<Selected>), TrainerError> {
     let comp = header.compression;
     comp.validate()?;
@@ -215,7 +217,7 @@ fn encode_selected(
         let host_indices: Vec<u16> = to_host::<i64>(&indices)?.into_iter().map(|i| i as u16).collect();
         let chunks = host_indices.chunks(kept.max(1)).zip(host_values.chunks(kept.max(1)));
         let chunks = chunks.map(|(i, v)| (i.to_vec(), v.to_vec())).collect();
-        let (host_indices, wire) = verify::encode::quantise(tensor as u32, comp.values, chunks)?;
+        let (host_indices, wire) = verify::encode::quantise_with(tensor as u32, comp.values, chunks, two_bit)?;
         // What a receiver decodes, entry by entry (for error feedback).
         let decoded: Vec<f32> = (0..host_values.len()).map(|e| wire.value(e / kept.max(1), e) as f32).collect();
         let feedback = match comp.values {
@@ -235,7 +237,7 @@ fn encode_selected(
 /// update, with the chunk size, top-k and value encoding of `header.compression`. The DCT and top-k
 /// run on the device of `bases`.
 pub fn encode(tensors: &[Tensor], header: &Header, layout: &Layout, bases: &mut Bases) -> Result<Update, TrainerError> {
-    tch::no_grad(|| Ok(encode_selected(tensors, header, layout, bases)?.0))
+    tch::no_grad(|| Ok(encode_selected(tensors, header, layout, bases, TwoBitScale::Max)?.0))
 }
 
 /// Dense tensor of `shape` from sparse chunk coefficients: `values` at `indices` (`[chunks, n]` each),
@@ -263,6 +265,7 @@ pub(crate) fn dense(
 pub struct DemoState {
     momentum: Vec<Tensor>,
     bases: Bases,
+    two_bit: TwoBitScale,
 }
 
 impl DemoState {
@@ -276,7 +279,15 @@ impl DemoState {
                 Tensor::f_zeros(shape.as_slice(), (Kind::Float, device))
             })
             .collect::<Result<_, _>>()?;
-        Ok(DemoState { momentum, bases: Bases::new(device) })
+        Ok(DemoState { momentum, bases: Bases::new(device), two_bit: TwoBitScale::Max })
+    }
+
+    /// How this worker picks its two-bit scales (default [`TwoBitScale::Max`], the reference
+    /// encoder's); not part of consensus: any scale decodes. `cairn bench train --two-bit-scale`
+    /// measures the other.
+    pub fn with_two_bit_scale(mut self, rule: TwoBitScale) -> DemoState {
+        self.two_bit = rule;
+        self
     }
 
     /// The momentum tensors, layout order.
@@ -301,7 +312,7 @@ impl DemoState {
     /// was sent (module docs) from the momentum.
     pub fn encode(&mut self, header: &Header, layout: &Layout) -> Result<Update, TrainerError> {
         tch::no_grad(|| {
-            let (update, selected) = encode_selected(&self.momentum, header, layout, &mut self.bases)?;
+            let (update, selected) = encode_selected(&self.momentum, header, layout, &mut self.bases, self.two_bit)?;
             let grids = header.compression.grids(layout);
             for ((m, s), grid) in self.momentum.iter_mut().zip(&selected).zip(&grids) {
                 let domain = (grid, header.compression.transform);

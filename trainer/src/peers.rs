@@ -447,6 +447,12 @@ impl LocalSwarm {
         Ok(LocalSwarm { h, total_steps, inner, hyper, momentum_decay, state: state.clone(), global, workers })
     }
 
+    /// Every worker picks its two-bit scales by `rule` (default: what `cairn worker` uses).
+    pub fn with_two_bit_scale(mut self, rule: verify::encode::TwoBitScale) -> LocalSwarm {
+        self.workers = self.workers.into_iter().map(|(local, demo)| (local, demo.with_two_bit_scale(rule))).collect();
+        self
+    }
+
     fn synchronise(&mut self, round: Round) -> Result<(), TrainerError> {
         let layout = self.state.layout().clone();
         let base = self.state.hash();
@@ -675,7 +681,9 @@ mod tests {
                 clip: verify::NormClip::Off,
                 step: verify::StepRule::Linear,
             };
-            let mut cairn = LocalSwarm::new(&config, &state, 2, 4, steps, inner, hyper, 0.95, Device::Cpu).unwrap();
+            let mut cairn = LocalSwarm::new(&config, &state, 2, 4, steps, inner, hyper, 0.95, Device::Cpu)
+                .unwrap()
+                .with_two_bit_scale(verify::encode::TwoBitScale::Max);
             for s in 0..steps {
                 let batch = global_batch(&data, Round(s), 8, Device::Cpu).unwrap();
                 sparseloco.step(Round(s), &batch).unwrap();

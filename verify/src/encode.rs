@@ -88,14 +88,38 @@ fn encode_tensor(data: &[f32], grid: &Grid, k: u16, transform: Transform) -> Vec
         .collect()
 }
 
-/// Quantises one tensor's selected coefficients, chunk by chunk (`(indices, values)` per chunk, in
-/// chunk order), into wire values: the one implementation of the value encodings, shared by this
-/// reference encoder and the trainer's libtorch encoder. Rejects non-finite values and values the
-/// decoder would refuse. `tensor` only labels errors.
+/// How an encoder picks a chunk's two-bit scale (the decoder takes any: FORMAT.md 4.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TwoBitScale {
+    /// The largest kept magnitude over 3: no value is clipped (the reference encoder's choice, the
+    /// golden vectors' and `cairn worker`'s).
+    #[default]
+    Max,
+    /// The smaller of the largest kept magnitude and 1.5 x the mean one, over 3: the inner levels
+    /// sit at half the mean magnitude, and values past the outer level are clipped to it (the
+    /// worker's error feedback keeps the rest). A research option (`cairn bench train
+    /// --two-bit-scale mean`, docs/BENCHMARKS.md): its single-seed results are mixed.
+    ClippedMean,
+}
+
+/// [`quantise_with`] with the reference encoder's two-bit scale ([`TwoBitScale::Max`]).
 pub fn quantise(
     tensor: u32,
     encoding: ValueEncoding,
     chunks: Vec<(Vec<u16>, Vec<f32>)>,
+) -> Result<(Vec<u16>, Values), VerifyError> {
+    quantise_with(tensor, encoding, chunks, TwoBitScale::Max)
+}
+
+/// Quantises one tensor's selected coefficients, chunk by chunk (`(indices, values)` per chunk, in
+/// chunk order), into wire values: the one implementation of the value encodings, shared by this
+/// reference encoder and the trainer's libtorch encoder. Rejects non-finite values and values the
+/// decoder would refuse. `tensor` only labels errors.
+pub fn quantise_with(
+    tensor: u32,
+    encoding: ValueEncoding,
+    chunks: Vec<(Vec<u16>, Vec<f32>)>,
+    two_bit: TwoBitScale,
 ) -> Result<(Vec<u16>, Values), VerifyError> {
     let n: usize = chunks.iter().map(|c| c.0.len()).sum();
     let mut indices = Vec::with_capacity(n);
@@ -124,8 +148,11 @@ pub fn quantise(
             Values::TwoBit { scales, q } => {
                 // levels -3, -1, +1, +3 times scale = max|v| / 3; each value to the nearest level
                 // (code c = round((v / scale + 3) / 2), clamped to 0..=3)
-                let scale = chunk_scale(&vals, 3.0, MAX_TWO_BIT_SCALE)
-                    .ok_or(VerifyError::ValueOutOfBounds { tensor, chunk })?;
+                let scale = match two_bit {
+                    TwoBitScale::Max => chunk_scale(&vals, 3.0, MAX_TWO_BIT_SCALE),
+                    TwoBitScale::ClippedMean => clipped_mean_scale(&vals, MAX_TWO_BIT_SCALE),
+                }
+                .ok_or(VerifyError::ValueOutOfBounds { tensor, chunk })?;
                 scales.push(scale);
                 q.extend(vals.iter().map(|&v| match scale > 0.0 {
                     true => ((v / scale + 3.0) / 2.0).round().clamp(0.0, 3.0) as u8,
@@ -144,6 +171,14 @@ pub fn quantise(
         }
     }
     Ok((indices, values))
+}
+
+/// `min(max |v|, 1.5 mean |v|) / 3` (the mean summed in f64), or `None` above `max`.
+fn clipped_mean_scale(vals: &[f32], max: f32) -> Option<f32> {
+    let largest = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let mean = vals.iter().map(|v| f64::from(v.abs())).sum::<f64>() / vals.len().max(1) as f64;
+    let scale = largest.min((1.5 * mean) as f32) / 3.0;
+    (scale <= max).then_some(scale)
 }
 
 /// A chunk's scale: its largest magnitude over `top` (the largest level: int8 127, two-bit 3), or
@@ -165,6 +200,22 @@ mod tests {
         assert_eq!(top_k(&y, 4), vec![1, 2, 4, 5]);
         assert_eq!(top_k(&y, 10), vec![0, 1, 2, 3, 4, 5]);
         assert_eq!(top_k(&[0.0, -0.0, 0.0], 2), vec![0, 1]);
+    }
+
+    #[test]
+    fn the_clipped_mean_scale_puts_the_inner_levels_at_half_the_mean_magnitude() {
+        // |v| = 1, 1, 1, 10: mean 3.25, 1.5 x mean = 4.875 < 10, scale = 1.625; levels ±1.625 and
+        // ±4.875. 1 / 1.625 = 0.62 -> code round(1.81) = 2 (+1.625); 10 -> clamped to code 3.
+        let chunks = vec![(vec![0, 1, 2, 3], vec![1.0f32, -1.0, 1.0, 10.0])];
+        let (_, values) = quantise_with(0, ValueEncoding::TwoBit, chunks, TwoBitScale::ClippedMean).unwrap();
+        let Values::TwoBit { scales, q } = &values else { panic!("{values:?}") };
+        assert_eq!(scales, &[1.625f32]);
+        assert_eq!(q, &[2, 1, 2, 3]);
+        // All equal: 1.5 x mean exceeds the largest, so the scale is the largest over 3, as Max.
+        let chunks = vec![(vec![0, 1], vec![0.9f32, -0.9])];
+        let (_, values) = quantise_with(0, ValueEncoding::TwoBit, chunks, TwoBitScale::ClippedMean).unwrap();
+        let Values::TwoBit { scales, .. } = &values else { panic!("{values:?}") };
+        assert_eq!(scales, &[0.9f32 / 3.0]);
     }
 
     #[test]
