@@ -271,11 +271,10 @@ pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
 
 /// What a worker event changes in its metrics.
 fn worker_metrics(m: &Metrics, e: &WorkerEvent) {
-    const ROUND: &str = "The open round this process works on.";
     match e {
-        WorkerEvent::Joined { round, .. } => m.set("cairn_round", ROUND, &[], *round as f64),
+        WorkerEvent::Joined { round, .. } => set_round(m, *round),
         WorkerEvent::Contributed { round, loss, bytes, train_secs, upload_secs, tokens } => {
-            m.set("cairn_round", ROUND, &[], *round as f64);
+            set_round(m, *round);
             m.add("cairn_contributions_total", "Contributions appended.", &[], 1.0);
             m.add("cairn_tokens_total", "Tokens trained on.", &[], *tokens as f64);
             m.set("cairn_train_loss", "Training loss of the latest update (nats).", &[], *loss);
@@ -302,12 +301,22 @@ fn worker_metrics(m: &Metrics, e: &WorkerEvent) {
                     1.0,
                 );
             }
-            m.set("cairn_round", ROUND, &[], (*round + 1) as f64);
-            m.add("cairn_rounds_applied_total", "Final rounds applied.", &[], 1.0);
-            m.ledger_read();
+            round_applied(m, *round);
         }
         _ => {}
     }
+}
+
+/// `cairn_round`: the open round this process works on.
+fn set_round(m: &Metrics, round: u64) {
+    m.set("cairn_round", "The open round this process works on.", &[], round as f64);
+}
+
+/// A final round was applied: the next one is open, and the ledger was just read.
+fn round_applied(m: &Metrics, round: u64) {
+    set_round(m, round + 1);
+    m.add("cairn_rounds_applied_total", "Final rounds applied.", &[], 1.0);
+    m.ledger_read();
 }
 
 /// What a validator event changes in its metrics.
@@ -322,15 +331,9 @@ fn validator_metrics(m: &Metrics, e: &ValidatorEvent) {
             m.set("cairn_eval_loss", "Held-out loss of the latest final round (nats).", &[], *loss);
             m.add("cairn_evaluations_total", "Evaluations appended.", &[], 1.0);
         }
-        ValidatorEvent::RoundApplied { round, .. } => {
-            m.set("cairn_round", "The open round this process works on.", &[], (*round + 1) as f64);
-            m.add("cairn_rounds_applied_total", "Final rounds applied.", &[], 1.0);
-            m.ledger_read();
-        }
+        ValidatorEvent::RoundApplied { round, .. } => round_applied(m, *round),
         ValidatorEvent::Worker(w) => worker_metrics(m, w),
-        ValidatorEvent::Joined { round } => {
-            m.set("cairn_round", "The open round this process works on.", &[], *round as f64)
-        }
+        ValidatorEvent::Joined { round } => set_round(m, *round),
     }
 }
 

@@ -128,13 +128,8 @@ async fn follow(store: storage::Store, run_id: ledger::RunId, poll: Duration, au
     let mut audited_finals = None;
     let mut audit_task: Option<tokio::task::JoinHandle<()>> = None;
     loop {
-        let read = match reader.as_mut() {
-            None => Reader::replay(store.clone(), run_id).await.map(|r| Some(reader.insert(r)).map(|_| ())),
-            Some(r) => r.poll().await.map(|_| Some(())),
-        };
-        match read {
-            Ok(_) => {
-                let r = reader.as_mut().expect("read above");
+        match read_head(&mut reader, &store, run_id).await {
+            Ok(r) => {
                 let quorum = r.checkpoint_quorum(None);
                 let checkpoint = r.check_checkpoint(quorum).await;
                 let (checkpoint, checkpoint_error) = match checkpoint {
@@ -205,6 +200,22 @@ fn ledger_metrics(m: &crate::metrics::Metrics, view: &LedgerView) {
             eval as f64 / 1000.0,
         );
     }
+}
+
+/// The reader at the ledger's head: replayed on the first call (and after a failed replay),
+/// polled after that.
+async fn read_head<'a>(
+    reader: &'a mut Option<Reader>,
+    store: &storage::Store,
+    run_id: ledger::RunId,
+) -> ledger::Result<&'a mut Reader> {
+    let r = match reader.take() {
+        Some(r) => r,
+        None => Reader::replay(store.clone(), run_id).await?,
+    };
+    let r = reader.insert(r);
+    r.poll().await?;
+    Ok(r)
 }
 
 async fn run_audit(store: storage::Store, at_slots: u64, app: App) {
