@@ -29,6 +29,14 @@ pub enum StoreCommand {
         #[arg(long)]
         require_protection: bool,
     },
+    /// Print the key prefixes of a run, which are history (create-only) and who writes each:
+    /// what a bucket policy and IAM roles must allow (docs/DEPLOY.md). With --organisation, the
+    /// prefix each named organisation's members re-publish blobs under.
+    Layout {
+        /// An organisation of the roster, by name (repeatable).
+        #[arg(long)]
+        organisation: Vec<String>,
+    },
 }
 
 pub async fn run(cmd: StoreCommand) -> anyhow::Result<Outcome> {
@@ -63,7 +71,36 @@ pub async fn run(cmd: StoreCommand) -> anyhow::Result<Outcome> {
             let protection = if require_protection { Protection::Require } else { Protection::Report };
             check(&absolute_url(&url)?, protection).await
         }
+        StoreCommand::Layout { organisation } => {
+            print!("{}", layout(&organisation));
+            Ok(Outcome::Ok)
+        }
     }
+}
+
+/// The run's key prefixes, one a line: `PREFIX history|replaceable WHO`, then `mirror PREFIX ORG`
+/// for each organisation asked about. Every prefix comes from the constant its writer uses.
+fn layout(organisations: &[String]) -> String {
+    let [seq, checkpoints, blobs, mirrors] = conformance::HISTORY_PREFIXES;
+    let exports = format!("{}/", ledger::export::EXPORT_PREFIX);
+    let rows = [
+        (seq, "history", "every member: one signed entry a slot"),
+        (checkpoints, "history", "every member: cosignatures of tree heads"),
+        (blobs, "history", "every member: updates, snapshots; the admin: the genesis state"),
+        (mirrors, "history", "workers and validators: under their own organisation's prefix only"),
+        (ledger::log::HEAD_HINT_KEY, "replaceable", "every member: a hint where the ledger ends"),
+        (exports.as_str(), "replaceable", "the snapshot writer: Parquet exports (derived)"),
+        (storage::STAGING_PREFIX, "replaceable", "every member: large uploads in progress, deleted after"),
+        (conformance::SCRATCH_PREFIX, "replaceable", "`cairn store check`: its probes"),
+    ];
+    let mut out = String::new();
+    for (prefix, kind, who) in rows {
+        out.push_str(&format!("{prefix:<21} {kind:<11} {who}\n"));
+    }
+    for org in organisations {
+        out.push_str(&format!("mirror {} {org}\n", verify::replay::mirror_prefix(org)));
+    }
+    out
 }
 
 /// Whether `check` asks if history can be replaced or deleted.
@@ -141,4 +178,29 @@ pub fn absolute_url(url: &str) -> anyhow::Result<String> {
     };
     let abs = std::path::absolute(path).with_context(|| format!("resolving {path}"))?;
     Ok(format!("file://{}", abs.display()))
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    #[test]
+    fn layout_names_every_history_prefix_and_each_organisations_mirror() {
+        let text = layout(&["alpha".to_string(), "beta".to_string()]);
+        let history: Vec<&str> = text
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("history"))
+            .map(|l| &l[..l.find(' ').unwrap_or(0)])
+            .collect();
+        assert_eq!(history, conformance::HISTORY_PREFIXES);
+        for replaceable in ["ledger/head", "exports/", "tmp/", "_cairn-check/"] {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{replaceable} ")) && l.contains("replaceable")),
+                "{text}"
+            );
+        }
+        // blake3("alpha") and blake3("beta"), first 8 bytes, from the Python blake3 package.
+        assert!(text.contains("mirror mirrors/644a9bc57c6063e2 alpha\n"), "{text}");
+        assert!(text.contains("mirror mirrors/c607f0e66519ff41 beta\n"), "{text}");
+    }
 }

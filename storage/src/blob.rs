@@ -72,9 +72,12 @@ impl FromStr for BlobId {
     }
 }
 
-/// A fresh key under `tmp/` for an upload in progress (not history: replaced and deleted freely).
+/// Where uploads in progress are staged (not history: replaced and deleted freely).
+pub const STAGING_PREFIX: &str = "tmp/";
+
+/// A fresh key under [`STAGING_PREFIX`] for an upload in progress.
 fn staging_key() -> String {
-    format!("tmp/{}", hex::encode(rand::random::<[u8; 16]>()))
+    format!("{STAGING_PREFIX}{}", hex::encode(rand::random::<[u8; 16]>()))
 }
 
 impl Store {

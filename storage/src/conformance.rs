@@ -23,6 +23,9 @@ use futures::future::join_all;
 use crate::error::Result;
 use crate::store::{CasOutcome, PutOutcome, Store};
 
+/// Where `check` works: a fresh folder under this prefix for each run of the check.
+pub const SCRATCH_PREFIX: &str = "_cairn-check/";
+
 /// Key prefixes that hold history: written once with put-if-absent, never replaced or deleted.
 /// (The ledger's slots and checkpoint signatures, update and snapshot blobs, and mirrored blobs.)
 pub const HISTORY_PREFIXES: [&str; 4] = ["ledger/seq/", "ledger/checkpoints/", "blobs/", "mirrors/"];
@@ -48,7 +51,7 @@ pub struct CheckResult {
 /// Runs every check in order and returns their results; an error means the store could not be
 /// used at all (unreachable, bad credentials), not that a check failed.
 pub async fn check(store: &Store) -> Result<Vec<CheckResult>> {
-    let scratch = store.scoped(&format!("_cairn-check/{}", hex::encode(rand::random::<[u8; 8]>())))?;
+    let scratch = store.scoped(&format!("{SCRATCH_PREFIX}{}", hex::encode(rand::random::<[u8; 8]>())))?;
     let mut results = Vec::new();
     let outcome = run_checks(&scratch, &mut results).await;
     // Clean up whatever the checks left, even after a failure.

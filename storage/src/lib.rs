@@ -17,7 +17,7 @@ mod store;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
-pub use blob::{BlobId, PART_BYTES, PARTS_IN_FLIGHT, SINGLE_PUT_MAX_BYTES};
+pub use blob::{BlobId, PART_BYTES, PARTS_IN_FLIGHT, SINGLE_PUT_MAX_BYTES, STAGING_PREFIX};
 pub use error::{Result, StoreError};
 pub use retry::RetryPolicy;
 pub use store::{Backend, CasOutcome, Object, ObjectInfo, OpenOptions, PutOutcome, Store, Version, open, open_with};
