@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What `make test` runs: set-up, a SeaweedFS S3 server for the run, formatting, lints, tests.
+# What `make test` runs: set-up, a SeaweedFS S3 server for the run, formatting, lints, tests, and
+# the deployment files (infra/deploy/check.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -23,3 +24,7 @@ echo "== clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests" >&2
 cargo test --workspace --locked
+echo "== deployment files" >&2
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+cargo build --locked --bin cairn
+bash infra/deploy/check.sh "$target_dir/debug/cairn"
