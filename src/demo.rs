@@ -124,7 +124,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("creating {base}"))?;
     println!("cairn demo: store {base}");
     println!("\n[1/5] storage conformance");
-    if let Outcome::Failed = check(&base, Protection::Skip).await? {
+    if let Outcome::Failed = check(&base, Protection::Skip, None).await? {
         return Ok(Outcome::Failed);
     }
     let (name, url) = next_run(&base).await?;

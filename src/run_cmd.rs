@@ -145,13 +145,13 @@ pub async fn genesis(args: GenesisArgs) -> anyhow::Result<Outcome> {
         ),
     }
     let admin = ledger::read_key_file(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
-    anyhow::ensure!(
-        parts.roster.iter().any(|m| m.key == admin.public() && m.role == ledger::Role::Admin),
-        "the key in {} ({}) is not an admin in the roster",
-        args.key.display(),
-        admin.public()
-    );
+    let Some(admin_member) = parts.roster.iter().find(|m| m.key == admin.public() && m.role == ledger::Role::Admin)
+    else {
+        anyhow::bail!("the key in {} ({}) is not an admin in the roster", args.key.display(), admin.public());
+    };
     let (url, store) = open_run(&args.store).await?;
+    // The initial state of a large preset is staged: in the admin organisation's own folder.
+    let store = store.staging_in(&verify::replay::staging_prefix(&admin_member.organisation))?;
     let model = parts.train.model_config()?;
     let state = init_state(&model, parts.train.seed)?;
     let bytes = Bytes::from(state.to_safetensors()?);

@@ -28,10 +28,14 @@ pub enum StoreCommand {
         /// (what the bucket policy in docs/SECURITY.md enforces; run it with a member's credentials).
         #[arg(long)]
         require_protection: bool,
+        /// The organisation whose member runs the check: its large-blob probe is staged in that
+        /// organisation's folder (`tmp/<folder>/`), where the member's IAM rules let it write.
+        #[arg(long)]
+        organisation: Option<String>,
     },
     /// Print the key prefixes of a run, which are history (create-only) and who writes each:
-    /// what a bucket policy and IAM roles must allow (docs/DEPLOY.md). With --organisation, the
-    /// prefix each named organisation's members re-publish blobs under.
+    /// what a bucket policy and IAM roles must allow (docs/DEPLOY.md). With --organisation, each
+    /// named organisation's folder: where its members re-publish blobs and stage uploads.
     Layout {
         /// An organisation of the roster, by name (repeatable).
         #[arg(long)]
@@ -67,9 +71,9 @@ pub async fn run(cmd: StoreCommand) -> anyhow::Result<Outcome> {
             }
             Ok(Outcome::Ok)
         }
-        StoreCommand::Check { url, require_protection } => {
+        StoreCommand::Check { url, require_protection, organisation } => {
             let protection = if require_protection { Protection::Require } else { Protection::Report };
-            check(&absolute_url(&url)?, protection).await
+            check(&absolute_url(&url)?, protection, organisation.as_deref()).await
         }
         StoreCommand::Layout { organisation } => {
             print!("{}", layout(&organisation));
@@ -78,8 +82,8 @@ pub async fn run(cmd: StoreCommand) -> anyhow::Result<Outcome> {
     }
 }
 
-/// The run's key prefixes, one a line: `PREFIX history|replaceable WHO`, then `mirror PREFIX ORG`
-/// for each organisation asked about. Every prefix comes from the constant its writer uses.
+/// The run's key prefixes, one a line: `PREFIX history|replaceable WHO`, then for each
+/// organisation asked about `folder HEX ORG`, `mirror PREFIX ORG` and `staging PREFIX ORG`. Every prefix comes from the constant its writer uses.
 fn layout(organisations: &[String]) -> String {
     let [seq, checkpoints, blobs, mirrors] = conformance::HISTORY_PREFIXES;
     let exports = format!("{}/", ledger::export::EXPORT_PREFIX);
@@ -90,7 +94,11 @@ fn layout(organisations: &[String]) -> String {
         (mirrors, "history", "workers and validators: under their own organisation's prefix only"),
         (ledger::log::HEAD_HINT_KEY, "replaceable", "every member: a hint where the ledger ends"),
         (exports.as_str(), "replaceable", "the snapshot writer: Parquet exports (derived)"),
-        (storage::STAGING_PREFIX, "replaceable", "every member: large uploads in progress, deleted after"),
+        (
+            storage::STAGING_PREFIX,
+            "replaceable",
+            "every member: large uploads in progress, in its own organisation's folder",
+        ),
         (conformance::SCRATCH_PREFIX, "replaceable", "`cairn store check`: its probes"),
     ];
     let mut out = String::new();
@@ -98,7 +106,9 @@ fn layout(organisations: &[String]) -> String {
         out.push_str(&format!("{prefix:<21} {kind:<11} {who}\n"));
     }
     for org in organisations {
-        out.push_str(&format!("mirror {} {org}\n", verify::replay::mirror_prefix(org)));
+        out.push_str(&format!("folder {} {org}\n", verify::replay::organisation_folder(org)));
+        out.push_str(&format!("mirror {}/ {org}\n", verify::replay::mirror_prefix(org)));
+        out.push_str(&format!("staging {} {org}\n", verify::replay::staging_prefix(org)));
     }
     out
 }
@@ -117,9 +127,12 @@ pub enum Protection {
 /// Runs the conformance check, then (unless skipped) the protection check, one line per check,
 /// and a verdict line: `store check: PASS history=protected|unprotected|partly-protected` (just
 /// `store check: PASS` when skipped) or `store check: FAIL <checks>`.
-pub async fn check(url: &str, protection: Protection) -> anyhow::Result<Outcome> {
+pub async fn check(url: &str, protection: Protection, organisation: Option<&str>) -> anyhow::Result<Outcome> {
     let require_protection = protection == Protection::Require;
-    let store = storage::open(url).await.with_context(|| format!("opening {url}"))?;
+    let mut store = storage::open(url).await.with_context(|| format!("opening {url}"))?;
+    if let Some(org) = organisation {
+        store = store.staging_in(&verify::replay::staging_prefix(org))?;
+    }
     let results = conformance::check(&store).await.with_context(|| format!("store check {url}"))?;
     let print = |r: &conformance::CheckResult, bad: &str| {
         println!("{:<5} {:<22} {:>6} ms  {}", if r.passed { "ok" } else { bad }, r.name, r.elapsed_ms, r.detail)
@@ -200,7 +213,9 @@ mod layout_tests {
             );
         }
         // blake3("alpha") and blake3("beta"), first 8 bytes, from the Python blake3 package.
-        assert!(text.contains("mirror mirrors/644a9bc57c6063e2 alpha\n"), "{text}");
-        assert!(text.contains("mirror mirrors/c607f0e66519ff41 beta\n"), "{text}");
+        assert!(text.contains("folder 644a9bc57c6063e2 alpha\n"), "{text}");
+        assert!(text.contains("mirror mirrors/644a9bc57c6063e2/ alpha\n"), "{text}");
+        assert!(text.contains("staging tmp/644a9bc57c6063e2/ alpha\n"), "{text}");
+        assert!(text.contains("mirror mirrors/c607f0e66519ff41/ beta\n"), "{text}");
     }
 }

@@ -72,15 +72,16 @@ impl FromStr for BlobId {
     }
 }
 
-/// Where uploads in progress are staged (not history: replaced and deleted freely).
+/// Where uploads in progress are staged by default (not history: replaced and deleted freely);
+/// [`Store::staging_in`] gives a store its own folder.
 pub const STAGING_PREFIX: &str = "tmp/";
 
-/// A fresh key under [`STAGING_PREFIX`] for an upload in progress.
-fn staging_key() -> String {
-    format!("{STAGING_PREFIX}{}", hex::encode(rand::random::<[u8; 16]>()))
-}
-
 impl Store {
+    /// A fresh key under this store's staging prefix for an upload in progress.
+    fn staging_key(&self) -> String {
+        format!("{}{}", self.staging_prefix(), hex::encode(rand::random::<[u8; 16]>()))
+    }
+
     /// Stores `bytes` as a blob and returns its id. Storing the same bytes twice is harmless.
     #[tracing::instrument(level = "debug", skip(self, bytes), fields(len = bytes.len()))]
     pub async fn put_blob(&self, bytes: Bytes) -> Result<BlobId> {
@@ -100,7 +101,7 @@ impl Store {
         if self.blob_present(id, bytes.len() as u64).await? {
             return Ok(id);
         }
-        let staging = staging_key();
+        let staging = self.staging_key();
         let upload = self.multipart(&staging).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
         for part in bytes.chunks(PART_BYTES) {
@@ -147,7 +148,7 @@ impl Store {
         mut reader: R,
         limit_bytes: u64,
     ) -> Result<(BlobId, u64)> {
-        let staging = staging_key();
+        let staging = self.staging_key();
         let upload = self.multipart(&staging).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
         let mut hasher = blake3::Hasher::new();

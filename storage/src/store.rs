@@ -115,6 +115,9 @@ pub struct Store {
     backend: Backend,
     url: String,
     retry: RetryPolicy,
+    /// Where large uploads are staged before their create-only copy to `blobs/`
+    /// ([`crate::STAGING_PREFIX`] unless [`Store::staging_in`] moved it).
+    staging: String,
 }
 
 /// How to open a store, beyond its URL.
@@ -194,7 +197,8 @@ pub async fn open_with(url: &str, opts: &OpenOptions) -> Result<Store> {
             (Arc::from(store), prefix, Backend::Other)
         }
     };
-    let store = Store { inner, prefix, backend, url: url.to_string(), retry };
+    let store =
+        Store { inner, prefix, backend, url: url.to_string(), retry, staging: crate::STAGING_PREFIX.to_string() };
     if let Backend::S3 { .. } = store.backend {
         store.probe().await?;
     }
@@ -205,7 +209,31 @@ impl Store {
     /// Wraps an existing object store (fault-injecting wrappers in tests, custom backends).
     /// Compare-and-swap needs the backend to support `PutMode::Update`.
     pub fn from_object_store(inner: Arc<dyn ObjectStore>, label: &str, retry: RetryPolicy) -> Store {
-        Store { inner, prefix: Path::default(), backend: Backend::Other, url: label.to_string(), retry }
+        Store {
+            inner,
+            prefix: Path::default(),
+            backend: Backend::Other,
+            url: label.to_string(),
+            retry,
+            staging: crate::STAGING_PREFIX.to_string(),
+        }
+    }
+
+    /// This store, staging large uploads under `prefix` (a key prefix ending in `/`) instead of
+    /// [`crate::STAGING_PREFIX`]: a member stages under its own organisation's folder, which a
+    /// bucket's IAM rules can keep other organisations from writing (docs/DEPLOY.md).
+    pub fn staging_in(&self, prefix: &str) -> Result<Store> {
+        let invalid = |reason: &str| StoreError::InvalidKey { key: prefix.to_string(), reason: reason.to_string() };
+        if !prefix.ends_with('/') {
+            return Err(invalid("a staging prefix ends in `/`"));
+        }
+        self.path(&format!("{prefix}x"))?;
+        Ok(Store { staging: prefix.to_string(), ..self.clone() })
+    }
+
+    /// Where large uploads are staged.
+    pub fn staging_prefix(&self) -> &str {
+        &self.staging
     }
 
     /// The URL (or label) this store was opened from.

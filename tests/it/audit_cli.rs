@@ -222,7 +222,14 @@ async fn a_planted_initial_state_fails_the_audit_and_nobody_joins() {
         let joined = trainer::follow::Follower::join(store.clone()).await;
         if is_honest {
             assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
-            assert!(joined.is_ok(), "{:?}", joined.err());
+            let Ok(mut follower) = joined else { panic!("the honest start is joined") };
+            // A member stages large uploads in its organisation's folder (blake3("alpha"), first 8
+            // bytes, from the Python blake3 package); a key outside the roster keeps the default.
+            assert_eq!(follower.info().store.staging_prefix(), "tmp/");
+            follower.stage_as(&Keypair::from_seed([9; 32]).public()).unwrap();
+            assert_eq!(follower.info().store.staging_prefix(), "tmp/");
+            follower.stage_as(&admin.public()).unwrap();
+            assert_eq!(follower.info().store.staging_prefix(), "tmp/644a9bc57c6063e2/");
         } else {
             assert_eq!(out.status.code(), Some(1), "{}{}", text(&out.stdout), text(&out.stderr));
             let want =

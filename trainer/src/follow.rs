@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ledger::{
-    Appender, Attestation, BlobId, Body, CloseVote, Entry, EntryPos, Keypair, LoggedEntry, Reader, Role, Snapshot,
-    Target,
+    Appender, Attestation, BlobId, Body, CloseVote, Entry, EntryPos, Keypair, LoggedEntry, PublicKey, Reader, Role,
+    Snapshot, Target,
 };
 use storage::Store;
 use verify::replay::{
@@ -231,6 +231,15 @@ impl Follower {
     }
 
     /// The run.
+    /// From now on, stage large uploads (snapshots) in the folder of `key`'s organisation
+    /// ([`verify::replay::staging_prefix`]); a key outside the roster keeps the default.
+    pub fn stage_as(&mut self, key: &PublicKey) -> Result<(), TrainerError> {
+        if let Some(org) = self.reader.state().organisation(key) {
+            self.info.store = self.info.store.staging_in(&verify::replay::staging_prefix(org))?;
+        }
+        Ok(())
+    }
+
     pub fn info(&self) -> &RunInfo {
         &self.info
     }

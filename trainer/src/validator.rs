@@ -94,6 +94,7 @@ pub async fn run_validator(
 ) -> Result<u64, TrainerError> {
     let mut follower = Follower::join(store).await?;
     follower.require_role(&key.public(), ledger::Role::Validator)?;
+    follower.stage_as(&key.public())?;
     let info = follower.info().clone();
     let data = info.train.dataset().await?;
     let mut model = Model::from_state(&info.model, follower.state(), options.device)?;

@@ -147,6 +147,7 @@ pub async fn run_worker(
 ) -> Result<WorkerSummary, TrainerError> {
     let mut follower = Follower::join(store).await?;
     follower.require_role(&key.public(), ledger::Role::Worker)?;
+    follower.stage_as(&key.public())?;
     let me = WorkerKey(key.public().0);
     let info = follower.info().clone();
     let data = info.train.dataset().await?;

@@ -75,10 +75,22 @@ impl BlobSource for Store {
     }
 }
 
+/// An organisation's folder name in the bucket: the first 8 bytes of blake3 of its name, in hex.
+pub fn organisation_folder(organisation: &str) -> String {
+    blake3::hash(organisation.as_bytes()).to_hex()[..16].to_string()
+}
+
 /// The prefix under which members of `organisation` re-publish blobs they hold
-/// (`mirrors/<first 8 bytes of blake3(organisation), hex>`).
+/// (`mirrors/<organisation_folder>`).
 pub fn mirror_prefix(organisation: &str) -> String {
-    format!("mirrors/{}", &blake3::hash(organisation.as_bytes()).to_hex()[..16])
+    format!("mirrors/{}", organisation_folder(organisation))
+}
+
+/// Where members of `organisation` stage large uploads (`tmp/<organisation_folder>/`), so that a
+/// bucket's IAM rules can keep other organisations from replacing a staged upload before its
+/// create-only copy to `blobs/` (docs/SECURITY.md row 38). Not consensus: only the writer reads it.
+pub fn staging_prefix(organisation: &str) -> String {
+    format!("{}{}/", storage::STAGING_PREFIX, organisation_folder(organisation))
 }
 
 /// A run's blobs: the canonical key `blobs/<hex>`, then the copy each organisation of the roster may

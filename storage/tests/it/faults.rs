@@ -181,3 +181,31 @@ async fn the_protection_check_sees_a_bucket_policy() {
         check_protection(&store).await.unwrap().iter().filter(|r| !r.passed).map(|r| r.name).collect();
     assert_eq!(failed, vec!["protected checkpoints/"]);
 }
+
+/// A large blob is staged under the store's staging prefix, and only there: where another
+/// organisation's folder refuses our multipart upload (as IAM refuses it on S3), a store staging
+/// there fails, and one staging in its own folder lands the blob and leaves no staging object.
+#[tokio::test]
+async fn large_blobs_are_staged_under_the_stores_own_staging_prefix() {
+    use storage::fault::{FaultStore, Faults};
+    let len = storage::SINGLE_PUT_MAX_BYTES + 1;
+    let bytes = bytes::Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    // Refuses every multipart upload and plain write under run/tmp/beta/ (beta's folder).
+    let bucket = FaultStore::new(3, Faults::default()).protecting(&["run/tmp/beta/"]);
+    let store = Store::from_object_store(Arc::new(bucket), "sim://", RetryPolicy::default()).scoped("run").unwrap();
+    assert_eq!(store.staging_prefix(), "tmp/");
+
+    let as_beta = store.staging_in("tmp/beta/").unwrap();
+    assert!(as_beta.put_blob(bytes.clone()).await.is_err(), "staging under tmp/beta/ must hit the refusal");
+    assert!(store.list("blobs", None).await.unwrap().is_empty());
+
+    let as_alpha = store.staging_in("tmp/alpha/").unwrap();
+    let id = as_alpha.put_blob(bytes.clone()).await.unwrap();
+    assert_eq!(id, storage::BlobId::of(&bytes));
+    assert_eq!(as_alpha.get_blob(id, len as u64).await.unwrap(), bytes);
+    assert!(store.list("tmp", None).await.unwrap().is_empty(), "the staging object is removed");
+
+    // A staging prefix is a folder of valid keys.
+    assert!(store.staging_in("tmp/alpha").is_err());
+    assert!(store.staging_in("tmp/../x/").is_err());
+}
