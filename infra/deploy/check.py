@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The deployment files against the code they deploy (run by infra/deploy/check.sh, in `make test`).
 
-  check.py consistency CAIRN   the Terraform policy's history prefixes and mirror prefixes, the IAM
+  check.py consistency CAIRN   the Terraform policy's history prefixes and folders, the IAM
                                roles' writable prefixes and the bucket policy's conditions against
                                `cairn store layout` and docs/SECURITY.md; every cairn command line
                                in the compose file and the Kubernetes manifests against
@@ -59,14 +59,14 @@ def layout(cairn, orgs=()):
     args = [cairn, "store", "layout"]
     for o in orgs:
         args += ["--organisation", o]
-    rows, mirrors = {}, {}
+    rows, folders = {}, {}
     for line in run(args).splitlines():
         parts = line.split(None, 2)
-        if parts[0] == "mirror":
-            mirrors[parts[2]] = parts[1]
-        else:
+        if parts[0] == "folder":
+            folders[parts[2]] = parts[1]
+        elif parts[0] not in ("mirror", "staging"):
             rows[parts[0]] = parts[1]
-    return rows, mirrors
+    return rows, folders
 
 
 def norm(x):
@@ -146,26 +146,29 @@ def consistency(cairn):
     # 3. Members may write every replaceable prefix, and under history only with the policy above.
     before = len(problems)
     member = policy_document(tf, "member")
-    writable = " ".join(str(r) for st in member.values() if "s3:PutObject" in as_list(st["actions"])
-                        for r in as_list(st["resources"]))
+    writable = [str(r) for st in member.values() if "s3:PutObject" in as_list(st["actions"])
+                for r in as_list(st["resources"])]
+    text = " ".join(writable)
+    own = {"mirrors/": "mirrors/${each.value.folder}/*", "tmp/": "tmp/${each.value.folder}/*"}
     for prefix in history + replaceable:
-        token = prefix.rstrip("/") if prefix.endswith("/") else prefix
-        if prefix == "mirrors/":
-            token = "each.value.mirror"
-        if token not in writable:
-            problem(f"the member roles cannot write {prefix}, which cairn writes")
+        token = own.get(prefix, prefix.rstrip("/"))
+        if token not in text:
+            problem(f"the member roles cannot write {prefix} (as {token}), which cairn writes")
+    # No organisation may write another's mirror or staging folder.
+    for shared in re.findall(r"/(?:mirrors|tmp)/\*", text):
+        problem(f"the member roles may write every organisation's {shared}")
     if len(problems) == before:
-        ok("the member roles may write every prefix cairn writes")
+        ok("the member roles may write every prefix cairn writes, mirrors and staging only in their own folder")
 
-    # 4. The example's mirror prefixes are what cairn computes for those names.
+    # 4. The example's folders are what cairn computes for those names.
     tfvars = hcl2.load(open(os.path.join(TERRAFORM, "terraform.tfvars.example")))
     orgs = tfvars["organisations"]
     orgs = orgs[0] if isinstance(orgs, list) else orgs
-    _, mirrors = layout(cairn, list(orgs))
+    _, folders = layout(cairn, list(orgs))
     for name, o in orgs.items():
-        if norm(o["mirror_prefix"]) != mirrors[name]:
-            problem(f"terraform.tfvars.example: {name}'s mirror_prefix {o['mirror_prefix']} != {mirrors[name]}")
-    ok(f"terraform.tfvars.example's mirror prefixes are cairn's ({', '.join(f'{k}={v}' for k, v in mirrors.items())})")
+        if norm(o["folder"]) != folders[name]:
+            problem(f"terraform.tfvars.example: {name}'s folder {o['folder']} != {folders[name]}")
+    ok(f"terraform.tfvars.example's folders are cairn's ({', '.join(f'{k}={v}' for k, v in folders.items())})")
 
     # 5. Every cairn command line names a subcommand and flags that exist.
     lines = []

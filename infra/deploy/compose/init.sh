@@ -6,14 +6,18 @@ store=${CAIRN_STORE:?CAIRN_STORE names the run}
 keys=${CAIRN_KEYS:-/var/lib/cairn/keys}
 log() { printf 'init: %s\n' "$*" >&2; }
 
+ready=""
 for i in $(seq 1 30); do
-  cairn store init "$store" && break
+  if cairn store init "$store"; then ready=1; break; fi
   log "the S3 server is not answering yet ($i/30)"; sleep 2
 done
+[ -n "$ready" ] || { log "the S3 server did not answer in a minute"; exit 1; }
 # SeaweedFS enforces no bucket policy, so history is reported unprotected; the ledger's own
 # guarantees (put-if-absent, one winner per race) must pass.
-cairn store check "$store"
+cairn store check "$store" --organisation alpha
 
+# A genesis is there when the status reads; if it cannot be read for any other reason, genesis
+# below refuses to write a second one, and the job fails and is restarted.
 if cairn status --store "$store" >/dev/null 2>&1; then
   log "the run at $store already has its genesis"
   exit 0
@@ -27,9 +31,11 @@ beta-validator beta validator"
 
 roster=""
 while read -r name org role; do
-  if [ ! -f "$keys/$name.pub" ]; then
-    rm -f "$keys/$name.key"
-    cairn keygen --out "$keys/$name.key" >"$keys/$name.pub"
+  if [ ! -s "$keys/$name.pub" ]; then
+    rm -f "$keys/$name.key" "$keys/$name.pub.new"
+    cairn keygen --out "$keys/$name.key" >"$keys/$name.pub.new"
+    [ -s "$keys/$name.pub.new" ] || { log "keygen printed no public key for $name"; exit 1; }
+    mv "$keys/$name.pub.new" "$keys/$name.pub"
   fi
   roster+=$'\n'"[[roster.member]]"$'\n'"key = \"$(cat "$keys/$name.pub")\""$'\n'"organisation = \"$org\""$'\n'"role = \"$role\""$'\n'
 done <<<"$members"

@@ -83,6 +83,19 @@ resource "aws_s3_bucket_lifecycle_configuration" "run" {
       days = 1
     }
   }
+  # Staging objects are deleted by their writer; each delete leaves a marker over versions that
+  # Object Lock keeps for object_lock_days (old-versions below then removes them). Markers
+  # with no version left go too.
+  rule {
+    id     = "staging-markers"
+    status = "Enabled"
+    filter {
+      prefix = "${local.run}/tmp/"
+    }
+    expiration {
+      expired_object_delete_marker = true
+    }
+  }
   rule {
     id     = "incomplete-uploads"
     status = "Enabled"
@@ -91,7 +104,8 @@ resource "aws_s3_bucket_lifecycle_configuration" "run" {
       days_after_initiation = 1
     }
   }
-  # Old versions of what may be replaced (ledger/head, exports/) once their lock has passed.
+  # Old versions of what may be replaced or deleted (ledger/head, exports/, tmp/, _cairn-check/)
+  # once their lock has passed.
   rule {
     id     = "old-versions"
     status = "Enabled"

@@ -16,7 +16,7 @@ resource "aws_kms_key" "run" {
 }
 
 resource "aws_kms_alias" "run" {
-  name          = "alias/cairn-${var.bucket_name}"
+  name          = "alias/cairn-${replace(var.bucket_name, ".", "-")}"
   target_key_id = aws_kms_key.run.key_id
 }
 
@@ -40,17 +40,24 @@ locals {
   bucket_arn = aws_s3_bucket.run.arn
   run_arn    = "${aws_s3_bucket.run.arn}/${var.run_prefix}"
 
-  # One role per organisation and kind that has principals.
-  member_roles = merge([
+  # Every organisation and kind, then one role for each that has principals or subjects.
+  member_candidates = merge([
     for org, o in var.organisations : {
-      for kind, principals in {
-        worker    = o.worker_principals
-        validator = o.validator_principals
-        admin     = o.admin_principals
-      } : "${org}-${kind}" => { org = org, kind = kind, principals = principals, mirror = o.mirror_prefix }
-      if length(principals) > 0
+      for kind, who in {
+        worker    = { principals = o.worker_principals, subjects = try(o.web_identity.worker_subjects, []) }
+        validator = { principals = o.validator_principals, subjects = try(o.web_identity.validator_subjects, []) }
+        admin     = { principals = o.admin_principals, subjects = try(o.web_identity.admin_subjects, []) }
+      } : "${org}-${kind}" => {
+        org        = org
+        kind       = kind
+        folder     = o.folder
+        principals = who.principals
+        subjects   = who.subjects
+        provider   = try(o.web_identity.provider_arn, "")
+      }
     }
   ]...)
+  member_roles = { for k, r in local.member_candidates : k => r if length(r.principals) > 0 || length(r.subjects) > 0 }
 }
 
 data "aws_iam_policy_document" "read" {
@@ -80,32 +87,37 @@ data "aws_iam_policy_document" "member" {
   for_each                = local.member_roles
   source_policy_documents = [data.aws_iam_policy_document.read.json]
 
-  # History: create-only by the bucket policy. Admins write no mirror (they hold no blobs to
-  # re-publish); workers and validators write their own organisation's only.
+  # History: create-only by the bucket policy. Workers and validators re-publish blobs under
+  # their own organisation's mirror only; admins under none. `cairn store check` probes
+  # mirrors/_cairn-probe-* (create-only too).
   statement {
     sid     = "AppendHistory"
     actions = ["s3:PutObject"]
     resources = concat(
-      ["${local.run_arn}/ledger/seq/*", "${local.run_arn}/ledger/checkpoints/*", "${local.run_arn}/blobs/*"],
-      each.value.kind == "admin" ? [] : ["${local.run_arn}/${each.value.mirror}/*"],
+      ["${local.run_arn}/ledger/seq/*", "${local.run_arn}/ledger/checkpoints/*", "${local.run_arn}/blobs/*",
+      "${local.run_arn}/mirrors/_cairn-probe-*"],
+      each.value.kind == "admin" ? [] : ["${local.run_arn}/mirrors/${each.value.folder}/*"],
     )
   }
-  # Replaceable: the head hint, Parquet exports, staging of large blobs, the store check's scratch.
+  # Replaceable: the head hint, Parquet exports, the store check's scratch, and large uploads
+  # staged in the organisation's own folder: no other organisation can replace a staged upload
+  # before its create-only copy to blobs/ (docs/SECURITY.md row 38).
   statement {
-    sid       = "WriteDerived"
-    actions   = ["s3:PutObject"]
-    resources = ["${local.run_arn}/ledger/head", "${local.run_arn}/exports/*", "${local.run_arn}/tmp/*", "${local.run_arn}/_cairn-check/*"]
+    sid     = "WriteDerived"
+    actions = ["s3:PutObject"]
+    resources = ["${local.run_arn}/ledger/head", "${local.run_arn}/exports/*", "${local.run_arn}/_cairn-check/*",
+    "${local.run_arn}/tmp/${each.value.folder}/*"]
   }
   statement {
     sid       = "CleanUpStaging"
     actions   = ["s3:DeleteObject"]
-    resources = ["${local.run_arn}/tmp/*", "${local.run_arn}/_cairn-check/*"]
+    resources = ["${local.run_arn}/tmp/${each.value.folder}/*", "${local.run_arn}/_cairn-check/*"]
   }
   # A large blob is placed at blobs/<hex> by a multipart copy; a failed one is aborted.
   statement {
     sid       = "AbortUploads"
     actions   = ["s3:AbortMultipartUpload"]
-    resources = ["${local.run_arn}/tmp/*", "${local.run_arn}/blobs/*"]
+    resources = ["${local.run_arn}/tmp/${each.value.folder}/*", "${local.run_arn}/blobs/*"]
   }
   statement {
     sid       = "EncryptTheRun"
@@ -115,12 +127,39 @@ data "aws_iam_policy_document" "member" {
 }
 
 data "aws_iam_policy_document" "assume" {
-  for_each = merge(local.member_roles, length(var.auditor_principals) > 0 ? { auditor = { principals = var.auditor_principals } } : {})
-  statement {
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "AWS"
-      identifiers = each.value.principals
+  for_each = merge(local.member_roles, length(var.auditor_principals) > 0 ? {
+    auditor = { principals = var.auditor_principals, provider = "", subjects = [] }
+  } : {})
+  dynamic "statement" {
+    for_each = length(each.value.principals) > 0 ? [1] : []
+    content {
+      sid     = "AssumeRole"
+      actions = ["sts:AssumeRole"]
+      principals {
+        type        = "AWS"
+        identifiers = each.value.principals
+      }
+    }
+  }
+  dynamic "statement" {
+    for_each = length(each.value.subjects) > 0 ? [1] : []
+    content {
+      sid     = "WebIdentity"
+      actions = ["sts:AssumeRoleWithWebIdentity"]
+      principals {
+        type        = "Federated"
+        identifiers = [each.value.provider]
+      }
+      condition {
+        test     = "StringEquals"
+        variable = "${split("oidc-provider/", each.value.provider)[1]}:sub"
+        values   = each.value.subjects
+      }
+      condition {
+        test     = "StringEquals"
+        variable = "${split("oidc-provider/", each.value.provider)[1]}:aud"
+        values   = ["sts.amazonaws.com"]
+      }
     }
   }
 }

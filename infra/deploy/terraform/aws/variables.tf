@@ -20,20 +20,38 @@ variable "run_prefix" {
 
 variable "organisations" {
   description = <<-EOT
-    Each organisation of the run, by the name its roster uses: the prefix its members re-publish
-    blobs under (`cairn store layout --organisation NAME` prints it), and the IAM principals (in
-    the organisation's own AWS account) allowed to assume its worker, validator and admin roles.
-    A role is created only for a non-empty list.
+    Each organisation of the run, by the name its roster uses:
+      folder: its folder in the bucket, as `cairn store layout --organisation NAME` prints it (the
+        first 16 hex digits of blake3 of the name): its members re-publish blobs under
+        mirrors/FOLDER/ and stage large uploads under tmp/FOLDER/, which no other organisation's
+        role may write;
+      *_principals: IAM principals allowed to assume its worker, validator and admin roles with
+        sts:AssumeRole (people and short jobs: genesis, store check; the session credentials last
+        at most an hour and cairn does not refresh them);
+      web_identity: for long-running members (workers, validators), an IAM OIDC provider (an EKS
+        cluster's, registered in this account) and the service-account subjects of each kind, for
+        sts:AssumeRoleWithWebIdentity, which cairn's S3 client refreshes on its own.
+    A role is created for each kind with principals or subjects.
   EOT
   type = map(object({
-    mirror_prefix        = string
+    folder               = string
     worker_principals    = optional(list(string), [])
     validator_principals = optional(list(string), [])
     admin_principals     = optional(list(string), [])
+    web_identity = optional(object({
+      provider_arn       = string
+      worker_subjects    = optional(list(string), [])
+      validator_subjects = optional(list(string), [])
+      admin_subjects     = optional(list(string), [])
+    }))
   }))
   validation {
-    condition     = alltrue([for o in values(var.organisations) : can(regex("^mirrors/[0-9a-f]{16}$", o.mirror_prefix))])
-    error_message = "mirror_prefix is mirrors/ and 16 hex digits, as `cairn store layout --organisation NAME` prints it."
+    condition     = alltrue([for o in values(var.organisations) : can(regex("^[0-9a-f]{16}$", o.folder))])
+    error_message = "folder is 16 hex digits, as `cairn store layout --organisation NAME` prints it."
+  }
+  validation {
+    condition     = alltrue([for name in keys(var.organisations) : can(regex("^[A-Za-z0-9_+=,.@-]{1,32}$", name))])
+    error_message = "Organisation names become part of IAM role names: 1 to 32 of A-Z a-z 0-9 _+=,.@- (the roster may use others; use a short alias here)."
   }
 }
 
