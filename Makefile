@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test setup build clean-demo interop
+.PHONY: demo test setup build clean-demo interop fuzz
 
 ## Set up libtorch and the Python tools (idempotent; see infra/).
 setup:
@@ -30,3 +30,7 @@ interop: setup
 ## Remove the demo's runs (the store) and its keys and logs.
 clean-demo:
 	rm -rf cairn-demo cairn-demo-local
+
+## Fuzz every decoder of peer bytes for 10 minutes each (nightly toolchain; docs/BENCHMARKS.md).
+fuzz:
+	bash infra/fuzz.sh run $${FUZZ_SECONDS:-600}

@@ -28,3 +28,5 @@ echo "== deployment files" >&2
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 cargo build --locked --bin cairn
 bash infra/deploy/check.sh "$target_dir/debug/cairn"
+echo "== fuzz smoke (5 s a decoder)" >&2
+bash infra/fuzz.sh smoke
