@@ -12,8 +12,10 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=${CAIRN_S3_DIR:-$root/target/s3-local}
-mkdir -p "$dir"
-dir=$(cd "$dir" && pwd)
+# Only start creates the folder: stop (also run by the watchdog after its parent exits) must not
+# recreate it while the caller removes the tree around it.
+case "${1:-}" in start) mkdir -p "$dir" ;; esac
+[ -d "$dir" ] && dir=$(cd "$dir" && pwd)
 pidfile=$dir/weed.pid
 envfile=$dir/env
 
@@ -95,7 +97,7 @@ EOF
     (
       trap '' HUP
       while kill -0 "$parent" 2>/dev/null && running; do sleep 1; done
-      "$0" stop >/dev/null 2>&1 || true
+      if running; then "$0" stop >/dev/null 2>&1 || true; fi
     ) </dev/null >/dev/null 2>&1 &
     disown || true
   fi
@@ -112,6 +114,7 @@ stop() {
     kill -KILL -- "-$pid" 2>/dev/null || true
     log "stopped (pid $pid)"
   fi
+  [ -d "$dir" ] || return 0
   rm -f "$pidfile" "$envfile"
   rm -rf "$dir/data"
 }
