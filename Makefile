@@ -31,6 +31,6 @@ interop: setup
 clean-demo:
 	rm -rf cairn-demo cairn-demo-local
 
-## Fuzz every decoder of peer bytes for 10 minutes each (nightly toolchain; docs/BENCHMARKS.md).
+## Fuzz every decoder of peer bytes for 10 minutes each (infra/fuzz.sh; docs/BENCHMARKS.md).
 fuzz:
 	bash infra/fuzz.sh run $${FUZZ_SECONDS:-600}
