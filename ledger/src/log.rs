@@ -699,6 +699,12 @@ impl Reader {
         self.by_round.get(&round).into_iter().flatten().filter_map(|&i| self.entries.get(i))
     }
 
+    /// The entry at `pos`, if read (a binary search: entries are in log order).
+    pub fn entry_at(&self, pos: EntryPos) -> Option<&LoggedEntry> {
+        let i = self.entries.partition_point(|e| e.pos < pos);
+        self.entries.get(i).filter(|e| e.pos == pos)
+    }
+
     /// Accepted entries signed by `key`, in log order.
     pub fn by_signer(&self, key: &PublicKey) -> impl Iterator<Item = &LoggedEntry> {
         self.by_signer.get(key).into_iter().flatten().filter_map(|&i| self.entries.get(i))

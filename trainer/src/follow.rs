@@ -31,7 +31,7 @@ use storage::Store;
 use verify::replay::{
     Discrepancy, RoundReport, RunBlobs, SkippedSnapshot, fetch_blobs, mirror_prefix, replay_from_latest_snapshot,
 };
-use verify::{Replay, Round, RoundRule, RunConfig, Start, State, StateHash, WorkerKey};
+use verify::{Replay, Round, RoundRule, RunConfig, State, StateHash, WorkerKey};
 
 use crate::TrainerError;
 use crate::model::ModelConfig;
@@ -75,6 +75,8 @@ struct Computed {
 pub struct Follower {
     info: RunInfo,
     reader: Reader,
+    /// The round rule's index over everything `reader` read, extended after every poll.
+    rule: RoundRule,
     blobs: RunBlobs,
     /// The state before round `next`.
     state: State,
@@ -145,6 +147,7 @@ impl Follower {
             )));
         }
         let blobs = RunBlobs::of_reader(store.clone(), &reader);
+        let rule = RoundRule::new(reader.entries(), &config);
         let (replayed, skipped) = replay_from_latest_snapshot(reader.entries(), &blobs).await?;
         for s in &skipped {
             tracing::warn!(pos = %s.snapshot.pos, round = s.snapshot.round.0, reason = %s.reason,
@@ -159,6 +162,7 @@ impl Follower {
         Ok(Follower {
             info,
             reader,
+            rule,
             blobs,
             state: replayed.state,
             hash,
@@ -178,7 +182,7 @@ impl Follower {
     /// final. Returns the reports of the rounds applied (counted and not-counted contributions,
     /// with reasons).
     pub async fn sync(&mut self) -> Result<Vec<RoundReport>, TrainerError> {
-        self.reader.poll().await?;
+        self.poll_ledger().await?;
         let mut reports = Vec::new();
         loop {
             let Some(result) = self.reader.state().rounds().final_result(ledger::Round(self.next.0)).cloned() else {
@@ -196,8 +200,8 @@ impl Follower {
                 reports.push(c.report);
                 continue;
             }
-            let start = Start::Continue { next: self.next, state: self.state.clone() };
-            let replayed = verify::replay(self.reader.entries(), start, &self.blobs).await?;
+            let replay = Replay::continuing(&self.rule, self.verify_run_id(), self.next, self.state.clone())?;
+            let replayed = verify::replay::run_to_end(replay, &self.blobs).await?;
             for d in replayed.report.discrepancies.iter().filter(|d| d.kind.is_binding()) {
                 tracing::warn!(round = d.round.0, pos = %d.pos, claimed = %d.claimed, computed = %d.computed,
                     "an attested state hash differs from the computed one; going on with the computed state");
@@ -212,7 +216,7 @@ impl Follower {
 
     /// Reads what was appended since the last call without applying rounds (see [`Follower::sync`]).
     pub async fn poll(&mut self) -> Result<u64, TrainerError> {
-        Ok(self.reader.poll().await?)
+        self.poll_ledger().await
     }
 
     /// Polls until something new arrives or `timeout` passes (whichever first).
@@ -223,7 +227,7 @@ impl Follower {
         while waited < timeout {
             tokio::time::sleep(step).await;
             waited += step;
-            if self.reader.poll().await? > 0 || self.reader.next_seq() != before {
+            if self.poll_ledger().await? > 0 || self.reader.next_seq() != before {
                 break;
             }
         }
@@ -292,16 +296,28 @@ impl Follower {
     }
 
     /// The round rule over the ledger read so far.
-    pub fn rule(&self) -> RoundRule {
-        RoundRule::new(self.reader.entries(), &self.info.config)
+    pub fn rule(&self) -> &RoundRule {
+        &self.rule
+    }
+
+    /// Reads what was appended since the last poll and indexes it for the round rule: the cost
+    /// of the new slots, whatever the ledger's length. A failed poll keeps what it read, indexed.
+    async fn poll_ledger(&mut self) -> Result<u64, TrainerError> {
+        let read = self.reader.poll().await;
+        self.rule.extend(self.reader.entries());
+        Ok(read?)
+    }
+
+    fn verify_run_id(&self) -> verify::RunId {
+        verify::RunId(self.info.run_id.0)
     }
 
     /// Accepted entries of the current round signed by `key`.
     pub fn own_entries(&self, key: &ledger::PublicKey) -> impl Iterator<Item = &LoggedEntry> {
-        let round = self.next.0;
+        // The round's entries, not the signer's: those grow with the run, these do not.
         self.reader
-            .by_signer(key)
-            .filter(move |e| e.entry.as_ref().and_then(|x| x.body.round()).map(|r| r.0) == Some(round))
+            .by_round(ledger::Round(self.next.0))
+            .filter(move |e| e.entry.as_ref().is_some_and(|x| x.signatures.iter().any(|s| s.key == *key)))
     }
 
     /// Checks that `key` is a member with `role` in the roster as read so far.
@@ -332,7 +348,7 @@ impl Follower {
     /// The member whose attestation made `round` final, if it is.
     pub fn finalised_by(&self, round: Round) -> Option<ledger::PublicKey> {
         let result = self.reader.state().rounds().final_result(ledger::Round(round.0))?;
-        self.reader.entries().iter().find(|e| e.pos == result.pos).and_then(|e| e.entry.as_ref()).map(|e| e.signer())
+        self.reader.entry_at(result.pos).and_then(|e| e.entry.as_ref()).map(|e| e.signer())
     }
 
     /// The facts [`close_ready`] decides on, for the current round while it is open.
@@ -408,7 +424,7 @@ impl Follower {
     }
 
     async fn attest(&mut self, key: &Keypair, org: &str) -> Result<Option<TallyAction>, TrainerError> {
-        let rule = self.rule();
+        let rule = &self.rule;
         let Some(mut plan) = rule.provisional(self.next, self.hash) else { return Ok(None) };
         let round = self.next.0;
         let fetched = fetch_blobs(&self.blobs, &plan).await;
@@ -444,8 +460,7 @@ impl Follower {
         let kept: Vec<Result<Bytes, verify::BlobFault>> =
             plan.counted.iter().zip(fetched).filter(|(c, _)| !dropped.contains(&c.pos)).map(|(_, blob)| blob).collect();
         plan.drop_unavailable(&dropped);
-        let mut replay =
-            Replay::new(self.reader.entries(), Start::Continue { next: self.next, state: self.state.clone() })?;
+        let mut replay = Replay::continuing(&self.rule, self.verify_run_id(), self.next, self.state.clone())?;
         replay.apply(plan, kept)?;
         let after = replay.finish();
         let hash = after.state.hash();
@@ -461,7 +476,7 @@ impl Follower {
         }
         // Fetching and computing took a while: another member of our organisation may have
         // attested the same, or the round may have become final meanwhile.
-        self.reader.poll().await?;
+        self.poll_ledger().await?;
         let tally = self.reader.state().rounds();
         let same = tally.attestations().any(|(o, s, d)| o == org && s.0 == hash.0 && d == dropped.as_slice());
         if same || tally.open_round().0 != self.next.0 {
@@ -500,7 +515,7 @@ impl Follower {
     pub async fn append(&mut self, entry: Entry) -> Result<ledger::Seq, TrainerError> {
         let mut appender = Appender::starting_at(self.info.store.clone(), self.reader.next_seq());
         let seq = appender.append(&[entry]).await?;
-        self.reader.poll().await?;
+        self.poll_ledger().await?;
         Ok(seq)
     }
 

@@ -21,6 +21,7 @@
 //! [`VerifyError::BlobUnavailable`]. Only the organisations attesting a round decide, in the
 //! ledger, to drop contributions whose blobs they could not read. No clock, no environment.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 
@@ -269,11 +270,13 @@ pub struct Replayed {
     pub report: ReplayReport,
 }
 
-/// A replay in progress: the pure core. [`replay`] drives it with a [`BlobSource`].
+/// A replay in progress: the pure core. [`replay`] drives it with a [`BlobSource`]. It owns the
+/// round rule's index ([`Replay::new`]) or borrows one a follower keeps up to date
+/// ([`Replay::continuing`]).
 #[derive(Debug)]
-pub struct Replay {
+pub struct Replay<'r> {
     run: RunId,
-    rule: RoundRule,
+    rule: Cow<'r, RoundRule>,
     state: State,
     hash: StateHash,
     next: Option<Round>,
@@ -291,12 +294,28 @@ pub fn genesis_config(entries: &[LoggedEntry]) -> Result<(RunId, RunConfig, ledg
     }
 }
 
-impl Replay {
+impl<'r> Replay<'r> {
     /// Prepares a replay of `entries` (ledger order, as `ledger::Reader::entries` gives them) from
     /// `start`, checking the start state against the ledger.
-    pub fn new(entries: &[LoggedEntry], start: Start) -> Result<Replay, VerifyError> {
+    pub fn new(entries: &[LoggedEntry], start: Start) -> Result<Replay<'static>, VerifyError> {
         let (run, config, _) = genesis_config(entries)?;
         let rule = RoundRule::new(entries, &config);
+        Replay::with_rule(entries, run, Cow::Owned(rule), start)
+    }
+
+    /// Prepares a replay of run `run` from round `next` with `state` over `rule`, an index of the
+    /// ledger a follower keeps ([`RoundRule::extend`]): no pass over the whole ledger, so
+    /// following a long run costs what the new entries cost.
+    pub fn continuing(rule: &'r RoundRule, run: RunId, next: Round, state: State) -> Result<Replay<'r>, VerifyError> {
+        Replay::with_rule(&[], run, Cow::Borrowed(rule), Start::Continue { next, state })
+    }
+
+    fn with_rule(
+        entries: &[LoggedEntry],
+        run: RunId,
+        rule: Cow<'r, RoundRule>,
+        start: Start,
+    ) -> Result<Replay<'r>, VerifyError> {
         let (state, first, claims) = match start {
             Start::Genesis(state) => {
                 let claim = rule.genesis().ok_or(VerifyError::NoGenesis)?;
@@ -316,7 +335,7 @@ impl Replay {
             }
             Start::Continue { next, state } => (state, Some(next), Vec::new()),
         };
-        if state.layout() != &config.layout {
+        if state.layout() != &rule.config().layout {
             return Err(VerifyError::StartLayout);
         }
         let hash = state.hash();
@@ -473,7 +492,11 @@ pub async fn fetch_blobs<S: BlobSource>(source: &S, plan: &RoundPlan) -> Vec<Res
 
 /// Replays every closed round of `entries` from `start`, fetching blobs from `source`.
 pub async fn replay<S: BlobSource>(entries: &[LoggedEntry], start: Start, source: &S) -> Result<Replayed, VerifyError> {
-    let mut replay = Replay::new(entries, start)?;
+    run_to_end(Replay::new(entries, start)?, source).await
+}
+
+/// Applies every final round from where `replay` stands, fetching blobs from `source`.
+pub async fn run_to_end<S: BlobSource>(mut replay: Replay<'_>, source: &S) -> Result<Replayed, VerifyError> {
     while let Some(plan) = replay.next_plan() {
         let blobs = fetch_blobs(source, &plan).await;
         replay.apply(plan, blobs)?;

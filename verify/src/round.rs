@@ -2,9 +2,10 @@
 //! (and of the state hash after the previous round, which aggregation computes).
 //!
 //! ```text
-//!   entries (ledger order) ──RoundRule::new──▶ index: contributions by round, the round tally
-//!                                              (closes and cuts, attested results: ledger::rounds),
-//!                                              failing verdicts by organisation, exclusions
+//!   entries (ledger order) ──RoundRule::new, then extend──▶ index: contributions by round, the
+//!                                                           round tally (closes and cuts, attested
+//!                                                           results: ledger::rounds), failing
+//!                                                           verdicts by organisation, exclusions
 //!   replay, round r = 0, 1, ... while r is final:
 //!     rule.round(r, base = hash of the state after r-1) ──▶ RoundPlan
 //!        every Contribution entry of round r, in ledger order, gets the first reason that applies:
@@ -211,7 +212,7 @@ struct Indexed {
     void: Option<VoidReason>,
 }
 
-/// The index the round rule runs on, built once from the ledger's entries.
+/// The index the round rule runs on, built from the ledger's entries and extended as more are read.
 #[derive(Clone, Debug)]
 pub struct RoundRule {
     config: RunConfig,
@@ -226,6 +227,14 @@ pub struct RoundRule {
     failing: HashMap<EntryPos, Vec<(EntryPos, String, i64)>>,
     /// The first round each excluded worker is excluded from, and the verdict that completed it.
     excluded: BTreeMap<WorkerKey, (Round, EntryPos)>,
+    /// Accepted contributions by (round, blob), for verdicts that target a blob.
+    by_blob: HashMap<(Round, BlobId), Vec<EntryPos>>,
+    /// Per worker, its failed closed rounds in a row so far (see [`RoundRule::walk_exclusions`]).
+    streaks: BTreeMap<WorkerKey, u32>,
+    /// The last closed round the exclusion walk took in (closed rounds never change again).
+    walked: Option<Round>,
+    /// The last entry indexed.
+    last: Option<EntryPos>,
     /// The position after the last entry.
     end: EntryPos,
 }
@@ -233,7 +242,14 @@ pub struct RoundRule {
 impl RoundRule {
     /// Indexes `entries` (in ledger order, as `ledger::Reader::entries` gives them) under `config`.
     pub fn new(entries: &[LoggedEntry], config: &RunConfig) -> RoundRule {
-        let mut rule = RoundRule {
+        let mut rule = RoundRule::empty(config);
+        rule.extend(entries);
+        rule
+    }
+
+    /// An index of no entries.
+    pub fn empty(config: &RunConfig) -> RoundRule {
+        RoundRule {
             config: config.clone(),
             update_bytes: encoded_len(&config.layout, &config.hyper.compression),
             genesis: None,
@@ -243,14 +259,25 @@ impl RoundRule {
             contributions: BTreeMap::new(),
             failing: HashMap::new(),
             excluded: BTreeMap::new(),
+            by_blob: HashMap::new(),
+            streaks: BTreeMap::new(),
+            walked: None,
+            last: None,
             end: EntryPos { seq: Seq(0), index: 0 },
-        };
-        // Accepted contributions by (round, blob), for verdicts that target a blob.
-        let mut by_blob: HashMap<(Round, BlobId), Vec<EntryPos>> = HashMap::new();
-        let min_score = config.exclusion.min_score;
-        for logged in entries {
+        }
+    }
+
+    /// Takes in the entries of `entries` (ledger order) after the last one indexed, skipping those
+    /// already indexed: a follower passes the reader's whole list after every poll and pays for
+    /// the new entries only (and a binary search). `RoundRule::new(all)` and any sequence of
+    /// `extend` calls over growing prefixes of `all` give the same index.
+    pub fn extend(&mut self, entries: &[LoggedEntry]) {
+        let from = self.last.map_or(0, |last| entries.partition_point(|e| e.pos <= last));
+        let min_score = self.config.exclusion.min_score;
+        for logged in &entries[from..] {
+            self.last = Some(logged.pos);
             if let Some(next) = logged.pos.seq.next() {
-                rule.end = rule.end.max(EntryPos { seq: next, index: 0 });
+                self.end = self.end.max(EntryPos { seq: next, index: 0 });
             }
             let Some(entry) = &logged.entry else { continue };
             let pos = logged.pos;
@@ -271,40 +298,39 @@ impl RoundRule {
                         blob_size: c.blob_size,
                     };
                     if void.is_none() {
-                        by_blob.entry((candidate.round, c.blob)).or_default().push(pos);
+                        self.by_blob.entry((candidate.round, c.blob)).or_default().push(pos);
                     }
-                    rule.contributions.entry(candidate.round).or_default().push(Indexed { candidate, void });
+                    self.contributions.entry(candidate.round).or_default().push(Indexed { candidate, void });
                 }
                 _ if void.is_some() => {}
                 Body::Genesis(g) => {
-                    rule.genesis = Some(Claim { pos, kind: ClaimKind::Genesis, state: StateHash(g.initial_state.0) });
-                    rule.tally = RoundTally::new(g.org_quorum);
+                    self.genesis = Some(Claim { pos, kind: ClaimKind::Genesis, state: StateHash(g.initial_state.0) });
+                    self.tally = RoundTally::new(g.org_quorum);
                 }
-                Body::CloseVote(_) => rule.tally.observe(pos, &org, &entry.body),
+                Body::CloseVote(_) => self.tally.observe(pos, &org, &entry.body),
                 Body::Attestation(a) => {
                     let claim = Claim { pos, kind: ClaimKind::Attestation, state: StateHash(a.state.0) };
-                    rule.attestations.entry(Round(a.round.0)).or_default().push(claim);
-                    rule.tally.observe(pos, &org, &entry.body);
+                    self.attestations.entry(Round(a.round.0)).or_default().push(claim);
+                    self.tally.observe(pos, &org, &entry.body);
                 }
                 Body::Snapshot(s) => {
                     let claim = Claim { pos, kind: ClaimKind::Snapshot, state: StateHash(s.state.0) };
-                    rule.snapshots.entry(Round(s.round.0)).or_default().push(claim);
+                    self.snapshots.entry(Round(s.round.0)).or_default().push(claim);
                 }
                 Body::Verdict(v) if v.score < min_score => {
                     let targets = match v.target {
                         Target::Entry(p) => vec![p],
-                        Target::Blob(b) => by_blob.get(&(Round(v.round.0), b)).cloned().unwrap_or_default(),
+                        Target::Blob(b) => self.by_blob.get(&(Round(v.round.0), b)).cloned().unwrap_or_default(),
                     };
                     for target in targets {
-                        rule.failing.entry(target).or_default().push((pos, org.clone(), v.score));
+                        self.failing.entry(target).or_default().push((pos, org.clone(), v.score));
                     }
                 }
                 // An evaluation names a final state (the validity rule checks it) and decides nothing.
                 Body::Verdict(_) | Body::RosterChange(_) | Body::Evaluation(_) => {}
             }
         }
-        rule.excluded = rule.exclusions_by_round();
-        rule
+        self.walk_exclusions();
     }
 
     /// The run config the rule applies.
@@ -411,17 +437,24 @@ impl RoundRule {
         None
     }
 
-    /// Walks the closed rounds in order and finds, per worker, the round from which it is excluded:
-    /// after `max_failures` consecutive closed rounds in which its first contribution failed.
-    fn exclusions_by_round(&self) -> BTreeMap<WorkerKey, (Round, EntryPos)> {
+    /// Walks the closed rounds not walked yet, in order, and finds, per worker, the round from
+    /// which it is excluded: after `max_failures` consecutive closed rounds in which its first
+    /// contribution failed. A closed round's part is fixed (contributions after its close are void,
+    /// verdicts after it change nothing) and rounds close in order, so each is walked once.
+    fn walk_exclusions(&mut self) {
         let max = self.config.exclusion.max_failures;
-        let mut excluded = BTreeMap::new();
         if max == 0 {
-            return excluded;
+            return;
         }
-        let mut streak: BTreeMap<WorkerKey, u32> = BTreeMap::new();
-        for (round, contributions) in &self.contributions {
-            let Some(close) = self.close(*round) else { continue };
+        let mut streaks = std::mem::take(&mut self.streaks);
+        let mut excluded = std::mem::take(&mut self.excluded);
+        let unwalked = match self.walked {
+            None => self.contributions.range(..),
+            Some(r) => self.contributions.range((std::ops::Bound::Excluded(r), std::ops::Bound::Unbounded)),
+        };
+        for (round, contributions) in unwalked {
+            // A round not closed yet: neither is any later one.
+            let Some(close) = self.close(*round) else { break };
             let mut seen = BTreeSet::new();
             for Indexed { candidate: c, void } in contributions {
                 if void.is_some() || c.pos > close.pos || !seen.insert(c.worker) || excluded.contains_key(&c.worker) {
@@ -429,19 +462,21 @@ impl RoundRule {
                 }
                 match self.failed(c.pos, close.pos) {
                     Some((verdict, _, _)) => {
-                        let n = streak.entry(c.worker).or_default();
+                        let n = streaks.entry(c.worker).or_default();
                         *n += 1;
                         if *n >= max {
                             excluded.insert(c.worker, (Round(round.0.saturating_add(1)), verdict));
                         }
                     }
                     None => {
-                        streak.insert(c.worker, 0);
+                        streaks.insert(c.worker, 0);
                     }
                 }
             }
+            self.walked = Some(*round);
         }
-        excluded
+        self.streaks = streaks;
+        self.excluded = excluded;
     }
 
     fn plan(

@@ -1,14 +1,51 @@
 //! The round rule on real ledgers: exactly the right contributions count, each other one with the
 //! right reason, and the state equals direct aggregation of the counted updates.
 
-use ledger::EntryPos;
+use ledger::{EntryPos, LoggedEntry};
 use verify::replay::replay_from_genesis;
-use verify::{NotCounted, Round, StateHash, VerifyError, aggregate};
+use verify::{NotCounted, Round, RoundRule, RunConfig, StateHash, VerifyError, WorkerKey, aggregate};
 
 use crate::run::{TestRun, run_config};
 
 fn reasons(report: &verify::ReplayReport, round: usize) -> Vec<(EntryPos, NotCounted)> {
     report.rounds[round].not_counted.iter().map(|(c, r)| (c.pos, r.clone())).collect()
+}
+
+/// Everything the round rule answers, round by round, for `rounds` rounds and these workers (each
+/// round's base: the attested state of the round before, the genesis state for round 0).
+fn answers(rule: &RoundRule, rounds: u64, workers: &[WorkerKey]) -> Vec<String> {
+    let mut out = vec![format!("{:?} {:?} {:?}", rule.end(), rule.genesis(), rule.exclusions())];
+    let mut base = rule.genesis().map_or(StateHash([0; 32]), |g| g.state);
+    for r in (0..rounds).map(Round) {
+        out.push(format!(
+            "{r:?} {:?} {:?} {:?} {:?}",
+            rule.close(r),
+            rule.final_result(r),
+            rule.claims(r),
+            rule.candidates(r).collect::<Vec<_>>()
+        ));
+        out.push(format!("{:?} {:?} {:?}", rule.round(r, base), rule.provisional(r, base), rule.prospective(r, base)));
+        out.push(format!("{:?}", workers.iter().map(|w| rule.excluded_in(w, r)).collect::<Vec<_>>()));
+        if let Some(f) = rule.final_result(r) {
+            base = StateHash(f.state.0);
+        }
+    }
+    out
+}
+
+/// A follower extends its index after every poll ([`RoundRule::extend`]); whatever the prefixes it
+/// was extended over (one entry at a time, the whole list again), it must answer exactly as the
+/// index built at once from the same entries.
+fn assert_extending_matches(entries: &[LoggedEntry], config: &RunConfig, workers: &[WorkerKey]) {
+    let rounds = 5;
+    let mut extended = RoundRule::empty(config);
+    for k in 0..=entries.len() {
+        extended.extend(&entries[..k]);
+        let at_once = RoundRule::new(&entries[..k], config);
+        assert_eq!(answers(&extended, rounds, workers), answers(&at_once, rounds, workers), "after {k} entries");
+    }
+    extended.extend(entries);
+    assert_eq!(answers(&extended, rounds, workers), answers(&RoundRule::new(entries, config), rounds, workers));
 }
 
 fn counted(report: &verify::ReplayReport, round: usize) -> Vec<EntryPos> {
@@ -49,6 +86,8 @@ async fn every_kind_of_bad_contribution_gets_its_reason() {
     let wrong_size = run.contribute_bytes(2, 1, expected.hash(), vec![1, 2, 3]).await;
 
     let entries = run.entries().await;
+    let workers: Vec<WorkerKey> = (0..crate::run::WORKERS).map(|w| run.worker_key(w)).collect();
+    assert_extending_matches(&entries, &run.config, &workers);
     let replayed = replay_from_genesis(&entries, &run.store).await.unwrap();
     let report = &replayed.report;
     assert_eq!(report.rounds.len(), 1, "round 1 is open");
@@ -116,6 +155,8 @@ async fn failing_verdicts_reject_then_exclude_and_the_limit_cuts_the_rest() {
     run.close(2, s3.hash()).await;
 
     let entries = run.entries().await;
+    let workers: Vec<WorkerKey> = (0..crate::run::WORKERS).map(|w| run.worker_key(w)).collect();
+    assert_extending_matches(&entries, &run.config, &workers);
     let replayed = replay_from_genesis(&entries, &run.store).await.unwrap();
     let report = &replayed.report;
     assert_eq!(counted(report, 0), [b0]);
