@@ -4,6 +4,8 @@
 mod adversary_bench;
 mod aggregate_bench;
 mod ledger_bench;
+mod poison_bench;
+mod poll_bench;
 mod step_bench;
 mod storage_bench;
 mod train_bench;
@@ -24,6 +26,12 @@ pub enum BenchCommand {
     Train(train_bench::Args),
     /// One worker's compute per round on one device (passes, DeMo encoding): tokens/s and MFU.
     Step(step_bench::Args),
+    /// What following a long run costs per poll (read, round-rule index) and in memory, against
+    /// the ledger's length.
+    Poll(poll_bench::Args),
+    /// A poisoned minority (sign flip, x100, noise, stale, zero) against the clean run: the
+    /// held-out loss with the aggregation alone and with validators.
+    Poison(poison_bench::Args),
     /// A seeded adversarial simulation: honest organisations against byzantine ones and a faulty
     /// bucket, every safety property checked after every round.
     Adversary(adversary_bench::Args),
@@ -37,6 +45,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
         BenchCommand::Train(args) => train_bench::run(args).await,
         BenchCommand::Step(args) => step_bench::run(args).await,
         BenchCommand::Adversary(args) => adversary_bench::run(args).await,
+        BenchCommand::Poll(args) => poll_bench::run(args).await,
+        BenchCommand::Poison(args) => poison_bench::run(args).await,
     }
 }
 

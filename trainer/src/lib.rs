@@ -17,6 +17,7 @@ pub mod hf;
 pub mod local;
 pub mod model;
 pub mod peers;
+pub mod poison;
 pub mod run_spec;
 pub mod score;
 pub mod simulate;

@@ -32,6 +32,7 @@ use crate::demo::DemoState;
 use crate::follow::{Follower, TallyAction};
 use crate::local::LocalSteps;
 use crate::model::{Model, Precision};
+use crate::run_spec::TrainSpec;
 use crate::score::milli_nats;
 use crate::step::{AdamWConfig, StepConfig, local_step};
 use crate::worker_state::{self, Restored, ResumePolicy};
@@ -287,20 +288,8 @@ pub fn compute_update(
 ) -> Result<(Bytes, f64), TrainerError> {
     let info = follower.info();
     let round = follower.round();
-    let indices = data.assignment(round, me, info.train.sequences_per_round());
-    let batch = data.batch(&indices, model.device())?;
     let layout = &info.config.layout;
-    let (direction, loss) = match local {
-        None => {
-            let g = local_step(model, &batch, step)?;
-            (g.grads, g.loss)
-        }
-        Some(local) => {
-            let parts = crate::simulate::shards(&batch, info.train.local_steps as usize)?;
-            let lr = info.train.inner_rate(&info.config.hyper.schedule, round);
-            crate::local::pseudo_gradient(local, model, &parts, lr)?
-        }
-    };
+    let (direction, loss) = train_direction(model, local, data, step, &info.train, &info.config.hyper, round, me)?;
     demo.accumulate(&direction, layout, decay, 1.0)?;
     let header = Header {
         run: verify::RunId(info.run_id.0),
@@ -312,6 +301,36 @@ pub fn compute_update(
     };
     let update = demo.encode(&header, layout)?;
     Ok((Bytes::from(update.to_bytes()), loss))
+}
+
+/// What worker `me` trains in `round` from the state `model` holds, before DeMo: one gradient of
+/// its whole assignment, or with `local` (the run's `train.local_steps` > 1) the pseudo-gradient of
+/// that many AdamW steps, one per part of the assignment in order ([`crate::local`]). Returns the
+/// direction (layout order) and the mean training loss.
+#[allow(clippy::too_many_arguments)]
+pub fn train_direction(
+    model: &Model,
+    local: Option<&mut LocalSteps>,
+    data: &Dataset,
+    step: &StepConfig,
+    train: &TrainSpec,
+    hyper: &verify::Hyper,
+    round: Round,
+    me: &WorkerKey,
+) -> Result<(Vec<tch::Tensor>, f64), TrainerError> {
+    let indices = data.assignment(round, me, train.sequences_per_round());
+    let batch = data.batch(&indices, model.device())?;
+    match local {
+        None => {
+            let g = local_step(model, &batch, step)?;
+            Ok((g.grads, g.loss))
+        }
+        Some(local) => {
+            let parts = crate::simulate::shards(&batch, train.local_steps as usize)?;
+            let lr = train.inner_rate(&hyper.schedule, round);
+            crate::local::pseudo_gradient(local, model, &parts, lr)
+        }
+    }
 }
 
 /// The Contribution's assignment field: the round and the sequence count (the indices themselves

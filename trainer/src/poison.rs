@@ -1,0 +1,375 @@
+//! A poisoned minority: how far hostile workers move the model, and what stops them (`cairn bench
+//! poison` drives it; docs/BENCHMARKS.md, "Poisoned minority").
+//!
+//! ```text
+//!   a run's config (the model, data, compression, step rule, validation rules; a built-in tiny
+//!   synthetic run in the bench) ─▶ N workers, the last B byzantine
+//!   for each attack (clean first), for each defence (aggregation alone, then validators):
+//!     round r = 0 .. R, state S_r:
+//!       honest worker:    train_direction (the worker's own code) ─▶ DemoState (error feedback)
+//!                         ─▶ encode ─▶ blob
+//!       byzantine worker: the same, with its direction replaced by the attack, then the honest
+//!                         encoder (a member that signs whatever it likes still has to send bytes
+//!                         the decoder accepts: its header binds the round and the base)
+//!       every blob ─▶ verify::decode (what any receiver does)
+//!       validators:       score_blob (the validator's code) ─▶ failed if score < min_score;
+//!                         a worker failed in max_failures contributed rounds in a row is excluded
+//!       S_{r+1} = verify::apply(S_r, r, counted updates)   (median clipping where the run has it)
+//!   held-out loss of S_R ─▶ ratio to the clean run under the same defence
+//! ```
+//!
+//! Attacks (each byzantine worker runs its own DemoState, so error feedback applies to what it
+//! sends): `sign-flip` (its honest direction negated), `scale-100` (x100), `noise` (Gaussian noise
+//! with the honest direction's norm, tensor by tensor), `stale` (the first honest worker's
+//! direction of the previous round: a copy of an honest update one round late, re-encoded under
+//! the attacker's header, the only way it passes decoding), `zero` (nothing: all-zero momentum),
+//! `silent` (no update at all: the control, the model the honest workers reach alone, since
+//! every attack also withholds the attacker's share of honest data).
+//!
+//! Honest workers' directions do not depend on the attack or the defence except through the
+//! state, so the clean run (every worker honest) is the baseline measured in the same process; a
+//! run is deterministic (seeded data, init and noise), so runs in separate processes compare too.
+
+use std::str::FromStr;
+
+use tch::{Device, Tensor};
+use verify::{Header, Round, RunConfig, State, WorkerKey};
+
+use crate::data::Dataset;
+use crate::demo::DemoState;
+use crate::error::TrainerError;
+use crate::local::LocalSteps;
+use crate::model::{Model, init_state};
+use crate::run_spec::TrainSpec;
+use crate::score::{ScoreConfig, score_blob};
+use crate::step::{AdamWConfig, StepConfig, eval_loss};
+use crate::worker::train_direction;
+
+/// What a byzantine worker sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attack {
+    /// The honest direction negated.
+    SignFlip,
+    /// The honest direction times 100.
+    Scale100,
+    /// Gaussian noise with the honest direction's norm, tensor by tensor.
+    Noise,
+    /// The first honest worker's direction of the previous round.
+    Stale,
+    /// Nothing: an all-zero momentum.
+    Zero,
+    /// No update at all (the control: the model the honest workers reach alone).
+    Silent,
+}
+
+impl Attack {
+    /// Every attack, in the order the bench reports them.
+    pub const ALL: [Attack; 6] =
+        [Attack::SignFlip, Attack::Scale100, Attack::Noise, Attack::Stale, Attack::Zero, Attack::Silent];
+
+    /// The attack's name in figures (`sign_flip`, ...); [`FromStr`] takes it with `-` or `_`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Attack::SignFlip => "sign_flip",
+            Attack::Scale100 => "scale_100",
+            Attack::Noise => "noise",
+            Attack::Stale => "stale",
+            Attack::Zero => "zero",
+            Attack::Silent => "silent",
+        }
+    }
+}
+
+/// An attack name [`Attack`]'s [`FromStr`] does not know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown attack {0:?}: sign-flip, scale-100, noise, stale, zero or silent")]
+pub struct UnknownAttack(pub String);
+
+impl FromStr for Attack {
+    type Err = UnknownAttack;
+
+    fn from_str(s: &str) -> Result<Attack, UnknownAttack> {
+        let name = s.replace('-', "_");
+        Attack::ALL.into_iter().find(|a| a.name() == name).ok_or_else(|| UnknownAttack(s.to_string()))
+    }
+}
+
+/// The simulation's defence: what decides which updates count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Defence {
+    /// Every update that decodes counts (the aggregation's clipping is the only defence).
+    Aggregation,
+    /// Validators score every update; failed ones do not count; repeat failures exclude.
+    Validators,
+}
+
+impl Defence {
+    /// The defence's name in figures.
+    pub fn name(self) -> &'static str {
+        match self {
+            Defence::Aggregation => "aggregation",
+            Defence::Validators => "validators",
+        }
+    }
+}
+
+/// One run's outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoisonOutcome {
+    /// Mean cross-entropy (nats) on the held-out sequences after the last round.
+    pub loss: f64,
+    /// Honest contributions the validators failed.
+    pub honest_failed: u64,
+    /// Hostile contributions the validators failed.
+    pub byzantine_failed: u64,
+    /// Hostile contributions that counted.
+    pub byzantine_counted: u64,
+    /// The round in which the last hostile worker was excluded, if all were.
+    pub excluded_by: Option<u64>,
+}
+
+/// A simulated run with a hostile minority; see the module docs.
+#[derive(Debug)]
+pub struct PoisonSim {
+    config: RunConfig,
+    train: TrainSpec,
+    data: Dataset,
+    initial: State,
+    step: StepConfig,
+    eval: Tensor,
+    workers: usize,
+    byzantine: usize,
+    rounds: u64,
+}
+
+fn key(i: usize) -> WorkerKey {
+    crate::simulate::worker_key(i)
+}
+
+impl PoisonSim {
+    /// `workers` workers of the run (`config`, `train`) on `data`, the last `byzantine` hostile,
+    /// for `rounds` rounds; the loss is measured on `eval_sequences` held-out sequences.
+    pub fn new(
+        config: RunConfig,
+        train: TrainSpec,
+        data: Dataset,
+        workers: usize,
+        byzantine: usize,
+        rounds: u64,
+        eval_sequences: usize,
+    ) -> Result<PoisonSim, TrainerError> {
+        if workers == 0 || byzantine >= workers || eval_sequences == 0 {
+            return Err(TrainerError::InvalidConfig(format!(
+                "a poisoned run needs fewer byzantine workers than workers and held-out sequences \
+                 (got {byzantine} of {workers}, {eval_sequences} sequences)"
+            )));
+        }
+        let initial = init_state(&train.model_config()?, train.seed)?;
+        let step = StepConfig {
+            micro_batch: train.micro_batch,
+            clip_norm: (train.clip_norm > 0.0).then_some(train.clip_norm),
+        };
+        let eval = data.batch(&data.eval_indices(eval_sequences), Device::Cpu)?;
+        Ok(PoisonSim { config, train, data, initial, step, eval, workers, byzantine, rounds })
+    }
+
+    /// The run's config.
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    /// The run's training spec.
+    pub fn train(&self) -> &TrainSpec {
+        &self.train
+    }
+
+    fn honest(&self) -> usize {
+        self.workers - self.byzantine
+    }
+
+    /// Runs from the initial state with the hostile workers sending `attack` (`None`: the clean
+    /// run, every worker honest) under `defence`.
+    pub fn run(&self, attack: Option<Attack>, defence: Defence) -> Result<PoisonOutcome, TrainerError> {
+        let model_config = self.train.model_config()?;
+        let layout = &self.config.layout;
+        let hyper = &self.config.hyper;
+        let rules = self.config.exclusion;
+        let mut state = self.initial.clone();
+        let mut model = Model::from_state(&model_config, &state, Device::Cpu)?;
+        let mut scorer = Model::from_state(&model_config, &state, Device::Cpu)?;
+        let mut demo: Vec<DemoState> =
+            (0..self.workers).map(|_| DemoState::new(layout, Device::Cpu)).collect::<Result<_, _>>()?;
+        let mut local: Vec<Option<LocalSteps>> = (0..self.workers)
+            .map(|_| match self.train.local_steps {
+                0 | 1 => Ok(None),
+                _ => {
+                    let inner = AdamWConfig { weight_decay: 0.0, step: self.step, ..AdamWConfig::default() };
+                    LocalSteps::new(&model_config, &state, inner, Device::Cpu).map(Some)
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let mut failures_in_a_row = vec![0u32; self.workers];
+        let mut excluded = vec![false; self.workers];
+        let mut out =
+            PoisonOutcome { loss: 0.0, honest_failed: 0, byzantine_failed: 0, byzantine_counted: 0, excluded_by: None };
+        let mut previous_first_honest: Option<Vec<Tensor>> = None;
+        let share = u32::try_from(self.workers).unwrap_or(u32::MAX);
+        let score_config = ScoreConfig { linear_share: share, ..self.train.score_config() };
+        tch::manual_seed(i64::try_from(self.train.seed).unwrap_or(0));
+        for r in 0..self.rounds {
+            let round = Round(r);
+            let base = state.hash();
+            let mut counted = Vec::new();
+            let mut first_honest: Option<Vec<Tensor>> = None;
+            for i in 0..self.workers {
+                if excluded[i] {
+                    continue;
+                }
+                if attack == Some(Attack::Silent) && i >= self.honest() {
+                    continue;
+                }
+                let me = key(i);
+                let (direction, _) =
+                    train_direction(&model, local[i].as_mut(), &self.data, &self.step, &self.train, hyper, round, &me)?;
+                let hostile = attack.filter(|_| i >= self.honest());
+                let (direction, weight) = match hostile {
+                    Some(a) => attacked(a, direction, previous_first_honest.as_deref())?,
+                    None => (direction, 1.0),
+                };
+                let hostile = hostile.is_some();
+                if i == 0 {
+                    first_honest = Some(direction.iter().map(Tensor::copy).collect());
+                }
+                demo[i].accumulate(&direction, layout, self.train.momentum_decay, weight)?;
+                let header = Header {
+                    run: verify::RunId([0x5e; 32]),
+                    round,
+                    base,
+                    worker: me,
+                    layout: layout.hash(),
+                    compression: hyper.compression,
+                };
+                let blob = demo[i].encode(&header, layout)?.to_bytes();
+                let expected = header.expected(layout);
+                let Ok(update) = verify::decode(&blob, &expected) else {
+                    // Not counted by anyone; the honest encoder never gets here.
+                    continue;
+                };
+                if defence == Defence::Validators {
+                    let passed = score_blob(&blob, &expected, &mut scorer, &state, hyper, &self.data, &score_config)
+                        .is_ok_and(|s| s.score >= rules.min_score);
+                    if !passed {
+                        if hostile {
+                            out.byzantine_failed += 1
+                        } else {
+                            out.honest_failed += 1
+                        }
+                        failures_in_a_row[i] += 1;
+                        if rules.max_failures > 0 && failures_in_a_row[i] >= rules.max_failures {
+                            excluded[i] = true;
+                            if hostile {
+                                out.excluded_by = Some(r);
+                            }
+                        }
+                        continue;
+                    }
+                    failures_in_a_row[i] = 0;
+                }
+                if hostile {
+                    out.byzantine_counted += 1;
+                }
+                counted.push(update);
+            }
+            previous_first_honest = first_honest;
+            if !counted.is_empty() {
+                verify::apply(&mut state, round, &counted, hyper)?;
+            }
+            model.load_state(&state)?;
+        }
+        out.loss = eval_loss(&model, &self.eval, 16)?;
+        if attack.is_none() || excluded[self.honest()..].iter().any(|e| !e) {
+            out.excluded_by = None;
+        }
+        Ok(out)
+    }
+}
+
+/// The direction a byzantine worker feeds its momentum, and the weight it feeds it with.
+fn attacked(attack: Attack, honest: Vec<Tensor>, stale: Option<&[Tensor]>) -> Result<(Vec<Tensor>, f64), TrainerError> {
+    Ok(match attack {
+        Attack::SignFlip => (honest, -1.0),
+        Attack::Scale100 => (honest, 100.0),
+        Attack::Zero | Attack::Silent => (honest, 0.0),
+        Attack::Stale => match stale {
+            Some(s) => (s.iter().map(Tensor::copy).collect(), 1.0),
+            // Round 0 has no earlier update: the attacker sends nothing of use.
+            None => (honest, 0.0),
+        },
+        Attack::Noise => {
+            let noise = honest
+                .iter()
+                .map(|g| {
+                    let n = g.f_randn_like()?;
+                    let scale =
+                        g.f_norm()?.f_double_value(&[])? / n.f_norm()?.f_double_value(&[])?.max(f64::MIN_POSITIVE);
+                    n.f_mul_scalar(scale)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (noise, 1.0)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::MarkovSpec;
+    use crate::run_spec::RunSpec;
+
+    /// `workers` on `tiny` and the synthetic corpus (short rounds), the last `byzantine` hostile; a
+    /// worker is excluded after 2 failed rounds in a row.
+    fn sim(workers: usize, byzantine: usize, rounds: u64) -> PoisonSim {
+        let spec = RunSpec::parse(
+            "[run]\npreset = \"tiny\"\nseed = 3\n[data]\nsource = \"synthetic\"\nseq_len = 32\n\
+             [train]\ntokens_per_round = 256\n[validation]\nmax_failures = 2\n\
+             [roster]\nquorum = 1\n[[roster.member]]\n\
+             key = \"0000000000000000000000000000000000000000000000000000000000000001\"\n\
+             organisation = \"sim\"\nrole = \"admin\"\n[[roster.member]]\n\
+             key = \"0000000000000000000000000000000000000000000000000000000000000002\"\n\
+             organisation = \"sim\"\nrole = \"worker\"\n",
+        )
+        .unwrap();
+        let parts = spec.genesis_parts(crate::model::BYTE_VOCAB).unwrap();
+        let data = Dataset::synthetic(MarkovSpec::default(), parts.train.seed, parts.train.seq_len, 32).unwrap();
+        PoisonSim::new(parts.config, parts.train, data, workers, byzantine, rounds, 16).unwrap()
+    }
+
+    #[test]
+    fn validators_fail_and_exclude_sign_flippers_that_the_aggregation_alone_counts() {
+        tch::set_num_threads(1);
+        let sim = sim(4, 1, 4);
+        let open = sim.run(Some(Attack::SignFlip), Defence::Aggregation).unwrap();
+        // Sign values all have one norm: median clipping cannot tell the flipped update apart.
+        assert_eq!(open.byzantine_counted, 4, "{open:?}");
+        let guarded = sim.run(Some(Attack::SignFlip), Defence::Validators).unwrap();
+        // A flipped update scores the negative of an honest one: failed in rounds 0 and 1, then
+        // excluded (max_failures = 2), never counted; no honest update failed.
+        assert_eq!((guarded.byzantine_counted, guarded.byzantine_failed), (0, 2), "{guarded:?}");
+        assert_eq!(guarded.excluded_by, Some(1));
+        assert_eq!(guarded.honest_failed, 0);
+        let clean = sim.run(None, Defence::Validators).unwrap();
+        assert!(guarded.loss < open.loss, "validators {guarded:?}, aggregation alone {open:?}, clean {clean:?}");
+        assert_eq!(clean.excluded_by, None);
+    }
+
+    #[test]
+    fn attack_names_parse_with_dashes_or_underscores_and_others_are_refused() {
+        let spec = "tiny";
+        assert!(spec.parse::<Attack>().is_err());
+        assert_eq!("sign-flip".parse::<Attack>().unwrap(), Attack::SignFlip);
+        assert_eq!("scale_100".parse::<Attack>().unwrap(), Attack::Scale100);
+        for a in Attack::ALL {
+            assert_eq!(a.name().parse::<Attack>().unwrap(), a);
+        }
+    }
+}
