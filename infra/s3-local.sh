@@ -93,11 +93,14 @@ export AWS_ALLOW_HTTP=true
 export CAIRN_TEST_S3=1
 EOF
   if [ -n "$parent" ]; then
-    # Watchdog: stop the server when the parent process is gone.
+    # Watchdog: stop the server when the parent process is gone; only this server (the pid file
+    # may name a newer one by then: a second run in the same folder).
+    local server
+    server=$(cat "$pidfile")
     (
       trap '' HUP
-      while kill -0 "$parent" 2>/dev/null && running; do sleep 1; done
-      if running; then "$0" stop >/dev/null 2>&1 || true; fi
+      while kill -0 "$parent" 2>/dev/null && kill -0 "$server" 2>/dev/null; do sleep 1; done
+      if [ "$(cat "$pidfile" 2>/dev/null)" = "$server" ]; then "$0" stop >/dev/null 2>&1 || true; fi
     ) </dev/null >/dev/null 2>&1 &
     disown || true
   fi
