@@ -344,10 +344,14 @@ fn short(key: &str) -> &str {
 /// One line for a worker event.
 pub fn describe_worker(e: &WorkerEvent) -> String {
     match e {
-        WorkerEvent::Joined { round, from_snapshot, resumed } => format!(
+        WorkerEvent::Joined { round, from_snapshot, resumed, fresh } => format!(
             "joined at round {round}{}{}",
             if *from_snapshot { " from a snapshot" } else { "" },
-            if *resumed { ", momentum resumed" } else { "" }
+            match (resumed, fresh) {
+                (true, _) => ", momentum resumed".to_string(),
+                (false, Some(why)) => format!(", momentum starts at zero: {why}"),
+                (false, None) => String::new(),
+            }
         ),
         WorkerEvent::Contributed { round, loss, bytes, train_secs, .. } => {
             format!("round {round}: contributed, loss {loss:.4}, {bytes} bytes, {train_secs:.1} s")

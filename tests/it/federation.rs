@@ -350,6 +350,87 @@ async fn a_worker_killed_mid_round_restarts_and_the_run_completes() {
     assert_eq!(fed.audit_ok(), fed.worker_state("w2"));
 }
 
+/// Crash anywhere (issue 20; docs/BENCHMARKS.md, "Crash anywhere"): both workers and the validator
+/// are killed with SIGKILL at seeded random moments (0.1 to 1.5 s apart, so kills land mid-training,
+/// mid-upload, mid-append, mid-vote, mid-attestation and while a snapshot or the momentum file is
+/// written, in proportion to how long each takes) and restarted with the same command. Rounds wait
+/// for both workers (2 contributions, a 600 s deadline) and need two organisations to close and
+/// attest, so the run finishes only if every restart picks up where the killed process left off.
+/// Long mode: `CAIRN_CHAOS_KILLS=50` (default 4); `CAIRN_CHAOS_SEED` (default 1) picks the schedule.
+#[tokio::test(flavor = "multi_thread")]
+async fn processes_killed_at_random_moments_restart_and_every_round_counts_each_worker_once() {
+    use rand::{Rng, SeedableRng};
+    let env_or = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (kills, seed) = (env_or("CAIRN_CHAOS_KILLS", 4), env_or("CAIRN_CHAOS_SEED", 1));
+    let rounds = kills.max(6);
+    let members =
+        [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker"), ("v", "gamma", "validator")];
+    let fed = Fed::start(&members, &sections(rounds, 2, 600, 2, "sign")).await;
+    let commands = [("w1", "worker"), ("w2", "worker"), ("v", "validate")];
+    let mut children: Vec<(&str, Child)> = commands.iter().map(|&(name, cmd)| (name, fed.spawn(cmd, name))).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut killed = [0u64; 3];
+    let started = Instant::now();
+    let budget = RUN_TIMEOUT + Duration::from_secs(10 * kills);
+    while killed.iter().sum::<u64>() < kills {
+        std::thread::sleep(Duration::from_millis(rng.random_range(100..1500)));
+        let i = rng.random_range(0..children.len());
+        let exits: Vec<(&str, Option<std::process::ExitStatus>)> =
+            children.iter_mut().map(|(name, child)| (*name, child.try_wait().unwrap())).collect();
+        if let Some((name, Some(s))) = exits.iter().find(|(_, s)| s.is_some_and(|s| !s.success())) {
+            let why = format!("{name} exited with {s}");
+            fed.fail(&mut children, &why);
+        }
+        if exits.iter().all(|(_, s)| s.is_some()) {
+            break; // the run ended before every kill was made
+        }
+        if started.elapsed() > budget {
+            fed.fail(&mut children, &format!("the run did not end in {budget:?} with {killed:?} kills"));
+        }
+        if children[i].1.try_wait().unwrap().is_some() {
+            continue; // that one is done; another kill point follows
+        }
+        children[i].1.kill().unwrap(); // SIGKILL
+        children[i].1.wait().unwrap();
+        children[i].1 = fed.spawn(commands[i].1, commands[i].0);
+        killed[i] += 1;
+    }
+    fed.wait_all(&mut children);
+    let kills_made: u64 = killed.iter().sum();
+    let workers_log = fed.log_text("w1") + &fed.log_text("w2");
+    let resumed = workers_log.matches("momentum resumed").count();
+    let zero = workers_log.matches("momentum starts at zero").count();
+    eprintln!(
+        "chaos: seed={seed} kills={kills_made} (w1, w2, v: {killed:?}) rounds={rounds} in {:.1} s; worker starts: \
+         {resumed} resumed their momentum, {zero} at zero",
+        started.elapsed().as_secs_f64()
+    );
+    // Each worker joined at most once per start (a process killed within its first moments may not
+    // have got that far); every restart resumed its momentum or said why it could not.
+    for (i, w) in ["w1", "w2"].into_iter().enumerate() {
+        let log = fed.log_text(w);
+        let joins: Vec<&str> = log.lines().filter(|l| l.contains("joined at round")).collect();
+        assert!(!joins.is_empty() && joins.len() as u64 <= killed[i] + 1, "{w}, killed {}: {log}", killed[i]);
+        for join in &joins[1..] {
+            assert!(
+                join.contains("momentum resumed") || join.contains("momentum starts at zero: "),
+                "{w}'s restart neither resumed nor said why: {join}"
+            );
+        }
+    }
+    // Every round closed with exactly one counted contribution of each worker: none lost (the round
+    // waited for both), none counted twice; and everyone agrees with the auditor.
+    let (report, passed) = fed.audit_json();
+    assert!(passed, "{report:#}");
+    let audited = report["rounds"].as_array().unwrap();
+    assert_eq!(audited.len() as u64, rounds, "{report:#}");
+    for r in audited {
+        assert_eq!(r["counted"].as_u64(), Some(2), "{r:#}");
+    }
+    assert_eq!(fed.worker_state("w1"), fed.worker_state("w2"));
+    assert_eq!(fed.audit_ok(), fed.worker_state("w1"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_worker_joins_from_a_snapshot_and_its_contributions_count() {
     let members =

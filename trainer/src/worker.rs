@@ -63,6 +63,8 @@ pub enum WorkerEvent {
         from_snapshot: bool,
         /// Whether saved momentum was resumed.
         resumed: bool,
+        /// Why not, when it was not (no file, or a file of another round).
+        fresh: Option<worker_state::FreshReason>,
     },
     /// Appended a contribution.
     Contributed {
@@ -160,11 +162,11 @@ pub async fn run_worker(
     let mut demo =
         match worker_state::load(&options.state_file, run, &layout, joined, ResumePolicy::default(), options.device)? {
             Restored::Resumed { state, .. } => {
-                events(WorkerEvent::Joined { round: joined.0, from_snapshot, resumed: true });
+                events(WorkerEvent::Joined { round: joined.0, from_snapshot, resumed: true, fresh: None });
                 state
             }
-            Restored::Fresh { state, .. } => {
-                events(WorkerEvent::Joined { round: joined.0, from_snapshot, resumed: false });
+            Restored::Fresh { state, reason } => {
+                events(WorkerEvent::Joined { round: joined.0, from_snapshot, resumed: false, fresh: Some(reason) });
                 state
             }
         };
