@@ -29,7 +29,7 @@ use ledger::{
 };
 use storage::Store;
 use verify::replay::{
-    Discrepancy, RoundReport, RunBlobs, SkippedSnapshot, fetch_blobs, mirror_prefix, replay_from_latest_snapshot,
+    Discrepancy, RoundReport, RunBlobs, SkippedSnapshot, fetch_blobs, mirror_prefix, replay_from_latest_snapshot_over,
 };
 use verify::{Replay, Round, RoundRule, RunConfig, State, StateHash, WorkerKey};
 
@@ -148,7 +148,7 @@ impl Follower {
         }
         let blobs = RunBlobs::of_reader(store.clone(), &reader);
         let rule = RoundRule::new(reader.entries(), &config);
-        let (replayed, skipped) = replay_from_latest_snapshot(reader.entries(), &blobs).await?;
+        let (replayed, skipped) = replay_from_latest_snapshot_over(&rule, reader.entries(), &blobs).await?;
         for s in &skipped {
             tracing::warn!(pos = %s.snapshot.pos, round = s.snapshot.round.0, reason = %s.reason,
                 "skipped a snapshot for an older start");

@@ -303,6 +303,13 @@ impl<'r> Replay<'r> {
         Replay::with_rule(entries, run, Cow::Owned(rule), start)
     }
 
+    /// [`Replay::new`] over `rule`, an index of `entries` the caller already holds (a joiner
+    /// keeps it to follow the run): the ledger is not indexed a second time.
+    pub fn over(rule: &'r RoundRule, entries: &[LoggedEntry], start: Start) -> Result<Replay<'r>, VerifyError> {
+        let (run, _, _) = genesis_config(entries)?;
+        Replay::with_rule(entries, run, Cow::Borrowed(rule), start)
+    }
+
     /// Prepares a replay of run `run` from round `next` with `state` over `rule`, an index of the
     /// ledger a follower keeps ([`RoundRule::extend`]): no pass over the whole ledger, so
     /// following a long run costs what the new entries cost.
@@ -536,9 +543,13 @@ pub async fn fetch_state<S: BlobSource>(
 /// Replays `entries` from genesis: fetches the Genesis entry's initial state from `source`, then
 /// every closed round. What `cairn audit` runs.
 pub async fn replay_from_genesis<S: BlobSource>(entries: &[LoggedEntry], source: &S) -> Result<Replayed, VerifyError> {
+    replay(entries, genesis_start(entries, source).await?, source).await
+}
+
+/// The start at the genesis state, read from `source` and checked against the Genesis entry.
+async fn genesis_start<S: BlobSource>(entries: &[LoggedEntry], source: &S) -> Result<Start, VerifyError> {
     let (_, config, genesis) = genesis_config(entries)?;
-    let state = fetch_state(source, &config, genesis.snapshot, genesis.snapshot_size).await?;
-    replay(entries, Start::Genesis(state), source).await
+    Ok(Start::Genesis(fetch_state(source, &config, genesis.snapshot, genesis.snapshot_size).await?))
 }
 
 /// A Snapshot entry a replay may start from: accepted, so its round is final and its state is the
@@ -616,10 +627,20 @@ pub async fn replay_from_latest_snapshot<S: BlobSource>(
     entries: &[LoggedEntry],
     source: &S,
 ) -> Result<(Replayed, Vec<SkippedSnapshot>), VerifyError> {
+    let (_, config, _) = genesis_config(entries)?;
+    replay_from_latest_snapshot_over(&RoundRule::new(entries, &config), entries, source).await
+}
+
+/// [`replay_from_latest_snapshot`] over `rule`, an index of `entries` the caller already holds.
+pub async fn replay_from_latest_snapshot_over<S: BlobSource>(
+    rule: &RoundRule,
+    entries: &[LoggedEntry],
+    source: &S,
+) -> Result<(Replayed, Vec<SkippedSnapshot>), VerifyError> {
     let (usable, skipped) = newest_usable_snapshot(entries, source).await?;
-    let replayed = match usable {
-        None => replay_from_genesis(entries, source).await?,
-        Some((snapshot, state)) => replay(entries, Start::Snapshot { pos: snapshot.pos, state }, source).await?,
+    let start = match usable {
+        None => genesis_start(entries, source).await?,
+        Some((snapshot, state)) => Start::Snapshot { pos: snapshot.pos, state },
     };
-    Ok((replayed, skipped))
+    Ok((run_to_end(Replay::over(rule, entries, start)?, source).await?, skipped))
 }
