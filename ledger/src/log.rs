@@ -56,6 +56,12 @@ pub const SEQ_PREFIX: &str = "ledger/seq";
 pub const HEAD_HINT_KEY: &str = "ledger/head";
 /// Slots one append tries before giving up with [`LedgerError::Contended`].
 pub const MAX_APPEND_ATTEMPTS: u32 = 512;
+/// Writes in a row whose outcome stayed unknown (the write failed after the storage layer's
+/// retries, and reading the slot back failed too) after which an append stops with
+/// [`LedgerError::AppendUncertain`]: the store is down, and the caller should say so and come back
+/// (participants rejoin and find their entry if it landed) rather than spend its 512 attempts
+/// silently (about 25 minutes at the default retry policy).
+pub const MAX_UNKNOWN_IN_A_ROW: u32 = 3;
 /// Consecutive lost races after which an appender searches for the head again.
 pub const REPROBE_AFTER_LOSSES: u32 = 8;
 /// An appender updates the head hint when it lands on a multiple of this (a power of two).
@@ -273,6 +279,7 @@ impl Appender {
         let mut until_probe = REPROBE_AFTER_LOSSES;
         // Whether an earlier attempt at `seq` failed in transit, and so may have landed.
         let mut uncertain = false;
+        let mut unknown_in_a_row = 0u32;
         for _ in 0..MAX_APPEND_ATTEMPTS {
             let key = seq_key(seq);
             let state = match self.store.put_if_absent(&key, slot.clone()).await {
@@ -285,6 +292,9 @@ impl Appender {
                 }
                 Err(e) => return Err(e.into()),
             };
+            if !matches!(state, SlotState::Unknown) {
+                unknown_in_a_row = 0;
+            }
             match state {
                 SlotState::Ours => {
                     debug!(seq = seq.0, losses, "slot appended");
@@ -311,7 +321,17 @@ impl Appender {
                         after
                     };
                 }
-                SlotState::Unknown => debug!(seq = seq.0, "slot state unknown after a failed write; trying it again"),
+                SlotState::Unknown => {
+                    unknown_in_a_row += 1;
+                    if unknown_in_a_row >= MAX_UNKNOWN_IN_A_ROW {
+                        warn!(
+                            seq = seq.0,
+                            unknown_in_a_row, "the store failed every write and read of the slot; giving up"
+                        );
+                        return Err(LedgerError::AppendUncertain { seq });
+                    }
+                    debug!(seq = seq.0, "slot state unknown after a failed write; trying it again");
+                }
             }
         }
         warn!(last_seq = seq.0, uncertain, "append gave up");

@@ -23,13 +23,25 @@ fn transient(e: &LedgerError) -> bool {
     matches!(e, LedgerError::Store(StoreError::Unavailable { .. }))
 }
 
-/// Retries an append that failed transiently. A failed append never landed (the appender
-/// resolves every uncertain write before giving up), so retrying cannot duplicate.
-async fn append_until_ok(appender: &mut Appender, batch: &[Entry]) -> Seq {
+/// Retries an append that failed transiently. A failed append did not land, except one that
+/// stopped uncertain about its last slot (the store failed its writes and reads there): that slot
+/// is read back until the store answers, and holds the batch or not, before appending again; so
+/// retrying cannot duplicate.
+async fn append_until_ok(appender: &mut Appender, store: &Store, batch: &[Entry]) -> Seq {
+    let ours = slot::encode_entries(batch).unwrap();
     for _ in 0..TRIES {
         match appender.append(batch).await {
             Ok(seq) => return seq,
             Err(e) if transient(&e) => continue,
+            Err(LedgerError::AppendUncertain { seq }) => {
+                for _ in 0..TRIES {
+                    match store.get(&ledger::seq_key(seq), slot::MAX_SLOT_BYTES).await {
+                        Ok(found) if found.bytes == ours => return seq,
+                        Ok(_) | Err(StoreError::NotFound { .. }) => break,
+                        Err(_) => continue,
+                    }
+                }
+            }
             Err(e) => panic!("append failed for good: {e}"),
         }
     }
@@ -62,7 +74,7 @@ fn simulate(seed: u64) -> (Outcome, Injected) {
         let store = Store::from_object_store(Arc::new(fault), "sim://", policy).scoped("run").unwrap();
         let run = Arc::new(TestRun::new(appenders));
 
-        let genesis = append_until_ok(&mut Appender::new(store.clone()), &[run.genesis()]).await;
+        let genesis = append_until_ok(&mut Appender::new(store.clone()), &store, &[run.genesis()]).await;
         assert_eq!(genesis, Seq(0));
 
         let tasks: Vec<_> = (0..appenders)
@@ -70,12 +82,12 @@ fn simulate(seed: u64) -> (Outcome, Injected) {
                 let (store, run) = (store.clone(), run.clone());
                 let mut task_rng = ChaCha8Rng::seed_from_u64(seed ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
                 tokio::spawn(async move {
-                    let mut appender = Appender::new(store);
+                    let mut appender = Appender::new(store.clone());
                     let mut landed = Vec::new();
                     for b in 0..batches {
                         let size = task_rng.random_range(1..=4u64);
                         let batch: Vec<Entry> = (0..size).map(|i| run.contribution(w, 0, b * 10 + i)).collect();
-                        let seq = append_until_ok(&mut appender, &batch).await;
+                        let seq = append_until_ok(&mut appender, &store, &batch).await;
                         landed.push((seq, slot::encode_entries(&batch).unwrap()));
                     }
                     landed
@@ -207,4 +219,33 @@ fn one_seed_gives_one_history() {
         (ia.failed_writes, ia.lost_replies, ia.failed_reads),
         (ib.failed_writes, ib.lost_replies, ib.failed_reads)
     );
+}
+
+/// A store that fails every write (down for writes, or a full disk): an append gives
+/// up after `MAX_UNKNOWN_IN_A_ROW` writes whose outcome it could not learn, with the uncertain slot,
+/// instead of trying 512 slots for half an hour without a word (found by the store-outage test,
+/// `tests/it/outage.rs`).
+#[test]
+fn an_append_to_a_store_that_is_down_stops_uncertain_after_a_few_writes() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+    rt.block_on(async {
+        let faults = Faults { fail_write: 1.0, ..Faults::default() };
+        let fault = FaultStore::new(1, faults);
+        let (switch, injected) = (fault.switch(), fault.injected());
+        let policy = RetryPolicy { max_attempts: 2, base_delay_ms: 0, max_delay_ms: 0 };
+        let store = Store::from_object_store(Arc::new(fault), "sim://", policy).scoped("run").unwrap();
+        let run = TestRun::new(1);
+        switch.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut appender = Appender::new(store.clone());
+        assert_eq!(appender.append(&[run.genesis()]).await.unwrap(), Seq(0));
+        switch.store(true, std::sync::atomic::Ordering::SeqCst);
+        match appender.append(&[run.contribution(0, 0, 1)]).await {
+            Err(LedgerError::AppendUncertain { seq }) => assert_eq!(seq, Seq(1)),
+            other => panic!("expected AppendUncertain at slot 1, got {other:?}"),
+        }
+        // Each of the 3 unknown outcomes is one write, tried twice by the storage layer, and a read
+        // back that finds the slot empty.
+        let injected = *injected.lock().unwrap();
+        assert_eq!(injected.failed_writes, u64::from(ledger::log::MAX_UNKNOWN_IN_A_ROW) * 2, "{injected:?}");
+    });
 }
