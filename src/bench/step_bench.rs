@@ -130,8 +130,8 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     let mut timed = Times::default();
     let mut update_bytes = 0usize;
     let mut last_loss = f64::NAN;
-    // 100 where there is nothing to compare (a CPU run, or no --check-cpu-encoding).
-    let mut cpu_agreement_pct = 100.0;
+    // Measured only with --check-cpu-encoding on a GPU; otherwise the last line leaves the key out.
+    let mut cpu_agreement_pct: Option<f64> = None;
     for r in 0..args.warmup + args.rounds {
         let t0 = Instant::now();
         let from = first + r * sequences as u64;
@@ -169,10 +169,9 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
             // coefficients and signs, up to near-ties.
             let cpu_blob = trainer::demo::encode(&momentum, &header, &layout, &mut Bases::cpu())?.to_bytes();
             let same = blob.iter().zip(&cpu_blob).filter(|(a, b)| a == b).count();
-            cpu_agreement_pct = 100.0 * same as f64 / blob.len().max(cpu_blob.len()) as f64;
-            println!(
-                "the last update agrees with the CPU's encoding of the same momentum in {cpu_agreement_pct:.3}% of its bytes"
-            );
+            let pct = 100.0 * same as f64 / blob.len().max(cpu_blob.len()) as f64;
+            cpu_agreement_pct = Some(pct);
+            println!("the last update agrees with the CPU's encoding of the same momentum in {pct:.3}% of its bytes");
         }
         update_bytes = blob.len();
         last_loss = grads.loss;
@@ -201,17 +200,25 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     let pass_tokens_per_s = tokens as f64 * rounds / timed.passes;
     let model_tflops = tokens_per_s * flops_per_token / 1e12;
     let pass_tflops = pass_tokens_per_s * flops_per_token / 1e12;
-    let mfu = |tflops: f64| if args.peak_tflops > 0.0 { 100.0 * tflops / args.peak_tflops } else { 0.0 };
-    println!(
-        "bench step: params={} tokens_per_round={tokens} tokens_per_s={tokens_per_s:.0} pass_tokens_per_s={pass_tokens_per_s:.0} round_ms={:.1} data_ms={:.1} passes_ms={:.1} encode_ms={:.1} model_flops_per_token={flops_per_token:.0} model_tflops={model_tflops:.2} mfu_pct={:.2} pass_mfu_pct={:.2} update_bytes={update_bytes} cpu_encode_agreement_pct={cpu_agreement_pct:.3}",
+    // A key is printed only when it was measured: MFU needs --peak-tflops, the agreement a GPU run
+    // with --check-cpu-encoding.
+    let mut last = format!(
+        "bench step: params={} tokens_per_round={tokens} tokens_per_s={tokens_per_s:.0} pass_tokens_per_s={pass_tokens_per_s:.0} round_ms={:.1} data_ms={:.1} passes_ms={:.1} encode_ms={:.1} model_flops_per_token={flops_per_token:.0} model_tflops={model_tflops:.2}",
         layout.elements(),
         round_secs * 1e3,
         timed.data / rounds * 1e3,
         timed.passes / rounds * 1e3,
         timed.encode / rounds * 1e3,
-        mfu(model_tflops),
-        mfu(pass_tflops),
     );
+    if args.peak_tflops > 0.0 {
+        let mfu = |tflops: f64| 100.0 * tflops / args.peak_tflops;
+        last.push_str(&format!(" mfu_pct={:.2} pass_mfu_pct={:.2}", mfu(model_tflops), mfu(pass_tflops)));
+    }
+    last.push_str(&format!(" update_bytes={update_bytes}"));
+    if let Some(pct) = cpu_agreement_pct {
+        last.push_str(&format!(" cpu_encode_agreement_pct={pct:.3}"));
+    }
+    println!("{last}");
     Ok(Outcome::Ok)
 }
 
