@@ -208,9 +208,14 @@ pub async fn worker(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     if let Some(addr) = args.metrics {
         crate::metrics::serve(addr, metrics.clone()).await?;
     }
+    let mut clock = RoundClock::default();
     let mut print = |e: WorkerEvent| {
         worker_metrics(&metrics, &e);
-        println!("worker {me}: {}", describe_worker(&e));
+        let since = match &e {
+            WorkerEvent::RoundApplied { .. } => clock.applied(&metrics),
+            _ => String::new(),
+        };
+        println!("worker {me}: {}{since}", describe_worker(&e));
     };
     let mut rejoins = Rejoins::new(format!("worker {me}"), args.max_rejoins);
     let summary = loop {
@@ -240,8 +245,13 @@ pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     if let Some(addr) = args.metrics {
         crate::metrics::serve(addr, metrics.clone()).await?;
     }
+    let mut clock = RoundClock::default();
     let mut print = |e: ValidatorEvent| {
         validator_metrics(&metrics, &e);
+        let since = match &e {
+            ValidatorEvent::RoundApplied { .. } => clock.applied(&metrics),
+            _ => String::new(),
+        };
         let line = match &e {
             ValidatorEvent::Joined { round } => format!("joined at round {round}"),
             ValidatorEvent::Judged { round, pos, organisation, score, unusable } => format!(
@@ -253,7 +263,7 @@ pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
             ValidatorEvent::Evaluated { round, loss } => format!("round {round}: held-out loss {loss:.4} (evaluation)"),
             ValidatorEvent::Worker(w) => describe_worker(w),
         };
-        println!("validator {me}: {line}");
+        println!("validator {me}: {line}{since}");
     };
     let mut rejoins = Rejoins::new(format!("validator {me}"), args.max_rejoins);
     let verdicts = loop {
@@ -267,6 +277,35 @@ pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     };
     println!("validator: verdicts={verdicts}");
     Ok(Outcome::Ok)
+}
+
+/// When this process last applied a final round: each "applied" line says how long the round took
+/// from the process's point of view, so a stall (a store outage, a slow store, a silent member)
+/// shows in the log and in `cairn_round_seconds`. Local time only: nothing of it reaches the ledger.
+#[derive(Default)]
+struct RoundClock {
+    last: Option<std::time::Instant>,
+}
+
+impl RoundClock {
+    /// Notes a round applied now; the text to add to its line (empty for the first this process saw).
+    fn applied(&mut self, m: &Metrics) -> String {
+        let now = std::time::Instant::now();
+        let previous = self.last.replace(now);
+        match previous {
+            Some(t) => {
+                let secs = now.duration_since(t).as_secs_f64();
+                m.set(
+                    "cairn_round_seconds",
+                    "Seconds between the latest two final rounds this process applied.",
+                    &[],
+                    secs,
+                );
+                format!(", {secs:.1} s after the previous round")
+            }
+            None => String::new(),
+        }
+    }
 }
 
 /// What a worker event changes in its metrics.

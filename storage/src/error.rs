@@ -80,7 +80,7 @@ pub enum StoreError {
         backend: &'static str,
     },
     /// A transient failure (network, 5xx, timeout) that persisted through every retry.
-    #[error("{operation} `{key}` failed after {attempts} attempts (is the endpoint reachable?): {}", root_cause(error))]
+    #[error("{operation} `{key}` failed after {attempts} attempts{}: {}", reach_hint(error), root_cause(error))]
     Unavailable {
         /// What was attempted.
         operation: &'static str,
@@ -150,6 +150,15 @@ impl StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The innermost message of an error chain: what actually went wrong (`Connection refused`).
+/// A hint for a failure that persisted: a network store may be unreachable; a local folder's
+/// failure (a full disk, say) speaks for itself.
+fn reach_hint(e: &object_store::Error) -> &'static str {
+    match e {
+        object_store::Error::Generic { store: "LocalFileSystem", .. } => "",
+        _ => " (is the endpoint reachable?)",
+    }
+}
+
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {

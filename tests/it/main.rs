@@ -5,6 +5,7 @@ mod audit_cli;
 mod dashboard;
 mod federation;
 mod ledger_cli;
+mod outage;
 mod store;
 mod train_cli;
 

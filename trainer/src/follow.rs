@@ -499,6 +499,7 @@ impl Follower {
         let bytes = Bytes::from(self.state.to_safetensors()?);
         let size = bytes.len() as u64;
         let blob = self.info.store.put_blob(bytes).await?;
+        crate::crashpoint::reached("snapshot:uploaded");
         let body = Body::Snapshot(Snapshot {
             round: ledger::Round(round),
             state: ledger::StateHash(self.hash.0),
@@ -514,7 +515,9 @@ impl Follower {
     /// then reads on (so the entry is in the follower's view).
     pub async fn append(&mut self, entry: Entry) -> Result<ledger::Seq, TrainerError> {
         let mut appender = Appender::starting_at(self.info.store.clone(), self.reader.next_seq());
+        let kind = entry.body.kind().name();
         let seq = appender.append(&[entry]).await?;
+        crate::crashpoint::reached(&format!("append:{kind}"));
         self.poll_ledger().await?;
         Ok(seq)
     }

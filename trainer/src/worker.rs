@@ -217,6 +217,7 @@ pub async fn run_worker(
             let size = bytes.len() as u64;
             let uploading = Instant::now();
             let blob = info.store.put_blob(bytes).await?;
+            crate::crashpoint::reached("worker:uploaded");
             let upload_time = uploading.elapsed();
             let tokens = (info.train.sequences_per_round() * info.train.seq_len) as u64;
             let mut metrics = vec![

@@ -224,6 +224,7 @@ pub fn save(path: &Path, demo: &DemoState, layout: &Layout, run: RunId, round: R
         f.write_all(&bytes).map_err(|e| write_err(&tmp, e))?;
         f.sync_all().map_err(|e| write_err(&tmp, e))?;
     }
+    crate::crashpoint::reached("state:written");
     fs::rename(&tmp, path).map_err(|e| write_err(path, e))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         // Makes the rename durable; directories cannot be opened for sync on every platform.
@@ -231,6 +232,7 @@ pub fn save(path: &Path, demo: &DemoState, layout: &Layout, run: RunId, round: R
             let _ = d.sync_all();
         }
     }
+    crate::crashpoint::reached("state:saved");
     tracing::debug!(path = %path.display(), round = round.0, bytes = bytes.len(), "saved worker state");
     Ok(())
 }
