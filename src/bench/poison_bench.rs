@@ -44,6 +44,10 @@ pub struct Args {
     /// Held-out sequences the final loss is measured on.
     #[arg(long, default_value_t = 64)]
     eval_sequences: usize,
+    /// Defences, each run with every attack: aggregation (every update that decodes counts),
+    /// validators (scored updates below min_score fail; repeated failures exclude).
+    #[arg(long, value_delimiter = ',', default_value = "aggregation,validators")]
+    defences: Vec<String>,
     /// libtorch threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -72,6 +76,15 @@ role = "worker"
 pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     trainer::set_torch_threads(args.threads);
     let attacks: Vec<Attack> = args.attacks.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let defences: Vec<Defence> = args
+        .defences
+        .iter()
+        .map(|d| match d.as_str() {
+            "aggregation" => Ok(Defence::Aggregation),
+            "validators" => Ok(Defence::Validators),
+            other => Err(anyhow::anyhow!("unknown defence {other:?}: aggregation or validators")),
+        })
+        .collect::<Result<_, _>>()?;
     let text = match &args.config {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
         None => DEFAULT_RUN.to_string(),
@@ -110,12 +123,12 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         config.exclusion.max_failures,
     );
     println!(
-        "| attack | defence | held-out loss | ratio to clean | hostile counted | hostile failed | honest failed | all hostile excluded in round |"
+        "| attack | defence | held-out loss | ratio to clean | hostile counted | hostile failed | honest failed | all hostile excluded in round | honest score, specificity, % specific | hostile score, specificity, % specific |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut keys = Vec::new();
     let mut worst = Vec::new();
-    for defence in [Defence::Aggregation, Defence::Validators] {
+    for defence in defences {
         let started = Instant::now();
         let clean = sim.run(None, defence)?;
         anyhow::ensure!(clean.loss.is_finite(), "the clean run's held-out loss is not finite: {}", clean.loss);
@@ -146,13 +159,19 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
 
 fn row(attack: &str, defence: Defence, o: &PoisonOutcome, clean: f64) {
     let excluded = o.excluded_by.map_or("-".to_string(), |r| r.to_string());
+    let stats = |s: &trainer::poison::ScoreStats| {
+        s.means()
+            .map_or("-".to_string(), |(score, specificity, pct)| format!("{score:.1}, {specificity:.1}, {pct:.0}%"))
+    };
     println!(
-        "| {attack} | {} | {:.4} | {:.4} | {} | {} | {} | {excluded} |",
+        "| {attack} | {} | {:.4} | {:.4} | {} | {} | {} | {excluded} | {} | {} |",
         defence.name(),
         o.loss,
         o.loss / clean,
         o.byzantine_counted,
         o.byzantine_failed,
-        o.honest_failed
+        o.honest_failed,
+        stats(&o.honest_scores),
+        stats(&o.hostile_scores)
     );
 }

@@ -126,6 +126,43 @@ pub struct PoisonOutcome {
     pub byzantine_counted: u64,
     /// The round in which the last hostile worker was excluded, if all were.
     pub excluded_by: Option<u64>,
+    /// The validators' scores of honest updates (empty without validators).
+    pub honest_scores: ScoreStats,
+    /// The validators' scores of hostile updates.
+    pub hostile_scores: ScoreStats,
+}
+
+/// What validators' scores looked like for a set of updates: the score (on the worker's own
+/// assignment) and its specificity (the score minus the same measure on held-out data;
+/// [`crate::score::Score::specificity`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScoreStats {
+    /// Updates scored.
+    pub scored: u64,
+    /// Sum of their scores (milli-nats).
+    pub score_sum: i64,
+    /// Sum of their specificities (milli-nats).
+    pub specificity_sum: i64,
+    /// Updates whose specificity was above zero.
+    pub specific: u64,
+}
+
+impl ScoreStats {
+    fn add(&mut self, s: &crate::score::Score) {
+        self.scored += 1;
+        self.score_sum = self.score_sum.saturating_add(s.score);
+        self.specificity_sum = self.specificity_sum.saturating_add(s.specificity());
+        self.specific += u64::from(s.specificity() > 0);
+    }
+
+    /// Mean score, mean specificity and the share with a positive specificity (percent); `None`
+    /// when nothing was scored.
+    pub fn means(&self) -> Option<(f64, f64, f64)> {
+        (self.scored > 0).then(|| {
+            let n = self.scored as f64;
+            (self.score_sum as f64 / n, self.specificity_sum as f64 / n, 100.0 * self.specific as f64 / n)
+        })
+    }
 }
 
 /// A simulated run with a hostile minority; see the module docs.
@@ -210,8 +247,15 @@ impl PoisonSim {
             .collect::<Result<_, _>>()?;
         let mut failures_in_a_row = vec![0u32; self.workers];
         let mut excluded = vec![false; self.workers];
-        let mut out =
-            PoisonOutcome { loss: 0.0, honest_failed: 0, byzantine_failed: 0, byzantine_counted: 0, excluded_by: None };
+        let mut out = PoisonOutcome {
+            loss: 0.0,
+            honest_failed: 0,
+            byzantine_failed: 0,
+            byzantine_counted: 0,
+            excluded_by: None,
+            honest_scores: ScoreStats::default(),
+            hostile_scores: ScoreStats::default(),
+        };
         let mut previous_first_honest: Option<Vec<Tensor>> = None;
         let share = u32::try_from(self.workers).unwrap_or(u32::MAX);
         let score_config = ScoreConfig { linear_share: share, ..self.train.score_config() };
@@ -256,8 +300,11 @@ impl PoisonSim {
                     continue;
                 };
                 if defence == Defence::Validators {
-                    let passed = score_blob(&blob, &expected, &mut scorer, &state, hyper, &self.data, &score_config)
-                        .is_ok_and(|s| s.score >= rules.min_score);
+                    let scored = score_blob(&blob, &expected, &mut scorer, &state, hyper, &self.data, &score_config);
+                    if let Ok(s) = &scored {
+                        if hostile { out.hostile_scores.add(s) } else { out.honest_scores.add(s) }
+                    }
+                    let passed = scored.is_ok_and(|s| s.score >= rules.min_score);
                     if !passed {
                         if hostile {
                             out.byzantine_failed += 1

@@ -98,6 +98,8 @@ pub struct Score {
     pub eval_before: f64,
     /// The same data, after applying the update alone.
     pub eval_after: f64,
+    /// The same data, one step against the update (`2 S - S+`).
+    pub eval_against: f64,
     /// [`milli_nats`]`((assigned_against - assigned_after) / 2)`: the Verdict's score.
     pub score: i64,
 }
@@ -106,6 +108,21 @@ impl Score {
     /// Improvement on held-out data in milli-nats (reported, not scored).
     pub fn eval_gain(&self) -> i64 {
         milli_nats(self.eval_before - self.eval_after)
+    }
+
+    /// The score's central difference taken on held-out data instead of the assignment:
+    /// [`milli_nats`]`((eval_against - eval_after) / 2)`. Honest work is expected to gain more on
+    /// the data it trained on than on data nobody trained on; an update that was not computed on
+    /// its assignment (a copy of another worker's, noise, nothing) gains about the same on both.
+    /// Reported, not scored (docs/BENCHMARKS.md, "Poisoned minority").
+    pub fn eval_score(&self) -> i64 {
+        milli_nats((self.eval_against - self.eval_after) / 2.0)
+    }
+
+    /// [`Score::score`] minus [`Score::eval_score`]: how much of the gain is specific to the
+    /// worker's assignment.
+    pub fn specificity(&self) -> i64 {
+        self.score.saturating_sub(self.eval_score())
     }
 }
 
@@ -164,6 +181,7 @@ pub fn score(
     let eval_before = finite_loss(eval_loss(model, &eval, config.micro_batch)?)?;
     model.load_state(&reflected(state, &after)?)?;
     let assigned_against = finite_loss(eval_loss(model, &assigned, config.micro_batch)?)?;
+    let eval_against = finite_loss(eval_loss(model, &eval, config.micro_batch)?)?;
     model.load_state(&after)?;
     let assigned_after = finite_loss(eval_loss(model, &assigned, config.micro_batch)?)?;
     let eval_after = finite_loss(eval_loss(model, &eval, config.micro_batch)?)?;
@@ -175,10 +193,11 @@ pub fn score(
         assigned_against,
         eval_before,
         eval_after,
+        eval_against,
         score,
         "scored contribution"
     );
-    Ok(Score { assigned_before, assigned_after, assigned_against, eval_before, eval_after, score })
+    Ok(Score { assigned_before, assigned_after, assigned_against, eval_before, eval_after, eval_against, score })
 }
 
 /// `2 * state - after`, element by element (f32): the step from `state` to `after`, taken the other
@@ -326,6 +345,12 @@ mod tests {
         // Stepping against the honest update is stepping along the flipped one (the weight decay of
         // this config makes the two differ in the last bits only).
         assert!((s_flip.assigned_after - s_honest.assigned_against).abs() < 1e-3, "{s_honest:?} vs {s_flip:?}");
+        // The same holds on held-out data, so the held-out central difference changes sign with
+        // the update, and the specificity is what the assignment gains beyond it.
+        assert!((s_flip.eval_after - s_honest.eval_against).abs() < 1e-3, "{s_honest:?} vs {s_flip:?}");
+        assert_eq!(s_honest.eval_score(), milli_nats((s_honest.eval_against - s_honest.eval_after) / 2.0));
+        assert!((s_honest.eval_score() + s_flip.eval_score()).abs() <= 2, "{s_honest:?} vs {s_flip:?}");
+        assert_eq!(s_honest.specificity(), s_honest.score - s_honest.eval_score());
 
         // The blob path scores the same, and a NaN scale in the blob is rejected before any loss.
         let expected = header.expected(&layout);
