@@ -57,11 +57,11 @@ pub const HEAD_HINT_KEY: &str = "ledger/head";
 /// Slots one append tries before giving up with [`LedgerError::Contended`].
 pub const MAX_APPEND_ATTEMPTS: u32 = 512;
 /// Writes in a row whose outcome stayed unknown (the write failed after the storage layer's
-/// retries, and reading the slot back failed too) after which an append stops with
+/// retries, and reading the slot back failed or found it empty) after which an append stops with
 /// [`LedgerError::AppendUncertain`]: the store is down, and the caller should say so and come back
 /// (participants rejoin and find their entry if it landed) rather than spend its 512 attempts
 /// silently (about 25 minutes at the default retry policy).
-pub const MAX_UNKNOWN_IN_A_ROW: u32 = 3;
+pub const MAX_UNKNOWN_IN_A_ROW: u32 = 2;
 /// Consecutive lost races after which an appender searches for the head again.
 pub const REPROBE_AFTER_LOSSES: u32 = 8;
 /// An appender updates the head hint when it lands on a multiple of this (a power of two).

@@ -243,7 +243,7 @@ fn an_append_to_a_store_that_is_down_stops_uncertain_after_a_few_writes() {
             Err(LedgerError::AppendUncertain { seq }) => assert_eq!(seq, Seq(1)),
             other => panic!("expected AppendUncertain at slot 1, got {other:?}"),
         }
-        // Each of the 3 unknown outcomes is one write, tried twice by the storage layer, and a read
+        // Each of the 2 unknown outcomes is one write, tried twice by the storage layer, and a read
         // back that finds the slot empty.
         let injected = *injected.lock().unwrap();
         assert_eq!(injected.failed_writes, u64::from(ledger::log::MAX_UNKNOWN_IN_A_ROW) * 2, "{injected:?}");
