@@ -149,7 +149,6 @@ impl StoreError {
 /// Result alias for the storage crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// The innermost message of an error chain: what actually went wrong (`Connection refused`).
 /// A hint for a failure that persisted: a network store may be unreachable; a local folder's
 /// failure (a full disk, say) speaks for itself.
 fn reach_hint(e: &object_store::Error) -> &'static str {
@@ -159,6 +158,7 @@ fn reach_hint(e: &object_store::Error) -> &'static str {
     }
 }
 
+/// The innermost message of an error chain: what actually went wrong (`Connection refused`).
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {

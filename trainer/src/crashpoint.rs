@@ -41,17 +41,38 @@ struct Armed {
 
 static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
 
-fn armed(value: &str) -> Option<Armed> {
+/// The point and visit `value` names; an error for a name outside [`POINTS`] or a visit of 0.
+fn armed(value: &str) -> Result<Armed, String> {
     let (point, nth) = match value.split_once('@') {
-        Some((p, n)) => (p, n.parse().ok()?),
+        Some((p, n)) => {
+            (p, n.parse().ok().filter(|&n: &u64| n > 0).ok_or(format!("{n:?} is not a visit (1, 2, ...)"))?)
+        }
         None => (value, 1),
     };
-    Some(Armed { point: point.to_string(), nth, hits: AtomicU64::new(0) })
+    if !POINTS.contains(&point) {
+        return Err(format!("{point:?} is not a crash point (one of {})", POINTS.join(", ")));
+    }
+    Ok(Armed { point: point.to_string(), nth, hits: AtomicU64::new(0) })
+}
+
+/// What the environment arms, said once on stderr: a stray variable must not go unnoticed.
+fn from_env() -> Option<Armed> {
+    let value = std::env::var(ENV).ok()?;
+    match armed(&value) {
+        Ok(a) => {
+            eprintln!("{ENV}={value}: this process will abort at crash point {} (visit {})", a.point, a.nth);
+            Some(a)
+        }
+        Err(why) => {
+            eprintln!("{ENV}={value} ignored: {why}");
+            None
+        }
+    }
 }
 
 /// Aborts the process if `point` is the armed point and this is its armed visit.
 pub fn reached(point: &str) {
-    let Some(a) = ARMED.get_or_init(|| std::env::var(ENV).ok().and_then(|v| armed(&v))) else { return };
+    let Some(a) = ARMED.get_or_init(from_env) else { return };
     if a.point == point && a.hits.fetch_add(1, Ordering::SeqCst) + 1 == a.nth {
         eprintln!("crash point {point} reached ({ENV}): aborting");
         std::process::abort();
@@ -67,7 +88,9 @@ mod tests {
         let a = armed("append:contribution@3").unwrap();
         assert_eq!((a.point.as_str(), a.nth), ("append:contribution", 3));
         assert_eq!(armed("state:written").unwrap().nth, 1);
-        assert!(armed("state:written@x").is_none(), "a bad count arms nothing");
+        assert!(armed("state:written@x").is_err(), "a bad count arms nothing");
+        assert!(armed("state:written@0").is_err(), "visit 0 would never come");
+        assert!(armed("state:writen").is_err(), "a misspelt point is refused, not silently never reached");
         // Unarmed (this test process has no CAIRN_CRASH_AT), a point is passed through.
         reached("state:written");
     }

@@ -149,10 +149,12 @@ pub struct ScoreStats {
 
 impl ScoreStats {
     fn add(&mut self, s: &crate::score::Score) {
+        // Scored with `held_out_against`; an update whose held-out loss was not finite counts as 0.
+        let specificity = s.specificity().unwrap_or(0);
         self.scored += 1;
         self.score_sum = self.score_sum.saturating_add(s.score);
-        self.specificity_sum = self.specificity_sum.saturating_add(s.specificity());
-        self.specific += u64::from(s.specificity() > 0);
+        self.specificity_sum = self.specificity_sum.saturating_add(specificity);
+        self.specific += u64::from(specificity > 0);
     }
 
     /// Mean score, mean specificity and the share with a positive specificity (percent); `None`
@@ -258,7 +260,7 @@ impl PoisonSim {
         };
         let mut previous_first_honest: Option<Vec<Tensor>> = None;
         let share = u32::try_from(self.workers).unwrap_or(u32::MAX);
-        let score_config = ScoreConfig { linear_share: share, ..self.train.score_config() };
+        let score_config = ScoreConfig { linear_share: share, held_out_against: true, ..self.train.score_config() };
         tch::manual_seed(i64::try_from(self.train.seed).unwrap_or(0));
         for r in 0..self.rounds {
             let round = Round(r);

@@ -476,6 +476,7 @@ impl TrainSpec {
             micro_batch: self.micro_batch.max(1),
             // the validator sets the round's share from the roster (validator::validate)
             linear_share: 1,
+            held_out_against: false,
         }
     }
 

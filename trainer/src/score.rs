@@ -64,12 +64,23 @@ pub struct ScoreConfig {
     /// (the active workers): the update is scored at `lr / linear_share`, its share of the round's
     /// step. 1 scores it alone at the full rate; the sign rule ignores it (a sign step has no share).
     pub linear_share: u32,
+    /// Also measure the held-out loss one step against the update ([`Score::eval_against`], for
+    /// [`Score::specificity`]): one more forward pass, for research (`cairn bench poison`); the
+    /// verdict does not use it.
+    pub held_out_against: bool,
 }
 
 impl Default for ScoreConfig {
-    /// 16 assigned and 16 held-out sequences, 8 per pass, an update scored alone.
+    /// 16 assigned and 16 held-out sequences, 8 per pass, an update scored alone, no held-out
+    /// step against it.
     fn default() -> ScoreConfig {
-        ScoreConfig { assigned_sequences: 16, eval_sequences: 16, micro_batch: 8, linear_share: 1 }
+        ScoreConfig {
+            assigned_sequences: 16,
+            eval_sequences: 16,
+            micro_batch: 8,
+            linear_share: 1,
+            held_out_against: false,
+        }
     }
 }
 
@@ -98,8 +109,9 @@ pub struct Score {
     pub eval_before: f64,
     /// The same data, after applying the update alone.
     pub eval_after: f64,
-    /// The same data, one step against the update (`2 S - S+`).
-    pub eval_against: f64,
+    /// The same data, one step against the update (`2 S - S+`), when asked for
+    /// ([`ScoreConfig::held_out_against`]).
+    pub eval_against: Option<f64>,
     /// [`milli_nats`]`((assigned_against - assigned_after) / 2)`: the Verdict's score.
     pub score: i64,
 }
@@ -115,14 +127,14 @@ impl Score {
     /// the data it trained on than on data nobody trained on; an update that was not computed on
     /// its assignment (a copy of another worker's, noise, nothing) gains about the same on both.
     /// Reported, not scored (docs/BENCHMARKS.md, "Poisoned minority").
-    pub fn eval_score(&self) -> i64 {
-        milli_nats((self.eval_against - self.eval_after) / 2.0)
+    pub fn eval_score(&self) -> Option<i64> {
+        self.eval_against.map(|against| milli_nats((against - self.eval_after) / 2.0))
     }
 
     /// [`Score::score`] minus [`Score::eval_score`]: how much of the gain is specific to the
     /// worker's assignment.
-    pub fn specificity(&self) -> i64 {
-        self.score.saturating_sub(self.eval_score())
+    pub fn specificity(&self) -> Option<i64> {
+        self.eval_score().map(|e| self.score.saturating_sub(e))
     }
 }
 
@@ -181,7 +193,11 @@ pub fn score(
     let eval_before = finite_loss(eval_loss(model, &eval, config.micro_batch)?)?;
     model.load_state(&reflected(state, &after)?)?;
     let assigned_against = finite_loss(eval_loss(model, &assigned, config.micro_batch)?)?;
-    let eval_against = finite_loss(eval_loss(model, &eval, config.micro_batch)?)?;
+    // Research only: a non-finite value here leaves the verdict's score as it was.
+    let eval_against = match config.held_out_against {
+        true => Some(eval_loss(model, &eval, config.micro_batch)?).filter(|l| l.is_finite()),
+        false => None,
+    };
     model.load_state(&after)?;
     let assigned_after = finite_loss(eval_loss(model, &assigned, config.micro_batch)?)?;
     let eval_after = finite_loss(eval_loss(model, &eval, config.micro_batch)?)?;
@@ -193,7 +209,7 @@ pub fn score(
         assigned_against,
         eval_before,
         eval_after,
-        eval_against,
+        eval_against = eval_against.unwrap_or(f64::NAN),
         score,
         "scored contribution"
     );
@@ -311,7 +327,13 @@ mod tests {
         let state = model.to_state().unwrap();
         let layout = state.layout().clone();
         let data = Dataset::synthetic(MarkovSpec::default(), 3, 32, 16).unwrap();
-        let sc = ScoreConfig { assigned_sequences: 8, eval_sequences: 8, micro_batch: 8, linear_share: 1 };
+        let sc = ScoreConfig {
+            assigned_sequences: 8,
+            eval_sequences: 8,
+            micro_batch: 8,
+            linear_share: 1,
+            held_out_against: true,
+        };
         let hy = hyper();
         let header = Header {
             run: RunId([1; 32]),
@@ -347,10 +369,11 @@ mod tests {
         assert!((s_flip.assigned_after - s_honest.assigned_against).abs() < 1e-3, "{s_honest:?} vs {s_flip:?}");
         // The same holds on held-out data, so the held-out central difference changes sign with
         // the update, and the specificity is what the assignment gains beyond it.
-        assert!((s_flip.eval_after - s_honest.eval_against).abs() < 1e-3, "{s_honest:?} vs {s_flip:?}");
-        assert_eq!(s_honest.eval_score(), milli_nats((s_honest.eval_against - s_honest.eval_after) / 2.0));
-        assert!((s_honest.eval_score() + s_flip.eval_score()).abs() <= 2, "{s_honest:?} vs {s_flip:?}");
-        assert_eq!(s_honest.specificity(), s_honest.score - s_honest.eval_score());
+        assert!((s_flip.eval_after - s_honest.eval_against.unwrap()).abs() < 1e-3, "{s_honest:?} vs {s_flip:?}");
+        let (e_honest, e_flip) = (s_honest.eval_score().unwrap(), s_flip.eval_score().unwrap());
+        assert_eq!(e_honest, milli_nats((s_honest.eval_against.unwrap() - s_honest.eval_after) / 2.0));
+        assert!((e_honest + e_flip).abs() <= 2, "{s_honest:?} vs {s_flip:?}");
+        assert_eq!(s_honest.specificity(), Some(s_honest.score - e_honest));
 
         // The blob path scores the same, and a NaN scale in the blob is rejected before any loss.
         let expected = header.expected(&layout);
