@@ -436,13 +436,18 @@ async fn put_until_ok(store: &Store, bytes: Bytes) -> anyhow::Result<ledger::Blo
 }
 
 /// A random update of `key` for the follower's open round, through verify's encoder.
-fn random_update(follower: &Follower, key: &Keypair, rng: &mut ChaCha8Rng, layout: &verify::Layout) -> Bytes {
+fn random_update(
+    follower: &Follower,
+    key: &Keypair,
+    rng: &mut ChaCha8Rng,
+    layout: &verify::Layout,
+) -> anyhow::Result<Bytes> {
     let data = layout
         .tensors()
         .iter()
         .map(|t| (0..t.elements()).map(|_| rng.random_range(-0.01f32..0.01)).collect())
         .collect();
-    let momentum = State::from_parts(layout.clone(), data).expect("the layout's own sizes");
+    let momentum = State::from_parts(layout.clone(), data)?;
     let info = follower.info();
     let header = Header {
         run: verify::RunId(info.run_id.0),
@@ -452,7 +457,7 @@ fn random_update(follower: &Follower, key: &Keypair, rng: &mut ChaCha8Rng, layou
         layout: layout.hash(),
         compression: info.config.hyper.compression,
     };
-    Bytes::from(verify::encode(&momentum, &header).expect("an encodable momentum").to_bytes())
+    Ok(Bytes::from(verify::encode(&momentum, &header)?.to_bytes()))
 }
 
 async fn contribute(follower: &mut Follower, key: &Keypair, blob: Bytes, base: StateHash) -> anyhow::Result<()> {
@@ -566,7 +571,7 @@ async fn honest_step(
     }
     let key = org.worker.clone();
     if !org.follower.is_closed() && !org.follower.has_contributed(&key.public()) {
-        let blob = random_update(&org.follower, &key, rng, layout);
+        let blob = random_update(&org.follower, &key, rng, layout)?;
         let base = org.follower.state_hash();
         contribute(&mut org.follower, &key, blob, base).await?;
     }
@@ -674,24 +679,24 @@ async fn byzantine_step(
                 }
             }
             Attack::UnreadableBlob if !contributed && !closed => {
-                let blob = random_update(&org.follower, &key, rng, layout);
+                let blob = random_update(&org.follower, &key, rng, layout)?;
                 let id = ledger::BlobId::of(&blob);
                 contribute(&mut org.follower, &key, blob, base).await?;
                 unreadable.add(&format!("run/{}", id.key()));
             }
             Attack::MissingBlob if !contributed && !closed => {
-                let blob = random_update(&org.follower, &key, rng, layout);
+                let blob = random_update(&org.follower, &key, rng, layout)?;
                 let size = blob.len() as u64;
                 contribute_entry(&mut org.follower, &key, ledger::BlobId::of(&blob), size, base).await?;
             }
             Attack::GarbageUpdate if !contributed && !closed => {
-                let len = random_update(&org.follower, &key, rng, layout).len();
+                let len = random_update(&org.follower, &key, rng, layout)?.len();
                 let mut garbage = vec![0u8; len];
                 rng.fill_bytes(&mut garbage);
                 contribute(&mut org.follower, &key, Bytes::from(garbage), base).await?;
             }
             Attack::StaleBase if !contributed && !closed => {
-                let blob = random_update(&org.follower, &key, rng, layout);
+                let blob = random_update(&org.follower, &key, rng, layout)?;
                 contribute(&mut org.follower, &key, blob, StateHash([0xAB; 32])).await?;
             }
             Attack::FailHonest => judge(org, true).await?,
