@@ -292,9 +292,6 @@ impl Appender {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if !matches!(state, SlotState::Unknown) {
-                unknown_in_a_row = 0;
-            }
             match state {
                 SlotState::Ours => {
                     debug!(seq = seq.0, losses, "slot appended");
@@ -307,6 +304,7 @@ impl Appender {
                 SlotState::Taken => {
                     losses += 1;
                     uncertain = false;
+                    unknown_in_a_row = 0;
                     let after = seq.next().ok_or(LedgerError::TooLarge {
                         what: "log (slots)",
                         size: u64::MAX,

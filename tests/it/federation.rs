@@ -282,6 +282,23 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
         })
 }
 
+/// Two workers of two organisations and a validator of a third (and the admin): the run of the
+/// crash, crash-point and outage tests.
+pub(crate) const TWO_WORKERS_AND_A_VALIDATOR: [(&str, &str, &str); 4] =
+    [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker"), ("v", "gamma", "validator")];
+/// Its participants and the command each runs.
+pub(crate) const PARTICIPANTS: [(&str, &str); 3] = [("w1", "worker"), ("w2", "worker"), ("v", "validate")];
+
+/// Every participant of [`TWO_WORKERS_AND_A_VALIDATOR`] started with `env` over the run's.
+pub(crate) fn spawn_participants<'a>(fed: &Fed, env: &[(&str, &str)]) -> Vec<(&'a str, Child)> {
+    PARTICIPANTS.iter().map(|&(name, cmd)| (name, fed.spawn_env(cmd, name, &[], env))).collect()
+}
+
+/// The number in environment variable `name` (a long mode's setting), or `default`.
+pub(crate) fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// A tiny-model run: rounds, contributions a round waits for, deadline, snapshot interval, and
 /// the values encoding.
 pub(crate) fn sections(rounds: u64, min: u32, deadline_secs: u64, snapshot_every: u64, values: &str) -> String {
@@ -424,14 +441,11 @@ async fn a_worker_killed_mid_round_restarts_and_the_run_completes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn processes_killed_at_random_moments_restart_and_every_round_counts_each_worker_once() {
     use rand::{Rng, SeedableRng};
-    let env_or = |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let (kills, seed) = (env_or("CAIRN_CHAOS_KILLS", 4), env_or("CAIRN_CHAOS_SEED", 1));
     let rounds = kills.max(6);
-    let members =
-        [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker"), ("v", "gamma", "validator")];
-    let fed = Fed::start(&members, &sections(rounds, 2, 600, 2, "sign")).await;
-    let commands = [("w1", "worker"), ("w2", "worker"), ("v", "validate")];
-    let mut children: Vec<(&str, Child)> = commands.iter().map(|&(name, cmd)| (name, fed.spawn(cmd, name))).collect();
+    let fed = Fed::start(&TWO_WORKERS_AND_A_VALIDATOR, &sections(rounds, 2, 600, 2, "sign")).await;
+    let commands = PARTICIPANTS;
+    let mut children = spawn_participants(&fed, &[]);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut killed = [0u64; 3];
     let started = Instant::now();
@@ -493,14 +507,10 @@ async fn processes_killed_at_random_moments_restart_and_every_round_counts_each_
 /// so every point is reached; the run must finish with nothing lost or counted twice.
 fn crash_at(point: &str) {
     let rounds = 3;
-    let members =
-        [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker"), ("v", "gamma", "validator")];
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let fed = runtime.block_on(Fed::start(&members, &sections(rounds, 2, 600, 2, "sign")));
-    let commands = [("w1", "worker"), ("w2", "worker"), ("v", "validate")];
-    let armed = [("CAIRN_CRASH_AT", point)];
-    let mut children: Vec<(&str, Child)> =
-        commands.iter().map(|&(name, cmd)| (name, fed.spawn_env(cmd, name, &[], &armed))).collect();
+    let fed = runtime.block_on(Fed::start(&TWO_WORKERS_AND_A_VALIDATOR, &sections(rounds, 2, 600, 2, "sign")));
+    let commands = PARTICIPANTS;
+    let mut children = spawn_participants(&fed, &[("CAIRN_CRASH_AT", point)]);
     let mut crashed = Vec::new();
     let started = Instant::now();
     loop {

@@ -11,11 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::federation::{Fed, RUN_TIMEOUT, sections};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use crate::federation::{
+    Fed, PARTICIPANTS, RUN_TIMEOUT, TWO_WORKERS_AND_A_VALIDATOR as MEMBERS, env_or, sections, spawn_participants,
+};
 
 /// A TCP relay in front of the S3 server that the test can take down (the port closed, so new
 /// connections are refused, and every open connection cut) and bring back, and that can hold back
@@ -145,16 +143,6 @@ fn relay_connection(client: TcpStream, upstream: &str, state: &Arc<Mutex<RelaySt
     });
 }
 
-/// The members of every run here: two workers of two organisations and a validator of a third.
-const MEMBERS: [(&str, &str, &str); 4] =
-    [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker"), ("v", "gamma", "validator")];
-const PARTICIPANTS: [(&str, &str); 3] = [("w1", "worker"), ("w2", "worker"), ("v", "validate")];
-
-/// Every participant started with `env` over the run's.
-fn spawn_all<'a>(fed: &Fed, env: &[(&str, &str)]) -> Vec<(&'a str, Child)> {
-    PARTICIPANTS.iter().map(|&(name, cmd)| (name, fed.spawn_env(cmd, name, &[], env))).collect()
-}
-
 /// Seconds between the rounds `name` applied, in order, from the "s after the previous round" of its
 /// log lines.
 fn round_gaps(fed: &Fed, name: &str) -> Vec<f64> {
@@ -188,7 +176,7 @@ async fn every_participant_recovers_by_itself_after_the_store_is_down_mid_run() 
     let rounds = 6;
     let (fed, relay) = run_behind_a_relay(rounds).await;
     let started = Instant::now();
-    let mut children = spawn_all(&fed, &[("AWS_ENDPOINT_URL", &relay.url())]);
+    let mut children = spawn_participants(&fed, &[("AWS_ENDPOINT_URL", &relay.url())]);
     fed.wait_for_log(&mut children, "w1", "round 1 applied");
     relay.down();
     let down_at = started.elapsed();
@@ -238,7 +226,7 @@ async fn a_run_through_a_slow_store_completes_and_its_rounds_take_longer() {
     let (fed, relay) = run_behind_a_relay(rounds).await;
     relay.delay(Duration::from_millis(delay));
     let started = Instant::now();
-    let mut children = spawn_all(&fed, &[("AWS_ENDPOINT_URL", &relay.url())]);
+    let mut children = spawn_participants(&fed, &[("AWS_ENDPOINT_URL", &relay.url())]);
     fed.wait_all(&mut children);
     let gaps = round_gaps(&fed, "w1");
     eprintln!(
@@ -314,7 +302,7 @@ async fn a_file_store_whose_disk_fills_up_mid_run_recovers_once_space_is_freed()
     let url = format!("file://{}", store_dir.display());
     let fed = Fed::start_in(dir, url, Vec::new(), disk.wrap.clone(), &MEMBERS, &sections(rounds, 2, 600, 2, "sign"), 1);
     let started = Instant::now();
-    let mut children = spawn_all(&fed, &[]);
+    let mut children = spawn_participants(&fed, &[]);
     fed.wait_for_log(&mut children, "w1", "round 1 applied");
     let filler = disk_dir.join("filler");
     // dd stops at the first failed write: the disk is full.
