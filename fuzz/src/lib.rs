@@ -191,7 +191,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             step: verify::StepRule::Linear,
         },
         rounds: verify::RoundRules { min_contributions: 1, max_contributions: 16 },
-        exclusion: verify::ExclusionRules { min_score: 0, max_failures: 3 },
+        exclusion: verify::ExclusionRules::absolute(0, 3),
         extra: b"{\"preset\":\"tiny\"}".to_vec(),
     };
     out.push(("run_config", "config".to_string(), config.encode().expect("config")));

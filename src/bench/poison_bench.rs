@@ -45,7 +45,8 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     eval_sequences: usize,
     /// Defences, each run with every attack: aggregation (every update that decodes counts),
-    /// validators (scored updates below min_score fail; repeated failures exclude).
+    /// validators (scored updates below the round rule's threshold fail: `min_score`, or a share
+    /// of the round's median with `min_pct_of_median`; repeated failures exclude).
     #[arg(long, value_delimiter = ',', default_value = "aggregation,validators")]
     defences: Vec<String>,
     /// libtorch threads.
@@ -110,7 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     let (config, train) = (sim.config(), sim.train());
     println!(
         "bench poison: corpus {corpus}, preset {}, {} workers ({} byzantine), {} rounds, values {:?}, step rule {:?}, \
-         local steps {}, clip {:?}, min_score {}, max_failures {}",
+         local steps {}, clip {:?}, min_score {}, min_pct_of_median {}, max_failures {}",
         train.preset,
         args.workers,
         args.byzantine,
@@ -120,6 +121,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         train.local_steps,
         config.hyper.clip,
         config.exclusion.min_score,
+        config.exclusion.min_pct_of_median,
         config.exclusion.max_failures,
     );
     println!(
@@ -135,15 +137,20 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         row("clean", defence, &clean, clean.loss);
         keys.push(format!("clean_loss_{}={:.4}", defence.name(), clean.loss));
         let mut worst_here = 1.0f64;
+        let mut honest_failed = clean.honest_failed;
         for &attack in &attacks {
             let o = sim.run(Some(attack), defence)?;
             row(attack.name(), defence, &o, clean.loss);
+            honest_failed += o.honest_failed;
             // A diverged run (non-finite loss) is the worst outcome, not a missing one.
             let ratio = if o.loss.is_finite() { o.loss / clean.loss } else { f64::INFINITY };
             worst_here = worst_here.max(ratio);
             keys.push(format!("{}_{}_ratio={ratio:.4}", attack.name(), defence.name()));
         }
         worst.push(format!("worst_ratio_{}={worst_here:.4}", defence.name()));
+        if defence == Defence::Validators {
+            worst.push(format!("honest_failed_validators={honest_failed}"));
+        }
         eprintln!("bench poison: the {} runs took {:.1} s", defence.name(), started.elapsed().as_secs_f64());
     }
     println!(

@@ -58,7 +58,7 @@ pub(crate) async fn two_rounds_with(url: &str, beta: &str) -> State {
             step: verify::StepRule::Sign,
         },
         rounds: RoundRules { min_contributions: 2, max_contributions: 8 },
-        exclusion: ExclusionRules { min_score: 0, max_failures: 0 },
+        exclusion: ExclusionRules::absolute(0, 0),
         extra: b"preset=tiny".to_vec(),
     };
     let admin = Keypair::from_seed([1; 32]);

@@ -12,7 +12,9 @@
 //!                         encoder (a member that signs whatever it likes still has to send bytes
 //!                         the decoder accepts: its header binds the round and the base)
 //!       every blob ─▶ verify::decode (what any receiver does)
-//!       validators:       score_blob (the validator's code) ─▶ failed if score < min_score;
+//!       validators:       score_blob (the validator's code) for every blob of the round, then
+//!                         failed if score < ExclusionRules::threshold(the round's scores) (the
+//!                         round rule's threshold: min_score, or a share of the median);
 //!                         a worker failed in max_failures contributed rounds in a row is excluded
 //!       S_{r+1} = verify::apply(S_r, r, counted updates)   (median clipping where the run has it)
 //!   held-out loss of S_R ─▶ ratio to the clean run under the same defence
@@ -43,6 +45,7 @@ use crate::model::{Model, init_state};
 use crate::run_spec::TrainSpec;
 use crate::score::{ScoreConfig, score_blob};
 use crate::step::{AdamWConfig, StepConfig, eval_loss};
+use crate::validator::UNUSABLE_SCORE;
 use crate::worker::train_direction;
 
 /// What a byzantine worker sends.
@@ -265,7 +268,9 @@ impl PoisonSim {
         for r in 0..self.rounds {
             let round = Round(r);
             let base = state.hash();
-            let mut counted = Vec::new();
+            // Every update of the round first, with its score: under a relative threshold a
+            // verdict's fate depends on the validator's other scores in the round.
+            let mut sent = Vec::new();
             let mut first_honest: Option<Vec<Tensor>> = None;
             for i in 0..self.workers {
                 if excluded[i] {
@@ -301,13 +306,27 @@ impl PoisonSim {
                     // Not counted by anyone; the honest encoder never gets here.
                     continue;
                 };
-                if defence == Defence::Validators {
-                    let scored = score_blob(&blob, &expected, &mut scorer, &state, hyper, &self.data, &score_config);
-                    if let Ok(s) = &scored {
-                        if hostile { out.hostile_scores.add(s) } else { out.honest_scores.add(s) }
+                let score = match defence {
+                    Defence::Validators => {
+                        let scored =
+                            score_blob(&blob, &expected, &mut scorer, &state, hyper, &self.data, &score_config);
+                        if let Ok(s) = &scored {
+                            if hostile { out.hostile_scores.add(s) } else { out.honest_scores.add(s) }
+                        }
+                        // what the validator writes for an update it cannot score
+                        Some(scored.map_or(UNUSABLE_SCORE, |s| s.score))
                     }
-                    let passed = scored.is_ok_and(|s| s.score >= rules.min_score);
-                    if !passed {
+                    Defence::Aggregation => None,
+                };
+                sent.push((i, hostile, update, score));
+            }
+            // One validator: its scores on the round are the round's scores.
+            let scores: Vec<i64> = sent.iter().filter_map(|(_, _, _, score)| *score).collect();
+            let threshold = rules.threshold(&scores);
+            let mut counted = Vec::new();
+            for (i, hostile, update, score) in sent {
+                if let Some(score) = score {
+                    if score < threshold {
                         if hostile {
                             out.byzantine_failed += 1
                         } else {
@@ -378,15 +397,21 @@ mod tests {
     /// `workers` on `tiny` and the synthetic corpus (short rounds), the last `byzantine` hostile; a
     /// worker is excluded after 2 failed rounds in a row.
     fn sim(workers: usize, byzantine: usize, rounds: u64) -> PoisonSim {
-        let spec = RunSpec::parse(
+        sim_with(workers, byzantine, rounds, 0)
+    }
+
+    /// [`sim`] with a relative threshold of `min_pct_of_median` percent.
+    fn sim_with(workers: usize, byzantine: usize, rounds: u64, min_pct_of_median: u8) -> PoisonSim {
+        let spec = RunSpec::parse(&format!(
             "[run]\npreset = \"tiny\"\nseed = 3\n[data]\nsource = \"synthetic\"\nseq_len = 32\n\
              [train]\ntokens_per_round = 256\n[validation]\nmax_failures = 2\n\
+             min_pct_of_median = {min_pct_of_median}\n\
              [roster]\nquorum = 1\n[[roster.member]]\n\
              key = \"0000000000000000000000000000000000000000000000000000000000000001\"\n\
              organisation = \"sim\"\nrole = \"admin\"\n[[roster.member]]\n\
              key = \"0000000000000000000000000000000000000000000000000000000000000002\"\n\
              organisation = \"sim\"\nrole = \"worker\"\n",
-        )
+        ))
         .unwrap();
         let parts = spec.genesis_parts(crate::model::BYTE_VOCAB).unwrap();
         let data = Dataset::synthetic(MarkovSpec::default(), parts.train.seed, parts.train.seq_len, 32).unwrap();
@@ -409,6 +434,24 @@ mod tests {
         let clean = sim.run(None, Defence::Validators).unwrap();
         assert!(guarded.loss < open.loss, "validators {guarded:?}, aggregation alone {open:?}, clean {clean:?}");
         assert_eq!(clean.excluded_by, None);
+    }
+
+    /// An all-zero update scores about 0, mostly above the default `min_score` of -20, and
+    /// counts; a relative threshold of 25% of the round's median fails it every round and
+    /// excludes its sender after 2, without failing honest work.
+    #[test]
+    fn a_relative_threshold_fails_and_excludes_a_zero_sender_that_min_score_lets_through() {
+        tch::set_num_threads(1);
+        let open = sim(4, 1, 5).run(Some(Attack::Zero), Defence::Validators).unwrap();
+        let guarded = sim_with(4, 1, 5, 25).run(Some(Attack::Zero), Defence::Validators).unwrap();
+        // Without it the zero sender is never excluded and counts in some rounds.
+        assert!(open.byzantine_counted > 0 && open.excluded_by.is_none(), "{open:?}");
+        // With it: failed in rounds 0 and 1 (scores above -20), excluded, never counted.
+        assert_eq!((guarded.byzantine_counted, guarded.byzantine_failed), (0, 2), "{guarded:?}");
+        assert!(guarded.hostile_scores.means().is_some_and(|(score, _, _)| score > -20.0), "{guarded:?}");
+        assert_eq!(guarded.excluded_by, Some(1));
+        assert_eq!(guarded.honest_failed, 0, "{guarded:?}");
+        assert!(guarded.loss < open.loss, "{guarded:?} {open:?}");
     }
 
     #[test]

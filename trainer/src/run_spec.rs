@@ -296,6 +296,9 @@ pub struct ValidationSection {
     /// Contributed rounds in a row whose contribution failed, after which a worker is excluded
     /// (0: never).
     pub max_failures: u32,
+    /// The relative threshold, in percent (0: none): a verdict also fails a contribution when its
+    /// score is below this share of the lower median of its validator's scores on the round.
+    pub min_pct_of_median: u8,
     /// Assigned sequences a validator re-evaluates per contribution.
     pub assigned_sequences: usize,
     /// Held-out sequences a validator evaluates per contribution.
@@ -304,7 +307,13 @@ pub struct ValidationSection {
 
 impl Default for ValidationSection {
     fn default() -> ValidationSection {
-        ValidationSection { min_score: -20, max_failures: 3, assigned_sequences: 16, eval_sequences: 16 }
+        ValidationSection {
+            min_score: -20,
+            max_failures: 3,
+            min_pct_of_median: 25,
+            assigned_sequences: 16,
+            eval_sequences: 16,
+        }
     }
 }
 
@@ -788,6 +797,7 @@ impl RunSpec {
             exclusion: ExclusionRules {
                 min_score: self.validation.min_score,
                 max_failures: self.validation.max_failures,
+                min_pct_of_median: self.validation.min_pct_of_median,
             },
             extra: serde_json::to_vec(&train).map_err(|e| bad(e.to_string()))?,
         };

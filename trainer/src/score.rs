@@ -37,7 +37,9 @@
 //! Decision threshold: the run's `verify::ExclusionRules::min_score` fails a contribution whose
 //! score is below it. `min_score = 0` fails every update that points uphill on its assignment;
 //! a positive value also fails updates that do not measurably help. The size of an honest gain
-//! scales with the learning rate, so the threshold belongs to the run config, next to the schedule.
+//! scales with the learning rate and shrinks as training goes on, so the run may also set
+//! `min_pct_of_median`: a score below that share of the validator's median on the round fails too
+//! (`ExclusionRules::threshold`), which fails updates that do nothing at any stage.
 //! Losses are computed with libtorch: the score is a validator's judgement (recorded in a signed
 //! Verdict), not consensus arithmetic, and may differ by a unit between machines.
 

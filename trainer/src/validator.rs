@@ -12,7 +12,8 @@
 //! ```
 //!
 //! A contribution fails when validators of a quorum of organisations scored it below the run's
-//! `min_score` before the round closed, and `max_failures` failed rounds in a row exclude the
+//! threshold (`min_score`, or a share of the validator's own median score on the round) before the
+//! round closed, and `max_failures` failed rounds in a row exclude the
 //! worker: that rule is verify's, applied by everyone from the ledger alone. The validator only
 //! writes the scores.
 

@@ -216,7 +216,7 @@ pub struct KindCounts {
 pub struct VerdictSummary {
     /// Accepted verdicts.
     pub accepted: u64,
-    /// Of those, scores below the run's `min_score`.
+    /// Of those, scores below their threshold (`min_score`, or the relative one: [`RoundRule::thresholds`]).
     pub failing: u64,
 }
 
@@ -532,9 +532,10 @@ async fn audit_with_entries(
             return Ok((report.done(), entries));
         }
     };
-    count_entries(&entries, &config, &mut report);
-    replay_rounds(store, &entries, &config, options, &mut report, progress).await;
-    check_snapshots(store, &entries, &config, &mut report, progress).await;
+    let rule = RoundRule::new(&entries, &config);
+    count_entries(&entries, &rule, &mut report);
+    replay_rounds(store, &entries, &rule, options, &mut report, progress).await;
+    check_snapshots(store, &entries, &rule, &mut report, progress).await;
     Ok((report.done(), entries))
 }
 
@@ -630,7 +631,8 @@ fn hex_of(bytes: &[u8; 32]) -> String {
 }
 
 /// Entries per kind and verdicts.
-fn count_entries(entries: &[LoggedEntry], config: &RunConfig, report: &mut AuditReport) {
+fn count_entries(entries: &[LoggedEntry], rule: &RoundRule, report: &mut AuditReport) {
+    let mut thresholds = std::collections::HashMap::new();
     for logged in entries {
         let Some(entry) = &logged.entry else {
             report.kinds.entry("undecodable".into()).or_default().void += 1;
@@ -641,7 +643,9 @@ fn count_entries(entries: &[LoggedEntry], config: &RunConfig, report: &mut Audit
             counts.accepted += 1;
             if let Body::Verdict(v) = &entry.body {
                 report.verdicts.accepted += 1;
-                if v.score < config.exclusion.min_score {
+                let round = Round(v.round.0);
+                let thresholds = thresholds.entry(round).or_insert_with(|| rule.thresholds(round));
+                if v.score < thresholds.of(&entry.signer()) {
                     report.verdicts.failing += 1;
                 }
             }
@@ -661,12 +665,12 @@ fn run_blobs(store: &Store, entries: &[LoggedEntry]) -> RunBlobs {
 async fn replay_rounds(
     store: &Store,
     entries: &[LoggedEntry],
-    config: &RunConfig,
+    rule: &RoundRule,
     options: &AuditOptions,
     report: &mut AuditReport,
     progress: &mut (dyn FnMut(AuditProgress) + Send),
 ) {
-    let rule = RoundRule::new(entries, config);
+    let config = rule.config();
     let blobs = run_blobs(store, entries);
     let snapshot = if options.from_snapshot {
         match newest_usable_snapshot(entries, &blobs).await {
@@ -850,11 +854,11 @@ fn organisations_by_key(entries: &[LoggedEntry]) -> HashMap<WorkerKey, String> {
 async fn check_snapshots(
     store: &Store,
     entries: &[LoggedEntry],
-    config: &RunConfig,
+    rule: &RoundRule,
     report: &mut AuditReport,
     progress: &mut (dyn FnMut(AuditProgress) + Send),
 ) {
-    let rule = RoundRule::new(entries, config);
+    let config = rule.config();
     let blobs = run_blobs(store, entries);
     let (start_pos, start_round) = match &report.start {
         StartPoint::Genesis => (None, None),

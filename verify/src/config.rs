@@ -7,7 +7,8 @@
 //!   8       2     version = 1, or 2 when the compression has top-k overrides, or 3 when the
 //!                 step rule is linear (with or without overrides), or 4 when the transform is
 //!                 not the DCT (with any step rule, with or without overrides), or 5 when the
-//!                 indices are Elias-Fano coded (with either transform and any step rule)
+//!                 indices are Elias-Fano coded (with either transform and any step rule), or 6
+//!                 when the exclusion has a relative threshold (with any of the above)
 //!   10            layout      u32 count | (u32 name_len | name | u32 rank | u64 dim * rank) * count
 //!                             (= layout_bytes of FORMAT.md 1.1; names strictly ascending)
 //!                 compression u16 chunk size | u16 top-k | u8 value encoding
@@ -24,9 +25,11 @@
 //!                 weight decay ratio                    ratio = u64 num | u64 den (den != 0)
 //!                 clip        u8: 0 off, 1 median
 //!                 v3 only: step rule  u8: 1 linear (a sign-rule run is v1, v2 or v4)
-//!                 v4, v5: step rule   u8: 0 sign, 1 linear
+//!                 v4 to v6: step rule u8: 0 sign, 1 linear
 //!                 rounds      u32 min contributions | u32 max contributions (1..=4096, min <= max)
 //!                 exclusion   i64 min score | u32 max failures (0 = never exclude)
+//!                             v6 only: u8 min percent of the median (1..=100; a run without
+//!                             a relative threshold is v1 to v5)
 //!                 extra       u32 len (<= MAX_EXTRA_BYTES) | bytes (opaque: trainer, federation)
 //!   total <= MAX_CONFIG_BYTES; nothing may follow `extra`.
 //! ```
@@ -56,6 +59,8 @@ pub const CONFIG_VERSION_WITH_STEP_RULE: u16 = 3;
 pub const CONFIG_VERSION_WITH_TRANSFORM: u16 = 4;
 /// The config version of a run whose indices are Elias-Fano coded.
 pub const CONFIG_VERSION_WITH_INDEX_CODING: u16 = 5;
+/// The config version of a run whose verdicts also fail below a share of their validator's median.
+pub const CONFIG_VERSION_WITH_RELATIVE_SCORE: u16 = 6;
 /// Largest encoded config: the ledger's limit on a Genesis entry's config.
 pub const MAX_CONFIG_BYTES: u64 = ledger::entry::MAX_CONFIG_BYTES as u64;
 /// Largest `extra` field.
@@ -81,6 +86,41 @@ pub struct ExclusionRules {
     /// A worker whose contributions failed (rejected by validators of a quorum of organisations)
     /// in this many of its contributed rounds in a row is excluded from then on (0: never).
     pub max_failures: u32,
+    /// The relative threshold, in percent (0: none, at most 100): a verdict also fails its
+    /// contribution when its score is below this share of the lower median of the scores its
+    /// validator gave in the round, when that median is positive. See [`ExclusionRules::threshold`].
+    pub min_pct_of_median: u8,
+}
+
+impl ExclusionRules {
+    /// Rules with only the absolute threshold (no relative one).
+    pub fn absolute(min_score: i64, max_failures: u32) -> ExclusionRules {
+        ExclusionRules { min_score, max_failures, min_pct_of_median: 0 }
+    }
+
+    /// The score below which a verdict fails its contribution, given `round_scores`: the scores of
+    /// every accepted verdict its validator (its signer) wrote on the same round before the round
+    /// closed, itself included, in any order.
+    ///
+    /// The threshold is `min_score`, or, when `min_pct_of_median` is not 0 and the lower median
+    /// `m` of `round_scores` (sorted ascending, the element at index `(n - 1) / 2`) is positive,
+    /// the larger of `min_score` and `floor(m * min_pct_of_median / 100)`. The median is the
+    /// validator's own, so a validator that writes hostile scores moves only its own threshold,
+    /// and the lower median keeps a minority of low-scoring updates from raising it.
+    pub fn threshold(&self, round_scores: &[i64]) -> i64 {
+        if self.min_pct_of_median == 0 || round_scores.is_empty() {
+            return self.min_score;
+        }
+        let mut sorted = round_scores.to_vec();
+        sorted.sort_unstable();
+        let median = sorted[(sorted.len() - 1) / 2];
+        if median <= 0 {
+            return self.min_score;
+        }
+        // median * pct fits in i128; dividing by 100 brings it back to at most median.
+        let relative = (i128::from(median) * i128::from(self.min_pct_of_median) / 100) as i64;
+        self.min_score.max(relative)
+    }
 }
 
 /// What consensus needs to know about a run. See the module docs for the encoding.
@@ -118,6 +158,13 @@ impl RunConfig {
             ))
             .into());
         }
+        if self.exclusion.min_pct_of_median > 100 {
+            return Err(ConfigError::Invalid(format!(
+                "min percent of the median {} above 100",
+                self.exclusion.min_pct_of_median
+            ))
+            .into());
+        }
         if self.extra.len() as u64 > u64::from(MAX_EXTRA_BYTES) {
             return Err(ConfigError::TooLong {
                 field: "extra",
@@ -138,6 +185,7 @@ impl RunConfig {
         let h = &self.hyper;
         let c = &h.compression;
         let version = match (c.indices, c.transform, h.step, c.overrides.is_empty()) {
+            _ if self.exclusion.min_pct_of_median != 0 => CONFIG_VERSION_WITH_RELATIVE_SCORE,
             (IndexCoding::EliasFano, _, _, _) => CONFIG_VERSION_WITH_INDEX_CODING,
             (IndexCoding::Fixed, Transform::Identity, _, _) => CONFIG_VERSION_WITH_TRANSFORM,
             (IndexCoding::Fixed, Transform::Dct, StepRule::Linear, _) => CONFIG_VERSION_WITH_STEP_RULE,
@@ -164,7 +212,7 @@ impl RunConfig {
         if version >= CONFIG_VERSION_WITH_TRANSFORM {
             out.push(h.compression.transform.code());
         }
-        if version == CONFIG_VERSION_WITH_INDEX_CODING {
+        if version >= CONFIG_VERSION_WITH_INDEX_CODING {
             out.push(h.compression.indices.code());
         }
         match h.schedule {
@@ -203,6 +251,9 @@ impl RunConfig {
         out.extend_from_slice(&self.rounds.max_contributions.to_le_bytes());
         out.extend_from_slice(&self.exclusion.min_score.to_le_bytes());
         out.extend_from_slice(&self.exclusion.max_failures.to_le_bytes());
+        if version >= CONFIG_VERSION_WITH_RELATIVE_SCORE {
+            out.push(self.exclusion.min_pct_of_median);
+        }
         out.extend_from_slice(&(self.extra.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.extra);
         if out.len() as u64 > MAX_CONFIG_BYTES {
@@ -221,7 +272,7 @@ impl RunConfig {
             return Err(ConfigError::BadMagic.into());
         }
         let version = r.u16("version")?;
-        if !(CONFIG_VERSION..=CONFIG_VERSION_WITH_INDEX_CODING).contains(&version) {
+        if !(CONFIG_VERSION..=CONFIG_VERSION_WITH_RELATIVE_SCORE).contains(&version) {
             return Err(ConfigError::UnsupportedVersion(version).into());
         }
         let layout = decode_layout(&mut r)?;
@@ -248,7 +299,7 @@ impl RunConfig {
             compression.transform =
                 Transform::from_code(code).ok_or(ConfigError::UnknownTag { field: "transform", tag: code })?;
         }
-        if version == CONFIG_VERSION_WITH_INDEX_CODING {
+        if version >= CONFIG_VERSION_WITH_INDEX_CODING {
             let code = r.u8("index coding")?;
             compression.indices =
                 IndexCoding::from_code(code).ok_or(ConfigError::UnknownTag { field: "index coding", tag: code })?;
@@ -277,17 +328,21 @@ impl RunConfig {
             tag => return Err(ConfigError::UnknownTag { field: "clip", tag }.into()),
         };
         let step = match version {
-            CONFIG_VERSION_WITH_STEP_RULE | CONFIG_VERSION_WITH_TRANSFORM | CONFIG_VERSION_WITH_INDEX_CODING => {
-                match r.u8("step rule")? {
-                    0 => StepRule::Sign,
-                    1 => StepRule::Linear,
-                    tag => return Err(ConfigError::UnknownTag { field: "step rule", tag }.into()),
-                }
-            }
+            CONFIG_VERSION_WITH_STEP_RULE
+            | CONFIG_VERSION_WITH_TRANSFORM
+            | CONFIG_VERSION_WITH_INDEX_CODING
+            | CONFIG_VERSION_WITH_RELATIVE_SCORE => match r.u8("step rule")? {
+                0 => StepRule::Sign,
+                1 => StepRule::Linear,
+                tag => return Err(ConfigError::UnknownTag { field: "step rule", tag }.into()),
+            },
             _ => StepRule::Sign,
         };
         let rounds = RoundRules { min_contributions: r.u32("min contributions")?, max_contributions: r.u32("max")? };
-        let exclusion = ExclusionRules { min_score: r.i64("min score")?, max_failures: r.u32("max failures")? };
+        let mut exclusion = ExclusionRules::absolute(r.i64("min score")?, r.u32("max failures")?);
+        if version >= CONFIG_VERSION_WITH_RELATIVE_SCORE {
+            exclusion.min_pct_of_median = r.u8("min percent of the median")?;
+        }
         let extra_len = r.u32("extra length")?;
         if extra_len > MAX_EXTRA_BYTES {
             return Err(
@@ -416,7 +471,7 @@ mod tests {
                 step: crate::StepRule::Sign,
             },
             rounds: RoundRules { min_contributions: 1, max_contributions: 16 },
-            exclusion: ExclusionRules { min_score: 0, max_failures: 3 },
+            exclusion: ExclusionRules::absolute(0, 3),
             extra: b"preset=tiny".to_vec(),
         }
     }
@@ -444,8 +499,8 @@ mod tests {
         magic[0] ^= 1;
         assert_eq!(err(&magic), ConfigError::BadMagic);
         let mut version = bytes.clone();
-        version[8] = 6;
-        assert_eq!(err(&version), ConfigError::UnsupportedVersion(6));
+        version[8] = 7;
+        assert_eq!(err(&version), ConfigError::UnsupportedVersion(7));
         // tensors are "b" then "w": swap the one-byte names to make the list unsorted
         let mut unsorted = bytes.clone();
         let b_at = bytes.windows(5).position(|w| w == [1, 0, 0, 0, b'b']).unwrap() + 4;

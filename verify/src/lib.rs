@@ -39,7 +39,7 @@ pub use encode::encode;
 pub use error::{ConfigError, VerifyError};
 pub use id::{LayoutHash, Round, RunId, StateHash, WorkerKey};
 pub use replay::{BlobFault, BlobSource, Replay, ReplayReport, Replayed, RunBlobs, Start, replay};
-pub use round::{Candidate, NotCounted, RoundPlan, RoundRule};
+pub use round::{Candidate, NotCounted, RoundPlan, RoundRule, Thresholds};
 pub use schedule::{Ratio, Schedule};
 pub use state::{Layout, State, TensorSpec};
 pub use wire::{

@@ -22,14 +22,17 @@
 //! ```
 //!
 //! A contribution *fails* when validators of the run's quorum of distinct organisations wrote a
-//! verdict below `min_score` on it before the round closed. A worker is excluded from the round
+//! verdict below its threshold on it before the round closed: `min_score`, or with a relative
+//! threshold also a share of the lower median of the scores the same validator gave in the round
+//! before the close, one score per worker: its verdict on the worker's first contribution
+//! ([`crate::ExclusionRules::threshold`], [`RoundRule::thresholds`]). A worker is excluded from the round
 //! after its `max_failures`-th consecutive failed round (its first contribution of each closed
 //! round counts; one that did not fail resets the count; 0: never). Verdicts written after a
 //! round's close change nothing. docs/FORMAT.md ("Round rule") is the normative text.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use ledger::{BlobId, Body, EntryPos, LoggedEntry, RoundTally, Seq, Target, Validity, VoidReason};
+use ledger::{BlobId, Body, EntryPos, LoggedEntry, PublicKey, RoundTally, Seq, Target, Validity, VoidReason};
 
 use crate::config::RunConfig;
 use crate::error::VerifyError;
@@ -206,6 +209,31 @@ impl RoundPlan {
     }
 }
 
+/// Each validator's threshold on one round (see [`crate::ExclusionRules::threshold`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Thresholds {
+    min_score: i64,
+    /// Validators with scores in the median set; any other validator's threshold is `min_score`.
+    by_validator: BTreeMap<PublicKey, i64>,
+}
+
+impl Thresholds {
+    /// The score below which a verdict of `validator` fails its contribution.
+    pub fn of(&self, validator: &PublicKey) -> i64 {
+        self.by_validator.get(validator).copied().unwrap_or(self.min_score)
+    }
+}
+
+/// An accepted verdict on one contribution.
+#[derive(Clone, Debug)]
+struct VerdictOn {
+    pos: EntryPos,
+    target: EntryPos,
+    organisation: String,
+    signer: PublicKey,
+    score: i64,
+}
+
 #[derive(Clone, Debug)]
 struct Indexed {
     candidate: Candidate,
@@ -223,8 +251,12 @@ pub struct RoundRule {
     attestations: BTreeMap<Round, Vec<Claim>>,
     snapshots: BTreeMap<Round, Vec<Claim>>,
     contributions: BTreeMap<Round, Vec<Indexed>>,
-    /// Failing verdicts (position, organisation, score) per contribution, in ledger order.
-    failing: HashMap<EntryPos, Vec<(EntryPos, String, i64)>>,
+    /// Per contribution, in ledger order, the accepted verdicts that may fail it: those below
+    /// `min_score`, or every one under a relative threshold (which depends on the others).
+    failing: HashMap<EntryPos, Vec<VerdictOn>>,
+    /// Under a relative threshold, per round, every accepted verdict on each contribution it
+    /// targets, in ledger order: what each validator's median is taken from.
+    scores: HashMap<Round, Vec<VerdictOn>>,
     /// The first round each excluded worker is excluded from, and the verdict that completed it.
     excluded: BTreeMap<WorkerKey, (Round, EntryPos)>,
     /// Accepted contributions by (round, blob), for verdicts that target a blob.
@@ -258,6 +290,7 @@ impl RoundRule {
             snapshots: BTreeMap::new(),
             contributions: BTreeMap::new(),
             failing: HashMap::new(),
+            scores: HashMap::new(),
             excluded: BTreeMap::new(),
             by_blob: HashMap::new(),
             streaks: BTreeMap::new(),
@@ -273,7 +306,8 @@ impl RoundRule {
     /// `extend` calls over growing prefixes of `all` give the same index.
     pub fn extend(&mut self, entries: &[LoggedEntry]) {
         let from = self.last.map_or(0, |last| entries.partition_point(|e| e.pos <= last));
-        let min_score = self.config.exclusion.min_score;
+        let rules = self.config.exclusion;
+        let relative = rules.min_pct_of_median != 0;
         for logged in &entries[from..] {
             self.last = Some(logged.pos);
             if let Some(next) = logged.pos.seq.next() {
@@ -317,13 +351,19 @@ impl RoundRule {
                     let claim = Claim { pos, kind: ClaimKind::Snapshot, state: StateHash(s.state.0) };
                     self.snapshots.entry(Round(s.round.0)).or_default().push(claim);
                 }
-                Body::Verdict(v) if v.score < min_score => {
+                Body::Verdict(v) if relative || v.score < rules.min_score => {
+                    let round = Round(v.round.0);
+                    let signer = entry.signer();
                     let targets = match v.target {
                         Target::Entry(p) => vec![p],
-                        Target::Blob(b) => self.by_blob.get(&(Round(v.round.0), b)).cloned().unwrap_or_default(),
+                        Target::Blob(b) => self.by_blob.get(&(round, b)).cloned().unwrap_or_default(),
                     };
                     for target in targets {
-                        self.failing.entry(target).or_default().push((pos, org.clone(), v.score));
+                        let on = VerdictOn { pos, target, organisation: org.clone(), signer, score: v.score };
+                        if relative {
+                            self.scores.entry(round).or_default().push(on.clone());
+                        }
+                        self.failing.entry(target).or_default().push(on);
                     }
                 }
                 // An evaluation names a final state (the validity rule checks it) and decides nothing.
@@ -425,16 +465,60 @@ impl RoundRule {
     }
 
     /// The failing verdict that brought a contribution's failing organisations to the quorum,
-    /// among verdicts before `before`, with the number of organisations.
-    fn failed(&self, pos: EntryPos, before: EntryPos) -> Option<(EntryPos, i64, usize)> {
+    /// among verdicts before `before` (with `thresholds` as of `before`), with the number of
+    /// organisations.
+    fn failed(&self, pos: EntryPos, before: EntryPos, thresholds: &Thresholds) -> Option<(EntryPos, i64, usize)> {
         let mut orgs = BTreeSet::new();
-        for (verdict, org, score) in self.failing.get(&pos)?.iter().filter(|(v, _, _)| *v < before) {
-            orgs.insert(org.as_str());
+        for v in self.failing.get(&pos)?.iter().filter(|v| v.pos < before) {
+            if v.score >= thresholds.of(&v.signer) {
+                continue;
+            }
+            orgs.insert(v.organisation.as_str());
             if orgs.len() >= usize::from(self.tally.quorum()) {
-                return Some((*verdict, *score, orgs.len()));
+                return Some((v.pos, v.score, orgs.len()));
             }
         }
         None
+    }
+
+    /// Each validator's threshold on `round`, counting entries positioned before `before`.
+    ///
+    /// A validator's median is taken over one score per worker: for each worker's first accepted
+    /// contribution to the round, the validator's first accepted verdict on it. So a worker that
+    /// sends the round many contributions (its later ones never count) adds one score, not many,
+    /// to an honest validator's median; and only the validator's own verdicts move its threshold.
+    fn thresholds_before(&self, round: Round, before: EntryPos) -> Thresholds {
+        let rules = self.config.exclusion;
+        let mut by_validator = BTreeMap::new();
+        if rules.min_pct_of_median != 0 {
+            let mut workers = BTreeSet::new();
+            let firsts: BTreeSet<EntryPos> = self
+                .contributions
+                .get(&round)
+                .into_iter()
+                .flatten()
+                .filter(|i| i.void.is_none() && i.candidate.pos < before && workers.insert(i.candidate.worker))
+                .map(|i| i.candidate.pos)
+                .collect();
+            let mut median_scores: BTreeMap<PublicKey, (BTreeSet<EntryPos>, Vec<i64>)> = BTreeMap::new();
+            for v in self.scores.get(&round).into_iter().flatten() {
+                if v.pos < before && firsts.contains(&v.target) {
+                    let (targets, scores) = median_scores.entry(v.signer).or_default();
+                    if targets.insert(v.target) {
+                        scores.push(v.score);
+                    }
+                }
+            }
+            by_validator = median_scores.into_iter().map(|(k, (_, scores))| (k, rules.threshold(&scores))).collect();
+        }
+        Thresholds { min_score: rules.min_score, by_validator }
+    }
+
+    /// Each validator's threshold on `round` as of the round's close, or, for a round still open,
+    /// as of the end of the ledger read so far: what the audit counts failing verdicts against.
+    pub fn thresholds(&self, round: Round) -> Thresholds {
+        let before = self.close(round).map_or(self.end, |c| c.pos);
+        self.thresholds_before(round, before)
     }
 
     /// Walks the closed rounds not walked yet, in order, and finds, per worker, the round from
@@ -455,12 +539,13 @@ impl RoundRule {
         for (round, contributions) in unwalked {
             // A round not closed yet: neither is any later one.
             let Some(close) = self.close(*round) else { break };
+            let thresholds = self.thresholds_before(*round, close.pos);
             let mut seen = BTreeSet::new();
             for Indexed { candidate: c, void } in contributions {
                 if void.is_some() || c.pos > close.pos || !seen.insert(c.worker) || excluded.contains_key(&c.worker) {
                     continue;
                 }
-                match self.failed(c.pos, close.pos) {
+                match self.failed(c.pos, close.pos, &thresholds) {
                     Some((verdict, _, _)) => {
                         let n = streaks.entry(c.worker).or_default();
                         *n += 1;
@@ -495,12 +580,13 @@ impl RoundRule {
         // Counted plus dropped: a dropped contribution keeps its place under max_contributions, so
         // the attested set is exactly the provisional one the attesters fetched, less the drops.
         let mut taken = 0usize;
+        let thresholds = self.thresholds_before(round, close);
         for Indexed { candidate: c, void } in self.contributions.get(&round).into_iter().flatten() {
             let reason = match void {
                 Some(VoidReason::RoundClosed(_)) => Some(NotCounted::Late { cut }),
                 Some(reason) => Some(NotCounted::Void(reason.clone())),
                 None if c.pos.seq >= cut || c.pos > close => Some(NotCounted::Late { cut }),
-                None => self.accepted_reason(c, base, close, &mut first, taken, max),
+                None => self.accepted_reason(c, base, (close, &thresholds), &mut first, taken, max),
             };
             if reason.is_none() {
                 taken += 1;
@@ -518,7 +604,7 @@ impl RoundRule {
         &self,
         c: &Candidate,
         base: StateHash,
-        close: EntryPos,
+        (close, thresholds): (EntryPos, &Thresholds),
         first: &mut BTreeMap<WorkerKey, EntryPos>,
         counted: usize,
         max: u32,
@@ -536,7 +622,7 @@ impl RoundRule {
         if c.blob_size != self.update_bytes || self.update_bytes > MAX_UPDATE_BYTES {
             return Some(NotCounted::WrongSize { declared: c.blob_size, expected: self.update_bytes });
         }
-        if let Some((verdict, score, orgs)) = self.failed(c.pos, close) {
+        if let Some((verdict, score, orgs)) = self.failed(c.pos, close, thresholds) {
             return Some(NotCounted::Rejected { verdict, score, orgs });
         }
         if counted >= max as usize {
@@ -569,7 +655,7 @@ mod tests {
                 step: crate::StepRule::Sign,
             },
             rounds: RoundRules { min_contributions: 1, max_contributions },
-            exclusion: ExclusionRules { min_score: 0, max_failures },
+            exclusion: ExclusionRules::absolute(0, max_failures),
             extra: Vec::new(),
         }
     }
@@ -624,7 +710,11 @@ mod tests {
         }
 
         fn fail(&mut self, validator: &Keypair, round: u64, target: EntryPos) {
-            let v = Verdict { round: ledger::Round(round), target: Target::Entry(target), score: -5 };
+            self.verdict(validator, round, target, -5);
+        }
+
+        fn verdict(&mut self, validator: &Keypair, round: u64, target: EntryPos, score: i64) {
+            let v = Verdict { round: ledger::Round(round), target: Target::Entry(target), score };
             self.push(Body::Verdict(v), validator);
         }
 
@@ -749,5 +839,92 @@ mod tests {
         }
         let rule = RoundRule::new(&log.entries, &cfg);
         assert!(rule.exclusions().is_empty(), "no two failed rounds in a row");
+    }
+
+    /// Under `min_pct_of_median = 25` a verdict fails below a quarter of its own validator's lower
+    /// median on the round, taken over one score per worker and counted before the close. Neither
+    /// a hostile validator's inflated scores, nor a worker's many duplicate contributions, nor
+    /// verdicts after the close move an honest validator's threshold, and a median that is not
+    /// positive leaves only `min_score`.
+    #[test]
+    fn a_relative_threshold_fails_what_scores_far_below_its_validators_median() {
+        let keys: Vec<Keypair> = (1..=7).map(|i| Keypair::from_seed([i; 32])).collect();
+        let [admin, w1, w2, w3, w4, va, vb] = [&keys[0], &keys[1], &keys[2], &keys[3], &keys[4], &keys[5], &keys[6]];
+        let members = [
+            (admin, "a", Role::Admin),
+            (w1, "a", Role::Worker),
+            (w2, "a", Role::Worker),
+            (w3, "b", Role::Worker),
+            (w4, "b", Role::Worker),
+            (va, "a", Role::Validator),
+            (vb, "b", Role::Validator),
+        ];
+        let mut cfg = config(8, 0);
+        cfg.exclusion = ExclusionRules { min_score: -20, max_failures: 0, min_pct_of_median: 25 };
+        let base = StateHash([7; 32]);
+        let mut log = Log::new(&members, 1);
+        // Round 0: va scores w1, w2 and w4 100, 80 and 3 before the close: lower median 80,
+        // threshold 80 * 25 / 100 = 20, so only the 3 fails (it passes min_score = -20).
+        let c: Vec<EntryPos> =
+            [w1, w2, w3, w4].iter().enumerate().map(|(i, w)| log.contribute(w, 0, i as u8, &cfg)).collect();
+        for (target, score) in [(c[0], 100), (c[1], 80), (c[3], 3)] {
+            log.verdict(va, 0, target, score);
+        }
+        // w1 sends five more contributions (duplicates) that va scores 1,000,000: in the median
+        // they would make it 1,000,000 and fail every other verdict of va.
+        for blob in 20..25 {
+            let dup = log.contribute(w1, 0, blob, &cfg);
+            log.verdict(va, 0, dup, 1_000_000);
+        }
+        // vb (another organisation) writes three verdicts of 1,000,000 on each: pooled with va's,
+        // the lower median would be 1,000,000.
+        for target in &c {
+            for _ in 0..3 {
+                log.verdict(vb, 0, *target, 1_000_000);
+            }
+        }
+        log.close(&[admin], 0);
+        // After the close, va scores w3 -1,000,000: counted, va's median would be 3 and the
+        // threshold 0, which the 3 passes.
+        log.verdict(va, 0, c[2], -1_000_000);
+        log.finalise(&[admin], 0, vec![]);
+        let rule = RoundRule::new(&log.entries, &cfg);
+        let plan = rule.round(Round(0), base).unwrap();
+        assert_eq!(plan.counted.iter().map(|x| x.pos).collect::<Vec<_>>(), c[..3]);
+        let rejected: Vec<_> =
+            reasons(&plan).into_iter().filter(|(_, r)| matches!(r, NotCounted::Rejected { .. })).collect();
+        assert!(matches!(rejected[..], [(p, NotCounted::Rejected { score: 3, orgs: 1, .. })] if p == c[3]));
+        assert_eq!(rule.thresholds(Round(0)).of(&va.public()), 20);
+        assert_eq!(rule.thresholds(Round(0)).of(&vb.public()), 250_000);
+        assert_eq!(rule.thresholds(Round(0)).of(&admin.public()), -20, "no verdicts: min_score");
+        // Without the relative threshold nothing fails: 3 is above min_score.
+        let absolute = RunConfig { exclusion: ExclusionRules::absolute(-20, 0), ..cfg.clone() };
+        let plan = RoundRule::new(&log.entries, &absolute).round(Round(0), base).unwrap();
+        assert_eq!(plan.counted.len(), 4);
+
+        // Round 1: va's scores -10, -5, 0, 2: lower median -5, not positive, so only min_score
+        // applies and nothing fails (a share of a negative median would fail the -10).
+        let c: Vec<EntryPos> =
+            [w1, w2, w3, w4].iter().enumerate().map(|(i, w)| log.contribute(w, 1, 10 + i as u8, &cfg)).collect();
+        for (target, score) in c.iter().zip([-10, -5, 0, 2]) {
+            log.verdict(va, 1, *target, score);
+        }
+        log.close(&[admin], 1);
+        log.finalise(&[admin], 1, vec![]);
+        let rule = RoundRule::new(&log.entries, &cfg);
+        assert_eq!(rule.round(Round(1), base).unwrap().counted.len(), 4);
+        assert_eq!(rule.thresholds(Round(1)).of(&va.public()), -20);
+
+        // Extended entry by entry, the index decides the same.
+        let mut extended = RoundRule::empty(&cfg);
+        for k in 0..=log.entries.len() {
+            extended.extend(&log.entries[..k]);
+            let at_once = RoundRule::new(&log.entries[..k], &cfg);
+            for r in [Round(0), Round(1)] {
+                assert_eq!(extended.round(r, base), at_once.round(r, base), "after {k} entries");
+                assert_eq!(extended.prospective(r, base), at_once.prospective(r, base), "after {k} entries");
+                assert_eq!(extended.thresholds(r), at_once.thresholds(r), "after {k} entries");
+            }
+        }
     }
 }

@@ -45,8 +45,11 @@ fn config_strategy() -> impl Strategy<Value = RunConfig> {
     let rounds = (1u32..=4096).prop_flat_map(|max| {
         (0..=max).prop_map(move |min| RoundRules { min_contributions: min, max_contributions: max })
     });
-    let exclusion =
-        (any::<i64>(), any::<u32>()).prop_map(|(min_score, max_failures)| ExclusionRules { min_score, max_failures });
+    // a relative threshold in half the cases
+    let pct = prop_oneof![Just(0u8), 1u8..=100];
+    let exclusion = (any::<i64>(), any::<u32>(), pct).prop_map(|(min_score, max_failures, min_pct_of_median)| {
+        ExclusionRules { min_score, max_failures, min_pct_of_median }
+    });
     (layout, hyper, rounds, exclusion, prop::collection::vec(any::<u8>(), 0..64))
         .prop_map(|(layout, hyper, rounds, exclusion, extra)| RunConfig { layout, hyper, rounds, exclusion, extra })
 }
@@ -83,9 +86,9 @@ proptest! {
     }
 }
 
-#[test]
-fn zero_denominator_and_unknown_tags_are_refused() {
-    let config = RunConfig {
+/// A one-tensor version 1 config: a sign-rule DCT run without overrides or a relative threshold.
+fn one_tensor_config() -> RunConfig {
+    RunConfig {
         layout: Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![2, 2] }]).unwrap(),
         hyper: Hyper {
             compression: Compression::uniform(64, 4, ValueEncoding::Sign),
@@ -95,9 +98,14 @@ fn zero_denominator_and_unknown_tags_are_refused() {
             step: verify::StepRule::Sign,
         },
         rounds: RoundRules { min_contributions: 0, max_contributions: 1 },
-        exclusion: ExclusionRules { min_score: -5, max_failures: 0 },
+        exclusion: ExclusionRules::absolute(-5, 0),
         extra: vec![],
-    };
+    }
+}
+
+#[test]
+fn zero_denominator_and_unknown_tags_are_refused() {
+    let config = one_tensor_config();
     let bytes = config.encode().unwrap();
     // layout: 10 + 4 + (4 + 1 + 4 + 16) = 39; then chunk 2, top-k 2, encoding 1 at 43, schedule tag at 44
     assert_eq!(bytes[43], 0);
@@ -146,4 +154,53 @@ fn zero_denominator_and_unknown_tags_are_refused() {
     let mut rounds = config.clone();
     rounds.rounds = RoundRules { min_contributions: 2, max_contributions: 1 };
     assert!(matches!(rounds.encode(), Err(VerifyError::Config(ConfigError::Invalid(_)))));
+}
+
+/// The relative threshold's version and byte: a config with one is version 6 with the percent
+/// right after `max failures`; 0 is never written in that version, and above 100 is refused.
+#[test]
+fn a_relative_threshold_is_version_6_with_one_byte_after_max_failures() {
+    let mut config = one_tensor_config();
+    let plain = config.encode().unwrap();
+    assert_eq!(plain[8..10], 1u16.to_le_bytes());
+    config.exclusion.min_pct_of_median = 25;
+    let relative = config.encode().unwrap();
+    assert_eq!(relative[8..10], 6u16.to_le_bytes());
+    // v6 adds the override count, transform, index coding and step rule bytes (4) and the
+    // percent (1); the percent is the byte before the 4-byte extra length
+    assert_eq!(relative.len(), plain.len() + 5);
+    let at = relative.len() - 5;
+    assert_eq!(relative[at], 25);
+    assert_eq!(relative[at - 4..at], 0u32.to_le_bytes());
+    assert_eq!(RunConfig::decode(&relative).unwrap(), config);
+    let mut zero = relative.clone();
+    zero[at] = 0;
+    assert!(matches!(RunConfig::decode(&zero), Err(VerifyError::Config(ConfigError::NotCanonical(_)))));
+    let mut too_big = relative.clone();
+    too_big[at] = 101;
+    assert!(matches!(RunConfig::decode(&too_big), Err(VerifyError::Config(ConfigError::Invalid(_)))));
+    config.exclusion.min_pct_of_median = 101;
+    assert!(config.encode().is_err());
+}
+
+/// The threshold by hand: the lower median of the validator's scores, times the percent, floored,
+/// and never below `min_score`; nothing relative when the median is not positive.
+#[test]
+fn the_relative_threshold_is_a_share_of_the_lower_median() {
+    let rules = ExclusionRules { min_score: -20, max_failures: 3, min_pct_of_median: 25 };
+    // sorted 0, 4, 90, 100, 130, 200: lower median (index 2) = 90; 90 * 25 / 100 = 22.5 -> 22
+    assert_eq!(rules.threshold(&[100, 0, 130, 90, 4, 200]), 22);
+    // odd count: sorted 1, 50, 70 -> 50 * 25 / 100 = 12.5 -> 12
+    assert_eq!(rules.threshold(&[70, 1, 50]), 12);
+    // a single score: its own share, so it never fails itself when positive
+    assert_eq!(rules.threshold(&[7]), 1);
+    // median 0 or below: only min_score
+    assert_eq!(rules.threshold(&[-50, 0, 300]), -20);
+    assert_eq!(rules.threshold(&[]), -20);
+    // min_score above the relative share wins
+    assert_eq!(ExclusionRules { min_score: 40, ..rules }.threshold(&[100, 100, 100]), 40);
+    // no relative threshold at 0 percent
+    assert_eq!(ExclusionRules::absolute(-20, 3).threshold(&[100, 100, 100]), -20);
+    // no overflow at the extreme: i64::MAX * 100 / 100
+    assert_eq!(ExclusionRules { min_pct_of_median: 100, ..rules }.threshold(&[i64::MAX]), i64::MAX);
 }

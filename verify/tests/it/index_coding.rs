@@ -130,7 +130,7 @@ fn the_run_config_carries_the_index_coding_canonically() {
         layout: layout.clone(),
         hyper: hyper(ef(ValueEncoding::TwoBit), verify::NormClip::Median),
         rounds: RoundRules { min_contributions: 1, max_contributions: 8 },
-        exclusion: ExclusionRules { min_score: -5, max_failures: 0 },
+        exclusion: ExclusionRules::absolute(-5, 0),
         extra: Vec::new(),
     };
     let bytes = config.encode().unwrap();

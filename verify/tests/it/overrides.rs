@@ -134,7 +134,7 @@ fn a_run_config_with_overrides_round_trips_as_version_2() {
         layout: model_layout(),
         hyper: hyper(with_overrides(ValueEncoding::Sign), NormClip::Off),
         rounds: verify::RoundRules { min_contributions: 1, max_contributions: 8 },
-        exclusion: verify::ExclusionRules { min_score: 0, max_failures: 0 },
+        exclusion: verify::ExclusionRules::absolute(0, 0),
         extra: Vec::new(),
     };
     let bytes = config.encode().unwrap();

@@ -172,3 +172,43 @@ async fn failing_verdicts_reject_then_exclude_and_the_limit_cuts_the_rest() {
     assert_eq!(replayed.state.hash(), s3.hash());
     assert!(report.discrepancies.is_empty(), "{:?}", report.discrepancies);
 }
+
+/// A run whose config has a relative threshold (a version 6 config in its genesis): the validator
+/// scores four updates 100, 90, 110 and 5; its lower median is 90, so the threshold is
+/// 90 * 25 / 100 = 22 and the 5 is rejected although it passes `min_score` = 0; replay gives the
+/// aggregate of the other three.
+#[tokio::test]
+async fn a_relative_threshold_rejects_the_update_far_below_the_validators_median() {
+    let mut config = run_config(16, 0);
+    config.exclusion.min_pct_of_median = 25;
+    let mut run = TestRun::new(config).await;
+    let s0 = run.initial.clone();
+    let base = s0.hash();
+    let mut contributions = Vec::new();
+    for worker in 0..4 {
+        contributions.push(run.contribute(worker, 0, base).await);
+    }
+    let mut low = None;
+    for ((pos, _), score) in contributions.iter().zip([100, 90, 110, 5]) {
+        let verdict = run.verdict(0, *pos, score).await;
+        if score == 5 {
+            low = Some(verdict);
+        }
+    }
+    let kept: Vec<_> = contributions[..3].iter().map(|(_, u)| u.clone()).collect();
+    let expected = aggregate(&s0, Round(0), &kept, &run.hyper()).unwrap();
+    run.close(0, expected.hash()).await;
+
+    let entries = run.entries().await;
+    let workers: Vec<WorkerKey> = (0..crate::run::WORKERS).map(|w| run.worker_key(w)).collect();
+    assert_extending_matches(&entries, &run.config, &workers);
+    let replayed = replay_from_genesis(&entries, &run.store).await.unwrap();
+    let report = &replayed.report;
+    assert_eq!(counted(report, 0), contributions[..3].iter().map(|(p, _)| *p).collect::<Vec<_>>());
+    assert_eq!(
+        reasons(report, 0),
+        [(contributions[3].0, NotCounted::Rejected { verdict: low.unwrap(), score: 5, orgs: 1 })]
+    );
+    assert_eq!(replayed.state.hash(), expected.hash());
+    assert!(report.discrepancies.is_empty(), "{:?}", report.discrepancies);
+}

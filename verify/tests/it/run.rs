@@ -33,7 +33,7 @@ pub fn run_config(max_contributions: u32, max_failures: u32) -> RunConfig {
             step: verify::StepRule::Sign,
         },
         rounds: RoundRules { min_contributions: 2, max_contributions },
-        exclusion: ExclusionRules { min_score: 0, max_failures },
+        exclusion: ExclusionRules::absolute(0, max_failures),
         extra: b"preset=tiny".to_vec(),
     }
 }
