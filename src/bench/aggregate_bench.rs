@@ -88,7 +88,7 @@ fn gpt2_small() -> anyhow::Result<Layout> {
 }
 
 /// A synthetic update: per chunk, `kept` distinct random indices and random values.
-fn synthetic(layout: &Layout, header: Header, rng: &mut StdRng) -> anyhow::Result<Update> {
+pub(super) fn synthetic(layout: &Layout, header: Header, rng: &mut StdRng) -> anyhow::Result<Update> {
     let comp = header.compression;
     let mut tensors = Vec::with_capacity(layout.tensors().len());
     for (t, g) in comp.grids(layout).into_iter().enumerate() {

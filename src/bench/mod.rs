@@ -6,6 +6,7 @@ mod aggregate_bench;
 mod ledger_bench;
 mod poison_bench;
 mod poll_bench;
+mod scale_bench;
 mod step_bench;
 mod storage_bench;
 mod train_bench;
@@ -35,6 +36,9 @@ pub enum BenchCommand {
     /// A seeded adversarial simulation: honest organisations against byzantine ones and a faulty
     /// bucket, every safety property checked after every round.
     Adversary(adversary_bench::Args),
+    /// One round at 10, 100 and 1,000 workers: bytes, ledger appends (simulated with the real
+    /// appender), aggregation, store requests and their price, joining, a follower's memory.
+    Scale(scale_bench::Args),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
@@ -47,8 +51,24 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<Outcome> {
         BenchCommand::Adversary(args) => adversary_bench::run(args).await,
         BenchCommand::Poll(args) => poll_bench::run(args).await,
         BenchCommand::Poison(args) => poison_bench::run(args).await,
+        BenchCommand::Scale(args) => scale_bench::run(args).await,
     }
 }
+
+/// The roster a simulated run's run.toml needs (an admin and a worker; simulations draw their own
+/// members), appended to the benches' built-in runs.
+pub(crate) const SIM_ROSTER: &str = r#"
+[roster]
+quorum = 1
+[[roster.member]]
+key = "0000000000000000000000000000000000000000000000000000000000000001"
+organisation = "sim"
+role = "admin"
+[[roster.member]]
+key = "0000000000000000000000000000000000000000000000000000000000000002"
+organisation = "sim"
+role = "worker"
+"#;
 
 /// Median of a non-empty list of measurements.
 pub fn median(mut xs: Vec<f64>) -> f64 {

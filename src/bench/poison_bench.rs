@@ -62,16 +62,6 @@ seed = 7
 total_rounds = 0
 [data]
 source = "synthetic"
-[roster]
-quorum = 1
-[[roster.member]]
-key = "0000000000000000000000000000000000000000000000000000000000000001"
-organisation = "sim"
-role = "admin"
-[[roster.member]]
-key = "0000000000000000000000000000000000000000000000000000000000000002"
-organisation = "sim"
-role = "worker"
 "#;
 
 pub async fn run(args: Args) -> anyhow::Result<Outcome> {
@@ -88,7 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         .collect::<Result<_, _>>()?;
     let text = match &args.config {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        None => DEFAULT_RUN.to_string(),
+        None => format!("{DEFAULT_RUN}{}", super::SIM_ROSTER),
     };
     let parts = RunSpec::parse(&text)?.genesis_parts(trainer::model::BYTE_VOCAB)?;
     let (data, corpus) = match &args.text {

@@ -6,6 +6,7 @@ mod dashboard;
 mod federation;
 mod ledger_cli;
 mod outage;
+mod scale_cli;
 mod store;
 mod train_cli;
 

@@ -514,9 +514,15 @@ impl Follower {
     /// Appends `entry` after everything this follower has read (never past a hole it did not see),
     /// then reads on (so the entry is in the follower's view).
     pub async fn append(&mut self, entry: Entry) -> Result<ledger::Seq, TrainerError> {
+        self.append_batch(&[entry]).await
+    }
+
+    /// Appends `entries` (1 to [`ledger::slot::MAX_BATCH_ENTRIES`]) as one slot, then reads the
+    /// log: one slot for many entries, where a validator has many verdicts to write.
+    pub async fn append_batch(&mut self, entries: &[Entry]) -> Result<ledger::Seq, TrainerError> {
         let mut appender = Appender::starting_at(self.info.store.clone(), self.reader.next_seq());
-        let kind = entry.body.kind().name();
-        let seq = appender.append(&[entry]).await?;
+        let kind = entries.first().map_or("empty", |e| e.body.kind().name());
+        let seq = appender.append(entries).await?;
         crate::crashpoint::reached(&format!("append:{kind}"));
         self.poll_ledger().await?;
         Ok(seq)

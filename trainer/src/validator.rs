@@ -1,5 +1,6 @@
 //! The validator loop: follow the run, score every accepted contribution of the open round with
-//! [`crate::score`], append a signed Verdict for each, and help close rounds like any participant.
+//! [`crate::score`], append a signed Verdict for each (several to a slot), and help close rounds
+//! like any participant.
 //!
 //! ```text
 //!   sync ─▶ round r open ─▶ for each accepted Contribution of r on the current base, not judged yet:
@@ -7,6 +8,8 @@
 //!               ├─ decodes: loss on the worker's assignment and on held-out data, before and after
 //!               │           applying the update alone ─▶ Verdict(score in milli-nats)
 //!               └─ does not decode (NaN, copied under another key, garbage): Verdict(UNUSABLE)
+//!             verdicts go out in slots of up to VERDICTS_PER_SLOT, at the latest
+//!             VERDICT_FLUSH_AFTER after the oldest was scored, and all before the vote
 //!         ─▶ vote and attest like any member (Follower::take_part)
 //!         ─▶ a round became final: its state's held-out loss ─▶ Evaluation ─▶ repeat until the run's last round
 //! ```
@@ -114,6 +117,7 @@ pub async fn run_validator(
     }
     let mut opened = (follower.round(), Instant::now());
     let mut verdicts = 0u64;
+    let mut pending = PendingVerdicts::default();
     loop {
         let reports = follower.sync().await?;
         for report in &reports {
@@ -166,14 +170,10 @@ pub async fn run_validator(
                     judged.insert(pos);
                     verdicts += 1;
                     let score = UNUSABLE_SCORE;
-                    append_verdict(&mut follower, key, round.0, pos, score).await?;
-                    events(ValidatorEvent::Judged {
-                        round: round.0,
-                        pos,
-                        organisation,
-                        score,
-                        unusable: Some(format!("blob {blob} not readable: {fault:?}")),
-                    });
+                    let unusable = Some(format!("blob {blob} not readable: {fault:?}"));
+                    let judged_event = ValidatorEvent::Judged { round: round.0, pos, organisation, score, unusable };
+                    pending.push(verdict(&follower, key, round.0, pos, score)?, judged_event);
+                    pending.flush_if_due(&mut follower, events).await?;
                     continue;
                 }
             };
@@ -204,9 +204,12 @@ pub async fn run_validator(
             };
             judged.insert(pos);
             verdicts += 1;
-            append_verdict(&mut follower, key, round.0, pos, score).await?;
-            events(ValidatorEvent::Judged { round: round.0, pos, organisation, score, unusable });
+            let judged_event = ValidatorEvent::Judged { round: round.0, pos, organisation, score, unusable };
+            pending.push(verdict(&follower, key, round.0, pos, score)?, judged_event);
+            pending.flush_if_due(&mut follower, events).await?;
         }
+        // Every verdict of this pass is in the log before this validator votes.
+        pending.flush(&mut follower, events).await?;
         match follower.take_part(key, opened.1.elapsed()).await? {
             Some(TallyAction::Voted { round, seen }) => {
                 events(ValidatorEvent::Worker(WorkerEvent::Voted { round, seen }));
@@ -229,22 +232,88 @@ fn ran_enough(rounds: Option<u64>, start: u64, round: u64) -> bool {
     rounds.is_some_and(|n| round.saturating_sub(start) >= n)
 }
 
-async fn append_verdict(
-    follower: &mut Follower,
+/// Verdicts a validator writes in one ledger slot, at most: one slot per verdict would take
+/// validators times workers slots a round (10,000 at 1,000 workers and 10 validators), each a race
+/// for the log's head (docs/SCALE.md).
+pub const VERDICTS_PER_SLOT: usize = 64;
+/// The longest a scored verdict waits for others to share its slot.
+pub const VERDICT_FLUSH_AFTER: Duration = Duration::from_secs(2);
+
+fn verdict(
+    follower: &Follower,
     key: &Keypair,
     round: u64,
     pos: EntryPos,
     score: i64,
-) -> Result<(), TrainerError> {
+) -> Result<ledger::Entry, TrainerError> {
     let body = Body::Verdict(Verdict { round: ledger::Round(round), target: Target::Entry(pos), score });
-    let entry = ledger::Entry::sign(follower.info().run_id, body, &[key])?;
-    follower.append(entry).await?;
-    Ok(())
+    Ok(ledger::Entry::sign(follower.info().run_id, body, &[key])?)
+}
+
+/// Whether `pending` verdicts, the oldest scored `waited` ago, should be appended now.
+fn flush_due(pending: usize, waited: Option<Duration>) -> bool {
+    pending >= VERDICTS_PER_SLOT || waited.is_some_and(|w| w >= VERDICT_FLUSH_AFTER)
+}
+
+/// Verdicts scored and not yet appended, with the events that report them once they are.
+#[derive(Default)]
+struct PendingVerdicts {
+    entries: Vec<ledger::Entry>,
+    events: Vec<ValidatorEvent>,
+    since: Option<Instant>,
+}
+
+impl PendingVerdicts {
+    fn push(&mut self, entry: ledger::Entry, event: ValidatorEvent) {
+        self.since.get_or_insert_with(Instant::now);
+        self.entries.push(entry);
+        self.events.push(event);
+    }
+
+    /// Appends when the slot is full or the oldest verdict waited long enough.
+    async fn flush_if_due(
+        &mut self,
+        follower: &mut Follower,
+        events: &mut (dyn FnMut(ValidatorEvent) + Send),
+    ) -> Result<(), TrainerError> {
+        if flush_due(self.entries.len(), self.since.map(|t| t.elapsed())) {
+            self.flush(follower, events).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends every pending verdict as one slot, then reports them.
+    async fn flush(
+        &mut self,
+        follower: &mut Follower,
+        events: &mut (dyn FnMut(ValidatorEvent) + Send),
+    ) -> Result<(), TrainerError> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        follower.append_batch(&self.entries).await?;
+        self.entries.clear();
+        self.since = None;
+        for event in self.events.drain(..) {
+            events(event);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verdicts_go_out_when_a_slot_is_full_or_the_oldest_waited_two_seconds() {
+        assert!(!flush_due(0, None));
+        assert!(!flush_due(VERDICTS_PER_SLOT - 1, Some(Duration::from_millis(1999))));
+        assert!(flush_due(VERDICTS_PER_SLOT, Some(Duration::ZERO)));
+        assert!(flush_due(1, Some(Duration::from_secs(2))));
+        // a slot holds them all
+        assert!(VERDICTS_PER_SLOT <= usize::from(ledger::slot::MAX_BATCH_ENTRIES));
+    }
 
     #[test]
     fn the_round_limit_counts_from_the_join_round_without_overflow() {

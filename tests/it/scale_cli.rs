@@ -1,0 +1,41 @@
+//! `cairn bench scale` as a user runs it, at a size CI affords: the simulated round writes exactly
+//! the slots the protocol says (a contribution per worker, a verdict per contribution and
+//! validator, in slots of the batch size, a close vote and an attestation per organisation).
+
+use crate::{bench_figures, cairn};
+
+#[test]
+fn a_simulated_round_takes_the_slots_the_protocol_says() {
+    let args = [
+        "bench",
+        "scale",
+        "--workers",
+        "4,5",
+        "--organisations",
+        "2",
+        "--preset",
+        "tiny",
+        "--measure-preset",
+        "tiny",
+        "--verdict-batch",
+        "1,3",
+        "--arrival-secs",
+        "1",
+    ];
+    let out = cairn(&args, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    let figures = bench_figures(&stdout, "scale");
+    let figure = |key: &str| {
+        figures.iter().find(|(k, _)| k == key).map(|(_, v)| *v).unwrap_or_else(|| panic!("{key} missing: {all}"))
+    };
+    // workers + validators x ceil(workers / batch) + 2 organisations x (vote + attestation)
+    for (workers, batch, slots) in
+        [(4, 1, 4 + 2 * 4 + 4), (4, 3, 4 + 2 * 2 + 4), (5, 1, 5 + 2 * 5 + 4), (5, 3, 5 + 2 * 2 + 4)]
+    {
+        assert_eq!(figure(&format!("w{workers}_b{batch}_slots")), f64::from(slots), "{all}");
+        let ledger = figure(&format!("w{workers}_b{batch}_ledger_s"));
+        assert!(ledger > 0.0 && figure(&format!("w{workers}_b{batch}_round_s")) >= ledger, "{all}");
+    }
+}
