@@ -413,10 +413,17 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     println!(
         "| workers | verdicts a slot | slots per round | entries | ledger s (contributions, verdicts, close) | store writes / reads (ledger) | \
          upload per worker (MB) | download per participant (MB) | transfer s | aggregation s (extrapolated) | round s | \
-         GET requests | ledger GET/HEAD per s | egress (GB) | USD per round | join from snapshot s | follower memory at {} rounds (GB) |",
+         GET requests | ledger GET/HEAD per s | egress (GB) | USD per round | join from snapshot s | follower memory at {} rounds (GB) | \
+         proposed ternary step: download (MB), USD per round |",
         args.rounds
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    // Under the sign rule a round moves each parameter by -lr * s, s in {-1, 0, +1}, beside the
+    // weight decay (verify/tests/it/props.rs checks it element by element): a follower could
+    // download that ternary tensor, 5 trits a byte, instead of every update (docs/SCALE.md).
+    let step_bytes = (config.hyper.step == verify::StepRule::Sign).then(|| params.div_ceil(5));
     let mut keys = Vec::new();
     let runs: Vec<(usize, usize)> =
         args.workers.iter().flat_map(|&n| args.verdict_batch.iter().map(move |&b| (n, b))).collect();
@@ -458,9 +465,17 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         let join_s = (dense_bytes as f64) / bytes_per_s
             + snapshot_every / 2.0 * (counted * update_bytes as f64 / bytes_per_s + aggregation_s);
         let memory_gb = ledger.entries as f64 * args.rounds as f64 * FOLLOWER_BYTES_PER_ENTRY / 1e9;
+        // with a step blob, each participant takes the smaller of the step and the updates
+        let with_step = step_bytes.map(|b| {
+            let download = (b as f64).min(counted * update_bytes as f64) + ledger.slot_bytes as f64;
+            let usd = usd - (egress_gb - participants * download / 1e9) * args.egress_usd_per_gb;
+            (download, usd)
+        });
+        let step_cell = with_step.map_or("-".to_string(), |(d, u)| format!("{:.1}, {u:.2}", d / 1e6));
         println!(
             "| {n} | {batch} | {} | {} | {:.1} ({:.1}, {:.1}, {:.1}) | {} / {} | {:.1} | {:.1} | {transfer_s:.1} | {aggregation_s:.1} | \
-             {round_s:.1} | {gets:.0} | {ledger_gets_per_s:.0} | {egress_gb:.1} | {usd:.2} | {join_s:.0} | {memory_gb:.1} |",
+             {round_s:.1} | {gets:.0} | {ledger_gets_per_s:.0} | {egress_gb:.1} | {usd:.2} | {join_s:.0} | {memory_gb:.1} | \
+             {step_cell} |",
             ledger.slots,
             ledger.entries,
             ledger.seconds(),
@@ -484,6 +499,9 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
             ledger.slots,
             download / 1e6
         ));
+        if let Some((_, u)) = with_step {
+            keys.push(format!("w{n}_b{batch}_step_usd_per_round={u:.2}"));
+        }
     }
     println!("bench scale: {}", keys.join(" "));
     Ok(Outcome::Ok)
