@@ -195,6 +195,12 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         extra: b"{\"preset\":\"tiny\"}".to_vec(),
     };
     out.push(("run_config", "config".to_string(), config.encode().expect("config")));
+    // version 6: with the relative threshold
+    let relative = RunConfig {
+        exclusion: verify::ExclusionRules { min_score: -20, max_failures: 3, min_pct_of_median: 25 },
+        ..config
+    };
+    out.push(("run_config", "config-relative".to_string(), relative.encode().expect("config v6")));
     let mut ef = vec![0u8; 4];
     ef[0..2].copy_from_slice(&4096u16.to_le_bytes());
     ef[2..4].copy_from_slice(&3u16.to_le_bytes());

@@ -38,8 +38,9 @@ pub struct Args {
     #[arg(long, default_value_t = 60)]
     rounds: u64,
     /// Attacks, each run against the clean run: sign-flip, scale-100, noise, stale, zero, silent
-    /// (the control: the hostile workers send nothing).
-    #[arg(long, value_delimiter = ',', default_value = "sign-flip,scale-100,noise,stale,zero,silent")]
+    /// (the control: the hostile workers send nothing), copy (this round's best-scoring kind of
+    /// update, to push validators' medians up).
+    #[arg(long, value_delimiter = ',', default_value = "sign-flip,scale-100,noise,stale,zero,silent,copy")]
     attacks: Vec<String>,
     /// Held-out sequences the final loss is measured on.
     #[arg(long, default_value_t = 64)]
@@ -115,9 +116,9 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         config.exclusion.max_failures,
     );
     println!(
-        "| attack | defence | held-out loss | ratio to clean | hostile counted | hostile failed | honest failed | all hostile excluded in round | honest score, specificity, % specific | hostile score, specificity, % specific |"
+        "| attack | defence | held-out loss | ratio to clean | hostile counted | hostile failed | honest failed | honest excluded | all hostile excluded in round | honest score, specificity, % specific | hostile score, specificity, % specific |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut keys = Vec::new();
     let mut worst = Vec::new();
     for defence in defences {
@@ -128,10 +129,12 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         keys.push(format!("clean_loss_{}={:.4}", defence.name(), clean.loss));
         let mut worst_here = 1.0f64;
         let mut honest_failed = clean.honest_failed;
+        let mut honest_excluded = clean.honest_excluded;
         for &attack in &attacks {
             let o = sim.run(Some(attack), defence)?;
             row(attack.name(), defence, &o, clean.loss);
             honest_failed += o.honest_failed;
+            honest_excluded += o.honest_excluded;
             // A diverged run (non-finite loss) is the worst outcome, not a missing one.
             let ratio = if o.loss.is_finite() { o.loss / clean.loss } else { f64::INFINITY };
             worst_here = worst_here.max(ratio);
@@ -139,7 +142,8 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         }
         worst.push(format!("worst_ratio_{}={worst_here:.4}", defence.name()));
         if defence == Defence::Validators {
-            worst.push(format!("honest_failed_validators={honest_failed}"));
+            worst
+                .push(format!("honest_failed_validators={honest_failed} honest_excluded_validators={honest_excluded}"));
         }
         eprintln!("bench poison: the {} runs took {:.1} s", defence.name(), started.elapsed().as_secs_f64());
     }
@@ -161,13 +165,14 @@ fn row(attack: &str, defence: Defence, o: &PoisonOutcome, clean: f64) {
             .map_or("-".to_string(), |(score, specificity, pct)| format!("{score:.1}, {specificity:.1}, {pct:.0}%"))
     };
     println!(
-        "| {attack} | {} | {:.4} | {:.4} | {} | {} | {} | {excluded} | {} | {} |",
+        "| {attack} | {} | {:.4} | {:.4} | {} | {} | {} | {} | {excluded} | {} | {} |",
         defence.name(),
         o.loss,
         o.loss / clean,
         o.byzantine_counted,
         o.byzantine_failed,
         o.honest_failed,
+        o.honest_excluded,
         stats(&o.honest_scores),
         stats(&o.hostile_scores)
     );

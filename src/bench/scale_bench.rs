@@ -41,6 +41,7 @@ use storage::fault::{FaultStore, Faults};
 use storage::{RetryPolicy, Store};
 use trainer::model::{BYTE_VOCAB, ModelConfig, Preset};
 use trainer::run_spec::RunSpec;
+use trainer::validator::flush_due;
 use verify::wire::encoded_len;
 use verify::{Header, Layout, Round, RunConfig, RunId, State, StateHash, WorkerKey, apply};
 
@@ -77,6 +78,11 @@ pub struct Args {
     /// `cairn validate` did before) against up to `VERDICTS_PER_SLOT` (64, what it does now).
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     verdict_batch: Vec<usize>,
+    /// Milliseconds a validator takes to score one update (read, decode, forward passes): its
+    /// verdicts go out as `cairn validate` sends them, a slot when the batch is full or the oldest
+    /// waited 2 s (0: instant, the ledger's share alone).
+    #[arg(long, default_value_t = 0)]
+    score_ms: u64,
     /// Milliseconds between a waiting participant's ledger polls (`cairn worker --poll-ms`).
     #[arg(long, default_value_t = 250)]
     poll_ms: u64,
@@ -243,26 +249,38 @@ async fn simulate_ledger(
     // is the ledger's share) and appends, racing the other validators.
     let start = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    let score_time = std::time::Duration::from_millis(args.score_ms);
     for (v, key) in members.validators.iter().enumerate() {
-        let mut batches = Vec::new();
-        for (b, chunk) in contributions.chunks(verdict_batch.max(1)).enumerate() {
-            let entries = chunk
-                .iter()
-                .map(|&pos| {
-                    let score = 100 + (v + b) as i64;
-                    Entry::sign(run, Body::Verdict(Verdict { round, target: Target::Entry(pos), score }), &[key])
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            batches.push(entries);
-        }
+        let verdicts = contributions
+            .iter()
+            .enumerate()
+            .map(|(i, &pos)| {
+                let score = 100 + (v + i) as i64;
+                Entry::sign(run, Body::Verdict(Verdict { round, target: Target::Entry(pos), score }), &[key])
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut appender = Appender::starting_at(store.clone(), after_contributions);
         tasks.spawn(async move {
             let (mut slots, mut entries, mut bytes) = (0u64, 0u64, 0u64);
-            for batch in &batches {
-                bytes += ledger::slot::encode_entries(batch)?.len() as u64;
-                appender.append(batch).await?;
-                slots += 1;
-                entries += batch.len() as u64;
+            let mut pending: Vec<Entry> = Vec::new();
+            let mut since: Option<tokio::time::Instant> = None;
+            // the validator's loop: check before and after each score, flush what is left at the end
+            for verdict in verdicts.into_iter().map(Some).chain([None]) {
+                let last = verdict.is_none();
+                let waited = since.map(|t| t.elapsed());
+                if let Some(verdict) = verdict {
+                    if flush_due(pending.len(), waited, verdict_batch) {
+                        (slots, entries, bytes) = flush(&mut appender, &mut pending, (slots, entries, bytes)).await?;
+                        since = None;
+                    }
+                    tokio::time::sleep(score_time).await;
+                    since.get_or_insert_with(tokio::time::Instant::now);
+                    pending.push(verdict);
+                }
+                if last || flush_due(pending.len(), since.map(|t| t.elapsed()), verdict_batch) {
+                    (slots, entries, bytes) = flush(&mut appender, &mut pending, (slots, entries, bytes)).await?;
+                    since = None;
+                }
             }
             anyhow::Ok((slots, entries, bytes))
         });
@@ -307,6 +325,23 @@ async fn simulate_ledger(
         }
     }
     Ok(out)
+}
+
+/// Appends the pending verdicts as one slot (none: nothing) and adds it to the (slots, entries,
+/// bytes) tally.
+async fn flush(
+    appender: &mut Appender,
+    pending: &mut Vec<Entry>,
+    (slots, entries, bytes): (u64, u64, u64),
+) -> anyhow::Result<(u64, u64, u64)> {
+    if pending.is_empty() {
+        return Ok((slots, entries, bytes));
+    }
+    let size = ledger::slot::encode_entries(pending)?.len() as u64;
+    appender.append(pending).await?;
+    let n = pending.len() as u64;
+    pending.clear();
+    Ok((slots + 1, entries + n, bytes + size))
 }
 
 /// `verify::apply`'s seconds for `updates` synthetic updates on `layout` (the median of 3).
@@ -379,7 +414,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     let dense_bytes = config.layout.elements() * 4;
     println!(
         "bench scale: {} ({params} parameters), update {update_bytes} B ({:.0}x smaller than dense f32), values {:?}, \
-         {} organisations, {} Mbit/s links, store requests up to {} ms, arrivals over {} s, {:?} verdicts a slot, \
+         {} organisations, {} Mbit/s links, store requests up to {} ms, arrivals over {} s, {:?} verdicts a slot, {} ms to score one, \
          at most {} counted a round",
         preset.name(),
         dense_bytes as f64 / update_bytes as f64,
@@ -389,6 +424,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         args.store_latency_ms,
         args.arrival_secs,
         args.verdict_batch,
+        args.score_ms,
         config.rounds.max_contributions,
     );
 

@@ -8,8 +8,9 @@
 //!               ├─ decodes: loss on the worker's assignment and on held-out data, before and after
 //!               │           applying the update alone ─▶ Verdict(score in milli-nats)
 //!               └─ does not decode (NaN, copied under another key, garbage): Verdict(UNUSABLE)
-//!             verdicts go out in slots of up to VERDICTS_PER_SLOT, at the latest
-//!             VERDICT_FLUSH_AFTER after the oldest was scored, and all before the vote
+//!             verdicts go out in slots of up to VERDICTS_PER_SLOT, checked before and after
+//!             each score: the oldest waits VERDICT_FLUSH_AFTER plus at most one read and
+//!             score; all go out before the vote
 //!         ─▶ vote and attest like any member (Follower::take_part)
 //!         ─▶ a round became final: its state's held-out loss ─▶ Evaluation ─▶ repeat until the run's last round
 //! ```
@@ -155,6 +156,9 @@ pub async fn run_validator(
             })
             .collect();
         for (pos, signer, blob, organisation) in todo {
+            // Before the next read and score, which can take long: the oldest verdict waited
+            // VERDICT_FLUSH_AFTER at most, plus one score.
+            pending.flush_if_due(&mut follower, events).await?;
             let bytes = match follower.blobs().blob(blob, update_bytes).await {
                 Ok(b) => b,
                 // Not readable now: look again next time; after DROP_AFTER_FAILED_READS tries in a
@@ -250,9 +254,11 @@ fn verdict(
     Ok(ledger::Entry::sign(follower.info().run_id, body, &[key])?)
 }
 
-/// Whether `pending` verdicts, the oldest scored `waited` ago, should be appended now.
-fn flush_due(pending: usize, waited: Option<Duration>) -> bool {
-    pending >= VERDICTS_PER_SLOT || waited.is_some_and(|w| w >= VERDICT_FLUSH_AFTER)
+/// Whether `pending` verdicts, the oldest scored `waited` ago, should be appended now, with at
+/// most `per_slot` to a slot (`cairn validate`: [`VERDICTS_PER_SLOT`]; `cairn bench scale`
+/// simulates others).
+pub fn flush_due(pending: usize, waited: Option<Duration>, per_slot: usize) -> bool {
+    pending >= per_slot || waited.is_some_and(|w| w >= VERDICT_FLUSH_AFTER)
 }
 
 /// Verdicts scored and not yet appended, with the events that report them once they are.
@@ -276,7 +282,7 @@ impl PendingVerdicts {
         follower: &mut Follower,
         events: &mut (dyn FnMut(ValidatorEvent) + Send),
     ) -> Result<(), TrainerError> {
-        if flush_due(self.entries.len(), self.since.map(|t| t.elapsed())) {
+        if flush_due(self.entries.len(), self.since.map(|t| t.elapsed()), VERDICTS_PER_SLOT) {
             self.flush(follower, events).await?;
         }
         Ok(())
@@ -307,10 +313,12 @@ mod tests {
 
     #[test]
     fn verdicts_go_out_when_a_slot_is_full_or_the_oldest_waited_two_seconds() {
-        assert!(!flush_due(0, None));
-        assert!(!flush_due(VERDICTS_PER_SLOT - 1, Some(Duration::from_millis(1999))));
-        assert!(flush_due(VERDICTS_PER_SLOT, Some(Duration::ZERO)));
-        assert!(flush_due(1, Some(Duration::from_secs(2))));
+        let most = VERDICTS_PER_SLOT;
+        assert!(!flush_due(0, None, most));
+        assert!(!flush_due(most - 1, Some(Duration::from_millis(1999)), most));
+        assert!(flush_due(most, Some(Duration::ZERO), most));
+        assert!(flush_due(1, Some(Duration::from_secs(2)), most));
+        assert!(flush_due(1, Some(Duration::ZERO), 1));
         // a slot holds them all
         assert!(VERDICTS_PER_SLOT <= usize::from(ledger::slot::MAX_BATCH_ENTRIES));
     }

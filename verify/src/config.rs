@@ -98,15 +98,17 @@ impl ExclusionRules {
         ExclusionRules { min_score, max_failures, min_pct_of_median: 0 }
     }
 
-    /// The score below which a verdict fails its contribution, given `round_scores`: the scores of
-    /// every accepted verdict its validator (its signer) wrote on the same round before the round
-    /// closed, itself included, in any order.
+    /// The score below which a verdict rejects its contribution, given `round_scores`: its
+    /// validator's (its signer's) scores on the round, one per worker not excluded, before the
+    /// round closed, in any order (which scores exactly: [`crate::RoundRule::thresholds`] and
+    /// FORMAT.md section 6).
     ///
     /// The threshold is `min_score`, or, when `min_pct_of_median` is not 0 and the lower median
     /// `m` of `round_scores` (sorted ascending, the element at index `(n - 1) / 2`) is positive,
     /// the larger of `min_score` and `floor(m * min_pct_of_median / 100)`. The median is the
-    /// validator's own, so a validator that writes hostile scores moves only its own threshold,
-    /// and the lower median keeps a minority of low-scoring updates from raising it.
+    /// validator's own, so a validator that writes hostile scores moves only its own threshold;
+    /// the lower median limits how far a minority of high-scoring updates can raise it, and
+    /// failing below it alone never counts toward exclusion.
     pub fn threshold(&self, round_scores: &[i64]) -> i64 {
         if self.min_pct_of_median == 0 || round_scores.is_empty() {
             return self.min_score;

@@ -25,8 +25,9 @@
 //! verdict below its threshold on it before the round closed: `min_score`, or with a relative
 //! threshold also a share of the lower median of the scores the same validator gave in the round
 //! before the close, one score per worker: its verdict on the worker's first contribution
-//! ([`crate::ExclusionRules::threshold`], [`RoundRule::thresholds`]). A worker is excluded from the round
-//! after its `max_failures`-th consecutive failed round (its first contribution of each closed
+//! ([`crate::ExclusionRules::threshold`], [`RoundRule::thresholds`]). For exclusion a
+//! contribution fails only by verdicts below `min_score` itself: a worker is excluded from the
+//! round after its `max_failures`-th consecutive failed round (its first contribution of each closed
 //! round counts; one that did not fail resets the count; 0: never). Verdicts written after a
 //! round's close change nothing. docs/FORMAT.md ("Round rule") is the normative text.
 
@@ -218,17 +219,30 @@ pub struct Thresholds {
 }
 
 impl Thresholds {
+    /// `min_score` for every validator.
+    fn absolute(min_score: i64) -> Thresholds {
+        Thresholds { min_score, by_validator: BTreeMap::new() }
+    }
+
     /// The score below which a verdict of `validator` fails its contribution.
     pub fn of(&self, validator: &PublicKey) -> i64 {
         self.by_validator.get(validator).copied().unwrap_or(self.min_score)
     }
 }
 
+/// An accepted verdict's score on one contribution, for its validator's median.
+#[derive(Clone, Copy, Debug)]
+struct ScoreOn {
+    pos: EntryPos,
+    target: EntryPos,
+    signer: PublicKey,
+    score: i64,
+}
+
 /// An accepted verdict on one contribution.
 #[derive(Clone, Debug)]
 struct VerdictOn {
     pos: EntryPos,
-    target: EntryPos,
     organisation: String,
     signer: PublicKey,
     score: i64,
@@ -256,7 +270,7 @@ pub struct RoundRule {
     failing: HashMap<EntryPos, Vec<VerdictOn>>,
     /// Under a relative threshold, per round, every accepted verdict on each contribution it
     /// targets, in ledger order: what each validator's median is taken from.
-    scores: HashMap<Round, Vec<VerdictOn>>,
+    scores: HashMap<Round, Vec<ScoreOn>>,
     /// The first round each excluded worker is excluded from, and the verdict that completed it.
     excluded: BTreeMap<WorkerKey, (Round, EntryPos)>,
     /// Accepted contributions by (round, blob), for verdicts that target a blob.
@@ -359,9 +373,10 @@ impl RoundRule {
                         Target::Blob(b) => self.by_blob.get(&(round, b)).cloned().unwrap_or_default(),
                     };
                     for target in targets {
-                        let on = VerdictOn { pos, target, organisation: org.clone(), signer, score: v.score };
+                        let on = VerdictOn { pos, organisation: org.clone(), signer, score: v.score };
                         if relative {
-                            self.scores.entry(round).or_default().push(on.clone());
+                            let score = ScoreOn { pos, target, signer, score: v.score };
+                            self.scores.entry(round).or_default().push(score);
                         }
                         self.failing.entry(target).or_default().push(on);
                     }
@@ -483,10 +498,12 @@ impl RoundRule {
 
     /// Each validator's threshold on `round`, counting entries positioned before `before`.
     ///
-    /// A validator's median is taken over one score per worker: for each worker's first accepted
-    /// contribution to the round, the validator's first accepted verdict on it. So a worker that
-    /// sends the round many contributions (its later ones never count) adds one score, not many,
-    /// to an honest validator's median; and only the validator's own verdicts move its threshold.
+    /// A validator's median is taken over one score per worker not excluded from the round: for
+    /// each such worker's first accepted contribution to the round, the validator's first
+    /// accepted verdict on it. So a worker that sends the round many contributions (its later
+    /// ones never count) adds one score, not many, to an honest validator's median; an excluded
+    /// worker adds none; and only the validator's own verdicts move its threshold. Called for
+    /// plans only, after the exclusion walk (which uses `min_score` alone).
     fn thresholds_before(&self, round: Round, before: EntryPos) -> Thresholds {
         let rules = self.config.exclusion;
         let mut by_validator = BTreeMap::new();
@@ -497,7 +514,13 @@ impl RoundRule {
                 .get(&round)
                 .into_iter()
                 .flatten()
-                .filter(|i| i.void.is_none() && i.candidate.pos < before && workers.insert(i.candidate.worker))
+                .filter(|i| {
+                    let c = &i.candidate;
+                    i.void.is_none()
+                        && c.pos < before
+                        && self.excluded_in(&c.worker, round).is_none()
+                        && workers.insert(c.worker)
+                })
                 .map(|i| i.candidate.pos)
                 .collect();
             let mut median_scores: BTreeMap<PublicKey, (BTreeSet<EntryPos>, Vec<i64>)> = BTreeMap::new();
@@ -539,7 +562,10 @@ impl RoundRule {
         for (round, contributions) in unwalked {
             // A round not closed yet: neither is any later one.
             let Some(close) = self.close(*round) else { break };
-            let thresholds = self.thresholds_before(*round, close.pos);
+            // Only `min_score` excludes: the relative threshold rejects an update but never counts
+            // toward exclusion, so workers that push a validator's median up cannot get honest
+            // workers excluded for good (docs/SECURITY.md, row 42).
+            let thresholds = Thresholds::absolute(self.config.exclusion.min_score);
             let mut seen = BTreeSet::new();
             for Indexed { candidate: c, void } in contributions {
                 if void.is_some() || c.pos > close.pos || !seen.insert(c.worker) || excluded.contains_key(&c.worker) {
@@ -926,5 +952,63 @@ mod tests {
                 assert_eq!(extended.thresholds(r), at_once.thresholds(r), "after {k} entries");
             }
         }
+    }
+
+    /// A relative failure rejects the update but never counts toward exclusion: w4, far below
+    /// the median in rounds 0, 1 and 2, is rejected each time and never excluded (and its run of
+    /// failures is reset), while w3, below `min_score` in rounds 0 and 1, is excluded from round
+    /// 2 on; from then its scores leave the validator's median.
+    #[test]
+    fn only_min_score_failures_exclude_and_excluded_workers_leave_the_median() {
+        let keys: Vec<Keypair> = (1..=6).map(|i| Keypair::from_seed([i; 32])).collect();
+        let [admin, w1, w2, w3, w4, va] = [&keys[0], &keys[1], &keys[2], &keys[3], &keys[4], &keys[5]];
+        let members = [
+            (admin, "a", Role::Admin),
+            (w1, "a", Role::Worker),
+            (w2, "a", Role::Worker),
+            (w3, "a", Role::Worker),
+            (w4, "a", Role::Worker),
+            (va, "a", Role::Validator),
+        ];
+        let mut cfg = config(8, 2);
+        cfg.exclusion = ExclusionRules { min_score: -20, max_failures: 2, min_pct_of_median: 25 };
+        let base = StateHash([7; 32]);
+        let mut log = Log::new(&members, 1);
+        let mut rejected = Vec::new();
+        for round in 0..3u64 {
+            let c: Vec<EntryPos> = [w1, w2, w3, w4]
+                .iter()
+                .enumerate()
+                .map(|(i, w)| log.contribute(w, round, (10 * round) as u8 + i as u8, &cfg))
+                .collect();
+            // w1 100, w2 80, w3 -50 (below min_score), w4 3 (below 25% of the median only)
+            for (target, score) in c.iter().zip([100, 80, -50, 3]) {
+                log.verdict(va, round, *target, score);
+            }
+            log.close(&[admin], round);
+            log.finalise(&[admin], round, vec![]);
+            rejected.push(c);
+        }
+        let rule = RoundRule::new(&log.entries, &cfg);
+        let w3_key = WorkerKey(w3.public().0);
+        let w4_key = WorkerKey(w4.public().0);
+        assert!(rule.excluded_in(&w3_key, Round(1)).is_none());
+        assert!(rule.excluded_in(&w3_key, Round(2)).is_some(), "two min_score failures in a row");
+        assert!(rule.excluded_in(&w4_key, Round(3)).is_none(), "relative failures never exclude");
+        // Rounds 0 and 1: lower median of 100, 80, -50, 3 is 3: threshold max(-20, 0) = 0, so w4's
+        // 3 passes there; only w3 is rejected.
+        for (r, c) in rejected.iter().enumerate().take(2) {
+            let plan = rule.round(Round(r as u64), base).unwrap();
+            let got = reasons(&plan);
+            assert_eq!(got.len(), 1, "round {r}: {got:?}");
+            assert!(matches!(got[0], (p, NotCounted::Rejected { score: -50, .. }) if p == c[2]));
+        }
+        // Round 2: w3 is excluded, so the median is over 100, 80 and 3: 80, threshold 20, and
+        // w4's 3 is rejected.
+        let plan = rule.round(Round(2), base).unwrap();
+        let got = reasons(&plan);
+        assert!(matches!(got[0], (p, NotCounted::Excluded { .. }) if p == rejected[2][2]), "{got:?}");
+        assert!(matches!(got[1], (p, NotCounted::Rejected { score: 3, .. }) if p == rejected[2][3]), "{got:?}");
+        assert_eq!(rule.thresholds(Round(2)).of(&va.public()), 20);
     }
 }
