@@ -384,7 +384,7 @@ async fn write_genesis(
          [train]\ntokens_per_round = 64\n\
          [optimizer]\nlr = 0.002\n\
          [rounds]\nmin_contributions = 1\nmax_contributions = 64\ndeadline_secs = {DEADLINE_SECS}\nverdict_wait_secs = {DEADLINE_SECS}\n\
-         [validation]\nmin_score = 0\nmax_failures = 2\nmin_pct_of_median = 0\n\
+         [validation]\nmin_score = 0\nmax_failures = 2\n\
          [roster]\nquorum = 1\norg_quorum = {quorum}\n\
          [[roster.member]]\nkey = \"{}\"\norganisation = \"{}\"\nrole = \"admin\"\n",
         admin.public(),
