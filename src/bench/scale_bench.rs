@@ -134,11 +134,13 @@ impl LedgerRound {
         self.contributions_s + self.verdicts_s + self.close_s
     }
 
-    fn writes(&self) -> u64 {
+    /// Requests priced as PUTs (put, put-if-absent, list).
+    fn put_priced(&self) -> u64 {
         self.requests.iter().filter(|(op, _)| op.starts_with("put") || **op == "list").map(|(_, n)| n).sum()
     }
 
-    fn reads(&self) -> u64 {
+    /// Requests priced as GETs (get, get-range, head).
+    fn get_priced(&self) -> u64 {
         self.requests.iter().filter(|(op, _)| op.starts_with("get") || **op == "head").map(|(_, n)| n).sum()
     }
 }
@@ -259,30 +261,18 @@ async fn simulate_ledger(
                 Entry::sign(run, Body::Verdict(Verdict { round, target: Target::Entry(pos), score }), &[key])
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut appender = Appender::starting_at(store.clone(), after_contributions);
+        let mut batch = VerdictBatch::new(Appender::starting_at(store.clone(), after_contributions), verdict_batch);
         tasks.spawn(async move {
-            let (mut slots, mut entries, mut bytes) = (0u64, 0u64, 0u64);
-            let mut pending: Vec<Entry> = Vec::new();
-            let mut since: Option<tokio::time::Instant> = None;
             // the validator's loop: check before and after each score, flush what is left at the end
-            for verdict in verdicts.into_iter().map(Some).chain([None]) {
-                let last = verdict.is_none();
-                let waited = since.map(|t| t.elapsed());
-                if let Some(verdict) = verdict {
-                    if flush_due(pending.len(), waited, verdict_batch) {
-                        (slots, entries, bytes) = flush(&mut appender, &mut pending, (slots, entries, bytes)).await?;
-                        since = None;
-                    }
-                    tokio::time::sleep(score_time).await;
-                    since.get_or_insert_with(tokio::time::Instant::now);
-                    pending.push(verdict);
-                }
-                if last || flush_due(pending.len(), since.map(|t| t.elapsed()), verdict_batch) {
-                    (slots, entries, bytes) = flush(&mut appender, &mut pending, (slots, entries, bytes)).await?;
-                    since = None;
-                }
+            for verdict in verdicts {
+                batch.flush_if_due().await?;
+                tokio::time::sleep(score_time).await;
+                batch.since.get_or_insert_with(tokio::time::Instant::now);
+                batch.pending.push(verdict);
+                batch.flush_if_due().await?;
             }
-            anyhow::Ok((slots, entries, bytes))
+            batch.flush().await?;
+            anyhow::Ok((batch.slots, batch.entries, batch.bytes))
         });
     }
     while let Some(joined) = tasks.join_next().await {
@@ -327,21 +317,43 @@ async fn simulate_ledger(
     Ok(out)
 }
 
-/// Appends the pending verdicts as one slot (none: nothing) and adds it to the (slots, entries,
-/// bytes) tally.
-async fn flush(
-    appender: &mut Appender,
-    pending: &mut Vec<Entry>,
-    (slots, entries, bytes): (u64, u64, u64),
-) -> anyhow::Result<(u64, u64, u64)> {
-    if pending.is_empty() {
-        return Ok((slots, entries, bytes));
+/// One simulated validator's scored verdicts not yet appended (what `PendingVerdicts` is to
+/// `cairn validate`, on the paused clock), with what it appended so far.
+struct VerdictBatch {
+    appender: Appender,
+    per_slot: usize,
+    pending: Vec<Entry>,
+    since: Option<tokio::time::Instant>,
+    slots: u64,
+    entries: u64,
+    bytes: u64,
+}
+
+impl VerdictBatch {
+    fn new(appender: Appender, per_slot: usize) -> VerdictBatch {
+        VerdictBatch { appender, per_slot, pending: Vec::new(), since: None, slots: 0, entries: 0, bytes: 0 }
     }
-    let size = ledger::slot::encode_entries(pending)?.len() as u64;
-    appender.append(pending).await?;
-    let n = pending.len() as u64;
-    pending.clear();
-    Ok((slots + 1, entries + n, bytes + size))
+
+    async fn flush_if_due(&mut self) -> anyhow::Result<()> {
+        if flush_due(self.pending.len(), self.since.map(|t| t.elapsed()), self.per_slot) {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Appends the pending verdicts as one slot (none: nothing).
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.bytes += ledger::slot::encode_entries(&self.pending)?.len() as u64;
+        self.appender.append(&self.pending).await?;
+        self.slots += 1;
+        self.entries += self.pending.len() as u64;
+        self.pending.clear();
+        self.since = None;
+        Ok(())
+    }
 }
 
 /// `verify::apply`'s seconds for `updates` synthetic updates on `layout` (the median of 3).
@@ -486,11 +498,11 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         let round_s = ledger.seconds() + transfer_s + aggregation_s;
         // every participant reads every slot and every counted blob, and polls while it waits
         let polls = participants * round_s / (args.poll_ms as f64 / 1000.0);
-        let ledger_gets = participants * ledger.slots as f64 + polls + ledger.reads() as f64;
+        let ledger_gets = participants * ledger.slots as f64 + polls + ledger.get_priced() as f64;
         let gets = ledger_gets + participants * counted;
         // S3 serves at least 5,500 GET/HEAD a second per partitioned prefix; the log is one prefix
         let ledger_gets_per_s = ledger_gets / round_s;
-        let puts = n as f64 + ledger.writes() as f64;
+        let puts = n as f64 + ledger.put_priced() as f64;
         let egress_gb = participants * download / 1e9;
         let usd = puts / 1000.0 * args.put_usd_per_1000
             + gets / 1000.0 * args.get_usd_per_1000
@@ -518,8 +530,8 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
             ledger.contributions_s,
             ledger.verdicts_s,
             ledger.close_s,
-            ledger.writes(),
-            ledger.reads(),
+            ledger.put_priced(),
+            ledger.get_priced(),
             upload / 1e6,
             download / 1e6,
         );
