@@ -294,11 +294,7 @@ impl PoisonSim {
                     train_direction(&model, local[i].as_mut(), &self.data, &self.step, &self.train, hyper, round, &me)?;
                 let hostile = attack.filter(|_| i >= self.honest());
                 let (direction, weight) = match hostile {
-                    Some(Attack::Copy) => match &first_honest {
-                        Some(f) => (f.iter().map(Tensor::copy).collect(), 1.0),
-                        None => (direction, 1.0),
-                    },
-                    Some(a) => attacked(a, direction, previous_first_honest.as_deref())?,
+                    Some(a) => attacked(a, direction, previous_first_honest.as_deref(), first_honest.as_deref())?,
                     None => (direction, 1.0),
                 };
                 let hostile = hostile.is_some();
@@ -383,14 +379,22 @@ impl PoisonSim {
     }
 }
 
-/// The direction a byzantine worker feeds its momentum, and the weight it feeds it with.
-fn attacked(attack: Attack, honest: Vec<Tensor>, stale: Option<&[Tensor]>) -> Result<(Vec<Tensor>, f64), TrainerError> {
+/// The direction a byzantine worker feeds its momentum, and the weight it feeds it with; `stale`
+/// and `current` are the first honest worker's directions of the previous round and of this one.
+fn attacked(
+    attack: Attack,
+    honest: Vec<Tensor>,
+    stale: Option<&[Tensor]>,
+    current: Option<&[Tensor]>,
+) -> Result<(Vec<Tensor>, f64), TrainerError> {
     Ok(match attack {
         Attack::SignFlip => (honest, -1.0),
         Attack::Scale100 => (honest, 100.0),
         Attack::Zero | Attack::Silent => (honest, 0.0),
-        // the caller copies this round's first honest direction
-        Attack::Copy => (honest, 1.0),
+        Attack::Copy => match current {
+            Some(c) => (c.iter().map(Tensor::copy).collect(), 1.0),
+            None => (honest, 1.0),
+        },
         Attack::Stale => match stale {
             Some(s) => (s.iter().map(Tensor::copy).collect(), 1.0),
             // Round 0 has no earlier update: the attacker sends nothing of use.
