@@ -161,6 +161,7 @@ pub async fn genesis(args: GenesisArgs) -> anyhow::Result<Outcome> {
     let genesis = Genesis {
         org_quorum: parts.org_quorum,
         salt: rand::random(),
+        window: parts.window,
         ..Genesis::new(
             parts.config.encode()?,
             parts.roster.clone(),

@@ -145,8 +145,16 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let key = Keypair::from_seed([3; 32]);
     let run = RunId([1; 32]);
     let vote = Entry::sign(run, Body::CloseVote(CloseVote { round: Round(3), seen: Seq(7) }), &[&key]).expect("sign");
+    // A genesis with a window: the one optional field of the format.
+    let member = ledger::Member { key: key.public(), organisation: "a".into(), role: ledger::Role::Admin };
+    let genesis = ledger::Genesis {
+        window: 64,
+        ..ledger::Genesis::new(vec![], vec![member], 1, ledger::StateHash([2; 32]), ledger::BlobId([3; 32]), 9)
+    };
+    let genesis = Entry::sign(genesis.run_id(), Body::Genesis(genesis), &[&key]).expect("sign");
     let mut out = vec![
         ("ledger_entry", "close-vote".to_string(), vote.encode()),
+        ("ledger_entry", "genesis-window".to_string(), genesis.encode()),
         ("ledger_slot", "one-vote".to_string(), encode_entries(std::slice::from_ref(&vote)).expect("slot").to_vec()),
     ];
     let signed = SignedCheckpoint::sign(Checkpoint { run_id: run, size: 2, root: ledger::Hash([4; 32]) }, &key);

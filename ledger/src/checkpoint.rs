@@ -442,7 +442,7 @@ impl Reader {
                 by_size.entry(size).or_default().push(signer);
             }
         }
-        let log_len = self.leaves.len() as u64;
+        let log_len = self.leaves().len() as u64;
         let mut beyond_log = 0usize;
         let mut found = None;
         for (&size, signers) in by_size.iter().rev() {
@@ -517,10 +517,10 @@ impl Reader {
     /// Reads until at least `size` slots are read; a trusted checkpoint that covers more slots
     /// than exist means some were deleted.
     async fn catch_up_to(&mut self, size: u64) -> Result<()> {
-        if (self.leaves.len() as u64) < size {
+        if (self.leaves().len() as u64) < size {
             self.poll().await?;
         }
-        if (self.leaves.len() as u64) < size {
+        if (self.leaves().len() as u64) < size {
             return Err(LedgerError::LogTooShort { head: self.next_seq(), needed: size });
         }
         Ok(())

@@ -13,7 +13,7 @@
 //! ```text
 //!   1 Genesis       config:bytes32(<=MAX_CONFIG_BYTES) | member_count:u16 | member*  (sorted by key)
 //!                   | quorum:u16 | org_quorum:u16 | initial_state:[32] | snapshot:[32] | snapshot_size:u64
-//!                   | salt:[16]
+//!                   | salt:[16] | [window:u32 (>= 1), present only when the run has a window]
 //!       member      = key:[32] | organisation:str8(1..=MAX_ORG_BYTES) | role:u8 (1 admin, 2 worker, 3 validator)
 //!       run id      = blake3 derive_key("cairn run id v2", genesis body)
 //!   2 Contribution  round:u64 | base_state:[32] | assignment:bytes16(<=MAX_ASSIGNMENT_BYTES)
@@ -138,11 +138,16 @@ pub struct Genesis {
     /// Random bytes chosen when the run is created, so that two runs started from the same
     /// config, roster and state still get different run ids.
     pub salt: [u8; 16],
+    /// The window of rounds, 0 for none: when it is `w`, an entry naming a round more than `w`
+    /// rounds from the open round is void, so a participant may forget every round older than
+    /// `w` rounds before the open one (see [`crate::validity`]). Encoded only when non-zero, so a
+    /// genesis without one has the bytes it had before the field existed.
+    pub window: u32,
 }
 
 impl Genesis {
-    /// A genesis body with the roster put in canonical order, an organisation quorum of 1 and a
-    /// zero salt (set both fields for a real run).
+    /// A genesis body with the roster put in canonical order, an organisation quorum of 1, a
+    /// zero salt and no window (set these fields for a real run).
     pub fn new(
         config: Vec<u8>,
         mut roster: Vec<Member>,
@@ -152,7 +157,17 @@ impl Genesis {
         snapshot_size: u64,
     ) -> Genesis {
         roster.sort_by_key(|m| m.key);
-        Genesis { config, roster, quorum, org_quorum: 1, initial_state, snapshot, snapshot_size, salt: [0; 16] }
+        Genesis {
+            config,
+            roster,
+            quorum,
+            org_quorum: 1,
+            initial_state,
+            snapshot,
+            snapshot_size,
+            salt: [0; 16],
+            window: 0,
+        }
     }
 
     /// The run id: derived from the body, so it names exactly this genesis (its config, roster,
@@ -421,6 +436,9 @@ impl Body {
                 }
                 w.u16(g.quorum).u16(g.org_quorum).raw(&g.initial_state.0).raw(&g.snapshot.0).u64(g.snapshot_size);
                 w.raw(&g.salt);
+                if g.window != 0 {
+                    w.u32(g.window);
+                }
             }
             Body::Contribution(c) => {
                 w.u64(c.round.0).raw(&c.base_state.0).bytes16(&c.assignment).raw(&c.blob.0).u64(c.blob_size);
@@ -494,6 +512,20 @@ impl Body {
                 let snapshot = BlobId(r.field("snapshot").array()?);
                 let snapshot_size = r.field("snapshot size").u64()?;
                 let salt = r.field("salt").array()?;
+                // The window is the one optional field: absent means none, and a zero written
+                // out would be a second encoding of "none".
+                let window = match r.is_empty() {
+                    true => 0,
+                    false => match r.field("window").u32()? {
+                        0 => {
+                            return Err(DecodeError::OutOfRange {
+                                field: "window",
+                                reason: "zero is written by leaving it out",
+                            });
+                        }
+                        w => w,
+                    },
+                };
                 Body::Genesis(Genesis {
                     config,
                     roster,
@@ -503,6 +535,7 @@ impl Body {
                     snapshot,
                     snapshot_size,
                     salt,
+                    window,
                 })
             }
             Kind::Contribution => {

@@ -301,6 +301,16 @@ pub enum LedgerError {
         #[source]
         source: std::io::Error,
     },
+    /// An export of slots this reader no longer holds in full ([`crate::Reader::forget_before`]).
+    #[error("slots {from}..{to} are not all held by this reader (it forgot below slot {kept_from})")]
+    NotHeld {
+        /// The first slot asked for.
+        from: u64,
+        /// The end of the range asked for.
+        to: u64,
+        /// The reader holds every entry from this slot on.
+        kept_from: u64,
+    },
     /// Writing a Parquet export failed (feature `parquet`).
     #[cfg(feature = "parquet")]
     #[error("parquet export: {0}")]

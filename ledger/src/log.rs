@@ -425,11 +425,16 @@ pub(crate) async fn read_slot(store: &Store, seq: Seq) -> Result<Option<SlotObje
 pub struct Reader {
     pub(crate) store: Store,
     pub(crate) state: LedgerState,
+    /// The slots read, less those [`Reader::forget_before`] dropped.
     pub(crate) slots: Vec<SlotRecord>,
+    /// The entries read, less those [`Reader::forget_before`] dropped.
     pub(crate) entries: Vec<LoggedEntry>,
-    pub(crate) leaves: Vec<Hash>,
-    /// The same leaves with their complete subtrees, for roots and proofs in O(log² n).
+    /// Every slot's Merkle leaf with the complete subtrees, for roots and proofs in O(log² n).
     tree: merkle::Subtrees,
+    /// Entries of rounds before this one were forgotten (see [`Reader::forget_before`]).
+    forgotten_before: Round,
+    /// Every entry in a slot at or after this one is held: what was forgotten lies below.
+    complete_from: Seq,
     by_round: HashMap<Round, Vec<usize>>,
     by_signer: HashMap<PublicKey, Vec<usize>>,
     pub(crate) trusted: Option<SignedCheckpoint>,
@@ -449,8 +454,9 @@ impl Reader {
             state: LedgerState::new(run_id),
             slots: Vec::new(),
             entries: Vec::new(),
-            leaves: Vec::new(),
             tree: merkle::Subtrees::default(),
+            forgotten_before: Round(0),
+            complete_from: Seq(0),
             by_round: HashMap::new(),
             by_signer: HashMap::new(),
             trusted: None,
@@ -491,7 +497,7 @@ impl Reader {
     pub fn witness(&self) -> Option<Witness> {
         let checkpoint = self.trusted.clone()?;
         let size = usize::try_from(checkpoint.checkpoint.size).ok()?;
-        let leaves = self.leaves.get(..size)?.to_vec();
+        let leaves = self.leaves().get(..size)?.to_vec();
         Some(Witness { checkpoint, leaves })
     }
 
@@ -616,13 +622,18 @@ impl Reader {
             Some(reason) => warn!(seq = seq.0, %reason, "void slot"),
             None => {}
         }
-        self.leaves.push(leaf);
         self.tree.push(leaf);
         self.slots.push(SlotRecord { seq, leaf, size, entries: first..self.entries.len(), void });
     }
 
     fn push_entry(&mut self, logged: LoggedEntry) {
-        let i = self.entries.len();
+        self.entries.push(logged);
+        self.index_entry(self.entries.len() - 1);
+    }
+
+    /// Adds entry `i` to the indices by round and by signer, if it counts.
+    fn index_entry(&mut self, i: usize) {
+        let Some(logged) = self.entries.get(i) else { return };
         if let (true, Some(entry)) = (logged.validity.is_accept(), &logged.entry) {
             if let Some(round) = entry.body.round() {
                 self.by_round.entry(round).or_default().push(i);
@@ -631,7 +642,6 @@ impl Reader {
                 self.by_signer.entry(s.key).or_default().push(i);
             }
         }
-        self.entries.push(logged);
     }
 
     /// A fresh reader that remembered a checkpoint must find at least that many slots, hashing
@@ -642,11 +652,11 @@ impl Reader {
             return Ok(());
         }
         let size = trusted.checkpoint.size;
-        let first_rewritten = self.remembered.iter().zip(&self.leaves).position(|(was, now)| was != now);
+        let first_rewritten = self.remembered.iter().zip(self.leaves()).position(|(was, now)| was != now);
         if let Some(i) = first_rewritten {
             return Err(LedgerError::Tampered { seq: Seq(i as u64), how: Tamper::Rewritten, checkpoint_size: size });
         }
-        if (self.leaves.len() as u64) < size {
+        if (self.leaves().len() as u64) < size {
             return Err(LedgerError::Tampered { seq: self.next_seq(), how: Tamper::Deleted, checkpoint_size: size });
         }
         if self.root_at(size) != Some(trusted.checkpoint.root) {
@@ -657,13 +667,14 @@ impl Reader {
         Ok(())
     }
 
-    /// Re-reads every slot already read and compares it with what was read before: a slot that
-    /// was deleted or rewritten since (by a member with write access) is named.
+    /// Re-reads every slot already read (forgotten ones included: their leaves are kept) and
+    /// compares it with what was read before: a slot that was deleted or rewritten since (by a
+    /// member with write access) is named.
     pub async fn audit(&self) -> Result<()> {
         let checkpoint_size = self.trusted.as_ref().map_or(0, |c| c.checkpoint.size);
         let store = self.store.clone();
         let mut fetched = std::pin::pin!(
-            futures::stream::iter(self.slots.iter().map(|s| (s.seq, s.leaf)))
+            futures::stream::iter(self.leaves().iter().enumerate().map(|(i, leaf)| (Seq(i as u64), *leaf)))
                 .map(|(seq, leaf)| {
                     let store = store.clone();
                     async move { read_slot(&store, seq).await.map(|obj| (seq, leaf, obj)) }
@@ -699,17 +710,83 @@ impl Reader {
 
     /// The next slot to read (the number of slots read).
     pub fn next_seq(&self) -> Seq {
-        Seq(self.slots.len() as u64)
+        Seq(self.leaves().len() as u64)
     }
 
-    /// Every slot read, in order.
+    /// Every slot read, in order (less those [`Reader::forget_before`] dropped).
     pub fn slots(&self) -> &[SlotRecord] {
         &self.slots
     }
 
-    /// Every entry read, in order.
+    /// Every entry read, in order (less those [`Reader::forget_before`] dropped).
     pub fn entries(&self) -> &[LoggedEntry] {
         &self.entries
+    }
+
+    /// Every entry in slots from this one on is held (none was forgotten there).
+    pub fn complete_from(&self) -> Seq {
+        self.complete_from
+    }
+
+    /// Drops the entries a participant that has taken in every round before `round` no longer
+    /// needs, so that its memory is bounded by the run's window instead of growing with the log;
+    /// nothing in slots at or after `keep_from` is dropped (what the participant must still
+    /// export). It never goes past the validity rule's horizon (see [`LedgerState::horizon`]): in
+    /// a run without a window it drops nothing. Dropped: accepted entries of rounds before the
+    /// horizon, void entries from before the horizon round opened, and slot records left without
+    /// entries. Kept: the genesis and roster changes, and every slot's Merkle leaf (roots, proofs,
+    /// [`Reader::audit`] and [`Reader::witness`] still cover the whole log). An auditor never
+    /// calls it. Costs one pass over the entries held, when the horizon has moved.
+    pub fn forget_before(&mut self, round: Round, keep_from: Seq) {
+        let horizon = round.min(self.state.horizon());
+        if horizon <= self.forgotten_before {
+            return;
+        }
+        self.forgotten_before = horizon;
+        // Where the horizon round opened: the position of the previous round's result.
+        let opened = horizon.0.checked_sub(1).and_then(|r| self.state.rounds().final_result(Round(r))).map(|f| f.pos);
+        let before_opening = |pos: EntryPos| opened.is_some_and(|o| pos < o);
+        let keep = |e: &LoggedEntry| {
+            e.pos.seq >= keep_from
+                || match (&e.validity, e.entry.as_ref().and_then(|x| x.body.round())) {
+                    (Validity::Accept, Some(r)) => r >= horizon,
+                    (Validity::Accept, None) => true,
+                    (Validity::Void(_), _) => !before_opening(e.pos),
+                }
+        };
+        let dropped_below =
+            self.entries.iter().filter(|e| !keep(e)).map(|e| e.pos.seq.next().unwrap_or(e.pos.seq)).max();
+        if let Some(seq) = dropped_below {
+            self.complete_from = self.complete_from.max(seq);
+        }
+        // kept_before[i]: how many of the first i entries are kept, to map the slots' ranges.
+        let mut kept_before = Vec::with_capacity(self.entries.len() + 1);
+        kept_before.push(0usize);
+        let mut kept = Vec::new();
+        for e in std::mem::take(&mut self.entries) {
+            if keep(&e) {
+                kept.push(e);
+            }
+            kept_before.push(kept.len());
+        }
+        self.entries = kept;
+        let remap = |i: usize| kept_before.get(i).copied().unwrap_or(0);
+        for slot in &mut self.slots {
+            slot.entries = remap(slot.entries.start)..remap(slot.entries.end);
+        }
+        let held = |s: &SlotRecord| {
+            !s.entries.is_empty() || s.seq >= keep_from || !before_opening(EntryPos { seq: s.seq, index: u16::MAX })
+        };
+        // A slot record dropped (a void slot, or one whose entries all went) is forgotten too.
+        if let Some(seq) = self.slots.iter().filter(|s| !held(s)).map(|s| s.seq.next().unwrap_or(s.seq)).max() {
+            self.complete_from = self.complete_from.max(seq);
+        }
+        self.slots.retain(held);
+        self.by_round.clear();
+        self.by_signer.clear();
+        for i in 0..self.entries.len() {
+            self.index_entry(i);
+        }
     }
 
     /// Accepted entries of `round` (contributions, verdicts, closes, snapshots), in log order.
@@ -728,9 +805,9 @@ impl Reader {
         self.by_signer.get(key).into_iter().flatten().filter_map(|&i| self.entries.get(i))
     }
 
-    /// The Merkle leaf hashes of the slots read.
+    /// The Merkle leaf hashes of the slots read (all of them, forgotten or not).
     pub fn leaves(&self) -> &[Hash] {
-        &self.leaves
+        self.tree.leaves()
     }
 
     /// The Merkle root over the first `size` slots, if that many were read.

@@ -230,6 +230,11 @@ pub struct Subtrees {
 }
 
 impl Subtrees {
+    /// The leaves pushed so far, in order.
+    pub fn leaves(&self) -> &[Hash] {
+        self.levels.first().map_or(&[], Vec::as_slice)
+    }
+
     /// Appends a leaf (amortised O(1) hashes).
     pub fn push(&mut self, leaf: Hash) {
         let mut hash = leaf;

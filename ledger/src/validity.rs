@@ -14,11 +14,13 @@
 //! 3. a Genesis is the very first entry (seq 0, index 0), and nothing else is
 //!    ([`VoidReason::GenesisNotFirst`], [`VoidReason::NoGenesis`]);
 //! 4. every signature verifies (ed25519 under ZIP-215, see [`crate::key`]) ([`VoidReason::BadSignature`]);
-//! 5. the same signed message by the same signers was not accepted before ([`VoidReason::Duplicate`]);
-//! 6. the signers are members whose role allows the kind, in the right number
+//! 5. in a run whose genesis sets a window of `w` rounds, the entry's round (if its kind has one)
+//!    is at most `w` rounds before or after the open round ([`VoidReason::OutsideWindow`]);
+//! 6. the same signed message by the same signers was not accepted before ([`VoidReason::Duplicate`]);
+//! 7. the signers are members whose role allows the kind, in the right number
 //!    (table below; RosterChange: at least `quorum` admins, from at least `org_quorum`
 //!    organisations or from every organisation that has an admin if fewer do, at the current epoch);
-//! 7. kind rules: no contribution to a closed round; close votes and attestations follow the
+//! 8. kind rules: no contribution to a closed round; close votes and attestations follow the
 //!    round tally ([`crate::rounds`]: votes only for the open round, one per organisation;
 //!    attestations only for the closed open round); a snapshot or an evaluation names a final round
 //!    and its attested state (an evaluation once per signer and round); a verdict names an accepted contribution of its round; roster changes keep
@@ -42,6 +44,15 @@
 //! `Reader` uses); both give the same per-entry result, so the verdicts do not depend on the path.
 //!
 //! No clock, no environment, no IO: two readers with the same prefix reach the same verdicts.
+//!
+//! **The window.** Step 5 comes before the duplicate check, so once a round is more than `w`
+//! rounds behind the open one, no later entry's verdict depends on anything recorded about it:
+//! the state forgets those rounds' digests, contributions, blobs and evaluations
+//! ([`LedgerState::forget_outside_window`]), and its size stays bounded by the window rather than
+//! growing with the run. One rule follows from the forgetting and is part of the format: a verdict
+//! that targets a blob names the round of the first accepted contribution that carried it, and
+//! when that round leaves the window the blob is forgotten (a later contribution carrying the same
+//! blob gives it a round anew only if it comes after the forgetting).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -149,6 +160,16 @@ pub enum VoidReason {
     /// A verdict for something that is not an accepted contribution of its round.
     #[error("verdict target is not an accepted contribution of round {0}")]
     UnknownTarget(Round),
+    /// An entry naming a round outside the run's window around the open round.
+    #[error("names round {round}, outside the window of {window} rounds around the open round {open}")]
+    OutsideWindow {
+        /// The entry's round.
+        round: Round,
+        /// The open round when it was read.
+        open: Round,
+        /// The run's window.
+        window: u32,
+    },
 }
 
 /// The result of the validity rule for one entry.
@@ -184,11 +205,19 @@ pub struct LedgerState {
     roster: BTreeMap<PublicKey, Member>,
     quorum: u16,
     roster_epoch: u64,
+    /// Digests of accepted entries without a round (genesis, roster changes).
     seen: HashSet<[u8; 32]>,
+    /// Digests of accepted entries with a round, by round (a duplicate has its original's round).
+    seen_in_round: BTreeMap<Round, HashSet<[u8; 32]>>,
     rounds: RoundTally,
-    contributions: HashMap<EntryPos, Round>,
+    /// Accepted contributions, by round.
+    contributions: BTreeMap<Round, HashSet<EntryPos>>,
+    /// The round of each blob an accepted contribution carried: the first such contribution's.
     contribution_blobs: HashMap<BlobId, Round>,
-    evaluated: HashSet<(PublicKey, Round)>,
+    /// The blobs `contribution_blobs` gave each round, for forgetting them with it.
+    blobs_of_round: BTreeMap<Round, Vec<BlobId>>,
+    /// Signers of accepted evaluations, by round.
+    evaluated: BTreeMap<Round, HashSet<PublicKey>>,
 }
 
 impl LedgerState {
@@ -201,10 +230,12 @@ impl LedgerState {
             quorum: 0,
             roster_epoch: 0,
             seen: HashSet::new(),
+            seen_in_round: BTreeMap::new(),
             rounds: RoundTally::new(1),
-            contributions: HashMap::new(),
+            contributions: BTreeMap::new(),
             contribution_blobs: HashMap::new(),
-            evaluated: HashSet::new(),
+            blobs_of_round: BTreeMap::new(),
+            evaluated: BTreeMap::new(),
         }
     }
 
@@ -236,6 +267,59 @@ impl LedgerState {
     /// How many roster changes have been accepted.
     pub fn roster_epoch(&self) -> u64 {
         self.roster_epoch
+    }
+
+    /// The run's window of rounds (0: none), from its genesis.
+    pub fn window(&self) -> u32 {
+        self.genesis.as_ref().map_or(0, |g| g.window)
+    }
+
+    /// The oldest round an entry may still name: `window` rounds before the open round (round 0
+    /// when the run has no window).
+    pub fn horizon(&self) -> Round {
+        match self.window() {
+            0 => Round(0),
+            w => Round(self.rounds.open_round().0.saturating_sub(u64::from(w))),
+        }
+    }
+
+    /// Whether an entry naming `round` is outside the window now.
+    fn outside_window(&self, round: Round) -> bool {
+        let w = u64::from(self.window());
+        w != 0 && (round < self.horizon() || round.0 > self.rounds.open_round().0.saturating_add(w))
+    }
+
+    /// Whether an accepted entry with this digest (and so this round, if any) was seen.
+    fn seen(&self, round: Option<Round>, digest: &[u8; 32]) -> bool {
+        match round {
+            None => self.seen.contains(digest),
+            Some(r) => self.seen_in_round.get(&r).is_some_and(|s| s.contains(digest)),
+        }
+    }
+
+    /// Forgets what the state holds about rounds before the horizon: no later entry may name them
+    /// (check 5 comes before every check that reads them), so the verdicts do not change.
+    pub fn forget_outside_window(&mut self) {
+        if self.window() == 0 {
+            return;
+        }
+        let horizon = self.horizon();
+        self.seen_in_round = self.seen_in_round.split_off(&horizon);
+        self.contributions = self.contributions.split_off(&horizon);
+        self.evaluated = self.evaluated.split_off(&horizon);
+        let kept = self.blobs_of_round.split_off(&horizon);
+        for blob in std::mem::replace(&mut self.blobs_of_round, kept).into_values().flatten() {
+            self.contribution_blobs.remove(&blob);
+        }
+    }
+
+    /// Rounds the state holds anything about (digests, contributions, evaluations).
+    pub fn rounds_held(&self) -> usize {
+        let mut rounds: Vec<Round> =
+            self.seen_in_round.keys().chain(self.contributions.keys()).chain(self.evaluated.keys()).copied().collect();
+        rounds.sort_unstable();
+        rounds.dedup();
+        rounds.len()
     }
 
     /// The round tally: the open round, closes and attested results.
@@ -284,7 +368,10 @@ impl LedgerState {
     }
 
     fn accept(&mut self, pos: EntryPos, entry: &Entry, digest: [u8; 32]) {
-        self.seen.insert(digest);
+        match entry.body.round() {
+            None => self.seen.insert(digest),
+            Some(r) => self.seen_in_round.entry(r).or_default().insert(digest),
+        };
         match &entry.body {
             Body::Genesis(g) => {
                 self.roster = g.roster.iter().map(|m| (m.key, m.clone())).collect();
@@ -293,8 +380,11 @@ impl LedgerState {
                 self.genesis = Some(g.clone());
             }
             Body::Contribution(c) => {
-                self.contributions.insert(pos, c.round);
-                self.contribution_blobs.entry(c.blob).or_insert(c.round);
+                self.contributions.entry(c.round).or_default().insert(pos);
+                if let std::collections::hash_map::Entry::Vacant(v) = self.contribution_blobs.entry(c.blob) {
+                    v.insert(c.round);
+                    self.blobs_of_round.entry(c.round).or_default().push(c.blob);
+                }
             }
             Body::CloseVote(v) => {
                 let org = self.organisation(&entry.signer()).unwrap_or_default().to_string();
@@ -303,6 +393,8 @@ impl LedgerState {
             Body::Attestation(a) => {
                 let org = self.organisation(&entry.signer()).unwrap_or_default().to_string();
                 self.rounds.attest(pos, &org, a);
+                // A final result opens the next round: the horizon may have moved.
+                self.forget_outside_window();
             }
             Body::RosterChange(rc) => {
                 self.roster_epoch += 1;
@@ -317,7 +409,7 @@ impl LedgerState {
                 }
             }
             Body::Evaluation(e) => {
-                self.evaluated.insert((entry.signer(), e.round));
+                self.evaluated.entry(e.round).or_default().insert(entry.signer());
             }
             Body::Verdict(_) | Body::Snapshot(_) => {}
         }
@@ -438,7 +530,10 @@ fn check(state: &LedgerState, pos: EntryPos, checked: &Checked, digest: &[u8; 32
     if let Some(bad) = checked.bad_signers.first() {
         return Err(VoidReason::BadSignature(*bad));
     }
-    if state.seen.contains(digest) {
+    if let Some(round) = entry.body.round().filter(|r| state.outside_window(*r)) {
+        return Err(VoidReason::OutsideWindow { round, open: state.rounds.open_round(), window: state.window() });
+    }
+    if state.seen(entry.body.round(), digest) {
         return Err(VoidReason::Duplicate);
     }
     match &entry.body {
@@ -452,11 +547,11 @@ fn check(state: &LedgerState, pos: EntryPos, checked: &Checked, digest: &[u8; 32
         }
         Body::Verdict(v) => {
             single_signer(state, entry, &[Role::Validator])?;
-            let round = match v.target {
-                Target::Entry(p) => state.contributions.get(&p),
-                Target::Blob(b) => state.contribution_blobs.get(&b),
+            let known = match v.target {
+                Target::Entry(p) => state.contributions.get(&v.round).is_some_and(|c| c.contains(&p)),
+                Target::Blob(b) => state.contribution_blobs.get(&b) == Some(&v.round),
             };
-            if round != Some(&v.round) {
+            if !known {
                 return Err(VoidReason::UnknownTarget(v.round));
             }
             Ok(())
@@ -467,7 +562,7 @@ fn check(state: &LedgerState, pos: EntryPos, checked: &Checked, digest: &[u8; 32
         }
         Body::Attestation(a) => {
             let member = single_signer(state, entry, ANY_MEMBER)?;
-            let is_contribution = |p| state.contributions.get(&p) == Some(&a.round);
+            let is_contribution = |p| state.contributions.get(&a.round).is_some_and(|c| c.contains(&p));
             state.rounds.check_attestation(&member.organisation, a, is_contribution).map_err(VoidReason::Rounds)
         }
         Body::Snapshot(snapshot) => {
@@ -477,7 +572,7 @@ fn check(state: &LedgerState, pos: EntryPos, checked: &Checked, digest: &[u8; 32
         Body::Evaluation(e) => {
             single_signer(state, entry, ANY_MEMBER)?;
             final_state(state, e.round, &e.state)?;
-            if state.evaluated.contains(&(entry.signer(), e.round)) {
+            if state.evaluated.get(&e.round).is_some_and(|s| s.contains(&entry.signer())) {
                 return Err(VoidReason::AlreadyEvaluated(e.round));
             }
             Ok(())

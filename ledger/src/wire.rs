@@ -151,6 +151,11 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(raw).map(str::to_string).map_err(|_| DecodeError::NotUtf8 { field })
     }
 
+    /// Whether every byte was consumed.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+
     /// Fails unless every byte was consumed.
     pub(crate) fn finish(&self) -> Result<(), DecodeError> {
         if self.rest.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes { count: self.rest.len() as u64 }) }

@@ -405,6 +405,7 @@ async fn write_genesis(
     let blob = put_until_ok(store, bytes).await?;
     let genesis = ledger::Genesis {
         org_quorum: parts.org_quorum,
+        window: parts.window,
         salt: [7; 16],
         ..ledger::Genesis::new(
             parts.config.encode()?,

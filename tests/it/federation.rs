@@ -583,7 +583,12 @@ async fn a_late_worker_joins_from_a_snapshot_and_its_contributions_count() {
         [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker"), ("late", "gamma", "worker")];
     // Rounds close 4 s after they open without the missing worker (once it runs, as soon as all
     // three are in); a snapshot every 2 rounds.
-    let fed = Fed::start(&members, &sections(7, 2, 4, 2, "sign")).await;
+    // A window of 2 rounds: w1 and w2 forget behind it from round 3 on while they publish the
+    // export parts, and the late worker joins from a log whose early rounds they forgot.
+    let config =
+        sections(7, 2, 4, 2, "sign").replace("verdict_wait_secs = 60\n", "verdict_wait_secs = 60\nwindow = 2\n");
+    assert!(config.contains("window = 2"));
+    let fed = Fed::start(&members, &config).await;
     let mut children = vec![("w1", fed.spawn("worker", "w1")), ("w2", fed.spawn("worker", "w2"))];
     let started = Instant::now();
     while !(fed.log_text("w1") + &fed.log_text("w2")).contains("snapshot after round 3") {
@@ -632,6 +637,24 @@ async fn a_late_worker_joins_from_a_snapshot_and_its_contributions_count() {
     assert!(summary.contains(&expected), "{summary} (audit: {checkpoint:#})");
     let closers = fed.log_text("w1") + &fed.log_text("w2");
     assert!(closers.contains("ledger exported to exports/"), "each snapshot comes with a Parquet export: {closers}");
+    // The parts (snapshot rounds 1, 3 and 5; a finaliser that took in two rounds at once skips
+    // one) never overlap, and follow each other from slot 0 when none was skipped.
+    let mut parts: Vec<(u64, u64)> = store
+        .list("exports/", None)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|o| {
+            let name = o.key.strip_prefix("exports/")?.strip_suffix(".parquet")?;
+            let (from, to) = name.split_once('-')?;
+            Some((from.parse().ok()?, to.parse().ok()?))
+        })
+        .collect();
+    parts.sort_unstable();
+    assert!(parts.len() >= 2 && parts.windows(2).all(|w| w[0].1 <= w[1].0), "{parts:?}");
+    if parts.len() == 3 {
+        assert!(parts[0].0 == 0 && parts.windows(2).all(|w| w[0].1 == w[1].0), "{parts:?}");
+    }
     assert!(log.contains("ours counted"), "the late worker's contributions count: {log}");
     assert_eq!(fed.worker_state("late"), fed.worker_state("w1"));
     assert_eq!(fed.audit_ok(), fed.worker_state("w1"));

@@ -300,7 +300,35 @@ impl Follower {
     async fn poll_ledger(&mut self) -> Result<u64, TrainerError> {
         let read = self.reader.poll().await;
         self.rule.extend(self.reader.entries());
+        // Rounds behind the window and behind this follower's own progress are done with: no
+        // entry may name them again, and this follower has applied them. (No window: no-op.)
+        // Slots of the export part still to publish stay (see `export_from`).
+        let horizon = ledger::Round(self.next.0).min(self.reader.state().horizon());
+        let keep_from = self.export_from(self.next.0.saturating_sub(1));
+        self.reader.forget_before(horizon, keep_from);
+        self.rule.forget_before(Round(horizon.0));
         Ok(read?)
+    }
+
+    /// The slot after the entry that made `round` final, if it is.
+    fn end_of(&self, round: u64) -> Option<ledger::Seq> {
+        let result = self.reader.state().rounds().final_result(ledger::Round(round))?;
+        Some(result.pos.seq.next().unwrap_or(result.pos.seq))
+    }
+
+    /// The first slot of the export part that ends with the result of snapshot round `round`: the
+    /// slot after the result of the snapshot round before it, or 0 for the first. For any other
+    /// round, the start of the part that the next snapshot round will publish. (No snapshots: no
+    /// part, the end of time.) Every member computes the same parts from the ledger.
+    fn export_from(&self, round: u64) -> ledger::Seq {
+        let every = self.info.train.snapshot_every;
+        if every == 0 {
+            return ledger::Seq(u64::MAX);
+        }
+        match (round / every * every).checked_sub(1) {
+            None => ledger::Seq(0),
+            Some(previous) => self.end_of(previous).unwrap_or(ledger::Seq(0)),
+        }
     }
 
     fn verify_run_id(&self) -> verify::RunId {
@@ -523,10 +551,16 @@ impl Follower {
         Ok(seq)
     }
 
-    /// Writes the ledger as read so far as Parquet at `exports/{slots:020}.parquet` (derived data for
-    /// DuckDB or pandas users; never authoritative). Returns the key.
-    pub async fn publish_export(&self) -> Result<String, TrainerError> {
-        Ok(ledger::export::write_to_store(&self.reader, &self.info.store).await?.0)
+    /// Writes the part of the ledger that ends with the result of snapshot round `round` as
+    /// Parquet at `exports/{from:020}-{to:020}.parquet`: the slots since the previous snapshot
+    /// round's result (derived data for DuckDB or pandas users; never authoritative). Returns the
+    /// key.
+    pub async fn publish_export(&self, round: Round) -> Result<String, TrainerError> {
+        let to = self.end_of(round.0).ok_or_else(|| {
+            TrainerError::InvalidConfig(format!("round {} is not final: no export part ends with it", round.0))
+        })?;
+        let from = self.export_from(round.0);
+        Ok(ledger::export::write_part_to_store(&self.reader, &self.info.store, from.0, to.0).await?.0)
     }
 
     /// Signs the tree head that ends with the entry which made `round` final (every member that

@@ -279,11 +279,21 @@ pub struct RoundsSection {
     pub deadline_secs: u64,
     /// Extra seconds an honest member waits for validators' verdicts before it votes to close.
     pub verdict_wait_secs: u64,
+    /// The ledger's window of rounds (0: none): an entry naming a round more than this many
+    /// rounds from the open one is void, so participants forget older rounds and their memory
+    /// stays flat however long the run (docs/FORMAT.md, section 4).
+    pub window: u32,
 }
 
 impl Default for RoundsSection {
     fn default() -> RoundsSection {
-        RoundsSection { min_contributions: 1, max_contributions: 64, deadline_secs: 60, verdict_wait_secs: 30 }
+        RoundsSection {
+            min_contributions: 1,
+            max_contributions: 64,
+            deadline_secs: 60,
+            verdict_wait_secs: 30,
+            window: DEFAULT_WINDOW,
+        }
     }
 }
 
@@ -343,6 +353,11 @@ pub struct MemberSpec {
     /// admin, worker or validator.
     pub role: String,
 }
+
+/// The window of new runs: long enough that a snapshot, a verdict or an evaluation that is an hour
+/// late at one-minute rounds still counts, short enough that a follower of 1,000 workers holds
+/// tens of megabytes (docs/BENCHMARKS.md, "Long runs").
+pub const DEFAULT_WINDOW: u32 = 64;
 
 fn default_snapshot_every() -> u64 {
     10
@@ -662,6 +677,8 @@ pub struct GenesisParts {
     pub quorum: u16,
     /// The run's quorum of organisations.
     pub org_quorum: u16,
+    /// The ledger's window of rounds (0: none).
+    pub window: u32,
 }
 
 impl GenesisParts {
@@ -843,7 +860,7 @@ impl RunSpec {
             }
             Some(q) => q,
         };
-        Ok(GenesisParts { config, train, roster, quorum: self.roster.quorum, org_quorum })
+        Ok(GenesisParts { config, train, roster, quorum: self.roster.quorum, org_quorum, window: self.rounds.window })
     }
 }
 

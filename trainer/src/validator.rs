@@ -141,6 +141,10 @@ pub async fn run_validator(
         }
         if opened.0 != round {
             opened = (round, Instant::now());
+            // Contributions of rounds the follower forgot (behind the run's window) are never
+            // asked about again: the validator's own memory stays bounded with the follower's.
+            judged.retain(|p| follower.reader().entry_at(*p).is_some());
+            unreadable.retain(|p, _| follower.reader().entry_at(*p).is_some());
         }
         // Accepted contributions of the open round, on its base, not judged yet.
         let base = ledger::StateHash(follower.state_hash().0);

@@ -382,8 +382,9 @@ pub(crate) async fn wait_for_round(
 
 /// After a round became final, on a snapshot round (every `snapshot_every`) and only when the
 /// follower's state is that round's: the member whose attestation completed the quorum writes the
-/// snapshot and a Parquet export of the ledger (derived from the log as read); every member signs
-/// the checkpoint that ends with that attestation, so it gathers a quorum of organisations.
+/// snapshot and the part of the Parquet export since the previous snapshot round (derived from the
+/// log as read); every member signs the checkpoint that ends with that attestation, so it gathers
+/// a quorum of organisations.
 pub async fn after_final(
     follower: &mut Follower,
     key: &Keypair,
@@ -398,11 +399,12 @@ pub async fn after_final(
     if follower.finalised_by(round) == Some(key.public()) {
         let bytes = follower.write_snapshot(key).await?;
         events(WorkerEvent::Snapshot { round: round.0, bytes });
-        match follower.publish_export().await {
+        match follower.publish_export(round).await {
             Ok(key) => events(WorkerEvent::Exported { key }),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not publish the Parquet export; the next snapshot will try again")
-            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not publish this part of the Parquet export (`cairn export --publish` writes the whole log)"
+            ),
         }
     }
     if let Err(e) = follower.publish_checkpoint(key, round).await {

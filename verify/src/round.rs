@@ -6,6 +6,8 @@
 //!                                                           round tally (closes and cuts, attested
 //!                                                           results: ledger::rounds), failing
 //!                                                           verdicts by organisation, exclusions
+//!   a follower of a long run, after each extend: rule.forget_before(open round - window) ──▶ drops
+//!     what it holds for rounds behind the ledger's window (they can never change again)
 //!   replay, round r = 0, 1, ... while r is final:
 //!     rule.round(r, base = hash of the state after r-1) ──▶ RoundPlan
 //!        every Contribution entry of round r, in ledger order, gets the first reason that applies:
@@ -230,15 +232,6 @@ impl Thresholds {
     }
 }
 
-/// An accepted verdict's score on one contribution, for its validator's median.
-#[derive(Clone, Copy, Debug)]
-struct ScoreOn {
-    pos: EntryPos,
-    target: EntryPos,
-    signer: PublicKey,
-    score: i64,
-}
-
 /// An accepted verdict on one contribution.
 #[derive(Clone, Debug)]
 struct VerdictOn {
@@ -266,11 +259,9 @@ pub struct RoundRule {
     snapshots: BTreeMap<Round, Vec<Claim>>,
     contributions: BTreeMap<Round, Vec<Indexed>>,
     /// Per contribution, in ledger order, the accepted verdicts that may fail it: those below
-    /// `min_score`, or every one under a relative threshold (which depends on the others).
+    /// `min_score`, or every one under a relative threshold (which depends on the others; each
+    /// validator's median is taken from these too).
     failing: HashMap<EntryPos, Vec<VerdictOn>>,
-    /// Under a relative threshold, per round, every accepted verdict on each contribution it
-    /// targets, in ledger order: what each validator's median is taken from.
-    scores: HashMap<Round, Vec<ScoreOn>>,
     /// The first round each excluded worker is excluded from, and the verdict that completed it.
     excluded: BTreeMap<WorkerKey, (Round, EntryPos)>,
     /// Accepted contributions by (round, blob), for verdicts that target a blob.
@@ -283,6 +274,8 @@ pub struct RoundRule {
     last: Option<EntryPos>,
     /// The position after the last entry.
     end: EntryPos,
+    /// Rounds below this one are forgotten ([`RoundRule::forget_before`]).
+    forgotten: Round,
 }
 
 impl RoundRule {
@@ -304,20 +297,21 @@ impl RoundRule {
             snapshots: BTreeMap::new(),
             contributions: BTreeMap::new(),
             failing: HashMap::new(),
-            scores: HashMap::new(),
             excluded: BTreeMap::new(),
             by_blob: HashMap::new(),
             streaks: BTreeMap::new(),
             walked: None,
             last: None,
             end: EntryPos { seq: Seq(0), index: 0 },
+            forgotten: Round(0),
         }
     }
 
     /// Takes in the entries of `entries` (ledger order) after the last one indexed, skipping those
     /// already indexed: a follower passes the reader's whole list after every poll and pays for
     /// the new entries only (and a binary search). `RoundRule::new(all)` and any sequence of
-    /// `extend` calls over growing prefixes of `all` give the same index.
+    /// `extend` calls over growing prefixes of `all` give the same index. Once rounds are
+    /// forgotten ([`RoundRule::forget_before`]), most entries that name them are not indexed.
     pub fn extend(&mut self, entries: &[LoggedEntry]) {
         let from = self.last.map_or(0, |last| entries.partition_point(|e| e.pos <= last));
         let rules = self.config.exclusion;
@@ -345,6 +339,9 @@ impl RoundRule {
                         blob: c.blob,
                         blob_size: c.blob_size,
                     };
+                    if candidate.round < self.forgotten {
+                        continue;
+                    }
                     if void.is_none() {
                         self.by_blob.entry((candidate.round, c.blob)).or_default().push(pos);
                     }
@@ -358,13 +355,20 @@ impl RoundRule {
                 Body::CloseVote(_) => self.tally.observe(pos, &org, &entry.body),
                 Body::Attestation(a) => {
                     let claim = Claim { pos, kind: ClaimKind::Attestation, state: StateHash(a.state.0) };
-                    self.attestations.entry(Round(a.round.0)).or_default().push(claim);
+                    if self.keeps_claims(Round(a.round.0)) {
+                        self.attestations.entry(Round(a.round.0)).or_default().push(claim);
+                    }
                     self.tally.observe(pos, &org, &entry.body);
                 }
                 Body::Snapshot(s) => {
                     let claim = Claim { pos, kind: ClaimKind::Snapshot, state: StateHash(s.state.0) };
-                    self.snapshots.entry(Round(s.round.0)).or_default().push(claim);
+                    if self.keeps_claims(Round(s.round.0)) {
+                        self.snapshots.entry(Round(s.round.0)).or_default().push(claim);
+                    }
                 }
+                // The validity rule accepts a verdict only on an accepted contribution of the round
+                // it names: one on a forgotten round targets a forgotten contribution.
+                Body::Verdict(v) if v.round.0 < self.forgotten.0 => {}
                 Body::Verdict(v) if relative || v.score < rules.min_score => {
                     let round = Round(v.round.0);
                     let signer = entry.signer();
@@ -374,10 +378,6 @@ impl RoundRule {
                     };
                     for target in targets {
                         let on = VerdictOn { pos, organisation: org.clone(), signer, score: v.score };
-                        if relative {
-                            let score = ScoreOn { pos, target, signer, score: v.score };
-                            self.scores.entry(round).or_default().push(score);
-                        }
                         self.failing.entry(target).or_default().push(on);
                     }
                 }
@@ -479,6 +479,76 @@ impl RoundRule {
         self.end
     }
 
+    /// Drops what the rule holds for rounds below `horizon`: their contributions, the verdicts on
+    /// them, their attestations and snapshots. A follower of a long run calls it after each
+    /// [`RoundRule::extend`] with the open round less the ledger's window of rounds (or the round
+    /// it has to replay next, if that is lower: nothing checks that), so that its memory is bounded
+    /// by the rounds kept instead of growing with the ledger.
+    ///
+    /// Kept for good: the genesis claim, the round tally, the exclusions and failure streaks (one
+    /// each per worker). Also kept: the claims (attestations and snapshots) of the round just
+    /// below `horizon` and of the newest snapshot's round, so that a replay from a snapshot of the
+    /// round before the first one kept ([`crate::replay::Replay::over`],
+    /// [`crate::replay::replay_from_latest_snapshot_over`]) still checks every claim on its start.
+    ///
+    /// Only rounds that can no longer change are forgotten: `horizon` is clamped to the open round
+    /// (the first one whose result is not final: a closed round not final yet still has its
+    /// provisional plan asked for) and to the first round with contributions the exclusion walk
+    /// has not taken in. A horizon at or below an earlier one does nothing.
+    ///
+    /// After it, every answer about a round at or after the clamped horizon is the one a rule that
+    /// never forgot would give, and so are [`RoundRule::exclusions`] and
+    /// [`RoundRule::excluded_in`] for every round, and [`RoundRule::claims`] for the round before
+    /// the horizon and for the newest snapshot's. Otherwise a forgotten round answers as one with
+    /// no entries but the votes and attestations in the tally: no candidates, `min_score`
+    /// thresholds, its attested result as its only claim, and a plan with nothing counted.
+    /// Entries read later that name a forgotten round are not indexed, bar what the tally
+    /// counts (under the ledger's window they are void; this also relies on the validity rule
+    /// voiding a verdict whose target is not a contribution of the round it names).
+    pub fn forget_before(&mut self, horizon: Round) {
+        let horizon = horizon.min(self.fixed_before());
+        if horizon <= self.forgotten {
+            return;
+        }
+        let kept = self.contributions.split_off(&horizon);
+        for (round, gone) in std::mem::replace(&mut self.contributions, kept) {
+            for Indexed { candidate, .. } in gone {
+                self.failing.remove(&candidate.pos);
+                self.by_blob.remove(&(round, candidate.blob));
+            }
+        }
+        let newest_snapshot = self.snapshots.last_key_value().map(|(round, _)| *round);
+        let claims_from = Round(horizon.0.saturating_sub(1));
+        forget_rounds(&mut self.snapshots, claims_from, newest_snapshot);
+        forget_rounds(&mut self.attestations, claims_from, newest_snapshot);
+        self.forgotten = horizon;
+    }
+
+    /// The first round that may still change: the open round, or an earlier one with contributions
+    /// the exclusion walk has not taken in.
+    fn fixed_before(&self) -> Round {
+        let open = Round(self.tally.open_round().0);
+        if self.config.exclusion.max_failures == 0 {
+            return open;
+        }
+        let unwalked = match self.walked {
+            None => self.contributions.keys().next(),
+            Some(r) => self
+                .contributions
+                .range((std::ops::Bound::Excluded(r), std::ops::Bound::Unbounded))
+                .next()
+                .map(|(r, _)| r),
+        };
+        unwalked.map_or(open, |r| open.min(*r))
+    }
+
+    /// Whether the attestations and snapshots of `round` are kept: a round not forgotten, the one
+    /// just before, or the newest snapshot's.
+    fn keeps_claims(&self, round: Round) -> bool {
+        round.0.saturating_add(1) >= self.forgotten.0
+            || self.snapshots.last_key_value().is_some_and(|(newest, _)| *newest == round)
+    }
+
     /// The failing verdict that brought a contribution's failing organisations to the quorum,
     /// among verdicts before `before` (with `thresholds` as of `before`), with the number of
     /// organisations.
@@ -509,7 +579,7 @@ impl RoundRule {
         let mut by_validator = BTreeMap::new();
         if rules.min_pct_of_median != 0 {
             let mut workers = BTreeSet::new();
-            let firsts: BTreeSet<EntryPos> = self
+            let firsts = self
                 .contributions
                 .get(&round)
                 .into_iter()
@@ -521,18 +591,18 @@ impl RoundRule {
                         && self.excluded_in(&c.worker, round).is_none()
                         && workers.insert(c.worker)
                 })
-                .map(|i| i.candidate.pos)
-                .collect();
-            let mut median_scores: BTreeMap<PublicKey, (BTreeSet<EntryPos>, Vec<i64>)> = BTreeMap::new();
-            for v in self.scores.get(&round).into_iter().flatten() {
-                if v.pos < before && firsts.contains(&v.target) {
-                    let (targets, scores) = median_scores.entry(v.signer).or_default();
-                    if targets.insert(v.target) {
-                        scores.push(v.score);
+                .map(|i| i.candidate.pos);
+            // Under a relative threshold `failing` holds every accepted verdict, in ledger order.
+            let mut median_scores: BTreeMap<PublicKey, Vec<i64>> = BTreeMap::new();
+            for target in firsts {
+                let mut scored = BTreeSet::new();
+                for v in self.failing.get(&target).into_iter().flatten() {
+                    if v.pos < before && scored.insert(v.signer) {
+                        median_scores.entry(v.signer).or_default().push(v.score);
                     }
                 }
             }
-            by_validator = median_scores.into_iter().map(|(k, (_, scores))| (k, rules.threshold(&scores))).collect();
+            by_validator = median_scores.into_iter().map(|(k, scores)| (k, rules.threshold(&scores))).collect();
         }
         Thresholds { min_score: rules.min_score, by_validator }
     }
@@ -658,10 +728,21 @@ impl RoundRule {
     }
 }
 
+/// Drops the rounds of `map` below `horizon`, but `keep`.
+fn forget_rounds<T>(map: &mut BTreeMap<Round, T>, horizon: Round, keep: Option<Round>) {
+    let mut kept = map.split_off(&horizon);
+    if let Some(round) = keep
+        && let Some(held) = map.remove(&round)
+    {
+        kept.insert(round, held);
+    }
+    *map = kept;
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use ledger::{Attestation, CloseVote, Contribution, Entry, Genesis, Keypair, Member, Role, Verdict};
+    use ledger::{Attestation, CloseVote, Contribution, Entry, Genesis, Keypair, Member, Role, Snapshot, Verdict};
 
     use super::*;
     use crate::aggregate::{Hyper, NormClip};
@@ -753,14 +834,35 @@ mod tests {
 
         fn finalise(&mut self, attesters: &[&Keypair], round: u64, dropped: Vec<EntryPos>) {
             for a in attesters {
-                let body = Body::Attestation(Attestation {
-                    round: ledger::Round(round),
-                    state: ledger::StateHash([7; 32]),
-                    dropped: dropped.clone(),
-                });
-                self.push(body, a);
+                self.attest(a, round, 7, dropped.clone());
             }
         }
+
+        fn attest(&mut self, attester: &Keypair, round: u64, state: u8, dropped: Vec<EntryPos>) {
+            let state = ledger::StateHash([state; 32]);
+            self.push(Body::Attestation(Attestation { round: ledger::Round(round), state, dropped }), attester);
+        }
+
+        /// Marks the last entry void, as the validity rule would.
+        fn void_last(&mut self, reason: VoidReason) {
+            if let Some(last) = self.entries.last_mut() {
+                last.validity = Validity::Void(reason);
+            }
+        }
+    }
+
+    /// An admin, four workers and two validators, from fixed seeds 1 to 7.
+    fn seven_keys() -> Vec<Keypair> {
+        (1..=7).map(|i| Keypair::from_seed([i; 32])).collect()
+    }
+
+    /// [`seven_keys`] in two organisations: the admin, the first two workers and the first
+    /// validator in `a`, the rest in `b`.
+    fn two_organisations(keys: &[Keypair]) -> [(&Keypair, &'static str, Role); 7] {
+        let orgs = ["a", "a", "a", "b", "b", "a", "b"];
+        let roles =
+            [Role::Admin, Role::Worker, Role::Worker, Role::Worker, Role::Worker, Role::Validator, Role::Validator];
+        std::array::from_fn(|i| (&keys[i], orgs[i], roles[i]))
     }
 
     fn reasons(plan: &RoundPlan) -> Vec<(EntryPos, NotCounted)> {
@@ -874,17 +976,9 @@ mod tests {
     /// positive leaves only `min_score`.
     #[test]
     fn a_relative_threshold_fails_what_scores_far_below_its_validators_median() {
-        let keys: Vec<Keypair> = (1..=7).map(|i| Keypair::from_seed([i; 32])).collect();
+        let keys = seven_keys();
         let [admin, w1, w2, w3, w4, va, vb] = [&keys[0], &keys[1], &keys[2], &keys[3], &keys[4], &keys[5], &keys[6]];
-        let members = [
-            (admin, "a", Role::Admin),
-            (w1, "a", Role::Worker),
-            (w2, "a", Role::Worker),
-            (w3, "b", Role::Worker),
-            (w4, "b", Role::Worker),
-            (va, "a", Role::Validator),
-            (vb, "b", Role::Validator),
-        ];
+        let members = two_organisations(&keys);
         let mut cfg = config(8, 0);
         cfg.exclusion = ExclusionRules { min_score: -20, max_failures: 0, min_pct_of_median: 25 };
         let base = StateHash([7; 32]);
@@ -1010,5 +1104,189 @@ mod tests {
         assert!(matches!(got[0], (p, NotCounted::Excluded { .. }) if p == rejected[2][2]), "{got:?}");
         assert!(matches!(got[1], (p, NotCounted::Rejected { score: 3, .. }) if p == rejected[2][3]), "{got:?}");
         assert_eq!(rule.thresholds(Round(2)).of(&va.public()), 20);
+    }
+
+    /// Distinct rounds the rule's per-round maps hold anything for.
+    fn rounds_held(rule: &RoundRule) -> usize {
+        let rounds: BTreeSet<Round> = (rule.contributions.keys().chain(rule.attestations.keys()))
+            .chain(rule.snapshots.keys())
+            .copied()
+            .chain(rule.by_blob.keys().map(|(round, _)| *round))
+            .collect();
+        rounds.len()
+    }
+
+    /// Verdicts held on contributions the rule does not hold (what forgetting must not leave).
+    fn stray_verdicts(rule: &RoundRule) -> usize {
+        let held: BTreeSet<EntryPos> = rule.contributions.values().flatten().map(|i| i.candidate.pos).collect();
+        rule.failing.iter().filter(|(target, _)| !held.contains(target)).map(|(_, on)| on.len()).sum()
+    }
+
+    /// Many rounds of every kind of entry the rule indexes. Each round r: w1, w2 and w3 contribute,
+    /// w4 contributed to it during round r - 1, w2 sometimes twice; va and vb score them (vb's
+    /// score on w1 targets its blob); a min_score failure by both organisations of w3 in rounds 2
+    /// and 3 (excluded from round 4 on) and of w1 in round 7 (reset in 8), one of w2 by one
+    /// organisation only in round 6; w4's scores fail only a relative threshold; a verdict after
+    /// the close, a contribution after it (void), a dissenting attestation in some rounds, a
+    /// drop in round 5; snapshots of rounds 5, 7 (written a round late) and rounds - 2; round 9
+    /// has no contribution at all; and in round 11, a verdict on a contribution of round 2 and a
+    /// (void) contribution to round 1.
+    fn long_log(cfg: &RunConfig, rounds: u64) -> (Vec<LoggedEntry>, Vec<WorkerKey>) {
+        let keys = seven_keys();
+        let [admin, w1, w2, w3, w4, va, vb] = [&keys[0], &keys[1], &keys[2], &keys[3], &keys[4], &keys[5], &keys[6]];
+        let members = two_organisations(&keys);
+        let workers = [w1, w2, w3, w4].map(|w| WorkerKey(w.public().0)).to_vec();
+        let empty = 9;
+        let mut log = Log::new(&members, 2);
+        let mut early = Some(log.contribute(w4, 0, 250, cfg));
+        let mut old = None;
+        for r in 0..rounds {
+            let blob = |i: u64| (r * 8 + i) as u8;
+            let next_early = (r + 1 != empty && r != empty).then(|| log.contribute(w4, r + 1, blob(5), cfg));
+            let w4_early = std::mem::replace(&mut early, next_early);
+            let mut firsts = Vec::new();
+            if r != empty {
+                let c = [w1, w2, w3].map(|w| log.contribute(w, r, blob(firsts.len() as u64), cfg));
+                firsts = c.to_vec();
+                if r % 3 == 0 {
+                    let dup = log.contribute(w2, r, blob(4), cfg);
+                    log.verdict(va, r, dup, 1_000_000);
+                }
+                log.verdict(va, r, c[0], 100);
+                let on_blob =
+                    Verdict { round: ledger::Round(r), target: Target::Blob(BlobId([blob(0); 32])), score: 90 };
+                log.push(Body::Verdict(on_blob), vb);
+                log.verdict(va, r, c[1], 80);
+                log.verdict(vb, r, c[1], 70);
+                log.verdict(va, r, c[2], 60);
+                log.verdict(vb, r, c[2], 50);
+                match r {
+                    2 | 3 => {
+                        log.verdict(va, r, c[2], -50);
+                        log.verdict(vb, r, c[2], -50);
+                    }
+                    6 => log.verdict(va, r, c[1], -50),
+                    7 => {
+                        log.verdict(vb, r, c[0], -50);
+                        log.verdict(va, r, c[0], -50);
+                    }
+                    _ => {}
+                }
+                if let Some(c4) = w4_early {
+                    log.verdict(va, r, c4, 3);
+                    log.verdict(vb, r, c4, 2);
+                }
+                if r == 2 {
+                    old = Some(c[0]);
+                }
+            }
+            if r == 11 {
+                if let Some(old) = old {
+                    log.verdict(va, 2, old, -50);
+                }
+                log.contribute(w2, 1, blob(6), cfg);
+                log.void_last(VoidReason::RoundClosed(ledger::Round(1)));
+            }
+            log.close(&[admin, w3], r);
+            if let Some(c1) = firsts.first() {
+                log.verdict(vb, r, *c1, -50);
+                log.verdict(va, r, *c1, -50);
+            }
+            log.contribute(w1, r, blob(7), cfg);
+            log.void_last(VoidReason::RoundClosed(ledger::Round(r)));
+            if r % 4 == 1 {
+                log.attest(w3, r, 9, vec![]);
+            }
+            let dropped = if r == 5 { firsts[1..2].to_vec() } else { Vec::new() };
+            log.finalise(&[admin, w3], r, dropped);
+            for snapshot in [5, 7, rounds - 2].into_iter().filter(|s| *s == r || (*s == 7 && r == 8)) {
+                let s = Snapshot {
+                    round: ledger::Round(snapshot),
+                    state: ledger::StateHash([7; 32]),
+                    blob: BlobId([1; 32]),
+                    blob_size: 1,
+                };
+                log.push(Body::Snapshot(s), w1);
+            }
+        }
+        (log.entries, workers)
+    }
+
+    /// Everything `forgetting` answers about rounds from `from` on (and about exclusions, for every
+    /// round) is what `fresh`, which never forgot, answers.
+    fn assert_same_from(forgetting: &RoundRule, fresh: &RoundRule, from: Round, workers: &[WorkerKey], at: &str) {
+        let base = StateHash([7; 32]);
+        assert_eq!(forgetting.end(), fresh.end(), "{at}");
+        assert_eq!(forgetting.genesis(), fresh.genesis(), "{at}");
+        assert_eq!(forgetting.exclusions(), fresh.exclusions(), "{at}");
+        let open = fresh.tally().open_round().0;
+        for r in (0..=open + 2).map(Round) {
+            for w in workers {
+                assert_eq!(forgetting.excluded_in(w, r), fresh.excluded_in(w, r), "{at}, round {r}");
+            }
+            if r.0 + 1 >= from.0 {
+                assert_eq!(forgetting.claims(r), fresh.claims(r), "{at}, round {r}");
+            }
+            if r < from {
+                continue;
+            }
+            assert_eq!(forgetting.close(r), fresh.close(r), "{at}, round {r}");
+            assert_eq!(forgetting.final_result(r), fresh.final_result(r), "{at}, round {r}");
+            let candidates = forgetting.candidates(r).collect::<Vec<_>>();
+            assert_eq!(candidates, fresh.candidates(r).collect::<Vec<_>>(), "{at}, round {r}");
+            assert_eq!(forgetting.round(r, base), fresh.round(r, base), "{at}, round {r}");
+            assert_eq!(forgetting.provisional(r, base), fresh.provisional(r, base), "{at}, round {r}");
+            assert_eq!(forgetting.prospective(r, base), fresh.prospective(r, base), "{at}, round {r}");
+            assert_eq!(forgetting.thresholds(r), fresh.thresholds(r), "{at}, round {r}");
+        }
+        // What a replay from the newest snapshot checks its start against.
+        if let Some((&newest, _)) = fresh.snapshots.last_key_value() {
+            assert_eq!(forgetting.claims(newest), fresh.claims(newest), "{at}, newest snapshot (round {newest})");
+        }
+    }
+
+    /// A follower that forgets the rounds behind a window of W rounds after every extend answers
+    /// every question about the rounds it keeps as a rule built afresh over the same prefix, and
+    /// holds W + 4 rounds at most (the window, the open round and the next, the claims of the
+    /// round before the window and of the newest snapshot); asked to forget everything, it keeps
+    /// the open round and later ones.
+    #[test]
+    fn forgetting_rounds_behind_a_window_changes_no_answer_about_the_rounds_kept() {
+        let rounds = 14;
+        for (min_pct_of_median, max_failures) in [(0, 2), (25, 2), (25, 0)] {
+            let mut cfg = config(3, max_failures);
+            cfg.exclusion = ExclusionRules { min_score: -20, max_failures, min_pct_of_median };
+            let (entries, workers) = long_log(&cfg, rounds);
+            // (window, rule); no window: forget all it may.
+            let mut forgetting: Vec<(Option<u64>, RoundRule)> =
+                [Some(1), Some(3), None].into_iter().map(|w| (w, RoundRule::empty(&cfg))).collect();
+            for k in 0..=entries.len() {
+                let fresh = RoundRule::new(&entries[..k], &cfg);
+                let open = fresh.tally().open_round().0;
+                for (window, rule) in &mut forgetting {
+                    rule.extend(&entries[..k]);
+                    let horizon = window.map_or(Round(u64::MAX), |w| Round(open.saturating_sub(w)));
+                    rule.forget_before(horizon);
+                    let from = horizon.min(Round(open));
+                    assert_eq!(rule.forgotten, from, "clamped to the open round");
+                    let at = format!(
+                        "median pct {min_pct_of_median}, max failures {max_failures}, window {window:?}, after {k} entries"
+                    );
+                    assert_same_from(rule, &fresh, from, &workers, &at);
+                    let held = rounds_held(rule);
+                    assert!(held <= window.unwrap_or(0) as usize + 4, "{at}: {held} rounds held");
+                    assert_eq!(stray_verdicts(rule), 0, "{at}");
+                    assert!(rule.contributions.range(..from).next().is_none(), "{at}");
+                }
+            }
+            let fresh = RoundRule::new(&entries, &cfg);
+            assert!(rounds_held(&fresh) > 3 + 4, "the log is longer than any window");
+            assert!(stray_verdicts(&fresh) == 0 && fresh.contributions.contains_key(&Round(1)));
+            let w3 = workers[2];
+            assert_eq!(fresh.excluded_in(&w3, Round(4)).is_some(), max_failures != 0, "w3 is excluded");
+            let plan = fresh.round(Round(rounds - 1), StateHash([7; 32])).unwrap();
+            let rejected = reasons(&plan).iter().filter(|(_, r)| matches!(r, NotCounted::Rejected { .. })).count();
+            assert_eq!(rejected, usize::from(min_pct_of_median != 0), "w4 fails only the relative threshold");
+        }
     }
 }

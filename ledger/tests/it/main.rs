@@ -7,3 +7,4 @@ mod properties;
 mod reading;
 mod simulation;
 mod tamper;
+mod window;
