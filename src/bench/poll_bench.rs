@@ -14,6 +14,15 @@
 //!   the replay; Linux only).
 //!
 //! Poll and extend should stay flat as the ledger grows; the rebuild grows linearly.
+//!
+//! Then the memory of a participant that follows the run as it grows, the way `Follower` does:
+//! after each round, one poll, the index extended, and both told to forget the rounds behind the
+//! window ([`Reader::forget_before`], [`RoundRule::forget_before`]). The ledger for this part is a
+//! `file://` store in a temporary folder, so that the store's own bytes are not in the process's
+//! memory; the figure is the resident memory gained since the follower started, at each size.
+//! Each follower runs in a fresh process (this binary, `--follow-only`): RSS does not shrink when
+//! a heap is freed, so a follower that ran after the join measurements would reuse their pages.
+//! With `--window 0` (no window, as runs were before it existed) it grows with the log.
 
 use std::time::Instant;
 
@@ -43,6 +52,13 @@ pub struct Args {
     /// Rounds appended and timed slot by slot at each size.
     #[arg(long, default_value_t = 3)]
     rounds: u64,
+    /// The run's window of rounds (0: none).
+    #[arg(long, default_value_t = trainer::run_spec::DEFAULT_WINDOW)]
+    window: u32,
+    /// Internal: only follow a growing run and print one `followed` line per size (the bench runs
+    /// itself this way, one fresh process per window, so that no freed heap hides the growth).
+    #[arg(long, hide = true)]
+    follow_only: bool,
 }
 
 const ORGS: usize = 2;
@@ -59,7 +75,7 @@ struct Run {
 }
 
 impl Run {
-    fn new(rng: &mut ChaCha8Rng) -> anyhow::Result<Run> {
+    fn new(rng: &mut ChaCha8Rng, window: u32) -> anyhow::Result<Run> {
         let admin = Keypair::from_seed(rng.random());
         let workers: Vec<Keypair> = (0..ORGS * WORKERS_PER_ORG).map(|_| Keypair::from_seed(rng.random())).collect();
         let validators: Vec<Keypair> = (0..ORGS).map(|_| Keypair::from_seed(rng.random())).collect();
@@ -67,6 +83,7 @@ impl Run {
             "[run]\npreset = \"tiny\"\nseed = 1\ntotal_rounds = 1000000\n\
              [data]\nsource = \"synthetic\"\nseq_len = 32\n\
              [train]\ntokens_per_round = 64\n\
+             [rounds]\nwindow = {window}\n\
              [roster]\nquorum = 1\norg_quorum = {ORGS}\n\
              [[roster.member]]\nkey = \"{}\"\norganisation = \"org-0\"\nrole = \"admin\"\n",
             admin.public()
@@ -81,6 +98,7 @@ impl Run {
         let parts = RunSpec::parse(&spec)?.genesis_parts(trainer::model::BYTE_VOCAB)?;
         let genesis = ledger::Genesis {
             org_quorum: parts.org_quorum,
+            window: parts.window,
             ..ledger::Genesis::new(
                 parts.config.encode()?,
                 parts.roster,
@@ -219,17 +237,130 @@ async fn measure(root: &Store, run: &Run, size: u64, args: &Args) -> anyhow::Res
     })
 }
 
+/// A follower's memory at one ledger length.
+struct Followed {
+    size: u64,
+    entries: u64,
+    rss_gain_bytes: Option<u64>,
+    held_entries: usize,
+    held_slots: usize,
+    /// Median time of a round's poll, index extension and forgetting, over the segment's last
+    /// rounds (at most 50).
+    round_us: f64,
+}
+
+/// Writes one run up to the largest size while a reader and an index follow it as a participant
+/// does, and records the follower's resident memory gain as the ledger passes each size.
+async fn follow(run: &Run, sizes: &[u64]) -> anyhow::Result<Vec<Followed>> {
+    let dir = std::env::temp_dir().join(format!("cairn-bench-poll-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = follow_in(run, sizes, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn follow_in(run: &Run, sizes: &[u64], dir: &std::path::Path) -> anyhow::Result<Vec<Followed>> {
+    let store = storage::open(&format!("file://{}", dir.display())).await?;
+    let mut appender = Appender::new(store.clone());
+    appender.append(std::slice::from_ref(&run.genesis)).await.context("genesis")?;
+    let before = resident_bytes();
+    let mut reader = Reader::new(store.clone(), run.run_id);
+    let mut rule = RoundRule::empty(&run.config);
+    let mut out = Vec::new();
+    let mut sizes: Vec<u64> = sizes.to_vec();
+    sizes.sort_unstable();
+    let mut slot = 1u64;
+    let t = Instant::now();
+    for size in sizes {
+        let rounds = size.div_ceil(ENTRIES_PER_ROUND);
+        let mut times = Vec::new();
+        for r in reader.state().rounds().open_round().0..rounds {
+            for e in run.round(r, slot)? {
+                appender.append(std::slice::from_ref(&e)).await.context("append")?;
+                slot += 1;
+            }
+            let timed = Instant::now();
+            reader.poll().await.context("poll")?;
+            rule.extend(reader.entries());
+            let horizon = reader.state().horizon();
+            reader.forget_before(horizon, ledger::Seq(u64::MAX));
+            rule.forget_before(verify::Round(horizon.0));
+            if rounds - r <= 50 {
+                times.push(timed.elapsed().as_secs_f64() * 1e6);
+            }
+            if r % 1000 == 999 {
+                eprintln!("  following: {} rounds ({:.0} s)", r + 1, t.elapsed().as_secs_f64());
+            }
+        }
+        ensure!(rule.final_result(verify::Round(rounds - 1)).is_some(), "the follower's index missed a round");
+        out.push(Followed {
+            size,
+            entries: slot - 1,
+            rss_gain_bytes: resident_bytes().zip(before).map(|(after, before)| after.saturating_sub(before)),
+            held_entries: reader.entries().len(),
+            held_slots: reader.slots().len(),
+            round_us: median(times),
+        });
+    }
+    Ok(out)
+}
+
 /// `1000` → `1k`, `100000` → `100k`, others as they are.
 fn size_label(n: u64) -> String {
     if n >= 1000 && n.is_multiple_of(1000) { format!("{}k", n / 1000) } else { n.to_string() }
 }
 
+/// Runs `--follow-only` for `window` in a fresh process of this binary and reads its lines back.
+fn follow_in_process(args: &Args, window: u32) -> anyhow::Result<Vec<Followed>> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let sizes: Vec<String> = args.sizes.iter().map(u64::to_string).collect();
+    let out = std::process::Command::new(&exe)
+        .args(["bench", "poll", "--follow-only", "--window", &window.to_string(), "--sizes", &sizes.join(",")])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {} bench poll --follow-only", exe.display()))?;
+    ensure!(out.status.success(), "bench poll --follow-only (window {window}) failed: {}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let parsed: Option<Vec<Followed>> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("followed "))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let [size, entries, rss, held_entries, held_slots, round_us] = f.as_slice() else { return None };
+            Some(Followed {
+                size: size.parse().ok()?,
+                entries: entries.parse().ok()?,
+                rss_gain_bytes: rss.parse().ok(),
+                held_entries: held_entries.parse().ok()?,
+                held_slots: held_slots.parse().ok()?,
+                round_us: round_us.parse().ok()?,
+            })
+        })
+        .collect();
+    let parsed = parsed.context("bench poll --follow-only printed a line it should not")?;
+    ensure!(
+        parsed.len() == args.sizes.len(),
+        "bench poll --follow-only measured {} of {} sizes",
+        parsed.len(),
+        args.sizes.len()
+    );
+    Ok(parsed)
+}
+
 pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     ensure!(!args.sizes.is_empty() && args.sizes.iter().all(|s| *s > 0), "--sizes needs lengths above 0");
     ensure!(args.rounds > 0 && args.idle_polls > 0, "--rounds and --idle-polls must be above 0");
+    if args.follow_only {
+        let run = Run::new(&mut ChaCha8Rng::seed_from_u64(5), args.window)?;
+        for f in follow(&run, &args.sizes).await? {
+            let rss = f.rss_gain_bytes.map_or("n/a".into(), |b| b.to_string());
+            println!("followed {} {} {rss} {} {} {:.1}", f.size, f.entries, f.held_entries, f.held_slots, f.round_us);
+        }
+        return Ok(Outcome::Ok);
+    }
     let url = absolute_url(&args.url)?;
     let root = storage::open(&url).await.with_context(|| format!("opening {url}"))?;
-    let run = Run::new(&mut ChaCha8Rng::seed_from_u64(5))?;
+    let run = Run::new(&mut ChaCha8Rng::seed_from_u64(5), args.window)?;
     println!("store {url}; rounds of {ENTRIES_PER_ROUND} single-entry slots; medians");
     println!(
         "| entries | join (replay + index) s | reader + index RSS MB | idle poll µs | poll of 1 new slot µs | index extend µs | index rebuild µs (baseline) |"
@@ -268,6 +399,37 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
             last.new_slot_poll_us / first.new_slot_poll_us,
             last.rebuild_us / first.rebuild_us
         ));
+    }
+
+    println!();
+    println!(
+        "following the run as it grows: file:// store in a temporary folder; the same run without a window is the baseline"
+    );
+    println!(
+        "| window | entries | follower RSS gained MB | entries held | slot records held | poll + extend + forget per round µs |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    line.push_str(&format!(" window={}", args.window));
+    // Each in a fresh process; the baseline is the same run with no window in its genesis.
+    for window in [args.window, 0] {
+        for f in follow_in_process(&args, window)? {
+            println!(
+                "| {window} | {} | {} | {} | {} | {:.0} |",
+                f.entries,
+                f.rss_gain_bytes.map_or("n/a".into(), |b| format!("{:.1}", b as f64 / 1e6)),
+                f.held_entries,
+                f.held_slots,
+                f.round_us
+            );
+            let l = format!("{}_w{window}", size_label(f.size));
+            line.push_str(&format!(
+                " follower_entries_held_{l}={} follower_round_us_{l}={:.0}",
+                f.held_entries, f.round_us
+            ));
+            if let Some(b) = f.rss_gain_bytes {
+                line.push_str(&format!(" follower_rss_mb_{l}={:.1}", b as f64 / 1e6));
+            }
+        }
     }
     println!("{line}");
     Ok(Outcome::Ok)

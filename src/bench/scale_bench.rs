@@ -89,6 +89,10 @@ pub struct Args {
     /// Rounds after which a follower's memory is reported.
     #[arg(long, default_value_t = 10_000)]
     rounds: u64,
+    /// The run's window of rounds (`[rounds] window`; 0: none): a follower holds the entries of
+    /// this many rounds, and a Merkle leaf for every slot.
+    #[arg(long, default_value_t = trainer::run_spec::DEFAULT_WINDOW)]
+    window: u32,
     /// Where aggregation is timed before it is scaled to --preset.
     #[arg(long, default_value = "small")]
     measure_preset: String,
@@ -106,9 +110,13 @@ pub struct Args {
     seed: u64,
 }
 
-/// A follower's resident memory per ledger entry, measured by `cairn bench poll` at 100,000
-/// entries (docs/BENCHMARKS.md, "Long runs").
-const FOLLOWER_BYTES_PER_ENTRY: f64 = 1_284.0;
+/// A follower's resident memory per ledger entry it holds, measured by `cairn bench poll` at
+/// 100,000 entries (the join's 112.3 MB; docs/BENCHMARKS.md, "Long runs").
+const FOLLOWER_BYTES_PER_ENTRY: f64 = 1_122.0;
+/// What a follower that forgets behind the window still keeps per slot (the Merkle leaf and its
+/// share of the tree, each round's result): its growth from 1,000 to 100,000 single-entry slots
+/// over the slots added, measured by `cairn bench poll` (12.1 MB / 99,000).
+const FOLLOWER_BYTES_PER_SLOT: f64 = 122.0;
 
 /// The ledger part of one round, as simulated.
 #[derive(Debug, Default, Clone)]
@@ -461,9 +469,9 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     println!(
         "| workers | verdicts a slot | slots per round | entries | ledger s (contributions, verdicts, close) | store writes / reads (ledger) | \
          upload per worker (MB) | download per participant (MB) | transfer s | aggregation s (extrapolated) | round s | \
-         GET requests | ledger GET/HEAD per s | egress (GB) | USD per round | join from snapshot s | follower memory at {} rounds (GB) | \
+         GET requests | ledger GET/HEAD per s | egress (GB) | USD per round | join from snapshot s | follower memory at {} rounds, window {} (GB) | \
          proposed ternary step: download (MB), USD per round |",
-        args.rounds
+        args.rounds, args.window
     );
     println!(
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
@@ -512,7 +520,15 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         let snapshot_every = snapshot_every.max(1) as f64;
         let join_s = (dense_bytes as f64) / bytes_per_s
             + snapshot_every / 2.0 * (counted * update_bytes as f64 / bytes_per_s + aggregation_s);
-        let memory_gb = ledger.entries as f64 * args.rounds as f64 * FOLLOWER_BYTES_PER_ENTRY / 1e9;
+        // Without a window every entry stays; with one, the entries of `window` rounds and a leaf
+        // for every slot.
+        let memory_gb = match args.window {
+            0 => ledger.entries as f64 * args.rounds as f64 * FOLLOWER_BYTES_PER_ENTRY,
+            w => {
+                ledger.entries as f64 * args.rounds.min(u64::from(w)) as f64 * FOLLOWER_BYTES_PER_ENTRY
+                    + ledger.slots as f64 * args.rounds as f64 * FOLLOWER_BYTES_PER_SLOT
+            }
+        } / 1e9;
         // with a step blob, each participant takes the smaller of the step and the updates
         let with_step = step_bytes.map(|b| {
             let download = (b as f64).min(counted * update_bytes as f64) + ledger.slot_bytes as f64;
