@@ -26,7 +26,7 @@ pub struct ExportArgs {
     /// The Parquet file to write.
     #[arg(long)]
     out: PathBuf,
-    /// Also store the export in the run, at exports/{0:020}-{size:020}.parquet.
+    /// Also store the export in the run, at exports/whole/{size:020}.parquet.
     #[arg(long)]
     publish: bool,
 }

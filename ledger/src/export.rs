@@ -5,7 +5,8 @@
 //!                                                                            │ ArrowWriter (snappy)
 //!   file metadata: cairn.export_version, cairn.run_id, cairn.from, cairn.size, cairn.root ▼
 //!                                   a local file  (write_file)
-//!                                   <run>/exports/{from:020}-{to:020}.parquet  (plain put)
+//!                   a part:         <run>/exports/{from:020}-{to:020}.parquet  (plain put)
+//!                   the whole log:  <run>/exports/whole/{size:020}.parquet
 //! ```
 //!
 //! An export covers the slots `from..to`: the whole log (`cairn export`), or one part (what the
@@ -43,10 +44,30 @@ pub const ROWS_PER_BATCH: usize = 65_536;
 /// The `validity` value of an accepted entry.
 pub const VALID: &str = "valid";
 
-/// The key of the export of slots `from..to`: `exports/{from:020}-{to:020}.parquet` (so keys sort
-/// in log order).
+/// The key of the export part of slots `from..to`: `exports/{from:020}-{to:020}.parquet` (so keys
+/// sort in log order).
 pub fn export_key(from: u64, to: u64) -> String {
     format!("{EXPORT_PREFIX}/{from:020}-{to:020}.parquet")
+}
+
+/// The key of an export of the whole log of `size` slots: `exports/whole/{size:020}.parquet`, in
+/// its own folder so that `exports/*.parquet` holds the parts alone, each row once.
+pub fn whole_export_key(size: u64) -> String {
+    format!("{EXPORT_PREFIX}/whole/{size:020}.parquet")
+}
+
+/// The parts present in the store, as `(from, to)` slot ranges in key order (other objects under
+/// `exports/` are skipped).
+pub async fn parts_present(store: &Store) -> Result<Vec<(u64, u64)>> {
+    let listed = store.list(&format!("{EXPORT_PREFIX}/"), None).await?;
+    Ok(listed
+        .iter()
+        .filter_map(|o| {
+            let name = o.key.strip_prefix(EXPORT_PREFIX)?.strip_prefix('/')?.strip_suffix(".parquet")?;
+            let (from, to) = name.split_once('-')?;
+            Some((from.parse().ok()?, to.parse().ok()?))
+        })
+        .collect())
 }
 
 /// What an export covers.
@@ -213,10 +234,13 @@ pub fn write_file(reader: &Reader, path: &Path) -> Result<ExportSummary> {
     Ok(summary)
 }
 
-/// Writes the export of the whole log as read to `exports/{0:020}-{size:020}.parquet` in the
-/// run's store. Returns the key.
+/// Writes the export of the whole log as read to `exports/whole/{size:020}.parquet` in the run's
+/// store. Returns the key.
 pub async fn write_to_store(reader: &Reader, store: &Store) -> Result<(String, ExportSummary)> {
-    write_part_to_store(reader, store, 0, reader.next_seq().0).await
+    let (bytes, summary) = to_parquet(reader)?;
+    let key = whole_export_key(summary.size);
+    store.put(&key, bytes).await?;
+    Ok((key, summary))
 }
 
 /// Writes the export of slots `from..to` to `exports/{from:020}-{to:020}.parquet` in the run's
@@ -315,5 +339,17 @@ mod tests {
     fn export_keys_are_zero_padded() {
         assert_eq!(export_key(7, 42), "exports/00000000000000000007-00000000000000000042.parquet");
         assert!(export_key(9, 10) < export_key(10, 11));
+        assert_eq!(whole_export_key(42), "exports/whole/00000000000000000042.parquet");
+    }
+
+    #[tokio::test]
+    async fn only_parts_are_listed_as_parts() {
+        let store = storage::open("memory://").await.unwrap();
+        for key in [export_key(5, 9), export_key(0, 5), whole_export_key(9), "exports/junk.parquet".into()] {
+            store.put(&key, Bytes::from_static(b"x")).await.unwrap();
+        }
+        let mut parts = parts_present(&store).await.unwrap();
+        parts.sort_unstable();
+        assert_eq!(parts, vec![(0, 5), (5, 9)]);
     }
 }

@@ -435,6 +435,8 @@ pub struct Reader {
     forgotten_before: Round,
     /// Every entry in a slot at or after this one is held: what was forgotten lies below.
     complete_from: Seq,
+    /// The `keep_from` of the last [`Reader::forget_before`] that did anything.
+    kept_from: Seq,
     by_round: HashMap<Round, Vec<usize>>,
     by_signer: HashMap<PublicKey, Vec<usize>>,
     pub(crate) trusted: Option<SignedCheckpoint>,
@@ -457,6 +459,7 @@ impl Reader {
             tree: merkle::Subtrees::default(),
             forgotten_before: Round(0),
             complete_from: Seq(0),
+            kept_from: Seq(u64::MAX),
             by_round: HashMap::new(),
             by_signer: HashMap::new(),
             trusted: None,
@@ -739,10 +742,12 @@ impl Reader {
     /// calls it. Costs one pass over the entries held, when the horizon has moved.
     pub fn forget_before(&mut self, round: Round, keep_from: Seq) {
         let horizon = round.min(self.state.horizon());
-        if horizon <= self.forgotten_before {
+        // Nothing new to drop unless the horizon or the start of what must stay moved on.
+        if horizon <= self.forgotten_before && keep_from <= self.kept_from {
             return;
         }
-        self.forgotten_before = horizon;
+        self.forgotten_before = self.forgotten_before.max(horizon);
+        self.kept_from = keep_from;
         // Where the horizon round opened: the position of the previous round's result.
         let opened = horizon.0.checked_sub(1).and_then(|r| self.state.rounds().final_result(Round(r))).map(|f| f.pos);
         let before_opening = |pos: EntryPos| opened.is_some_and(|o| pos < o);

@@ -45,7 +45,8 @@
 //!
 //! No clock, no environment, no IO: two readers with the same prefix reach the same verdicts.
 //!
-//! **The window.** Step 5 comes before the duplicate check, so once a round is more than `w`
+//! **The window.** Step 5 (check 6 in docs/LEDGER.md, which counts the slot framing as check 1)
+//! comes before the duplicate check, so once a round is more than `w`
 //! rounds behind the open one, no later entry's verdict depends on anything recorded about it:
 //! the state forgets those rounds' digests, contributions, blobs and evaluations
 //! ([`LedgerState::forget_outside_window`]), and its size stays bounded by the window rather than
@@ -298,7 +299,7 @@ impl LedgerState {
     }
 
     /// Forgets what the state holds about rounds before the horizon: no later entry may name them
-    /// (check 5 comes before every check that reads them), so the verdicts do not change.
+    /// (step 5 comes before every check that reads them), so the verdicts do not change.
     pub fn forget_outside_window(&mut self) {
         if self.window() == 0 {
             return;

@@ -99,7 +99,7 @@ async fn export_writes_parquet_that_pyarrow_reads() {
     let reader = ledger::Reader::replay(store.clone(), run_id).await.unwrap();
     let root = reader.root_at(5).unwrap();
     assert_eq!(last, format!("export: run={run_id} rows=6 size=5 root={root}"));
-    let stored = store.get(&ledger::export::export_key(0, 5), 1 << 20).await.unwrap();
+    let stored = store.get(&ledger::export::whole_export_key(5), 1 << 20).await.unwrap();
     assert_eq!(stored.bytes, Bytes::from(std::fs::read(&file).unwrap()), "the stored export is the file");
 
     let script = r#"

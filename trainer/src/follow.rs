@@ -555,12 +555,21 @@ impl Follower {
     /// Parquet at `exports/{from:020}-{to:020}.parquet`: the slots since the previous snapshot
     /// round's result (derived data for DuckDB or pandas users; never authoritative). Returns the
     /// key.
+    ///
+    /// A part the finaliser of an earlier snapshot round did not publish (it crashed, or took in
+    /// two rounds at once) would leave a gap: this part then starts where the last part present
+    /// ends, as far back as this follower still holds the log.
     pub async fn publish_export(&self, round: Round) -> Result<String, TrainerError> {
         let to = self.end_of(round.0).ok_or_else(|| {
             TrainerError::InvalidConfig(format!("round {} is not final: no export part ends with it", round.0))
         })?;
-        let from = self.export_from(round.0);
-        Ok(ledger::export::write_part_to_store(&self.reader, &self.info.store, from.0, to.0).await?.0)
+        let mut from = self.export_from(round.0).0;
+        let present = ledger::export::parts_present(&self.info.store).await?;
+        let last_end = present.iter().map(|(_, end)| *end).filter(|end| *end <= from).max().unwrap_or(0);
+        if last_end < from {
+            from = last_end.max(self.reader.complete_from().0);
+        }
+        Ok(ledger::export::write_part_to_store(&self.reader, &self.info.store, from, to.0).await?.0)
     }
 
     /// Signs the tree head that ends with the entry which made `round` final (every member that

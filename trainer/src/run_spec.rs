@@ -281,7 +281,8 @@ pub struct RoundsSection {
     pub verdict_wait_secs: u64,
     /// The ledger's window of rounds (0: none): an entry naming a round more than this many
     /// rounds from the open one is void, so participants forget older rounds and their memory
-    /// stays flat however long the run (docs/FORMAT.md, section 4).
+    /// stays flat however long the run (docs/LEDGER.md, "Validity rule", check 6, and "Long
+    /// runs"). At least `run.snapshot_every` when not 0.
     pub window: u32,
 }
 
@@ -850,6 +851,16 @@ impl RunSpec {
         let mut orgs: Vec<&str> = roster.iter().map(|m| m.organisation.as_str()).collect();
         orgs.sort_unstable();
         orgs.dedup();
+        // Every member keeps the slots since the last snapshot round (the export part it may have
+        // to publish), so a longer snapshot interval than the window would set the memory bound.
+        let (window, every) = (u64::from(self.rounds.window), self.run.snapshot_every);
+        if window != 0 && every > window {
+            return Err(bad(format!(
+                "run.snapshot_every ({every}) is longer than rounds.window ({window}): members keep the ledger since the \
+                 last snapshot, so their memory would grow with snapshot_every; raise rounds.window to at least \
+                 {every}, or set it to 0 for no window"
+            )));
+        }
         let org_quorum = match self.roster.org_quorum {
             None => u16::try_from(orgs.len() / 2 + 1).unwrap_or(u16::MAX),
             Some(q) if q == 0 || usize::from(q) > orgs.len() => {
@@ -898,6 +909,17 @@ mod tests {
         let config = RunConfig::decode(&bytes).unwrap();
         assert_eq!(TrainSpec::from_extra(&config.extra).unwrap(), parts.train);
         assert_eq!(parts.roster.len(), spec.roster.member.len());
+    }
+
+    #[test]
+    fn the_window_reaches_the_genesis_and_must_cover_the_snapshot_interval() {
+        let parts = |text: &str| RunSpec::parse(text).and_then(|s| s.genesis_parts(BYTE_VOCAB));
+        assert_eq!(parts(RunSpec::EXAMPLE).unwrap().window, DEFAULT_WINDOW);
+        let none = RunSpec::EXAMPLE.replacen("window = 64", "window = 0", 1);
+        assert_eq!(parts(&none).unwrap().window, 0);
+        let short = RunSpec::EXAMPLE.replacen("window = 64", "window = 4", 1);
+        let err = parts(&short).unwrap_err().to_string();
+        assert!(err.contains("run.snapshot_every (5) is longer than rounds.window (4)"), "{err}");
     }
 
     #[test]

@@ -276,6 +276,8 @@ pub struct RoundRule {
     end: EntryPos,
     /// Rounds below this one are forgotten ([`RoundRule::forget_before`]).
     forgotten: Round,
+    /// The run's window of rounds, from its genesis (0: none).
+    window: u64,
 }
 
 impl RoundRule {
@@ -304,6 +306,7 @@ impl RoundRule {
             last: None,
             end: EntryPos { seq: Seq(0), index: 0 },
             forgotten: Round(0),
+            window: 0,
         }
     }
 
@@ -339,7 +342,13 @@ impl RoundRule {
                         blob: c.blob,
                         blob_size: c.blob_size,
                     };
-                    if candidate.round < self.forgotten {
+                    // A void contribution to a round beyond the window can never count; indexing it
+                    // would let anyone who can write to the bucket grow every reader's index with
+                    // rounds that never come (every reader skips it alike).
+                    let beyond = void.is_some()
+                        && self.window != 0
+                        && candidate.round.0 > self.tally.open_round().0.saturating_add(self.window);
+                    if candidate.round < self.forgotten || beyond {
                         continue;
                     }
                     if void.is_none() {
@@ -351,6 +360,7 @@ impl RoundRule {
                 Body::Genesis(g) => {
                     self.genesis = Some(Claim { pos, kind: ClaimKind::Genesis, state: StateHash(g.initial_state.0) });
                     self.tally = RoundTally::new(g.org_quorum);
+                    self.window = u64::from(g.window);
                 }
                 Body::CloseVote(_) => self.tally.observe(pos, &org, &entry.body),
                 Body::Attestation(a) => {
@@ -777,13 +787,17 @@ mod tests {
 
     impl Log {
         fn new(members: &[(&Keypair, &str, Role)], org_quorum: u16) -> Log {
+            Log::with_window(members, org_quorum, 0)
+        }
+
+        fn with_window(members: &[(&Keypair, &str, Role)], org_quorum: u16, window: u32) -> Log {
             let roster: Vec<Member> = members
                 .iter()
                 .map(|(k, org, role)| Member { key: k.public(), organisation: org.to_string(), role: *role })
                 .collect();
             let g =
                 Genesis::new(config(4, 2).encode().unwrap(), roster, 1, ledger::StateHash([7; 32]), BlobId([0; 32]), 0);
-            let g = Genesis { org_quorum, ..g };
+            let g = Genesis { org_quorum, window, ..g };
             let run = g.run_id();
             let orgs = members.iter().map(|(k, org, _)| (k.public(), org.to_string())).collect();
             let mut log = Log { run, entries: Vec::new(), orgs };
@@ -1104,6 +1118,33 @@ mod tests {
         assert!(matches!(got[0], (p, NotCounted::Excluded { .. }) if p == rejected[2][2]), "{got:?}");
         assert!(matches!(got[1], (p, NotCounted::Rejected { score: 3, .. }) if p == rejected[2][3]), "{got:?}");
         assert_eq!(rule.thresholds(Round(2)).of(&va.public()), 20);
+    }
+
+    /// Void contributions to rounds beyond the window (what anyone who can write to the bucket
+    /// can put in a slot, in any number) are not indexed, so they cannot grow a reader's index
+    /// with rounds that never come; within the window they are, as before.
+    #[test]
+    fn void_contributions_beyond_the_window_are_not_indexed() {
+        let keys = seven_keys();
+        let members = two_organisations(&keys);
+        let w1 = &keys[1];
+        let cfg = config(8, 0);
+        for (window, indexed) in [(2u32, false), (0, true)] {
+            let mut log = Log::with_window(&members, 1, window);
+            for far in [3u64, 1_000, u64::MAX] {
+                log.contribute(w1, far, 9, &cfg);
+                log.void_last(VoidReason::BadSignature(w1.public()));
+            }
+            log.contribute(w1, 2, 9, &cfg);
+            log.void_last(VoidReason::BadSignature(w1.public()));
+            let rule = RoundRule::new(&log.entries, &cfg);
+            // Round 2 is inside the window of the open round 0; 3 and beyond are not.
+            assert_eq!(rule.candidates(Round(2)).count(), 1);
+            for far in [3u64, 1_000, u64::MAX] {
+                assert_eq!(rule.candidates(Round(far)).count(), usize::from(indexed), "window {window}, round {far}");
+            }
+            assert_eq!(rounds_held(&rule), if indexed { 4 } else { 1 });
+        }
     }
 
     /// Distinct rounds the rule's per-round maps hold anything for.
