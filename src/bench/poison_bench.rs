@@ -116,9 +116,10 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         config.exclusion.max_failures,
     );
     println!(
-        "| attack | defence | held-out loss | ratio to clean | hostile counted | hostile failed | honest failed | honest excluded | all hostile excluded in round | honest score, specificity, % specific | hostile score, specificity, % specific |"
+        "| attack | defence | held-out loss | ratio to clean | hostile counted | hostile failed | honest failed | honest excluded | all hostile excluded in round | honest score, specificity, % specific | hostile score, specificity, % specific | \
+         honest agreement mean, min, max | hostile agreement mean, min, max | copies failed: honest, hostile |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut keys = Vec::new();
     let mut worst = Vec::new();
     for defence in defences {
@@ -164,8 +165,11 @@ fn row(attack: &str, defence: Defence, o: &PoisonOutcome, clean: f64) {
         s.means()
             .map_or("-".to_string(), |(score, specificity, pct)| format!("{score:.1}, {specificity:.1}, {pct:.0}%"))
     };
+    let agreement = |a: &trainer::poison::AgreementStats| {
+        a.summary().map_or("-".to_string(), |(mean, min, max)| format!("{mean:.3}, {min:.3}, {max:.3}"))
+    };
     println!(
-        "| {attack} | {} | {:.4} | {:.4} | {} | {} | {} | {} | {excluded} | {} | {} |",
+        "| {attack} | {} | {:.4} | {:.4} | {} | {} | {} | {} | {excluded} | {} | {} | {} | {} | {}, {} |",
         defence.name(),
         o.loss,
         o.loss / clean,
@@ -174,6 +178,10 @@ fn row(attack: &str, defence: Defence, o: &PoisonOutcome, clean: f64) {
         o.honest_failed,
         o.honest_excluded,
         stats(&o.honest_scores),
-        stats(&o.hostile_scores)
+        stats(&o.hostile_scores),
+        agreement(&o.honest_agreement),
+        agreement(&o.hostile_agreement),
+        o.honest_copies,
+        o.hostile_copies
     );
 }

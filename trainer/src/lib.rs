@@ -8,6 +8,7 @@
 //! baseline). The libtorch probe below is what `cairn` and CI use to prove that libtorch links and
 //! runs; [`set_torch_threads`] applies the configured thread count (tests use one).
 
+pub mod copies;
 pub mod crashpoint;
 pub mod data;
 pub mod demo;

@@ -40,6 +40,7 @@ use std::str::FromStr;
 use tch::{Device, Tensor};
 use verify::{Header, Round, RunConfig, State, WorkerKey};
 
+use crate::copies::CopyCheck;
 use crate::data::Dataset;
 use crate::demo::DemoState;
 use crate::error::TrainerError;
@@ -142,6 +143,76 @@ pub struct PoisonOutcome {
     pub honest_scores: ScoreStats,
     /// The validators' scores of hostile updates.
     pub hostile_scores: ScoreStats,
+    /// Research: how much each honest update agrees with the closest other update (this round's
+    /// earlier ones and last round's counted ones, other workers'), see [`agreement`].
+    pub honest_agreement: AgreementStats,
+    /// The same for hostile updates.
+    pub hostile_agreement: AgreementStats,
+    /// Honest updates the validators' copy check failed ([`crate::copies`]).
+    pub honest_copies: u64,
+    /// Hostile updates it failed.
+    pub hostile_copies: u64,
+}
+
+/// Research figures: per update, its highest [`agreement`] with another worker's update sent
+/// earlier in the round or counted in the round before.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AgreementStats {
+    /// Updates measured.
+    pub updates: u64,
+    /// Sum of their highest agreements.
+    pub sum: f64,
+    /// The lowest and highest of them.
+    pub min: f64,
+    /// See `min`.
+    pub max: f64,
+}
+
+impl AgreementStats {
+    fn add(&mut self, a: f64) {
+        if self.updates == 0 {
+            (self.min, self.max) = (a, a);
+        }
+        self.updates += 1;
+        self.sum += a;
+        self.min = self.min.min(a);
+        self.max = self.max.max(a);
+    }
+
+    /// Mean, lowest and highest; `None` when nothing was measured.
+    pub fn summary(&self) -> Option<(f64, f64, f64)> {
+        (self.updates > 0).then(|| (self.sum / self.updates as f64, self.min, self.max))
+    }
+}
+
+/// The share of `a`'s kept entries that `b` keeps too, at the same index of the same chunk and
+/// with the same sign, over every tensor (0 to 1; 0 when nothing compares). Two workers'
+/// honest updates share some large coordinates; a copy of one, re-encoded, shares nearly all.
+pub fn agreement(a: &verify::Update, b: &verify::Update) -> f64 {
+    let (mut same, mut total) = (0u64, 0u64);
+    for (ta, tb) in a.tensors().iter().zip(b.tensors()) {
+        let k = ta.kept() as usize;
+        if k == 0 || tb.kept() as usize != k || ta.indices().len() != tb.indices().len() {
+            continue;
+        }
+        for (c, (ca, cb)) in ta.indices().chunks(k).zip(tb.indices().chunks(k)).enumerate() {
+            let (mut i, mut j) = (0, 0);
+            while i < k && j < k {
+                match ca[i].cmp(&cb[j]) {
+                    std::cmp::Ordering::Less => i += 1,
+                    std::cmp::Ordering::Greater => j += 1,
+                    std::cmp::Ordering::Equal => {
+                        let negative = |t: &verify::wire::TensorUpdate, e: usize| t.values().value(c, c * k + e) < 0.0;
+                        same += u64::from(negative(ta, i) == negative(tb, j));
+                        i += 1;
+                        j += 1;
+                    }
+                }
+            }
+            total += k as u64;
+        }
+    }
+    if total == 0 { 0.0 } else { same as f64 / total as f64 }
 }
 
 /// What validators' scores looked like for a set of updates: the score (on the worker's own
@@ -270,7 +341,15 @@ impl PoisonSim {
             honest_excluded: 0,
             honest_scores: ScoreStats::default(),
             hostile_scores: ScoreStats::default(),
+            honest_agreement: AgreementStats::default(),
+            hostile_agreement: AgreementStats::default(),
+            honest_copies: 0,
+            hostile_copies: 0,
         };
+        // The validator's copy check, keyed with a fixed key so that runs repeat (a validator
+        // process keys its own at random).
+        let mut copies = CopyCheck::new(std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default());
+        let mut previous_counted: Vec<(usize, verify::Update)> = Vec::new();
         let mut previous_first_honest: Option<Vec<Tensor>> = None;
         let share = u32::try_from(self.workers).unwrap_or(u32::MAX);
         let score_config = ScoreConfig { linear_share: share, held_out_against: true, ..self.train.score_config() };
@@ -316,7 +395,28 @@ impl PoisonSim {
                     // Not counted by anyone; the honest encoder never gets here.
                     continue;
                 };
+                let closest = sent
+                    .iter()
+                    .map(|(j, _, u, _): &(usize, bool, verify::Update, Option<i64>)| (*j, u))
+                    .chain(previous_counted.iter().map(|(j, u)| (*j, u)))
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, u)| agreement(&update, u))
+                    .fold(0.0f64, f64::max);
+                if hostile {
+                    out.hostile_agreement.add(closest)
+                } else {
+                    out.honest_agreement.add(closest)
+                }
+                let copied = match defence {
+                    Defence::Validators => copies.check(round, i as u64, me, &update).is_some(),
+                    Defence::Aggregation => false,
+                };
+                if copied {
+                    if hostile { out.hostile_copies += 1 } else { out.honest_copies += 1 }
+                }
                 let score = match defence {
+                    // A copy fails whatever it would score, as `cairn validate` fails it.
+                    Defence::Validators if copied => Some(UNUSABLE_SCORE),
                     Defence::Validators => {
                         let scored =
                             score_blob(&blob, &expected, &mut scorer, &state, hyper, &self.data, &score_config);
@@ -363,12 +463,16 @@ impl PoisonSim {
                 if hostile {
                     out.byzantine_counted += 1;
                 }
-                counted.push(update);
+                counted.push((i, update));
             }
             previous_first_honest = first_honest;
             if !counted.is_empty() {
-                verify::apply(&mut state, round, &counted, hyper)?;
+                let updates: Vec<verify::Update> = counted.iter().map(|(_, u)| u.clone()).collect();
+                verify::apply(&mut state, round, &updates, hyper)?;
             }
+            let counted_ids: Vec<u64> = counted.iter().map(|(i, _)| *i as u64).collect();
+            copies.round_final(round, &counted_ids);
+            previous_counted = counted;
             model.load_state(&state)?;
         }
         out.loss = eval_loss(&model, &self.eval, 16)?;
@@ -478,6 +582,25 @@ mod tests {
         assert!(guarded.hostile_scores.means().is_some_and(|(score, _, _)| score > -20.0), "{guarded:?}");
         assert_eq!((guarded.honest_failed, guarded.honest_excluded), (0, 0), "{guarded:?}");
         assert!(guarded.loss < open.loss, "{guarded:?} {open:?}");
+    }
+
+    /// A copy of this round's first honest update, or of the last round's, scores like work; the
+    /// validators' copy check fails it (below `min_score`), two rounds in a row exclude its sender,
+    /// and no honest update is taken for a copy.
+    #[test]
+    fn the_copy_check_fails_and_excludes_copy_and_stale_senders_and_no_honest_worker() {
+        tch::set_num_threads(1);
+        // The stale sender has nothing to copy in round 0 (it sends a zero update, which counts
+        // without a relative threshold); from round 1 on it sends worker 0's update of the round
+        // before, which is the same update as that counted one.
+        for (attack, excluded_by, counted) in [(Attack::Copy, 1, 0), (Attack::Stale, 2, 1)] {
+            let o = sim(4, 1, 5).run(Some(attack), Defence::Validators).unwrap();
+            assert_eq!((o.hostile_copies, o.honest_copies), (2, 0), "{attack:?}: {o:?}");
+            assert_eq!(o.excluded_by, Some(excluded_by), "{attack:?}: {o:?}");
+            assert_eq!(o.byzantine_counted, counted, "{attack:?}: {o:?}");
+            assert!(o.hostile_agreement.max > 0.99, "{attack:?}: {o:?}");
+            assert!(o.honest_agreement.max < 0.8, "{attack:?}: {o:?}");
+        }
     }
 
     #[test]

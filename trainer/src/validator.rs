@@ -30,6 +30,7 @@ use verify::wire::encoded_len;
 use verify::{BlobSource, Expected};
 
 use crate::TrainerError;
+use crate::copies::CopyCheck;
 use crate::evaluate::{HeldOut, append_evaluation, evaluate_latest, has_evaluated};
 use crate::follow::{DROP_AFTER_FAILED_READS, Follower, TallyAction};
 use crate::model::Model;
@@ -109,6 +110,8 @@ pub async fn run_validator(
     let start = follower.round().0;
     events(ValidatorEvent::Joined { round: start });
     let mut judged: HashSet<EntryPos> = HashSet::new();
+    // Keyed at random: this validator's own, so no copier knows which entries its sketch samples.
+    let mut copies = CopyCheck::new(std::collections::hash_map::RandomState::new());
     let mut unreadable: HashMap<EntryPos, u32> = HashMap::new();
     // Verdicts this key wrote before a restart count as judged.
     for e in follower.reader().by_signer(&key.public()) {
@@ -122,6 +125,8 @@ pub async fn run_validator(
     loop {
         let reports = follower.sync().await?;
         for report in &reports {
+            let counted: Vec<u64> = report.counted.iter().map(|c| copy_id(c.pos)).collect();
+            copies.round_final(report.round, &counted);
             let mut forward = |e| events(ValidatorEvent::Worker(e));
             after_final(&mut follower, key, report, &mut forward).await?;
             events(ValidatorEvent::RoundApplied { round: report.round.0, counted: report.counted.len() });
@@ -199,16 +204,23 @@ pub async fn run_validator(
             let linear_share = follower.close_facts().map_or(1, |f| f.active_workers.max(1));
             let score_config =
                 ScoreConfig { linear_share: u32::try_from(linear_share).unwrap_or(u32::MAX), ..score_config };
+            // A copy of another worker's update (this round's, or last round's counted one) fails
+            // whatever it would score: it is not its sender's work.
+            let copied = verify::decode(&bytes, &expected)
+                .ok()
+                .and_then(|update| copies.check(round, copy_id(pos), verify::WorkerKey(signer.0), &update));
             let state = follower.state();
-            let scored = tokio::task::block_in_place(|| {
-                score_blob(&bytes, &expected, &mut model, state, &info.config.hyper, &data, &score_config)
-            });
-            let (score, unusable) = match scored {
-                Ok(s) => (s.score, None),
-                Err(e @ (TrainerError::Verify(_) | TrainerError::NonFinite { .. } | TrainerError::Diverged { .. })) => {
-                    (UNUSABLE_SCORE, Some(e.to_string()))
-                }
-                Err(e) => return Err(e),
+            let (score, unusable) = match copied {
+                Some(c) => (UNUSABLE_SCORE, Some(c.to_string())),
+                None => match tokio::task::block_in_place(|| {
+                    score_blob(&bytes, &expected, &mut model, state, &info.config.hyper, &data, &score_config)
+                }) {
+                    Ok(s) => (s.score, None),
+                    Err(
+                        e @ (TrainerError::Verify(_) | TrainerError::NonFinite { .. } | TrainerError::Diverged { .. }),
+                    ) => (UNUSABLE_SCORE, Some(e.to_string())),
+                    Err(e) => return Err(e),
+                },
             };
             judged.insert(pos);
             verdicts += 1;
@@ -238,6 +250,11 @@ pub async fn run_validator(
 /// `start`. `start` comes from the ledger (a snapshot can put it anywhere up to `u64::MAX`), so no sum.
 fn ran_enough(rounds: Option<u64>, start: u64, round: u64) -> bool {
     rounds.is_some_and(|n| round.saturating_sub(start) >= n)
+}
+
+/// The copy check's name for a contribution: its ledger position.
+fn copy_id(pos: EntryPos) -> u64 {
+    (pos.seq.0 << 16) | u64::from(pos.index)
 }
 
 /// Verdicts a validator writes in one ledger slot, at most: one slot per verdict would take
