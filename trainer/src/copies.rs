@@ -1,39 +1,49 @@
-//! A validator's copy check: an update that is nearly the same as another worker's update of this
-//! round, or as one counted in the round before, is a copy (a free rider's, or a stale replay of
-//! honest work), and fails whatever its loss score says.
+//! A validator's copy check: an update nearly the same as another worker's update counted in the
+//! round before (a stale replay of honest work) fails as unusable; one nearly the same as an update
+//! earlier in this round's ledger scores `min_score` (see [`copy_score`]).
 //!
 //! ```text
 //!   decoded update ──► Sketch: the 256 smallest keyed hashes of its (tensor, chunk, index, sign)
 //!                      entries (a bottom-k sketch; the key is this validator's own, random)
-//!   CopyCheck::check(worker, sketch):
-//!     the highest estimated Jaccard similarity with the sketches of other workers' updates, this
-//!     round's judged before it and last round's counted ones ──► >= COPY_SIMILARITY: a copy
+//!   CopyCheck::check(worker, sketch), a worker's first update of the round only:
+//!     the highest estimated Jaccard similarity with other workers' updates, this round's earlier
+//!     in the ledger and last round's counted ones ──► >= COPY_SIMILARITY: a copy (stale or not)
 //!   CopyCheck::round_final(round, counted): this round's counted sketches become "last round's"
 //! ```
 //!
 //! Why it is needed (docs/BENCHMARKS.md, "Copies"): a stale copy of an honest update, or a copy of
 //! this round's best one, scores like work, so neither the loss score nor the relative threshold
-//! fails it. Honest updates of different workers share some of their largest coordinates (at most
-//! 0.64 of their entries, measured), a re-encoded copy nearly all (0.97 and more).
+//! fails it. On `tiny` at 1,024 tokens a worker and round, honest updates of different workers
+//! share at most 0.65 of their entries; the copies measured share all of them.
 //!
 //! This is a validator's judgement, not consensus: every validator keys its hashes at random, so a
-//! copier cannot choose which few entries to change to slip under the sketch. What it does not
-//! catch: a copy changed in enough entries to fall under the threshold (it then carries that much
-//! less of the original), and a copy that lands in the ledger before the original in the same round
-//! (the original is then the one failed; the copier must read the honest blob and append before its
-//! author, who appends right after uploading).
+//! copier cannot choose which few entries to change to slip under the sketch. Its limits are in
+//! docs/SECURITY.md, row 40: a front-runner that recomputes or races its victim's update takes the
+//! credit for it in that round (hence `min_score`, not exclusion, for a copy within the round);
+//! blends of two updates, a worker's replay of its own update, copies of older or uncounted
+//! updates and anything across a validator restart are not caught; and the threshold is measured
+//! at small batches only.
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
 
 use verify::{Round, Update, WorkerKey};
 
+/// The score a validator gives a copy: a stale one fails as unusable (below any `min_score`,
+/// so three in a row exclude its sender); one of this round's earlier updates scores exactly
+/// `min_score`, which never counts toward exclusion and is rejected by the relative threshold
+/// (the default) when the round's median is positive, since which of the two is the copy cannot
+/// be told.
+pub fn copy_score(copied: &Copied, min_score: i64) -> i64 {
+    if copied.stale { crate::validator::UNUSABLE_SCORE } else { min_score }
+}
+
 /// Hashes kept per sketch.
 pub const SKETCH_SIZE: usize = 256;
 
 /// Estimated Jaccard similarity of two updates' entry sets at or above which the later one is a
-/// copy. Measured on `tiny` (docs/BENCHMARKS.md, "Copies"): honest pairs at most 0.64 of entries
-/// alike (Jaccard 0.47), stale and current copies 0.97 to 1 (0.94 to 1); the sketch's error at 256
+/// copy (about 86% of entries alike). Measured on `tiny` (docs/BENCHMARKS.md, "Copies"): honest
+/// pairs at most 0.65 of entries alike (Jaccard 0.48), copies 1.0; the sketch's error at 256
 /// hashes is about 0.03.
 pub const COPY_SIMILARITY: f64 = 0.75;
 
@@ -70,22 +80,32 @@ impl Sketch {
     }
 
     /// The estimated Jaccard similarity of the two entry sets (0 to 1): among the smallest
-    /// [`SKETCH_SIZE`] hashes of the union, the share in both sketches.
+    /// [`SKETCH_SIZE`] hashes of the union, the share in both sketches (a merge of the two sorted
+    /// sketches).
     pub fn similarity(&self, other: &Sketch) -> f64 {
-        let mine: HashSet<u64> = self.0.iter().copied().collect();
-        let theirs: HashSet<u64> = other.0.iter().copied().collect();
-        let mut union: Vec<u64> = mine.union(&theirs).copied().collect();
-        union.sort_unstable();
-        union.truncate(SKETCH_SIZE);
-        if union.is_empty() {
-            return 0.0;
+        let (a, b) = (&self.0, &other.0);
+        let (mut i, mut j, mut taken, mut both) = (0, 0, 0usize, 0usize);
+        while taken < SKETCH_SIZE && (i < a.len() || j < b.len()) {
+            match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if x == y => {
+                    both += 1;
+                    i += 1;
+                    j += 1;
+                }
+                (Some(x), Some(y)) if x < y => i += 1,
+                (Some(_), None) => i += 1,
+                _ => j += 1,
+            }
+            taken += 1;
         }
-        let both = union.iter().filter(|h| mine.contains(h) && theirs.contains(h)).count();
-        both as f64 / union.len() as f64
+        if taken == 0 { 0.0 } else { both as f64 / taken as f64 }
     }
 }
 
-/// What a copy was found to copy.
+/// What a copy was found to copy. A copy of the round before's counted update (`stale`) is
+/// unambiguous: its original was final before it could be sent. A copy of this round's earlier
+/// update is not: the earlier one in the ledger may be the copy (a front-runner that recomputed or
+/// raced its victim's update), so a validator fails it without excluding anyone.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Copied {
     /// The worker whose update it matches.
@@ -94,14 +114,17 @@ pub struct Copied {
     pub round: Round,
     /// The estimated similarity.
     pub similarity: f64,
+    /// Whether the original is the round before's.
+    pub stale: bool,
 }
 
 impl std::fmt::Display for Copied {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let worker: String = self.of.0.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let which = if self.stale { "counted" } else { "earlier" };
         write!(
             f,
-            "a copy: {:.0}% alike with the update of worker {worker}.. in round {}",
+            "a copy: {:.0}% alike (Jaccard) with the {which} update of worker {worker}.. in round {}",
             100.0 * self.similarity,
             self.round.0
         )
@@ -129,9 +152,12 @@ impl<K: BuildHasher> CopyCheck<K> {
         CopyCheck { key, round: None, current: Vec::new(), previous: Vec::new(), previous_round: None }
     }
 
-    /// Judges `update` of `worker` in `round` (`id`: the caller's name for it, unique in the
-    /// round): the closest other worker's update, if at or above [`COPY_SIMILARITY`]. The update
-    /// is remembered for the rest of the round either way.
+    /// Judges `update` of `worker` in `round` (`id`: the caller's name for it, increasing in
+    /// ledger order): the closest other worker's update, among this round's with a lower id and
+    /// the round before's counted ones, if at or above [`COPY_SIMILARITY`]. Only a worker's first
+    /// update of the round is judged and remembered (a second one never counts, and must not
+    /// serve as the original that fails someone else's); a copy is not remembered either. The
+    /// caller passes only updates that can count (not an excluded worker's).
     pub fn check(&mut self, round: Round, id: u64, worker: WorkerKey, update: &Update) -> Option<Copied> {
         if self.round != Some(round) {
             // A round this check did not see end (or the first): nothing of it is comparable.
@@ -141,18 +167,30 @@ impl<K: BuildHasher> CopyCheck<K> {
                 self.previous.clear();
             }
         }
+        if self.current.iter().any(|(_, w, _)| *w == worker) {
+            return None;
+        }
         let sketch = Sketch::of(update, &self.key);
         let previous_round = self.previous_round.unwrap_or(Round(0));
         let closest = self
             .current
             .iter()
-            .map(|(_, w, s)| (w, round, s))
-            .chain(self.previous.iter().map(|(w, s)| (w, previous_round, s)))
+            .filter(|(earlier, _, _)| *earlier < id)
+            .map(|(_, w, s)| (w, false, s))
+            .chain(self.previous.iter().map(|(w, s)| (w, true, s)))
             .filter(|(w, _, _)| **w != worker)
-            .map(|(w, r, s)| Copied { of: *w, round: r, similarity: sketch.similarity(s) })
-            .max_by(|a, b| a.similarity.total_cmp(&b.similarity));
-        self.current.push((id, worker, sketch));
-        closest.filter(|c| c.similarity >= COPY_SIMILARITY)
+            .map(|(w, stale, s)| Copied {
+                of: *w,
+                round: if stale { previous_round } else { round },
+                similarity: sketch.similarity(s),
+                stale,
+            })
+            .max_by(|a, b| a.similarity.total_cmp(&b.similarity))
+            .filter(|c| c.similarity >= COPY_SIMILARITY);
+        if closest.is_none() {
+            self.current.push((id, worker, sketch));
+        }
+        closest
     }
 
     /// `round` became final with the updates named `counted` (the ids given to
@@ -252,13 +290,20 @@ mod tests {
         // A worker's own update sent twice is not a copy of anyone.
         assert_eq!(check.check(Round(0), 12, a, &ua), None);
         let copied = check.check(Round(0), 13, c, &ua).unwrap();
-        assert_eq!((copied.of, copied.round), (a, Round(0)));
+        assert_eq!((copied.of, copied.round, copied.stale), (a, Round(0), false));
         assert!(copied.similarity > 0.99);
+        // Only updates earlier in the ledger are originals: one judged late (its blob was not
+        // readable at first) is not failed for matching a later one.
+        let d = WorkerKey([4; 32]);
+        assert_eq!(check.check(Round(0), 9, d, &ub), None);
         check.round_final(Round(0), &[10, 11]);
         // Round 1: c replays b's counted update of round 0 (stale); a does new work.
         assert_eq!(check.check(Round(1), 20, a, &honest(2)), None);
         let stale = check.check(Round(1), 21, c, &ub).unwrap();
-        assert_eq!((stale.of, stale.round), (b, Round(0)));
+        assert_eq!((stale.of, stale.round, stale.stale), (b, Round(0), true));
+        // A copy is not remembered as an original: a third copy of b's is b's copy, not c's.
+        let e = WorkerKey([5; 32]);
+        assert_eq!(check.check(Round(1), 22, e, &ub).map(|c| c.of), Some(b));
         check.round_final(Round(1), &[20]);
         // A round not seen to its end leaves nothing to compare with.
         check.round_final(Round(5), &[]);

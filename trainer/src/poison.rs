@@ -40,7 +40,7 @@ use std::str::FromStr;
 use tch::{Device, Tensor};
 use verify::{Header, Round, RunConfig, State, WorkerKey};
 
-use crate::copies::CopyCheck;
+use crate::copies::{CopyCheck, copy_score};
 use crate::data::Dataset;
 use crate::demo::DemoState;
 use crate::error::TrainerError;
@@ -408,16 +408,17 @@ impl PoisonSim {
                     out.honest_agreement.add(closest)
                 }
                 let copied = match defence {
-                    Defence::Validators => copies.check(round, i as u64, me, &update).is_some(),
-                    Defence::Aggregation => false,
+                    Defence::Validators => copies.check(round, i as u64, me, &update),
+                    Defence::Aggregation => None,
                 };
-                if copied {
+                if copied.is_some() {
                     if hostile { out.hostile_copies += 1 } else { out.honest_copies += 1 }
                 }
-                let score = match defence {
-                    // A copy fails whatever it would score, as `cairn validate` fails it.
-                    Defence::Validators if copied => Some(UNUSABLE_SCORE),
-                    Defence::Validators => {
+                let score = match (defence, copied) {
+                    // A copy scores as `cairn validate` scores it.
+                    (Defence::Validators, Some(c)) => Some(copy_score(&c, rules.min_score)),
+                    (Defence::Aggregation, _) => None,
+                    (Defence::Validators, None) => {
                         let scored =
                             score_blob(&blob, &expected, &mut scorer, &state, hyper, &self.data, &score_config);
                         if let Ok(s) = &scored {
@@ -426,7 +427,6 @@ impl PoisonSim {
                         // what the validator writes for an update it cannot score
                         Some(scored.map_or(UNUSABLE_SCORE, |s| s.score))
                     }
-                    Defence::Aggregation => None,
                 };
                 sent.push((i, hostile, update, score));
             }
@@ -584,23 +584,27 @@ mod tests {
         assert!(guarded.loss < open.loss, "{guarded:?} {open:?}");
     }
 
-    /// A copy of this round's first honest update, or of the last round's, scores like work; the
-    /// validators' copy check fails it (below `min_score`), two rounds in a row exclude its sender,
-    /// and no honest update is taken for a copy.
+    /// A copy of the last round's counted update (stale) or of this round's first honest one scores
+    /// like work. The validators' copy check fails a stale one below `min_score`, so two in a row
+    /// exclude its sender; this round's copy scores exactly `min_score` (which of the two is the
+    /// copy cannot be told), so the relative threshold rejects it every round and nobody is
+    /// excluded. No honest update is taken for a copy.
     #[test]
-    fn the_copy_check_fails_and_excludes_copy_and_stale_senders_and_no_honest_worker() {
+    fn the_copy_check_fails_stale_senders_and_rejects_copies_without_excluding() {
         tch::set_num_threads(1);
         // The stale sender has nothing to copy in round 0 (it sends a zero update, which counts
         // without a relative threshold); from round 1 on it sends worker 0's update of the round
         // before, which is the same update as that counted one.
-        for (attack, excluded_by, counted) in [(Attack::Copy, 1, 0), (Attack::Stale, 2, 1)] {
-            let o = sim(4, 1, 5).run(Some(attack), Defence::Validators).unwrap();
-            assert_eq!((o.hostile_copies, o.honest_copies), (2, 0), "{attack:?}: {o:?}");
-            assert_eq!(o.excluded_by, Some(excluded_by), "{attack:?}: {o:?}");
-            assert_eq!(o.byzantine_counted, counted, "{attack:?}: {o:?}");
-            assert!(o.hostile_agreement.max > 0.99, "{attack:?}: {o:?}");
-            assert!(o.honest_agreement.max < 0.8, "{attack:?}: {o:?}");
-        }
+        let stale = sim(4, 1, 5).run(Some(Attack::Stale), Defence::Validators).unwrap();
+        assert_eq!((stale.hostile_copies, stale.honest_copies), (2, 0), "{stale:?}");
+        assert_eq!((stale.excluded_by, stale.byzantine_counted), (Some(2), 1), "{stale:?}");
+        assert!(stale.hostile_agreement.max > 0.99 && stale.honest_agreement.max < 0.8, "{stale:?}");
+        let copy = sim_with(4, 1, 5, 25).run(Some(Attack::Copy), Defence::Validators).unwrap();
+        assert_eq!((copy.hostile_copies, copy.honest_copies), (5, 0), "{copy:?}");
+        assert_eq!((copy.excluded_by, copy.byzantine_counted, copy.byzantine_failed), (None, 0, 5), "{copy:?}");
+        // Without the relative threshold the same copy scores min_score and counts.
+        let unguarded = sim(4, 1, 5).run(Some(Attack::Copy), Defence::Validators).unwrap();
+        assert_eq!((unguarded.hostile_copies, unguarded.byzantine_counted), (5, 5), "{unguarded:?}");
     }
 
     #[test]

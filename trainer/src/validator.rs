@@ -30,7 +30,7 @@ use verify::wire::encoded_len;
 use verify::{BlobSource, Expected};
 
 use crate::TrainerError;
-use crate::copies::CopyCheck;
+use crate::copies::{CopyCheck, copy_score};
 use crate::evaluate::{HeldOut, append_evaluation, evaluate_latest, has_evaluated};
 use crate::follow::{DROP_AFTER_FAILED_READS, Follower, TallyAction};
 use crate::model::Model;
@@ -206,12 +206,18 @@ pub async fn run_validator(
                 ScoreConfig { linear_share: u32::try_from(linear_share).unwrap_or(u32::MAX), ..score_config };
             // A copy of another worker's update (this round's, or last round's counted one) fails
             // whatever it would score: it is not its sender's work.
-            let copied = verify::decode(&bytes, &expected)
-                .ok()
-                .and_then(|update| copies.check(round, copy_id(pos), verify::WorkerKey(signer.0), &update));
+            // An excluded worker's contribution never counts: neither judged as a copy nor kept
+            // as an original.
+            let worker = verify::WorkerKey(signer.0);
+            let copied = match follower.rule().excluded_in(&worker, round) {
+                Some(_) => None,
+                None => verify::decode(&bytes, &expected)
+                    .ok()
+                    .and_then(|update| copies.check(round, copy_id(pos), worker, &update)),
+            };
             let state = follower.state();
             let (score, unusable) = match copied {
-                Some(c) => (UNUSABLE_SCORE, Some(c.to_string())),
+                Some(c) => (copy_score(&c, info.config.exclusion.min_score), Some(c.to_string())),
                 None => match tokio::task::block_in_place(|| {
                     score_blob(&bytes, &expected, &mut model, state, &info.config.hyper, &data, &score_config)
                 }) {
