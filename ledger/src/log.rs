@@ -759,11 +759,6 @@ impl Reader {
                     (Validity::Void(_), _) => !before_opening(e.pos),
                 }
         };
-        let dropped_below =
-            self.entries.iter().filter(|e| !keep(e)).map(|e| e.pos.seq.next().unwrap_or(e.pos.seq)).max();
-        if let Some(seq) = dropped_below {
-            self.complete_from = self.complete_from.max(seq);
-        }
         // kept_before[i]: how many of the first i entries are kept, to map the slots' ranges.
         let mut kept_before = Vec::with_capacity(self.entries.len() + 1);
         kept_before.push(0usize);
@@ -771,6 +766,8 @@ impl Reader {
         for e in std::mem::take(&mut self.entries) {
             if keep(&e) {
                 kept.push(e);
+            } else {
+                self.complete_from = self.complete_from.max(e.pos.seq.next().unwrap_or(e.pos.seq));
             }
             kept_before.push(kept.len());
         }

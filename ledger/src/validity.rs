@@ -393,9 +393,10 @@ impl LedgerState {
             }
             Body::Attestation(a) => {
                 let org = self.organisation(&entry.signer()).unwrap_or_default().to_string();
-                self.rounds.attest(pos, &org, a);
                 // A final result opens the next round: the horizon may have moved.
-                self.forget_outside_window();
+                if self.rounds.attest(pos, &org, a).is_some() {
+                    self.forget_outside_window();
+                }
             }
             Body::RosterChange(rc) => {
                 self.roster_epoch += 1;

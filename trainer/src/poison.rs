@@ -12,7 +12,8 @@
 //!                         encoder (a member that signs whatever it likes still has to send bytes
 //!                         the decoder accepts: its header binds the round and the base)
 //!       every blob ─▶ verify::decode (what any receiver does)
-//!       validators:       score_blob (the validator's code) for every blob of the round, then
+//!       validators:       the copy check, then score (the validator's code) for every update
+//!                         of the round, then
 //!                         failed if score < ExclusionRules::threshold(the round's scores) (the
 //!                         round rule's threshold: min_score, or a share of the median);
 //!                         a worker below min_score itself in max_failures contributed rounds in
@@ -47,7 +48,7 @@ use crate::error::TrainerError;
 use crate::local::LocalSteps;
 use crate::model::{Model, init_state};
 use crate::run_spec::TrainSpec;
-use crate::score::{ScoreConfig, score_blob};
+use crate::score::{ScoreConfig, score};
 use crate::step::{AdamWConfig, StepConfig, eval_loss};
 use crate::validator::UNUSABLE_SCORE;
 use crate::worker::train_direction;
@@ -419,8 +420,7 @@ impl PoisonSim {
                     (Defence::Validators, Some(c)) => Some(copy_score(&c, rules.min_score)),
                     (Defence::Aggregation, _) => None,
                     (Defence::Validators, None) => {
-                        let scored =
-                            score_blob(&blob, &expected, &mut scorer, &state, hyper, &self.data, &score_config);
+                        let scored = score(&mut scorer, &state, &update, hyper, &self.data, &score_config);
                         if let Ok(s) = &scored {
                             if hostile { out.hostile_scores.add(s) } else { out.honest_scores.add(s) }
                         }
@@ -433,7 +433,7 @@ impl PoisonSim {
             // One validator: its scores on the round are the round's scores.
             let scores: Vec<i64> = sent.iter().filter_map(|(_, _, _, score)| *score).collect();
             let threshold = rules.threshold(&scores);
-            let mut counted = Vec::new();
+            let (mut counted, mut counted_workers) = (Vec::new(), Vec::new());
             for (i, hostile, update, score) in sent {
                 if let Some(score) = score {
                     // Only a score below min_score counts toward exclusion (the round rule's
@@ -463,16 +463,16 @@ impl PoisonSim {
                 if hostile {
                     out.byzantine_counted += 1;
                 }
-                counted.push((i, update));
+                counted.push(update);
+                counted_workers.push(i);
             }
             previous_first_honest = first_honest;
             if !counted.is_empty() {
-                let updates: Vec<verify::Update> = counted.iter().map(|(_, u)| u.clone()).collect();
-                verify::apply(&mut state, round, &updates, hyper)?;
+                verify::apply(&mut state, round, &counted, hyper)?;
             }
-            let counted_ids: Vec<u64> = counted.iter().map(|(i, _)| *i as u64).collect();
+            let counted_ids: Vec<u64> = counted_workers.iter().map(|i| *i as u64).collect();
             copies.round_final(round, &counted_ids);
-            previous_counted = counted;
+            previous_counted = counted_workers.into_iter().zip(counted).collect();
             model.load_state(&state)?;
         }
         out.loss = eval_loss(&model, &self.eval, 16)?;

@@ -34,7 +34,7 @@ use crate::copies::{CopyCheck, copy_score};
 use crate::evaluate::{HeldOut, append_evaluation, evaluate_latest, has_evaluated};
 use crate::follow::{DROP_AFTER_FAILED_READS, Follower, TallyAction};
 use crate::model::Model;
-use crate::score::{ScoreConfig, score_blob};
+use crate::score::{ScoreConfig, score};
 use crate::worker::{WorkerEvent, after_final};
 
 /// The score a validator records for an update that does not decode for its claimed round, base
@@ -209,24 +209,28 @@ pub async fn run_validator(
             // An excluded worker's contribution never counts: neither judged as a copy nor kept
             // as an original.
             let worker = verify::WorkerKey(signer.0);
-            let copied = match follower.rule().excluded_in(&worker, round) {
-                Some(_) => None,
-                None => verify::decode(&bytes, &expected)
-                    .ok()
-                    .and_then(|update| copies.check(round, copy_id(pos), worker, &update)),
-            };
             let state = follower.state();
-            let (score, unusable) = match copied {
-                Some(c) => (copy_score(&c, info.config.exclusion.min_score), Some(c.to_string())),
-                None => match tokio::task::block_in_place(|| {
-                    score_blob(&bytes, &expected, &mut model, state, &info.config.hyper, &data, &score_config)
-                }) {
-                    Ok(s) => (s.score, None),
-                    Err(
-                        e @ (TrainerError::Verify(_) | TrainerError::NonFinite { .. } | TrainerError::Diverged { .. }),
-                    ) => (UNUSABLE_SCORE, Some(e.to_string())),
-                    Err(e) => return Err(e),
-                },
+            let scored = verify::decode(&bytes, &expected).map_err(TrainerError::from).and_then(|update| {
+                let copied = match follower.rule().excluded_in(&worker, round) {
+                    Some(_) => None,
+                    None => copies.check(round, copy_id(pos), worker, &update),
+                };
+                Ok(match copied {
+                    Some(c) => (copy_score(&c, info.config.exclusion.min_score), Some(c.to_string())),
+                    None => {
+                        let s = tokio::task::block_in_place(|| {
+                            score(&mut model, state, &update, &info.config.hyper, &data, &score_config)
+                        })?;
+                        (s.score, None)
+                    }
+                })
+            });
+            let (score, unusable) = match scored {
+                Ok(scored) => scored,
+                Err(e @ (TrainerError::Verify(_) | TrainerError::NonFinite { .. } | TrainerError::Diverged { .. })) => {
+                    (UNUSABLE_SCORE, Some(e.to_string()))
+                }
+                Err(e) => return Err(e),
             };
             judged.insert(pos);
             verdicts += 1;
