@@ -355,7 +355,11 @@ impl Reader {
         let ours = Checkpoint {
             run_id: self.run_id(),
             size,
-            root: self.root_at(size).ok_or(LedgerError::LogTooShort { head: self.next_seq(), needed: size })?,
+            root: self.root_at(size).ok_or(LedgerError::NotHeld {
+                from: 0,
+                to: size,
+                kept_from: self.leaves_from().0,
+            })?,
         };
         let signed = SignedCheckpoint::sign(ours, key);
         let object_key = checkpoint_key(size, &key.public());
@@ -442,7 +446,7 @@ impl Reader {
                 by_size.entry(size).or_default().push(signer);
             }
         }
-        let log_len = self.leaves().len() as u64;
+        let log_len = self.next_seq().0;
         let mut beyond_log = 0usize;
         let mut found = None;
         for (&size, signers) in by_size.iter().rev() {
@@ -517,10 +521,10 @@ impl Reader {
     /// Reads until at least `size` slots are read; a trusted checkpoint that covers more slots
     /// than exist means some were deleted.
     async fn catch_up_to(&mut self, size: u64) -> Result<()> {
-        if (self.leaves().len() as u64) < size {
+        if self.next_seq().0 < size {
             self.poll().await?;
         }
-        if (self.leaves().len() as u64) < size {
+        if self.next_seq().0 < size {
             return Err(LedgerError::LogTooShort { head: self.next_seq(), needed: size });
         }
         Ok(())
@@ -530,8 +534,10 @@ impl Reader {
     /// slots to name the one that changed.
     async fn verify_against_log(&mut self, cp: &Checkpoint) -> Result<()> {
         self.catch_up_to(cp.size).await?;
-        if self.root_at(cp.size) == Some(cp.root) {
-            return Ok(());
+        match self.root_at(cp.size) {
+            Some(root) if root == cp.root => return Ok(()),
+            Some(_) => {}
+            None => return Err(LedgerError::NotHeld { from: 0, to: cp.size, kept_from: self.leaves_from().0 }),
         }
         // Either the slots changed under us (named by the audit) or the checkpoint was signed
         // over a history this reader never saw.

@@ -183,14 +183,14 @@ pub fn write_parquet<W: Write + Send>(reader: &Reader, out: W) -> Result<ExportS
 }
 
 /// Writes the export of slots `from..to` to `out`. Fails with [`LedgerError::NotHeld`] unless
-/// the reader read them all and still holds every entry of them.
+/// the reader read them all and still holds every entry of them and the tree of `to` slots.
 pub fn write_parquet_part<W: Write + Send>(reader: &Reader, from: u64, to: u64, out: W) -> Result<ExportSummary> {
     let kept_from = reader.complete_from().0;
-    if from > to || from < kept_from || to > reader.next_seq().0 {
-        return Err(LedgerError::NotHeld { from, to, kept_from });
-    }
-    let summary =
-        ExportSummary { rows: 0, from, size: to, root: reader.root_at(to).unwrap_or_else(crate::merkle::empty_root) };
+    // `root_at` is `None` beyond the slots read and below the tree still held.
+    let Some(root) = reader.root_at(to).filter(|_| kept_from <= from && from <= to) else {
+        return Err(LedgerError::NotHeld { from, to, kept_from: kept_from.max(reader.leaves_from().0) });
+    };
+    let summary = ExportSummary { rows: 0, from, size: to, root };
     let metadata = [
         ("cairn.export_version", EXPORT_VERSION.to_string()),
         ("cairn.run_id", reader.run_id().to_string()),

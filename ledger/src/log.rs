@@ -429,7 +429,8 @@ pub struct Reader {
     pub(crate) slots: Vec<SlotRecord>,
     /// The entries read, less those [`Reader::forget_before`] dropped.
     pub(crate) entries: Vec<LoggedEntry>,
-    /// Every slot's Merkle leaf with the complete subtrees, for roots and proofs in O(log² n).
+    /// The slots' Merkle leaves with the complete subtrees, for roots and proofs in O(log² n); below
+    /// the slot where the forgotten rounds end, only what roots of later sizes need.
     tree: merkle::Subtrees,
     /// Entries of rounds before this one were forgotten (see [`Reader::forget_before`]).
     forgotten_before: Round,
@@ -496,10 +497,14 @@ impl Reader {
     }
 
     /// What to remember for [`Reader::replay_from_witness`]: the verified checkpoint and the
-    /// leaves it covers.
+    /// leaves it covers. `None` without a checkpoint, or when some of those leaves were forgotten
+    /// ([`Reader::forget_before`]; an auditor never forgets).
     pub fn witness(&self) -> Option<Witness> {
         let checkpoint = self.trusted.clone()?;
         let size = usize::try_from(checkpoint.checkpoint.size).ok()?;
+        if self.tree.leaves_from() > 0 {
+            return None;
+        }
         let leaves = self.leaves().get(..size)?.to_vec();
         Some(Witness { checkpoint, leaves })
     }
@@ -655,11 +660,13 @@ impl Reader {
             return Ok(());
         }
         let size = trusted.checkpoint.size;
-        let first_rewritten = self.remembered.iter().zip(self.leaves()).position(|(was, now)| was != now);
+        // Nothing is forgotten before this check passes (see `forget_before`), so every leaf is held.
+        let first_rewritten =
+            self.remembered.iter().enumerate().position(|(i, was)| self.tree.leaf(i).is_some_and(|now| now != *was));
         if let Some(i) = first_rewritten {
             return Err(LedgerError::Tampered { seq: Seq(i as u64), how: Tamper::Rewritten, checkpoint_size: size });
         }
-        if (self.leaves().len() as u64) < size {
+        if self.next_seq().0 < size {
             return Err(LedgerError::Tampered { seq: self.next_seq(), how: Tamper::Deleted, checkpoint_size: size });
         }
         if self.root_at(size) != Some(trusted.checkpoint.root) {
@@ -670,14 +677,15 @@ impl Reader {
         Ok(())
     }
 
-    /// Re-reads every slot already read (forgotten ones included: their leaves are kept) and
-    /// compares it with what was read before: a slot that was deleted or rewritten since (by a
-    /// member with write access) is named.
+    /// Re-reads every slot whose leaf is held (every slot read, unless [`Reader::forget_before`]
+    /// dropped the oldest) and compares it with what was read before: a slot that was deleted or
+    /// rewritten since (by a member with write access) is named.
     pub async fn audit(&self) -> Result<()> {
         let checkpoint_size = self.trusted.as_ref().map_or(0, |c| c.checkpoint.size);
         let store = self.store.clone();
+        let from = self.tree.leaves_from();
         let mut fetched = std::pin::pin!(
-            futures::stream::iter(self.leaves().iter().enumerate().map(|(i, leaf)| (Seq(i as u64), *leaf)))
+            futures::stream::iter(self.leaves().iter().enumerate().map(|(i, leaf)| (Seq((from + i) as u64), *leaf)))
                 .map(|(seq, leaf)| {
                     let store = store.clone();
                     async move { read_slot(&store, seq).await.map(|obj| (seq, leaf, obj)) }
@@ -713,7 +721,7 @@ impl Reader {
 
     /// The next slot to read (the number of slots read).
     pub fn next_seq(&self) -> Seq {
-        Seq(self.leaves().len() as u64)
+        Seq(self.tree.len() as u64)
     }
 
     /// Every slot read, in order (less those [`Reader::forget_before`] dropped).
@@ -736,10 +744,13 @@ impl Reader {
     /// nothing in slots at or after `keep_from` is dropped (what the participant must still
     /// export). It never goes past the validity rule's horizon (see [`LedgerState::horizon`]): in
     /// a run without a window it drops nothing. Dropped: accepted entries of rounds before the
-    /// horizon, void entries from before the horizon round opened, and slot records left without
-    /// entries. Kept: the genesis and roster changes, and every slot's Merkle leaf (roots, proofs,
-    /// [`Reader::audit`] and [`Reader::witness`] still cover the whole log). An auditor never
-    /// calls it. Costs one pass over the entries held, when the horizon has moved.
+    /// horizon, void entries from before the horizon round opened, slot records left without
+    /// entries, and the Merkle leaves and nodes that only trees ending before the horizon round
+    /// opened (or before `keep_from`, or the trusted checkpoint) need: roots, proofs and
+    /// checkpoints of sizes from there on still work; older ones answer `None`, and
+    /// [`Reader::audit`] re-reads only the slots whose leaves are held. Kept: the genesis and
+    /// roster changes. An auditor never calls it. Costs one pass over the entries held, when the
+    /// horizon has moved.
     pub fn forget_before(&mut self, round: Round, keep_from: Seq) {
         let horizon = round.min(self.state.horizon());
         // Nothing new to drop unless the horizon or the start of what must stay moved on.
@@ -784,6 +795,16 @@ impl Reader {
             self.complete_from = self.complete_from.max(seq);
         }
         self.slots.retain(held);
+        // The tree keeps what checkpoints from the horizon round's opening on need, what the
+        // export part still to publish needs, and all of it until a remembered checkpoint is
+        // checked (`check_trusted_prefix` compares every leaf).
+        let trusted_floor = match &self.trusted {
+            Some(_) if !self.trusted_prefix_ok => 0,
+            Some(t) => t.checkpoint.size,
+            None => u64::MAX,
+        };
+        let floor = opened.map_or(0, |o| o.seq.0).min(keep_from.0).min(trusted_floor);
+        self.tree.forget_below(usize::try_from(floor).unwrap_or(usize::MAX));
         self.by_round.clear();
         self.by_signer.clear();
         for i in 0..self.entries.len() {
@@ -807,12 +828,19 @@ impl Reader {
         self.by_signer.get(key).into_iter().flatten().filter_map(|&i| self.entries.get(i))
     }
 
-    /// The Merkle leaf hashes of the slots read (all of them, forgotten or not).
+    /// The Merkle leaf hashes of the slots read from [`Reader::leaves_from`] on: every slot, unless
+    /// [`Reader::forget_before`] dropped the oldest.
     pub fn leaves(&self) -> &[Hash] {
         self.tree.leaves()
     }
 
-    /// The Merkle root over the first `size` slots, if that many were read.
+    /// The first slot whose leaf [`Reader::leaves`] holds (0 for a reader that never forgot).
+    pub fn leaves_from(&self) -> Seq {
+        Seq(self.tree.leaves_from() as u64)
+    }
+
+    /// The Merkle root over the first `size` slots, if that many were read (and, after
+    /// [`Reader::forget_before`], the tree of that size is still held).
     pub fn root_at(&self, size: u64) -> Option<Hash> {
         self.tree.root(usize::try_from(size).ok()?)
     }

@@ -224,29 +224,58 @@ pub fn verify_consistency(old_size: u64, old_root: &Hash, new_size: u64, new_roo
 /// roots of leaves `i*2^k .. (i+1)*2^k`. Every node of the tree over a prefix of the leaves is
 /// one of these or a fold of O(log n) of them, so roots and proofs cost O(log² n) hashes instead
 /// of the O(n) of [`root`] and [`inclusion_proof`] over the bare leaves (same results).
+///
+/// [`Subtrees::forget_below`] drops what only trees smaller than a floor `f` need: at level `k` it
+/// keeps the nodes from index `f/2^k - 1` on. That is every node a root, an inclusion proof or a
+/// consistency proof touches when the sizes and the leaf index are at least `f` (each is folded
+/// from aligned nodes that start at or after the last aligned block below `f`), so the memory is
+/// the leaves since the floor, twice over, plus one node per level.
 #[derive(Debug, Clone, Default)]
 pub struct Subtrees {
-    levels: Vec<Vec<Hash>>,
+    /// Per level: the index of its first node held, and the nodes held from there on.
+    levels: Vec<(usize, Vec<Hash>)>,
+    /// Every leaf ever pushed.
+    len: usize,
+    /// Roots and proofs need sizes (and leaf indices) at least this (see [`Subtrees::forget_below`]).
+    floor: usize,
 }
 
 impl Subtrees {
-    /// The leaves pushed so far, in order.
+    /// The leaves held, in order: every leaf pushed from [`Subtrees::leaves_from`] on.
     pub fn leaves(&self) -> &[Hash] {
-        self.levels.first().map_or(&[], Vec::as_slice)
+        self.levels.first().map_or(&[], |(_, l)| l.as_slice())
+    }
+
+    /// The index of the first leaf held (0 unless [`Subtrees::forget_below`] dropped some).
+    pub fn leaves_from(&self) -> usize {
+        self.levels.first().map_or(0, |(first, _)| *first)
+    }
+
+    /// The leaf at `index`, if held.
+    pub fn leaf(&self, index: usize) -> Option<Hash> {
+        self.get(0, index)
     }
 
     /// Appends a leaf (amortised O(1) hashes).
     pub fn push(&mut self, leaf: Hash) {
+        self.len += 1;
         let mut hash = leaf;
         let mut k = 0;
         loop {
             if self.levels.len() == k {
-                self.levels.push(Vec::new());
+                self.levels.push((0, Vec::new()));
             }
-            let level = &mut self.levels[k];
+            let (first, level) = &mut self.levels[k];
             level.push(hash);
+            // A node pairs with its left neighbour when its index is odd; that neighbour is
+            // always held (it is at or after the floor's block, see `forget_below`).
+            let index = *first + level.len() - 1;
             let n = level.len();
-            if n % 2 == 1 {
+            if index % 2 == 0 {
+                return;
+            }
+            debug_assert!(n >= 2, "the left neighbour of node {index} at level {k} was forgotten");
+            if n < 2 {
                 return;
             }
             hash = node_hash(&level[n - 2], &level[n - 1]);
@@ -254,92 +283,122 @@ impl Subtrees {
         }
     }
 
-    /// Number of leaves.
+    /// Drops the leaves and nodes that only roots of fewer than `floor` leaves, or proofs for
+    /// leaves below `floor`, need; those then answer `None`. A floor never moves back (a lower
+    /// one does nothing); one above the leaves pushed is taken as their number.
+    pub fn forget_below(&mut self, floor: usize) {
+        let floor = floor.min(self.len);
+        if floor <= self.floor {
+            return;
+        }
+        self.floor = floor;
+        for (k, (first, level)) in self.levels.iter_mut().enumerate() {
+            let keep_from = (floor >> k).saturating_sub(1);
+            if keep_from > *first {
+                let drop = (keep_from - *first).min(level.len());
+                level.drain(..drop);
+                *first += drop;
+            }
+        }
+    }
+
+    /// Number of leaves pushed (held or not).
     pub fn len(&self) -> usize {
-        self.levels.first().map_or(0, Vec::len)
+        self.len
     }
 
     /// Whether there is no leaf.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
+    }
+
+    /// The node at `index` of level `k`, if held.
+    fn get(&self, k: usize, index: usize) -> Option<Hash> {
+        let (first, level) = self.levels.get(k)?;
+        level.get(index.checked_sub(*first)?).copied()
     }
 
     /// The node over leaves `start .. start + len`, a node of the tree over a prefix (so `start` is
-    /// a multiple of every power of two up to `len`, and the range is within the leaves).
-    fn node(&self, start: usize, len: usize) -> Hash {
+    /// a multiple of every power of two up to `len`, and the range is within the leaves). `None`
+    /// when a node it needs is not held (never for the sizes the public methods accept; a wrong
+    /// answer would be signed into checkpoints, so a gap is reported, not papered over).
+    fn node(&self, start: usize, len: usize) -> Option<Hash> {
         if len == 0 {
-            return empty_root();
+            return Some(empty_root());
         }
         if len.is_power_of_two() && start.is_multiple_of(len) {
-            let level = len.trailing_zeros() as usize;
-            if let Some(h) = self.levels.get(level).and_then(|l| l.get(start / len)) {
-                return *h;
+            if let Some(h) = self.get(len.trailing_zeros() as usize, start / len) {
+                return Some(h);
+            }
+            if len == 1 {
+                return None;
             }
         }
-        if len == 1 {
-            // Unreachable for a range within the leaves; a neutral answer rather than a panic.
-            return empty_root();
-        }
         let k = split(len);
-        node_hash(&self.node(start, k), &self.node(start + k, len - k))
+        Some(node_hash(&self.node(start, k)?, &self.node(start + k, len - k)?))
     }
 
     /// The root over the first `size` leaves.
     pub fn root(&self, size: usize) -> Option<Hash> {
-        (size <= self.len()).then(|| self.node(0, size))
+        if size < self.floor || size > self.len {
+            return None;
+        }
+        self.node(0, size)
     }
 
     /// Like [`inclusion_proof`] over the first `size` leaves.
     pub fn inclusion_proof(&self, index: usize, size: usize) -> Option<Vec<Hash>> {
-        if index >= size || size > self.len() {
+        if index >= size || size > self.len || index < self.floor {
             return None;
         }
         let mut out = Vec::new();
-        self.path(index, 0, size, &mut out);
+        self.path(index, 0, size, &mut out)?;
         Some(out)
     }
 
-    fn path(&self, m: usize, start: usize, len: usize, out: &mut Vec<Hash>) {
+    fn path(&self, m: usize, start: usize, len: usize, out: &mut Vec<Hash>) -> Option<()> {
         if len <= 1 {
-            return;
+            return Some(());
         }
         let k = split(len);
         if m < k {
-            self.path(m, start, k, out);
-            out.push(self.node(start + k, len - k));
+            self.path(m, start, k, out)?;
+            out.push(self.node(start + k, len - k)?);
         } else {
-            self.path(m - k, start + k, len - k, out);
-            out.push(self.node(start, k));
+            self.path(m - k, start + k, len - k, out)?;
+            out.push(self.node(start, k)?);
         }
+        Some(())
     }
 
     /// Like [`consistency_proof`] from the first `old_size` leaves to the first `size`.
     pub fn consistency_proof(&self, old_size: usize, size: usize) -> Option<Vec<Hash>> {
-        if old_size > size || size > self.len() {
+        if old_size > size || size > self.len || old_size < self.floor {
             return None;
         }
         let mut out = Vec::new();
         if old_size > 0 && old_size < size {
-            self.subproof(old_size, 0, size, true, &mut out);
+            self.subproof(old_size, 0, size, true, &mut out)?;
         }
         Some(out)
     }
 
-    fn subproof(&self, m: usize, start: usize, n: usize, whole: bool, out: &mut Vec<Hash>) {
+    fn subproof(&self, m: usize, start: usize, n: usize, whole: bool, out: &mut Vec<Hash>) -> Option<()> {
         if m == n {
             if !whole {
-                out.push(self.node(start, n));
+                out.push(self.node(start, n)?);
             }
-            return;
+            return Some(());
         }
         let k = split(n);
         if m <= k {
-            self.subproof(m, start, k, whole, out);
-            out.push(self.node(start + k, n - k));
+            self.subproof(m, start, k, whole, out)?;
+            out.push(self.node(start + k, n - k)?);
         } else {
-            self.subproof(m - k, start + k, n - k, false, out);
-            out.push(self.node(start, k));
+            self.subproof(m - k, start + k, n - k, false, out)?;
+            out.push(self.node(start, k)?);
         }
+        Some(())
     }
 }
 
@@ -414,5 +473,61 @@ mod tests {
         assert_eq!(tree.root(71), None);
         assert_eq!(tree.inclusion_proof(70, 70), None);
         assert_eq!(tree.consistency_proof(5, 71), None);
+    }
+
+    /// A tree that forgets below a floor answers exactly like the bare leaves for every size, leaf
+    /// and old size at or above the floor, keeps doing so as leaves arrive and the floor moves,
+    /// answers `None` below it, and holds O(leaves since the floor + levels) hashes.
+    #[test]
+    fn a_tree_that_forgets_below_a_floor_keeps_every_root_and_proof_above_it() {
+        let all: Vec<Hash> = (0..140u32).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        for step in [1usize, 3, 7, 16] {
+            let mut tree = Subtrees::default();
+            let mut floor = 0;
+            for (n, leaf) in all.iter().enumerate() {
+                tree.push(*leaf);
+                let n = n + 1;
+                if n % step == 0 {
+                    // The floor trails the head by a varying distance, as a follower's does, and
+                    // now and then catches up with it.
+                    let behind = if n % 45 == 0 { 0 } else { 1 + (n * 7) % 23 };
+                    floor = floor.max(n.saturating_sub(behind));
+                    tree.forget_below(floor);
+                }
+                assert_eq!(tree.len(), n);
+                assert_eq!(tree.leaves_from() + tree.leaves().len(), n);
+                assert!(tree.leaves_from() <= floor);
+                assert_eq!(tree.leaves(), &all[tree.leaves_from()..n]);
+                // Exactly the spec: at level k, the nodes from index floor/2^k - 1 to the last one.
+                for (k, (_, level)) in tree.levels.iter().enumerate() {
+                    let expected = (n >> k) - (floor >> k).saturating_sub(1).min(n >> k);
+                    assert_eq!(level.len(), expected, "level {k} at {n}, floor {floor}");
+                }
+                for size in floor..=n {
+                    assert_eq!(tree.root(size), Some(root(&all[..size])), "root of {size}, floor {floor}");
+                    for i in floor..size {
+                        assert_eq!(tree.inclusion_proof(i, size), Some(inclusion_proof(i, &all[..size])));
+                    }
+                    for old in floor..=size {
+                        assert_eq!(tree.consistency_proof(old, size), Some(consistency_proof(old, &all[..size])));
+                    }
+                }
+                if floor > 0 {
+                    assert_eq!(tree.root(floor - 1), None);
+                    assert_eq!(tree.inclusion_proof(floor - 1, n), None);
+                    assert_eq!(tree.consistency_proof(floor - 1, n), None);
+                }
+            }
+        }
+        // A floor never moves back, and one beyond the leaves stops at them.
+        let mut tree = Subtrees::default();
+        all[..10].iter().for_each(|l| tree.push(*l));
+        tree.forget_below(50);
+        tree.forget_below(3);
+        assert_eq!(tree.root(10), Some(root(&all[..10])));
+        assert_eq!(tree.root(9), None);
+        tree.push(all[10]);
+        assert_eq!(tree.root(11), Some(root(&all[..11])));
+        assert_eq!(tree.inclusion_proof(10, 11), Some(inclusion_proof(10, &all[..11])));
     }
 }

@@ -99,6 +99,7 @@ impl Run {
         let genesis = ledger::Genesis {
             org_quorum: parts.org_quorum,
             window: parts.window,
+            once_per_round: parts.once_per_round,
             ..ledger::Genesis::new(
                 parts.config.encode()?,
                 parts.roster,
@@ -244,6 +245,8 @@ struct Followed {
     rss_gain_bytes: Option<u64>,
     held_entries: usize,
     held_slots: usize,
+    /// Merkle leaves held (the tree keeps about as many inner hashes again).
+    held_leaves: usize,
     /// Median time of a round's poll, index extension and forgetting, over the segment's last
     /// rounds (at most 50).
     round_us: f64,
@@ -298,6 +301,7 @@ async fn follow_in(run: &Run, sizes: &[u64], dir: &std::path::Path) -> anyhow::R
             entries: slot - 1,
             rss_gain_bytes: resident_bytes().zip(before).map(|(after, before)| after.saturating_sub(before)),
             held_entries: reader.entries().len(),
+            held_leaves: reader.leaves().len(),
             held_slots: reader.slots().len(),
             round_us: median(times),
         });
@@ -326,13 +330,16 @@ fn follow_in_process(args: &Args, window: u32) -> anyhow::Result<Vec<Followed>> 
         .filter_map(|l| l.strip_prefix("followed "))
         .map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            let [size, entries, rss, held_entries, held_slots, round_us] = f.as_slice() else { return None };
+            let [size, entries, rss, held_entries, held_slots, held_leaves, round_us] = f.as_slice() else {
+                return None;
+            };
             Some(Followed {
                 size: size.parse().ok()?,
                 entries: entries.parse().ok()?,
                 rss_gain_bytes: rss.parse().ok(),
                 held_entries: held_entries.parse().ok()?,
                 held_slots: held_slots.parse().ok()?,
+                held_leaves: held_leaves.parse().ok()?,
                 round_us: round_us.parse().ok()?,
             })
         })
@@ -354,7 +361,10 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         let run = Run::new(&mut ChaCha8Rng::seed_from_u64(5), args.window)?;
         for f in follow(&run, &args.sizes).await? {
             let rss = f.rss_gain_bytes.map_or("n/a".into(), |b| b.to_string());
-            println!("followed {} {} {rss} {} {} {:.1}", f.size, f.entries, f.held_entries, f.held_slots, f.round_us);
+            println!(
+                "followed {} {} {rss} {} {} {} {:.1}",
+                f.size, f.entries, f.held_entries, f.held_slots, f.held_leaves, f.round_us
+            );
         }
         return Ok(Outcome::Ok);
     }
@@ -406,25 +416,26 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         "following the run as it grows: file:// store in a temporary folder; the same run without a window is the baseline"
     );
     println!(
-        "| window | entries | follower RSS gained MB | entries held | slot records held | poll + extend + forget per round µs |"
+        "| window | entries | follower RSS gained MB | entries held | slot records held | Merkle leaves held | poll + extend + forget per round µs |"
     );
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     line.push_str(&format!(" window={}", args.window));
     // Each in a fresh process; the baseline is the same run with no window in its genesis.
     for window in [args.window, 0] {
         for f in follow_in_process(&args, window)? {
             println!(
-                "| {window} | {} | {} | {} | {} | {:.0} |",
+                "| {window} | {} | {} | {} | {} | {} | {:.0} |",
                 f.entries,
                 f.rss_gain_bytes.map_or("n/a".into(), |b| format!("{:.1}", b as f64 / 1e6)),
                 f.held_entries,
                 f.held_slots,
+                f.held_leaves,
                 f.round_us
             );
             let l = format!("{}_w{window}", size_label(f.size));
             line.push_str(&format!(
-                " follower_entries_held_{l}={} follower_round_us_{l}={:.0}",
-                f.held_entries, f.round_us
+                " follower_entries_held_{l}={} follower_leaves_held_{l}={} follower_round_us_{l}={:.0}",
+                f.held_entries, f.held_leaves, f.round_us
             ));
             if let Some(b) = f.rss_gain_bytes {
                 line.push_str(&format!(" follower_rss_mb_{l}={:.1}", b as f64 / 1e6));
