@@ -162,6 +162,7 @@ pub async fn genesis(args: GenesisArgs) -> anyhow::Result<Outcome> {
         org_quorum: parts.org_quorum,
         salt: rand::random(),
         window: parts.window,
+        once_per_round: parts.once_per_round,
         ..Genesis::new(
             parts.config.encode()?,
             parts.roster.clone(),

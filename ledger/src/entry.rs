@@ -14,6 +14,7 @@
 //!   1 Genesis       config:bytes32(<=MAX_CONFIG_BYTES) | member_count:u16 | member*  (sorted by key)
 //!                   | quorum:u16 | org_quorum:u16 | initial_state:[32] | snapshot:[32] | snapshot_size:u64
 //!                   | salt:[16] | [window:u32 (>= 1), present only when the run has a window]
+//!                   | [once_per_round:u8 (= 1), present only when set, and then after a window]
 //!       member      = key:[32] | organisation:str8(1..=MAX_ORG_BYTES) | role:u8 (1 admin, 2 worker, 3 validator)
 //!       run id      = blake3 derive_key("cairn run id v2", genesis body)
 //!   2 Contribution  round:u64 | base_state:[32] | assignment:bytes16(<=MAX_ASSIGNMENT_BYTES)
@@ -143,6 +144,11 @@ pub struct Genesis {
     /// `w` rounds before the open one (see [`crate::validity`]). Encoded only when non-zero, so a
     /// genesis without one has the bytes it had before the field existed.
     pub window: u32,
+    /// Check 9's limits of one accepted contribution, snapshot, and verdict per target, per signer
+    /// and round ([`crate::validity::VoidReason::OncePerRound`]), which bound what a round holds.
+    /// Only with a window (a genesis with it and no window does not decode). Encoded only when
+    /// set, so windowed runs made before the limits existed keep their bytes and their verdicts.
+    pub once_per_round: bool,
 }
 
 impl Genesis {
@@ -167,6 +173,7 @@ impl Genesis {
             snapshot_size,
             salt: [0; 16],
             window: 0,
+            once_per_round: false,
         }
     }
 
@@ -436,8 +443,11 @@ impl Body {
                 }
                 w.u16(g.quorum).u16(g.org_quorum).raw(&g.initial_state.0).raw(&g.snapshot.0).u64(g.snapshot_size);
                 w.raw(&g.salt);
-                if g.window != 0 {
+                if g.window != 0 || g.once_per_round {
                     w.u32(g.window);
+                }
+                if g.once_per_round {
+                    w.u8(1);
                 }
             }
             Body::Contribution(c) => {
@@ -526,6 +536,19 @@ impl Body {
                         w => w,
                     },
                 };
+                // Then the limits, only after a window (so "present" means exactly "set").
+                let once_per_round = match r.is_empty() {
+                    true => false,
+                    false => match r.field("once per round").u8()? {
+                        1 => true,
+                        _ => {
+                            return Err(DecodeError::OutOfRange {
+                                field: "once per round",
+                                reason: "1 when set; unset is written by leaving it out",
+                            });
+                        }
+                    },
+                };
                 Body::Genesis(Genesis {
                     config,
                     roster,
@@ -536,6 +559,7 @@ impl Body {
                     snapshot_size,
                     salt,
                     window,
+                    once_per_round,
                 })
             }
             Kind::Contribution => {

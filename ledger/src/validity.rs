@@ -23,18 +23,21 @@
 //! 8. kind rules: no contribution to a closed round; close votes and attestations follow the
 //!    round tally ([`crate::rounds`]: votes only for the open round, one per organisation;
 //!    attestations only for the closed open round); a snapshot or an evaluation names a final round
-//!    and its attested state (an evaluation once per signer and round); a verdict names an accepted contribution of its round; roster changes keep
+//!    and its attested state (an evaluation once per signer and round); a verdict names an accepted contribution of its round;
+//!    in a run whose genesis sets `once_per_round`, a contribution and a snapshot once per signer
+//!    and round and a verdict once per validator and target ([`VoidReason::OncePerRound`]); roster changes keep
 //!    at least `quorum` admins and `org_quorum` organisations; and no roster (genesis or change)
 //!    admits a small-order key (under ZIP-215 it would verify every message, see
 //!    [`key::is_weak`]). A Genesis must carry the run id derived from its body.
 //!
 //! ```text
 //!   Genesis       signers: admins of its own roster (>= 1)
-//!   Contribution  one signer, worker
-//!   Verdict       one signer, validator
+//!   Contribution  one signer, worker (once per round with `once_per_round`)
+//!   Verdict       one signer, validator (once per target with `once_per_round`)
 //!   CloseVote     one signer, any member (counts for its organisation)
 //!   Attestation   one signer, any member (likewise)
-//!   Snapshot      one signer, any member (the state must be the round's attested one)
+//!   Snapshot      one signer, any member (the state must be the round's attested one; once per
+//!                 signer and round with `once_per_round`)
 //!   Evaluation    one signer, any member (likewise; one per signer and round)
 //!   RosterChange  >= quorum signers, all admins
 //! ```
@@ -158,6 +161,17 @@ pub enum VoidReason {
     /// A second evaluation of one round by one signer.
     #[error("a second evaluation of round {0} by the same signer")]
     AlreadyEvaluated(Round),
+    /// In a run whose genesis sets `once_per_round`: a second contribution or snapshot of one round
+    /// by one signer, or a second verdict by one validator on one target.
+    #[error(
+        "a second {kind:?} of round {round} by the same signer (one per signer and round, per target for a verdict)"
+    )]
+    OncePerRound {
+        /// The entry's kind.
+        kind: Kind,
+        /// Its round.
+        round: Round,
+    },
     /// A verdict for something that is not an accepted contribution of its round.
     #[error("verdict target is not an accepted contribution of round {0}")]
     UnknownTarget(Round),
@@ -217,8 +231,34 @@ pub struct LedgerState {
     contribution_blobs: HashMap<BlobId, Round>,
     /// The blobs `contribution_blobs` gave each round, for forgetting them with it.
     blobs_of_round: BTreeMap<Round, Vec<BlobId>>,
-    /// Signers of accepted evaluations, by round.
-    evaluated: BTreeMap<Round, HashSet<PublicKey>>,
+    /// What signers did that they may do only once a round, by round (see [`Once`]).
+    once: BTreeMap<Round, HashSet<Once>>,
+}
+
+/// An accepted entry of a kind a signer may write once per round: an evaluation in every run;
+/// a contribution, a snapshot, and a verdict per target, in a run whose genesis sets
+/// `once_per_round` (a windowed run, whose readers' memory must be bounded by the window: without
+/// these limits one member could fill a round with as many accepted entries as it likes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Once {
+    Evaluation(PublicKey),
+    Contribution(PublicKey),
+    Snapshot(PublicKey),
+    Verdict(PublicKey, Target),
+}
+
+impl Once {
+    /// The once-a-round key of `entry`, with its round, if its kind has one in this run.
+    fn of(entry: &Entry, limited: bool) -> Option<(Round, Once)> {
+        let signer = entry.signer();
+        match &entry.body {
+            Body::Evaluation(e) => Some((e.round, Once::Evaluation(signer))),
+            Body::Contribution(c) if limited => Some((c.round, Once::Contribution(signer))),
+            Body::Snapshot(s) if limited => Some((s.round, Once::Snapshot(signer))),
+            Body::Verdict(v) if limited => Some((v.round, Once::Verdict(signer, v.target))),
+            _ => None,
+        }
+    }
 }
 
 impl LedgerState {
@@ -236,7 +276,7 @@ impl LedgerState {
             contributions: BTreeMap::new(),
             contribution_blobs: HashMap::new(),
             blobs_of_round: BTreeMap::new(),
-            evaluated: BTreeMap::new(),
+            once: BTreeMap::new(),
         }
     }
 
@@ -275,6 +315,11 @@ impl LedgerState {
         self.genesis.as_ref().map_or(0, |g| g.window)
     }
 
+    /// Whether the run's genesis sets check 9's once-per-round limits.
+    fn once_per_round(&self) -> bool {
+        self.genesis.as_ref().is_some_and(|g| g.once_per_round)
+    }
+
     /// The oldest round an entry may still name: `window` rounds before the open round (round 0
     /// when the run has no window).
     pub fn horizon(&self) -> Round {
@@ -288,6 +333,13 @@ impl LedgerState {
     fn outside_window(&self, round: Round) -> bool {
         let w = u64::from(self.window());
         w != 0 && (round < self.horizon() || round.0 > self.rounds.open_round().0.saturating_add(w))
+    }
+
+    /// The round of `entry` if its signer already did what it does once a round there (see
+    /// [`Once`]).
+    fn done_once(&self, entry: &Entry) -> Option<Round> {
+        let (round, once) = Once::of(entry, self.once_per_round())?;
+        self.once.get(&round).is_some_and(|s| s.contains(&once)).then_some(round)
     }
 
     /// Whether an accepted entry with this digest (and so this round, if any) was seen.
@@ -307,17 +359,17 @@ impl LedgerState {
         let horizon = self.horizon();
         self.seen_in_round = self.seen_in_round.split_off(&horizon);
         self.contributions = self.contributions.split_off(&horizon);
-        self.evaluated = self.evaluated.split_off(&horizon);
+        self.once = self.once.split_off(&horizon);
         let kept = self.blobs_of_round.split_off(&horizon);
         for blob in std::mem::replace(&mut self.blobs_of_round, kept).into_values().flatten() {
             self.contribution_blobs.remove(&blob);
         }
     }
 
-    /// Rounds the state holds anything about (digests, contributions, evaluations).
+    /// Rounds the state holds anything about (digests, contributions, once-a-round entries).
     pub fn rounds_held(&self) -> usize {
         let mut rounds: Vec<Round> =
-            self.seen_in_round.keys().chain(self.contributions.keys()).chain(self.evaluated.keys()).copied().collect();
+            self.seen_in_round.keys().chain(self.contributions.keys()).chain(self.once.keys()).copied().collect();
         rounds.sort_unstable();
         rounds.dedup();
         rounds.len()
@@ -410,10 +462,10 @@ impl LedgerState {
                     Change::SetQuorum(q) => self.quorum = *q,
                 }
             }
-            Body::Evaluation(e) => {
-                self.evaluated.entry(e.round).or_default().insert(entry.signer());
-            }
-            Body::Verdict(_) | Body::Snapshot(_) => {}
+            Body::Evaluation(_) | Body::Verdict(_) | Body::Snapshot(_) => {}
+        }
+        if let Some((round, once)) = Once::of(entry, self.once_per_round()) {
+            self.once.entry(round).or_default().insert(once);
         }
     }
 }
@@ -545,7 +597,7 @@ fn check(state: &LedgerState, pos: EntryPos, checked: &Checked, digest: &[u8; 32
             if state.rounds.close(c.round).is_some() || c.round < state.rounds.open_round() {
                 return Err(VoidReason::RoundClosed(c.round));
             }
-            Ok(())
+            once_per_round(state, entry)
         }
         Body::Verdict(v) => {
             single_signer(state, entry, &[Role::Validator])?;
@@ -556,7 +608,7 @@ fn check(state: &LedgerState, pos: EntryPos, checked: &Checked, digest: &[u8; 32
             if !known {
                 return Err(VoidReason::UnknownTarget(v.round));
             }
-            Ok(())
+            once_per_round(state, entry)
         }
         Body::CloseVote(v) => {
             let member = single_signer(state, entry, ANY_MEMBER)?;
@@ -569,12 +621,13 @@ fn check(state: &LedgerState, pos: EntryPos, checked: &Checked, digest: &[u8; 32
         }
         Body::Snapshot(snapshot) => {
             single_signer(state, entry, ANY_MEMBER)?;
-            final_state(state, snapshot.round, &snapshot.state)
+            final_state(state, snapshot.round, &snapshot.state)?;
+            once_per_round(state, entry)
         }
         Body::Evaluation(e) => {
             single_signer(state, entry, ANY_MEMBER)?;
             final_state(state, e.round, &e.state)?;
-            if state.evaluated.get(&e.round).is_some_and(|s| s.contains(&entry.signer())) {
+            if state.done_once(entry).is_some() {
                 return Err(VoidReason::AlreadyEvaluated(e.round));
             }
             Ok(())
@@ -633,6 +686,15 @@ fn check(state: &LedgerState, pos: EntryPos, checked: &Checked, digest: &[u8; 32
                 Change::SetQuorum(_) => Ok(()),
             }
         }
+    }
+}
+
+/// Check 9's limit of one contribution, snapshot, or verdict per target, per signer and round, in
+/// a run whose genesis sets `once_per_round`.
+fn once_per_round(state: &LedgerState, entry: &Entry) -> Result<(), VoidReason> {
+    match state.done_once(entry) {
+        Some(round) => Err(VoidReason::OncePerRound { kind: entry.body.kind(), round }),
+        None => Ok(()),
     }
 }
 

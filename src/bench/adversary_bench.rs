@@ -406,6 +406,7 @@ async fn write_genesis(
     let genesis = ledger::Genesis {
         org_quorum: parts.org_quorum,
         window: parts.window,
+        once_per_round: parts.once_per_round,
         salt: [7; 16],
         ..ledger::Genesis::new(
             parts.config.encode()?,

@@ -113,10 +113,11 @@ pub struct Args {
 /// A follower's resident memory per ledger entry it holds, measured by `cairn bench poll` at
 /// 100,000 entries (the join's 112.3 MB; docs/BENCHMARKS.md, "Long runs").
 const FOLLOWER_BYTES_PER_ENTRY: f64 = 1_122.0;
-/// What a follower that forgets behind the window still keeps per slot (the Merkle leaf and its
-/// share of the tree, each round's result): its growth from 1,000 to 100,000 single-entry slots
-/// over the slots added, measured by `cairn bench poll` (12.1 MB / 99,000).
-const FOLLOWER_BYTES_PER_SLOT: f64 = 122.0;
+/// What a follower that forgets behind the window still keeps per round (each round's close and
+/// result, in the ledger's tally and the round rule's): its growth from 1,000 to 100,000 entries
+/// over the rounds added, measured by `cairn bench poll` (6.8 MB / 8,250 rounds), with the entries
+/// and the Merkle tree held flat (docs/BENCHMARKS.md, "Long runs").
+const FOLLOWER_BYTES_PER_ROUND: f64 = 824.0;
 
 /// The ledger part of one round, as simulated.
 #[derive(Debug, Default, Clone)]
@@ -520,13 +521,13 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         let snapshot_every = snapshot_every.max(1) as f64;
         let join_s = (dense_bytes as f64) / bytes_per_s
             + snapshot_every / 2.0 * (counted * update_bytes as f64 / bytes_per_s + aggregation_s);
-        // Without a window every entry stays; with one, the entries of `window` rounds and a leaf
-        // for every slot.
+        // Without a window every entry stays; with one, the entries (and the tree) of `window`
+        // rounds and each round's result.
         let memory_gb = match args.window {
             0 => ledger.entries as f64 * args.rounds as f64 * FOLLOWER_BYTES_PER_ENTRY,
             w => {
                 ledger.entries as f64 * args.rounds.min(u64::from(w)) as f64 * FOLLOWER_BYTES_PER_ENTRY
-                    + ledger.slots as f64 * args.rounds as f64 * FOLLOWER_BYTES_PER_SLOT
+                    + args.rounds as f64 * FOLLOWER_BYTES_PER_ROUND
             }
         } / 1e9;
         // with a step blob, each participant takes the smaller of the step and the updates

@@ -680,6 +680,8 @@ pub struct GenesisParts {
     pub org_quorum: u16,
     /// The ledger's window of rounds (0: none).
     pub window: u32,
+    /// The ledger's once-per-round limits (set for every run with a window).
+    pub once_per_round: bool,
 }
 
 impl GenesisParts {
@@ -871,7 +873,10 @@ impl RunSpec {
             }
             Some(q) => q,
         };
-        Ok(GenesisParts { config, train, roster, quorum: self.roster.quorum, org_quorum, window: self.rounds.window })
+        let window = self.rounds.window;
+        // New runs with a window take check 9's limits, which bound what a round holds.
+        let once_per_round = window != 0;
+        Ok(GenesisParts { config, train, roster, quorum: self.roster.quorum, org_quorum, window, once_per_round })
     }
 }
 

@@ -21,14 +21,24 @@ struct Run {
 }
 
 impl Run {
+    /// A run with a window of `window` rounds, and the once-per-round limits when it has one (as
+    /// `cairn genesis` makes them).
     fn new(window: u32) -> Run {
+        Run::with(window, window != 0)
+    }
+
+    fn with(window: u32, once_per_round: bool) -> Run {
         let admin = Keypair::from_seed([1; 32]);
         let worker = Keypair::from_seed([2; 32]);
         let validator = Keypair::from_seed([3; 32]);
         let member = |k: &Keypair, role| Member { key: k.public(), organisation: "a".into(), role };
         let roster =
             vec![member(&admin, Role::Admin), member(&worker, Role::Worker), member(&validator, Role::Validator)];
-        let g = Genesis { window, ..Genesis::new(vec![], roster, 1, StateHash([0; 32]), BlobId([0; 32]), 0) };
+        let g = Genesis {
+            window,
+            once_per_round,
+            ..Genesis::new(vec![], roster, 1, StateHash([0; 32]), BlobId([0; 32]), 0)
+        };
         let run = g.run_id();
         let mut state = LedgerState::new(run);
         let genesis = Entry::sign(run, Body::Genesis(g), &[&admin]).unwrap();
@@ -153,14 +163,17 @@ fn a_window_voids_rounds_too_far_from_the_open_one_and_bounds_the_state() {
     assert_eq!(run.apply_at(at, contribution(10, 0), &worker), outside(10, 30, 2));
     assert_eq!(run.apply_at(at, contribution(28, 0), &worker), Validity::Void(VoidReason::Duplicate));
 
-    // A verdict, a snapshot and an evaluation: accepted for the oldest round in the window, void
-    // one round older.
+    // A verdict, a snapshot and an evaluation: for the oldest round in the window, one per signer
+    // and round (per target for verdicts) is accepted and a second is void; one round older, all
+    // are void for the window.
     let v28 = verdict(28, Target::Entry(contributions[28]), 7);
-    assert_eq!(run.push(v28, Who::Validator).1, Validity::Accept);
+    assert_eq!(run.push(v28, Who::Validator).1, once(ledger::Kind::Verdict, 28), "full_round judged it");
     assert_eq!(run.push(verdict(27, Target::Entry(contributions[27]), 7), Who::Validator).1, outside(27, 30, 2));
     assert_eq!(run.push(verdict(28, Target::Blob(blob(28, 0)), 8), Who::Validator).1, Validity::Accept);
+    assert_eq!(run.push(verdict(28, Target::Blob(blob(28, 0)), 9), Who::Validator).1, once(ledger::Kind::Verdict, 28));
     assert_eq!(run.push(verdict(27, Target::Blob(blob(27, 0)), 8), Who::Validator).1, outside(27, 30, 2));
-    assert_eq!(run.push(snapshot(28, 1), Who::Admin).1, Validity::Accept);
+    assert_eq!(run.push(snapshot(28, 1), Who::Admin).1, once(ledger::Kind::Snapshot, 28), "full_round wrote one");
+    assert_eq!(run.push(snapshot(28, 1), Who::Validator).1, Validity::Accept);
     assert_eq!(run.push(snapshot(27, 1), Who::Admin).1, outside(27, 30, 2));
     assert_eq!(run.push(evaluation(28, 5), Who::Admin).1, Validity::Accept);
     assert_eq!(run.push(evaluation(27, 5), Who::Admin).1, outside(27, 30, 2));
@@ -169,6 +182,7 @@ fn a_window_voids_rounds_too_far_from_the_open_one_and_bounds_the_state() {
 
     // Ahead: at most `window` rounds past the open one.
     assert_eq!(run.push(contribution(32, 0), Who::Worker).1, Validity::Accept);
+    assert_eq!(run.push(contribution(32, 1), Who::Worker).1, once(ledger::Kind::Contribution, 32));
     assert_eq!(run.push(contribution(33, 0), Who::Worker).1, outside(33, 30, 2));
 
     // The state holds rounds 28, 29 and 32; the same run without a window holds all 33.
@@ -179,6 +193,23 @@ fn a_window_voids_rounds_too_far_from_the_open_one_and_bounds_the_state() {
     }
     assert_eq!(unbounded.state.rounds_held(), 30);
     assert_eq!(unbounded.push(contribution(10_000, 0), Who::Worker).1, Validity::Accept);
+    // Without a window a worker's second contribution to a round is accepted (the round rule
+    // counts the first), as in runs made before the limit.
+    assert_eq!(unbounded.push(contribution(10_000, 1), Who::Worker).1, Validity::Accept);
+    assert_eq!(unbounded.push(snapshot(29, 9), Who::Admin).1, Validity::Accept);
+    // Nor in a windowed run whose genesis does not set the limits (one made before they existed):
+    // its verdicts stay what they were.
+    let mut before_limits = Run::with(2, false);
+    let c = full_round(&mut before_limits);
+    let r = before_limits.open();
+    assert_eq!(before_limits.push(contribution(r, 0), Who::Worker).1, Validity::Accept);
+    assert_eq!(before_limits.push(contribution(r, 1), Who::Worker).1, Validity::Accept);
+    assert_eq!(before_limits.push(verdict(r - 1, Target::Entry(c), 3), Who::Validator).1, Validity::Accept);
+    assert_eq!(before_limits.push(snapshot(r - 1, 5), Who::Admin).1, Validity::Accept);
+}
+
+fn once(kind: ledger::Kind, round: u64) -> Validity {
+    Validity::Void(VoidReason::OncePerRound { kind, round: Round(round) })
 }
 
 /// A blob's round is the first accepted contribution's that carried it; when that round leaves the
@@ -237,8 +268,10 @@ impl Rng {
 /// The forgetting changes no verdict: every entry of a long random log, hostile ones included
 /// (replays, verdicts on old contributions, snapshots and evaluations of old rounds, contributions
 /// far ahead), gets from a windowed state what a state that forgets nothing gives it, except that
-/// what names a round outside the window is void for that reason. The reference is fed only the
-/// entries inside the window, so that the two agree on what the run holds.
+/// what names a round outside the window is void for that reason, and a signer's second
+/// contribution or snapshot of a round, or second verdict on a target, is void for the windowed
+/// run's limit (the test keeps its own record of what was taken, to say when). The reference is
+/// fed only the entries the windowed state accepted, so that the two agree on what the run holds.
 #[test]
 fn a_windowed_state_gives_the_verdicts_of_a_state_that_forgets_nothing() {
     for window in [1u32, 3] {
@@ -248,6 +281,16 @@ fn a_windowed_state_gives_the_verdicts_of_a_state_that_forgets_nothing() {
         let mut contributions: Vec<(u64, EntryPos, BlobId)> = vec![];
         let mut accepted: Vec<(Body, Who)> = vec![];
         let mut outside_seen = 0;
+        let mut limited_seen = 0;
+        // (round, kind, verdict target) of the accepted entries a signer may write once a round;
+        // each kind has one signer in this test.
+        let mut taken: std::collections::HashSet<(u64, ledger::Kind, Option<Target>)> = Default::default();
+        let once_key = |body: &Body| match body {
+            Body::Contribution(c) => Some((c.round.0, ledger::Kind::Contribution, None)),
+            Body::Snapshot(s) => Some((s.round.0, ledger::Kind::Snapshot, None)),
+            Body::Verdict(v) => Some((v.round.0, ledger::Kind::Verdict, Some(v.target))),
+            _ => None,
+        };
         for step in 0..3_000u64 {
             let open = windowed.open();
             assert_eq!(open, reference.open());
@@ -288,8 +331,27 @@ fn a_windowed_state_gives_the_verdicts_of_a_state_that_forgets_nothing() {
                 Who::Worker => reference.worker.clone(),
                 Who::Validator => reference.validator.clone(),
             };
-            let expected = reference.apply_at(pos, body.clone(), &key);
+            let key_once = once_key(&body);
+            let expected = if key_once.is_some_and(|k| taken.contains(&k)) {
+                // What the reference, which has no such limit, says on every other check; it is
+                // not fed the entry.
+                let mut probe = reference.state.clone();
+                let bytes = Entry::sign(reference.run, body.clone(), &[&key]).unwrap().encode();
+                match probe.apply(RawEntry { pos, bytes: &bytes }).0 {
+                    Validity::Accept => {
+                        limited_seen += 1;
+                        let kind = body.kind();
+                        once(kind, round)
+                    }
+                    void => void,
+                }
+            } else {
+                reference.apply_at(pos, body.clone(), &key)
+            };
             assert_eq!(got, expected, "step {step}, window {window}: {body:?}");
+            if let (true, Some(k)) = (got.is_accept(), key_once) {
+                taken.insert(k);
+            }
             if got.is_accept() {
                 if let Body::Contribution(c) = &body {
                     contributions.push((c.round.0, pos, c.blob));
@@ -299,6 +361,7 @@ fn a_windowed_state_gives_the_verdicts_of_a_state_that_forgets_nothing() {
         }
         // The log exercised both sides, and the windowed state stayed bounded.
         assert!(outside_seen > 100, "{outside_seen} entries outside the window");
+        assert!(limited_seen > 50, "{limited_seen} second entries of a signer in a round");
         assert!(windowed.open() > 300, "only {} rounds", windowed.open());
         assert!(windowed.state.rounds_held() <= 2 * window as usize + 1, "{}", windowed.state.rounds_held());
         assert!(reference.state.rounds_held() > 300);
@@ -337,6 +400,26 @@ fn a_genesis_window_is_encoded_only_when_set_and_zero_is_refused() {
         Ok(e) => assert!(matches!(e.body, Body::Genesis(Genesis { window: 5, .. }))),
         Err(e) => panic!("a window of 5 should decode (signature aside): {e}"),
     }
+
+    // The once-per-round limits: one byte 1 after the window, only when set.
+    let limited = Genesis { once_per_round: true, ..windowed.clone() };
+    let c = encode(&limited);
+    assert_eq!(c.len(), b.len() + 1);
+    assert_ne!(limited.run_id(), windowed.run_id());
+    assert_eq!(Entry::decode(&c).unwrap().body, Body::Genesis(limited.clone()));
+    assert_eq!(Entry::decode(&b).unwrap().body, Body::Genesis(windowed.clone()), "unset: the bytes of before");
+    // Any other byte there is refused (0 would be a second "unset"), and so are the limits without
+    // a window (written as a window of zero, which is refused).
+    let flag_at = body_len_at + 4 + (body.len() + 1) - 1;
+    for bad in [0u8, 2, 255] {
+        let mut other = c.clone();
+        other[flag_at] = bad;
+        assert!(matches!(Entry::decode(&other), Err(DecodeError::OutOfRange { field: "once per round", .. })), "{bad}");
+    }
+    // Signing checks that the body decodes, so such a genesis cannot even be signed.
+    let without_window = Genesis { once_per_round: true, ..plain.clone() };
+    let refused = Entry::sign(without_window.run_id(), Body::Genesis(without_window), &[&admin]);
+    assert!(refused.is_err_and(|e| e.to_string().contains("window")));
 }
 
 /// A reader that forgets behind the window holds a bounded number of entries and slot records,
@@ -370,12 +453,10 @@ async fn a_reader_that_forgets_keeps_the_window_and_agrees_with_one_that_keeps_e
         forgetting.poll().await.unwrap();
         // A participant that has taken in every round up to the open one.
         forgetting.forget_before(forgetting.state().rounds().open_round(), Seq(u64::MAX));
-        held.push((forgetting.entries().len(), forgetting.slots().len()));
+        held.push((forgetting.entries().len(), forgetting.slots().len(), forgetting.leaves().len()));
     }
     let full = Reader::replay(store.clone(), run.run).await.unwrap();
-    assert_eq!(forgetting.leaves(), full.leaves());
     assert_eq!(forgetting.next_seq(), full.next_seq());
-    assert_eq!(forgetting.root_at(full.next_seq().0), full.root_at(full.next_seq().0));
     forgetting.audit().await.unwrap();
 
     // Open round 40, horizon 38: entries of rounds 38 and 39, the genesis, and the void slots
@@ -383,6 +464,22 @@ async fn a_reader_that_forgets_keeps_the_window_and_agrees_with_one_that_keeps_e
     let horizon = forgetting.state().horizon();
     assert_eq!(horizon, Round(38));
     let opened = results[37];
+
+    // The tree: the leaves from round 38's opening on (and the one before: its aligned block), the
+    // same roots and proofs as a full reader's for every size from there, none below.
+    let head = full.next_seq().0;
+    let from = forgetting.leaves_from().0 as usize;
+    assert!(from > 0 && from <= opened.seq.0 as usize, "leaves from {from}, opened at {}", opened.seq.0);
+    assert_eq!(forgetting.leaves(), &full.leaves()[from..]);
+    for size in opened.seq.0..=head {
+        assert_eq!(forgetting.root_at(size), full.root_at(size), "root of {size}");
+        assert_eq!(forgetting.consistency_proof(opened.seq.0, size), full.consistency_proof(opened.seq.0, size));
+        for seq in opened.seq.0..size {
+            assert_eq!(forgetting.inclusion_proof(Seq(seq), size), full.inclusion_proof(Seq(seq), size));
+        }
+    }
+    assert_eq!(forgetting.root_at(opened.seq.0 - 1), None);
+    assert_eq!(forgetting.inclusion_proof(Seq(opened.seq.0 - 1), head), None);
     let expected: Vec<EntryPos> = full
         .entries()
         .iter()
