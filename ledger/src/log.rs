@@ -748,8 +748,9 @@ impl Reader {
     /// entries, and the Merkle leaves and nodes that only trees ending before the horizon round
     /// opened (or before `keep_from`, or the trusted checkpoint) need: roots, proofs and
     /// checkpoints of sizes from there on still work; older ones answer `None`, and
-    /// [`Reader::audit`] re-reads only the slots whose leaves are held. Kept: the genesis and
-    /// roster changes. An auditor never calls it. Costs one pass over the entries held, when the
+    /// [`Reader::audit`] re-reads only the slots whose leaves are held; and the closes and results
+    /// of rounds more than `w + 1` rounds before the horizon (`w` the window). Kept: the genesis
+    /// and roster changes. An auditor never calls it. Costs one pass over the entries held, when the
     /// horizon has moved.
     pub fn forget_before(&mut self, round: Round, keep_from: Seq) {
         let horizon = round.min(self.state.horizon());
@@ -805,6 +806,11 @@ impl Reader {
         };
         let floor = opened.map_or(0, |o| o.seq.0).min(keep_from.0).min(trusted_floor);
         self.tree.forget_below(usize::try_from(floor).unwrap_or(usize::MAX));
+        // Each round's close and result stay for `w + 1` rounds behind the horizon: the result
+        // that opened the horizon round, and the previous snapshot round's, where a follower's
+        // next export part starts (`snapshot_every <= w`), are among them.
+        let w = u64::from(self.state.window());
+        self.state.forget_results_before(Round(horizon.0.saturating_sub(w + 1)));
         self.by_round.clear();
         self.by_signer.clear();
         for i in 0..self.entries.len() {

@@ -115,6 +115,18 @@ struct Attesting {
     latest: BTreeMap<String, ((StateHash, Vec<EntryPos>), u32)>,
 }
 
+/// Drops what `map` holds for rounds before `round`, bar `keep`'s (the one way every per-round
+/// index forgets behind a window).
+pub fn forget_rounds_before<R: Ord + Copy, T>(map: &mut BTreeMap<R, T>, round: R, keep: Option<R>) {
+    let mut kept = map.split_off(&round);
+    if let Some(k) = keep
+        && let Some(held) = map.remove(&k)
+    {
+        kept.insert(k, held);
+    }
+    *map = kept;
+}
+
 /// The tally of votes and attestations over the accepted entries seen so far.
 #[derive(Debug, Clone)]
 pub struct RoundTally {
@@ -157,6 +169,15 @@ impl RoundTally {
     /// `round`'s attested result, if it is final.
     pub fn final_result(&self, round: Round) -> Option<&Final> {
         self.finals.get(&round)
+    }
+
+    /// Forgets the closes and results of rounds before `round`, bar `keep`'s: what a participant
+    /// that forgets behind a window no longer asks about. The tally's own decisions look only at
+    /// the open round, so they do not change; [`RoundTally::close`] and
+    /// [`RoundTally::final_result`] of a forgotten round answer `None`.
+    pub fn forget_before(&mut self, round: Round, keep: Option<Round>) {
+        forget_rounds_before(&mut self.closes, round, keep);
+        forget_rounds_before(&mut self.finals, round, keep);
     }
 
     /// Every final round's result, in round order.
@@ -280,6 +301,35 @@ mod tests {
 
     fn attestation(round: u64, state: u8, dropped: Vec<EntryPos>) -> Attestation {
         Attestation { round: Round(round), state: StateHash([state; 32]), dropped }
+    }
+
+    #[test]
+    fn forgetting_old_rounds_keeps_the_open_rounds_decisions_and_the_kept_results() {
+        let mut forgetting = RoundTally::new(1);
+        let mut full = RoundTally::new(1);
+        let state = |r: u64| StateHash([r as u8; 32]);
+        for r in 0..20u64 {
+            for (i, tally) in [&mut forgetting, &mut full].into_iter().enumerate() {
+                let round = Round(r);
+                let at = |k: u64| EntryPos { seq: Seq(10 * r + k), index: 0 };
+                tally.vote(at(1), "a", &CloseVote { round, seen: at(1).seq });
+                let attestation = Attestation { round, state: state(r), dropped: vec![] };
+                assert!(tally.attest(at(2), "a", &attestation).is_some());
+                if i == 0 {
+                    // Keep the last 3 rounds and round 4 (say, the newest snapshot's).
+                    tally.forget_before(Round(r.saturating_sub(2)), Some(Round(4)));
+                }
+            }
+            assert_eq!(forgetting.open_round(), full.open_round());
+        }
+        let held: Vec<u64> = forgetting.finals().map(|(r, _)| r.0).collect();
+        assert_eq!(held, vec![4, 17, 18, 19]);
+        for r in [4, 17, 18, 19] {
+            assert_eq!(forgetting.final_result(Round(r)), full.final_result(Round(r)));
+            assert_eq!(forgetting.close(Round(r)), full.close(Round(r)));
+        }
+        assert_eq!(forgetting.final_result(Round(16)), None);
+        assert_eq!(forgetting.close(Round(3)), None);
     }
 
     #[test]

@@ -366,6 +366,13 @@ impl LedgerState {
         }
     }
 
+    /// Forgets the closes and results of rounds before `round` (at most the horizon), for a
+    /// participant that forgets behind the window ([`crate::Reader::forget_before`]): the rule
+    /// itself never reads them again (check 6 voids what names them). An auditor never calls it.
+    pub(crate) fn forget_results_before(&mut self, round: Round) {
+        self.rounds.forget_before(round.min(self.horizon()), None);
+    }
+
     /// Rounds the state holds anything about (digests, contributions, once-a-round entries).
     pub fn rounds_held(&self) -> usize {
         let mut rounds: Vec<Round> =

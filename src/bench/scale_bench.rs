@@ -113,11 +113,11 @@ pub struct Args {
 /// A follower's resident memory per ledger entry it holds, measured by `cairn bench poll` at
 /// 100,000 entries (the join's 112.3 MB; docs/BENCHMARKS.md, "Long runs").
 const FOLLOWER_BYTES_PER_ENTRY: f64 = 1_122.0;
-/// What a follower that forgets behind the window still keeps per round (each round's close and
-/// result, in the ledger's tally and the round rule's): its growth from 1,000 to 100,000 entries
-/// over the rounds added, measured by `cairn bench poll` (6.8 MB / 8,250 rounds), with the entries
-/// and the Merkle tree held flat (docs/BENCHMARKS.md, "Long runs").
-const FOLLOWER_BYTES_PER_ROUND: f64 = 824.0;
+/// What a follower that forgets behind the window still gains per round, with its entries, its
+/// Merkle tree and its round tallies all held to the window: its growth from 10,000 to 100,000
+/// entries over the rounds added, measured by `cairn bench poll` (1.1 MB / 7,500 rounds;
+/// docs/BENCHMARKS.md, "Long runs"). Resident memory, so the allocator's share is in it.
+const FOLLOWER_BYTES_PER_ROUND: f64 = 147.0;
 
 /// The ledger part of one round, as simulated.
 #[derive(Debug, Default, Clone)]

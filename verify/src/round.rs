@@ -35,6 +35,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use ledger::rounds::forget_rounds_before;
 use ledger::{BlobId, Body, EntryPos, LoggedEntry, PublicKey, RoundTally, Seq, Target, Validity, VoidReason};
 
 use crate::config::RunConfig;
@@ -510,8 +511,9 @@ impl RoundRule {
     /// never forgot would give, and so are [`RoundRule::exclusions`] and
     /// [`RoundRule::excluded_in`] for every round, and [`RoundRule::claims`] for the round before
     /// the horizon and for the newest snapshot's. Otherwise a forgotten round answers as one with
-    /// no entries but the votes and attestations in the tally: no candidates, `min_score`
-    /// thresholds, its attested result as its only claim, and a plan with nothing counted.
+    /// no entries that never closed: no candidates, `min_score` thresholds, no close, no result and
+    /// no claim (the tally forgets those rounds' closes and results too, so the rule's memory does
+    /// not grow with the run).
     /// Entries read later that name a forgotten round are not indexed, bar what the tally
     /// counts (under the ledger's window they are void; this also relies on the validity rule
     /// voiding a verdict whose target is not a contribution of the round it names).
@@ -529,8 +531,11 @@ impl RoundRule {
         }
         let newest_snapshot = self.snapshots.last_key_value().map(|(round, _)| *round);
         let claims_from = Round(horizon.0.saturating_sub(1));
-        forget_rounds(&mut self.snapshots, claims_from, newest_snapshot);
-        forget_rounds(&mut self.attestations, claims_from, newest_snapshot);
+        forget_rounds_before(&mut self.snapshots, claims_from, newest_snapshot);
+        forget_rounds_before(&mut self.attestations, claims_from, newest_snapshot);
+        // The tally's closes and results likewise: what `claims` reads for the rounds kept.
+        let tally_keep = newest_snapshot.map(|r| ledger::Round(r.0));
+        self.tally.forget_before(ledger::Round(claims_from.0), tally_keep);
         self.forgotten = horizon;
     }
 
@@ -736,17 +741,6 @@ impl RoundRule {
         }
         None
     }
-}
-
-/// Drops the rounds of `map` below `horizon`, but `keep`.
-fn forget_rounds<T>(map: &mut BTreeMap<Round, T>, horizon: Round, keep: Option<Round>) {
-    let mut kept = map.split_off(&horizon);
-    if let Some(round) = keep
-        && let Some(held) = map.remove(&round)
-    {
-        kept.insert(round, held);
-    }
-    *map = kept;
 }
 
 #[cfg(test)]
@@ -1153,6 +1147,7 @@ mod tests {
             .chain(rule.snapshots.keys())
             .copied()
             .chain(rule.by_blob.keys().map(|(round, _)| *round))
+            .chain(rule.tally.finals().map(|(round, _)| Round(round.0)))
             .collect();
         rounds.len()
     }

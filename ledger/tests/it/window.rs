@@ -479,6 +479,15 @@ async fn a_reader_that_forgets_keeps_the_window_and_agrees_with_one_that_keeps_e
         }
     }
     assert_eq!(forgetting.root_at(opened.seq.0 - 1), None);
+    // Each round's close and result: kept from w + 1 = 3 rounds before the horizon on, as a full
+    // reader has them; older ones are gone.
+    let tally = forgetting.state().rounds();
+    assert_eq!(tally.finals().map(|(r, _)| r.0).collect::<Vec<_>>(), (35..40).collect::<Vec<_>>());
+    for r in (35..40).map(Round) {
+        assert_eq!(tally.final_result(r), full.state().rounds().final_result(r));
+        assert_eq!(tally.close(r), full.state().rounds().close(r));
+    }
+    assert_eq!(tally.close(Round(34)), None);
     assert_eq!(forgetting.inclusion_proof(Seq(opened.seq.0 - 1), head), None);
     let expected: Vec<EntryPos> = full
         .entries()
