@@ -76,6 +76,10 @@ pub struct DemoArgs {
     /// Do not start the dashboard.
     #[arg(long)]
     no_dashboard: bool,
+    /// Overlapping rounds (`[rounds] overlap`): each worker trains the next round while the
+    /// current one closes; the summary shows the workers' compute idle either way.
+    #[arg(long)]
+    overlap: bool,
 }
 
 /// The demo's members: (name, organisation, role).
@@ -178,7 +182,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
             let _ = child.kill().await;
         }
     }
-    let bytes_per_worker = outcome?;
+    let watched = outcome?;
+    let bytes_per_worker = watched.update_bytes;
 
     println!("\n[5/5] audit: cairn audit --store {url}");
     let audit = Command::new(&exe).args(["audit", "--store", &url]).stderr(Stdio::inherit()).output().await?;
@@ -207,6 +212,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     println!(
         "  upload          {bytes_per_worker} bytes per worker per round; a dense fp32 update is {dense} bytes ({:.0}x smaller)",
         dense as f64 / bytes_per_worker.max(1) as f64
+    );
+    // Compute idle: from the end of a worker's training to the start of its next (`idle_ms`).
+    let (idle, train) = (mean_ms(&watched.idle_ms), mean_ms(&watched.train_ms));
+    println!(
+        "  workers         {train:.0} ms training and {idle:.0} ms idle between trainings per round (mean; compute busy {:.0}%{})",
+        100.0 * train / (train + idle).max(1e-9),
+        if args.overlap { ", rounds overlap" } else { "" }
     );
     println!("  {audit_line}");
     println!("\nTry: cairn status --store {url}   |   cairn audit --store {url} --json");
@@ -268,11 +280,12 @@ fn demo_spec(args: &DemoArgs, keys: &[(&str, &str, &str, PathBuf, ledger::Public
          [train]\ntokens_per_round = {tokens}\nmicro_batch = 8\nclip_norm = 1.0\nmomentum_decay = {momentum}\n{local}\n\
          [demo]\nchunk = 64\ntransform = \"{transform}\"\nindex_coding = \"{index_coding}\"\n{demo}\n\
          [optimizer]\nlr = {lr}\nwarmup_rounds = 2\nweight_decay = 0.0\nclip = \"median\"\n\n\
-         [rounds]\nmin_contributions = 2\nmax_contributions = 16\ndeadline_secs = 120\nverdict_wait_secs = 60\n\n\
+         [rounds]\nmin_contributions = 2\nmax_contributions = 16\ndeadline_secs = 120\nverdict_wait_secs = 60\noverlap = {overlap}\n\n\
          [validation]\nmin_score = -20\nmax_failures = 3\nassigned_sequences = {assigned}\neval_sequences = 4\n\n\
          [roster]\nquorum = 1\norg_quorum = 2\n",
         preset = args.preset,
         rounds = args.rounds,
+        overlap = args.overlap,
         transform = args.transform,
         index_coding = args.index_coding,
         tokens = args.tokens_per_round,
@@ -323,14 +336,26 @@ async fn start_dashboard(exe: &Path, url: &str, listen: std::net::SocketAddr) ->
     Ok(child)
 }
 
+/// What [`watch`] saw in the counted rounds' contributions.
+struct Watched {
+    update_bytes: u64,
+    /// The workers' `idle_ms` and `train_ms` metrics.
+    idle_ms: Vec<i64>,
+    train_ms: Vec<i64>,
+}
+
+fn mean_ms(values: &[i64]) -> f64 {
+    values.iter().map(|&v| v as f64).sum::<f64>() / values.len().max(1) as f64
+}
+
 /// Follows the ledger and prints each closed round until every child exits; fails if one fails.
-/// Returns the update size in bytes.
-async fn watch(store: &storage::Store, children: &mut [(&str, Child)], rounds: u64) -> anyhow::Result<u64> {
+async fn watch(store: &storage::Store, children: &mut [(&str, Child)], rounds: u64) -> anyhow::Result<Watched> {
     let run_id = ledger::genesis_run_id(store).await?;
     let mut reader = ledger::Reader::replay(store.clone(), run_id).await?;
     let started = Instant::now();
     let mut shown = 0u64;
     let mut update_bytes = 0u64;
+    let (mut idle_ms, mut train_ms) = (Vec::new(), Vec::new());
     let mut running = children.len();
     while running > 0 {
         anyhow::ensure!(started.elapsed() < DEMO_TIMEOUT, "the demo ran past {} minutes", DEMO_TIMEOUT.as_secs() / 60);
@@ -344,6 +369,9 @@ async fn watch(store: &storage::Store, children: &mut [(&str, Child)], rounds: u
                 match e.entry.as_ref().map(|x| &x.body) {
                     Some(Body::Contribution(c)) => {
                         update_bytes = c.blob_size;
+                        let metric = |name: &str| c.metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+                        idle_ms.extend(metric("idle_ms"));
+                        train_ms.extend(metric("train_ms"));
                         losses.extend(
                             c.metrics.iter().filter(|(k, _)| k == "loss_milli").map(|(_, v)| *v as f64 / 1000.0),
                         );
@@ -370,5 +398,5 @@ async fn watch(store: &storage::Store, children: &mut [(&str, Child)], rounds: u
             }
         }
     }
-    Ok(update_bytes)
+    Ok(Watched { update_bytes, idle_ms, train_ms })
 }

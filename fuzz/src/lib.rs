@@ -198,7 +198,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             clip: verify::NormClip::Median,
             step: verify::StepRule::Linear,
         },
-        rounds: verify::RoundRules { min_contributions: 1, max_contributions: 16 },
+        rounds: verify::RoundRules { min_contributions: 1, max_contributions: 16, overlap: false },
         exclusion: verify::ExclusionRules::absolute(0, 3),
         extra: b"{\"preset\":\"tiny\"}".to_vec(),
     };
@@ -209,6 +209,12 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         ..config
     };
     out.push(("run_config", "config-relative".to_string(), relative.encode().expect("config v6")));
+    // version 7: overlapping rounds
+    let overlapping = RunConfig {
+        rounds: verify::RoundRules { min_contributions: 1, max_contributions: 16, overlap: true },
+        ..relative.clone()
+    };
+    out.push(("run_config", "config-overlap".to_string(), overlapping.encode().expect("config v7")));
     let mut ef = vec![0u8; 4];
     ef[0..2].copy_from_slice(&4096u16.to_le_bytes());
     ef[2..4].copy_from_slice(&3u16.to_le_bytes());

@@ -57,7 +57,7 @@ pub(crate) async fn two_rounds_with(url: &str, beta: &str) -> State {
             clip: NormClip::Median,
             step: verify::StepRule::Sign,
         },
-        rounds: RoundRules { min_contributions: 2, max_contributions: 8 },
+        rounds: RoundRules { min_contributions: 2, max_contributions: 8, overlap: false },
         exclusion: ExclusionRules::absolute(0, 0),
         extra: b"preset=tiny".to_vec(),
     };

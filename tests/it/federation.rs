@@ -354,7 +354,7 @@ async fn three_workers_and_a_validator_agree_with_an_outside_auditor() {
 
 /// Two workers of two organisations and a validator run `config` (3 rounds, both needed per round):
 /// both workers reach the auditor's state, every contribution counts, and the validator passes all six.
-async fn two_workers_count_agree_and_pass(config: &str) {
+async fn two_workers_count_agree_and_pass(config: &str) -> Fed {
     let members =
         [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker"), ("v", "beta", "validator")];
     let fed = Fed::start(&members, config).await;
@@ -372,6 +372,49 @@ async fn two_workers_count_agree_and_pass(config: &str) {
         log.lines().filter_map(|l| l.split_once(": verdict ")?.1.split_whitespace().next()?.parse().ok()).collect();
     assert_eq!(scores.len(), 6, "{log}");
     assert!(scores.iter().all(|&s| s > -20), "{scores:?}");
+    fed
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_rounds_train_the_next_round_while_one_closes_and_count_it() {
+    // Each worker trains round r + 1 from the state after r - 1 while round r closes: its
+    // contributions from round 1 on name the base one round behind, and count (config version 7).
+    let overlap = sections(3, 2, 120, 0, "sign").replacen(
+        "verdict_wait_secs = 60\n",
+        "verdict_wait_secs = 60\noverlap = true\n",
+        1,
+    );
+    assert!(overlap.contains("overlap = true"));
+    let fed = two_workers_count_agree_and_pass(&overlap).await;
+    // The bases, from the ledger: the state after each round as attested, the genesis state before.
+    let store = storage::open_with(&fed.url, &testing::s3_options()).await.unwrap();
+    let run_id = ledger::genesis_run_id(&store).await.unwrap();
+    let reader = ledger::Reader::replay(store, run_id).await.unwrap();
+    let genesis = reader.state().genesis().unwrap().initial_state;
+    let state_after = |r: i64| match r {
+        -1 => Some(genesis),
+        r => reader.state().rounds().final_result(ledger::Round(r as u64)).map(|f| f.state),
+    };
+    let mut bases = Vec::new();
+    for e in reader.entries().iter().filter(|e| e.validity.is_accept()) {
+        if let Some(Body::Contribution(c)) = e.entry.as_ref().map(|x| &x.body) {
+            let r = c.round.0 as i64;
+            let behind = if Some(c.base_state) == state_after(r - 1) {
+                0
+            } else {
+                assert_eq!(Some(c.base_state), state_after(r - 2), "round {r}: neither base");
+                1
+            };
+            // From its second training on, each contribution says how long the worker's compute
+            // sat idle before it (the figure the overlap is for).
+            let idle = c.metrics.iter().any(|(k, _)| k == "idle_ms");
+            assert_eq!(idle, r > 0, "round {r}: {:?}", c.metrics);
+            bases.push((r, behind));
+        }
+    }
+    bases.sort_unstable();
+    // Round 0 on the genesis state; rounds 1 and 2 trained ahead, while the round before closed.
+    assert_eq!(bases, [(0, 0), (0, 0), (1, 1), (1, 1), (2, 1), (2, 1)], "{bases:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -365,7 +365,15 @@ impl Follower {
 
     /// Whether `key` has an accepted contribution to the current round.
     pub fn has_contributed(&self, key: &ledger::PublicKey) -> bool {
-        self.own_entries(key).any(|e| matches!(e.entry.as_ref().map(|x| &x.body), Some(Body::Contribution(_))))
+        self.has_contributed_to(key, self.next)
+    }
+
+    /// Whether `key` has an accepted contribution to `round` (the current one, or with overlapping
+    /// rounds the next).
+    pub fn has_contributed_to(&self, key: &ledger::PublicKey, round: Round) -> bool {
+        self.reader
+            .by_round(ledger::Round(round.0))
+            .any(|e| e.entry.as_ref().is_some_and(|x| matches!(x.body, Body::Contribution(_)) && x.signer() == *key))
     }
 
     /// The member whose attestation made `round` final, if it is.

@@ -284,6 +284,10 @@ pub struct RoundsSection {
     /// stays flat however long the run (docs/LEDGER.md, "Validity rule", check 6, and "Long
     /// runs"). At least `run.snapshot_every` when not 0.
     pub window: u32,
+    /// Whether rounds overlap: a worker trains round r + 1 on the state it has while round r
+    /// closes, and its contribution counts on either base (docs/FORMAT.md, "Round rule"). In
+    /// the config, so consensus.
+    pub overlap: bool,
 }
 
 impl Default for RoundsSection {
@@ -294,6 +298,7 @@ impl Default for RoundsSection {
             deadline_secs: 60,
             verdict_wait_secs: 30,
             window: DEFAULT_WINDOW,
+            overlap: false,
         }
     }
 }
@@ -813,6 +818,7 @@ impl RunSpec {
             rounds: RoundRules {
                 min_contributions: self.rounds.min_contributions,
                 max_contributions: self.rounds.max_contributions,
+                overlap: self.rounds.overlap,
             },
             exclusion: ExclusionRules {
                 min_score: self.validation.min_score,

@@ -151,20 +151,24 @@ pub async fn run_validator(
             judged.retain(|p| follower.reader().entry_at(*p).is_some());
             unreadable.retain(|p, _| follower.reader().entry_at(*p).is_some());
         }
-        // Accepted contributions of the open round, on its base, not judged yet.
+        // Accepted contributions of the open round, on its base (or, with overlapping rounds, the
+        // one before), not judged yet.
         let base = ledger::StateHash(follower.state_hash().0);
-        let todo: Vec<(EntryPos, ledger::PublicKey, ledger::BlobId, Option<String>)> = follower
+        let behind = follower.rule().base_behind(round).map(|b| ledger::StateHash(b.0));
+        let todo: Vec<(EntryPos, ledger::PublicKey, ledger::BlobId, Option<String>, ledger::StateHash)> = follower
             .reader()
             .by_round(ledger::Round(round.0))
             .filter(|e| !judged.contains(&e.pos))
             .filter_map(|e| match e.entry.as_ref().map(|x| (&x.body, x.signer())) {
-                Some((Body::Contribution(c), signer)) if c.base_state == base && c.blob_size == update_bytes => {
-                    Some((e.pos, signer, c.blob, e.organisation.clone()))
+                Some((Body::Contribution(c), signer))
+                    if (c.base_state == base || Some(c.base_state) == behind) && c.blob_size == update_bytes =>
+                {
+                    Some((e.pos, signer, c.blob, e.organisation.clone(), c.base_state))
                 }
                 _ => None,
             })
             .collect();
-        for (pos, signer, blob, organisation) in todo {
+        for (pos, signer, blob, organisation, trained_on) in todo {
             // Before the next read and score, which can take long: the oldest verdict waited
             // VERDICT_FLUSH_AFTER at most, plus one score.
             pending.flush_if_due(&mut follower, events).await?;
@@ -194,7 +198,8 @@ pub async fn run_validator(
             let expected = Expected {
                 run: verify::RunId(info.run_id.0),
                 round,
-                base: follower.state_hash(),
+                // The base it was trained on; it is scored on the round's base like every update.
+                base: verify::StateHash(trained_on.0),
                 worker: verify::WorkerKey(signer.0),
                 layout,
                 compression: info.config.hyper.compression,

@@ -12,6 +12,13 @@
 //!        snapshot every `snapshot_every` rounds
 //! ```
 //!
+//! With overlapping rounds (`[rounds] overlap`, in the run's config), the worker does not idle
+//! while round r closes: once it has contributed to r, it trains round r + 1 on a thread of its
+//! own from the state it has (the one after r - 1) while this thread votes, attests and applies
+//! r, then uploads and appends that contribution (base: the state after r - 1, which the round
+//! rule accepts for r + 1 in such a run). Every contribution is still trained once, in round
+//! order, on the newest state the worker had when it started.
+//!
 //! Crash safety: the momentum file is written after the Contribution is in the ledger, and a
 //! restarted worker that finds its contribution for the open round does not train again. A worker
 //! whose round closed before its contribution landed sees it void (late) and moves on. Every
@@ -24,12 +31,12 @@ use bytes::Bytes;
 use ledger::{Body, Contribution, Entry, Keypair};
 use tch::Device;
 use verify::replay::RoundReport;
-use verify::{Header, NotCounted, Round, WorkerKey};
+use verify::{Header, NotCounted, Round, StateHash, WorkerKey};
 
 use crate::TrainerError;
 use crate::data::Dataset;
 use crate::demo::DemoState;
-use crate::follow::{Follower, TallyAction};
+use crate::follow::{Follower, RunInfo, TallyAction};
 use crate::local::LocalSteps;
 use crate::model::{Model, Precision};
 use crate::run_spec::TrainSpec;
@@ -189,6 +196,11 @@ pub async fn run_worker(
     // How long the previous round's result took to arrive and to apply, reported with the next
     // contribution (the ledger has no clock; docs/DASHBOARD.md).
     let mut last_round_times: Option<(Duration, Duration)> = None;
+    // When the last training ended: the time from there to the next one's start is the compute
+    // idle (reported as `idle_ms`; with overlapping rounds it is what the overlap saves).
+    let mut trained_until: Option<Instant> = None;
+    // The round this loop last contributed to ahead of time (overlapping rounds).
+    let mut ahead_of_time: Option<Round> = None;
     loop {
         for report in follower.sync().await? {
             applied(&report, &me, &mut summary, events);
@@ -201,61 +213,149 @@ pub async fn run_worker(
             break;
         }
         if follower.has_contributed(&key.public()) {
-            events(WorkerEvent::AlreadyContributed { round: round.0 });
+            if ahead_of_time != Some(round) {
+                events(WorkerEvent::AlreadyContributed { round: round.0 });
+            }
         } else if !follower.is_closed() {
             if model_hash != follower.state_hash() {
                 model.load_state(follower.state())?;
                 model_hash = follower.state_hash();
             }
             let started = Instant::now();
+            let idle = trained_until.map(|t| started.saturating_duration_since(t));
             let (bytes, loss) = tokio::task::block_in_place(|| {
                 let local = local.as_mut();
                 compute_update(&model, &mut demo, local, &data, &step, &follower, &me, info.train.momentum_decay)
             })?;
-            let train_time = started.elapsed();
-            let train_secs = train_time.as_secs_f64();
-            let size = bytes.len() as u64;
-            let uploading = Instant::now();
-            let blob = info.store.put_blob(bytes).await?;
-            crate::crashpoint::reached("worker:uploaded");
-            let upload_time = uploading.elapsed();
-            let tokens = (info.train.sequences_per_round() * info.train.seq_len) as u64;
-            let mut metrics = vec![
-                ("device".into(), device_code(options.device)),
-                ("loss_milli".into(), milli_nats(loss)),
-                ("tokens".into(), i64::try_from(tokens).unwrap_or(i64::MAX)),
-                ("train_ms".into(), millis(train_time)),
-                ("upload_ms".into(), millis(upload_time)),
-            ];
-            if let Some((wait, apply)) = last_round_times.take() {
-                metrics.extend([("apply_ms".into(), millis(apply)), ("wait_ms".into(), millis(wait))]);
-            }
-            // Sorted by name, as the entry format requires.
-            metrics.sort();
-            let body = Body::Contribution(Contribution {
-                round: ledger::Round(round.0),
-                base_state: ledger::StateHash(follower.state_hash().0),
-                assignment: assignment_bytes(round, info.train.sequences_per_round()),
-                blob,
-                blob_size: size,
-                metrics,
-            });
-            follower.append(Entry::sign(info.run_id, body, &[key])?).await?;
-            worker_state::save(&options.state_file, &demo, &layout, run, round)?;
+            trained_until = Some(Instant::now());
+            let (train_time, waited) = (started.elapsed(), last_round_times.take());
+            let base = follower.state_hash();
+            let contributed = Contributed { round, base, bytes, loss, train_time, waited, idle };
+            contribute(&mut follower, key, &info, options, &demo, contributed, events).await?;
             summary.contributed += 1;
-            let upload_secs = upload_time.as_secs_f64();
-            events(WorkerEvent::Contributed { round: round.0, loss, bytes: size, train_secs, upload_secs, tokens });
         }
+        // With overlapping rounds: the next round, trained while this one closes.
+        let next = Round(round.0 + 1);
+        let ahead = info.config.rounds.overlap
+            && !info.train.is_past_end(next.0)
+            && options.rounds.is_none_or(|n| summary.contributed < n)
+            && !follower.has_contributed_to(&key.public(), next);
         let waiting = Instant::now();
-        let (reports, apply) = wait_for_round(&mut follower, key, options.poll, events).await?;
-        last_round_times = Some((waiting.elapsed().saturating_sub(apply), apply));
+        let ((reports, apply), trained) = if ahead {
+            if model_hash != follower.state_hash() {
+                model.load_state(follower.state())?;
+                model_hash = follower.state_hash();
+            }
+            let base = follower.state_hash();
+            let decay = info.train.momentum_decay;
+            let started = Instant::now();
+            let idle = trained_until.map(|t| started.saturating_duration_since(t));
+            // The model moves to the training thread (its tensors may not be shared) and back.
+            let (waited, joined) = tokio::task::block_in_place(|| {
+                std::thread::scope(|s| {
+                    let (demo, local, data, info) = (&mut demo, local.as_mut(), &data, &info);
+                    let job = s.spawn(move || {
+                        let update =
+                            compute_update_at(&model, demo, local, data, &step, info, (next, base), &me, decay);
+                        (model, update.map(|u| (u, started.elapsed())))
+                    });
+                    let runtime = tokio::runtime::Handle::current();
+                    let waited = runtime.block_on(wait_for_round(&mut follower, key, options.poll, events));
+                    (waited, job.join())
+                })
+            });
+            let (back, trained) = joined
+                .map_err(|_| TrainerError::InvalidConfig("the training thread of the next round panicked".into()))?;
+            model = back;
+            let trained = trained?;
+            trained_until = Some(started + trained.1);
+            (waited?, Some((trained, base, idle)))
+        } else {
+            (wait_for_round(&mut follower, key, options.poll, events).await?, None)
+        };
+        let waited = waiting.elapsed().saturating_sub(apply);
+        last_round_times = Some((waited, apply));
         for report in reports {
             applied(&report, &me, &mut summary, events);
+        }
+        if let Some((((bytes, loss), train_time), base, idle)) = trained {
+            // Only for the round it was trained for, while it is open (a follower that applied
+            // several rounds meanwhile drops it; its direction stays in the momentum, as a late
+            // contribution's does).
+            if follower.round() == next && !follower.is_closed() {
+                let waited = last_round_times.take();
+                let contributed = Contributed { round: next, base, bytes, loss, train_time, waited, idle };
+                contribute(&mut follower, key, &info, options, &demo, contributed, events).await?;
+                summary.contributed += 1;
+                ahead_of_time = Some(next);
+            }
         }
     }
     summary.next_round = follower.round().0;
     summary.state = follower.state_hash().to_string();
     Ok(summary)
+}
+
+/// An update trained and encoded, to upload and append.
+struct Contributed {
+    round: Round,
+    /// The state it was trained from.
+    base: StateHash,
+    bytes: Bytes,
+    loss: f64,
+    train_time: Duration,
+    /// The previous round's wait for its result and time to apply it, if measured.
+    waited: Option<(Duration, Duration)>,
+    /// From the end of this worker's previous training to the start of this one, if any.
+    idle: Option<Duration>,
+}
+
+/// Uploads the update, appends its signed Contribution, then saves the momentum (after the entry
+/// is in the ledger: see the crash-safety note at the top).
+async fn contribute(
+    follower: &mut Follower,
+    key: &Keypair,
+    info: &RunInfo,
+    options: &WorkerOptions,
+    demo: &DemoState,
+    c: Contributed,
+    events: &mut (dyn FnMut(WorkerEvent) + Send),
+) -> Result<(), TrainerError> {
+    let size = c.bytes.len() as u64;
+    let uploading = Instant::now();
+    let blob = info.store.put_blob(c.bytes).await?;
+    crate::crashpoint::reached("worker:uploaded");
+    let upload_time = uploading.elapsed();
+    let tokens = (info.train.sequences_per_round() * info.train.seq_len) as u64;
+    let mut metrics = vec![
+        ("device".into(), device_code(options.device)),
+        ("loss_milli".into(), milli_nats(c.loss)),
+        ("tokens".into(), i64::try_from(tokens).unwrap_or(i64::MAX)),
+        ("train_ms".into(), millis(c.train_time)),
+        ("upload_ms".into(), millis(upload_time)),
+    ];
+    if let Some((wait, apply)) = c.waited {
+        metrics.extend([("apply_ms".into(), millis(apply)), ("wait_ms".into(), millis(wait))]);
+    }
+    if let Some(idle) = c.idle {
+        metrics.push(("idle_ms".into(), millis(idle)));
+    }
+    // Sorted by name, as the entry format requires.
+    metrics.sort();
+    let body = Body::Contribution(Contribution {
+        round: ledger::Round(c.round.0),
+        base_state: ledger::StateHash(c.base.0),
+        assignment: assignment_bytes(c.round, info.train.sequences_per_round()),
+        blob,
+        blob_size: size,
+        metrics,
+    });
+    follower.append(Entry::sign(info.run_id, body, &[key])?).await?;
+    let run = verify::RunId(info.run_id.0);
+    worker_state::save(&options.state_file, demo, &info.config.layout, run, c.round)?;
+    let (train_secs, upload_secs) = (c.train_time.as_secs_f64(), upload_time.as_secs_f64());
+    events(WorkerEvent::Contributed { round: c.round.0, loss: c.loss, bytes: size, train_secs, upload_secs, tokens });
+    Ok(())
 }
 
 /// Milliseconds, saturating.
@@ -289,15 +389,31 @@ pub fn compute_update(
     me: &WorkerKey,
     decay: f64,
 ) -> Result<(Bytes, f64), TrainerError> {
-    let info = follower.info();
-    let round = follower.round();
+    let at = (follower.round(), follower.state_hash());
+    compute_update_at(model, demo, local, data, step, follower.info(), at, me, decay)
+}
+
+/// [`compute_update`] for `round`, from the state with hash `base` that `model` holds (with
+/// overlapping rounds, the round after the open one, from the open round's base).
+#[allow(clippy::too_many_arguments)]
+pub fn compute_update_at(
+    model: &Model,
+    demo: &mut DemoState,
+    local: Option<&mut LocalSteps>,
+    data: &Dataset,
+    step: &StepConfig,
+    info: &RunInfo,
+    (round, base): (Round, StateHash),
+    me: &WorkerKey,
+    decay: f64,
+) -> Result<(Bytes, f64), TrainerError> {
     let layout = &info.config.layout;
     let (direction, loss) = train_direction(model, local, data, step, &info.train, &info.config.hyper, round, me)?;
     demo.accumulate(&direction, layout, decay, 1.0)?;
     let header = Header {
         run: verify::RunId(info.run_id.0),
         round,
-        base: follower.state_hash(),
+        base,
         worker: *me,
         layout: layout.hash(),
         compression: info.config.hyper.compression,

@@ -8,7 +8,8 @@
 //!                 step rule is linear (with or without overrides), or 4 when the transform is
 //!                 not the DCT (with any step rule, with or without overrides), or 5 when the
 //!                 indices are Elias-Fano coded (with either transform and any step rule), or 6
-//!                 when the exclusion has a relative threshold (with any of the above)
+//!                 when the exclusion has a relative threshold (with any of the above), or 7
+//!                 when rounds overlap (with any of the above)
 //!   10            layout      u32 count | (u32 name_len | name | u32 rank | u64 dim * rank) * count
 //!                             (= layout_bytes of FORMAT.md 1.1; names strictly ascending)
 //!                 compression u16 chunk size | u16 top-k | u8 value encoding
@@ -25,11 +26,14 @@
 //!                 weight decay ratio                    ratio = u64 num | u64 den (den != 0)
 //!                 clip        u8: 0 off, 1 median
 //!                 v3 only: step rule  u8: 1 linear (a sign-rule run is v1, v2 or v4)
-//!                 v4 to v6: step rule u8: 0 sign, 1 linear
+//!                 v4 to v7: step rule u8: 0 sign, 1 linear
 //!                 rounds      u32 min contributions | u32 max contributions (1..=4096, min <= max)
 //!                 exclusion   i64 min score | u32 max failures (0 = never exclude)
-//!                             v6 only: u8 min percent of the median (1..=100; a run without
+//!                             v6: u8 min percent of the median (1..=100; a run without
 //!                             a relative threshold is v1 to v5)
+//!                             v7: u8 min percent of the median (0..=100, 0: none)
+//!                                 | u8 overlap: 1 (a contribution to round r may be trained
+//!                                 on the state after r - 2 as well as on the one after r - 1)
 //!                 extra       u32 len (<= MAX_EXTRA_BYTES) | bytes (opaque: trainer, federation)
 //!   total <= MAX_CONFIG_BYTES; nothing may follow `extra`.
 //! ```
@@ -61,6 +65,8 @@ pub const CONFIG_VERSION_WITH_TRANSFORM: u16 = 4;
 pub const CONFIG_VERSION_WITH_INDEX_CODING: u16 = 5;
 /// The config version of a run whose verdicts also fail below a share of their validator's median.
 pub const CONFIG_VERSION_WITH_RELATIVE_SCORE: u16 = 6;
+/// The config version of a run whose rounds overlap ([`RoundRules::overlap`]).
+pub const CONFIG_VERSION_WITH_OVERLAP: u16 = 7;
 /// Largest encoded config: the ledger's limit on a Genesis entry's config.
 pub const MAX_CONFIG_BYTES: u64 = ledger::entry::MAX_CONFIG_BYTES as u64;
 /// Largest `extra` field.
@@ -76,6 +82,11 @@ pub struct RoundRules {
     /// Most contributions counted in one round: the first this many that pass the round rule
     /// (1..=[`MAX_UPDATES_PER_ROUND`]).
     pub max_contributions: u32,
+    /// Whether rounds overlap: a worker trains round `r + 1` while round `r` closes, so a
+    /// contribution to round `r` counts when its base is the state after `r - 1` (the round's
+    /// base) or the state after `r - 2` (one round behind; the genesis state for round 1). Its
+    /// update is applied to the round's base like any other (FORMAT.md, "Round rule").
+    pub overlap: bool,
 }
 
 /// How validators' verdicts exclude contributions and workers (see FORMAT.md, "Round rule").
@@ -187,6 +198,7 @@ impl RunConfig {
         let h = &self.hyper;
         let c = &h.compression;
         let version = match (c.indices, c.transform, h.step, c.overrides.is_empty()) {
+            _ if self.rounds.overlap => CONFIG_VERSION_WITH_OVERLAP,
             _ if self.exclusion.min_pct_of_median != 0 => CONFIG_VERSION_WITH_RELATIVE_SCORE,
             (IndexCoding::EliasFano, _, _, _) => CONFIG_VERSION_WITH_INDEX_CODING,
             (IndexCoding::Fixed, Transform::Identity, _, _) => CONFIG_VERSION_WITH_TRANSFORM,
@@ -256,6 +268,9 @@ impl RunConfig {
         if version >= CONFIG_VERSION_WITH_RELATIVE_SCORE {
             out.push(self.exclusion.min_pct_of_median);
         }
+        if version >= CONFIG_VERSION_WITH_OVERLAP {
+            out.push(1);
+        }
         out.extend_from_slice(&(self.extra.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.extra);
         if out.len() as u64 > MAX_CONFIG_BYTES {
@@ -274,7 +289,7 @@ impl RunConfig {
             return Err(ConfigError::BadMagic.into());
         }
         let version = r.u16("version")?;
-        if !(CONFIG_VERSION..=CONFIG_VERSION_WITH_RELATIVE_SCORE).contains(&version) {
+        if !(CONFIG_VERSION..=CONFIG_VERSION_WITH_OVERLAP).contains(&version) {
             return Err(ConfigError::UnsupportedVersion(version).into());
         }
         let layout = decode_layout(&mut r)?;
@@ -333,17 +348,28 @@ impl RunConfig {
             CONFIG_VERSION_WITH_STEP_RULE
             | CONFIG_VERSION_WITH_TRANSFORM
             | CONFIG_VERSION_WITH_INDEX_CODING
-            | CONFIG_VERSION_WITH_RELATIVE_SCORE => match r.u8("step rule")? {
+            | CONFIG_VERSION_WITH_RELATIVE_SCORE
+            | CONFIG_VERSION_WITH_OVERLAP => match r.u8("step rule")? {
                 0 => StepRule::Sign,
                 1 => StepRule::Linear,
                 tag => return Err(ConfigError::UnknownTag { field: "step rule", tag }.into()),
             },
             _ => StepRule::Sign,
         };
-        let rounds = RoundRules { min_contributions: r.u32("min contributions")?, max_contributions: r.u32("max")? };
+        let mut rounds = RoundRules {
+            min_contributions: r.u32("min contributions")?,
+            max_contributions: r.u32("max")?,
+            overlap: false,
+        };
         let mut exclusion = ExclusionRules::absolute(r.i64("min score")?, r.u32("max failures")?);
         if version >= CONFIG_VERSION_WITH_RELATIVE_SCORE {
             exclusion.min_pct_of_median = r.u8("min percent of the median")?;
+        }
+        if version >= CONFIG_VERSION_WITH_OVERLAP {
+            rounds.overlap = match r.u8("overlap")? {
+                1 => true,
+                tag => return Err(ConfigError::UnknownTag { field: "overlap", tag }.into()),
+            };
         }
         let extra_len = r.u32("extra length")?;
         if extra_len > MAX_EXTRA_BYTES {
@@ -472,7 +498,7 @@ mod tests {
                 clip: NormClip::Median,
                 step: crate::StepRule::Sign,
             },
-            rounds: RoundRules { min_contributions: 1, max_contributions: 16 },
+            rounds: RoundRules { min_contributions: 1, max_contributions: 16, overlap: false },
             exclusion: ExclusionRules::absolute(0, 3),
             extra: b"preset=tiny".to_vec(),
         }
@@ -501,8 +527,8 @@ mod tests {
         magic[0] ^= 1;
         assert_eq!(err(&magic), ConfigError::BadMagic);
         let mut version = bytes.clone();
-        version[8] = 7;
-        assert_eq!(err(&version), ConfigError::UnsupportedVersion(7));
+        version[8] = 8;
+        assert_eq!(err(&version), ConfigError::UnsupportedVersion(8));
         // tensors are "b" then "w": swap the one-byte names to make the list unsorted
         let mut unsorted = bytes.clone();
         let b_at = bytes.windows(5).position(|w| w == [1, 0, 0, 0, b'b']).unwrap() + 4;

@@ -417,7 +417,9 @@ impl<'r> Replay<'r> {
             let expected = Expected {
                 run: self.run,
                 round: plan.round,
-                base: self.hash,
+                // The round's base, or with overlapping rounds the one before (the plan checked
+                // which); the update applies to the round's base either way.
+                base: c.base,
                 worker: c.worker,
                 layout: &config.layout,
                 compression: config.hyper.compression,

@@ -534,8 +534,9 @@ impl RoundRule {
         forget_rounds_before(&mut self.snapshots, claims_from, newest_snapshot);
         forget_rounds_before(&mut self.attestations, claims_from, newest_snapshot);
         // The tally's closes and results likewise: what `claims` reads for the rounds kept.
+        // One round more: with overlapping rounds, the base one round behind is a result's state.
         let tally_keep = newest_snapshot.map(|r| ledger::Round(r.0));
-        self.tally.forget_before(ledger::Round(claims_from.0), tally_keep);
+        self.tally.forget_before(ledger::Round(claims_from.0.saturating_sub(1)), tally_keep);
         self.forgotten = horizon;
     }
 
@@ -692,12 +693,13 @@ impl RoundRule {
         // the attested set is exactly the provisional one the attesters fetched, less the drops.
         let mut taken = 0usize;
         let thresholds = self.thresholds_before(round, close);
+        let bases = (base, self.base_behind(round));
         for Indexed { candidate: c, void } in self.contributions.get(&round).into_iter().flatten() {
             let reason = match void {
                 Some(VoidReason::RoundClosed(_)) => Some(NotCounted::Late { cut }),
                 Some(reason) => Some(NotCounted::Void(reason.clone())),
                 None if c.pos.seq >= cut || c.pos > close => Some(NotCounted::Late { cut }),
-                None => self.accepted_reason(c, base, (close, &thresholds), &mut first, taken, max),
+                None => self.accepted_reason(c, bases, (close, &thresholds), &mut first, taken, max),
             };
             if reason.is_none() {
                 taken += 1;
@@ -711,10 +713,24 @@ impl RoundRule {
         RoundPlan { round, base, close, cut, counted, not_counted, claims }
     }
 
+    /// With overlapping rounds, the other base a contribution to `round` may have: the state after
+    /// `round - 2` as attested (the genesis state for round 1; none for round 0). `None` without
+    /// overlap.
+    pub fn base_behind(&self, round: Round) -> Option<StateHash> {
+        if !self.config.rounds.overlap {
+            return None;
+        }
+        match round.0 {
+            0 => None,
+            1 => self.genesis.map(|g| g.state),
+            r => self.final_result(Round(r - 2)).map(|f| StateHash(f.state.0)),
+        }
+    }
+
     fn accepted_reason(
         &self,
         c: &Candidate,
-        base: StateHash,
+        (base, behind): (StateHash, Option<StateHash>),
         (close, thresholds): (EntryPos, &Thresholds),
         first: &mut BTreeMap<WorkerKey, EntryPos>,
         counted: usize,
@@ -727,7 +743,7 @@ impl RoundRule {
             return Some(NotCounted::Duplicate { first: earlier });
         }
         first.insert(c.worker, c.pos);
-        if c.base != base {
+        if c.base != base && Some(c.base) != behind {
             return Some(NotCounted::StaleBase { expected: base, got: c.base });
         }
         if c.blob_size != self.update_bytes || self.update_bytes > MAX_UPDATE_BYTES {
@@ -765,7 +781,7 @@ mod tests {
                 clip: NormClip::Off,
                 step: crate::StepRule::Sign,
             },
-            rounds: RoundRules { min_contributions: 1, max_contributions },
+            rounds: RoundRules { min_contributions: 1, max_contributions, overlap: false },
             exclusion: ExclusionRules::absolute(0, max_failures),
             extra: Vec::new(),
         }
@@ -813,9 +829,14 @@ mod tests {
         }
 
         fn contribute(&mut self, worker: &Keypair, round: u64, blob: u8, config: &RunConfig) -> EntryPos {
+            self.contribute_on(worker, round, blob, 7, config)
+        }
+
+        /// A contribution trained on the state whose hash is 32 bytes `base`.
+        fn contribute_on(&mut self, worker: &Keypair, round: u64, blob: u8, base: u8, config: &RunConfig) -> EntryPos {
             let body = Body::Contribution(Contribution {
                 round: ledger::Round(round),
-                base_state: ledger::StateHash([7; 32]),
+                base_state: ledger::StateHash([base; 32]),
                 assignment: Vec::new(),
                 blob: BlobId([blob; 32]),
                 blob_size: encoded_len(&config.layout, &config.hyper.compression),
@@ -956,6 +977,64 @@ mod tests {
         assert!(matches!(reasons(&provisional)[..], [(p, NotCounted::Excluded { .. })] if p == r2_w1));
         assert!(rule.prospective(Round(2), base).is_none(), "already closed");
         assert!(rule.prospective(Round(3), base).is_some());
+    }
+
+    /// With overlapping rounds a contribution to round r counts on the round's base or on the state
+    /// after r - 2 as attested (the genesis state for round 1), never on an older one; without
+    /// overlap, only on the round's base.
+    #[test]
+    fn overlapping_rounds_count_a_contribution_one_round_behind() {
+        let keys: Vec<Keypair> = (1..=4).map(|i| Keypair::from_seed([i; 32])).collect();
+        let [admin, w1, w2, w3] = [&keys[0], &keys[1], &keys[2], &keys[3]];
+        let members =
+            [(admin, "a", Role::Admin), (w1, "a", Role::Worker), (w2, "a", Role::Worker), (w3, "a", Role::Worker)];
+        for overlap in [false, true] {
+            let mut cfg = config(8, 0);
+            cfg.rounds.overlap = overlap;
+            let mut log = Log::new(&members, 1);
+            // States: genesis 7, after round 0: 10, after round 1: 11, after round 2: 12.
+            let (genesis, after) = (7u8, |r: u64| 10 + r as u8);
+            let mut expected: Vec<(u64, Vec<EntryPos>, Vec<EntryPos>)> = Vec::new();
+            for r in 0..3u64 {
+                let base = if r == 0 { genesis } else { after(r - 1) };
+                let behind = match r {
+                    0 => None,
+                    1 => Some(genesis),
+                    _ => Some(after(r - 2)),
+                };
+                let on_base = log.contribute_on(w1, r, 10 * r as u8 + 1, base, &cfg);
+                // One round behind (none exists for round 0: a made-up hash there).
+                let one_behind = log.contribute_on(w2, r, 10 * r as u8 + 2, behind.unwrap_or(99), &cfg);
+                // Two rounds behind (round 2, on the genesis state), or a made-up hash: never.
+                let older = log.contribute_on(w3, r, 10 * r as u8 + 3, if r == 2 { genesis } else { 98 }, &cfg);
+                let (mut counted, mut stale) = (vec![on_base], vec![older]);
+                match (overlap, behind) {
+                    (true, Some(_)) => counted.push(one_behind),
+                    _ => stale.insert(0, one_behind),
+                }
+                expected.push((r, counted, stale));
+                log.close(&[admin], r);
+                log.attest(admin, r, after(r), vec![]);
+            }
+            let rule = RoundRule::new(&log.entries, &cfg);
+            for (r, counted, stale) in expected {
+                let base = StateHash([if r == 0 { genesis } else { after(r - 1) }; 32]);
+                let plan = rule.round(Round(r), base).unwrap();
+                assert_eq!(
+                    plan.counted.iter().map(|c| c.pos).collect::<Vec<_>>(),
+                    counted,
+                    "overlap {overlap}, round {r}"
+                );
+                let got: Vec<EntryPos> = reasons(&plan)
+                    .into_iter()
+                    .map(|(p, why)| {
+                        assert!(matches!(why, NotCounted::StaleBase { expected, .. } if expected == base), "{why:?}");
+                        p
+                    })
+                    .collect();
+                assert_eq!(got, stale, "overlap {overlap}, round {r}");
+            }
+        }
     }
 
     #[test]
@@ -1283,8 +1362,9 @@ mod tests {
 
     /// A follower that forgets the rounds behind a window of W rounds after every extend answers
     /// every question about the rounds it keeps as a rule built afresh over the same prefix, and
-    /// holds W + 4 rounds at most (the window, the open round and the next, the claims of the
-    /// round before the window and of the newest snapshot); asked to forget everything, it keeps
+    /// holds W + 5 rounds at most (the window, the open round and the next, the claims of the
+    /// round before the window, the result before that, and the newest snapshot's); asked to
+    /// forget everything, it keeps
     /// the open round and later ones.
     #[test]
     fn forgetting_rounds_behind_a_window_changes_no_answer_about_the_rounds_kept() {
@@ -1310,7 +1390,10 @@ mod tests {
                     );
                     assert_same_from(rule, &fresh, from, &workers, &at);
                     let held = rounds_held(rule);
-                    assert!(held <= window.unwrap_or(0) as usize + 4, "{at}: {held} rounds held");
+                    // The window, the open round and the next, the claims of the round before the
+                    // window, the tally's result two rounds before it (a base one round behind,
+                    // with overlapping rounds) and the newest snapshot's.
+                    assert!(held <= window.unwrap_or(0) as usize + 5, "{at}: {held} rounds held");
                     assert_eq!(stray_verdicts(rule), 0, "{at}");
                     assert!(rule.contributions.range(..from).next().is_none(), "{at}");
                 }

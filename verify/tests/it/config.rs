@@ -42,8 +42,8 @@ fn config_strategy() -> impl Strategy<Value = RunConfig> {
                 step: if linear && values != ValueEncoding::Sign { StepRule::Linear } else { StepRule::Sign },
             }
         });
-    let rounds = (1u32..=4096).prop_flat_map(|max| {
-        (0..=max).prop_map(move |min| RoundRules { min_contributions: min, max_contributions: max })
+    let rounds = (1u32..=4096, any::<bool>()).prop_flat_map(|(max, overlap)| {
+        (0..=max).prop_map(move |min| RoundRules { min_contributions: min, max_contributions: max, overlap })
     });
     // a relative threshold in half the cases
     let pct = prop_oneof![Just(0u8), 1u8..=100];
@@ -97,7 +97,7 @@ fn one_tensor_config() -> RunConfig {
             clip: NormClip::Off,
             step: verify::StepRule::Sign,
         },
-        rounds: RoundRules { min_contributions: 0, max_contributions: 1 },
+        rounds: RoundRules { min_contributions: 0, max_contributions: 1, overlap: false },
         exclusion: ExclusionRules::absolute(-5, 0),
         extra: vec![],
     }
@@ -152,7 +152,7 @@ fn zero_denominator_and_unknown_tags_are_refused() {
     assert!(matches!(RunConfig::decode(&early), Err(VerifyError::InvalidHyper(_))));
     // min above max
     let mut rounds = config.clone();
-    rounds.rounds = RoundRules { min_contributions: 2, max_contributions: 1 };
+    rounds.rounds = RoundRules { min_contributions: 2, max_contributions: 1, overlap: false };
     assert!(matches!(rounds.encode(), Err(VerifyError::Config(ConfigError::Invalid(_)))));
 }
 
@@ -181,6 +181,39 @@ fn a_relative_threshold_is_version_6_with_one_byte_after_max_failures() {
     assert!(matches!(RunConfig::decode(&too_big), Err(VerifyError::Config(ConfigError::Invalid(_)))));
     config.exclusion.min_pct_of_median = 101;
     assert!(config.encode().is_err());
+}
+
+/// Overlapping rounds: version 7, with the percent (0 allowed there) and then one byte 1 after
+/// `max failures`; any other value of that byte is refused.
+#[test]
+fn overlapping_rounds_are_version_7_with_one_byte_after_the_percent() {
+    let mut config = one_tensor_config();
+    let plain = config.encode().unwrap();
+    config.rounds.overlap = true;
+    let overlapping = config.encode().unwrap();
+    assert_eq!(overlapping[8..10], 7u16.to_le_bytes());
+    // v7 adds the override count, transform, index coding and step rule bytes (4), the percent
+    // (1) and the overlap byte (1), which sits just before the 4-byte extra length
+    assert_eq!(overlapping.len(), plain.len() + 6);
+    let at = overlapping.len() - 5;
+    assert_eq!(overlapping[at - 1..=at], [0, 1]);
+    assert_eq!(RunConfig::decode(&overlapping).unwrap(), config);
+    for bad in [0u8, 2, 255] {
+        let mut other = overlapping.clone();
+        other[at] = bad;
+        assert!(
+            matches!(
+                RunConfig::decode(&other),
+                Err(VerifyError::Config(ConfigError::UnknownTag { field: "overlap", .. }))
+            ),
+            "{bad}"
+        );
+    }
+    // With a relative threshold too: both bytes.
+    config.exclusion.min_pct_of_median = 25;
+    let both = config.encode().unwrap();
+    assert_eq!(both[at - 1..=at], [25, 1]);
+    assert_eq!(RunConfig::decode(&both).unwrap(), config);
 }
 
 /// The threshold by hand: the lower median of the validator's scores, times the percent, floored,

@@ -129,7 +129,7 @@ fn the_run_config_carries_the_index_coding_canonically() {
     let mut config = RunConfig {
         layout: layout.clone(),
         hyper: hyper(ef(ValueEncoding::TwoBit), verify::NormClip::Median),
-        rounds: RoundRules { min_contributions: 1, max_contributions: 8 },
+        rounds: RoundRules { min_contributions: 1, max_contributions: 8, overlap: false },
         exclusion: ExclusionRules::absolute(-5, 0),
         extra: Vec::new(),
     };

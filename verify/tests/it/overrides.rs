@@ -133,7 +133,7 @@ fn a_run_config_with_overrides_round_trips_as_version_2() {
     let mut config = RunConfig {
         layout: model_layout(),
         hyper: hyper(with_overrides(ValueEncoding::Sign), NormClip::Off),
-        rounds: verify::RoundRules { min_contributions: 1, max_contributions: 8 },
+        rounds: verify::RoundRules { min_contributions: 1, max_contributions: 8, overlap: false },
         exclusion: verify::ExclusionRules::absolute(0, 0),
         extra: Vec::new(),
     };

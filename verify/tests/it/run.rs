@@ -32,7 +32,7 @@ pub fn run_config(max_contributions: u32, max_failures: u32) -> RunConfig {
             clip: NormClip::Median,
             step: verify::StepRule::Sign,
         },
-        rounds: RoundRules { min_contributions: 2, max_contributions },
+        rounds: RoundRules { min_contributions: 2, max_contributions, overlap: false },
         exclusion: ExclusionRules::absolute(0, max_failures),
         extra: b"preset=tiny".to_vec(),
     }
