@@ -168,8 +168,9 @@ fn finite_loss(loss: f64) -> Result<f64, TrainerError> {
     if loss.is_finite() { Ok(loss) } else { Err(TrainerError::Diverged { what: "loss" }) }
 }
 
-/// Scores a decoded `update` against `state` (the round's base: the update must have been decoded
-/// with `Expected::base` = `state.hash()`). `model` is the validator's model for the run (its
+/// Scores a decoded `update` against `state` (the round's base; the update was decoded with
+/// `Expected::base` = the base its contribution names: `state.hash()`, or with overlapping rounds
+/// possibly the state one round earlier). `model` is the validator's model for the run (its
 /// parameters are overwritten: it ends holding the "after" state); `data` is the run's dataset, from
 /// which the worker's assignment is recomputed from the update's round and worker key.
 pub fn score(

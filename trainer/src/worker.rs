@@ -250,7 +250,9 @@ pub async fn run_worker(
             let decay = info.train.momentum_decay;
             let started = Instant::now();
             let idle = trained_until.map(|t| started.saturating_duration_since(t));
-            // The model moves to the training thread (its tensors may not be shared) and back.
+            // The model moves to the training thread (its tensors may not be shared) and back. If
+            // the round becomes final first, this thread waits for the training to end before it
+            // takes part in the next round, as it would while training without overlap.
             let (waited, joined) = tokio::task::block_in_place(|| {
                 std::thread::scope(|s| {
                     let (demo, local, data, info) = (&mut demo, local.as_mut(), &data, &info);
@@ -280,8 +282,8 @@ pub async fn run_worker(
         }
         if let Some((((bytes, loss), train_time), base, idle)) = trained {
             // Only for the round it was trained for, while it is open (a follower that applied
-            // several rounds meanwhile drops it; its direction stays in the momentum, as a late
-            // contribution's does).
+            // several rounds meanwhile drops it: the part it would have sent has left the
+            // momentum, as a late contribution's has).
             if follower.round() == next && !follower.is_closed() {
                 let waited = last_round_times.take();
                 let contributed = Contributed { round: next, base, bytes, loss, train_time, waited, idle };

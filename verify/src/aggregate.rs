@@ -202,9 +202,6 @@ fn check(layout: &Layout, round: Round, updates: &[Update], hyper: &Hyper) -> Re
         if h.layout != layout_hash {
             return Err(VerifyError::LayoutMismatch("layout hash".into()));
         }
-        if h.base != updates[0].header().base {
-            return Err(VerifyError::WrongBase);
-        }
         if h.compression.chunk_size != comp.chunk_size {
             return Err(VerifyError::WrongChunkSize { expected: comp.chunk_size, got: h.compression.chunk_size });
         }

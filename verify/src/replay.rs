@@ -8,7 +8,7 @@
 //!       blobs   = source.blob(c.blob, c.blob_size) per counted c    IO (the edge: `replay`),
 //!                                                                  the canonical key, then mirrors
 //!       Replay::apply(plan, blobs):                                 pure
-//!         decode each with Expected{run, r, base, worker = signer, layout, compression}
+//!         decode each with Expected{run, r, its base_state, worker = signer, layout, compression}
 //!         an undecodable blob, or one shorter than declared: that contribution does not count
 //!         aggregate::apply(state, r, decoded updates in ledger order, hyper)
 //!         compare hash(state) with every claim for r (the attested result, Snapshots: binding;

@@ -31,6 +31,45 @@ async fn replay_reproduces_direct_aggregation() {
     assert_eq!(report.first_discrepancy(), None);
 }
 
+/// With overlapping rounds, one round may count updates trained on its base and on the state a
+/// round earlier side by side: replay decodes each against the base it names, applies them all to
+/// the round's state, and reaches what aggregating the same updates directly gives.
+#[tokio::test]
+async fn a_round_that_mixes_both_bases_under_overlap_replays_to_the_direct_aggregation() {
+    let mut config = crate::run::run_config(16, 0);
+    config.rounds.overlap = true;
+    let mut run = crate::run::TestRun::new(config).await;
+    let h = run.hyper();
+    let mut states = vec![run.initial.clone()];
+    for round in 0..3u64 {
+        let base = states.last().unwrap().clone();
+        let behind = if round == 0 { base.hash() } else { states[states.len() - 2].hash() };
+        let mut updates = Vec::new();
+        // Worker 0 trained ahead (one round behind, from round 1 on); workers 1 and 2 did not.
+        updates.push(run.contribute(0, round, behind).await.1);
+        for w in 1..3 {
+            updates.push(run.contribute(w, round, base.hash()).await.1);
+        }
+        let next = verify::aggregate(&base, Round(round), &updates, &h).unwrap();
+        run.close(round, next.hash()).await;
+        states.push(next);
+    }
+    let entries = run.entries().await;
+    let replayed = replay_from_genesis(&entries, &run.store).await.unwrap();
+    assert_eq!(replayed.state, states[3]);
+    for r in &replayed.report.rounds {
+        assert_eq!(r.counted.len(), 3, "round {}: {:?}", r.round, r.not_counted);
+    }
+    assert!(replayed.report.discrepancies.is_empty(), "{:?}", replayed.report.discrepancies);
+    // The same log under a config without overlap: worker 0's updates from round 1 on are stale.
+    let mut strict = run.config.clone();
+    strict.rounds.overlap = false;
+    let rule = verify::RoundRule::new(&entries, &strict);
+    let plan = rule.round(Round(1), states[1].hash()).unwrap();
+    assert_eq!(plan.counted.len(), 2);
+    assert!(matches!(plan.not_counted[..], [(_, verify::NotCounted::StaleBase { .. })]), "{:?}", plan.not_counted);
+}
+
 #[tokio::test]
 async fn a_quorum_attesting_a_wrong_hash_is_reported_with_its_round_and_seq() {
     let (run, states, closes) = three_rounds(Some(1)).await;
