@@ -83,6 +83,13 @@ pub struct Args {
     /// waited 2 s (0: instant, the ledger's share alone).
     #[arg(long, default_value_t = 0)]
     score_ms: u64,
+    /// Research (not built in the worker): each organisation gathers its workers' contributions
+    /// and appends them as one slot, when all its workers are in or the oldest waited this many
+    /// milliseconds. Each worker PUTs its signed entry under `pending/`, the gatherer LISTs and
+    /// GETs them before each append (any member may append others' signed entries: they stay
+    /// theirs). 0: every worker appends its own entry, as `cairn worker` does.
+    #[arg(long, default_value_t = 0)]
+    gather_ms: u64,
     /// Milliseconds between a waiting participant's ledger polls (`cairn worker --poll-ms`).
     #[arg(long, default_value_t = 250)]
     poll_ms: u64,
@@ -90,7 +97,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10_000)]
     rounds: u64,
     /// The run's window of rounds (`[rounds] window`; 0: none): a follower holds the entries of
-    /// this many rounds, and a Merkle leaf for every slot.
+    /// this many rounds.
     #[arg(long, default_value_t = trainer::run_spec::DEFAULT_WINDOW)]
     window: u32,
     /// Where aggregation is timed before it is scaled to --preset.
@@ -224,6 +231,7 @@ async fn simulate_ledger(
     // Contributions: every worker appends from the head it saw when the round opened.
     let start = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut by_organisation: Vec<Vec<(std::time::Duration, Entry)>> = vec![Vec::new(); members.organisations];
     for (i, key) in members.workers.iter().enumerate() {
         let body = Body::Contribution(Contribution {
             round,
@@ -235,26 +243,38 @@ async fn simulate_ledger(
         });
         let entry = Entry::sign(run, body, &[key])?;
         let arrival = std::time::Duration::from_secs_f64(rng.random_range(0.0..=args.arrival_secs.max(0.0)));
+        if args.gather_ms > 0 {
+            by_organisation[i % members.organisations].push((arrival, entry));
+            continue;
+        }
         let mut appender = Appender::starting_at(store.clone(), head);
         tasks.spawn(async move {
             tokio::time::sleep(arrival).await;
             let bytes = ledger::slot::encode_entries(std::slice::from_ref(&entry))?.len() as u64;
             let seq = appender.append(std::slice::from_ref(&entry)).await?;
-            anyhow::Ok((EntryPos { seq, index: 0 }, bytes))
+            anyhow::Ok(vec![(vec![EntryPos { seq, index: 0 }], bytes)])
         });
+    }
+    let gather = std::time::Duration::from_millis(args.gather_ms);
+    for (o, mut arrivals) in by_organisation.into_iter().enumerate().filter(|(_, a)| !a.is_empty()) {
+        arrivals.sort_by_key(|(t, _)| *t);
+        let store = store.clone();
+        tasks.spawn(async move { gather_contributions(store, head, start, o, arrivals, gather).await });
     }
     let mut contributions = Vec::with_capacity(members.workers.len());
     while let Some(joined) = tasks.join_next().await {
-        let (pos, bytes) = joined.context("contribution task")??;
-        contributions.push(pos);
-        out.slot_bytes += bytes;
-        out.contribution_bytes = out.contribution_bytes.max(bytes);
+        for (positions, bytes) in joined.context("contribution task")?? {
+            contributions.extend(positions);
+            out.slot_bytes += bytes;
+            out.contribution_bytes = out.contribution_bytes.max(bytes);
+            out.slots += 1;
+        }
     }
     contributions.sort();
     out.contributions_s = start.elapsed().as_secs_f64();
-    out.slots += contributions.len() as u64;
     out.entries += contributions.len() as u64;
-    let after_contributions = Seq(head.0 + contributions.len() as u64);
+    let contribution_slots = contributions.iter().map(|p| p.seq).collect::<std::collections::BTreeSet<_>>().len();
+    let after_contributions = Seq(head.0 + contribution_slots as u64);
 
     // Verdicts: each validator scores every contribution (scoring time is not modelled here: this
     // is the ledger's share) and appends, racing the other validators.
@@ -294,7 +314,7 @@ async fn simulate_ledger(
 
     // Closing: one vote, then one attestation, per organisation (its validator), racing.
     let start = tokio::time::Instant::now();
-    let seen = Seq(after_contributions.0 + out.slots - contributions.len() as u64);
+    let seen = Seq(after_contributions.0 + out.slots - contribution_slots as u64);
     for body in [
         Body::CloseVote(CloseVote { round, seen }),
         Body::Attestation(Attestation { round, state: ledger::StateHash([1; 32]), dropped: Vec::new() }),
@@ -328,6 +348,65 @@ async fn simulate_ledger(
 
 /// One simulated validator's scored verdicts not yet appended (what `PendingVerdicts` is to
 /// `cairn validate`, on the paused clock), with what it appended so far.
+/// One organisation's gatherer (research, `--gather-ms`): its workers' signed contributions arrive
+/// at their times (each PUT under `pending/`); it appends them as one slot when every one of them
+/// is in, or when the oldest waited `gather` (after a LIST and a GET of each, what reading them back
+/// costs). Returns each slot's positions and bytes.
+async fn gather_contributions(
+    store: Store,
+    head: Seq,
+    start: tokio::time::Instant,
+    organisation: usize,
+    arrivals: Vec<(std::time::Duration, Entry)>,
+    gather: std::time::Duration,
+) -> anyhow::Result<Vec<(Vec<EntryPos>, u64)>> {
+    let mut appender = Appender::starting_at(store.clone(), head);
+    let prefix = format!("pending/{organisation}/");
+    let mut slots = Vec::new();
+    let mut pending: Vec<Entry> = Vec::new();
+    let mut oldest: Option<tokio::time::Instant> = None;
+    let total = arrivals.len();
+    for (arrived, (at, entry)) in arrivals.into_iter().enumerate() {
+        if let Some(due) = oldest.map(|t| t + gather)
+            && due <= start + at
+        {
+            tokio::time::sleep_until(due).await;
+            slots.push(append_gathered(&store, &prefix, slots.len(), &mut pending, &mut appender).await?);
+            oldest = None;
+        }
+        tokio::time::sleep_until(start + at).await;
+        // The worker's own PUT of its entry; from there it is the gatherer's to append.
+        let key = format!("{prefix}{}-{}", slots.len(), pending.len());
+        store.put(&key, bytes::Bytes::from(entry.encode())).await?;
+        pending.push(entry);
+        oldest.get_or_insert_with(tokio::time::Instant::now);
+        if arrived + 1 == total || pending.len() == usize::from(ledger::slot::MAX_BATCH_ENTRIES) {
+            slots.push(append_gathered(&store, &prefix, slots.len(), &mut pending, &mut appender).await?);
+            oldest = None;
+        }
+    }
+    Ok(slots)
+}
+
+/// The gatherer reads the pending entries back (a LIST, a GET each) and appends them as one slot.
+async fn append_gathered(
+    store: &Store,
+    prefix: &str,
+    batch: usize,
+    pending: &mut Vec<Entry>,
+    appender: &mut Appender,
+) -> anyhow::Result<(Vec<EntryPos>, u64)> {
+    store.list(prefix, None).await?;
+    for i in 0..pending.len() {
+        store.get(&format!("{prefix}{batch}-{i}"), u64::MAX).await?;
+    }
+    let bytes = ledger::slot::encode_entries(pending)?.len() as u64;
+    let seq = appender.append(pending).await?;
+    let positions = (0..pending.len()).map(|i| EntryPos { seq, index: i as u16 }).collect();
+    pending.clear();
+    Ok((positions, bytes))
+}
+
 struct VerdictBatch {
     appender: Appender,
     per_slot: usize,
@@ -436,7 +515,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     println!(
         "bench scale: {} ({params} parameters), update {update_bytes} B ({:.0}x smaller than dense f32), values {:?}, \
          {} organisations, {} Mbit/s links, store requests up to {} ms, arrivals over {} s, {:?} verdicts a slot, {} ms to score one, \
-         at most {} counted a round",
+         at most {} counted a round, contributions gathered by organisation every {} ms (0: each worker appends its own)",
         preset.name(),
         dense_bytes as f64 / update_bytes as f64,
         config.hyper.compression.values,
@@ -447,6 +526,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         args.verdict_batch,
         args.score_ms,
         config.rounds.max_contributions,
+        args.gather_ms,
     );
 
     // Aggregation, measured here at a smaller preset and scaled by parameters.
@@ -567,6 +647,9 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         if let Some((_, u)) = with_step {
             keys.push(format!("w{n}_b{batch}_step_usd_per_round={u:.2}"));
         }
+    }
+    if args.gather_ms > 0 {
+        keys.insert(0, format!("gather_ms={}", args.gather_ms));
     }
     println!("bench scale: {}", keys.join(" "));
     Ok(Outcome::Ok)

@@ -39,3 +39,36 @@ fn a_simulated_round_takes_the_slots_the_protocol_says() {
         assert!(ledger > 0.0 && figure(&format!("w{workers}_b{batch}_round_s")) >= ledger, "{all}");
     }
 }
+
+/// Research mode `--gather-ms`: with a gathering interval longer than the arrivals, each
+/// organisation appends all of its workers' contributions as one slot.
+#[test]
+fn gathered_contributions_take_one_slot_per_organisation() {
+    let args = [
+        "bench",
+        "scale",
+        "--workers",
+        "5",
+        "--organisations",
+        "2",
+        "--preset",
+        "tiny",
+        "--measure-preset",
+        "tiny",
+        "--verdict-batch",
+        "3",
+        "--arrival-secs",
+        "1",
+        "--gather-ms",
+        "60000",
+    ];
+    let out = cairn(&args, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    let figures = bench_figures(&stdout, "scale");
+    let figure = |key: &str| figures.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+    assert_eq!(figure("gather_ms"), Some(60000.0), "{all}");
+    // 2 organisations' slots + 2 validators x ceil(5 / 3) + 2 x (vote + attestation)
+    assert_eq!(figure("w5_b3_slots"), Some(f64::from(2 + 2 * 2 + 4)), "{all}");
+}
