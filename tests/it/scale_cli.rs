@@ -4,6 +4,16 @@
 
 use crate::{bench_figures, cairn};
 
+/// Runs `cairn` with `args` (a `bench scale`), checks it succeeded, and returns the figures of its
+/// last line with everything it printed (for messages).
+fn run_scale(args: &[&str]) -> (Vec<(String, f64)>, String) {
+    let out = cairn(args, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    (bench_figures(&stdout, "scale"), all)
+}
+
 #[test]
 fn a_simulated_round_takes_the_slots_the_protocol_says() {
     let args = [
@@ -22,11 +32,7 @@ fn a_simulated_round_takes_the_slots_the_protocol_says() {
         "--arrival-secs",
         "1",
     ];
-    let out = cairn(&args, &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{all}");
-    let figures = bench_figures(&stdout, "scale");
+    let (figures, all) = run_scale(&args);
     let figure = |key: &str| {
         figures.iter().find(|(k, _)| k == key).map(|(_, v)| *v).unwrap_or_else(|| panic!("{key} missing: {all}"))
     };
@@ -62,11 +68,7 @@ fn gathered_contributions_take_one_slot_per_organisation() {
         "--gather-ms",
         "60000",
     ];
-    let out = cairn(&args, &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{all}");
-    let figures = bench_figures(&stdout, "scale");
+    let (figures, all) = run_scale(&args);
     let figure = |key: &str| figures.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
     assert_eq!(figure("gather_ms"), Some(60000.0), "{all}");
     // 2 organisations' slots + 2 validators x ceil(5 / 3) + 2 x (vote + attestation)

@@ -217,10 +217,7 @@ pub async fn run_worker(
                 events(WorkerEvent::AlreadyContributed { round: round.0 });
             }
         } else if !follower.is_closed() {
-            if model_hash != follower.state_hash() {
-                model.load_state(follower.state())?;
-                model_hash = follower.state_hash();
-            }
+            sync_model(&mut model, &mut model_hash, &follower)?;
             let started = Instant::now();
             let idle = trained_until.map(|t| started.saturating_duration_since(t));
             let (bytes, loss) = tokio::task::block_in_place(|| {
@@ -242,10 +239,7 @@ pub async fn run_worker(
             && !follower.has_contributed_to(&key.public(), next);
         let waiting = Instant::now();
         let ((reports, apply), trained) = if ahead {
-            if model_hash != follower.state_hash() {
-                model.load_state(follower.state())?;
-                model_hash = follower.state_hash();
-            }
+            sync_model(&mut model, &mut model_hash, &follower)?;
             let base = follower.state_hash();
             let decay = info.train.momentum_decay;
             let started = Instant::now();
@@ -296,6 +290,15 @@ pub async fn run_worker(
     summary.next_round = follower.round().0;
     summary.state = follower.state_hash().to_string();
     Ok(summary)
+}
+
+/// Loads the follower's state into `model` unless it holds it already (`model_hash`).
+fn sync_model(model: &mut Model, model_hash: &mut StateHash, follower: &Follower) -> Result<(), TrainerError> {
+    if *model_hash != follower.state_hash() {
+        model.load_state(follower.state())?;
+        *model_hash = follower.state_hash();
+    }
+    Ok(())
 }
 
 /// An update trained and encoded, to upload and append.
