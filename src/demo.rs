@@ -80,6 +80,10 @@ pub struct DemoArgs {
     /// current one closes; the summary shows the workers' compute idle either way.
     #[arg(long)]
     overlap: bool,
+    /// Each organisation runs a gatherer (`cairn gather`) that appends its workers' contributions
+    /// to a round as one ledger slot; the summary shows the slots either way.
+    #[arg(long)]
+    gather: bool,
 }
 
 /// The demo's members: (name, organisation, role).
@@ -163,15 +167,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
 
     let dashboard = if args.no_dashboard { None } else { Some(start_dashboard(&exe, &url, args.dashboard).await?) };
     println!(
-        "\n[4/5] training: 4 workers and 2 validators as separate processes (logs in {})",
+        "\n[4/5] training: 4 workers{} and 2 validators as separate processes (logs in {})",
+        if args.gather { ", 2 gatherers" } else { "" },
         dir.join("logs").display()
     );
     let mut children = Vec::new();
-    for (member, _, role, path, _) in &keys[1..] {
-        let (command, extra) = match *role {
-            "validator" => ("validate", Vec::new()),
-            _ => ("worker", vec!["--device", args.device.as_str(), "--precision", args.precision.as_str()]),
+    let mut gathering = Vec::new();
+    for (member, org, role, path, _) in &keys[1..] {
+        let (command, mut extra) = match *role {
+            "validator" => ("validate", vec!["--threads", "1"]),
+            _ => (
+                "worker",
+                vec!["--threads", "1", "--device", args.device.as_str(), "--precision", args.precision.as_str()],
+            ),
         };
+        if args.gather && *role == "worker" {
+            extra.extend(["--gatherer-wait-ms", "10000"]);
+            if !gathering.contains(org) {
+                // The organisation's gatherer, found from its first worker's key (it signs nothing).
+                gathering.push(*org);
+                let log = dir.join("logs").join(format!("{org}-gatherer.log"));
+                children.push(("gatherer", spawn(&exe, "gather", &["--window-ms", "2000"], &url, path, &log)?));
+            }
+        }
         let log = dir.join("logs").join(format!("{member}.log"));
         children.push((*member, spawn(&exe, command, &extra, &url, path, &log)?));
     }
@@ -219,6 +237,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         "  workers         {train:.0} ms training and {idle:.0} ms idle between trainings per round (mean; compute busy {:.0}%{})",
         100.0 * train / (train + idle).max(1e-9),
         if args.overlap { ", rounds overlap" } else { "" }
+    );
+    println!(
+        "  ledger          {} contributions in {} slots ({:.1} a slot{})",
+        watched.contributions,
+        watched.contribution_slots,
+        watched.contributions as f64 / watched.contribution_slots.max(1) as f64,
+        if args.gather { ", gathered by organisation" } else { "" }
     );
     println!("  {audit_line}");
     println!("\nTry: cairn status --store {url}   |   cairn audit --store {url} --json");
@@ -307,7 +332,7 @@ fn spawn(exe: &Path, command: &str, extra: &[&str], url: &str, key: &Path, log: 
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     Command::new(exe)
-        .args([command, "--store", url, "--threads", "1", "--key"])
+        .args([command, "--store", url, "--key"])
         .arg(key)
         .args(extra)
         .stdout(out)
@@ -342,6 +367,9 @@ struct Watched {
     /// The workers' `idle_ms` and `train_ms` metrics.
     idle_ms: Vec<i64>,
     train_ms: Vec<i64>,
+    /// Contributions counted, and the ledger slots they were in.
+    contributions: usize,
+    contribution_slots: usize,
 }
 
 fn mean_ms(values: &[i64]) -> f64 {
@@ -356,6 +384,7 @@ async fn watch(store: &storage::Store, children: &mut [(&str, Child)], rounds: u
     let mut shown = 0u64;
     let mut update_bytes = 0u64;
     let (mut idle_ms, mut train_ms) = (Vec::new(), Vec::new());
+    let (mut contributions, mut contribution_slots) = (0, 0);
     let mut running = children.len();
     while running > 0 {
         anyhow::ensure!(started.elapsed() < DEMO_TIMEOUT, "the demo ran past {} minutes", DEMO_TIMEOUT.as_secs() / 60);
@@ -365,9 +394,11 @@ async fn watch(store: &storage::Store, children: &mut [(&str, Child)], rounds: u
             let Some(close) = reader.state().rounds().close(ledger::Round(shown)).map(|c| c.pos) else { break };
             let mut losses = Vec::new();
             let mut verdicts = 0;
+            let mut slots = std::collections::BTreeSet::new();
             for e in reader.by_round(ledger::Round(shown)).filter(|e| e.pos < close) {
                 match e.entry.as_ref().map(|x| &x.body) {
                     Some(Body::Contribution(c)) => {
+                        slots.insert(e.pos.seq);
                         update_bytes = c.blob_size;
                         let metric = |name: &str| c.metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
                         idle_ms.extend(metric("idle_ms"));
@@ -382,11 +413,14 @@ async fn watch(store: &storage::Store, children: &mut [(&str, Child)], rounds: u
             }
             let mean = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
             println!(
-                "  round {:>3}/{rounds}: {} contributions, {verdicts} verdicts, mean train loss {mean:.4}, {update_bytes} bytes each, {:>4.0} s",
+                "  round {:>3}/{rounds}: {} contributions in {} slots, {verdicts} verdicts, mean train loss {mean:.4}, {update_bytes} bytes each, {:>4.0} s",
                 shown + 1,
                 losses.len(),
+                slots.len(),
                 started.elapsed().as_secs_f64()
             );
+            contributions += losses.len();
+            contribution_slots += slots.len();
             shown += 1;
         }
         running = 0;
@@ -398,5 +432,5 @@ async fn watch(store: &storage::Store, children: &mut [(&str, Child)], rounds: u
             }
         }
     }
-    Ok(Watched { update_bytes, idle_ms, train_ms })
+    Ok(Watched { update_bytes, idle_ms, train_ms, contributions, contribution_slots })
 }

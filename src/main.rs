@@ -62,6 +62,9 @@ enum Command {
     },
     /// Take part in a run as a worker: train, contribute, follow.
     Worker(run_cmd::ParticipantArgs),
+    /// Append an organisation's contributions to a round as one ledger slot (its workers run with
+    /// --gatherer-wait-ms); holds no key and signs nothing.
+    Gather(run_cmd::GatherArgs),
     /// Take part in a run as a validator: score contributions, append verdicts and evaluations.
     Validate(run_cmd::ParticipantArgs),
     /// The held-out loss of the run's newest final state, beside the ledger's signed evaluations
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
             Command::Roster { command } => roster_cmd::run(command).await,
             Command::Worker(args) => run_cmd::worker(args).await,
             Command::Validate(args) => run_cmd::validate(args).await,
+            Command::Gather(args) => run_cmd::gather(args).await,
             Command::Audit(args) => audit_cmd::audit(args).await,
             Command::Status(args) => audit_cmd::status(args).await,
             Command::Dashboard(args) => dashboard::run(args).await,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use ledger::{Body, Entry, Genesis};
+use trainer::gather::{GatherEvent, GatherOptions, run_gatherer};
 use trainer::model::init_state;
 use trainer::run_spec::{MAX_SPEC_BYTES, RunSpec};
 use trainer::validator::{ValidatorEvent, ValidatorOptions, run_validator};
@@ -58,6 +59,12 @@ pub struct ParticipantArgs {
     /// Serve Prometheus metrics of this process at http://ADDR/metrics (docs/DASHBOARD.md).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Workers: leave each contribution for the organisation's gatherer (`cairn gather`), which
+    /// appends the organisation's contributions to a round as one ledger slot, and append it here
+    /// only if it is not in the ledger after this many milliseconds (0: append at once). Set it
+    /// above the gatherer's --window-ms plus two polls (docs/RUN.md, "Gathering").
+    #[arg(long, default_value_t = 0)]
+    gatherer_wait_ms: u64,
     /// Rejoin the run after transient failures (the store unreachable after the storage layer's
     /// retries, a contended append) at most this many times in a row, waiting 1 s, 2 s, ... up to
     /// 60 s between tries (a failure 10 minutes after the last starts a new count); 0 gives up at
@@ -205,7 +212,8 @@ pub async fn worker(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     let (url, store) = open_run(&args.store).await?;
     let me = short(&key.public().to_string()).to_string();
     let precision: trainer::model::Precision = args.precision.parse()?;
-    let options = WorkerOptions { device, rounds: args.rounds, state_file, poll, precision };
+    let gatherer_wait = (args.gatherer_wait_ms > 0).then(|| Duration::from_millis(args.gatherer_wait_ms));
+    let options = WorkerOptions { device, rounds: args.rounds, state_file, poll, precision, gatherer_wait };
     let metrics = Metrics::new();
     if let Some(addr) = args.metrics {
         crate::metrics::serve(addr, metrics.clone()).await?;
@@ -236,8 +244,101 @@ pub async fn worker(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+#[derive(Debug, clap::Args)]
+pub struct GatherArgs {
+    /// The run's store: file:///abs/dir, s3://bucket/run.
+    #[arg(long)]
+    store: String,
+    /// The organisation whose workers' contributions it appends (as in the roster).
+    #[arg(long, required_unless_present = "key", conflicts_with = "key")]
+    organisation: Option<String>,
+    /// Or a member's key file: gather for its organisation (the gatherer signs nothing).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// How long the first pending contribution of a round waits for the organisation's other
+    /// workers before the gatherer appends what it has, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    window_ms: u64,
+    /// Milliseconds between polls of the ledger and the pending folder.
+    #[arg(long, default_value_t = 250)]
+    poll_ms: u64,
+    /// Rejoin after transient failures at most this many times in a row (as `cairn worker`).
+    #[arg(long, default_value_t = 30)]
+    max_rejoins: u32,
+    /// Serve Prometheus metrics of this process at http://ADDR/metrics (docs/DASHBOARD.md).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+}
+
+/// Runs an organisation's gatherer until the run's last round is final.
+pub async fn gather(args: GatherArgs) -> anyhow::Result<Outcome> {
+    let (url, store) = open_run(&args.store).await?;
+    let organisation = match (&args.organisation, &args.key) {
+        (Some(org), _) => org.clone(),
+        (None, Some(path)) => {
+            let key = ledger::read_key_file(path).with_context(|| format!("reading {}", path.display()))?;
+            let run_id = ledger::genesis_run_id(&store).await.with_context(|| format!("reading {url}"))?;
+            let reader = ledger::Reader::replay(store.clone(), run_id).await?;
+            let member = reader.state().member(&key.public()).with_context(|| {
+                format!("key {} is not in this run's roster (ask an admin to add it)", key.public())
+            })?;
+            member.organisation.clone()
+        }
+        (None, None) => anyhow::bail!("give --organisation or --key"),
+    };
+    let options = GatherOptions {
+        organisation: organisation.clone(),
+        window: Duration::from_millis(args.window_ms),
+        poll: Duration::from_millis(args.poll_ms.clamp(10, 60_000)),
+    };
+    let metrics = Metrics::new();
+    if let Some(addr) = args.metrics {
+        crate::metrics::serve(addr, metrics.clone()).await?;
+    }
+    let mut print = |e: GatherEvent| {
+        let line = match &e {
+            GatherEvent::Joined { round, workers } => {
+                format!("round {round}: gathering the contributions of {workers} workers")
+            }
+            GatherEvent::Appended { round, seq, entries, waited_ms } => {
+                metrics.add("cairn_gathered_slots_total", "Slots of gathered contributions appended.", &[], 1.0);
+                metrics.add(
+                    "cairn_gathered_contributions_total",
+                    "Contributions appended for the organisation's workers.",
+                    &[],
+                    *entries as f64,
+                );
+                metrics.set(
+                    "cairn_gather_wait_seconds",
+                    "How long the oldest contribution of the latest slot waited in the pending folder.",
+                    &[],
+                    *waited_ms as f64 / 1000.0,
+                );
+                format!(
+                    "round {round}: appended {entries} contributions as slot {seq} (the oldest waited {waited_ms} ms)"
+                )
+            }
+            GatherEvent::Refused { key, why } => {
+                metrics.add("cairn_gather_refused_total", "Pending objects left out.", &[], 1.0);
+                format!("left out {key}: {why}")
+            }
+        };
+        println!("gatherer {organisation}: {line}");
+    };
+    let mut rejoins = Rejoins::new(format!("gatherer {organisation}"), args.max_rejoins);
+    let summary = loop {
+        match run_gatherer(store.clone(), &options, &mut print).await {
+            Ok(summary) => break summary,
+            Err(e) => rejoins.wait_or_fail(e).await.with_context(|| format!("gathering on {url}"))?,
+        }
+    };
+    println!("gather: slots={} contributions={} refused={}", summary.slots, summary.entries, summary.refused);
+    Ok(Outcome::Ok)
+}
+
 /// Runs a validator until the run ends or `--rounds` rounds closed.
 pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(args.gatherer_wait_ms == 0, "--gatherer-wait-ms is a worker's option: validators append their own");
     let (device, poll) = options(&args)?;
     let key = ledger::read_key_file(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
     let (url, store) = open_run(&args.store).await?;
@@ -314,9 +415,17 @@ impl RoundClock {
 fn worker_metrics(m: &Metrics, e: &WorkerEvent) {
     match e {
         WorkerEvent::Joined { round, .. } => set_round(m, *round),
-        WorkerEvent::Contributed { round, loss, bytes, train_secs, upload_secs, tokens } => {
+        WorkerEvent::Contributed { round, loss, bytes, train_secs, upload_secs, tokens, gathered } => {
             set_round(m, *round);
             m.add("cairn_contributions_total", "Contributions appended.", &[], 1.0);
+            if *gathered {
+                m.add(
+                    "cairn_contributions_gathered_total",
+                    "Contributions the organisation's gatherer appended.",
+                    &[],
+                    1.0,
+                );
+            }
             m.add("cairn_tokens_total", "Tokens trained on.", &[], *tokens as f64);
             m.set("cairn_train_loss", "Training loss of the latest update (nats).", &[], *loss);
             m.set("cairn_update_bytes", "Bytes of the latest update.", &[], *bytes as f64);
@@ -394,8 +503,9 @@ pub fn describe_worker(e: &WorkerEvent) -> String {
                 (false, None) => String::new(),
             }
         ),
-        WorkerEvent::Contributed { round, loss, bytes, train_secs, .. } => {
-            format!("round {round}: contributed, loss {loss:.4}, {bytes} bytes, {train_secs:.1} s")
+        WorkerEvent::Contributed { round, loss, bytes, train_secs, gathered, .. } => {
+            let by = if *gathered { ", appended by the gatherer" } else { "" };
+            format!("round {round}: contributed, loss {loss:.4}, {bytes} bytes, {train_secs:.1} s{by}")
         }
         WorkerEvent::AlreadyContributed { round } => format!("round {round}: contribution already in the ledger"),
         WorkerEvent::Voted { round, seen } => format!("round {round}: voted to close it (read {seen} slots)"),

@@ -97,7 +97,7 @@ fn layout(organisations: &[String]) -> String {
         (
             storage::STAGING_PREFIX,
             "replaceable",
-            "every member: large uploads in progress, in its own organisation's folder",
+            "every member: large uploads in progress and contributions for the gatherer, in its own organisation's folder",
         ),
         (conformance::SCRATCH_PREFIX, "replaceable", "`cairn store check`: its probes"),
     ];

@@ -75,6 +75,9 @@ pub struct ObjectInfo {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+    /// The store's tag of this version of the object, where it gives one: a rewrite of the same
+    /// size changes it.
+    pub e_tag: Option<String>,
 }
 
 /// Which kind of backend a `Store` talks to.
@@ -549,7 +552,7 @@ impl Store {
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
         let path = self.path(key)?;
         match self.retrying("head", key, || self.inner.head(&path)).await {
-            Ok(meta) => Ok(Some(ObjectInfo { key: key.to_string(), size: meta.size })),
+            Ok(meta) => Ok(Some(ObjectInfo { key: key.to_string(), size: meta.size, e_tag: meta.e_tag })),
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -567,6 +570,12 @@ impl Store {
     /// Lists the objects under `prefix` (a key prefix on `/` boundaries), sorted by key, keeping
     /// only keys after `start_after` when given (S3 pushes this down).
     pub async fn list(&self, prefix: &str, start_after: Option<&str>) -> Result<Vec<ObjectInfo>> {
+        self.list_at_most(prefix, start_after, usize::MAX).await
+    }
+
+    /// [`Store::list`], reading no more than `limit` objects (pages stop there): for prefixes
+    /// others can write to, where a listing must not grow with what they put.
+    pub async fn list_at_most(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<ObjectInfo>> {
         let prefix_path =
             if prefix.is_empty() { self.prefix.clone() } else { self.path(prefix.trim_end_matches('/'))? };
         let offset = start_after.map(|k| self.path(k)).transpose()?;
@@ -576,14 +585,14 @@ impl Store {
                     Some(off) => self.inner.list_with_offset(Some(&prefix_path), off),
                     None => self.inner.list(Some(&prefix_path)),
                 };
-                stream.try_collect::<Vec<_>>()
+                stream.take(limit).try_collect::<Vec<_>>()
             })
             .await?;
         found.sort_by(|a, b| a.location.cmp(&b.location));
         Ok(found
             .into_iter()
             .filter(|m| !m.location.parts().any(|p| p.as_ref().starts_with(local_cas::LOCK_DIR)))
-            .map(|m| ObjectInfo { key: self.key_of(&m.location), size: m.size })
+            .map(|m| ObjectInfo { key: self.key_of(&m.location), size: m.size, e_tag: m.e_tag })
             .collect())
     }
 

@@ -103,11 +103,11 @@ impl Fed {
         cmd.output().expect("run cairn")
     }
 
-    fn key_path(&self, name: &str) -> &str {
+    pub(crate) fn key_path(&self, name: &str) -> &str {
         self.members.iter().find(|m| m.0 == name).map(|m| m.1.to_str().unwrap()).unwrap()
     }
 
-    fn key(&self, name: &str) -> &Keypair {
+    pub(crate) fn key(&self, name: &str) -> &Keypair {
         self.members.iter().find(|m| m.0 == name).map(|m| &m.2).unwrap()
     }
 
@@ -130,6 +130,14 @@ impl Fed {
 
     /// Starts `cairn command` for member `name` with `extra` arguments and `env` over the run's.
     pub(crate) fn spawn_env(&self, command: &str, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Child {
+        let mut args =
+            vec![command, "--store", &self.url, "--key", self.key_path(name), "--threads", "1", "--poll-ms", "100"];
+        args.extend(extra);
+        self.spawn_args(name, &args, env)
+    }
+
+    /// Starts `cairn args` with `env` over the run's, appending to the log called `name`.
+    pub(crate) fn spawn_args(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log(name)).unwrap();
         let mut cmd = match self.wrap.split_first() {
             Some((program, wrap_args)) => {
@@ -139,8 +147,7 @@ impl Fed {
             }
             None => Command::new(env!("CARGO_BIN_EXE_cairn")),
         };
-        cmd.args([command, "--store", &self.url, "--key", self.key_path(name), "--threads", "1", "--poll-ms", "100"])
-            .args(extra)
+        cmd.args(args)
             .env("OMP_NUM_THREADS", "1")
             .env_remove("CAIRN_LOG")
             .stdout(log.try_clone().unwrap())
@@ -553,7 +560,31 @@ fn crash_at(point: &str) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let fed = runtime.block_on(Fed::start(&TWO_WORKERS_AND_A_VALIDATOR, &sections(rounds, 2, 600, 2, "sign")));
     let commands = PARTICIPANTS;
-    let mut children = spawn_participants(&fed, &[("CAIRN_CRASH_AT", point)]);
+    let children = spawn_participants(&fed, &[("CAIRN_CRASH_AT", point)]);
+    let crashed = run_restarting_crashed(&fed, point, children, |i, name| fed.spawn(commands[i].1, name));
+    // Workers reach every point first in round 0: before the momentum file of round 0 is in
+    // place, a restart starts at zero and says so (a file written but not renamed is not read);
+    // after, it resumes.
+    let before_saved = ["worker:uploaded", "append:contribution", "state:written"].contains(&point);
+    let expected = if before_saved { "momentum starts at zero: no saved worker state" } else { "momentum resumed" };
+    for w in crashed.iter().filter(|n| n.starts_with('w')) {
+        let log = fed.log_text(w);
+        let rejoin = log.lines().filter(|l| l.contains("joined at round")).nth(1);
+        let rejoin = rejoin.unwrap_or_else(|| panic!("{w} did not join again after {point}: {log}"));
+        assert!(rejoin.contains(expected), "{w}'s restart after {point}: {rejoin:?}, expected {expected:?}");
+    }
+    fed.assert_each_round_counts_each_worker_once(rounds, &["w1", "w2"]);
+}
+
+/// Waits for `children` (armed to abort at `point`) to end; each one that aborted there is
+/// restarted once, unarmed, by `restart(index, name)`. Fails if one fails otherwise, aborts twice,
+/// or nobody reached the point. Returns those that aborted.
+pub(crate) fn run_restarting_crashed<'a>(
+    fed: &Fed,
+    point: &str,
+    mut children: Vec<(&'a str, Child)>,
+    restart: impl Fn(usize, &str) -> Child,
+) -> Vec<&'a str> {
     let mut crashed = Vec::new();
     let started = Instant::now();
     loop {
@@ -570,7 +601,7 @@ fn crash_at(point: &str) {
                         break;
                     }
                     crashed.push(*name);
-                    *child = fed.spawn(commands[i].1, name);
+                    *child = restart(i, name);
                     running = true;
                 }
             }
@@ -588,18 +619,7 @@ fn crash_at(point: &str) {
     }
     assert!(!crashed.is_empty(), "nobody reached {point}: every point must be reached by this run");
     eprintln!("crash point {point}: {crashed:?} aborted there and restarted");
-    // Workers reach every point first in round 0: before the momentum file of round 0 is in
-    // place, a restart starts at zero and says so (a file written but not renamed is not read);
-    // after, it resumes.
-    let before_saved = ["worker:uploaded", "append:contribution", "state:written"].contains(&point);
-    let expected = if before_saved { "momentum starts at zero: no saved worker state" } else { "momentum resumed" };
-    for w in crashed.iter().filter(|n| n.starts_with('w')) {
-        let log = fed.log_text(w);
-        let rejoin = log.lines().filter(|l| l.contains("joined at round")).nth(1);
-        let rejoin = rejoin.unwrap_or_else(|| panic!("{w} did not join again after {point}: {log}"));
-        assert!(rejoin.contains(expected), "{w}'s restart after {point}: {rejoin:?}, expected {expected:?}");
-    }
-    fed.assert_each_round_counts_each_worker_once(rounds, &["w1", "w2"]);
+    crashed
 }
 
 /// The points of a worker's own contribution; the other test takes every other point.
@@ -615,7 +635,9 @@ fn a_worker_aborted_between_its_writes_restarts_and_nothing_is_lost_or_counted_t
 
 #[test]
 fn a_participant_aborted_after_each_round_write_restarts_and_nothing_is_lost_or_counted_twice() {
-    for point in trainer::crashpoint::POINTS.iter().filter(|p| !WORKER_POINTS.contains(p)) {
+    // The gatherer's points are reached only in a gathered run (tests/it/gather.rs).
+    let others = |p: &&&str| !WORKER_POINTS.contains(p) && !crate::gather::GATHER_POINTS.contains(p);
+    for point in trainer::crashpoint::POINTS.iter().filter(others) {
         crash_at(point);
     }
 }

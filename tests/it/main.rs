@@ -4,6 +4,7 @@ mod adversary_cli;
 mod audit_cli;
 mod dashboard;
 mod federation;
+mod gather;
 mod ledger_cli;
 mod outage;
 mod scale_cli;

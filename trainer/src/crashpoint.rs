@@ -31,6 +31,11 @@ pub const POINTS: &[&str] = &[
     "snapshot:uploaded",
     "append:snapshot",
     "append:evaluation",
+    // With a gatherer (`trainer::gather`): a worker's signed Contribution is in its organisation's
+    // pending folder, not in the ledger yet; a gatherer appended a slot of them and has not
+    // deleted them from the pending folder yet.
+    "worker:pending",
+    "gather:appended",
 ];
 
 struct Armed {

@@ -229,7 +229,6 @@ impl Follower {
         Ok(())
     }
 
-    /// The run.
     /// From now on, stage large uploads (snapshots) in the folder of `key`'s organisation
     /// ([`verify::replay::staging_prefix`]); a key outside the roster keeps the default.
     pub fn stage_as(&mut self, key: &PublicKey) -> Result<(), TrainerError> {
@@ -239,6 +238,7 @@ impl Follower {
         Ok(())
     }
 
+    /// The run.
     pub fn info(&self) -> &RunInfo {
         &self.info
     }
@@ -371,9 +371,7 @@ impl Follower {
     /// Whether `key` has an accepted contribution to `round` (the current one, or with overlapping
     /// rounds the next).
     pub fn has_contributed_to(&self, key: &ledger::PublicKey, round: Round) -> bool {
-        self.reader
-            .by_round(ledger::Round(round.0))
-            .any(|e| e.entry.as_ref().is_some_and(|x| matches!(x.body, Body::Contribution(_)) && x.signer() == *key))
+        crate::gather::has_contribution(&self.reader, key, ledger::Round(round.0))
     }
 
     /// The member whose attestation made `round` final, if it is.

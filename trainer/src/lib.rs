@@ -15,6 +15,7 @@ pub mod demo;
 mod error;
 pub mod evaluate;
 pub mod follow;
+pub mod gather;
 pub mod hf;
 pub mod local;
 pub mod model;

@@ -57,6 +57,10 @@ pub struct WorkerOptions {
     pub poll: Duration,
     /// The arithmetic of the local passes (f32, or bf16 matrix products on a GPU).
     pub precision: Precision,
+    /// Leave each contribution for the organisation's gatherer (`cairn gather`, [`crate::gather`])
+    /// and append it itself only if it is not in the ledger after this long (`None`: append it
+    /// at once).
+    pub gatherer_wait: Option<Duration>,
 }
 
 /// What a worker reports as it goes (the CLI prints these).
@@ -87,6 +91,8 @@ pub enum WorkerEvent {
         upload_secs: f64,
         /// Tokens trained on.
         tokens: u64,
+        /// Whether the organisation's gatherer appended it (else the worker did).
+        gathered: bool,
     },
     /// Found its contribution for the open round already in the ledger (a restart).
     AlreadyContributed {
@@ -355,12 +361,71 @@ async fn contribute(
         blob_size: size,
         metrics,
     });
-    follower.append(Entry::sign(info.run_id, body, &[key])?).await?;
+    let gathered =
+        append_contribution(follower, key, options, Entry::sign(info.run_id, body, &[key])?, c.round).await?;
     let run = verify::RunId(info.run_id.0);
     worker_state::save(&options.state_file, demo, &info.config.layout, run, c.round)?;
     let (train_secs, upload_secs) = (c.train_time.as_secs_f64(), upload_time.as_secs_f64());
-    events(WorkerEvent::Contributed { round: c.round.0, loss: c.loss, bytes: size, train_secs, upload_secs, tokens });
+    events(WorkerEvent::Contributed {
+        round: c.round.0,
+        loss: c.loss,
+        bytes: size,
+        train_secs,
+        upload_secs,
+        tokens,
+        gathered,
+    });
     Ok(())
+}
+
+/// Appends `entry`, this worker's contribution to `round`. With a gatherer wait it first leaves
+/// the entry in its organisation's pending folder for the gatherer, and appends it itself only if
+/// it is not in the ledger when the wait ends (or the round closed, or the pending write failed):
+/// a silent or hostile gatherer delays a contribution by the wait at most. Returns whether the
+/// gatherer appended it.
+async fn append_contribution(
+    follower: &mut Follower,
+    key: &Keypair,
+    options: &WorkerOptions,
+    entry: Entry,
+    round: Round,
+) -> Result<bool, TrainerError> {
+    let me = key.public();
+    let organisation = follower.reader().state().organisation(&me).map(str::to_string);
+    let (Some(wait), Some(organisation)) = (options.gatherer_wait, organisation) else {
+        follower.append(entry).await?;
+        return Ok(false);
+    };
+    let pending = crate::gather::pending_key(&organisation, ledger::Round(round.0), &me);
+    let store = follower.info().store.clone();
+    match store.put(&pending, Bytes::from(entry.encode())).await {
+        Ok(_) => {
+            crate::crashpoint::reached("worker:pending");
+            let until = Instant::now() + wait;
+            loop {
+                follower.poll().await?;
+                if follower.has_contributed_to(&me, round) {
+                    return Ok(true);
+                }
+                let closed = follower.reader().state().rounds().close(ledger::Round(round.0)).is_some();
+                let left = until.saturating_duration_since(Instant::now());
+                if closed || left.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(options.poll.min(left)).await;
+            }
+            tracing::warn!(round = round.0, "the gatherer did not append the contribution in time; appending it");
+        }
+        Err(e) => {
+            tracing::warn!(round = round.0, error = %e, "could not leave the contribution for the gatherer; appending it")
+        }
+    }
+    follower.append(entry).await?;
+    // The gatherer skips a worker whose contribution is in the ledger; this only saves it a read.
+    if let Err(e) = store.delete(&pending).await {
+        tracing::debug!(key = pending, error = %e, "could not delete the pending contribution");
+    }
+    Ok(false)
 }
 
 /// Milliseconds, saturating.
