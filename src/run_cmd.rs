@@ -295,7 +295,20 @@ pub async fn gather(args: GatherArgs) -> anyhow::Result<Outcome> {
     if let Some(addr) = args.metrics {
         crate::metrics::serve(addr, metrics.clone()).await?;
     }
+    // Totals over every rejoin (each run of the gatherer counts from zero).
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let (slots, gathered, refused) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let mut print = |e: GatherEvent| {
+        match &e {
+            GatherEvent::Appended { entries, .. } => {
+                slots.fetch_add(1, Relaxed);
+                gathered.fetch_add(*entries as u64, Relaxed);
+            }
+            GatherEvent::Refused { .. } => {
+                refused.fetch_add(1, Relaxed);
+            }
+            GatherEvent::Joined { .. } => {}
+        }
         let line = match &e {
             GatherEvent::Joined { round, workers } => {
                 format!("round {round}: gathering the contributions of {workers} workers")
@@ -326,13 +339,14 @@ pub async fn gather(args: GatherArgs) -> anyhow::Result<Outcome> {
         println!("gatherer {organisation}: {line}");
     };
     let mut rejoins = Rejoins::new(format!("gatherer {organisation}"), args.max_rejoins);
-    let summary = loop {
+    loop {
         match run_gatherer(store.clone(), &options, &mut print).await {
-            Ok(summary) => break summary,
+            Ok(_) => break,
             Err(e) => rejoins.wait_or_fail(e).await.with_context(|| format!("gathering on {url}"))?,
         }
-    };
-    println!("gather: slots={} contributions={} refused={}", summary.slots, summary.entries, summary.refused);
+    }
+    let (slots, gathered, refused) = (slots.load(Relaxed), gathered.load(Relaxed), refused.load(Relaxed));
+    println!("gather: slots={slots} contributions={gathered} refused={refused}");
     Ok(Outcome::Ok)
 }
 

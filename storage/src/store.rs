@@ -78,6 +78,8 @@ pub struct ObjectInfo {
     /// The store's tag of this version of the object, where it gives one: a rewrite of the same
     /// size changes it.
     pub e_tag: Option<String>,
+    /// When the store says it was last written, in milliseconds since the Unix epoch.
+    pub modified_ms: i64,
 }
 
 /// Which kind of backend a `Store` talks to.
@@ -552,7 +554,12 @@ impl Store {
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
         let path = self.path(key)?;
         match self.retrying("head", key, || self.inner.head(&path)).await {
-            Ok(meta) => Ok(Some(ObjectInfo { key: key.to_string(), size: meta.size, e_tag: meta.e_tag })),
+            Ok(meta) => Ok(Some(ObjectInfo {
+                key: key.to_string(),
+                size: meta.size,
+                e_tag: meta.e_tag,
+                modified_ms: meta.last_modified.timestamp_millis(),
+            })),
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -592,7 +599,12 @@ impl Store {
         Ok(found
             .into_iter()
             .filter(|m| !m.location.parts().any(|p| p.as_ref().starts_with(local_cas::LOCK_DIR)))
-            .map(|m| ObjectInfo { key: self.key_of(&m.location), size: m.size, e_tag: m.e_tag })
+            .map(|m| ObjectInfo {
+                key: self.key_of(&m.location),
+                size: m.size,
+                e_tag: m.e_tag,
+                modified_ms: m.last_modified.timestamp_millis(),
+            })
             .collect())
     }
 

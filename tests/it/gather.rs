@@ -164,6 +164,50 @@ async fn a_silent_gatherer_delays_a_contribution_by_the_wait_and_a_hostile_one_a
     assert_eq!(pending_left(&fed, "beta").await, Vec::<String>::new());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn junk_in_the_pending_folder_is_deleted_unread_and_the_gatherer_still_gathers() {
+    let fed = Fed::start(&TWO_WORKERS_AND_A_VALIDATOR, &sections(3, 2, 120, 0, "sign")).await;
+    // More objects than one listing reads (1,024), in every round's folder of alpha: names that are
+    // not a worker's key in lowercase hex (upper-case hex of made-up keys, and of w1's own key).
+    let store = store_of(&fed).await;
+    let w1 = fed.key("w1").public().to_string();
+    let mut puts = tokio::task::JoinSet::new();
+    for round in 0..3u64 {
+        let prefix = pending_prefix("alpha", ledger::Round(round));
+        let mut names: Vec<String> = (0..400u64).map(|i| format!("{:064X}", u128::from(i) << 64 | 0xABCDEF)).collect();
+        names.push(w1.to_uppercase());
+        for name in names {
+            let (store, key) = (store.clone(), format!("{prefix}{name}"));
+            puts.spawn(async move { store.put(&key, bytes::Bytes::from_static(b"junk")).await.unwrap() });
+            while puts.len() >= 16 {
+                puts.join_next().await.unwrap().unwrap();
+            }
+        }
+    }
+    while let Some(put) = puts.join_next().await {
+        put.unwrap();
+    }
+    let planted = pending_left(&fed, "alpha").await.len();
+    assert_eq!(planted, 3 * 401, "the junk is in place");
+    let mut children = vec![
+        ("w1", gathered_worker(&fed, "w1", 60_000, &[])),
+        ("w2", gathered_worker(&fed, "w2", 60_000, &[])),
+        ("v", fed.spawn("validate", "v")),
+        ("g-alpha", gatherer(&fed, "g-alpha", "w1", 30_000, &[])),
+        ("g-beta", gatherer(&fed, "g-beta", "w2", 30_000, &[])),
+    ];
+    fed.wait_all(&mut children);
+    fed.assert_each_round_counts_each_worker_once(3, &["w1", "w2"]);
+    let w1_log = fed.log_text("w1");
+    assert_eq!(w1_log.matches("appended by the gatherer").count(), 3, "{w1_log}");
+    // Every junk object was left out unread (each reported once) and deleted.
+    let log = fed.log_text("g-alpha");
+    let last = log.lines().last().unwrap_or("");
+    assert_eq!(last, format!("gather: slots=3 contributions=3 refused={planted}"), "{log}");
+    assert_eq!(log.matches("not named for a worker of the organisation").count(), planted);
+    assert_eq!(pending_left(&fed, "alpha").await, Vec::<String>::new());
+}
+
 /// A gathered run in which every participant, the gatherers included, aborts the first time it
 /// reaches `point` and is restarted without it: nothing lost or counted twice, no pending object
 /// left.

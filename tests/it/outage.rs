@@ -326,11 +326,14 @@ async fn a_file_store_whose_disk_fills_up_mid_run_recovers_once_space_is_freed()
         started.elapsed().as_secs_f64(),
         String::from_utf8_lossy(&filled.stdout)
     );
-    let workers = fed.log_text("w1") + &fed.log_text("w2");
-    let said = workers.lines().find(|l| l.contains("No space left on device"));
-    assert!(said.is_some(), "the workers say why they stall: {workers}");
-    eprintln!("full disk: the first worker line that says so: {}", said.unwrap_or_default());
-    assert!(workers.contains("rejoining in"), "{workers}");
+    // Whoever writes while the disk is full says why: the workers when it fills before their
+    // contributions, the validator when they were in and its verdicts were next (a race the
+    // machine's load decides).
+    let logs: String = PARTICIPANTS.iter().map(|(name, _)| fed.log_text(name)).collect();
+    let said = logs.lines().find(|l| l.contains("No space left on device"));
+    assert!(said.is_some(), "the participants say why they stall: {logs}");
+    eprintln!("full disk: the first participant line that says so: {}", said.unwrap_or_default());
+    assert!(logs.contains("rejoining in"), "{logs}");
     // A full disk still takes writes into the pages a failed write frees, so a round may creep
     // through; the stall must still show.
     let longest = gaps.iter().cloned().fold(0.0, f64::max);

@@ -166,7 +166,7 @@ fn demo_runs_a_federation_serves_its_dashboard_and_its_store_passes_the_audit() 
     }
     assert!(child.wait().unwrap().success(), "{text}");
     assert!(text.contains("store check: PASS"), "{text}");
-    assert!(text.contains("4/4: 4 contributions, 8 verdicts"), "two validators judge each: {text}");
+    assert!(text.contains("4/4: 4 contributions in 4 slots, 8 verdicts"), "two validators judge each: {text}");
     let audit_line = text.lines().find(|l| l.trim_start().starts_with("audit: OK rounds=4")).expect("audit line");
     assert!(text.contains("floor"), "the summary compares the loss with the corpus's floor: {text}");
     // Anyone recomputes the held-out loss of the newest final round and finds what the validators

@@ -17,7 +17,7 @@
 //! Why: at 1,000 workers, one slot per contribution makes every append race the others for the
 //! head (docs/SCALE.md item 4); an organisation's workers share one slot per round this way.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use ledger::{Appender, Body, Entry, PublicKey, Reader, Role, RunId};
@@ -73,6 +73,12 @@ pub enum PendingRefused {
         /// The round of the folder.
         expected: u64,
     },
+    /// Not named for a worker of the organisation (lowercase hex of its key): deleted unread.
+    #[error("not named for a worker of the organisation; deleted unread")]
+    NotAWorker,
+    /// The store would not hand it over (refused, not merely away).
+    #[error("unreadable: {0}")]
+    Unreadable(String),
 }
 
 /// Checks a pending object before it is appended: a contribution to `round` of run `run_id`,
@@ -165,18 +171,51 @@ pub struct GatherSummary {
 struct Waiting {
     entry: Entry,
     key: String,
+    /// When this gatherer first read it, and when the store says it was written: a slot is in
+    /// that order, so the first of two updates (what validators' copy check keeps) stays first.
     since: Instant,
+    modified_ms: i64,
+}
+
+/// Pending objects read at once.
+const PARALLEL_READS: usize = 16;
+
+/// What one pass of the gatherer did.
+enum Pass {
+    /// The run's last round is final.
+    Ended,
+    /// It appended: look again at once.
+    Appended,
+    /// Nothing due: wait a poll.
+    Idle,
+}
+
+/// One organisation's gatherer between polls.
+struct Gatherer<'a> {
+    store: Store,
+    run_id: RunId,
+    options: &'a GatherOptions,
+    train: TrainSpec,
+    reader: Reader,
+    round: Option<ledger::Round>,
+    waiting: BTreeMap<PublicKey, Waiting>,
+    /// Objects refused this round, with their sizes and tags: not read again unless they change.
+    refused: HashMap<String, (u64, Option<String>)>,
+    /// Objects to delete unread at the end of the listing.
+    junk: Vec<String>,
+    summary: GatherSummary,
 }
 
 /// Runs the gatherer of `options.organisation` on the run in `store` until the run's last round
-/// is final.
+/// is final. A store error that may pass (unavailable, contended) is logged and the pass tried
+/// again after a poll; any other ends it.
 pub async fn run_gatherer(
     store: Store,
     options: &GatherOptions,
     events: &mut (dyn FnMut(GatherEvent) + Send),
 ) -> Result<GatherSummary, TrainerError> {
     let run_id = ledger::genesis_run_id(&store).await?;
-    let mut reader = Reader::replay(store.clone(), run_id).await?;
+    let reader = Reader::replay(store.clone(), run_id).await?;
     let (_, config, _) = verify::replay::genesis_config(reader.entries())?;
     let train = TrainSpec::from_extra(&config.extra)?;
     let org = options.organisation.as_str();
@@ -187,98 +226,173 @@ pub async fn run_gatherer(
         )));
     }
     let joined = reader.state().rounds().open_round();
-    // What a gatherer that stopped (a crash, a restart) left behind in the rounds before this one.
-    clear_rounds_before(&store, org, joined).await;
     events(GatherEvent::Joined { round: joined.0, workers: workers.len() });
-    let mut summary = GatherSummary::default();
-    let mut round: Option<ledger::Round> = None;
-    let mut waiting: BTreeMap<PublicKey, Waiting> = BTreeMap::new();
-    // Objects refused this round, with their sizes and tags: not read again unless they change.
-    let mut refused: HashMap<String, (u64, Option<String>)> = HashMap::new();
+    let mut g = Gatherer {
+        store,
+        run_id,
+        options,
+        train,
+        reader,
+        round: None,
+        waiting: BTreeMap::new(),
+        refused: HashMap::new(),
+        junk: Vec::new(),
+        summary: GatherSummary::default(),
+    };
     loop {
-        reader.poll().await?;
-        // A gatherer answers for the open round only: nothing behind the window is asked again.
-        let horizon = reader.state().horizon();
-        reader.forget_before(horizon, ledger::Seq(u64::MAX));
-        let rounds = reader.state().rounds();
-        let open = rounds.open_round();
-        if train.is_past_end(open.0) {
-            break;
-        }
-        if round != Some(open) {
-            if let Some(done) = round {
-                clear_folder(&store, &pending_prefix(org, done)).await;
-            }
-            waiting.clear();
-            refused.clear();
-            round = Some(open);
-        }
-        if rounds.close(open).is_none() {
-            let missing: BTreeSet<PublicKey> = organisation_workers(&reader, org)
-                .into_iter()
-                .filter(|k| !has_contribution(&reader, k, open))
-                .collect();
-            waiting.retain(|k, _| missing.contains(k));
-            if missing.len() > waiting.len() {
-                let prefix = pending_prefix(org, open);
-                for object in store.list_at_most(&prefix, None, MAX_PENDING_LISTED).await? {
-                    let Some(signer) = object.key.strip_prefix(&prefix).and_then(|n| n.parse::<PublicKey>().ok())
-                    else {
-                        continue;
-                    };
-                    if !missing.contains(&signer)
-                        || waiting.contains_key(&signer)
-                        || refused.get(&object.key) == Some(&(object.size, object.e_tag.clone()))
-                    {
-                        continue;
-                    }
-                    let checked = match store.get(&object.key, u64::from(ledger::entry::MAX_ENTRY_BYTES)).await {
-                        Ok(got) => check_pending(&got.bytes, run_id, open, &signer),
-                        Err(storage::StoreError::TooLarge { size, limit, .. }) => {
-                            Err(PendingRefused::TooLarge { size, limit })
-                        }
-                        // Gone between the listing and the read (its worker appended it itself).
-                        Err(storage::StoreError::NotFound { .. }) => continue,
-                        Err(e) => return Err(e.into()),
-                    };
-                    match checked {
-                        Ok(entry) => {
-                            waiting.insert(signer, Waiting { entry, key: object.key, since: Instant::now() });
-                        }
-                        Err(why) => {
-                            refused.insert(object.key.clone(), (object.size, object.e_tag));
-                            summary.refused += 1;
-                            events(GatherEvent::Refused { key: object.key, why });
-                        }
-                    }
-                }
-            }
-            let oldest = waiting.values().map(|w| w.since).min();
-            let due = oldest.is_some_and(|t| waiting.len() == missing.len() || t.elapsed() >= options.window);
-            if due {
-                let waited_ms = oldest.map_or(0, |t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
-                let taken = std::mem::take(&mut waiting);
-                let keys: Vec<String> = taken.values().map(|w| w.key.clone()).collect();
-                let mut appender = Appender::starting_at(store.clone(), reader.next_seq());
-                for slot in into_slots(taken.into_values().map(|w| w.entry).collect()) {
-                    let seq = appender.append(&slot).await?;
-                    crate::crashpoint::reached("gather:appended");
-                    summary.slots += 1;
-                    summary.entries += slot.len() as u64;
-                    events(GatherEvent::Appended { round: open.0, seq: seq.0, entries: slot.len(), waited_ms });
-                }
-                for key in keys {
-                    delete_quietly(&store, &key).await;
-                }
-                continue;
-            }
+        match g.pass(events).await {
+            Ok(Pass::Ended) => return Ok(g.summary),
+            Ok(Pass::Appended) => continue,
+            Ok(Pass::Idle) => {}
+            Err(e) if e.is_transient() => tracing::warn!(error = %e, "gatherer: trying again after a poll"),
+            Err(e) => return Err(e),
         }
         tokio::time::sleep(options.poll).await;
     }
-    if let Some(done) = round {
-        clear_folder(&store, &pending_prefix(org, done)).await;
+}
+
+impl Gatherer<'_> {
+    /// Reads the ledger and the open round's pending folder; appends what is due.
+    async fn pass(&mut self, events: &mut (dyn FnMut(GatherEvent) + Send)) -> Result<Pass, TrainerError> {
+        let org = self.options.organisation.as_str();
+        self.reader.poll().await?;
+        // A gatherer answers for the open round only: nothing behind the window is asked again.
+        let horizon = self.reader.state().horizon();
+        self.reader.forget_before(horizon, ledger::Seq(u64::MAX));
+        let open = self.reader.state().rounds().open_round();
+        if self.round != Some(open) {
+            // What the rounds before left (this gatherer's, or one's that stopped before it could
+            // delete what it appended).
+            clear_rounds_before(&self.store, org, open).await;
+            if self.train.is_past_end(open.0) {
+                return Ok(Pass::Ended);
+            }
+            self.waiting.clear();
+            self.refused.clear();
+            self.round = Some(open);
+        }
+        let rounds = self.reader.state().rounds();
+        if rounds.close(open).is_some() {
+            return Ok(Pass::Idle);
+        }
+        // A close vote means a member's clock passed the round's deadline (or every worker is in):
+        // what waits goes out now.
+        let voting = rounds.voters().next().is_some();
+        let contributed: HashSet<PublicKey> = self
+            .reader
+            .by_round(open)
+            .filter_map(|e| e.entry.as_ref())
+            .filter(|x| matches!(x.body, Body::Contribution(_)))
+            .map(Entry::signer)
+            .collect();
+        let missing: BTreeSet<PublicKey> =
+            organisation_workers(&self.reader, org).into_iter().filter(|k| !contributed.contains(k)).collect();
+        self.waiting.retain(|k, _| missing.contains(k));
+        if missing.len() > self.waiting.len() {
+            self.read_pending(open, &missing, events).await?;
+        }
+        let oldest = self.waiting.values().map(|w| w.since).min();
+        let all_in = self.waiting.len() == missing.len();
+        let due = oldest.is_some_and(|t| all_in || voting || t.elapsed() >= self.options.window);
+        if !due {
+            return Ok(Pass::Idle);
+        }
+        let waited_ms = oldest.map_or(0, |t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let mut taken: Vec<Waiting> = std::mem::take(&mut self.waiting).into_values().collect();
+        taken.sort_by(|a, b| (a.since, a.modified_ms, &a.key).cmp(&(b.since, b.modified_ms, &b.key)));
+        let keys: Vec<String> = taken.iter().map(|w| w.key.clone()).collect();
+        let mut appender = Appender::starting_at(self.store.clone(), self.reader.next_seq());
+        for slot in into_slots(taken.into_iter().map(|w| w.entry).collect()) {
+            let seq = appender.append(&slot).await?;
+            crate::crashpoint::reached("gather:appended");
+            self.summary.slots += 1;
+            self.summary.entries += slot.len() as u64;
+            events(GatherEvent::Appended { round: open.0, seq: seq.0, entries: slot.len(), waited_ms });
+        }
+        delete_all(&self.store, keys).await;
+        Ok(Pass::Appended)
     }
-    Ok(summary)
+
+    /// Lists the round's pending folder and reads, [`PARALLEL_READS`] at a time, the objects named
+    /// for `missing` workers not read yet. Deletes what no worker of the round would write there
+    /// (other names, workers already in the ledger), so junk does not outlive one listing.
+    async fn read_pending(
+        &mut self,
+        open: ledger::Round,
+        missing: &BTreeSet<PublicKey>,
+        events: &mut (dyn FnMut(GatherEvent) + Send),
+    ) -> Result<(), TrainerError> {
+        let prefix = pending_prefix(&self.options.organisation, open);
+        let mut to_read = Vec::new();
+        for object in self.store.list_at_most(&prefix, None, MAX_PENDING_LISTED).await? {
+            let name = object.key.get(prefix.len()..).unwrap_or_default();
+            // Only the canonical name (lowercase hex) of a worker still missing is read.
+            let signer = name.parse::<PublicKey>().ok().filter(|k| k.to_string() == name);
+            match signer {
+                Some(k) if missing.contains(&k) => {
+                    let seen = self.refused.get(&object.key) == Some(&(object.size, object.e_tag.clone()));
+                    if !self.waiting.contains_key(&k) && !seen {
+                        to_read.push((k, object));
+                    }
+                }
+                Some(k) if self.reader.state().organisation(&k) == Some(self.options.organisation.as_str()) => {
+                    // Its worker's contribution is in the ledger: what it left is done with.
+                    self.junk.push(object.key);
+                }
+                _ => {
+                    self.refuse(object, PendingRefused::NotAWorker, events);
+                }
+            }
+        }
+        for batch in to_read.chunks(PARALLEL_READS) {
+            let mut reads = tokio::task::JoinSet::new();
+            for (signer, object) in batch.iter().cloned() {
+                let store = self.store.clone();
+                reads.spawn(async move {
+                    let got = store.get(&object.key, u64::from(ledger::entry::MAX_ENTRY_BYTES)).await;
+                    (signer, object, got)
+                });
+            }
+            while let Some(joined) = reads.join_next().await {
+                let Ok((signer, object, got)) = joined else { continue };
+                let checked = match got {
+                    Ok(got) => check_pending(&got.bytes, self.run_id, open, &signer),
+                    Err(storage::StoreError::TooLarge { size, limit, .. }) => {
+                        Err(PendingRefused::TooLarge { size, limit })
+                    }
+                    // Gone between the listing and the read (its worker appended it itself), or
+                    // the store is briefly away: the next pass lists it again.
+                    Err(storage::StoreError::NotFound { .. } | storage::StoreError::Unavailable { .. }) => continue,
+                    Err(e) => Err(PendingRefused::Unreadable(e.to_string())),
+                };
+                match checked {
+                    Ok(entry) => {
+                        let (key, modified_ms) = (object.key, object.modified_ms);
+                        self.waiting.insert(signer, Waiting { entry, key, since: Instant::now(), modified_ms });
+                    }
+                    Err(why) => self.refuse(object, why, events),
+                }
+            }
+        }
+        delete_all(&self.store, std::mem::take(&mut self.junk)).await;
+        Ok(())
+    }
+
+    /// Leaves `object` out for this round unless it changes (a name no worker writes: deleted).
+    fn refuse(
+        &mut self,
+        object: storage::ObjectInfo,
+        why: PendingRefused,
+        events: &mut (dyn FnMut(GatherEvent) + Send),
+    ) {
+        if why == PendingRefused::NotAWorker {
+            self.junk.push(object.key.clone());
+        } else {
+            self.refused.insert(object.key.clone(), (object.size, object.e_tag));
+        }
+        self.summary.refused += 1;
+        events(GatherEvent::Refused { key: object.key, why });
+    }
 }
 
 /// The workers of `organisation` in the roster as read so far.
@@ -300,33 +414,31 @@ pub fn has_contribution(reader: &Reader, key: &PublicKey, round: ledger::Round) 
         .any(|e| e.entry.as_ref().is_some_and(|x| matches!(x.body, Body::Contribution(_)) && x.signer() == *key))
 }
 
-/// Deletes what a round left in its pending folder (a worker that appended its own, a refused
-/// object), as far as one listing reaches. Best effort: the folder is scratch space.
-async fn clear_folder(store: &Store, prefix: &str) {
-    match store.list_at_most(prefix, None, MAX_PENDING_LISTED).await {
-        Ok(objects) => {
-            for object in objects {
-                delete_quietly(store, &object.key).await;
-            }
-        }
-        Err(e) => tracing::warn!(prefix, error = %e, "could not list a pending folder to clear it"),
-    }
-}
-
 /// Deletes the pending objects of `organisation`'s rounds before `round`, as far as one listing
 /// reaches.
 async fn clear_rounds_before(store: &Store, organisation: &str, round: ledger::Round) {
     let folder = format!("{}{PENDING_FOLDER}", verify::replay::staging_prefix(organisation));
     match store.list_at_most(&folder, None, MAX_PENDING_LISTED).await {
         Ok(objects) => {
-            for object in objects {
-                let of = object.key.strip_prefix(&folder).and_then(|k| k.split('/').next()?.parse::<u64>().ok());
-                if of.is_some_and(|r| r < round.0) {
-                    delete_quietly(store, &object.key).await;
-                }
-            }
+            let before = |key: &str| {
+                let of = key.strip_prefix(&folder).and_then(|k| k.split('/').next()?.parse::<u64>().ok());
+                of.is_some_and(|r| r < round.0)
+            };
+            delete_all(store, objects.into_iter().map(|o| o.key).filter(|k| before(k)).collect()).await;
         }
         Err(e) => tracing::warn!(folder, error = %e, "could not list the pending folder to clear it"),
+    }
+}
+
+/// Deletes `keys`, [`PARALLEL_READS`] at a time, logging failures.
+async fn delete_all(store: &Store, keys: Vec<String>) {
+    for batch in keys.chunks(PARALLEL_READS) {
+        let mut deletes = tokio::task::JoinSet::new();
+        for key in batch {
+            let (store, key) = (store.clone(), key.clone());
+            deletes.spawn(async move { delete_quietly(&store, &key).await });
+        }
+        while deletes.join_next().await.is_some() {}
     }
 }
 

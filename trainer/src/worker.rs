@@ -380,8 +380,9 @@ async fn contribute(
 
 /// Appends `entry`, this worker's contribution to `round`. With a gatherer wait it first leaves
 /// the entry in its organisation's pending folder for the gatherer, and appends it itself only if
-/// it is not in the ledger when the wait ends (or the round closed, or the pending write failed):
-/// a silent or hostile gatherer delays a contribution by the wait at most. Returns whether the
+/// it is not in the ledger when the wait ends, when a close vote for the round appears (its
+/// deadline passed), or when the pending write fails: a silent or hostile gatherer delays a
+/// contribution by the wait at most, and never past the first close vote. Returns whether the
 /// gatherer appended it.
 async fn append_contribution(
     follower: &mut Follower,
@@ -407,9 +408,12 @@ async fn append_contribution(
                 if follower.has_contributed_to(&me, round) {
                     return Ok(true);
                 }
-                let closed = follower.reader().state().rounds().close(ledger::Round(round.0)).is_some();
+                // A close vote means a member's clock passed the deadline: no more waiting.
+                let rounds = follower.reader().state().rounds();
+                let closing = rounds.close(ledger::Round(round.0)).is_some()
+                    || (rounds.open_round().0 == round.0 && rounds.voters().next().is_some());
                 let left = until.saturating_duration_since(Instant::now());
-                if closed || left.is_zero() {
+                if closing || left.is_zero() {
                     break;
                 }
                 tokio::time::sleep(options.poll.min(left)).await;
