@@ -15,7 +15,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root/fuzz"
 log() { printf 'fuzz: %s\n' "$*" >&2; }
-targets=(ledger_entry ledger_slot checkpoint note update_wire run_config state elias_fano)
+targets=(ledger_entry ledger_slot checkpoint note update_wire run_config state elias_fano round_step)
 
 # libFuzzer's instrumentation (-Zsanitizer, coverage passes) takes unstable compiler flags: the
 # nightly toolchain where there is one, else the default toolchain with RUSTC_BOOTSTRAP=1 for this

@@ -140,6 +140,15 @@ pub fn elias_fano(data: &[u8]) {
     }
 }
 
+/// A round's step (`verify::step`, what a follower may download instead of the round's updates),
+/// read against the fuzz layout: an accepted step's encoding is the bytes it was read from (a step
+/// has one encoding).
+pub fn round_step(data: &[u8]) {
+    if let Ok(step) = verify::step::RoundStep::decode(data, &update_layout()) {
+        assert_eq!(step.encode(), data, "a step has one encoding");
+    }
+}
+
 /// One valid input per target (and, for updates, one per compression), as (target, name, bytes).
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let key = Keypair::from_seed([3; 32]);
@@ -189,6 +198,23 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         }
     }
     out.push(("state", "state".to_string(), state.to_safetensors().expect("safetensors")));
+    // The step from `state` to its next sign round, every parameter moved by -lr, 0 or +lr.
+    let sign = verify::Hyper {
+        compression: update_compression(0),
+        schedule: verify::Schedule::Constant { lr: verify::Ratio::new(1, 100) },
+        weight_decay: verify::Ratio::new(1, 10),
+        clip: verify::NormClip::Off,
+        step: verify::StepRule::Sign,
+    };
+    let mut after = state.clone();
+    for (t, data) in after.data_mut().iter_mut().enumerate() {
+        for (i, v) in data.iter_mut().enumerate() {
+            let s = ((i + t) % 3) as f32 - 1.0;
+            *v = *v * (1.0f32 - 0.01f32 * 0.1f32) - 0.01f32 * s;
+        }
+    }
+    let step = verify::step::RoundStep::derive(&state, &after, verify::Round(3), &sign).expect("one step");
+    out.push(("round_step", "step".to_string(), step.encode()));
     let config = RunConfig {
         layout: layout.clone(),
         hyper: verify::Hyper {

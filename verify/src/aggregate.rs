@@ -146,6 +146,21 @@ pub fn aggregate(state: &State, round: Round, updates: &[Update], hyper: &Hyper)
     Ok(next)
 }
 
+/// The round's rate (the schedule's, rounded to f32) and decay factor (`1 - lr * wd` in f32).
+pub(crate) fn step_factors(round: Round, hyper: &Hyper) -> (f32, f32) {
+    let lr = hyper.schedule.lr(round);
+    let wd = hyper.weight_decay.to_f64() as f32;
+    (lr, 1.0f32 - lr * wd)
+}
+
+/// One parameter's step: `(p * decay) - (lr * s)`, each operation rounded to f32 on its own (the
+/// step module reproduces rounds with it).
+#[inline]
+pub(crate) fn decayed_step(p: f32, decay: f32, lr: f32, s: f32) -> f32 {
+    let decayed = p * decay;
+    decayed - lr * s
+}
+
 /// Applies one round in place: `updates` are the round's counted contributions, decoded against this
 /// state, in ledger order. With no updates, only weight decay applies.
 ///
@@ -154,9 +169,7 @@ pub fn aggregate(state: &State, round: Round, updates: &[Update], hyper: &Hyper)
 /// caller decodes them with `Expected::base` set to this state's hash.
 pub fn apply(state: &mut State, round: Round, updates: &[Update], hyper: &Hyper) -> Result<(), VerifyError> {
     check(state.layout(), round, updates, hyper)?;
-    let lr = hyper.schedule.lr(round);
-    let wd = hyper.weight_decay.to_f64() as f32;
-    let decay = 1.0f32 - lr * wd;
+    let (lr, decay) = step_factors(round, hyper);
     let factors = clip_factors(updates, hyper.clip);
     let grids = hyper.compression.grids(state.layout());
     run(
@@ -389,14 +402,12 @@ fn band(
             for (pj, &xj) in b.rows.iter_mut().zip(&s.x) {
                 // +1.0, -1.0, or +0.0 for ±0.0
                 let sign = f32::from(u8::from(xj > 0.0)) - f32::from(u8::from(xj < 0.0));
-                let decayed = *pj * decay;
-                *pj = decayed - lr * sign;
+                *pj = decayed_step(*pj, decay, lr, sign);
             }
         }
         (Mode::Apply { lr, decay }, StepRule::Linear) => {
             for (pj, &xj) in b.rows.iter_mut().zip(&s.x) {
-                let decayed = *pj * decay;
-                *pj = decayed - lr * xj;
+                *pj = decayed_step(*pj, decay, lr, xj);
             }
         }
         (Mode::Direction, _) => b.rows.copy_from_slice(&s.x[..b.rows.len()]),

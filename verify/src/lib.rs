@@ -31,6 +31,7 @@ pub mod replay;
 pub mod round;
 pub mod schedule;
 pub mod state;
+pub mod step;
 pub mod wire;
 
 pub use aggregate::{Hyper, NormClip, StepRule, aggregate, apply};

@@ -17,3 +17,4 @@ mod replay;
 mod round_rule;
 mod run;
 mod simulation;
+mod step;
