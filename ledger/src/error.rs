@@ -219,10 +219,12 @@ pub enum LedgerError {
     },
     /// Appending gave up while a write to `seq` may have landed (its reply was lost and the
     /// slot could not be read back). Replay to find out; a re-appended duplicate would be void.
-    #[error("append gave up; it may have landed at slot {seq}")]
+    #[error("append gave up ({cause}); it may have landed at slot {seq}")]
     AppendUncertain {
         /// The slot.
         seq: Seq,
+        /// The store's last error, in words (what the operator must fix).
+        cause: String,
     },
     /// A signed note (a checkpoint in its outside form) is refused.
     #[error(transparent)]

@@ -280,14 +280,17 @@ impl Appender {
         // Whether an earlier attempt at `seq` failed in transit, and so may have landed.
         let mut uncertain = false;
         let mut unknown_in_a_row = 0u32;
+        // The store's last error of a write that may have landed, for the caller's message.
+        let mut cause = String::new();
         for _ in 0..MAX_APPEND_ATTEMPTS {
             let key = seq_key(seq);
             let state = match self.store.put_if_absent(&key, slot.clone()).await {
                 Ok(PutOutcome::Created(_)) => SlotState::Ours,
                 Ok(PutOutcome::AlreadyExists) if uncertain => slot_state(&self.store, &key, &slot).await?,
                 Ok(PutOutcome::AlreadyExists) => SlotState::Taken,
-                Err(StoreError::Unavailable { .. }) => {
+                Err(e @ StoreError::Unavailable { .. }) => {
                     uncertain = true;
+                    cause = e.to_string();
                     slot_state(&self.store, &key, &slot).await?
                 }
                 Err(e) => return Err(e.into()),
@@ -326,7 +329,7 @@ impl Appender {
                             seq = seq.0,
                             unknown_in_a_row, "the store failed every write and read of the slot; giving up"
                         );
-                        return Err(LedgerError::AppendUncertain { seq });
+                        return Err(LedgerError::AppendUncertain { seq, cause });
                     }
                     debug!(seq = seq.0, "slot state unknown after a failed write; trying it again");
                 }
@@ -334,7 +337,7 @@ impl Appender {
         }
         warn!(last_seq = seq.0, uncertain, "append gave up");
         if uncertain {
-            return Err(LedgerError::AppendUncertain { seq });
+            return Err(LedgerError::AppendUncertain { seq, cause });
         }
         Err(LedgerError::Contended { attempts: MAX_APPEND_ATTEMPTS, last_seq: seq })
     }

@@ -294,6 +294,45 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
 pub(crate) const TWO_WORKERS_AND_A_VALIDATOR: [(&str, &str, &str); 4] =
     [("admin", "alpha", "admin"), ("w1", "alpha", "worker"), ("w2", "beta", "worker"), ("v", "gamma", "validator")];
 /// Its participants and the command each runs.
+/// The sum of every sample of `name` whose labels include `labels`.
+fn total(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .filter_map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_participant_reads_the_ledger_once_a_poll() {
+    // A validator of a run whose workers have not started waits: each pass of its loop reads the
+    // ledger's next slot once (a GET that finds nothing), one pass per --poll-ms (100 ms here).
+    // Reading it twice a pass would double what every participant asks of the ledger's prefix
+    // (docs/SCALE.md, item 3).
+    let fed = Fed::start(&TWO_WORKERS_AND_A_VALIDATOR, &sections(3, 2, 600, 0, "sign")).await;
+    let mut children = vec![("v", fed.spawn_with("validate", "v", &["--metrics", "127.0.0.1:0"]))];
+    let gets = |s: &prometheus_parse::Scrape| total(s, "cairn_store_requests_total", &[("operation", "get")]);
+    let first = fed.scrape_until("v", |s| value(s, "cairn_round", &[]).is_some());
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let second = fed.scrape_until("v", |_| true);
+    let passes = started.elapsed().as_secs_f64() / 0.1;
+    for (_, child) in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let got = gets(&second) - gets(&first);
+    assert!(
+        got >= 0.5 * passes && got <= 1.15 * passes + 3.0,
+        "{got} ledger GETs in {passes:.0} poll intervals: {}",
+        fed.log_text("v")
+    );
+}
+
 pub(crate) const PARTICIPANTS: [(&str, &str); 3] = [("w1", "worker"), ("w2", "worker"), ("v", "validate")];
 
 /// Every participant of [`TWO_WORKERS_AND_A_VALIDATOR`] started with `env` over the run's.

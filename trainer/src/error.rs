@@ -135,7 +135,10 @@ mod tests {
     fn only_passing_failures_are_transient() {
         let contended = ledger::LedgerError::Contended { attempts: 512, last_seq: ledger::Seq(9) };
         assert!(TrainerError::Ledger(contended).is_transient());
-        assert!(TrainerError::Ledger(ledger::LedgerError::AppendUncertain { seq: ledger::Seq(9) }).is_transient());
+        assert!(
+            TrainerError::Ledger(ledger::LedgerError::AppendUncertain { seq: ledger::Seq(9), cause: "down".into() })
+                .is_transient()
+        );
         let blob = VerifyError::BlobUnavailable { blob: "b".into(), reason: "timeout".into() };
         assert!(TrainerError::Verify(blob).is_transient());
         assert!(!TrainerError::InvalidConfig("x".into()).is_transient());

@@ -219,16 +219,6 @@ impl Follower {
         self.poll_ledger().await
     }
 
-    /// Sleeps `interval` (`--poll-ms`), then reads what was appended meanwhile: one poll per
-    /// interval. (It used to poll every 100 ms within the interval, 10 polls a second: at 1,000
-    /// participants that alone is about 10,000 GETs a second on the log's prefix, more than S3's
-    /// 5,500 per partitioned prefix; docs/SCALE.md.)
-    pub async fn wait(&mut self, interval: Duration) -> Result<(), TrainerError> {
-        tokio::time::sleep(interval).await;
-        self.poll_ledger().await?;
-        Ok(())
-    }
-
     /// From now on, stage large uploads (snapshots) in the folder of `key`'s organisation
     /// ([`verify::replay::staging_prefix`]); a key outside the roster keeps the default.
     pub fn stage_as(&mut self, key: &PublicKey) -> Result<(), TrainerError> {

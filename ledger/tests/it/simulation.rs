@@ -33,7 +33,7 @@ async fn append_until_ok(appender: &mut Appender, store: &Store, batch: &[Entry]
         match appender.append(batch).await {
             Ok(seq) => return seq,
             Err(e) if transient(&e) => continue,
-            Err(LedgerError::AppendUncertain { seq }) => {
+            Err(LedgerError::AppendUncertain { seq, .. }) => {
                 for _ in 0..TRIES {
                     match store.get(&ledger::seq_key(seq), slot::MAX_SLOT_BYTES).await {
                         Ok(found) if found.bytes == ours => return seq,
@@ -240,7 +240,7 @@ fn an_append_to_a_store_that_is_down_stops_uncertain_after_a_few_writes() {
         assert_eq!(appender.append(&[run.genesis()]).await.unwrap(), Seq(0));
         switch.store(true, std::sync::atomic::Ordering::SeqCst);
         match appender.append(&[run.contribution(0, 0, 1)]).await {
-            Err(LedgerError::AppendUncertain { seq }) => assert_eq!(seq, Seq(1)),
+            Err(LedgerError::AppendUncertain { seq, .. }) => assert_eq!(seq, Seq(1)),
             other => panic!("expected AppendUncertain at slot 1, got {other:?}"),
         }
         // Each of the 2 unknown outcomes is one write, tried twice by the storage layer, and a read
