@@ -18,6 +18,7 @@ use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use trainer::demo::{Bases, gather_updates, reference_aggregate, tensors_from_state, tensors_to_host};
+use verify::step::RoundStep;
 use verify::wire::encoded_len;
 use verify::{
     Compression, Expected, Header, Hyper, Layout, NormClip, Ratio, Round, RunId, Schedule, State, StateHash,
@@ -261,6 +262,24 @@ fn run_blocking(args: Args) -> anyhow::Result<Outcome> {
     };
     let bit_exact = hashes.iter().all(|h| *h == hashes[0]);
 
+    // The round as one trit per parameter (`verify::step`): what a follower could download instead
+    // of the updates, and what deriving it and applying it (both hashes included) cost.
+    let t = Instant::now();
+    let step = pool.install(|| RoundStep::derive(&state, &cairn_state, ROUND, &hyper))?;
+    let derive_s = t.elapsed().as_secs_f64();
+    let step_bytes = step.encode();
+    let t = Instant::now();
+    let applied = pool.install(|| RoundStep::decode(&step_bytes, &layout)?.apply(&state, ROUND, &hyper))?;
+    let step_apply_s = t.elapsed().as_secs_f64();
+    let step_exact = applied.hash() == hashes[0];
+    let all_updates = update_bytes * u64::from(args.updates);
+    println!(
+        "  step: {} bytes (the {2} updates take {all_updates} bytes, {1:.2}x the step), derived in {derive_s:.3}s, decoded and applied in {step_apply_s:.3}s, reproduces the state: {step_exact}",
+        step_bytes.len(),
+        all_updates as f64 / step_bytes.len() as f64,
+        args.updates
+    );
+
     // Agreement: the per-parameter step sign of torch's result against cairn's.
     let torch_data = tensors_to_host(&torch_params)?;
     let (mut same, mut max_diff_same) = (0u64, 0.0f32);
@@ -290,10 +309,12 @@ fn run_blocking(args: Args) -> anyhow::Result<Outcome> {
         params - same
     );
     println!(
-        "bench aggregate: params={params} updates={} cairn_params_per_s={cairn_pps:.0} torch_params_per_s={torch_pps:.0} ratio={:.3} decode_s={decode_median:.3} update_bytes={update_bytes} compression_x={:.1} sign_agreement_pct={sign_agreement_pct:.4}",
+        "bench aggregate: params={params} updates={} cairn_params_per_s={cairn_pps:.0} torch_params_per_s={torch_pps:.0} ratio={:.3} decode_s={decode_median:.3} update_bytes={update_bytes} compression_x={:.1} sign_agreement_pct={sign_agreement_pct:.4} step_bytes={} step_vs_updates_x={:.2} step_apply_s={step_apply_s:.3}",
         args.updates,
         cairn_pps / torch_pps,
-        dense_bytes as f64 / update_bytes as f64
+        dense_bytes as f64 / update_bytes as f64,
+        step_bytes.len(),
+        all_updates as f64 / step_bytes.len() as f64
     );
-    Ok(if bit_exact { Outcome::Ok } else { Outcome::Failed })
+    Ok(if bit_exact && step_exact { Outcome::Ok } else { Outcome::Failed })
 }
