@@ -16,6 +16,7 @@ fn main() {
             "run_config" => cairn_fuzz::run_config,
             "state" => cairn_fuzz::state,
             "elias_fano" => cairn_fuzz::elias_fano,
+            "round_step" => cairn_fuzz::round_step,
             other => panic!("unknown target {other}"),
         };
         run(&bytes);
