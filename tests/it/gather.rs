@@ -208,6 +208,37 @@ async fn junk_in_the_pending_folder_is_deleted_unread_and_the_gatherer_still_gat
     assert_eq!(pending_left(&fed, "alpha").await, Vec::<String>::new());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_never_comes_holds_its_organisations_slot_for_one_round_only() {
+    // w2 of alpha never runs. In round 0 the gatherer waits its whole window for it; from round 1
+    // on it waits only for the workers that contributed to the round before.
+    let members = [
+        ("admin", "alpha", "admin"),
+        ("w1", "alpha", "worker"),
+        ("w2", "alpha", "worker"),
+        ("w3", "beta", "worker"),
+        ("v", "gamma", "validator"),
+    ];
+    // Rounds close at their 10 s deadline (w2 is missing), after the 3 s window.
+    let fed = Fed::start(&members, &sections(3, 2, 10, 0, "sign")).await;
+    let mut children = vec![
+        ("w1", gathered_worker(&fed, "w1", 60_000, &[])),
+        ("w3", fed.spawn("worker", "w3")),
+        ("v", fed.spawn("validate", "v")),
+        ("g-alpha", gatherer(&fed, "g-alpha", "w1", 3_000, &[])),
+    ];
+    fed.wait_all(&mut children);
+    let log = fed.log_text("g-alpha");
+    let waited: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split_once("(the oldest waited ")?.1.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(waited.len(), 3, "{log}");
+    assert!(waited[0] >= 2_500, "round 0 waits the window for w2: {waited:?}");
+    assert!(waited[1] < 1_500 && waited[2] < 1_500, "then only for w1: {waited:?}");
+    assert_eq!(fed.log_text("w1").matches("ours counted").count(), 3, "{}", fed.log_text("w1"));
+}
+
 /// A gathered run in which every participant, the gatherers included, aborts the first time it
 /// reaches `point` and is restarted without it: nothing lost or counted twice, no pending object
 /// left.

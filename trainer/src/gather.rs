@@ -278,21 +278,24 @@ impl Gatherer<'_> {
         // A close vote means a member's clock passed the round's deadline (or every worker is in):
         // what waits goes out now.
         let voting = rounds.voters().next().is_some();
-        let contributed: HashSet<PublicKey> = self
-            .reader
-            .by_round(open)
-            .filter_map(|e| e.entry.as_ref())
-            .filter(|x| matches!(x.body, Body::Contribution(_)))
-            .map(Entry::signer)
-            .collect();
+        let contributed = contributors(&self.reader, open);
         let missing: BTreeSet<PublicKey> =
             organisation_workers(&self.reader, org).into_iter().filter(|k| !contributed.contains(k)).collect();
+        // Whom the slot waits for: the missing workers that contributed to the round before, when
+        // this gatherer holds it and some did. A worker that stopped (offline, excluded) then
+        // holds the others up for one round, not every round; a new one's entry goes out in a
+        // later slot of the round when it comes.
+        let before = open.0.checked_sub(1).map(|r| contributors(&self.reader, ledger::Round(r))).unwrap_or_default();
+        let awaited: Vec<&PublicKey> = match missing.iter().any(|k| before.contains(k)) {
+            true => missing.iter().filter(|k| before.contains(*k)).collect(),
+            false => missing.iter().collect(),
+        };
         self.waiting.retain(|k, _| missing.contains(k));
         if missing.len() > self.waiting.len() {
             self.read_pending(open, &missing, events).await?;
         }
         let oldest = self.waiting.values().map(|w| w.since).min();
-        let all_in = self.waiting.len() == missing.len();
+        let all_in = awaited.iter().all(|k| self.waiting.contains_key(*k));
         let due = oldest.is_some_and(|t| all_in || voting || t.elapsed() >= self.options.window);
         if !due {
             return Ok(Pass::Idle);
@@ -393,6 +396,16 @@ impl Gatherer<'_> {
         self.summary.refused += 1;
         events(GatherEvent::Refused { key: object.key, why });
     }
+}
+
+/// The signers of the accepted contributions to `round`, as `reader` holds it.
+fn contributors(reader: &Reader, round: ledger::Round) -> HashSet<PublicKey> {
+    reader
+        .by_round(round)
+        .filter_map(|e| e.entry.as_ref())
+        .filter(|x| matches!(x.body, Body::Contribution(_)))
+        .map(Entry::signer)
+        .collect()
 }
 
 /// The workers of `organisation` in the roster as read so far.
