@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use ledger::{Body, Entry, Genesis};
-use trainer::gather::{GatherEvent, GatherOptions, run_gatherer};
+use trainer::gather::{GatherEvent, GatherOptions, Organisation, run_gatherer};
 use trainer::model::init_state;
 use trainer::run_spec::{MAX_SPEC_BYTES, RunSpec};
 use trainer::validator::{ValidatorEvent, ValidatorOptions, run_validator};
@@ -273,21 +273,18 @@ pub struct GatherArgs {
 /// Runs an organisation's gatherer until the run's last round is final.
 pub async fn gather(args: GatherArgs) -> anyhow::Result<Outcome> {
     let (url, store) = open_run(&args.store).await?;
-    let organisation = match (&args.organisation, &args.key) {
-        (Some(org), _) => org.clone(),
+    let (organisation, mut label) = match (&args.organisation, &args.key) {
+        (Some(org), _) => (Organisation::Named(org.clone()), org.clone()),
         (None, Some(path)) => {
             let key = ledger::read_key_file(path).with_context(|| format!("reading {}", path.display()))?;
-            let run_id = ledger::genesis_run_id(&store).await.with_context(|| format!("reading {url}"))?;
-            let reader = ledger::Reader::replay(store.clone(), run_id).await?;
-            let member = reader.state().member(&key.public()).with_context(|| {
-                format!("key {} is not in this run's roster (ask an admin to add it)", key.public())
-            })?;
-            member.organisation.clone()
+            // The gatherer finds the organisation in the roster it reads anyway; until then the
+            // lines name the key.
+            (Organisation::OfMember(key.public()), short(&key.public().to_string()).to_string())
         }
         (None, None) => anyhow::bail!("give --organisation or --key"),
     };
     let options = GatherOptions {
-        organisation: organisation.clone(),
+        organisation,
         window: Duration::from_millis(args.window_ms),
         poll: Duration::from_millis(args.poll_ms.clamp(10, 60_000)),
     };
@@ -295,25 +292,17 @@ pub async fn gather(args: GatherArgs) -> anyhow::Result<Outcome> {
     if let Some(addr) = args.metrics {
         crate::metrics::serve(addr, metrics.clone()).await?;
     }
-    // Totals over every rejoin (each run of the gatherer counts from zero).
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    let (slots, gathered, refused) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    // Totals over every rejoin.
+    let (mut slots, mut gathered, mut refused) = (0u64, 0u64, 0u64);
     let mut print = |e: GatherEvent| {
-        match &e {
-            GatherEvent::Appended { entries, .. } => {
-                slots.fetch_add(1, Relaxed);
-                gathered.fetch_add(*entries as u64, Relaxed);
-            }
-            GatherEvent::Refused { .. } => {
-                refused.fetch_add(1, Relaxed);
-            }
-            GatherEvent::Joined { .. } => {}
-        }
         let line = match &e {
-            GatherEvent::Joined { round, workers } => {
+            GatherEvent::Joined { organisation, round, workers } => {
+                label.clone_from(organisation);
                 format!("round {round}: gathering the contributions of {workers} workers")
             }
             GatherEvent::Appended { round, seq, entries, waited_ms } => {
+                slots += 1;
+                gathered += *entries as u64;
                 metrics.add("cairn_gathered_slots_total", "Slots of gathered contributions appended.", &[], 1.0);
                 metrics.add(
                     "cairn_gathered_contributions_total",
@@ -332,20 +321,20 @@ pub async fn gather(args: GatherArgs) -> anyhow::Result<Outcome> {
                 )
             }
             GatherEvent::Refused { key, why } => {
+                refused += 1;
                 metrics.add("cairn_gather_refused_total", "Pending objects left out.", &[], 1.0);
                 format!("left out {key}: {why}")
             }
         };
-        println!("gatherer {organisation}: {line}");
+        println!("gatherer {label}: {line}");
     };
-    let mut rejoins = Rejoins::new(format!("gatherer {organisation}"), args.max_rejoins);
+    let mut rejoins = Rejoins::new("gatherer".to_string(), args.max_rejoins);
     loop {
         match run_gatherer(store.clone(), &options, &mut print).await {
-            Ok(_) => break,
+            Ok(()) => break,
             Err(e) => rejoins.wait_or_fail(e).await.with_context(|| format!("gathering on {url}"))?,
         }
     }
-    let (slots, gathered, refused) = (slots.load(Relaxed), gathered.load(Relaxed), refused.load(Relaxed));
     println!("gather: slots={slots} contributions={gathered} refused={refused}");
     Ok(Outcome::Ok)
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ledger::{Body, Entry, PublicKey};
 use storage::testing;
-use trainer::gather::pending_prefix;
+use trainer::gather::{pending_folder, pending_prefix};
 
 use crate::federation::{Fed, TWO_WORKERS_AND_A_VALIDATOR, run_restarting_crashed, sections};
 
@@ -54,9 +54,7 @@ async fn contribution_slots(fed: &Fed) -> BTreeMap<u64, BTreeMap<u64, BTreeSet<P
 
 /// What is left in `organisation`'s pending folder.
 async fn pending_left(fed: &Fed, organisation: &str) -> Vec<String> {
-    let folder = pending_prefix(organisation, ledger::Round(0));
-    let folder = folder.trim_end_matches('/').rsplit_once('/').unwrap().0.to_string() + "/";
-    store_of(fed).await.list(&folder, None).await.unwrap().into_iter().map(|o| o.key).collect()
+    store_of(fed).await.list(&pending_folder(organisation), None).await.unwrap().into_iter().map(|o| o.key).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

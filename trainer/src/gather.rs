@@ -34,9 +34,14 @@ pub const PENDING_FOLDER: &str = "pending/";
 /// the folder should hold; anything beyond is junk that must not make a listing grow.
 pub const MAX_PENDING_LISTED: usize = ledger::entry::MAX_ROSTER_MEMBERS as usize;
 
+/// The folder of `organisation`'s pending contributions, a sub-folder per round.
+pub fn pending_folder(organisation: &str) -> String {
+    format!("{}{PENDING_FOLDER}", verify::replay::staging_prefix(organisation))
+}
+
 /// The folder of `organisation`'s pending contributions to `round`.
 pub fn pending_prefix(organisation: &str, round: ledger::Round) -> String {
-    format!("{}{PENDING_FOLDER}{:020}/", verify::replay::staging_prefix(organisation), round.0)
+    format!("{}{:020}/", pending_folder(organisation), round.0)
 }
 
 /// Where `signer` of `organisation` leaves its contribution to `round` for the gatherer.
@@ -114,11 +119,20 @@ pub fn into_slots(entries: Vec<Entry>) -> Vec<Vec<Entry>> {
     entries.chunks(usize::from(ledger::slot::MAX_BATCH_ENTRIES)).map(<[Entry]>::to_vec).collect()
 }
 
+/// Whose contributions a gatherer appends.
+#[derive(Clone, Debug)]
+pub enum Organisation {
+    /// The organisation of this name in the roster.
+    Named(String),
+    /// The organisation of this member (found in the roster the gatherer reads anyway).
+    OfMember(PublicKey),
+}
+
 /// How a gatherer runs.
 #[derive(Clone, Debug)]
 pub struct GatherOptions {
     /// The organisation whose workers' contributions it appends.
-    pub organisation: String,
+    pub organisation: Organisation,
     /// How long the first pending contribution of a round waits for the organisation's other
     /// workers before the gatherer appends what it has.
     pub window: Duration,
@@ -129,8 +143,10 @@ pub struct GatherOptions {
 /// What a gatherer reports as it goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GatherEvent {
-    /// Read the ledger; gathers for `workers` workers from round `round` on.
+    /// Read the ledger; gathers for `workers` workers of `organisation` from round `round` on.
     Joined {
+        /// The organisation.
+        organisation: String,
         /// The open round.
         round: u64,
         /// The organisation's workers in the roster.
@@ -154,17 +170,6 @@ pub enum GatherEvent {
         /// Why.
         why: PendingRefused,
     },
-}
-
-/// What a gatherer did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GatherSummary {
-    /// Slots appended.
-    pub slots: u64,
-    /// Contributions in them.
-    pub entries: u64,
-    /// Pending objects left out.
-    pub refused: u64,
 }
 
 /// A pending contribution read and checked, waiting for its slot.
@@ -195,6 +200,8 @@ struct Gatherer<'a> {
     store: Store,
     run_id: RunId,
     options: &'a GatherOptions,
+    /// The organisation's name in the roster.
+    org: String,
     train: TrainSpec,
     reader: Reader,
     round: Option<ledger::Round>,
@@ -203,45 +210,49 @@ struct Gatherer<'a> {
     refused: HashMap<String, (u64, Option<String>)>,
     /// Objects to delete unread at the end of the listing.
     junk: Vec<String>,
-    summary: GatherSummary,
 }
 
 /// Runs the gatherer of `options.organisation` on the run in `store` until the run's last round
-/// is final. A store error that may pass (unavailable, contended) is logged and the pass tried
-/// again after a poll; any other ends it.
+/// is final (its events say what it did). A store error that may pass (unavailable, contended)
+/// is logged and the pass tried again after a poll; any other ends it.
 pub async fn run_gatherer(
     store: Store,
     options: &GatherOptions,
     events: &mut (dyn FnMut(GatherEvent) + Send),
-) -> Result<GatherSummary, TrainerError> {
+) -> Result<(), TrainerError> {
     let run_id = ledger::genesis_run_id(&store).await?;
     let reader = Reader::replay(store.clone(), run_id).await?;
     let (_, config, _) = verify::replay::genesis_config(reader.entries())?;
     let train = TrainSpec::from_extra(&config.extra)?;
-    let org = options.organisation.as_str();
-    let workers = organisation_workers(&reader, org);
+    let org = match &options.organisation {
+        Organisation::Named(name) => name.clone(),
+        Organisation::OfMember(key) => reader.state().organisation(key).map(str::to_string).ok_or_else(|| {
+            TrainerError::InvalidConfig(format!("key {key} is not in this run's roster (ask an admin to add it)"))
+        })?,
+    };
+    let workers = organisation_workers(&reader, &org);
     if workers.is_empty() {
         return Err(TrainerError::InvalidConfig(format!(
             "organisation {org:?} has no worker in this run's roster (names are case-sensitive)"
         )));
     }
     let joined = reader.state().rounds().open_round();
-    events(GatherEvent::Joined { round: joined.0, workers: workers.len() });
+    events(GatherEvent::Joined { organisation: org.clone(), round: joined.0, workers: workers.len() });
     let mut g = Gatherer {
         store,
         run_id,
         options,
+        org,
         train,
         reader,
         round: None,
         waiting: BTreeMap::new(),
         refused: HashMap::new(),
         junk: Vec::new(),
-        summary: GatherSummary::default(),
     };
     loop {
         match g.pass(events).await {
-            Ok(Pass::Ended) => return Ok(g.summary),
+            Ok(Pass::Ended) => return Ok(()),
             Ok(Pass::Appended) => continue,
             Ok(Pass::Idle) => {}
             Err(e) if e.is_transient() => tracing::warn!(error = %e, "gatherer: trying again after a poll"),
@@ -254,7 +265,7 @@ pub async fn run_gatherer(
 impl Gatherer<'_> {
     /// Reads the ledger and the open round's pending folder; appends what is due.
     async fn pass(&mut self, events: &mut (dyn FnMut(GatherEvent) + Send)) -> Result<Pass, TrainerError> {
-        let org = self.options.organisation.as_str();
+        let org = self.org.as_str();
         self.reader.poll().await?;
         // A gatherer answers for the open round only: nothing behind the window is asked again.
         let horizon = self.reader.state().horizon();
@@ -286,9 +297,10 @@ impl Gatherer<'_> {
         // holds the others up for one round, not every round; a new one's entry goes out in a
         // later slot of the round when it comes.
         let before = open.0.checked_sub(1).map(|r| contributors(&self.reader, ledger::Round(r))).unwrap_or_default();
-        let awaited: Vec<&PublicKey> = match missing.iter().any(|k| before.contains(k)) {
-            true => missing.iter().filter(|k| before.contains(*k)).collect(),
-            false => missing.iter().collect(),
+        let awaited: Vec<&PublicKey> = if missing.iter().any(|k| before.contains(k)) {
+            missing.iter().filter(|k| before.contains(*k)).collect()
+        } else {
+            missing.iter().collect()
         };
         self.waiting.retain(|k, _| missing.contains(k));
         if missing.len() > self.waiting.len() {
@@ -308,8 +320,6 @@ impl Gatherer<'_> {
         for slot in into_slots(taken.into_iter().map(|w| w.entry).collect()) {
             let seq = appender.append(&slot).await?;
             crate::crashpoint::reached("gather:appended");
-            self.summary.slots += 1;
-            self.summary.entries += slot.len() as u64;
             events(GatherEvent::Appended { round: open.0, seq: seq.0, entries: slot.len(), waited_ms });
         }
         delete_all(&self.store, keys).await;
@@ -325,7 +335,7 @@ impl Gatherer<'_> {
         missing: &BTreeSet<PublicKey>,
         events: &mut (dyn FnMut(GatherEvent) + Send),
     ) -> Result<(), TrainerError> {
-        let prefix = pending_prefix(&self.options.organisation, open);
+        let prefix = pending_prefix(&self.org, open);
         let mut to_read = Vec::new();
         for object in self.store.list_at_most(&prefix, None, MAX_PENDING_LISTED).await? {
             let name = object.key.get(prefix.len()..).unwrap_or_default();
@@ -338,7 +348,7 @@ impl Gatherer<'_> {
                         to_read.push((k, object));
                     }
                 }
-                Some(k) if self.reader.state().organisation(&k) == Some(self.options.organisation.as_str()) => {
+                Some(k) if self.reader.state().organisation(&k) == Some(self.org.as_str()) => {
                     // Its worker's contribution is in the ledger: what it left is done with.
                     self.junk.push(object.key);
                 }
@@ -393,19 +403,22 @@ impl Gatherer<'_> {
         } else {
             self.refused.insert(object.key.clone(), (object.size, object.e_tag));
         }
-        self.summary.refused += 1;
         events(GatherEvent::Refused { key: object.key, why });
     }
 }
 
 /// The signers of the accepted contributions to `round`, as `reader` holds it.
-fn contributors(reader: &Reader, round: ledger::Round) -> HashSet<PublicKey> {
+fn contribution_signers(reader: &Reader, round: ledger::Round) -> impl Iterator<Item = PublicKey> + '_ {
     reader
         .by_round(round)
         .filter_map(|e| e.entry.as_ref())
         .filter(|x| matches!(x.body, Body::Contribution(_)))
         .map(Entry::signer)
-        .collect()
+}
+
+/// [`contribution_signers`] as a set.
+fn contributors(reader: &Reader, round: ledger::Round) -> HashSet<PublicKey> {
+    contribution_signers(reader, round).collect()
 }
 
 /// The workers of `organisation` in the roster as read so far.
@@ -422,15 +435,13 @@ pub fn organisation_workers(reader: &Reader, organisation: &str) -> Vec<PublicKe
 /// Whether the log, as `reader` holds it, has an accepted contribution to `round` signed by `key`
 /// (another would be void).
 pub fn has_contribution(reader: &Reader, key: &PublicKey, round: ledger::Round) -> bool {
-    reader
-        .by_round(round)
-        .any(|e| e.entry.as_ref().is_some_and(|x| matches!(x.body, Body::Contribution(_)) && x.signer() == *key))
+    contribution_signers(reader, round).any(|k| k == *key)
 }
 
 /// Deletes the pending objects of `organisation`'s rounds before `round`, as far as one listing
 /// reaches.
 async fn clear_rounds_before(store: &Store, organisation: &str, round: ledger::Round) {
-    let folder = format!("{}{PENDING_FOLDER}", verify::replay::staging_prefix(organisation));
+    let folder = pending_folder(organisation);
     match store.list_at_most(&folder, None, MAX_PENDING_LISTED).await {
         Ok(objects) => {
             let before = |key: &str| {
