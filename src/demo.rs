@@ -84,6 +84,11 @@ pub struct DemoArgs {
     /// to a round as one ledger slot; the summary shows the slots either way.
     #[arg(long)]
     gather: bool,
+    /// Workers follow the rounds through the steps the validators publish (`--steps follow`;
+    /// docs/RUN.md, "Following steps"): one step a round instead of every counted update, and the
+    /// validators attest.
+    #[arg(long)]
+    follow_steps: bool,
 }
 
 /// The demo's members: (name, organisation, role).
@@ -181,6 +186,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
                 vec!["--threads", "1", "--device", args.device.as_str(), "--precision", args.precision.as_str()],
             ),
         };
+        if args.follow_steps && *role == "worker" {
+            extra.extend(["--steps", "follow"]);
+        }
         if args.gather && *role == "worker" {
             extra.extend(["--gatherer-wait-ms", "10000"]);
             if !gathering.contains(org) {
@@ -245,6 +253,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         watched.contributions as f64 / watched.contribution_slots.max(1) as f64,
         if args.gather { ", gathered by organisation" } else { "" }
     );
+    let downloads: Vec<(u64, u64)> = keys[1..]
+        .iter()
+        .filter(|k| k.2 == "worker")
+        .filter_map(|k| worker_download(&dir.join("logs").join(format!("{}.log", k.0))))
+        .collect();
+    if !downloads.is_empty() {
+        let n = downloads.len() as f64;
+        let mean = |f: fn(&(u64, u64)) -> u64| downloads.iter().map(f).sum::<u64>() as f64 / n;
+        println!(
+            "  download        {:.1} MB per worker in all (mean of {}; {:.0} rounds through published steps{})",
+            mean(|d| d.0) / 1e6,
+            downloads.len(),
+            mean(|d| d.1),
+            if args.follow_steps { "" } else { ", --follow-steps to use them" }
+        );
+    }
     println!("  {audit_line}");
     println!("\nTry: cairn status --store {url}   |   cairn audit --store {url} --json");
     if let Some(mut dashboard) = dashboard {
@@ -252,6 +276,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         println!("     cairn dashboard --store {url}   (the page the demo served while it trained)");
     }
     Ok(if audit.status.success() { Outcome::Ok } else { Outcome::Failed })
+}
+
+/// A worker's downloaded bytes and rounds taken through steps, from its log's last line
+/// (`worker: ... downloaded_bytes=N ...`); `None` when it has none.
+fn worker_download(log: &Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let last = text.lines().rev().find(|l| l.starts_with("worker: "))?;
+    let value =
+        |key: &str| last.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok());
+    Some((value("downloaded_bytes")?, value("rounds_through_steps").unwrap_or(0)))
 }
 
 /// The first `run-N` under `base` without a ledger.

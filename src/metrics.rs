@@ -108,6 +108,11 @@ impl Metrics {
             let labels = label_set(&[("operation", operation), ("outcome", outcome)]);
             let _ = writeln!(out, "cairn_store_requests_total{labels} {n}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP cairn_store_read_bytes_total Bytes of object bodies this process read from the store.\n# TYPE cairn_store_read_bytes_total counter\ncairn_store_read_bytes_total {}",
+            storage::stats::bytes_read()
+        );
         if let Some(at) = self.last_read.lock().ok().and_then(|l| *l) {
             let _ = writeln!(
                 out,

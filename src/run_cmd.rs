@@ -65,12 +65,37 @@ pub struct ParticipantArgs {
     /// above the gatherer's --window-ms plus two polls (docs/RUN.md, "Gathering").
     #[arg(long, default_value_t = 0)]
     gatherer_wait_ms: u64,
+    /// What to do with the rounds' steps (one trit a parameter; docs/RUN.md, "Following steps"):
+    /// `publish` each round this member computes to attest, under its organisation's
+    /// `steps/FOLDER/`; `follow`: take each final round through a published step that reproduces
+    /// the attested result, falling back to the updates, and attest only when a round stalls
+    /// (workers only); `off`. Default: `publish` for validators, `off` for workers. Sign-rule runs
+    /// only; elsewhere it is off.
+    #[arg(long, value_enum)]
+    steps: Option<StepsMode>,
     /// Rejoin the run after transient failures (the store unreachable after the storage layer's
     /// retries, a contended append) at most this many times in a row, waiting 1 s, 2 s, ... up to
     /// 60 s between tries (a failure 10 minutes after the last starts a new count); 0 gives up at
     /// the first.
     #[arg(long, default_value_t = 30)]
     max_rejoins: u32,
+}
+
+/// `--steps`: what a member does with the rounds' steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StepsMode {
+    /// Neither publish nor follow.
+    Off,
+    /// Publish the step of each round this member computes.
+    Publish,
+    /// Follow the rounds through published steps.
+    Follow,
+}
+
+impl StepsMode {
+    fn policy(self) -> trainer::steps::StepPolicy {
+        trainer::steps::StepPolicy { publish: self == StepsMode::Publish, follow: self == StepsMode::Follow }
+    }
 }
 
 /// Longest pause before rejoining after a transient failure.
@@ -213,7 +238,8 @@ pub async fn worker(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     let me = short(&key.public().to_string()).to_string();
     let precision: trainer::model::Precision = args.precision.parse()?;
     let gatherer_wait = (args.gatherer_wait_ms > 0).then(|| Duration::from_millis(args.gatherer_wait_ms));
-    let options = WorkerOptions { device, rounds: args.rounds, state_file, poll, precision, gatherer_wait };
+    let steps = args.steps.unwrap_or(StepsMode::Off).policy();
+    let options = WorkerOptions { device, rounds: args.rounds, state_file, poll, precision, gatherer_wait, steps };
     let metrics = Metrics::new();
     if let Some(addr) = args.metrics {
         crate::metrics::serve(addr, metrics.clone()).await?;
@@ -237,9 +263,22 @@ pub async fn worker(args: ParticipantArgs) -> anyhow::Result<Outcome> {
             }
         }
     };
+    let steps = summary
+        .steps
+        .map(|s| {
+            format!(
+                " rounds_through_steps={} step_fallbacks={} steps_refused={} step_bytes_read={}",
+                s.applied, s.fallbacks, s.refused, s.bytes_read
+            )
+        })
+        .unwrap_or_default();
     println!(
-        "worker: contributed={} counted={} next_round={} state={}",
-        summary.contributed, summary.counted, summary.next_round, summary.state
+        "worker: contributed={} counted={}{steps} downloaded_bytes={} next_round={} state={}",
+        summary.contributed,
+        summary.counted,
+        storage::stats::bytes_read(),
+        summary.next_round,
+        summary.state
     );
     Ok(Outcome::Ok)
 }
@@ -346,7 +385,12 @@ pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     let key = ledger::read_key_file(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
     let (url, store) = open_run(&args.store).await?;
     let me = short(&key.public().to_string()).to_string();
-    let options = ValidatorOptions { device, rounds: args.rounds, poll };
+    let steps = args.steps.unwrap_or(StepsMode::Publish);
+    anyhow::ensure!(
+        steps != StepsMode::Follow,
+        "--steps follow is a worker's option: a validator reads every update to score it, and computes each round it attests"
+    );
+    let options = ValidatorOptions { device, rounds: args.rounds, poll, publish_steps: steps == StepsMode::Publish };
     let metrics = Metrics::new();
     if let Some(addr) = args.metrics {
         crate::metrics::serve(addr, metrics.clone()).await?;
@@ -444,7 +488,10 @@ fn worker_metrics(m: &Metrics, e: &WorkerEvent) {
                 );
             }
         }
-        WorkerEvent::RoundApplied { round, ours, .. } => {
+        WorkerEvent::RoundApplied { round, ours, from_step, .. } => {
+            if *from_step {
+                m.add("cairn_rounds_through_steps_total", "Final rounds applied through a published step.", &[], 1.0);
+            }
             if let Some(result) = ours {
                 let outcome = if result.is_ok() { "counted" } else { "not_counted" };
                 m.add(
@@ -519,13 +566,14 @@ pub fn describe_worker(e: &WorkerEvent) -> String {
                 if *dropped > 0 { format!(", {dropped} dropped") } else { String::new() }
             )
         }
-        WorkerEvent::RoundApplied { round, counted, ours, state } => {
+        WorkerEvent::RoundApplied { round, counted, ours, state, from_step } => {
             let ours = match ours {
                 Some(Ok(())) => "ours counted".to_string(),
                 Some(Err(why)) => format!("ours not counted: {why}"),
                 None => "none of ours".to_string(),
             };
-            format!("round {round} applied: {counted} counted, {ours}, state {}", short(state))
+            let how = if *from_step { " (through a published step)" } else { "" };
+            format!("round {round} applied{how}: {counted} counted, {ours}, state {}", short(state))
         }
         WorkerEvent::Snapshot { round, bytes } => format!("snapshot after round {round}: {bytes} bytes"),
         WorkerEvent::Exported { key } => format!("ledger exported to {key}"),

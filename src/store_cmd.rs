@@ -83,7 +83,7 @@ pub async fn run(cmd: StoreCommand) -> anyhow::Result<Outcome> {
 }
 
 /// The run's key prefixes, one a line: `PREFIX history|replaceable WHO`, then for each
-/// organisation asked about `folder HEX ORG`, `mirror PREFIX ORG` and `staging PREFIX ORG`. Every prefix comes from the constant its writer uses.
+/// organisation asked about `folder HEX ORG`, `mirror PREFIX ORG`, `staging PREFIX ORG` and `steps PREFIX ORG`. Every prefix comes from the constant its writer uses.
 fn layout(organisations: &[String]) -> String {
     let [seq, checkpoints, blobs, mirrors] = conformance::HISTORY_PREFIXES;
     let exports = format!("{}/", ledger::export::EXPORT_PREFIX);
@@ -99,6 +99,11 @@ fn layout(organisations: &[String]) -> String {
             "replaceable",
             "every member: large uploads in progress and contributions for the gatherer, in its own organisation's folder",
         ),
+        (
+            verify::replay::STEPS_PREFIX,
+            "replaceable",
+            "validators (and members with --steps publish): each round's step, in its own organisation's folder",
+        ),
         (conformance::SCRATCH_PREFIX, "replaceable", "`cairn store check`: its probes"),
     ];
     let mut out = String::new();
@@ -109,6 +114,8 @@ fn layout(organisations: &[String]) -> String {
         out.push_str(&format!("folder {} {org}\n", verify::replay::organisation_folder(org)));
         out.push_str(&format!("mirror {}/ {org}\n", verify::replay::mirror_prefix(org)));
         out.push_str(&format!("staging {} {org}\n", verify::replay::staging_prefix(org)));
+        let steps = verify::replay::step_key(org, verify::Round(0));
+        out.push_str(&format!("steps {} {org}\n", &steps[..steps.len() - 20]));
     }
     out
 }
@@ -215,6 +222,7 @@ mod layout_tests {
         // blake3("alpha") and blake3("beta"), first 8 bytes, from the Python blake3 package.
         assert!(text.contains("folder 644a9bc57c6063e2 alpha\n"), "{text}");
         assert!(text.contains("mirror mirrors/644a9bc57c6063e2/ alpha\n"), "{text}");
+        assert!(text.contains("steps steps/644a9bc57c6063e2/ alpha\n"), "{text}");
         assert!(text.contains("staging tmp/644a9bc57c6063e2/ alpha\n"), "{text}");
         assert!(text.contains("mirror mirrors/c607f0e66519ff41/ beta\n"), "{text}");
     }

@@ -64,7 +64,7 @@ def layout(cairn, orgs=()):
         parts = line.split(None, 2)
         if parts[0] == "folder":
             folders[parts[2]] = parts[1]
-        elif parts[0] not in ("mirror", "staging"):
+        elif parts[0] not in ("mirror", "staging", "steps"):
             rows[parts[0]] = parts[1]
     return rows, folders
 
@@ -149,16 +149,17 @@ def consistency(cairn):
     writable = [str(r) for st in member.values() if "s3:PutObject" in as_list(st["actions"])
                 for r in as_list(st["resources"])]
     text = " ".join(writable)
-    own = {"mirrors/": "mirrors/${each.value.folder}/*", "tmp/": "tmp/${each.value.folder}/*"}
+    own = {"mirrors/": "mirrors/${each.value.folder}/*", "tmp/": "tmp/${each.value.folder}/*",
+           "steps/": "steps/${each.value.folder}/*"}
     for prefix in history + replaceable:
         token = own.get(prefix, prefix.rstrip("/"))
         if token not in text:
             problem(f"the member roles cannot write {prefix} (as {token}), which cairn writes")
-    # No organisation may write another's mirror or staging folder.
-    for shared in re.findall(r"/(?:mirrors|tmp)/\*", text):
+    # No organisation may write another's mirror, staging or steps folder.
+    for shared in re.findall(r"/(?:mirrors|tmp|steps)/\*", text):
         problem(f"the member roles may write every organisation's {shared}")
     if len(problems) == before:
-        ok("the member roles may write every prefix cairn writes, mirrors and staging only in their own folder")
+        ok("the member roles may write every prefix cairn writes, mirrors, staging and steps only in their own folder")
 
     # 4. The example's folders are what cairn computes for those names.
     tfvars = hcl2.load(open(os.path.join(TERRAFORM, "terraform.tfvars.example")))

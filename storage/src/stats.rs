@@ -15,6 +15,19 @@ pub(crate) fn record(operation: &'static str, outcome: &'static str) {
     }
 }
 
+static BYTES_READ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts `n` bytes of object bodies read (whole objects and ranges, ledger slots included).
+pub(crate) fn record_read(n: usize) {
+    BYTES_READ.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Bytes of object bodies this process read from its stores so far: what it downloaded, less
+/// request and header overhead.
+pub fn bytes_read() -> u64 {
+    BYTES_READ.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Every (operation, outcome) counted so far, with its count.
 pub fn requests() -> Vec<((&'static str, &'static str), u64)> {
     COUNTS.lock().map(|c| c.iter().map(|(k, v)| (*k, *v)).collect()).unwrap_or_default()
@@ -33,5 +46,8 @@ mod tests {
         record("stats-test", "retried");
         assert_eq!(before("stats-test", "ok"), ok + 2);
         assert_eq!(before("stats-test", "retried"), retried + 1);
+        let read = bytes_read();
+        record_read(1000);
+        assert!(bytes_read() >= read + 1000);
     }
 }

@@ -524,6 +524,7 @@ impl Store {
         })
         .await?
         .map_err(|size| StoreError::TooLarge { key: key.to_string(), size, limit: limit_bytes })
+        .inspect(|(bytes, _, _)| crate::stats::record_read(bytes.len()))
     }
 
     /// Whether the object at `key` holds exactly `bytes` (our write, whose reply was lost), and its
@@ -548,6 +549,7 @@ impl Store {
             }
         })
         .await
+        .inspect(|bytes| crate::stats::record_read(bytes.len()))
     }
 
     /// The size of an object, or `None` when there is none.

@@ -8,6 +8,7 @@ mod gather;
 mod ledger_cli;
 mod outage;
 mod scale_cli;
+mod steps;
 mod store;
 mod train_cli;
 

@@ -28,14 +28,13 @@ use ledger::{
     Snapshot, Target,
 };
 use storage::Store;
-use verify::replay::{
-    Discrepancy, RoundReport, RunBlobs, SkippedSnapshot, fetch_blobs, mirror_prefix, replay_from_latest_snapshot_over,
-};
+use verify::replay::{Discrepancy, RoundReport, RunBlobs, SkippedSnapshot, fetch_blobs, latest_start, mirror_prefix};
 use verify::{Replay, Round, RoundRule, RunConfig, State, StateHash, WorkerKey};
 
 use crate::TrainerError;
 use crate::model::ModelConfig;
 use crate::run_spec::TrainSpec;
+use crate::steps::{StepCounts, StepPolicy, Steps, apply_final_rounds};
 
 /// Failed reads in a row (one per attestation attempt, at the caller's poll interval, each after
 /// the storage layer's own retries) after which an attesting participant drops a contribution
@@ -64,6 +63,8 @@ pub struct RunInfo {
 #[derive(Debug)]
 struct Computed {
     round: Round,
+    /// The provisional plan's counted contributions it was computed from (before any drop).
+    counted: Vec<EntryPos>,
     state: State,
     hash: StateHash,
     dropped: Vec<EntryPos>,
@@ -96,6 +97,8 @@ pub struct Follower {
     /// void one is not retried, so a refused entry cannot turn into a flood).
     last_vote: Option<Round>,
     last_attestation: Option<(Round, StateHash, Vec<EntryPos>)>,
+    /// Publishing and following the rounds' steps.
+    steps: Steps,
 }
 
 /// What [`Follower::take_part`] did for the open round.
@@ -128,8 +131,20 @@ pub enum TallyAction {
 
 impl Follower {
     /// Joins the run in `store`: reads the whole ledger, starts from the newest usable snapshot
-    /// (the genesis state if none), and replays the rounds after it.
+    /// (the genesis state if none), and replays the rounds after it from their updates.
     pub async fn join(store: Store) -> Result<Follower, TrainerError> {
+        Follower::join_with(store, StepPolicy::default(), None).await
+    }
+
+    /// [`Follower::join`] for `member` (its organisation's folder is where it publishes steps
+    /// and the first it reads them from), publishing and following the rounds' steps as `steps`
+    /// says ([`crate::steps`]): the rounds after the snapshot too are then taken through steps
+    /// where they pass.
+    pub async fn join_with(
+        store: Store,
+        steps: StepPolicy,
+        member: Option<&PublicKey>,
+    ) -> Result<Follower, TrainerError> {
         let run_id = ledger::genesis_run_id(&store).await?;
         let reader = Reader::replay(store.clone(), run_id).await?;
         let (_, config, genesis) = verify::replay::genesis_config(reader.entries())?;
@@ -148,7 +163,11 @@ impl Follower {
         }
         let blobs = RunBlobs::of_reader(store.clone(), &reader);
         let rule = RoundRule::new(reader.entries(), &config);
-        let (replayed, skipped) = replay_from_latest_snapshot_over(&rule, reader.entries(), &blobs).await?;
+        let organisation = member.and_then(|m| reader.state().organisation(m)).map(str::to_string);
+        let mut steps = Steps::new(steps, organisation, &config.hyper);
+        let (start, skipped) = latest_start(reader.entries(), &blobs).await?;
+        let replay = Replay::over(&rule, reader.entries(), start)?;
+        let replayed = apply_final_rounds(replay, &blobs, &reader, &mut steps).await?;
         for s in &skipped {
             tracing::warn!(pos = %s.snapshot.pos, round = s.snapshot.round.0, reason = %s.reason,
                 "skipped a snapshot for an older start");
@@ -175,6 +194,7 @@ impl Follower {
             computed: None,
             last_vote: None,
             last_attestation: None,
+            steps,
         })
     }
 
@@ -201,7 +221,7 @@ impl Follower {
                 continue;
             }
             let replay = Replay::continuing(&self.rule, self.verify_run_id(), self.next, self.state.clone())?;
-            let replayed = verify::replay::run_to_end(replay, &self.blobs).await?;
+            let replayed = apply_final_rounds(replay, &self.blobs, &self.reader, &mut self.steps).await?;
             for d in replayed.report.discrepancies.iter().filter(|d| d.kind.is_binding()) {
                 tracing::warn!(round = d.round.0, pos = %d.pos, claimed = %d.claimed, computed = %d.computed,
                     "an attested state hash differs from the computed one; going on with the computed state");
@@ -226,6 +246,16 @@ impl Follower {
             self.info.store = self.info.store.staging_in(&verify::replay::staging_prefix(org))?;
         }
         Ok(())
+    }
+
+    /// What publishing and following the rounds' steps did since joining.
+    pub fn step_counts(&self) -> StepCounts {
+        self.steps.counts()
+    }
+
+    /// The step policy in force (off in a run whose rounds are not steps).
+    pub fn step_policy(&self) -> StepPolicy {
+        self.steps.policy()
     }
 
     /// The run.
@@ -439,13 +469,66 @@ impl Follower {
             tracing::info!(round = self.next.0, seen = seen.0, "voted to close the round");
             return Ok(Some(TallyAction::Voted { round: self.next.0, seen: seen.0 }));
         }
+        let train = &self.info.train;
+        let (deadline, verdict_wait) =
+            (Duration::from_secs(train.deadline_secs), Duration::from_secs(train.verdict_wait_secs));
+        if !self.steps.may_attest(open_for, deadline, verdict_wait) {
+            return Ok(None);
+        }
         self.attest(key, &org).await
     }
 
     async fn attest(&mut self, key: &Keypair, org: &str) -> Result<Option<TallyAction>, TrainerError> {
-        let rule = &self.rule;
-        let Some(mut plan) = rule.provisional(self.next, self.hash) else { return Ok(None) };
+        let Some(plan) = self.rule.provisional(self.next, self.hash) else { return Ok(None) };
         let round = self.next.0;
+        // A closed round's provisional plan does not change: what this member computed for it
+        // stands until the round is final, unless it dropped blobs it could not read (those are
+        // read again, and the attestation revised if they come back).
+        let counted: Vec<EntryPos> = plan.counted.iter().map(|c| c.pos).collect();
+        let known = self
+            .computed
+            .as_ref()
+            .is_some_and(|c| c.round == self.next && c.dropped.is_empty() && c.counted == counted);
+        if !known && let Some(waiting) = self.compute_round(plan, org).await? {
+            return Ok(Some(waiting));
+        }
+        let Some(c) = self.computed.as_ref() else { return Ok(None) };
+        let (hash, dropped) = (c.hash, c.dropped.clone());
+        let mine =
+            self.rule.tally().attestations().any(|(o, s, d)| o == org && s.0 == hash.0 && d == dropped.as_slice());
+        let count = dropped.len();
+        let attempt = (self.next, hash, dropped.clone());
+        if mine || self.last_attestation.as_ref() == Some(&attempt) {
+            return Ok(None);
+        }
+        // Fetching and computing took a while: another member of our organisation may have
+        // attested the same, or the round may have become final meanwhile.
+        self.poll_ledger().await?;
+        let tally = self.reader.state().rounds();
+        let same = tally.attestations().any(|(o, s, d)| o == org && s.0 == hash.0 && d == dropped.as_slice());
+        if same || tally.open_round().0 != self.next.0 {
+            return Ok(None);
+        }
+        self.last_attestation = Some(attempt);
+        let body =
+            Body::Attestation(Attestation { round: ledger::Round(round), state: ledger::StateHash(hash.0), dropped });
+        self.append(Entry::sign(self.info.run_id, body, &[key])?).await?;
+        tracing::info!(round, state = %hash, dropped = count, "attested the round's result");
+        Ok(Some(TallyAction::Attested { round, state: hash, dropped: count }))
+    }
+
+    /// Fetches the counted blobs of `plan` (the current round's provisional plan), drops those
+    /// that failed [`DROP_AFTER_FAILED_READS`] reads in a row, re-publishes what other
+    /// organisations dropped and this member read, applies the rest to a copy of the state and
+    /// keeps the result in `self.computed` (publishing its step where the policy says so). Returns
+    /// the waiting action while some blobs are still being retried.
+    async fn compute_round(
+        &mut self,
+        mut plan: verify::RoundPlan,
+        org: &str,
+    ) -> Result<Option<TallyAction>, TrainerError> {
+        let round = self.next.0;
+        let counted: Vec<EntryPos> = plan.counted.iter().map(|c| c.pos).collect();
         let fetched = fetch_blobs(&self.blobs, &plan).await;
         let mut dropped = Vec::new();
         let mut waiting = 0;
@@ -466,8 +549,13 @@ impl Follower {
             return Ok(Some(TallyAction::WaitingForBlobs { round, missing: waiting }));
         }
         // Re-publish what others could not read and we could.
-        let others_dropped: HashSet<EntryPos> =
-            rule.tally().attestations().filter(|(o, _, _)| *o != org).flat_map(|(_, _, d)| d.iter().copied()).collect();
+        let others_dropped: HashSet<EntryPos> = self
+            .rule
+            .tally()
+            .attestations()
+            .filter(|(o, _, _)| *o != org)
+            .flat_map(|(_, _, d)| d.iter().copied())
+            .collect();
         for (c, blob) in plan.counted.iter().zip(&fetched) {
             if let Ok(bytes) = blob
                 && others_dropped.contains(&c.pos)
@@ -486,27 +574,11 @@ impl Follower {
         let Some(report) = after.report.rounds.into_iter().next() else {
             return Err(TrainerError::InvalidConfig("replaying the round to attest gave no report".into()));
         };
-        let mine = rule.tally().attestations().any(|(o, s, d)| o == org && s.0 == hash.0 && d == dropped.as_slice());
-        let count = dropped.len();
-        self.computed = Some(Computed { round: self.next, state: after.state, hash, dropped: dropped.clone(), report });
-        let attempt = (self.next, hash, dropped.clone());
-        if mine || self.last_attestation.as_ref() == Some(&attempt) {
-            return Ok(None);
-        }
-        // Fetching and computing took a while: another member of our organisation may have
-        // attested the same, or the round may have become final meanwhile.
-        self.poll_ledger().await?;
-        let tally = self.reader.state().rounds();
-        let same = tally.attestations().any(|(o, s, d)| o == org && s.0 == hash.0 && d == dropped.as_slice());
-        if same || tally.open_round().0 != self.next.0 {
-            return Ok(None);
-        }
-        self.last_attestation = Some(attempt);
-        let body =
-            Body::Attestation(Attestation { round: ledger::Round(round), state: ledger::StateHash(hash.0), dropped });
-        self.append(Entry::sign(self.info.run_id, body, &[key])?).await?;
-        tracing::info!(round, state = %hash, dropped = count, "attested the round's result");
-        Ok(Some(TallyAction::Attested { round, state: hash, dropped: count }))
+        // The step first, so that followers find it once an attestation makes the round final.
+        let hyper = &self.info.config.hyper;
+        self.steps.publish(&self.info.store, self.next, (&self.state, self.hash), (&after.state, hash), hyper).await;
+        self.computed = Some(Computed { round: self.next, counted, state: after.state, hash, dropped, report });
+        Ok(None)
     }
 
     /// Uploads the current state (the state after round `round() - 1`) and appends a Snapshot

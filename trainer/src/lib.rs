@@ -25,6 +25,7 @@ pub mod run_spec;
 pub mod score;
 pub mod simulate;
 pub mod step;
+pub mod steps;
 pub mod validator;
 pub mod worker;
 pub mod worker_state;

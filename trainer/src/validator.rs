@@ -50,6 +50,10 @@ pub struct ValidatorOptions {
     pub rounds: Option<u64>,
     /// Pause between ledger polls.
     pub poll: Duration,
+    /// Whether to publish each round's step for followers (see [`crate::steps`]; a validator
+    /// computes every round it attests, so publishing costs one upload of a step a round for its
+    /// organisation). A validator never follows steps: it reads every update to score it.
+    pub publish_steps: bool,
 }
 
 /// What a validator reports.
@@ -98,7 +102,8 @@ pub async fn run_validator(
     options: &ValidatorOptions,
     events: &mut (dyn FnMut(ValidatorEvent) + Send),
 ) -> Result<u64, TrainerError> {
-    let mut follower = Follower::join(store).await?;
+    let steps = crate::steps::StepPolicy { publish: options.publish_steps, follow: false };
+    let mut follower = Follower::join_with(store, steps, Some(&key.public())).await?;
     follower.require_role(&key.public(), ledger::Role::Validator)?;
     follower.stage_as(&key.public())?;
     let info = follower.info().clone();

@@ -42,6 +42,7 @@ use crate::model::{Model, Precision};
 use crate::run_spec::TrainSpec;
 use crate::score::milli_nats;
 use crate::step::{AdamWConfig, StepConfig, local_step};
+use crate::steps::{StepCounts, StepPolicy};
 use crate::worker_state::{self, Restored, ResumePolicy};
 
 /// How a worker runs.
@@ -61,6 +62,10 @@ pub struct WorkerOptions {
     /// and append it itself only if it is not in the ledger after this long (`None`: append it
     /// at once).
     pub gatherer_wait: Option<Duration>,
+    /// Publishing and following the rounds' steps ([`crate::steps`]): a worker that follows them
+    /// downloads one step a round instead of every counted update, and leaves attesting to the
+    /// members that compute.
+    pub steps: StepPolicy,
 }
 
 /// What a worker reports as it goes (the CLI prints these).
@@ -125,6 +130,9 @@ pub enum WorkerEvent {
         ours: Option<Result<(), NotCounted>>,
         /// The state hash after it.
         state: String,
+        /// Applied through a published step rather than from the updates (then `counted` is
+        /// the round rule's set before decoding: [`verify::replay::RoundReport::from_step`]).
+        from_step: bool,
     },
     /// Published the ledger as Parquet.
     Exported {
@@ -151,6 +159,8 @@ pub struct WorkerSummary {
     pub next_round: u64,
     /// The state hash then.
     pub state: String,
+    /// What following the rounds' steps did (when the worker followed them).
+    pub steps: Option<StepCounts>,
 }
 
 /// Runs the worker loop on the run in `store` until `options.rounds` contributions are made or the
@@ -161,7 +171,7 @@ pub async fn run_worker(
     options: &WorkerOptions,
     events: &mut (dyn FnMut(WorkerEvent) + Send),
 ) -> Result<WorkerSummary, TrainerError> {
-    let mut follower = Follower::join(store).await?;
+    let mut follower = Follower::join_with(store, options.steps, Some(&key.public())).await?;
     follower.require_role(&key.public(), ledger::Role::Worker)?;
     follower.stage_as(&key.public())?;
     let me = WorkerKey(key.public().0);
@@ -295,6 +305,7 @@ pub async fn run_worker(
     }
     summary.next_round = follower.round().0;
     summary.state = follower.state_hash().to_string();
+    summary.steps = follower.step_policy().follow.then(|| follower.step_counts());
     Ok(summary)
 }
 
@@ -621,5 +632,6 @@ fn applied(
         counted: report.counted.len(),
         ours,
         state: report.state.to_string(),
+        from_step: report.from_step,
     });
 }

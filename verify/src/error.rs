@@ -253,6 +253,9 @@ pub enum VerifyError {
     /// counted contribution (a caller bug, not peer input).
     #[error("replay plan or blobs do not match the replay's next round")]
     PlanMismatch,
+    /// A published round step that cannot stand for the round (see [`crate::step`]).
+    #[error("round step: {0}")]
+    Step(#[from] crate::step::StepError),
     /// A blob could not be read for a reason that may pass (network, permissions): the replay stops
     /// rather than compute a state that depends on the weather. Retry later.
     #[error("blob {blob} unavailable: {reason}")]

@@ -36,6 +36,7 @@ use crate::error::VerifyError;
 use crate::id::{Round, RunId, StateHash, WorkerKey};
 use crate::round::{Candidate, Claim, ClaimKind, NotCounted, RoundPlan, RoundRule};
 use crate::state::State;
+use crate::step::{RoundStep, StepError};
 use crate::wire::{Expected, Update, decode};
 
 /// Blobs fetched at once while replaying a round.
@@ -86,6 +87,17 @@ pub fn organisation_folder(organisation: &str) -> String {
 pub fn mirror_prefix(organisation: &str) -> String {
     format!("mirrors/{}", organisation_folder(organisation))
 }
+
+/// Where members of `organisation` publish the step of each round they computed
+/// (`steps/<organisation_folder>/<round, 20 digits>`; [`crate::step`], docs/FORMAT.md section 9).
+/// Derived data, never consensus: a follower takes a step only when it reproduces the attested
+/// result, and each organisation can write only its own folder.
+pub fn step_key(organisation: &str, round: Round) -> String {
+    format!("{STEPS_PREFIX}{}/{:020}", organisation_folder(organisation), round.0)
+}
+
+/// The prefix of every published step.
+pub const STEPS_PREFIX: &str = "steps/";
 
 /// Where members of `organisation` stage large uploads (`tmp/<organisation_folder>/`), so that a
 /// bucket's IAM rules can keep other organisations from replacing a staged upload before its
@@ -214,6 +226,10 @@ pub struct RoundReport {
     /// Fewer contributions were aggregated than the run's `min_contributions` (the round still
     /// applies: its closers saw enough when they voted, and some did not count in the end).
     pub under_minimum: bool,
+    /// Applied through a published step ([`Replay::apply_step`]) rather than from the updates: no
+    /// blob was read, so `counted` is the round rule's set before decoding (a counted blob that
+    /// does not decode, which replay from the updates reports as not counted, is listed counted).
+    pub from_step: bool,
 }
 
 /// Counted and not counted contributions of one organisation, over the replayed rounds.
@@ -449,11 +465,42 @@ impl<'r> Replay<'r> {
         }
         not_counted.sort_by_key(|(c, _)| c.pos);
         apply(&mut self.state, plan.round, &updates, &config.hyper)?;
+        self.record(RoundPlan { counted, not_counted, ..plan }, false);
+        Ok(())
+    }
+
+    /// Applies `plan`, a final round's, through `step` instead of its updates: the step must start
+    /// from the current state, lead to the result a quorum of organisations attested for the
+    /// round, and reproduce that hash when applied (a follower's shortcut: it takes the quorum's
+    /// result as given, as a joiner takes an attested snapshot; the audit replays the updates).
+    pub fn apply_step(&mut self, plan: RoundPlan, step: &RoundStep) -> Result<(), VerifyError> {
+        if Some(plan.round) != self.next || plan.base != self.hash {
+            return Err(VerifyError::PlanMismatch);
+        }
+        let attested = plan
+            .claims
+            .iter()
+            .find(|c| c.kind == ClaimKind::Final)
+            .map(|c| c.state)
+            .ok_or(StepError::NotFinal(plan.round.0))?;
+        if step.result != attested {
+            return Err(StepError::NotTheAttested { step: step.result, attested }.into());
+        }
+        self.state = step.apply(&self.state, plan.round, &self.rule.config().hyper)?;
+        self.record(plan, true);
+        Ok(())
+    }
+
+    /// Records the round just applied to the state (`plan` with what counted in the end): its
+    /// claims checked against the state's hash, its report, and the replay moved to the next round.
+    fn record(&mut self, plan: RoundPlan, from_step: bool) {
+        let config = self.rule.config();
+        let RoundPlan { round, base, close, cut, counted, not_counted, claims } = plan;
         let hash = self.state.hash();
-        for claim in &plan.claims {
+        for claim in &claims {
             if claim.state != hash {
                 self.report.discrepancies.push(Discrepancy {
-                    round: plan.round,
+                    round,
                     pos: claim.pos,
                     kind: claim.kind,
                     claimed: claim.state,
@@ -469,20 +516,20 @@ impl<'r> Replay<'r> {
         }
         let under_minimum = (counted.len() as u64) < u64::from(config.rounds.min_contributions);
         self.report.rounds.push(RoundReport {
-            round: plan.round,
-            close: plan.close,
-            cut: plan.cut,
-            base: plan.base,
+            round,
+            close,
+            cut,
+            base,
             state: hash,
             counted,
             not_counted,
             under_minimum,
+            from_step,
         });
         self.hash = hash;
         self.report.state = hash;
-        self.next = plan.round.0.checked_add(1).map(Round);
-        self.report.next_round = self.next.unwrap_or(plan.round);
-        Ok(())
+        self.next = round.0.checked_add(1).map(Round);
+        self.report.next_round = self.next.unwrap_or(round);
     }
 
     /// The final state and the report.
@@ -639,10 +686,20 @@ pub async fn replay_from_latest_snapshot_over<S: BlobSource>(
     entries: &[LoggedEntry],
     source: &S,
 ) -> Result<(Replayed, Vec<SkippedSnapshot>), VerifyError> {
+    let (start, skipped) = latest_start(entries, source).await?;
+    Ok((run_to_end(Replay::over(rule, entries, start)?, source).await?, skipped))
+}
+
+/// Where a joiner starts: the newest usable snapshot ([`newest_usable_snapshot`]), else the
+/// genesis state; with the newer snapshots skipped and why.
+pub async fn latest_start<S: BlobSource>(
+    entries: &[LoggedEntry],
+    source: &S,
+) -> Result<(Start, Vec<SkippedSnapshot>), VerifyError> {
     let (usable, skipped) = newest_usable_snapshot(entries, source).await?;
     let start = match usable {
         None => genesis_start(entries, source).await?,
         Some((snapshot, state)) => Start::Snapshot { pos: snapshot.pos, state },
     };
-    Ok((run_to_end(Replay::over(rule, entries, start)?, source).await?, skipped))
+    Ok((start, skipped))
 }

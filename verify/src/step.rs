@@ -103,6 +103,17 @@ pub enum StepError {
         /// The state's hash.
         got: StateHash,
     },
+    /// The step leads to another state than the one a quorum attested for its round.
+    #[error("the step leads to {step}, the round's attested result is {attested}")]
+    NotTheAttested {
+        /// The step's result hash.
+        step: StateHash,
+        /// The attested result.
+        attested: StateHash,
+    },
+    /// The round is not final: there is no attested result for a step to reproduce.
+    #[error("round {0} has no attested result yet")]
+    NotFinal(u64),
     /// Applied, it does not give the state it claims.
     #[error("applied, the step gives {computed}, not the {claimed} it claims")]
     WrongResult {
@@ -166,16 +177,29 @@ impl RoundStep {
         })
     }
 
+    /// The bytes of every step of a state of `layout`: what a reader may fetch at most.
+    pub fn encoded_len(layout: &Layout) -> u64 {
+        (STEP_HEADER_BYTES as u64).saturating_add(layout.elements().div_ceil(TRITS_PER_BYTE as u64))
+    }
+
     /// Its bytes (the format in the module's documentation).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(STEP_HEADER_BYTES + self.trits.len());
-        out.extend_from_slice(&STEP_MAGIC);
-        out.extend_from_slice(&STEP_VERSION.to_le_bytes());
-        out.extend_from_slice(&self.round.0.to_le_bytes());
-        out.extend_from_slice(&self.elements.to_le_bytes());
-        out.extend_from_slice(&self.base.0);
-        out.extend_from_slice(&self.result.0);
+        out.extend_from_slice(&RoundStep::header(self.round, self.elements, self.base, self.result));
         out.extend_from_slice(&self.trits);
+        out
+    }
+
+    /// The header of the step of `round` from `base` to `result` over `elements` parameters:
+    /// enough to tell whether a published step is this one without deriving it.
+    pub fn header(round: Round, elements: u64, base: StateHash, result: StateHash) -> [u8; STEP_HEADER_BYTES] {
+        let mut out = [0u8; STEP_HEADER_BYTES];
+        out[..8].copy_from_slice(&STEP_MAGIC);
+        out[8..10].copy_from_slice(&STEP_VERSION.to_le_bytes());
+        out[10..18].copy_from_slice(&round.0.to_le_bytes());
+        out[18..26].copy_from_slice(&elements.to_le_bytes());
+        out[26..58].copy_from_slice(&base.0);
+        out[58..90].copy_from_slice(&result.0);
         out
     }
 
@@ -183,8 +207,7 @@ impl RoundStep {
     /// are checked for length before anything else is read).
     pub fn decode(bytes: &[u8], layout: &Layout) -> Result<RoundStep, StepError> {
         let elements = layout.elements();
-        let body = usize::try_from(elements.div_ceil(TRITS_PER_BYTE as u64)).unwrap_or(usize::MAX);
-        let expected = STEP_HEADER_BYTES.saturating_add(body);
+        let expected = usize::try_from(RoundStep::encoded_len(layout)).unwrap_or(usize::MAX);
         if bytes.len() != expected {
             return Err(StepError::WrongLength { len: bytes.len(), expected });
         }

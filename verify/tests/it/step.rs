@@ -141,3 +141,66 @@ fn a_step_is_refused_where_it_cannot_reproduce_the_state() {
     let small = Layout::new(vec![spec("a", &[3])]).unwrap();
     assert!(matches!(RoundStep::decode(&good, &small), Err(StepError::WrongLength { .. })));
 }
+
+/// A follower's shortcut through a final round (`Replay::apply_step`): the step of each round
+/// reaches the state the updates give, with the round rule's counted set; a step to another state,
+/// one whose trits were altered under a true header, and one for a round whose quorum attested a
+/// wrong hash are refused, and the replay stays where it was.
+#[tokio::test]
+async fn a_final_round_through_its_step_is_the_round_from_its_updates_and_nothing_else_passes() {
+    use verify::replay::{replay_from_genesis, step_key};
+    use verify::{Replay, Start, VerifyError};
+
+    let (run, states, _) = crate::run::three_rounds(None).await;
+    let entries = run.entries().await;
+    let h = run.hyper();
+    let full = replay_from_genesis(&entries, &run.store).await.unwrap();
+    let mut replay = Replay::new(&entries, Start::Genesis(states[0].clone())).unwrap();
+    for round in 0..3usize {
+        let plan = replay.next_plan().unwrap();
+        let step = RoundStep::derive(&states[round], &states[round + 1], Round(round as u64), &h).unwrap();
+        if round == 1 {
+            // A step from the right base to a state nobody attested.
+            let elsewhere = aggregate(&states[1], Round(1), &[], &h).unwrap();
+            let wrong = RoundStep::derive(&states[1], &elsewhere, Round(1), &h).unwrap();
+            let err = replay.apply_step(plan.clone(), &wrong).unwrap_err();
+            assert_eq!(
+                err,
+                VerifyError::Step(StepError::NotTheAttested { step: elsewhere.hash(), attested: states[2].hash() })
+            );
+            // The true header over altered trits: one parameter's step changed.
+            let mut bytes = step.encode();
+            let at = STEP_HEADER_BYTES;
+            bytes[at] = if bytes[at] % 3 == 2 { bytes[at] - 1 } else { bytes[at] + 1 };
+            let altered = RoundStep::decode(&bytes, &run.config.layout).unwrap();
+            let err = replay.apply_step(plan.clone(), &altered).unwrap_err();
+            assert!(matches!(err, VerifyError::Step(StepError::WrongResult { .. })), "{err}");
+            assert_eq!(replay.state().hash(), states[1].hash(), "a refused step leaves the state as it was");
+        }
+        replay.apply_step(plan, &step).unwrap();
+    }
+    let through = replay.finish();
+    assert_eq!(through.state.hash(), states[3].hash());
+    assert!(through.report.discrepancies.is_empty(), "{:?}", through.report.discrepancies);
+    for (a, b) in through.report.rounds.iter().zip(&full.report.rounds) {
+        assert!(a.from_step && !b.from_step);
+        assert_eq!((a.round, a.base, a.state, &a.counted), (b.round, b.base, b.state, &b.counted));
+    }
+    assert_eq!(step_key("alpha", Round(7)), "steps/644a9bc57c6063e2/00000000000000000007");
+
+    // Round 1's quorum attested a hash nobody computes: its true step cannot stand for it.
+    let (run, states, _) = crate::run::three_rounds(Some(1)).await;
+    let entries = run.entries().await;
+    let mut replay = Replay::new(&entries, Start::Genesis(states[0].clone())).unwrap();
+    let plan = replay.next_plan().unwrap();
+    replay.apply_step(plan, &RoundStep::derive(&states[0], &states[1], Round(0), &h).unwrap()).unwrap();
+    let plan = replay.next_plan().unwrap();
+    let err = replay.apply_step(plan, &RoundStep::derive(&states[1], &states[2], Round(1), &h).unwrap()).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::Step(StepError::NotTheAttested {
+            step: states[2].hash(),
+            attested: verify::StateHash([0xEE; 32])
+        })
+    );
+}

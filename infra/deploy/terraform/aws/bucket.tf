@@ -96,6 +96,18 @@ resource "aws_s3_bucket_lifecycle_configuration" "run" {
       expired_object_delete_marker = true
     }
   }
+  # Each round's step (steps/FOLDER/ROUND) is derived data for followers that joined or kept up
+  # recently; one that finds none replays the round from its updates.
+  rule {
+    id     = "steps"
+    status = "Enabled"
+    filter {
+      prefix = "${local.run}/steps/"
+    }
+    expiration {
+      days = var.step_days
+    }
+  }
   rule {
     id     = "incomplete-uploads"
     status = "Enabled"
@@ -104,7 +116,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "run" {
       days_after_initiation = 1
     }
   }
-  # Old versions of what may be replaced or deleted (ledger/head, exports/, tmp/, _cairn-check/)
+  # Old versions of what may be replaced or deleted (ledger/head, exports/, tmp/, steps/, _cairn-check/)
   # once their lock has passed.
   rule {
     id     = "old-versions"

@@ -99,14 +99,18 @@ data "aws_iam_policy_document" "member" {
       each.value.kind == "admin" ? [] : ["${local.run_arn}/mirrors/${each.value.folder}/*"],
     )
   }
-  # Replaceable: the head hint, Parquet exports, the store check's scratch, and large uploads
-  # staged in the organisation's own folder: no other organisation can replace a staged upload
-  # before its create-only copy to blobs/ (docs/SECURITY.md row 38).
+  # Replaceable: the head hint, Parquet exports, the store check's scratch, large uploads staged
+  # in the organisation's own folder (no other organisation can replace a staged upload before
+  # its create-only copy to blobs/, docs/SECURITY.md row 38), and for workers and validators the
+  # rounds' steps in the organisation's own folder (row 46).
   statement {
     sid     = "WriteDerived"
     actions = ["s3:PutObject"]
-    resources = ["${local.run_arn}/ledger/head", "${local.run_arn}/exports/*", "${local.run_arn}/_cairn-check/*",
-    "${local.run_arn}/tmp/${each.value.folder}/*"]
+    resources = concat(
+      ["${local.run_arn}/ledger/head", "${local.run_arn}/exports/*", "${local.run_arn}/_cairn-check/*",
+      "${local.run_arn}/tmp/${each.value.folder}/*"],
+      each.value.kind == "admin" ? [] : ["${local.run_arn}/steps/${each.value.folder}/*"],
+    )
   }
   statement {
     sid       = "CleanUpStaging"

@@ -67,6 +67,12 @@ variable "object_lock_days" {
   default     = 30
 }
 
+variable "step_days" {
+  description = "Days a round's published step (steps/) is kept; a follower that finds none replays the round from its updates."
+  type        = number
+  default     = 7
+}
+
 variable "history_deleters" {
   description = <<-EOT
     Principal ARNs exempt from the bucket policy's ban on deleting history: whoever may run

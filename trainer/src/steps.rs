@@ -1,0 +1,255 @@
+//! The rounds' published steps (issue 21, item 2: egress): members that compute a round publish
+//! its step ([`verify::step`], one trit a parameter), and members that follow take each final
+//! round through a step instead of downloading every counted update.
+//!
+//! ```text
+//!   publish (an attesting member, StepPolicy::publish): state before r ─┐
+//!            its computed state after r ─────────────────────────────────┴▶ RoundStep::derive
+//!            ─▶ unless its organisation's step for r already has this base and result:
+//!               PUT steps/<organisation folder>/<r, 20 digits>          (then the attestation)
+//!   follow (StepPolicy::follow), round r final with attested result R:
+//!            publishers = organisations whose attestation of r says R, own organisation first,
+//!                         less those this follower caught publishing a bad step
+//!            for each: GET its step (at most RoundStep::encoded_len bytes) ─▶ decode
+//!                      ─▶ Replay::apply_step: base = our state, result = R, applied hash = R
+//!                      ─▶ the first that passes is the round; a malformed or wrong one puts its
+//!                         organisation on this follower's distrust list for good
+//!            none passes ─▶ the round from its updates, as without steps
+//! ```
+//!
+//! A step is derived data: the ledger never names one, and a follower takes one only when it
+//! reproduces the result a quorum of organisations attested (the same trust a joiner puts in an
+//! attested snapshot). The audit replays the updates. Only the sign rule's rounds are steps.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ledger::Reader;
+use storage::{Store, StoreError};
+use verify::replay::{Replayed, RunBlobs, fetch_blobs, step_key};
+use verify::round::ClaimKind;
+use verify::step::{RoundStep, STEP_HEADER_BYTES};
+use verify::{Hyper, Replay, RoundPlan, State, StepRule, VerifyError};
+
+use crate::TrainerError;
+
+/// A state with its hash (computed once by the caller).
+pub type Hashed<'a> = (&'a State, verify::StateHash);
+
+/// What a participant does with the rounds' steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepPolicy {
+    /// Publish the step of every round this member computes to attest it, under its
+    /// organisation's folder (validators by default; workers with `--publish-steps`).
+    pub publish: bool,
+    /// Take final rounds through a published step, falling back to the updates (workers with
+    /// `--follow-steps`). Such a member does not attest a round until it has been open
+    /// [`FOLLOWER_ATTESTS_AFTER`] times the round's deadline and verdict wait.
+    pub follow: bool,
+}
+
+/// A member that follows steps attests only a round that stayed without a result this many times
+/// its deadline plus verdict wait (on its own clock): the members that compute are then missing,
+/// and the run must not stall for want of attestations.
+pub const FOLLOWER_ATTESTS_AFTER: u32 = 2;
+
+/// What following steps did, since joining.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepCounts {
+    /// Rounds applied through a step.
+    pub applied: u64,
+    /// Bytes of the steps read (those refused included).
+    pub bytes_read: u64,
+    /// Rounds this follower took from the updates because no step passed.
+    pub fallbacks: u64,
+    /// Steps refused (malformed, or not leading to the attested result).
+    pub refused: u64,
+    /// Steps published by this member.
+    pub published: u64,
+}
+
+/// A follower's use of the steps: its policy, its organisation, whom it no longer reads.
+#[derive(Debug)]
+pub struct Steps {
+    policy: StepPolicy,
+    /// The member's organisation (published under; read first).
+    organisation: Option<String>,
+    /// Organisations caught publishing a step that failed: never read again by this follower.
+    distrusted: HashSet<String>,
+    counts: StepCounts,
+}
+
+impl Steps {
+    /// Steps under `policy` for a member of `organisation` (none: read only others', publish
+    /// nothing). A run whose step rule is not sign has no steps: the policy is then off.
+    pub fn new(policy: StepPolicy, organisation: Option<String>, hyper: &Hyper) -> Steps {
+        let policy = if hyper.step == StepRule::Sign {
+            policy
+        } else {
+            if policy != StepPolicy::default() {
+                tracing::warn!("the run's step rule is not sign: its rounds are not steps; following the updates");
+            }
+            StepPolicy::default()
+        };
+        Steps { policy, organisation, distrusted: HashSet::new(), counts: StepCounts::default() }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> StepPolicy {
+        self.policy
+    }
+
+    /// What following and publishing did so far.
+    pub fn counts(&self) -> StepCounts {
+        self.counts
+    }
+
+    /// Organisations this follower no longer reads steps from.
+    pub fn distrusted(&self) -> impl Iterator<Item = &str> {
+        self.distrusted.iter().map(String::as_str)
+    }
+
+    /// Whether a member under this policy attests a round it has seen open for `open_for`, given
+    /// the run's deadline and verdict wait.
+    pub fn may_attest(&self, open_for: Duration, deadline: Duration, verdict_wait: Duration) -> bool {
+        !self.policy.follow || open_for >= deadline.saturating_add(verdict_wait).saturating_mul(FOLLOWER_ATTESTS_AFTER)
+    }
+
+    /// Publishes the step from `before` to `after` (round `round`, which this member computed)
+    /// under its organisation's folder, unless publishing is off or the folder holds this step
+    /// already (another member of the organisation published it). A failure is logged, never
+    /// returned: a missing step costs followers their fallback, not the attestation.
+    pub async fn publish(
+        &mut self,
+        store: &Store,
+        round: verify::Round,
+        before: Hashed<'_>,
+        after: Hashed<'_>,
+        hyper: &Hyper,
+    ) {
+        let Some(organisation) = self.organisation.as_deref().filter(|_| self.policy.publish) else { return };
+        let key = step_key(organisation, round);
+        let header = RoundStep::header(round, before.0.layout().elements(), before.1, after.1);
+        if let Ok(there) = store.get_range(&key, 0..STEP_HEADER_BYTES as u64).await
+            && there[..] == header[..]
+        {
+            return;
+        }
+        let step = match tokio::task::block_in_place(|| RoundStep::derive(before.0, after.0, round, hyper)) {
+            Ok(step) => step,
+            Err(e) => {
+                tracing::warn!(round = round.0, error = %e, "cannot derive the round's step; not publishing it");
+                return;
+            }
+        };
+        let bytes = step.encode();
+        let size = bytes.len();
+        match store.put(&key, Bytes::from(bytes)).await {
+            Ok(_) => {
+                self.counts.published += 1;
+                tracing::info!(round = round.0, bytes = size, key, "published the round's step");
+            }
+            Err(e) => tracing::warn!(round = round.0, error = %e, key, "could not publish the round's step"),
+        }
+    }
+
+    /// The organisations whose step for `plan`'s round may hold its attested result: those whose
+    /// attestation says that result, in ledger order, this member's own first, less the
+    /// distrusted.
+    fn publishers(&self, plan: &RoundPlan, reader: &Reader) -> Vec<String> {
+        let Some(attested) = plan.claims.iter().find(|c| c.kind == ClaimKind::Final).map(|c| c.state) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        for claim in plan.claims.iter().filter(|c| c.state == attested && c.kind != ClaimKind::Snapshot) {
+            let Some(org) = reader.entry_at(claim.pos).and_then(|e| e.organisation.clone()) else { continue };
+            if !out.contains(&org) && !self.distrusted.contains(&org) {
+                out.push(org);
+            }
+        }
+        if let Some(own) = &self.organisation
+            && let Some(at) = out.iter().position(|o| o == own)
+        {
+            let own = out.remove(at);
+            out.insert(0, own);
+        }
+        out
+    }
+
+    /// Applies `plan` (the replay's next round, final) through the first published step that
+    /// passes; `false` when none did (the caller then applies the updates).
+    async fn apply_through_step(
+        &mut self,
+        replay: &mut Replay<'_>,
+        plan: &RoundPlan,
+        reader: &Reader,
+        store: &Store,
+    ) -> Result<bool, TrainerError> {
+        let layout = replay.config().layout.clone();
+        let limit = RoundStep::encoded_len(&layout);
+        for org in self.publishers(plan, reader) {
+            let key = step_key(&org, plan.round);
+            let bytes = match store.get(&key, limit).await {
+                Ok(object) => object.bytes,
+                Err(StoreError::NotFound { .. }) => continue,
+                Err(e @ StoreError::TooLarge { .. }) => {
+                    self.refuse(&org, plan.round, &e.to_string());
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(round = plan.round.0, organisation = org, error = %e, "could not read a step");
+                    continue;
+                }
+            };
+            self.counts.bytes_read += bytes.len() as u64;
+            let step = match RoundStep::decode(&bytes, &layout) {
+                Ok(step) => step,
+                Err(e) => {
+                    self.refuse(&org, plan.round, &e.to_string());
+                    continue;
+                }
+            };
+            match tokio::task::block_in_place(|| replay.apply_step(plan.clone(), &step)) {
+                Ok(()) => {
+                    self.counts.applied += 1;
+                    tracing::debug!(round = plan.round.0, organisation = org, "applied the round through a step");
+                    return Ok(true);
+                }
+                Err(VerifyError::Step(e)) => self.refuse(&org, plan.round, &e.to_string()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.counts.fallbacks += 1;
+        Ok(false)
+    }
+
+    fn refuse(&mut self, organisation: &str, round: verify::Round, why: &str) {
+        self.counts.refused += 1;
+        self.distrusted.insert(organisation.to_string());
+        tracing::warn!(
+            round = round.0,
+            organisation,
+            why,
+            "refused the organisation's step; reading no more of its steps, taking the round from the updates or another step"
+        );
+    }
+}
+
+/// Applies every final round from `replay`'s next on: through a published step where `steps`
+/// follows them and one passes, else from the counted updates (fetched from `blobs`).
+pub async fn apply_final_rounds(
+    mut replay: Replay<'_>,
+    blobs: &RunBlobs,
+    reader: &Reader,
+    steps: &mut Steps,
+) -> Result<Replayed, TrainerError> {
+    while let Some(plan) = replay.next_plan() {
+        if steps.policy.follow && steps.apply_through_step(&mut replay, &plan, reader, blobs.store()).await? {
+            continue;
+        }
+        let fetched = fetch_blobs(blobs, &plan).await;
+        replay.apply(plan, fetched)?;
+    }
+    Ok(replay.finish())
+}
