@@ -29,7 +29,7 @@ use ledger::{
 };
 use storage::Store;
 use verify::replay::{Discrepancy, RoundReport, RunBlobs, SkippedSnapshot, fetch_blobs, latest_start, mirror_prefix};
-use verify::{Replay, Round, RoundRule, RunConfig, State, StateHash, WorkerKey};
+use verify::{BlobSource, Replay, Round, RoundRule, RunConfig, State, StateHash, WorkerKey};
 
 use crate::TrainerError;
 use crate::model::ModelConfig;
@@ -97,6 +97,8 @@ pub struct Follower {
     /// void one is not retried, so a refused entry cannot turn into a flood).
     last_vote: Option<Round>,
     last_attestation: Option<(Round, StateHash, Vec<EntryPos>)>,
+    /// Blobs of the round that other organisations dropped and this member re-published.
+    republished: (Round, HashSet<EntryPos>),
     /// Publishing and following the rounds' steps.
     steps: Steps,
 }
@@ -165,6 +167,23 @@ impl Follower {
         let rule = RoundRule::new(reader.entries(), &config);
         let organisation = member.and_then(|m| reader.state().organisation(m)).map(str::to_string);
         let mut steps = Steps::new(steps, organisation, &config.hyper);
+        if steps.policy().follow {
+            let computing: HashSet<&str> = reader
+                .state()
+                .roster()
+                .values()
+                .filter(|m| m.role == Role::Validator)
+                .map(|m| m.organisation.as_str())
+                .collect();
+            if computing.len() < usize::from(genesis.org_quorum) {
+                tracing::warn!(
+                    validator_organisations = computing.len(),
+                    org_quorum = genesis.org_quorum,
+                    "following steps: fewer organisations have validators than the quorum, so each round waits for \
+                     followers to attest after twice its deadline and verdict wait (or for workers that do not follow)"
+                );
+            }
+        }
         let (start, skipped) = latest_start(reader.entries(), &blobs).await?;
         let replay = Replay::over(&rule, reader.entries(), start)?;
         let replayed = apply_final_rounds(replay, &blobs, &reader, &mut steps).await?;
@@ -194,6 +213,7 @@ impl Follower {
             computed: None,
             last_vote: None,
             last_attestation: None,
+            republished: (Round(0), HashSet::new()),
             steps,
         })
     }
@@ -220,7 +240,8 @@ impl Follower {
                 reports.push(c.report);
                 continue;
             }
-            let replay = Replay::continuing(&self.rule, self.verify_run_id(), self.next, self.state.clone())?;
+            let replay =
+                Replay::continuing(&self.rule, self.verify_run_id(), self.next, (self.state.clone(), self.hash))?;
             let replayed = apply_final_rounds(replay, &self.blobs, &self.reader, &mut self.steps).await?;
             for d in replayed.report.discrepancies.iter().filter(|d| d.kind.is_binding()) {
                 tracing::warn!(round = d.round.0, pos = %d.pos, claimed = %d.claimed, computed = %d.computed,
@@ -228,7 +249,7 @@ impl Follower {
             }
             self.discrepancies.extend(replayed.report.discrepancies.iter().copied());
             self.state = replayed.state;
-            self.hash = self.state.hash();
+            self.hash = replayed.report.state;
             self.next = replayed.report.next_round;
             reports.extend(replayed.report.rounds);
         }
@@ -489,7 +510,10 @@ impl Follower {
             .computed
             .as_ref()
             .is_some_and(|c| c.round == self.next && c.dropped.is_empty() && c.counted == counted);
-        if !known && let Some(waiting) = self.compute_round(plan, org).await? {
+        if known {
+            // Another organisation may have dropped a blob since: it needs our copy to agree.
+            self.republish_dropped(&plan, org, None).await?;
+        } else if let Some(waiting) = self.compute_round(plan, org).await? {
             return Ok(Some(waiting));
         }
         let Some(c) = self.computed.as_ref() else { return Ok(None) };
@@ -515,6 +539,44 @@ impl Follower {
         self.append(Entry::sign(self.info.run_id, body, &[key])?).await?;
         tracing::info!(round, state = %hash, dropped = count, "attested the round's result");
         Ok(Some(TallyAction::Attested { round, state: hash, dropped: count }))
+    }
+
+    /// Re-publishes under our organisation's mirror the counted blobs of `plan` that another
+    /// organisation's attestation dropped and we can read (from `fetched`, one per counted
+    /// contribution, else read now), once each: so that it can read them and revise.
+    async fn republish_dropped(
+        &mut self,
+        plan: &verify::RoundPlan,
+        org: &str,
+        fetched: Option<&[Result<Bytes, verify::BlobFault>]>,
+    ) -> Result<(), TrainerError> {
+        let others_dropped: HashSet<EntryPos> = self
+            .rule
+            .tally()
+            .attestations()
+            .filter(|(o, _, _)| *o != org)
+            .flat_map(|(_, _, d)| d.iter().copied())
+            .collect();
+        if self.republished.0 != self.next {
+            self.republished = (self.next, HashSet::new());
+        }
+        for (i, c) in plan.counted.iter().enumerate() {
+            if !others_dropped.contains(&c.pos) || self.republished.1.contains(&c.pos) {
+                continue;
+            }
+            let bytes = match fetched.and_then(|f| f.get(i)) {
+                Some(Ok(bytes)) => bytes.clone(),
+                Some(Err(_)) => continue,
+                None => match self.blobs.blob(c.blob, c.blob_size).await {
+                    Ok(bytes) => bytes,
+                    Err(_) => continue,
+                },
+            };
+            self.info.store.put_blob_under(&mirror_prefix(org), bytes).await?;
+            self.republished.1.insert(c.pos);
+            tracing::info!(blob = %c.blob, round = self.next.0, "re-published a blob another organisation could not read");
+        }
+        Ok(())
     }
 
     /// Fetches the counted blobs of `plan` (the current round's provisional plan), drops those
@@ -548,29 +610,15 @@ impl Follower {
         if waiting > 0 {
             return Ok(Some(TallyAction::WaitingForBlobs { round, missing: waiting }));
         }
-        // Re-publish what others could not read and we could.
-        let others_dropped: HashSet<EntryPos> = self
-            .rule
-            .tally()
-            .attestations()
-            .filter(|(o, _, _)| *o != org)
-            .flat_map(|(_, _, d)| d.iter().copied())
-            .collect();
-        for (c, blob) in plan.counted.iter().zip(&fetched) {
-            if let Ok(bytes) = blob
-                && others_dropped.contains(&c.pos)
-            {
-                self.info.store.put_blob_under(&mirror_prefix(org), bytes.clone()).await?;
-                tracing::info!(blob = %c.blob, round, "re-published a blob another organisation could not read");
-            }
-        }
+        self.republish_dropped(&plan, org, Some(&fetched)).await?;
         let kept: Vec<Result<Bytes, verify::BlobFault>> =
             plan.counted.iter().zip(fetched).filter(|(c, _)| !dropped.contains(&c.pos)).map(|(_, blob)| blob).collect();
         plan.drop_unavailable(&dropped);
-        let mut replay = Replay::continuing(&self.rule, self.verify_run_id(), self.next, self.state.clone())?;
+        let mut replay =
+            Replay::continuing(&self.rule, self.verify_run_id(), self.next, (self.state.clone(), self.hash))?;
         replay.apply(plan, kept)?;
         let after = replay.finish();
-        let hash = after.state.hash();
+        let hash = after.report.state;
         let Some(report) = after.report.rounds.into_iter().next() else {
             return Err(TrainerError::InvalidConfig("replaying the round to attest gave no report".into()));
         };

@@ -5,15 +5,17 @@
 //! ```text
 //!   publish (an attesting member, StepPolicy::publish): state before r ─┐
 //!            its computed state after r ─────────────────────────────────┴▶ RoundStep::derive
-//!            ─▶ unless its organisation's step for r already has this base and result:
+//!            ─▶ unless its organisation's folder holds these bytes for r already:
 //!               PUT steps/<organisation folder>/<r, 20 digits>          (then the attestation)
 //!   follow (StepPolicy::follow), round r final with attested result R:
 //!            publishers = organisations whose attestation of r says R, own organisation first,
 //!                         less those this follower caught publishing a bad step
-//!            for each: GET its step (at most RoundStep::encoded_len bytes) ─▶ decode
+//!            for each: GET its 90-byte header: another round, base or result ─▶ next, no blame
+//!                      GET its step (at most RoundStep::encoded_len bytes) ─▶ decode
 //!                      ─▶ Replay::apply_step: base = our state, result = R, applied hash = R
-//!                      ─▶ the first that passes is the round; a malformed or wrong one puts its
-//!                         organisation on this follower's distrust list for good
+//!                      ─▶ the first that passes is the round; a step under the right header
+//!                         that fails puts its organisation on this follower's distrust list
+//!                         for good (so do 3 rounds in a row of read errors)
 //!            none passes ─▶ the round from its updates, as without steps
 //! ```
 //!
@@ -21,7 +23,7 @@
 //! reproduces the result a quorum of organisations attested (the same trust a joiner puts in an
 //! attested snapshot). The audit replays the updates. Only the sign rule's rounds are steps.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,11 +43,11 @@ pub type Hashed<'a> = (&'a State, verify::StateHash);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StepPolicy {
     /// Publish the step of every round this member computes to attest it, under its
-    /// organisation's folder (validators by default; workers with `--publish-steps`).
+    /// organisation's folder (validators by default; `--steps publish`).
     pub publish: bool,
     /// Take final rounds through a published step, falling back to the updates (workers with
-    /// `--follow-steps`). Such a member does not attest a round until it has been open
-    /// [`FOLLOWER_ATTESTS_AFTER`] times the round's deadline and verdict wait.
+    /// `--steps follow`). Such a member does not attest a round until it has waited for the
+    /// round's result [`FOLLOWER_ATTESTS_AFTER`] times the round's deadline and verdict wait.
     pub follow: bool,
 }
 
@@ -53,6 +55,10 @@ pub struct StepPolicy {
 /// its deadline plus verdict wait (on its own clock): the members that compute are then missing,
 /// and the run must not stall for want of attestations.
 pub const FOLLOWER_ATTESTS_AFTER: u32 = 2;
+
+/// Rounds in a row whose step an organisation's folder could not be read for (not absent: an
+/// error the storage layer's retries did not clear) before a follower reads it no more.
+pub const MAX_READ_FAILURES: u32 = 3;
 
 /// What following steps did, since joining.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -77,6 +83,8 @@ pub struct Steps {
     organisation: Option<String>,
     /// Organisations caught publishing a step that failed: never read again by this follower.
     distrusted: HashSet<String>,
+    /// Organisations whose step could not be read, rounds in a row.
+    read_failures: HashMap<String, u32>,
     counts: StepCounts,
 }
 
@@ -92,7 +100,13 @@ impl Steps {
             }
             StepPolicy::default()
         };
-        Steps { policy, organisation, distrusted: HashSet::new(), counts: StepCounts::default() }
+        Steps {
+            policy,
+            organisation,
+            distrusted: HashSet::new(),
+            read_failures: HashMap::new(),
+            counts: StepCounts::default(),
+        }
     }
 
     /// The policy in force.
@@ -118,8 +132,9 @@ impl Steps {
 
     /// Publishes the step from `before` to `after` (round `round`, which this member computed)
     /// under its organisation's folder, unless publishing is off or the folder holds this step
-    /// already (another member of the organisation published it). A failure is logged, never
-    /// returned: a missing step costs followers their fallback, not the attestation.
+    /// already (another member of the organisation published it: compared byte for byte when
+    /// the header matches). A failure is logged, never returned, and not retried: a missing step
+    /// costs followers their fallback, not the attestation.
     pub async fn publish(
         &mut self,
         store: &Store,
@@ -131,12 +146,9 @@ impl Steps {
         let Some(organisation) = self.organisation.as_deref().filter(|_| self.policy.publish) else { return };
         let key = step_key(organisation, round);
         let header = RoundStep::header(round, before.0.layout().elements(), before.1, after.1);
-        if let Ok(there) = store.get_range(&key, 0..STEP_HEADER_BYTES as u64).await
-            && there[..] == header[..]
-        {
-            return;
-        }
-        let step = match tokio::task::block_in_place(|| RoundStep::derive(before.0, after.0, round, hyper)) {
+        let same_header = matches!(store.get_range(&key, 0..STEP_HEADER_BYTES as u64).await,
+            Ok(there) if there[..] == header[..]);
+        let step = match tokio::task::block_in_place(|| RoundStep::derive_hashed(before, after, round, hyper)) {
             Ok(step) => step,
             Err(e) => {
                 tracing::warn!(round = round.0, error = %e, "cannot derive the round's step; not publishing it");
@@ -144,6 +156,14 @@ impl Steps {
             }
         };
         let bytes = step.encode();
+        // Another member of the organisation may have published it; anything else there (a
+        // true header over other trits, say) is replaced.
+        if same_header
+            && let Ok(there) = store.get(&key, bytes.len() as u64).await
+            && there.bytes[..] == bytes[..]
+        {
+            return;
+        }
         let size = bytes.len();
         match store.put(&key, Bytes::from(bytes)).await {
             Ok(_) => {
@@ -154,13 +174,10 @@ impl Steps {
         }
     }
 
-    /// The organisations whose step for `plan`'s round may hold its attested result: those whose
-    /// attestation says that result, in ledger order, this member's own first, less the
-    /// distrusted.
-    fn publishers(&self, plan: &RoundPlan, reader: &Reader) -> Vec<String> {
-        let Some(attested) = plan.claims.iter().find(|c| c.kind == ClaimKind::Final).map(|c| c.state) else {
-            return Vec::new();
-        };
+    /// The organisations whose step for `plan`'s round may hold its `attested` result: those
+    /// whose attestation says that result (the one that completed the quorum first, then in
+    /// ledger order), this member's own first, less the distrusted.
+    fn publishers(&self, plan: &RoundPlan, attested: verify::StateHash, reader: &Reader) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for claim in plan.claims.iter().filter(|c| c.state == attested && c.kind != ClaimKind::Snapshot) {
             let Some(org) = reader.entry_at(claim.pos).and_then(|e| e.organisation.clone()) else { continue };
@@ -179,6 +196,13 @@ impl Steps {
 
     /// Applies `plan` (the replay's next round, final) through the first published step that
     /// passes; `false` when none did (the caller then applies the updates).
+    ///
+    /// Each candidate's 90-byte header is read first: a step for another round, base or result
+    /// (an organisation that revised its attestation, or a member of it that attested other
+    /// drops) is passed over at that cost, without blame. A step whose header is right and whose
+    /// body is not (too long, malformed, or not reproducing the result) is refused, and its
+    /// organisation is read no more; so is one whose step cannot be read [`MAX_READ_FAILURES`]
+    /// rounds in a row for another reason than its absence.
     async fn apply_through_step(
         &mut self,
         replay: &mut Replay<'_>,
@@ -186,10 +210,22 @@ impl Steps {
         reader: &Reader,
         store: &Store,
     ) -> Result<bool, TrainerError> {
+        let Some(attested) = plan.claims.iter().find(|c| c.kind == ClaimKind::Final).map(|c| c.state) else {
+            return Ok(false);
+        };
         let layout = replay.config().layout.clone();
         let limit = RoundStep::encoded_len(&layout);
-        for org in self.publishers(plan, reader) {
+        let header = RoundStep::header(plan.round, layout.elements(), plan.base, attested);
+        for org in self.publishers(plan, attested, reader) {
             let key = step_key(&org, plan.round);
+            match store.get_range(&key, 0..STEP_HEADER_BYTES as u64).await {
+                Ok(there) if there[..] == header[..] => {}
+                Ok(_) | Err(StoreError::NotFound { .. }) => continue,
+                Err(e) => {
+                    self.read_failed(&org, plan.round, &e);
+                    continue;
+                }
+            }
             let bytes = match store.get(&key, limit).await {
                 Ok(object) => object.bytes,
                 Err(StoreError::NotFound { .. }) => continue,
@@ -198,10 +234,11 @@ impl Steps {
                     continue;
                 }
                 Err(e) => {
-                    tracing::warn!(round = plan.round.0, organisation = org, error = %e, "could not read a step");
+                    self.read_failed(&org, plan.round, &e);
                     continue;
                 }
             };
+            self.read_failures.remove(&org);
             self.counts.bytes_read += bytes.len() as u64;
             let step = match RoundStep::decode(&bytes, &layout) {
                 Ok(step) => step,
@@ -222,6 +259,17 @@ impl Steps {
         }
         self.counts.fallbacks += 1;
         Ok(false)
+    }
+
+    /// A step that could not be read for another reason than its absence: after
+    /// [`MAX_READ_FAILURES`] in a row, its organisation is read no more.
+    fn read_failed(&mut self, organisation: &str, round: verify::Round, error: &StoreError) {
+        let failures = self.read_failures.entry(organisation.to_string()).or_default();
+        *failures += 1;
+        tracing::warn!(round = round.0, organisation, error = %error, failures = *failures, "could not read a step");
+        if *failures >= MAX_READ_FAILURES {
+            self.refuse(organisation, round, &format!("{MAX_READ_FAILURES} rounds in a row unreadable: {error}"));
+        }
     }
 
     fn refuse(&mut self, organisation: &str, round: verify::Round, why: &str) {
@@ -252,4 +300,70 @@ pub async fn apply_final_rounds(
         replay.apply(plan, fetched)?;
     }
     Ok(replay.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run_spec::RunSpec;
+
+    fn hyper() -> Hyper {
+        RunSpec::parse(RunSpec::EXAMPLE).unwrap().genesis_parts(crate::model::BYTE_VOCAB).unwrap().config.hyper
+    }
+
+    #[test]
+    fn a_follower_attests_only_after_twice_the_deadline_and_verdict_wait() {
+        let follow = Steps::new(StepPolicy { publish: false, follow: true }, None, &hyper());
+        let secs = Duration::from_secs;
+        // deadline 30 s and verdict wait 60 s: 2 x 90 s = 180 s.
+        assert!(!follow.may_attest(secs(179), secs(30), secs(60)));
+        assert!(follow.may_attest(secs(180), secs(30), secs(60)));
+        assert!(!follow.may_attest(secs(1 << 40), Duration::MAX, secs(1)), "a deadline past the range: never");
+        let compute = Steps::new(StepPolicy { publish: true, follow: false }, None, &hyper());
+        assert!(compute.may_attest(Duration::ZERO, secs(30), secs(60)));
+    }
+
+    /// The publisher writes its step once, leaves a copy another member wrote, and replaces what
+    /// is not its step under its step's header (a planted body, SECURITY.md row 46 (g)).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_publisher_writes_its_step_once_and_replaces_a_planted_body() {
+        let h = hyper();
+        let layout = verify::Layout::new(vec![verify::TensorSpec { name: "w".into(), shape: vec![7] }]).unwrap();
+        let before = State::from_parts(layout, vec![vec![0.5, -1.0, 2.0, 0.0, 3.0, -0.25, 1.5]]).unwrap();
+        // A round that counted nothing: only the decay, a step of 0 for every parameter.
+        let after = verify::aggregate(&before, verify::Round(3), &[], &h).unwrap();
+        let hashed = |s: &State| (s.hash(), s.clone());
+        let ((bh, b), (ah, a)) = (hashed(&before), hashed(&after));
+        let store = storage::testing::memory_store().await;
+        let mut steps = Steps::new(StepPolicy { publish: true, follow: false }, Some("alpha".into()), &h);
+        let key = step_key("alpha", verify::Round(3));
+        let want = RoundStep::derive(&before, &after, verify::Round(3), &h).unwrap().encode();
+
+        steps.publish(&store, verify::Round(3), (&b, bh), (&a, ah), &h).await;
+        assert_eq!(store.get(&key, 1 << 20).await.unwrap().bytes[..], want[..]);
+        steps.publish(&store, verify::Round(3), (&b, bh), (&a, ah), &h).await;
+        assert_eq!(steps.counts().published, 1, "the same bytes are not written again");
+
+        let mut planted = want.clone();
+        let last = planted.len() - 1;
+        planted[last] = if planted[last] == 0 { 1 } else { 0 };
+        store.put(&key, Bytes::from(planted)).await.unwrap();
+        steps.publish(&store, verify::Round(3), (&b, bh), (&a, ah), &h).await;
+        assert_eq!(steps.counts().published, 2);
+        assert_eq!(store.get(&key, 1 << 20).await.unwrap().bytes[..], want[..], "the planted body is replaced");
+
+        let mut off = Steps::new(StepPolicy::default(), Some("alpha".into()), &h);
+        store.delete(&key).await.unwrap();
+        off.publish(&store, verify::Round(3), (&b, bh), (&a, ah), &h).await;
+        assert!(store.head(&key).await.unwrap().is_none(), "publishing off writes nothing");
+    }
+
+    #[test]
+    fn a_run_whose_rounds_are_not_steps_has_the_policy_off() {
+        let mut linear = hyper();
+        linear.step = StepRule::Linear;
+        let steps = Steps::new(StepPolicy { publish: true, follow: true }, Some("alpha".into()), &linear);
+        assert_eq!(steps.policy(), StepPolicy::default());
+        assert!(steps.may_attest(Duration::ZERO, Duration::from_secs(30), Duration::from_secs(60)));
+    }
 }

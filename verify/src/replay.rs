@@ -316,21 +316,28 @@ impl<'r> Replay<'r> {
     pub fn new(entries: &[LoggedEntry], start: Start) -> Result<Replay<'static>, VerifyError> {
         let (run, config, _) = genesis_config(entries)?;
         let rule = RoundRule::new(entries, &config);
-        Replay::with_rule(entries, run, Cow::Owned(rule), start)
+        Replay::with_rule(entries, run, Cow::Owned(rule), start, None)
     }
 
     /// [`Replay::new`] over `rule`, an index of `entries` the caller already holds (a joiner
     /// keeps it to follow the run): the ledger is not indexed a second time.
     pub fn over(rule: &'r RoundRule, entries: &[LoggedEntry], start: Start) -> Result<Replay<'r>, VerifyError> {
         let (run, _, _) = genesis_config(entries)?;
-        Replay::with_rule(entries, run, Cow::Borrowed(rule), start)
+        Replay::with_rule(entries, run, Cow::Borrowed(rule), start, None)
     }
 
     /// Prepares a replay of run `run` from round `next` with `state` over `rule`, an index of the
     /// ledger a follower keeps ([`RoundRule::extend`]): no pass over the whole ledger, so
     /// following a long run costs what the new entries cost.
-    pub fn continuing(rule: &'r RoundRule, run: RunId, next: Round, state: State) -> Result<Replay<'r>, VerifyError> {
-        Replay::with_rule(&[], run, Cow::Borrowed(rule), Start::Continue { next, state })
+    /// `hash` is the caller's hash of `state` (a follower keeps it; hashing a large state takes
+    /// seconds).
+    pub fn continuing(
+        rule: &'r RoundRule,
+        run: RunId,
+        next: Round,
+        (state, hash): (State, StateHash),
+    ) -> Result<Replay<'r>, VerifyError> {
+        Replay::with_rule(&[], run, Cow::Borrowed(rule), Start::Continue { next, state }, Some(hash))
     }
 
     fn with_rule(
@@ -338,6 +345,7 @@ impl<'r> Replay<'r> {
         run: RunId,
         rule: Cow<'r, RoundRule>,
         start: Start,
+        known_hash: Option<StateHash>,
     ) -> Result<Replay<'r>, VerifyError> {
         let (state, first, claims) = match start {
             Start::Genesis(state) => {
@@ -361,7 +369,7 @@ impl<'r> Replay<'r> {
         if state.layout() != &rule.config().layout {
             return Err(VerifyError::StartLayout);
         }
-        let hash = state.hash();
+        let hash = known_hash.unwrap_or_else(|| state.hash());
         let mut discrepancies = Vec::new();
         for (claim, binding) in claims {
             if claim.state != hash {
@@ -465,7 +473,8 @@ impl<'r> Replay<'r> {
         }
         not_counted.sort_by_key(|(c, _)| c.pos);
         apply(&mut self.state, plan.round, &updates, &config.hyper)?;
-        self.record(RoundPlan { counted, not_counted, ..plan }, false);
+        let hash = self.state.hash();
+        self.record(RoundPlan { counted, not_counted, ..plan }, hash, false);
         Ok(())
     }
 
@@ -486,17 +495,18 @@ impl<'r> Replay<'r> {
         if step.result != attested {
             return Err(StepError::NotTheAttested { step: step.result, attested }.into());
         }
-        self.state = step.apply(&self.state, plan.round, &self.rule.config().hyper)?;
-        self.record(plan, true);
+        self.state = step.apply_hashed(&self.state, self.hash, plan.round, &self.rule.config().hyper)?;
+        // Applying checked that the state now hashes to the step's result.
+        self.record(plan, step.result, true);
         Ok(())
     }
 
-    /// Records the round just applied to the state (`plan` with what counted in the end): its
-    /// claims checked against the state's hash, its report, and the replay moved to the next round.
-    fn record(&mut self, plan: RoundPlan, from_step: bool) {
+    /// Records the round just applied to the state (`plan` with what counted in the end; `hash`
+    /// the state's hash now): its claims checked against that hash, its report, and the replay
+    /// moved to the next round.
+    fn record(&mut self, plan: RoundPlan, hash: StateHash, from_step: bool) {
         let config = self.rule.config();
         let RoundPlan { round, base, close, cut, counted, not_counted, claims } = plan;
-        let hash = self.state.hash();
         for claim in &claims {
             if claim.state != hash {
                 self.report.discrepancies.push(Discrepancy {

@@ -142,6 +142,18 @@ impl RoundStep {
     /// The step that takes `before` to `after` in `round` under `hyper` (which must use the sign
     /// rule): for each parameter, the first of 0, +1, -1 whose step gives `after`'s bits.
     pub fn derive(before: &State, after: &State, round: Round, hyper: &Hyper) -> Result<RoundStep, StepError> {
+        RoundStep::derive_hashed((before, before.hash()), (after, after.hash()), round, hyper)
+    }
+
+    /// [`RoundStep::derive`] from states whose hashes the caller holds (hashing a large state
+    /// takes seconds): each pair is a state and its hash, which the step names as its base and
+    /// result.
+    pub fn derive_hashed(
+        (before, base): (&State, StateHash),
+        (after, result): (&State, StateHash),
+        round: Round,
+        hyper: &Hyper,
+    ) -> Result<RoundStep, StepError> {
         if hyper.step != StepRule::Sign {
             return Err(StepError::NotSignRule);
         }
@@ -170,8 +182,8 @@ impl RoundStep {
             .collect::<Result<_, _>>()?;
         Ok(RoundStep {
             round,
-            base: before.hash(),
-            result: after.hash(),
+            base,
+            result,
             elements: before.layout().elements(),
             trits: pack(digits.iter().flatten().copied()),
         })
@@ -250,6 +262,18 @@ impl RoundStep {
     /// against the step's result hash: a step that does not reproduce the state it claims is an
     /// error, never a state.
     pub fn apply(&self, before: &State, round: Round, hyper: &Hyper) -> Result<State, StepError> {
+        self.apply_hashed(before, before.hash(), round, hyper)
+    }
+
+    /// [`RoundStep::apply`] to a state whose hash the caller holds (`before_hash`; a follower
+    /// keeps its state's): only the state after is hashed, and checked against the step's result.
+    pub fn apply_hashed(
+        &self,
+        before: &State,
+        before_hash: StateHash,
+        round: Round,
+        hyper: &Hyper,
+    ) -> Result<State, StepError> {
         if hyper.step != StepRule::Sign {
             return Err(StepError::NotSignRule);
         }
@@ -259,7 +283,7 @@ impl RoundStep {
         if before.layout().elements() != self.elements {
             return Err(StepError::WrongElements { got: self.elements, expected: before.layout().elements() });
         }
-        let got = before.hash();
+        let got = before_hash;
         if got != self.base {
             return Err(StepError::WrongBase { expected: self.base, got });
         }
