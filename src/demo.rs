@@ -89,6 +89,10 @@ pub struct DemoArgs {
     /// validators attest.
     #[arg(long)]
     follow_steps: bool,
+    /// The longest pause between a worker's or validator's ledger polls while the ledger is quiet
+    /// (`--max-poll-ms`; 250, the poll interval: no backoff).
+    #[arg(long, default_value_t = 2000)]
+    max_poll_ms: u64,
 }
 
 /// The demo's members: (name, organisation, role).
@@ -178,6 +182,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     );
     let mut children = Vec::new();
     let mut gathering = Vec::new();
+    let max_poll = args.max_poll_ms.to_string();
     for (member, org, role, path, _) in &keys[1..] {
         let (command, mut extra) = match *role {
             "validator" => ("validate", vec!["--threads", "1"]),
@@ -186,6 +191,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
                 vec!["--threads", "1", "--device", args.device.as_str(), "--precision", args.precision.as_str()],
             ),
         };
+        extra.extend(["--max-poll-ms", max_poll.as_str()]);
         if args.follow_steps && *role == "worker" {
             extra.extend(["--steps", "follow"]);
         }

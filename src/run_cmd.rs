@@ -50,9 +50,13 @@ pub struct ParticipantArgs {
     /// libtorch threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Milliseconds between ledger polls while waiting.
+    /// Milliseconds between ledger polls while waiting and the ledger moves.
     #[arg(long, default_value_t = 250)]
     poll_ms: u64,
+    /// The longest pause between polls while the ledger is quiet: each poll that reads nothing
+    /// doubles the pause up to this (docs/RUN.md, "Polling"); at most --poll-ms: no backoff.
+    #[arg(long, default_value_t = 2000)]
+    max_poll_ms: u64,
     /// The worker's momentum file (default: the key file's path with `.momentum` appended).
     #[arg(long)]
     state_file: Option<PathBuf>,
@@ -218,6 +222,11 @@ pub async fn genesis(args: GenesisArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// `--max-poll-ms`, within the same bounds as `--poll-ms`.
+fn max_poll(args: &ParticipantArgs) -> Duration {
+    Duration::from_millis(args.max_poll_ms.clamp(10, 60_000))
+}
+
 fn options(args: &ParticipantArgs) -> anyhow::Result<(trainer::Device, Duration)> {
     if args.threads > 0 {
         trainer::set_torch_threads(args.threads);
@@ -239,7 +248,9 @@ pub async fn worker(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     let precision: trainer::model::Precision = args.precision.parse()?;
     let gatherer_wait = (args.gatherer_wait_ms > 0).then(|| Duration::from_millis(args.gatherer_wait_ms));
     let steps = args.steps.unwrap_or(StepsMode::Off).policy();
-    let options = WorkerOptions { device, rounds: args.rounds, state_file, poll, precision, gatherer_wait, steps };
+    let max_poll = max_poll(&args);
+    let options =
+        WorkerOptions { device, rounds: args.rounds, state_file, poll, max_poll, precision, gatherer_wait, steps };
     let metrics = Metrics::new();
     if let Some(addr) = args.metrics {
         crate::metrics::serve(addr, metrics.clone()).await?;
@@ -390,7 +401,13 @@ pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
         steps != StepsMode::Follow,
         "--steps follow is a worker's option: a validator reads every update to score it, and computes each round it attests"
     );
-    let options = ValidatorOptions { device, rounds: args.rounds, poll, publish_steps: steps == StepsMode::Publish };
+    let options = ValidatorOptions {
+        device,
+        rounds: args.rounds,
+        poll,
+        max_poll: max_poll(&args),
+        publish_steps: steps == StepsMode::Publish,
+    };
     let metrics = Metrics::new();
     if let Some(addr) = args.metrics {
         crate::metrics::serve(addr, metrics.clone()).await?;

@@ -124,7 +124,7 @@ impl Fed {
         self.spawn_with(command, name, &[])
     }
 
-    fn spawn_with(&self, command: &str, name: &str, extra: &[&str]) -> Child {
+    pub(crate) fn spawn_with(&self, command: &str, name: &str, extra: &[&str]) -> Child {
         self.spawn_env(command, name, extra, &[])
     }
 
@@ -308,28 +308,39 @@ fn total(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_waiting_participant_reads_the_ledger_once_a_poll() {
+async fn a_waiting_participant_reads_the_ledger_once_a_poll_and_less_while_it_is_quiet() {
     // A validator of a run whose workers have not started waits: each pass of its loop reads the
-    // ledger's next slot once (a GET that finds nothing), one pass per --poll-ms (100 ms here).
-    // Reading it twice a pass would double what every participant asks of the ledger's prefix
-    // (docs/SCALE.md, item 3).
+    // ledger's next slot once (a GET that finds nothing). Reading it twice a pass would double
+    // what every participant asks of the ledger's prefix (docs/SCALE.md, item 3).
     let fed = Fed::start(&TWO_WORKERS_AND_A_VALIDATOR, &sections(3, 2, 600, 0, "sign")).await;
-    let mut children = vec![("v", fed.spawn_with("validate", "v", &["--metrics", "127.0.0.1:0"]))];
-    let gets = |s: &prometheus_parse::Scrape| total(s, "cairn_store_requests_total", &[("operation", "get")]);
-    let first = fed.scrape_until("v", |s| value(s, "cairn_round", &[]).is_some());
-    let started = Instant::now();
-    std::thread::sleep(Duration::from_secs(5));
-    let second = fed.scrape_until("v", |_| true);
-    let passes = started.elapsed().as_secs_f64() / 0.1;
-    for (_, child) in &mut children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let got = gets(&second) - gets(&first);
+    // Ledger GETs of an idle validator in about 5 s, and the seconds measured.
+    let idle_gets = |max_poll_ms: &str| {
+        let args = ["--metrics", "127.0.0.1:0", "--max-poll-ms", max_poll_ms];
+        let mut children = vec![("v", fed.spawn_with("validate", "v", &args))];
+        let gets = |s: &prometheus_parse::Scrape| total(s, "cairn_store_requests_total", &[("operation", "get")]);
+        let first = fed.scrape_until("v", |s| value(s, "cairn_round", &[]).is_some());
+        let started = Instant::now();
+        std::thread::sleep(Duration::from_secs(5));
+        let second = fed.scrape_until("v", |_| true);
+        let secs = started.elapsed().as_secs_f64();
+        for (_, child) in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        std::fs::remove_file(fed.log("v")).unwrap();
+        (gets(&second) - gets(&first), secs)
+    };
+    // No backoff (the cap at --poll-ms, 100 ms here): one GET a pass, a pass every 100 ms.
+    let (got, secs) = idle_gets("100");
+    let passes = secs / 0.1;
+    assert!(got >= 0.5 * passes && got <= 1.15 * passes + 3.0, "{got} ledger GETs in {passes:.0} poll intervals");
+    // With a cap of 800 ms, 8 waits of 100 ms, then 200, 400, then 800 ms while nothing lands:
+    // 8 + 3 + (5 - 2.2) / 0.8 = 14.5 passes in 5 s, against 50 at the base interval.
+    let (got, secs) = idle_gets("800");
+    let expected = 11.0 + (secs - 2.2) / 0.8;
     assert!(
-        got >= 0.5 * passes && got <= 1.15 * passes + 3.0,
-        "{got} ledger GETs in {passes:.0} poll intervals: {}",
-        fed.log_text("v")
+        got >= 0.5 * expected && got <= 1.5 * expected + 3.0,
+        "{got} ledger GETs in {secs:.1} s, expected {expected:.1}"
     );
 }
 

@@ -97,6 +97,8 @@ pub struct Follower {
     /// void one is not retried, so a refused entry cannot turn into a flood).
     last_vote: Option<Round>,
     last_attestation: Option<(Round, StateHash, Vec<EntryPos>)>,
+    /// Slots the latest poll of the ledger read.
+    last_read: u64,
     /// Blobs of the round that other organisations dropped and this member re-published.
     republished: (Round, HashSet<EntryPos>),
     /// Publishing and following the rounds' steps.
@@ -213,6 +215,7 @@ impl Follower {
             computed: None,
             last_vote: None,
             last_attestation: None,
+            last_read: 0,
             republished: (Round(0), HashSet::new()),
             steps,
         })
@@ -267,6 +270,12 @@ impl Follower {
             self.info.store = self.info.store.staging_in(&verify::replay::staging_prefix(org))?;
         }
         Ok(())
+    }
+
+    /// Slots the latest poll of the ledger read (0 when it found nothing new, or failed): what
+    /// [`crate::pace::PollPace`] paces the next poll by.
+    pub fn last_read(&self) -> u64 {
+        self.last_read
     }
 
     /// What publishing and following the rounds' steps did since joining.
@@ -340,6 +349,7 @@ impl Follower {
     /// of the new slots, whatever the ledger's length. A failed poll keeps what it read, indexed.
     async fn poll_ledger(&mut self) -> Result<u64, TrainerError> {
         let read = self.reader.poll().await;
+        self.last_read = *read.as_ref().unwrap_or(&0);
         self.rule.extend(self.reader.entries());
         // Rounds behind the window and behind this follower's own progress are done with: no
         // entry may name them again, and this follower has applied them. (No window: no-op.)

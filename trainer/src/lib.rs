@@ -19,6 +19,7 @@ pub mod gather;
 pub mod hf;
 pub mod local;
 pub mod model;
+pub mod pace;
 pub mod peers;
 pub mod poison;
 pub mod run_spec;

@@ -48,8 +48,10 @@ pub struct ValidatorOptions {
     pub device: Device,
     /// Stop after this many rounds closed (`None`: until the run ends).
     pub rounds: Option<u64>,
-    /// Pause between ledger polls.
+    /// Pause between ledger polls while the ledger moves.
     pub poll: Duration,
+    /// The longest pause while it does not ([`crate::pace::PollPace`]).
+    pub max_poll: Duration,
     /// Whether to publish each round's step for followers (see [`crate::steps`]; a validator
     /// computes every round it attests, so publishing costs one upload of a step a round for its
     /// organisation). A validator never follows steps: it reads every update to score it.
@@ -127,6 +129,7 @@ pub async fn run_validator(
     let mut opened = (follower.round(), Instant::now());
     let mut verdicts = 0u64;
     let mut pending = PendingVerdicts::default();
+    let mut pace = crate::pace::PollPace::new(options.poll, options.max_poll);
     loop {
         let reports = follower.sync().await?;
         for report in &reports {
@@ -262,7 +265,7 @@ pub async fn run_validator(
             Some(TallyAction::WaitingForBlobs { .. }) | None => {}
         }
         // The next pass starts with `sync`, the one read of the ledger per pass.
-        tokio::time::sleep(options.poll).await;
+        tokio::time::sleep(pace.after(follower.last_read())).await;
     }
     Ok(verdicts)
 }

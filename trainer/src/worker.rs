@@ -39,6 +39,7 @@ use crate::demo::DemoState;
 use crate::follow::{Follower, RunInfo, TallyAction};
 use crate::local::LocalSteps;
 use crate::model::{Model, Precision};
+use crate::pace::PollPace;
 use crate::run_spec::TrainSpec;
 use crate::score::milli_nats;
 use crate::step::{AdamWConfig, StepConfig, local_step};
@@ -54,8 +55,11 @@ pub struct WorkerOptions {
     pub rounds: Option<u64>,
     /// The momentum file (saved after every contribution).
     pub state_file: PathBuf,
-    /// Pause between ledger polls while waiting.
+    /// Pause between ledger polls while waiting and the ledger moves.
     pub poll: Duration,
+    /// The longest pause while it does not: each poll that reads nothing doubles the pause up to
+    /// this ([`crate::pace::PollPace`]).
+    pub max_poll: Duration,
     /// The arithmetic of the local passes (f32, or bf16 matrix products on a GPU).
     pub precision: Precision,
     /// Leave each contribution for the organisation's gatherer (`cairn gather`, [`crate::gather`])
@@ -66,6 +70,13 @@ pub struct WorkerOptions {
     /// downloads one step a round instead of every counted update, and leaves attesting to the
     /// members that compute.
     pub steps: StepPolicy,
+}
+
+impl WorkerOptions {
+    /// The pace of its ledger polls while it waits for a round's result.
+    fn pace(&self) -> PollPace {
+        PollPace::new(self.poll, self.max_poll)
+    }
 }
 
 /// What a worker reports as it goes (the CLI prints these).
@@ -272,7 +283,7 @@ pub async fn run_worker(
                         (model, update.map(|u| (u, started.elapsed())))
                     });
                     let runtime = tokio::runtime::Handle::current();
-                    let waited = runtime.block_on(wait_for_round(&mut follower, key, options.poll, events));
+                    let waited = runtime.block_on(wait_for_round(&mut follower, key, options.pace(), events));
                     (waited, job.join())
                 })
             });
@@ -283,7 +294,7 @@ pub async fn run_worker(
             trained_until = Some(started + trained.1);
             (waited?, Some((trained, base, idle)))
         } else {
-            (wait_for_round(&mut follower, key, options.poll, events).await?, None)
+            (wait_for_round(&mut follower, key, options.pace(), events).await?, None)
         };
         let waited = waiting.elapsed().saturating_sub(apply);
         last_round_times = Some((waited, apply));
@@ -550,7 +561,7 @@ pub fn assignment_bytes(round: Round, sequences: usize) -> Vec<u8> {
 pub(crate) async fn wait_for_round(
     follower: &mut Follower,
     key: &Keypair,
-    poll: Duration,
+    mut pace: PollPace,
     events: &mut (dyn FnMut(WorkerEvent) + Send),
 ) -> Result<(Vec<RoundReport>, Duration), TrainerError> {
     let round = follower.round();
@@ -576,7 +587,7 @@ pub(crate) async fn wait_for_round(
             reports.push(report);
         }
         if follower.round() == round {
-            tokio::time::sleep(poll).await;
+            tokio::time::sleep(pace.after(follower.last_read())).await;
         }
     }
     Ok((reports, apply))
