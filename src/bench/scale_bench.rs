@@ -93,6 +93,10 @@ pub struct Args {
     /// Milliseconds between a waiting participant's ledger polls (`cairn worker --poll-ms`).
     #[arg(long, default_value_t = 250)]
     poll_ms: u64,
+    /// The longest wait between polls while the ledger is quiet (`cairn worker --max-poll-ms`;
+    /// `--poll-ms` or less: no backoff, every wait is `--poll-ms`).
+    #[arg(long, default_value_t = 2000)]
+    max_poll_ms: u64,
     /// Rounds after which a follower's memory is reported.
     #[arg(long, default_value_t = 10_000)]
     rounds: u64,
@@ -444,17 +448,47 @@ impl VerdictBatch {
     }
 }
 
-/// `verify::apply`'s seconds for `updates` synthetic updates on `layout` (the median of 3).
-fn time_apply(layout: &Layout, config: &RunConfig, updates: usize, rng: &mut StdRng) -> anyhow::Result<f64> {
+/// Polls in `seconds` of a quiet spell (no poll reads anything) paced by `trainer::pace::PollPace`
+/// from `base_ms` up to `max_ms`: 8 waits of `base`, then `2 base, 4 base, ..., max, max, ...`
+/// (at `max_ms <= base_ms`, every wait is `base_ms`).
+fn quiet_polls(seconds: f64, base_ms: u64, max_ms: u64) -> f64 {
+    let mut pace = trainer::pace::PollPace::new(
+        std::time::Duration::from_millis(base_ms.max(1)),
+        std::time::Duration::from_millis(max_ms),
+    );
+    let busy = max_ms <= base_ms;
+    let (mut elapsed, mut polls) = (0.0, 0.0);
+    loop {
+        let wait = pace.after(u64::from(busy)).as_secs_f64();
+        if elapsed + wait > seconds {
+            // The rest of the phase at the last wait, as a fraction of a poll.
+            return polls + (seconds - elapsed) / wait;
+        }
+        elapsed += wait;
+        polls += 1.0;
+    }
+}
+
+/// A state of `layout` with entries uniform in ±0.02.
+fn random_state(layout: &Layout, rng: &mut StdRng) -> State {
     let mut state = State::zeros(layout.clone());
     for d in state.data_mut() {
         for v in d.iter_mut() {
             *v = rng.random_range(-0.02..0.02);
         }
     }
-    let base: StateHash = state.hash();
-    let comp = config.hyper.compression;
-    let decoded = (0..updates)
+    state
+}
+
+/// `updates` synthetic updates of `config`'s compression to the state hashed `base`.
+fn synthetic_updates(
+    config: &RunConfig,
+    base: StateHash,
+    updates: usize,
+    rng: &mut StdRng,
+) -> anyhow::Result<Vec<verify::Update>> {
+    let layout = &config.layout;
+    (0..updates)
         .map(|i| {
             let mut k = [0u8; 32];
             k[..8].copy_from_slice(&(i as u64).to_le_bytes());
@@ -464,11 +498,17 @@ fn time_apply(layout: &Layout, config: &RunConfig, updates: usize, rng: &mut Std
                 base,
                 worker: WorkerKey(k),
                 layout: layout.hash(),
-                compression: comp,
+                compression: config.hyper.compression,
             };
             synthetic(layout, header, rng)
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect()
+}
+
+/// Median seconds of three `verify::apply` of `updates` synthetic updates at `config`'s layout.
+fn time_apply(config: &RunConfig, updates: usize, rng: &mut StdRng) -> anyhow::Result<f64> {
+    let state = random_state(&config.layout, rng);
+    let decoded = synthetic_updates(config, state.hash(), updates, rng)?;
     let mut times = Vec::new();
     for _ in 0..3 {
         let mut s = state.clone();
@@ -477,6 +517,25 @@ fn time_apply(layout: &Layout, config: &RunConfig, updates: usize, rng: &mut Std
         times.push(t.elapsed().as_secs_f64());
     }
     Ok(super::median(times))
+}
+
+/// Median seconds of three applications of a round's step at `config`'s layout (hashes of the
+/// state before and after included, as a follower checks them); `None` unless the rule is sign.
+fn time_step_apply(config: &RunConfig, rng: &mut StdRng) -> anyhow::Result<Option<f64>> {
+    if config.hyper.step != verify::StepRule::Sign {
+        return Ok(None);
+    }
+    let before = random_state(&config.layout, rng);
+    let mut after = before.clone();
+    apply(&mut after, Round(0), &synthetic_updates(config, before.hash(), 4, rng)?, &config.hyper)?;
+    let step = verify::step::RoundStep::derive(&before, &after, Round(0), &config.hyper)?;
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        step.apply(&before, Round(0), &config.hyper)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(Some(super::median(times)))
 }
 
 /// The run config at `preset` with the defaults, or with `config`'s settings, and the run's
@@ -534,8 +593,9 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     let (measured, _) = run_config(measure.name(), args.config.as_ref())?;
     let mut rng = StdRng::seed_from_u64(args.seed);
     const MANY: usize = 32;
-    let one = time_apply(&measured.layout, &measured, 1, &mut rng)?;
-    let many = time_apply(&measured.layout, &measured, MANY, &mut rng)?;
+    let one = time_apply(&measured, 1, &mut rng)?;
+    let many = time_apply(&measured, MANY, &mut rng)?;
+    let step_apply_s = time_step_apply(&measured, &mut rng)?;
     let per_update = ((many - one) / (MANY - 1) as f64).max(0.0);
     let fixed = (one - per_update).max(0.0);
     let scale = params as f64 / measured.layout.elements() as f64;
@@ -546,21 +606,28 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         measured.layout.elements(),
         preset.name()
     );
+    if let Some(t) = step_apply_s {
+        println!(
+            "a round's step applied at {} (hashes included): {t:.3} s, x{scale:.1} for {}",
+            measure.name(),
+            preset.name()
+        );
+    }
 
     println!(
         "| workers | verdicts a slot | slots per round | entries | ledger s (contributions, verdicts, close) | store writes / reads (ledger) | \
          upload per worker (MB) | download per participant (MB) | transfer s | aggregation s (extrapolated) | round s | \
          GET requests | ledger GET/HEAD per s | egress (GB) | USD per round | join from snapshot s | follower memory at {} rounds, window {} (GB) | \
-         proposed ternary step: download (MB), USD per round |",
+         workers following steps: download (MB), USD per round, join s |",
         args.rounds, args.window
     );
     println!(
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
-    // Under the sign rule a round moves each parameter by -lr * s, s in {-1, 0, +1}, beside the
-    // weight decay (verify/tests/it/props.rs checks it element by element): a follower could
-    // download that ternary tensor, 5 trits a byte, instead of every update (docs/SCALE.md).
-    let step_bytes = (config.hyper.step == verify::StepRule::Sign).then(|| params.div_ceil(5));
+    // Under the sign rule a round is one trit a parameter (verify::step): validators publish it,
+    // and workers with `--steps follow` download it instead of every update (docs/SCALE.md).
+    let step_bytes =
+        (config.hyper.step == verify::StepRule::Sign).then(|| verify::step::RoundStep::encoded_len(&config.layout));
     let mut keys = Vec::new();
     let runs: Vec<(usize, usize)> =
         args.workers.iter().flat_map(|&n| args.verdict_batch.iter().map(move |&b| (n, b))).collect();
@@ -586,7 +653,11 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         // the ledger's first phase starts when the round opens and includes the arrivals
         let round_s = ledger.seconds() + transfer_s + aggregation_s;
         // every participant reads every slot and every counted blob, and polls while it waits
-        let polls = participants * round_s / (args.poll_ms as f64 / 1000.0);
+        // While the ledger phases run, slots keep landing and each poll waits `--poll-ms`; while
+        // the members transfer and aggregate, nothing lands and the waits double up to the cap.
+        let polls = participants
+            * (quiet_polls(ledger.seconds(), args.poll_ms, args.poll_ms)
+                + quiet_polls(transfer_s + aggregation_s, args.poll_ms, args.max_poll_ms));
         let ledger_gets = participants * ledger.slots as f64 + polls + ledger.get_priced() as f64;
         let gets = ledger_gets + participants * counted;
         // S3 serves at least 5,500 GET/HEAD a second per partitioned prefix; the log is one prefix
@@ -610,13 +681,20 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
                     + args.rounds as f64 * FOLLOWER_BYTES_PER_ROUND
             }
         } / 1e9;
-        // with a step blob, each participant takes the smaller of the step and the updates
+        // Workers following steps download the step and the slots; validators still download
+        // every update (they score them) and each organisation's validator uploads the step (one
+        // PUT; uploads into the store are free). A joiner through steps replays its half interval
+        // at a step a round.
         let with_step = step_bytes.map(|b| {
-            let download = (b as f64).min(counted * update_bytes as f64) + ledger.slot_bytes as f64;
-            let usd = usd - (egress_gb - participants * download / 1e9) * args.egress_usd_per_gb;
-            (download, usd)
+            let follower = b as f64 + ledger.slot_bytes as f64;
+            let egress = (n as f64 * follower + organisations as f64 * download) / 1e9;
+            let usd = usd - (egress_gb - egress) * args.egress_usd_per_gb
+                + organisations as f64 / 1000.0 * args.put_usd_per_1000;
+            let apply_s = step_apply_s.unwrap_or(0.0) * scale;
+            let join = dense_bytes as f64 / bytes_per_s + snapshot_every / 2.0 * (b as f64 / bytes_per_s + apply_s);
+            (follower, usd, join)
         });
-        let step_cell = with_step.map_or("-".to_string(), |(d, u)| format!("{:.1}, {u:.2}", d / 1e6));
+        let step_cell = with_step.map_or("-".to_string(), |(d, u, j)| format!("{:.1}, {u:.2}, {j:.0}", d / 1e6));
         println!(
             "| {n} | {batch} | {} | {} | {:.1} ({:.1}, {:.1}, {:.1}) | {} / {} | {:.1} | {:.1} | {transfer_s:.1} | {aggregation_s:.1} | \
              {round_s:.1} | {gets:.0} | {ledger_gets_per_s:.0} | {egress_gb:.1} | {usd:.2} | {join_s:.0} | {memory_gb:.1} | \
@@ -644,8 +722,11 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
             ledger.slots,
             download / 1e6
         ));
-        if let Some((_, u)) = with_step {
-            keys.push(format!("w{n}_b{batch}_step_usd_per_round={u:.2}"));
+        if let Some((d, u, j)) = with_step {
+            keys.push(format!(
+                "w{n}_b{batch}_step_download_mb={:.1} w{n}_b{batch}_step_usd_per_round={u:.2} w{n}_b{batch}_step_join_s={j:.0}",
+                d / 1e6
+            ));
         }
     }
     if args.gather_ms > 0 {
