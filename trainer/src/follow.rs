@@ -36,7 +36,7 @@ use crate::model::ModelConfig;
 use crate::run_spec::TrainSpec;
 use crate::steps::{StepCounts, StepPolicy, Steps, apply_final_rounds};
 
-/// Failed reads in a row (one per attestation attempt, at the caller's poll interval, each after
+/// Failed reads in a row (one per attestation attempt, at the caller's poll pace, each after
 /// the storage layer's own retries) after which an attesting participant drops a contribution
 /// whose blob it cannot read.
 pub const DROP_AFTER_FAILED_READS: u32 = 3;
@@ -97,8 +97,8 @@ pub struct Follower {
     /// void one is not retried, so a refused entry cannot turn into a flood).
     last_vote: Option<Round>,
     last_attestation: Option<(Round, StateHash, Vec<EntryPos>)>,
-    /// Slots the latest poll of the ledger read.
-    last_read: u64,
+    /// Slots read since [`Follower::take_read`] was last asked.
+    read_since_taken: u64,
     /// Blobs of the round that other organisations dropped and this member re-published.
     republished: (Round, HashSet<EntryPos>),
     /// Publishing and following the rounds' steps.
@@ -215,7 +215,7 @@ impl Follower {
             computed: None,
             last_vote: None,
             last_attestation: None,
-            last_read: 0,
+            read_since_taken: 0,
             republished: (Round(0), HashSet::new()),
             steps,
         })
@@ -246,6 +246,14 @@ impl Follower {
             let replay =
                 Replay::continuing(&self.rule, self.verify_run_id(), self.next, (self.state.clone(), self.hash))?;
             let replayed = apply_final_rounds(replay, &self.blobs, &self.reader, &mut self.steps).await?;
+            if replayed.report.rounds.is_empty() {
+                // The tally says the round is final and the round rule has no plan for it: going
+                // round the loop again would spin for ever.
+                return Err(TrainerError::InvalidConfig(format!(
+                    "round {} is final in the ledger's tally but the round rule has no plan for it",
+                    self.next.0
+                )));
+            }
             for d in replayed.report.discrepancies.iter().filter(|d| d.kind.is_binding()) {
                 tracing::warn!(round = d.round.0, pos = %d.pos, claimed = %d.claimed, computed = %d.computed,
                     "an attested state hash differs from the computed one; going on with the computed state");
@@ -272,10 +280,10 @@ impl Follower {
         Ok(())
     }
 
-    /// Slots the latest poll of the ledger read (0 when it found nothing new, or failed): what
-    /// [`crate::pace::PollPace`] paces the next poll by.
-    pub fn last_read(&self) -> u64 {
-        self.last_read
+    /// Slots read from the ledger since the last call (by every poll: a sync's, an append's), and
+    /// starts counting again: what [`crate::pace::PollPace`] paces the next poll by.
+    pub fn take_read(&mut self) -> u64 {
+        std::mem::take(&mut self.read_since_taken)
     }
 
     /// What publishing and following the rounds' steps did since joining.
@@ -349,7 +357,7 @@ impl Follower {
     /// of the new slots, whatever the ledger's length. A failed poll keeps what it read, indexed.
     async fn poll_ledger(&mut self) -> Result<u64, TrainerError> {
         let read = self.reader.poll().await;
-        self.last_read = *read.as_ref().unwrap_or(&0);
+        self.read_since_taken = self.read_since_taken.saturating_add(*read.as_ref().unwrap_or(&0));
         self.rule.extend(self.reader.entries());
         // Rounds behind the window and behind this follower's own progress are done with: no
         // entry may name them again, and this follower has applied them. (No window: no-op.)

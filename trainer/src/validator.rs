@@ -265,7 +265,7 @@ pub async fn run_validator(
             Some(TallyAction::WaitingForBlobs { .. }) | None => {}
         }
         // The next pass starts with `sync`, the one read of the ledger per pass.
-        tokio::time::sleep(pace.after(follower.last_read())).await;
+        tokio::time::sleep(pace.after(follower.take_read())).await;
     }
     Ok(verdicts)
 }

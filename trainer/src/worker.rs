@@ -587,7 +587,7 @@ pub(crate) async fn wait_for_round(
             reports.push(report);
         }
         if follower.round() == round {
-            tokio::time::sleep(pace.after(follower.last_read())).await;
+            tokio::time::sleep(pace.after(follower.take_read())).await;
         }
     }
     Ok((reports, apply))
