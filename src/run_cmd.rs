@@ -73,7 +73,8 @@ pub struct ParticipantArgs {
     /// `publish` each round this member computes to attest, under its organisation's
     /// `steps/FOLDER/`; `follow`: take each final round through a published step that reproduces
     /// the attested result, falling back to the updates, and attest only when a round stalls
-    /// (workers only); `off`. Default: `publish` for validators, `off` for workers. Sign-rule runs
+    /// (workers only); `auto`: follow, through a round's step only when it is smaller than the
+    /// round's counted updates (workers only); `off`. Default: `publish` for validators, `off` for workers. Sign-rule runs
     /// only; elsewhere it is off.
     #[arg(long, value_enum)]
     steps: Option<StepsMode>,
@@ -94,11 +95,17 @@ pub enum StepsMode {
     Publish,
     /// Follow the rounds through published steps.
     Follow,
+    /// Follow, taking a round through its step only when the step is smaller than its updates.
+    Auto,
 }
 
 impl StepsMode {
     fn policy(self) -> trainer::steps::StepPolicy {
-        trainer::steps::StepPolicy { publish: self == StepsMode::Publish, follow: self == StepsMode::Follow }
+        trainer::steps::StepPolicy {
+            publish: self == StepsMode::Publish,
+            follow: matches!(self, StepsMode::Follow | StepsMode::Auto),
+            when_smaller: self == StepsMode::Auto,
+        }
     }
 }
 
@@ -278,8 +285,8 @@ pub async fn worker(args: ParticipantArgs) -> anyhow::Result<Outcome> {
         .steps
         .map(|s| {
             format!(
-                " rounds_through_steps={} step_fallbacks={} steps_refused={} step_bytes_read={}",
-                s.applied, s.fallbacks, s.refused, s.bytes_read
+                " rounds_through_steps={} rounds_updates_smaller={} step_fallbacks={} steps_refused={} step_bytes_read={}",
+                s.applied, s.updates_smaller, s.fallbacks, s.refused, s.bytes_read
             )
         })
         .unwrap_or_default();
@@ -398,8 +405,8 @@ pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     let me = short(&key.public().to_string()).to_string();
     let steps = args.steps.unwrap_or(StepsMode::Publish);
     anyhow::ensure!(
-        steps != StepsMode::Follow,
-        "--steps follow is a worker's option: a validator reads every update to score it, and computes each round it attests"
+        !matches!(steps, StepsMode::Follow | StepsMode::Auto),
+        "--steps follow and auto are a worker's options: a validator reads every update to score it, and computes each round it attests"
     );
     let options = ValidatorOptions {
         device,

@@ -15,10 +15,11 @@ use verify::step::STEP_HEADER_BYTES;
 
 use crate::federation::{Fed, sections};
 
-const TWO_ORGANISATIONS: [(&str, &str, &str); 5] = [
+const TWO_ORGANISATIONS: [(&str, &str, &str); 6] = [
     ("admin", "alpha", "admin"),
     ("w1", "alpha", "worker"),
     ("w2", "beta", "worker"),
+    ("w3", "alpha", "worker"),
     ("va", "alpha", "validator"),
     ("vb", "beta", "validator"),
 ];
@@ -46,11 +47,18 @@ async fn workers_follow_the_validators_steps_and_a_joiner_survives_altered_and_m
     let mut children: Vec<(&str, Child)> = vec![
         ("w1", fed.spawn_env("worker", "w1", &follow, &[])),
         ("w2", fed.spawn_env("worker", "w2", &follow, &[])),
+        // `auto`: a round's 3 updates of a few KB weigh less than tiny's 184 KB step.
+        ("w3", fed.spawn_env("worker", "w3", &["--steps", "auto"], &[])),
         ("va", fed.spawn("validate", "va")),
         ("vb", fed.spawn("validate", "vb")),
     ];
     fed.wait_all(&mut children);
-    fed.assert_each_round_counts_each_worker_once(3, &["w1", "w2"]);
+    fed.assert_each_round_counts_each_worker_once(3, &["w1", "w2", "w3"]);
+    let w3 = fed.log_text("w3");
+    assert!(!w3.contains("through a published step") && !w3.contains("attested"), "{w3}");
+    let w3_figures = ["rounds_through_steps", "rounds_updates_smaller", "step_fallbacks", "step_bytes_read"]
+        .map(|k| summary_figure(&fed, "w3", k));
+    assert_eq!(w3_figures, [0, 3, 0, 0], "{w3}");
     for w in ["w1", "w2"] {
         let log = fed.log_text(w);
         assert_eq!(log.matches("applied (through a published step)").count(), 3, "{w}: {log}");

@@ -49,6 +49,10 @@ pub struct StepPolicy {
     /// `--steps follow`). Such a member does not attest a round until it has waited for the
     /// round's result [`FOLLOWER_ATTESTS_AFTER`] times the round's deadline and verdict wait.
     pub follow: bool,
+    /// With `follow`: take a round through its step only when the step is smaller than the
+    /// round's counted updates (their sizes are in the ledger), else from the updates
+    /// (`--steps auto`): a follower then never downloads more than one that does not follow.
+    pub when_smaller: bool,
 }
 
 /// A member that follows steps attests only a round that stayed without a result this many times
@@ -73,6 +77,8 @@ pub struct StepCounts {
     pub refused: u64,
     /// Steps published by this member.
     pub published: u64,
+    /// Rounds taken from the updates because they were smaller than the step (`when_smaller`).
+    pub updates_smaller: u64,
 }
 
 /// A follower's use of the steps: its policy, its organisation, whom it no longer reads.
@@ -301,6 +307,12 @@ impl Steps {
     }
 }
 
+/// Whether a step of `step_bytes` downloads less than a round's counted updates, `update_bytes`
+/// in all (a step also costs its 90-byte header read, so a tie goes to the updates).
+pub fn step_is_smaller(step_bytes: u64, update_bytes: u64) -> bool {
+    step_bytes.saturating_add(STEP_HEADER_BYTES as u64) < update_bytes
+}
+
 /// Applies every final round from `replay`'s next on: through a published step where `steps`
 /// follows them and one passes, else from the counted updates (fetched from `blobs`).
 pub async fn apply_final_rounds(
@@ -310,8 +322,14 @@ pub async fn apply_final_rounds(
     steps: &mut Steps,
 ) -> Result<Replayed, TrainerError> {
     while let Some(plan) = replay.next_plan() {
-        if steps.policy.follow && steps.apply_through_step(&mut replay, &plan, reader, blobs.store()).await? {
-            continue;
+        if steps.policy.follow {
+            let updates: u64 = plan.counted.iter().fold(0u64, |sum, c| sum.saturating_add(c.blob_size));
+            let step = RoundStep::encoded_len(&replay.config().layout);
+            if steps.policy.when_smaller && !step_is_smaller(step, updates) {
+                steps.counts.updates_smaller += 1;
+            } else if steps.apply_through_step(&mut replay, &plan, reader, blobs.store()).await? {
+                continue;
+            }
         }
         let fetched = fetch_blobs(blobs, &plan).await;
         replay.apply(plan, fetched)?;
@@ -330,13 +348,13 @@ mod tests {
 
     #[test]
     fn a_follower_attests_only_after_twice_the_deadline_and_verdict_wait() {
-        let follow = Steps::new(StepPolicy { publish: false, follow: true }, None, &hyper());
+        let follow = Steps::new(StepPolicy { publish: false, follow: true, when_smaller: false }, None, &hyper());
         let secs = Duration::from_secs;
         // deadline 30 s and verdict wait 60 s: 2 x 90 s = 180 s.
         assert!(!follow.may_attest(secs(179), secs(30), secs(60)));
         assert!(follow.may_attest(secs(180), secs(30), secs(60)));
         assert!(!follow.may_attest(secs(1 << 40), Duration::MAX, secs(1)), "a deadline past the range: never");
-        let compute = Steps::new(StepPolicy { publish: true, follow: false }, None, &hyper());
+        let compute = Steps::new(StepPolicy { publish: true, follow: false, when_smaller: false }, None, &hyper());
         assert!(compute.may_attest(Duration::ZERO, secs(30), secs(60)));
     }
 
@@ -352,7 +370,8 @@ mod tests {
         let hashed = |s: &State| (s.hash(), s.clone());
         let ((bh, b), (ah, a)) = (hashed(&before), hashed(&after));
         let store = storage::testing::memory_store().await;
-        let mut steps = Steps::new(StepPolicy { publish: true, follow: false }, Some("alpha".into()), &h);
+        let mut steps =
+            Steps::new(StepPolicy { publish: true, follow: false, when_smaller: false }, Some("alpha".into()), &h);
         let key = step_key("alpha", verify::Round(3));
         let want = RoundStep::derive(&before, &after, verify::Round(3), &h).unwrap().encode();
 
@@ -367,7 +386,8 @@ mod tests {
         // Published once: a member that computes the round again does not publish it again, and
         // another member of the organisation finds the same bytes there and writes nothing.
         steps.publish(&store, verify::Round(3), (&b, bh), (&a, ah), &h).await;
-        let mut other = Steps::new(StepPolicy { publish: true, follow: false }, Some("alpha".into()), &h);
+        let mut other =
+            Steps::new(StepPolicy { publish: true, follow: false, when_smaller: false }, Some("alpha".into()), &h);
         other.publish(&store, verify::Round(3), (&b, bh), (&a, ah), &h).await;
         assert_eq!((steps.counts().published, other.counts().published), (1, 0));
 
@@ -378,10 +398,23 @@ mod tests {
     }
 
     #[test]
+    fn auto_takes_the_step_only_when_it_and_its_header_read_are_smaller_than_the_updates() {
+        // 2,000 bytes of step, 90 of header read: the updates must weigh more than 2,090.
+        assert!(!step_is_smaller(2_000, 2_000));
+        assert!(!step_is_smaller(2_000, 2_090));
+        assert!(step_is_smaller(2_000, 2_091));
+        // tiny's step (183,822 bytes) against two and against sixty 3,104-byte updates.
+        assert!(!step_is_smaller(183_822, 2 * 3_104));
+        assert!(step_is_smaller(183_822, 60 * 3_104));
+        assert!(!step_is_smaller(u64::MAX, u64::MAX), "no overflow");
+    }
+
+    #[test]
     fn a_run_whose_rounds_are_not_steps_has_the_policy_off() {
         let mut linear = hyper();
         linear.step = StepRule::Linear;
-        let steps = Steps::new(StepPolicy { publish: true, follow: true }, Some("alpha".into()), &linear);
+        let steps =
+            Steps::new(StepPolicy { publish: true, follow: true, when_smaller: true }, Some("alpha".into()), &linear);
         assert_eq!(steps.policy(), StepPolicy::default());
         assert!(steps.may_attest(Duration::ZERO, Duration::from_secs(30), Duration::from_secs(60)));
     }

@@ -104,7 +104,7 @@ pub async fn run_validator(
     options: &ValidatorOptions,
     events: &mut (dyn FnMut(ValidatorEvent) + Send),
 ) -> Result<u64, TrainerError> {
-    let steps = crate::steps::StepPolicy { publish: options.publish_steps, follow: false };
+    let steps = crate::steps::StepPolicy { publish: options.publish_steps, follow: false, when_smaller: false };
     let mut follower = Follower::join_with(store, steps, Some(&key.public())).await?;
     follower.require_role(&key.public(), ledger::Role::Validator)?;
     follower.stage_as(&key.public())?;
