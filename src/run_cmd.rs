@@ -229,21 +229,18 @@ pub async fn genesis(args: GenesisArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// `--max-poll-ms`, within the same bounds as `--poll-ms`.
-fn max_poll(args: &ParticipantArgs) -> Duration {
-    Duration::from_millis(args.max_poll_ms.clamp(10, 60_000))
-}
-
-fn options(args: &ParticipantArgs) -> anyhow::Result<(trainer::Device, Duration)> {
+/// The device, and `--poll-ms` and `--max-poll-ms` (each within 10 ms and a minute).
+fn options(args: &ParticipantArgs) -> anyhow::Result<(trainer::Device, Duration, Duration)> {
     if args.threads > 0 {
         trainer::set_torch_threads(args.threads);
     }
-    Ok((trainer::parse_device(&args.device)?, Duration::from_millis(args.poll_ms.clamp(10, 60_000))))
+    let ms = |v: u64| Duration::from_millis(v.clamp(10, 60_000));
+    Ok((trainer::parse_device(&args.device)?, ms(args.poll_ms), ms(args.max_poll_ms)))
 }
 
 /// Runs a worker until the run ends or `--rounds` contributions are made.
 pub async fn worker(args: ParticipantArgs) -> anyhow::Result<Outcome> {
-    let (device, poll) = options(&args)?;
+    let (device, poll, max_poll) = options(&args)?;
     let key = ledger::read_key_file(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
     let state_file = args.state_file.clone().unwrap_or_else(|| {
         let mut p = args.key.clone().into_os_string();
@@ -255,7 +252,6 @@ pub async fn worker(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     let precision: trainer::model::Precision = args.precision.parse()?;
     let gatherer_wait = (args.gatherer_wait_ms > 0).then(|| Duration::from_millis(args.gatherer_wait_ms));
     let steps = args.steps.unwrap_or(StepsMode::Off).policy();
-    let max_poll = max_poll(&args);
     let options =
         WorkerOptions { device, rounds: args.rounds, state_file, poll, max_poll, precision, gatherer_wait, steps };
     let metrics = Metrics::new();
@@ -399,7 +395,7 @@ pub async fn gather(args: GatherArgs) -> anyhow::Result<Outcome> {
 /// Runs a validator until the run ends or `--rounds` rounds closed.
 pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     anyhow::ensure!(args.gatherer_wait_ms == 0, "--gatherer-wait-ms is a worker's option: validators append their own");
-    let (device, poll) = options(&args)?;
+    let (device, poll, max_poll) = options(&args)?;
     let key = ledger::read_key_file(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
     let (url, store) = open_run(&args.store).await?;
     let me = short(&key.public().to_string()).to_string();
@@ -408,13 +404,8 @@ pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
         !matches!(steps, StepsMode::Follow | StepsMode::Auto),
         "--steps follow and auto are a worker's options: a validator reads every update to score it, and computes each round it attests"
     );
-    let options = ValidatorOptions {
-        device,
-        rounds: args.rounds,
-        poll,
-        max_poll: max_poll(&args),
-        publish_steps: steps == StepsMode::Publish,
-    };
+    let options =
+        ValidatorOptions { device, rounds: args.rounds, poll, max_poll, publish_steps: steps == StepsMode::Publish };
     let metrics = Metrics::new();
     if let Some(addr) = args.metrics {
         crate::metrics::serve(addr, metrics.clone()).await?;

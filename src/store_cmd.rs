@@ -114,8 +114,7 @@ fn layout(organisations: &[String]) -> String {
         out.push_str(&format!("folder {} {org}\n", verify::replay::organisation_folder(org)));
         out.push_str(&format!("mirror {}/ {org}\n", verify::replay::mirror_prefix(org)));
         out.push_str(&format!("staging {} {org}\n", verify::replay::staging_prefix(org)));
-        let steps = verify::replay::step_key(org, verify::Round(0));
-        out.push_str(&format!("steps {} {org}\n", &steps[..steps.len() - 20]));
+        out.push_str(&format!("steps {} {org}\n", verify::replay::step_prefix(org)));
     }
     out
 }

@@ -170,16 +170,10 @@ impl Follower {
         let organisation = member.and_then(|m| reader.state().organisation(m)).map(str::to_string);
         let mut steps = Steps::new(steps, organisation, &config.hyper);
         if steps.policy().follow {
-            let computing: HashSet<&str> = reader
-                .state()
-                .roster()
-                .values()
-                .filter(|m| m.role == Role::Validator)
-                .map(|m| m.organisation.as_str())
-                .collect();
-            if computing.len() < usize::from(genesis.org_quorum) {
+            let computing = validator_organisations(&reader);
+            if computing < usize::from(genesis.org_quorum) {
                 tracing::warn!(
-                    validator_organisations = computing.len(),
+                    validator_organisations = computing,
                     org_quorum = genesis.org_quorum,
                     "following steps: fewer organisations have validators than the quorum, so each round waits for \
                      followers to attest after twice its deadline and verdict wait (or for workers that do not follow)"
@@ -451,11 +445,7 @@ impl Follower {
             .filter(|w| rule.excluded_in(w, self.next).is_none())
             .collect();
         let contributed = active_workers.iter().filter(|w| rule.candidates(self.next).any(|c| c.worker == **w)).count();
-        let mut validator_orgs: Vec<&str> =
-            roster.values().filter(|m| m.role == Role::Validator).map(|m| m.organisation.as_str()).collect();
-        validator_orgs.sort_unstable();
-        validator_orgs.dedup();
-        let needed = validator_orgs.len().min(usize::from(self.info.org_quorum));
+        let needed = validator_organisations(&self.reader).min(usize::from(self.info.org_quorum));
         let judged = self.judging_organisations();
         let unjudged = plan.counted.iter().filter(|c| judged.get(&c.pos).map_or(0, HashSet::len) < needed).count();
         Some(CloseFacts {
@@ -716,6 +706,12 @@ impl Follower {
         let signed = self.reader.publish_checkpoint(key, size).await?;
         Ok(Some(signed.signatures.len()))
     }
+}
+
+/// How many organisations of the roster `reader` read have a validator.
+fn validator_organisations(reader: &Reader) -> usize {
+    let roster = reader.state().roster();
+    roster.values().filter(|m| m.role == Role::Validator).map(|m| m.organisation.as_str()).collect::<HashSet<_>>().len()
 }
 
 /// What the close decision looks at, for one round.

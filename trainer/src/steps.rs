@@ -128,11 +128,6 @@ impl Steps {
         self.counts
     }
 
-    /// Organisations this follower no longer reads steps from.
-    pub fn distrusted(&self) -> impl Iterator<Item = &str> {
-        self.distrusted.iter().map(String::as_str)
-    }
-
     /// Whether a member under this policy attests a round it has seen open for `open_for`, given
     /// the run's deadline and verdict wait.
     pub fn may_attest(&self, open_for: Duration, deadline: Duration, verdict_wait: Duration) -> bool {
@@ -224,21 +219,24 @@ impl Steps {
         reader: &Reader,
         store: &Store,
     ) -> Result<bool, TrainerError> {
-        let Some(attested) = plan.claims.iter().find(|c| c.kind == ClaimKind::Final).map(|c| c.state) else {
-            return Ok(false);
-        };
+        let Some(attested) = plan.attested() else { return Ok(false) };
         let layout = replay.config().layout.clone();
         let limit = RoundStep::encoded_len(&layout);
         let header = RoundStep::header(plan.round, layout.elements(), plan.base, attested);
         for org in self.publishers(plan, attested, reader) {
             let key = step_key(&org, plan.round);
-            let there = store.get_range(&key, 0..STEP_HEADER_BYTES as u64).await;
-            if matches!(there, Ok(_) | Err(StoreError::NotFound { .. })) {
-                self.read_failures.remove(&org);
-            }
-            match there {
-                Ok(there) if there[..] == header[..] => {}
-                Ok(_) | Err(StoreError::NotFound { .. }) => continue,
+            // Any answer, absence included, ends a run of read errors.
+            match store.get_range(&key, 0..STEP_HEADER_BYTES as u64).await {
+                Ok(there) => {
+                    self.read_failures.remove(&org);
+                    if there[..] != header[..] {
+                        continue;
+                    }
+                }
+                Err(StoreError::NotFound { .. }) => {
+                    self.read_failures.remove(&org);
+                    continue;
+                }
                 Err(e) => {
                     self.read_failed(&org, plan.round, &e);
                     continue;
@@ -256,7 +254,6 @@ impl Steps {
                     continue;
                 }
             };
-            self.read_failures.remove(&org);
             self.counts.bytes_read += bytes.len() as u64;
             let step = match RoundStep::decode(&bytes, &layout) {
                 Ok(step) => step,

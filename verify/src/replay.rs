@@ -93,7 +93,12 @@ pub fn mirror_prefix(organisation: &str) -> String {
 /// Derived data, never consensus: a follower takes a step only when it reproduces the attested
 /// result, and each organisation can write only its own folder.
 pub fn step_key(organisation: &str, round: Round) -> String {
-    format!("{STEPS_PREFIX}{}/{:020}", organisation_folder(organisation), round.0)
+    format!("{}{:020}", step_prefix(organisation), round.0)
+}
+
+/// The folder of `organisation`'s steps (`steps/<organisation_folder>/`).
+pub fn step_prefix(organisation: &str) -> String {
+    format!("{STEPS_PREFIX}{}/", organisation_folder(organisation))
 }
 
 /// The prefix of every published step.
@@ -486,12 +491,7 @@ impl<'r> Replay<'r> {
         if Some(plan.round) != self.next || plan.base != self.hash {
             return Err(VerifyError::PlanMismatch);
         }
-        let attested = plan
-            .claims
-            .iter()
-            .find(|c| c.kind == ClaimKind::Final)
-            .map(|c| c.state)
-            .ok_or(StepError::NotFinal(plan.round.0))?;
+        let attested = plan.attested().ok_or(StepError::NotFinal(plan.round.0))?;
         if step.result != attested {
             return Err(StepError::NotTheAttested { step: step.result, attested }.into());
         }
@@ -681,23 +681,13 @@ pub async fn newest_usable_snapshot<S: BlobSource>(
 /// there is none): what a worker's catch-up and `cairn audit --from-snapshot` run. A snapshot
 /// that is missing, unreadable or holds another state is skipped for an older one, so no single
 /// member or bucket writer can stop joins by publishing a bad snapshot. Also returns the skipped
-/// snapshots.
+/// snapshots. (A follower starts at [`latest_start`] itself and applies the rounds its own way.)
 pub async fn replay_from_latest_snapshot<S: BlobSource>(
     entries: &[LoggedEntry],
     source: &S,
 ) -> Result<(Replayed, Vec<SkippedSnapshot>), VerifyError> {
-    let (_, config, _) = genesis_config(entries)?;
-    replay_from_latest_snapshot_over(&RoundRule::new(entries, &config), entries, source).await
-}
-
-/// [`replay_from_latest_snapshot`] over `rule`, an index of `entries` the caller already holds.
-pub async fn replay_from_latest_snapshot_over<S: BlobSource>(
-    rule: &RoundRule,
-    entries: &[LoggedEntry],
-    source: &S,
-) -> Result<(Replayed, Vec<SkippedSnapshot>), VerifyError> {
     let (start, skipped) = latest_start(entries, source).await?;
-    Ok((run_to_end(Replay::over(rule, entries, start)?, source).await?, skipped))
+    Ok((replay(entries, start, source).await?, skipped))
 }
 
 /// Where a joiner starts: the newest usable snapshot ([`newest_usable_snapshot`]), else the

@@ -200,6 +200,12 @@ pub struct RoundPlan {
 }
 
 impl RoundPlan {
+    /// The result a quorum of organisations attested for the round (its [`ClaimKind::Final`]
+    /// claim); `None` for a round that is not final.
+    pub fn attested(&self) -> Option<StateHash> {
+        self.claims.iter().find(|c| c.kind == ClaimKind::Final).map(|c| c.state)
+    }
+
     /// Moves the counted contributions at `dropped` to the not-counted ones as
     /// [`NotCounted::Unavailable`]: what an attesting organisation does with the contributions whose
     /// blobs it could not read. They keep their place under `max_contributions`, as in
@@ -499,8 +505,8 @@ impl RoundRule {
     /// Kept for good: the genesis claim, the round tally, the exclusions and failure streaks (one
     /// each per worker). Also kept: the claims (attestations and snapshots) of the round just
     /// below `horizon` and of the newest snapshot's round, so that a replay from a snapshot of the
-    /// round before the first one kept ([`crate::replay::Replay::over`],
-    /// [`crate::replay::replay_from_latest_snapshot_over`]) still checks every claim on its start.
+    /// round before the first one kept ([`crate::replay::Replay::over`], which a joining
+    /// follower starts with) still checks every claim on its start.
     ///
     /// Only rounds that can no longer change are forgotten: `horizon` is clamped to the open round
     /// (the first one whose result is not final: a closed round not final yet still has its
