@@ -23,7 +23,7 @@ use trainer::data::{
 use trainer::model::{ModelConfig, Preset, init_state};
 use trainer::peers::{
     DemoPeer, DemoPeerConfig, LocalSwarm, LocoConfig, LocoPeer, Method, Outer, PeerValues, TwoBitScale, chunk_grids,
-    closest_topk, topk_for_bytes,
+    closest_topk, shared_payload_bytes, topk_for_bytes,
 };
 use trainer::simulate::{Baseline, Experiment, Swarm, SwarmConfig, embedding_coherence, global_batch};
 use trainer::step::{AdamWConfig, StepConfig, eval_loss};
@@ -201,7 +201,9 @@ pub struct PeerArgs {
     /// Peers to train: a comma-separated list of demo-ref (DeMo's reference: f32 values, mean over
     /// the workers that sent each coefficient, sign step), demo-sign (the same with sign values),
     /// sparseloco (local AdamW steps, top-k at 2 bits with error feedback, outer SGD; sparseloco-dct
-    /// takes each chunk's top-k in the DCT domain, as cairn's wire format does) and diloco
+    /// takes each chunk's top-k in the DCT domain, as cairn's wire format does; sparseloco-shared sends
+    /// the same random positions from every worker, drawn from the synchronisation's number, and no
+    /// indices) and diloco
     /// (local AdamW steps, dense f32 outer delta, Nesterov outer step); `none` for none. Each sparse
     /// peer takes the top-k whose bytes per step are nearest cairn's. Also, a candidate not in the
     /// default list: cairn-local (local AdamW steps whose pseudo-gradient goes through cairn's own
@@ -231,12 +233,14 @@ pub struct PeerArgs {
     #[arg(long, default_value_t = 0.95)]
     sparseloco_ef_decay: f64,
     /// cairn's two-bit scale (the worker's encoder choice, not consensus; research): max (the
-    /// largest kept magnitude over 3, what `cairn worker` uses) or mean (min(max, 1.5 x the mean
-    /// kept magnitude) / 3, larger values clipped and fed back).
+    /// largest kept magnitude over 3, what `cairn worker` uses), mean (min(max, 1.5 x the mean
+    /// kept magnitude) / 3, larger values clipped and fed back) or lsq (the least-squares scale of
+    /// the four levels, larger values clipped and fed back).
     #[arg(long, default_value = "max")]
     two_bit_scale: String,
     /// SparseLoCo's two-bit scale (research): max (the largest kept magnitude, as published) or
-    /// mean (1.5 x the mean kept magnitude, larger values clipped and fed back).
+    /// mean (1.5 x the mean kept magnitude, larger values clipped and fed back) or lsq (3 x the
+    /// least-squares scale of the four levels).
     #[arg(long, default_value = "max")]
     sparseloco_scale: String,
     /// DiLoCo's outer learning rate.
@@ -458,7 +462,8 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     let two_bit_scale = match args.peers.two_bit_scale.as_str() {
         "mean" => verify::encode::TwoBitScale::ClippedMean,
         "max" => verify::encode::TwoBitScale::Max,
-        other => anyhow::bail!("--two-bit-scale must be mean or max, not {other}"),
+        "lsq" => verify::encode::TwoBitScale::LeastSquares,
+        other => anyhow::bail!("--two-bit-scale must be max, mean or lsq, not {other}"),
     };
     let local_swarm = |topk: u16, values: ValueEncoding| -> anyhow::Result<LocalSwarm> {
         let outer = args.peers.local_outer_lr.unwrap_or(match step_rule {
@@ -545,19 +550,32 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         let scale = match args.peers.sparseloco_scale.as_str() {
             "max" => TwoBitScale::Max,
             "mean" => TwoBitScale::Mean,
-            other => anyhow::bail!("--sparseloco-scale must be max or mean, not {other}"),
+            "lsq" => TwoBitScale::LeastSquares,
+            other => anyhow::bail!("--sparseloco-scale must be max, mean or lsq, not {other}"),
         };
-        for (name, transform) in [(SPARSELOCO, Transform::Identity), (SPARSELOCO_DCT, Transform::Dct)] {
+        let sparse = [
+            (SPARSELOCO, Transform::Identity, false),
+            (SPARSELOCO_DCT, Transform::Dct, false),
+            (SPARSELOCO_SHARED, Transform::Identity, true),
+        ];
+        for (name, transform, shared) in sparse {
             if !peers.has(name) {
                 continue;
             }
-            let topk = topk_for_bytes(&grids, PeerValues::TwoBit, h, target.bytes);
+            let topk = match shared {
+                true => closest_topk(
+                    |k| shared_payload_bytes(&grids, k, PeerValues::TwoBit) as f64 / h as f64,
+                    target.bytes,
+                ),
+                false => topk_for_bytes(&grids, PeerValues::TwoBit, h, target.bytes),
+            };
             let outer = Outer::SparseLoco {
                 chunk: args.chunk,
                 topk,
                 ef_decay: args.peers.sparseloco_ef_decay,
                 transform,
                 scale,
+                shared,
             };
             let loco = LocoConfig {
                 workers: args.workers,
@@ -842,6 +860,7 @@ const DEMO_SIGN: &str = "demo-sign";
 const SPARSELOCO: &str = "sparseloco";
 const DILOCO: &str = "diloco";
 const SPARSELOCO_DCT: &str = "sparseloco-dct";
+const SPARSELOCO_SHARED: &str = "sparseloco-shared";
 const CAIRN_LOCAL: &str = "cairn-local";
 
 /// The `--peers` list.
@@ -854,8 +873,10 @@ impl Peers {
         }
         for p in &args.peers {
             anyhow::ensure!(
-                [DEMO_REF, DEMO_SIGN, SPARSELOCO, DILOCO, CAIRN_LOCAL, SPARSELOCO_DCT].contains(&p.as_str()),
-                "--peers {p}: one of {DEMO_REF}, {DEMO_SIGN}, {SPARSELOCO}, {DILOCO}, {CAIRN_LOCAL}, {SPARSELOCO_DCT} or none expected"
+                [DEMO_REF, DEMO_SIGN, SPARSELOCO, DILOCO, CAIRN_LOCAL, SPARSELOCO_DCT, SPARSELOCO_SHARED]
+                    .contains(&p.as_str()),
+                "--peers {p}: one of {DEMO_REF}, {DEMO_SIGN}, {SPARSELOCO}, {DILOCO}, {CAIRN_LOCAL}, {SPARSELOCO_DCT}, \
+                 {SPARSELOCO_SHARED} or none expected"
             );
         }
         Ok(Peers(args.peers.clone()))

@@ -100,6 +100,11 @@ pub enum TwoBitScale {
     /// worker's error feedback keeps the rest). A research option (`cairn bench train
     /// --two-bit-scale mean`, docs/BENCHMARKS.md): its single-seed results are mixed.
     ClippedMean,
+    /// The scale that minimises the squared error of the four levels over the chunk's kept values
+    /// (Lloyd's iteration with the levels' ratio fixed, from [`TwoBitScale::Max`]'s scale, 8 passes
+    /// in f64): values past the outer level are clipped to it (the worker's error feedback keeps the
+    /// rest). A research option (`cairn bench train --two-bit-scale lsq`).
+    LeastSquares,
 }
 
 /// [`quantise_with`] with the reference encoder's two-bit scale ([`TwoBitScale::Max`]).
@@ -151,6 +156,7 @@ pub fn quantise_with(
                 let scale = match two_bit {
                     TwoBitScale::Max => chunk_scale(&vals, 3.0, MAX_TWO_BIT_SCALE),
                     TwoBitScale::ClippedMean => clipped_mean_scale(&vals, MAX_TWO_BIT_SCALE),
+                    TwoBitScale::LeastSquares => least_squares_scale(&vals, MAX_TWO_BIT_SCALE),
                 }
                 .ok_or(VerifyError::ValueOutOfBounds { tensor, chunk })?;
                 scales.push(scale);
@@ -178,6 +184,30 @@ fn clipped_mean_scale(vals: &[f32], max: f32) -> Option<f32> {
     let largest = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let mean = vals.iter().map(|v| f64::from(v.abs())).sum::<f64>() / vals.len().max(1) as f64;
     let scale = largest.min((1.5 * mean) as f32) / 3.0;
+    (scale <= max).then_some(scale)
+}
+
+/// The two-bit scale `s` (levels ±s, ±3s) minimising `sum (|v| - level(|v|))^2`, where each value
+/// takes its nearest level (±s below 2s, ±3s from it): Lloyd's iteration on `s` alone, whose update
+/// is `s = sum |v| l / sum l^2` over the levels `l` in {1, 3} the values took, 8 passes from
+/// `max |v| / 3`; `None` above `max`.
+fn least_squares_scale(vals: &[f32], max: f32) -> Option<f32> {
+    let largest = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let mut s = f64::from(largest) / 3.0;
+    for _ in 0..8 {
+        if s <= 0.0 {
+            break;
+        }
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for v in vals {
+            let a = f64::from(v.abs());
+            let l = if a >= 2.0 * s { 3.0 } else { 1.0 };
+            num += a * l;
+            den += l * l;
+        }
+        s = num / den;
+    }
+    let scale = s as f32;
     (scale <= max).then_some(scale)
 }
 
@@ -216,6 +246,30 @@ mod tests {
         let (_, values) = quantise_with(0, ValueEncoding::TwoBit, chunks, TwoBitScale::ClippedMean).unwrap();
         let Values::TwoBit { scales, .. } = &values else { panic!("{values:?}") };
         assert_eq!(scales, &[0.9f32 / 3.0]);
+    }
+
+    #[test]
+    fn the_least_squares_scale_is_the_fixed_point_of_lloyds_update() {
+        // |v| = 1, 1, 1, 10: from s = 10 / 3 the three 1s take level s and 10 takes 3s (10 >= 2s),
+        // so s = (1 + 1 + 1 + 3 x 10) / (1 + 1 + 1 + 9) = 2.75, where the assignment is unchanged.
+        // Squared error 4 x 1.75^2 = 12.25, against 3 x (10/3 - 1)^2 = 16.33 for the max scale.
+        let chunks = vec![(vec![0, 1, 2, 3], vec![1.0f32, -1.0, 1.0, 10.0])];
+        let (_, values) = quantise_with(0, ValueEncoding::TwoBit, chunks, TwoBitScale::LeastSquares).unwrap();
+        let Values::TwoBit { scales, q } = &values else { panic!("{values:?}") };
+        assert_eq!(scales, &[2.75f32]);
+        // 1 / 2.75 -> code round(1.68) = 2; -1 -> 1; 10 / 2.75 = 3.64 -> code 3 (clipped to 8.25)
+        assert_eq!(q, &[2, 1, 2, 3]);
+        // |v| = 1, 2, 3, 4: from s = 4 / 3, 3 and 4 reach 2s = 2.67, so s = (1 + 2 + 9 + 12) / 20 = 1.2;
+        // at 2s = 2.4 the assignment holds.
+        let chunks = vec![(vec![0, 1, 2, 3], vec![1.0f32, 2.0, -3.0, 4.0])];
+        let (_, values) = quantise_with(0, ValueEncoding::TwoBit, chunks, TwoBitScale::LeastSquares).unwrap();
+        let Values::TwoBit { scales, .. } = &values else { panic!("{values:?}") };
+        assert_eq!(scales, &[1.2f32]);
+        // An all-zero chunk keeps scale 0.
+        let chunks = vec![(vec![0, 1], vec![0.0f32, -0.0])];
+        let (_, values) = quantise_with(0, ValueEncoding::TwoBit, chunks, TwoBitScale::LeastSquares).unwrap();
+        let Values::TwoBit { scales, .. } = &values else { panic!("{values:?}") };
+        assert_eq!(scales, &[0.0f32]);
     }
 
     #[test]
