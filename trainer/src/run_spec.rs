@@ -991,7 +991,7 @@ mod tests {
         assert!(c.overrides.is_empty());
         assert_eq!(config.hyper.step, verify::StepRule::Linear);
         assert!(
-            matches!(config.hyper.schedule, Schedule::Constant { lr } if lr.num == lr.den),
+            matches!(config.hyper.schedule, Schedule::Constant { lr } if 2 * lr.num == 3 * lr.den),
             "{:?}",
             config.hyper.schedule
         );
