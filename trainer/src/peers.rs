@@ -18,6 +18,9 @@
 //!                        (±s, ±s/3, s = the chunk's largest kept |e|); e_w -= sent
 //!                      all: θ = θ - α mean_w(sent);  θ_w = θ
 //!
+//!   SparseLoCo, shared as SparseLoCo, but every worker sends the same random positions of each
+//!   positions (H)      chunk (drawn from the synchronisation's number) and no indices
+//!
 //!   DiLoCo (H)         as SparseLoCo, but Δ_w is sent dense in f32 and the outer step is
 //!                      Nesterov SGD: v = μ v + mean Δ;  θ = θ - α (mean Δ + μ v)
 //! ```
@@ -382,7 +385,7 @@ impl LocoPeer {
         };
         let v = x.f_gather(-1, &i, false)?;
         // 2 bits: levels s * {-1, -1/3, 1/3, 1}, s = the chunk's largest kept magnitude (or 1.5 x
-        // the mean one).
+        // the mean one, or 3 x the least-squares scale).
         let s = match scale {
             TwoBitScale::Max => v.f_abs()?.f_amax([-1].as_slice(), true)?,
             TwoBitScale::Mean => v.f_abs()?.f_mean_dim([-1].as_slice(), true, Kind::Float)?.f_mul_scalar(1.5)?,

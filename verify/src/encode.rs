@@ -103,7 +103,8 @@ pub enum TwoBitScale {
     /// The scale that minimises the squared error of the four levels over the chunk's kept values
     /// (Lloyd's iteration with the levels' ratio fixed, from [`TwoBitScale::Max`]'s scale, 8 passes
     /// in f64): values past the outer level are clipped to it (the worker's error feedback keeps the
-    /// rest). A research option (`cairn bench train --two-bit-scale lsq`).
+    /// rest). A research option (`cairn bench train --two-bit-scale lsq`): no better than
+    /// [`TwoBitScale::Max`] at 250x or 1000x (docs/BENCHMARKS.md, "The outer rate").
     LeastSquares,
 }
 
