@@ -320,9 +320,11 @@ pub async fn apply_final_rounds(
 ) -> Result<Replayed, TrainerError> {
     while let Some(plan) = replay.next_plan() {
         if steps.policy.follow {
-            let updates: u64 = plan.counted.iter().fold(0u64, |sum, c| sum.saturating_add(c.blob_size));
-            let step = RoundStep::encoded_len(&replay.config().layout);
-            if steps.policy.when_smaller && !step_is_smaller(step, updates) {
+            let updates_smaller = steps.policy.when_smaller && {
+                let updates = plan.counted.iter().fold(0u64, |sum, c| sum.saturating_add(c.blob_size));
+                !step_is_smaller(RoundStep::encoded_len(&replay.config().layout), updates)
+            };
+            if updates_smaller {
                 steps.counts.updates_smaller += 1;
             } else if steps.apply_through_step(&mut replay, &plan, reader, blobs.store()).await? {
                 continue;

@@ -182,7 +182,7 @@ pub fn quantise_with(
 
 /// `min(max |v|, 1.5 mean |v|) / 3` (the mean summed in f64), or `None` above `max`.
 fn clipped_mean_scale(vals: &[f32], max: f32) -> Option<f32> {
-    let largest = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let largest = largest_magnitude(vals);
     let mean = vals.iter().map(|v| f64::from(v.abs())).sum::<f64>() / vals.len().max(1) as f64;
     let scale = largest.min((1.5 * mean) as f32) / 3.0;
     (scale <= max).then_some(scale)
@@ -193,8 +193,7 @@ fn clipped_mean_scale(vals: &[f32], max: f32) -> Option<f32> {
 /// is `s = sum |v| l / sum l^2` over the levels `l` in {1, 3} the values took, 8 passes from
 /// `max |v| / 3`; `None` above `max`.
 fn least_squares_scale(vals: &[f32], max: f32) -> Option<f32> {
-    let largest = vals.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let mut s = f64::from(largest) / 3.0;
+    let mut s = f64::from(largest_magnitude(vals)) / 3.0;
     for _ in 0..8 {
         if s <= 0.0 {
             break;
@@ -215,8 +214,13 @@ fn least_squares_scale(vals: &[f32], max: f32) -> Option<f32> {
 /// A chunk's scale: its largest magnitude over `top` (the largest level: int8 127, two-bit 3), or
 /// `None` above `max` (what the decoder would refuse).
 fn chunk_scale(vals: &[f32], top: f32, max: f32) -> Option<f32> {
-    let scale = vals.iter().fold(0.0f32, |m, v| m.max(v.abs())) / top;
+    let scale = largest_magnitude(vals) / top;
     (scale <= max).then_some(scale)
+}
+
+/// The largest `|v|` of `vals` (0 for none).
+fn largest_magnitude(vals: &[f32]) -> f32 {
+    vals.iter().fold(0.0f32, |m, v| m.max(v.abs()))
 }
 
 #[cfg(test)]
