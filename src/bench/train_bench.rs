@@ -229,6 +229,10 @@ pub struct PeerArgs {
     /// SparseLoCo's outer learning rate.
     #[arg(long, default_value_t = 1.0)]
     sparseloco_outer_lr: f64,
+    /// SparseLoCo's outer Nesterov momentum (research; 0, the default, is SparseLoCo's plain
+    /// averaged step; a steady update then moves rate / (1 - momentum) times the mean).
+    #[arg(long, default_value_t = 0.0)]
+    sparseloco_momentum: f64,
     /// SparseLoCo's error-feedback decay.
     #[arg(long, default_value_t = 0.95)]
     sparseloco_ef_decay: f64,
@@ -583,6 +587,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
                 total_steps: args.steps,
                 inner: adamw(inner_lr)?,
                 outer_lr: args.peers.sparseloco_outer_lr,
+                momentum: args.peers.sparseloco_momentum,
                 outer,
             };
             let peer = LocoPeer::new(&config, &state, loco, device)?;
@@ -597,7 +602,8 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             total_steps: args.steps,
             inner: adamw(inner_lr)?,
             outer_lr: args.peers.diloco_outer_lr,
-            outer: Outer::Diloco { momentum: args.peers.diloco_momentum },
+            momentum: args.peers.diloco_momentum,
+            outer: Outer::Diloco,
         };
         let peer = LocoPeer::new(&config, &state, loco, device)?;
         runners.push(Runner::new(DILOCO.to_string(), Role::Peer, None, Trainee::Peer(Box::new(peer))));
@@ -660,8 +666,9 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
                 .join(", ")
         );
         println!(
-            "  peers' settings: DeMo sign step and momentum as cairn's; SparseLoCo and DiLoCo H {h}, inner AdamW lr {inner_lr}, SparseLoCo outer lr {} error feedback {} two-bit scale {}, DiLoCo outer lr {} Nesterov {}",
+            "  peers' settings: DeMo sign step and momentum as cairn's; SparseLoCo and DiLoCo H {h}, inner AdamW lr {inner_lr}, SparseLoCo outer lr {} Nesterov {} error feedback {} two-bit scale {}, DiLoCo outer lr {} Nesterov {}",
             args.peers.sparseloco_outer_lr,
+            args.peers.sparseloco_momentum,
             args.peers.sparseloco_ef_decay,
             args.peers.sparseloco_scale,
             args.peers.diloco_outer_lr,

@@ -239,8 +239,8 @@ pub enum Outer {
     /// from the synchronisation's number ([`shared_positions`]), and no indices: about 7x more
     /// values for the same bytes at 1000x (research: issue 17's shared-positions candidate).
     SparseLoco { chunk: u16, topk: u16, ef_decay: f64, transform: Transform, scale: TwoBitScale, shared: bool },
-    /// DiLoCo: the dense f32 pseudo-gradient, outer Nesterov momentum `momentum`.
-    Diloco { momentum: f64 },
+    /// DiLoCo: the dense f32 pseudo-gradient.
+    Diloco,
 }
 
 /// How a research SparseLoCo sets a chunk's two-bit scale `s` (levels ±s/3, ±s).
@@ -317,6 +317,10 @@ pub struct LocoConfig {
     pub inner: AdamWConfig,
     /// Outer learning rate α.
     pub outer_lr: f64,
+    /// Outer Nesterov momentum β (0: the plain averaged step): `v = β v + mean`, the step is
+    /// `α (mean + β v)`, so a steady update moves `α / (1 - β)` times the mean (DiLoCo's outer
+    /// optimiser; for SparseLoCo a research option).
+    pub momentum: f64,
     /// What is sent and how the outer step uses it.
     pub outer: Outer,
 }
@@ -337,9 +341,10 @@ pub struct LocoPeer {
 impl LocoPeer {
     /// Every worker's copy at `state`, fresh optimisers, zero error feedback and momentum.
     pub fn new(model: &ModelConfig, state: &State, config: LocoConfig, device: Device) -> Result<Self, TrainerError> {
-        if config.workers == 0 || config.h == 0 || config.outer_lr.is_nan() || config.outer_lr <= 0.0 {
+        let momentum_ok = (0.0..1.0).contains(&config.momentum);
+        if config.workers == 0 || config.h == 0 || config.outer_lr.is_nan() || config.outer_lr <= 0.0 || !momentum_ok {
             return Err(TrainerError::InvalidConfig(format!(
-                "a local-steps peer needs workers, H >= 1 and α > 0: {config:?}"
+                "a local-steps peer needs workers, H >= 1, α > 0 and 0 <= β < 1: {config:?}"
             )));
         }
         let global = Model::from_state(model, state, device)?;
@@ -352,17 +357,17 @@ impl LocoPeer {
             .collect::<Result<_, TrainerError>>()?;
         let grids = match config.outer {
             Outer::SparseLoco { chunk, .. } => chunk_grids(state.layout(), chunk)?,
-            Outer::Diloco { .. } => Vec::new(),
+            Outer::Diloco => Vec::new(),
         };
         let error = match config.outer {
             Outer::SparseLoco { .. } => {
                 (0..config.workers).map(|_| zeros_like_layout(state.layout(), device)).collect::<Result<_, _>>()?
             }
-            Outer::Diloco { .. } => Vec::new(),
+            Outer::Diloco => Vec::new(),
         };
-        let velocity = match config.outer {
-            Outer::Diloco { .. } => zeros_like_layout(state.layout(), device)?,
-            Outer::SparseLoco { .. } => Vec::new(),
+        let velocity = match config.momentum > 0.0 {
+            true => zeros_like_layout(state.layout(), device)?,
+            false => Vec::new(),
         };
         Ok(LocoPeer { config, global, workers, grids, error, velocity, bases: Bases::new(device), syncs: 0 })
     }
@@ -426,15 +431,15 @@ impl LocoPeer {
                             let domain = (&self.grids[t], transform);
                             Self::compress(e, domain, (topk, scale), &mut self.bases, positions.as_ref())?
                         }
-                        Outer::Diloco { .. } => delta,
+                        Outer::Diloco => delta,
                     };
                     let _ = mean.f_add_(&sent)?;
                 }
                 let _ = mean.f_div_scalar_(n)?;
-                let step = match self.config.outer {
-                    Outer::SparseLoco { .. } => mean,
-                    Outer::Diloco { momentum } => {
-                        let v = &mut self.velocity[t];
+                let step = match self.velocity.get_mut(t) {
+                    None => mean,
+                    Some(v) => {
+                        let momentum = self.config.momentum;
                         let _ = v.f_mul_scalar_(momentum)?;
                         let _ = v.f_add_(&mean)?;
                         mean.f_add(&v.f_mul_scalar(momentum)?)?
@@ -472,7 +477,7 @@ impl Method for LocoPeer {
         let payload = match self.config.outer {
             Outer::SparseLoco { topk, shared: true, .. } => shared_payload_bytes(&self.grids, topk, PeerValues::TwoBit),
             Outer::SparseLoco { topk, .. } => sparse_payload_bytes(&self.grids, topk, PeerValues::TwoBit),
-            Outer::Diloco { .. } => 4 * self.global.parameter_count(),
+            Outer::Diloco => 4 * self.global.parameter_count(),
         };
         payload as f64 / self.config.h as f64
     }
@@ -724,7 +729,8 @@ mod tests {
             momentum_decay: 0.9,
             step,
         };
-        let loco = |outer| LocoConfig { workers: 2, h: 4, total_steps: steps, inner, outer_lr: 1.0, outer };
+        let loco =
+            |outer| LocoConfig { workers: 2, h: 4, total_steps: steps, inner, outer_lr: 1.0, momentum: 0.0, outer };
         let mut methods: Vec<(&str, Box<dyn Method>)> = vec![
             ("demo-ref", Box::new(DemoPeer::new(&config, &state, demo(PeerValues::F32), Device::Cpu).unwrap())),
             ("demo-sign", Box::new(DemoPeer::new(&config, &state, demo(PeerValues::Sign), Device::Cpu).unwrap())),
@@ -749,7 +755,10 @@ mod tests {
             ),
             (
                 "diloco",
-                Box::new(LocoPeer::new(&config, &state, loco(Outer::Diloco { momentum: 0.9 }), Device::Cpu).unwrap()),
+                Box::new(
+                    LocoPeer::new(&config, &state, LocoConfig { momentum: 0.9, ..loco(Outer::Diloco) }, Device::Cpu)
+                        .unwrap(),
+                ),
             ),
         ];
         for (name, method) in &mut methods {
@@ -791,7 +800,7 @@ mod tests {
                 scale: TwoBitScale::Max,
                 shared: false,
             };
-            let loco = LocoConfig { workers: 2, h: 4, total_steps: steps, inner, outer_lr: 1.0, outer };
+            let loco = LocoConfig { workers: 2, h: 4, total_steps: steps, inner, outer_lr: 1.0, momentum: 0.0, outer };
             let mut sparseloco = LocoPeer::new(&config, &state, loco, Device::Cpu).unwrap();
             let mut compression = verify::Compression::uniform(64, topk, ValueEncoding::TwoBit);
             compression.transform = Transform::Identity;
