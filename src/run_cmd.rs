@@ -69,6 +69,12 @@ pub struct ParticipantArgs {
     /// above the gatherer's --window-ms plus two polls (docs/RUN.md, "Gathering").
     #[arg(long, default_value_t = 0)]
     gatherer_wait_ms: u64,
+    /// Validators: score each contribution in this many validator organisations only, this one
+    /// where it is among them (drawn per worker and round from the ledger; docs/RUN.md,
+    /// "Validators"). Raised to the run's organisation quorum when below it. Every validator still
+    /// reads, decodes and copy-checks every contribution. Default: score every contribution.
+    #[arg(long, value_name = "N")]
+    score_orgs: Option<usize>,
     /// What to do with the rounds' steps (one trit a parameter; docs/RUN.md, "Following steps"):
     /// `publish` each round this member computes to attest, under its organisation's
     /// `steps/FOLDER/`; `follow`: take each final round through a published step that reproduces
@@ -250,6 +256,7 @@ pub async fn worker(args: ParticipantArgs) -> anyhow::Result<Outcome> {
     let (url, store) = open_run(&args.store).await?;
     let me = short(&key.public().to_string()).to_string();
     let precision: trainer::model::Precision = args.precision.parse()?;
+    anyhow::ensure!(args.score_orgs.is_none(), "--score-orgs is a validator's option: workers score nothing");
     let gatherer_wait = (args.gatherer_wait_ms > 0).then(|| Duration::from_millis(args.gatherer_wait_ms));
     let steps = args.steps.unwrap_or(StepsMode::Off).policy();
     let options =
@@ -404,8 +411,14 @@ pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
         !matches!(steps, StepsMode::Follow | StepsMode::Auto),
         "--steps follow and auto are a worker's options: a validator reads every update to score it, and computes each round it attests"
     );
-    let options =
-        ValidatorOptions { device, rounds: args.rounds, poll, max_poll, publish_steps: steps == StepsMode::Publish };
+    let options = ValidatorOptions {
+        device,
+        rounds: args.rounds,
+        poll,
+        max_poll,
+        publish_steps: steps == StepsMode::Publish,
+        score_orgs: args.score_orgs,
+    };
     let metrics = Metrics::new();
     if let Some(addr) = args.metrics {
         crate::metrics::serve(addr, metrics.clone()).await?;
@@ -424,6 +437,9 @@ pub async fn validate(args: ParticipantArgs) -> anyhow::Result<Outcome> {
                 organisation.as_deref().unwrap_or("?"),
                 unusable.as_ref().map(|u| format!(": unusable: {u}")).unwrap_or_default()
             ),
+            ValidatorEvent::LeftToOthers { round, pos } => {
+                format!("round {round}: {pos} is scored by other organisations (--score-orgs)")
+            }
             ValidatorEvent::RoundApplied { round, counted } => format!("round {round} closed, {counted} counted"),
             ValidatorEvent::Evaluated { round, loss } => format!("round {round}: held-out loss {loss:.4} (evaluation)"),
             ValidatorEvent::Worker(w) => describe_worker(w),
@@ -549,6 +565,9 @@ fn validator_metrics(m: &Metrics, e: &ValidatorEvent) {
         ValidatorEvent::RoundApplied { round, .. } => round_applied(m, *round),
         ValidatorEvent::Worker(w) => worker_metrics(m, w),
         ValidatorEvent::Joined { round } => set_round(m, *round),
+        ValidatorEvent::LeftToOthers { .. } => {
+            m.add("cairn_left_to_others_total", "Contributions scored by other organisations (--score-orgs).", &[], 1.0)
+        }
     }
 }
 

@@ -83,6 +83,12 @@ pub struct Args {
     /// waited 2 s (0: instant, the ledger's share alone).
     #[arg(long, default_value_t = 0)]
     score_ms: u64,
+    /// Each contribution is scored by this many organisations' validators (`cairn validate
+    /// --score-orgs`, raised to the organisation quorum, a majority here), drawn as the validators
+    /// draw them; every validator still gives its verdict to nothing else. Default: every
+    /// validator scores every contribution.
+    #[arg(long)]
+    score_orgs: Option<usize>,
     /// Research (not built in the worker): each organisation gathers its workers' contributions
     /// and appends them as one slot, when all its workers are in or the oldest waited this many
     /// milliseconds. Each worker PUTs its signed entry under `pending/`, the gatherer LISTs and
@@ -191,8 +197,18 @@ impl Members {
         }
     }
 
+    /// The name of organisation `i`; member `i` of each role belongs to `i` modulo their number.
+    fn organisation(&self, i: usize) -> String {
+        format!("org-{}", i % self.organisations)
+    }
+
+    /// A majority of the organisations (at most u16::MAX, far above any run).
+    fn org_quorum(&self) -> usize {
+        self.organisations / 2 + 1
+    }
+
     fn genesis(&self) -> Genesis {
-        let org = |i: usize| format!("org-{}", i % self.organisations);
+        let org = |i: usize| self.organisation(i);
         let mut roster = vec![Member { key: self.admin.public(), organisation: org(0), role: Role::Admin }];
         roster.extend(self.workers.iter().enumerate().map(|(i, k)| Member {
             key: k.public(),
@@ -205,8 +221,7 @@ impl Members {
             role: Role::Validator,
         }));
         let g = Genesis::new(vec![], roster, 1, ledger::StateHash([0; 32]), BlobId([0; 32]), 0);
-        // a majority of the organisations (at most u16::MAX, far above any run)
-        Genesis { org_quorum: u16::try_from(self.organisations / 2 + 1).unwrap_or(u16::MAX), ..g }
+        Genesis { org_quorum: u16::try_from(self.org_quorum()).unwrap_or(u16::MAX), ..g }
     }
 }
 
@@ -256,7 +271,7 @@ async fn simulate_ledger(
             tokio::time::sleep(arrival).await;
             let bytes = ledger::slot::encode_entries(std::slice::from_ref(&entry))?.len() as u64;
             let seq = appender.append(std::slice::from_ref(&entry)).await?;
-            anyhow::Ok(vec![(vec![EntryPos { seq, index: 0 }], bytes)])
+            anyhow::Ok(vec![(vec![(EntryPos { seq, index: 0 }, entry.signer())], bytes)])
         });
     }
     let gather = std::time::Duration::from_millis(args.gather_ms);
@@ -277,19 +292,26 @@ async fn simulate_ledger(
     contributions.sort();
     out.contributions_s = start.elapsed().as_secs_f64();
     out.entries += contributions.len() as u64;
-    let contribution_slots = contributions.iter().map(|p| p.seq).collect::<std::collections::BTreeSet<_>>().len();
+    let contribution_slots = contributions.iter().map(|(p, _)| p.seq).collect::<std::collections::BTreeSet<_>>().len();
     let after_contributions = Seq(head.0 + contribution_slots as u64);
 
-    // Verdicts: each validator scores every contribution (scoring time is not modelled here: this
-    // is the ledger's share) and appends, racing the other validators.
+    // Verdicts: each validator scores every contribution, or its share of them (--score-orgs),
+    // taking --score-ms for each, and appends, racing the other validators.
     let start = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let score_time = std::time::Duration::from_millis(args.score_ms);
+    let organisations: std::collections::BTreeSet<String> =
+        (0..members.organisations).map(|o| members.organisation(o)).collect();
+    let share = args.score_orgs.map(|n| n.max(members.org_quorum()));
     for (v, key) in members.validators.iter().enumerate() {
+        let mine = members.organisation(v);
         let verdicts = contributions
             .iter()
+            .filter(|(_, worker)| {
+                share.is_none_or(|n| trainer::validator::scores((&run, round.0, worker), &mine, &organisations, n))
+            })
             .enumerate()
-            .map(|(i, &pos)| {
+            .map(|(i, &(pos, _))| {
                 let score = 100 + (v + i) as i64;
                 Entry::sign(run, Body::Verdict(Verdict { round, target: Target::Entry(pos), score }), &[key])
             })
@@ -363,7 +385,7 @@ async fn gather_contributions(
     organisation: usize,
     arrivals: Vec<(std::time::Duration, Entry)>,
     gather: std::time::Duration,
-) -> anyhow::Result<Vec<(Vec<EntryPos>, u64)>> {
+) -> anyhow::Result<Vec<(Vec<(EntryPos, ledger::PublicKey)>, u64)>> {
     let mut appender = Appender::starting_at(store.clone(), head);
     let prefix = format!("pending/{organisation}/");
     let mut slots = Vec::new();
@@ -399,14 +421,14 @@ async fn append_gathered(
     batch: usize,
     pending: &mut Vec<Entry>,
     appender: &mut Appender,
-) -> anyhow::Result<(Vec<EntryPos>, u64)> {
+) -> anyhow::Result<(Vec<(EntryPos, ledger::PublicKey)>, u64)> {
     store.list(prefix, None).await?;
     for i in 0..pending.len() {
         store.get(&format!("{prefix}{batch}-{i}"), u64::MAX).await?;
     }
     let bytes = ledger::slot::encode_entries(pending)?.len() as u64;
     let seq = appender.append(pending).await?;
-    let positions = (0..pending.len()).map(|i| EntryPos { seq, index: i as u16 }).collect();
+    let positions = pending.iter().enumerate().map(|(i, e)| (EntryPos { seq, index: i as u16 }, e.signer())).collect();
     pending.clear();
     Ok((positions, bytes))
 }
@@ -574,7 +596,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
     let dense_bytes = config.layout.elements() * 4;
     println!(
         "bench scale: {} ({params} parameters), update {update_bytes} B ({:.0}x smaller than dense f32), values {:?}, \
-         {} organisations, {} Mbit/s links, store requests up to {} ms, arrivals over {} s, {:?} verdicts a slot, {} ms to score one, \
+         {} organisations, {} Mbit/s links, store requests up to {} ms, arrivals over {} s, {:?} verdicts a slot, {} ms to score one, each scored by {} organisations, \
          at most {} counted a round, contributions gathered by organisation every {} ms (0: each worker appends its own)",
         preset.name(),
         dense_bytes as f64 / update_bytes as f64,
@@ -585,6 +607,7 @@ pub async fn run(args: Args) -> anyhow::Result<Outcome> {
         args.arrival_secs,
         args.verdict_batch,
         args.score_ms,
+        args.score_orgs.map_or("all".to_string(), |n| format!("{} (at least a majority)", n)),
         config.rounds.max_contributions,
         args.gather_ms,
     );

@@ -409,6 +409,51 @@ async fn three_workers_and_a_validator_agree_with_an_outside_auditor() {
     assert_eq!(fed.log_text("v").matches(": verdict ").count(), 9, "{}", fed.log_text("v"));
 }
 
+/// Validators of three organisations with `--score-orgs 1`, which the organisation quorum (a
+/// majority, 2 of 3) raises to 2: every contribution gets exactly two verdicts, each from another
+/// organisation's validator, the third leaves it to them, and the run ends as it would with
+/// everyone scoring everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn validators_sharing_the_scoring_give_each_contribution_a_quorum_of_verdicts() {
+    let members = [
+        ("admin", "alpha", "admin"),
+        ("w1", "alpha", "worker"),
+        ("w2", "beta", "worker"),
+        ("w3", "gamma", "worker"),
+        ("v1", "alpha", "validator"),
+        ("v2", "beta", "validator"),
+        ("v3", "gamma", "validator"),
+    ];
+    let fed = Fed::start(&members, &sections(3, 3, 120, 2, "sign")).await;
+    let mut children: Vec<(&str, Child)> = ["w1", "w2", "w3"].iter().map(|w| (*w, fed.spawn("worker", w))).collect();
+    for v in ["v1", "v2", "v3"] {
+        children.push((v, fed.spawn_with("validate", v, &["--score-orgs", "1"])));
+    }
+    fed.wait_all(&mut children);
+    fed.assert_each_round_counts_each_worker_once(3, &["w1", "w2", "w3"]);
+    // Per contribution (its ledger position), the validators that scored it and those that left it.
+    let mut scored: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    let mut left: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for v in ["v1", "v2", "v3"] {
+        for line in fed.log_text(v).lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let Some(i) = words.iter().position(|w| *w == "verdict") {
+                scored.entry(words[i + 3].to_string()).or_default().push(v);
+            } else if line.contains("is scored by other organisations") {
+                let i = words.iter().position(|w| *w == "is").unwrap();
+                left.entry(words[i - 1].to_string()).or_default().push(v);
+            }
+        }
+    }
+    assert_eq!(scored.len(), 9, "3 rounds of 3 contributions: {scored:?}");
+    for (pos, by) in &scored {
+        assert_eq!(by.len(), 2, "{pos} scored by {by:?}");
+        assert_eq!(left.get(pos).map(Vec::len), Some(1), "{pos} left by {:?}", left.get(pos));
+        assert!(!by.contains(&left[pos][0]), "{pos}");
+    }
+    assert_eq!(left.len(), 9, "{left:?}");
+}
+
 /// Two workers of two organisations and a validator run `config` (3 rounds, both needed per round):
 /// both workers reach the auditor's state, every contribution counts, and the validator passes all six.
 async fn two_workers_count_agree_and_pass(config: &str) -> Fed {

@@ -15,13 +15,19 @@
 //!         ─▶ a round became final: its state's held-out loss ─▶ Evaluation ─▶ repeat until the run's last round
 //! ```
 //!
+//! With a scoring share (`cairn validate --score-orgs N`), each contribution is scored by `N` of
+//! the run's validator organisations (never fewer than the organisation quorum), the same `N` for
+//! every validator: those of lowest [`scoring_rank`] for its worker and round. A validator still
+//! reads, decodes and copy-checks every contribution, and gives a verdict to any that is unusable
+//! or a copy (both cost no forward pass); only the score of the others is shared out.
+//!
 //! A contribution fails when validators of a quorum of organisations scored it below the run's
 //! threshold (`min_score`, or a share of the validator's own median score on the round) before the
 //! round closed, and `max_failures` failed rounds in a row exclude the
 //! worker: that rule is verify's, applied by everyone from the ledger alone. The validator only
 //! writes the scores.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use ledger::{Body, EntryPos, Keypair, Target, Verdict};
@@ -56,6 +62,10 @@ pub struct ValidatorOptions {
     /// computes every round it attests, so publishing costs one upload of a step a round for its
     /// organisation). A validator never follows steps: it reads every update to score it.
     pub publish_steps: bool,
+    /// Score each contribution in `n` validator organisations only, this one where it is among
+    /// the `n` of lowest [`scoring_rank`] (`None`: score every contribution). Raised to the run's
+    /// organisation quorum when below it, so that a contribution can still fail.
+    pub score_orgs: Option<usize>,
 }
 
 /// What a validator reports.
@@ -78,6 +88,14 @@ pub enum ValidatorEvent {
         score: i64,
         /// Why it is unusable, when it is.
         unusable: Option<String>,
+    },
+    /// Left a contribution's score to other organisations' validators (`score_orgs`): it decoded
+    /// and is not a copy, and this organisation is not among its scorers.
+    LeftToOthers {
+        /// The round.
+        round: u64,
+        /// The contribution.
+        pos: EntryPos,
     },
     /// What a worker event would say (closes and snapshots this validator wrote).
     Worker(WorkerEvent),
@@ -161,6 +179,7 @@ pub async fn run_validator(
         }
         // Accepted contributions of the open round, on its base (or, with overlapping rounds, the
         // one before), not judged yet.
+        let scorers = Scorers::of(&follower, key, options.score_orgs);
         let base = ledger::StateHash(follower.state_hash().0);
         let behind = follower.rule().base_behind(round).map(|b| ledger::StateHash(b.0));
         let todo: Vec<(EntryPos, ledger::PublicKey, ledger::BlobId, Option<String>, ledger::StateHash)> = follower
@@ -223,23 +242,30 @@ pub async fn run_validator(
             // as an original.
             let worker = verify::WorkerKey(signer.0);
             let state = follower.state();
+            let mine = scorers.includes_me(&info.run_id, round.0, &signer);
             let scored = verify::decode(&bytes, &expected).map_err(TrainerError::from).and_then(|update| {
                 let copied = match follower.rule().excluded_in(&worker, round) {
                     Some(_) => None,
                     None => copies.check(round, copy_id(pos), worker, &update),
                 };
                 Ok(match copied {
-                    Some(c) => (copy_score(&c, info.config.exclusion.min_score), Some(c.to_string())),
+                    Some(c) => Some((copy_score(&c, info.config.exclusion.min_score), Some(c.to_string()))),
+                    None if !mine => None,
                     None => {
                         let s = tokio::task::block_in_place(|| {
                             score(&mut model, state, &update, &info.config.hyper, &data, &score_config)
                         })?;
-                        (s.score, None)
+                        Some((s.score, None))
                     }
                 })
             });
             let (score, unusable) = match scored {
-                Ok(scored) => scored,
+                Ok(Some(scored)) => scored,
+                Ok(None) => {
+                    judged.insert(pos);
+                    events(ValidatorEvent::LeftToOthers { round: round.0, pos });
+                    continue;
+                }
                 Err(e @ (TrainerError::Verify(_) | TrainerError::NonFinite { .. } | TrainerError::Diverged { .. })) => {
                     (UNUSABLE_SCORE, Some(e.to_string()))
                 }
@@ -268,6 +294,69 @@ pub async fn run_validator(
         tokio::time::sleep(pace.after(follower.take_read())).await;
     }
     Ok(verdicts)
+}
+
+/// Domain of [`scoring_rank`].
+const SCORING_CONTEXT: &str = "cairn scoring rank v1";
+
+/// `organisation`'s rank for scoring `worker`'s contributions to `round` of `run`:
+/// `blake3::derive_key("cairn scoring rank v1", run id (32 bytes) || round (u64 little-endian) ||
+/// worker key (32 bytes) || organisation name (UTF-8))`, compared as bytes, then by name. With a
+/// scoring share of `n`, the `n` validator organisations of lowest rank score the contribution
+/// (docs/RUN.md, "Validators"). Nothing in it is the worker's choice: its key is fixed in the
+/// roster, and the run and round are the ledger's.
+pub fn scoring_rank(run: &ledger::RunId, round: u64, worker: &ledger::PublicKey, organisation: &str) -> [u8; 32] {
+    let mut material = Vec::with_capacity(72 + organisation.len());
+    material.extend_from_slice(&run.0);
+    material.extend_from_slice(&round.to_le_bytes());
+    material.extend_from_slice(&worker.0);
+    material.extend_from_slice(organisation.as_bytes());
+    blake3::derive_key(SCORING_CONTEXT, &material)
+}
+
+/// Whether `organisation` is among the `n` of `organisations` (the run's validator organisations,
+/// each once) of lowest [`scoring_rank`] for `worker` and `round`; every one is when `n` is at
+/// least their number.
+pub fn scores(
+    (run, round, worker): (&ledger::RunId, u64, &ledger::PublicKey),
+    organisation: &str,
+    organisations: &BTreeSet<String>,
+    n: usize,
+) -> bool {
+    let mine = (scoring_rank(run, round, worker, organisation), organisation);
+    let lower = organisations
+        .iter()
+        .filter(|o| o.as_str() != organisation)
+        .filter(|o| (scoring_rank(run, round, worker, o), o.as_str()) < mine)
+        .count();
+    lower < n
+}
+
+/// A validator's share of the scoring in the current pass: its organisation, the run's validator
+/// organisations and how many score each contribution (`None`: it scores all).
+struct Scorers {
+    share: Option<(String, BTreeSet<String>, usize)>,
+}
+
+impl Scorers {
+    fn of(follower: &Follower, key: &Keypair, score_orgs: Option<usize>) -> Scorers {
+        let roster = follower.reader().state().roster();
+        let me = key.public();
+        let share = score_orgs.and_then(|n| {
+            let mine = roster.values().find(|m| m.key == me)?.organisation.clone();
+            let organisations: BTreeSet<String> =
+                roster.values().filter(|m| m.role == ledger::Role::Validator).map(|m| m.organisation.clone()).collect();
+            Some((mine, organisations, n.max(usize::from(follower.info().org_quorum))))
+        });
+        Scorers { share }
+    }
+
+    fn includes_me(&self, run: &ledger::RunId, round: u64, worker: &ledger::PublicKey) -> bool {
+        match &self.share {
+            None => true,
+            Some((mine, organisations, n)) => scores((run, round, worker), mine, organisations, *n),
+        }
+    }
 }
 
 /// Whether `rounds` rounds (`ValidatorOptions::rounds`) closed since the validator joined at round
@@ -355,6 +444,81 @@ impl PendingVerdicts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn organisations(n: usize) -> BTreeSet<String> {
+        (0..n).map(|i| format!("org-{i}")).collect()
+    }
+
+    #[test]
+    fn each_contribution_is_scored_by_exactly_n_organisations_and_the_share_is_even() {
+        let orgs = organisations(10);
+        let run = ledger::RunId([7; 32]);
+        let mut per_org: HashMap<&str, usize> = HashMap::new();
+        let contributions = 2000;
+        for c in 0..contributions {
+            let worker = ledger::PublicKey(*blake3::hash(&(c as u64).to_le_bytes()).as_bytes());
+            let round = c as u64 % 5;
+            let chosen: Vec<&str> =
+                orgs.iter().map(String::as_str).filter(|o| scores((&run, round, &worker), o, &orgs, 4)).collect();
+            assert_eq!(chosen.len(), 4, "contribution {c}");
+            // n = 3 picks a subset of n = 4's: validators with different shares still cover
+            let three = orgs.iter().filter(|o| scores((&run, round, &worker), o, &orgs, 3)).count();
+            assert_eq!(three, 3);
+            assert!(
+                orgs.iter()
+                    .filter(|o| scores((&run, round, &worker), o, &orgs, 3))
+                    .all(|o| chosen.contains(&o.as_str()))
+            );
+            for o in chosen {
+                *per_org.entry(o).or_default() += 1;
+            }
+        }
+        // each organisation's share is binomial(2000, 0.4): mean 800, sd about 22
+        for (o, n) in &per_org {
+            assert!((700..=900).contains(n), "{o} scores {n} of {contributions}");
+        }
+        assert_eq!(per_org.len(), 10);
+    }
+
+    #[test]
+    fn a_share_at_or_above_the_organisations_scores_everything() {
+        let orgs = organisations(3);
+        let (run, worker) = (ledger::RunId([1; 32]), ledger::PublicKey([2; 32]));
+        for n in [3, 4, usize::MAX] {
+            assert!(orgs.iter().all(|o| scores((&run, 9, &worker), o, &orgs, n)));
+        }
+        assert!(orgs.iter().all(|o| !scores((&run, 9, &worker), o, &orgs, 0)));
+    }
+
+    #[test]
+    fn the_scorers_change_with_the_round_and_the_worker() {
+        let orgs = organisations(10);
+        let run = ledger::RunId([3; 32]);
+        let pick = |round: u64, worker: u8| -> Vec<String> {
+            orgs.iter()
+                .filter(|o| scores((&run, round, &ledger::PublicKey([worker; 32])), o, &orgs, 2))
+                .cloned()
+                .collect()
+        };
+        // 45 pairs of 10: a fixed pair would recur in every round, a hash-drawn one rarely
+        let same_across_rounds = (1..50).filter(|&r| pick(r, 1) == pick(0, 1)).count();
+        assert!(same_across_rounds < 8, "{same_across_rounds} of 49 rounds kept the same scorers");
+        let same_across_workers = (2..50).filter(|&w| pick(0, w) == pick(0, 1)).count();
+        assert!(same_across_workers < 8, "{same_across_workers} of 48 workers had the same scorers");
+    }
+
+    #[test]
+    fn the_scoring_rank_is_blake3_derive_key_over_the_documented_bytes() {
+        // the bytes docs/RUN.md lists, assembled here independently of scoring_rank
+        let (run, worker) = (ledger::RunId([0xab; 32]), ledger::PublicKey([0xcd; 32]));
+        let mut bytes = vec![0xab; 32];
+        bytes.extend_from_slice(&[5, 0, 0, 0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&[0xcd; 32]);
+        bytes.extend_from_slice(b"org-a");
+        let mut h = blake3::Hasher::new_derive_key("cairn scoring rank v1");
+        h.update(&bytes);
+        assert_eq!(scoring_rank(&run, 5, &worker, "org-a"), *h.finalize().as_bytes());
+    }
 
     #[test]
     fn verdicts_go_out_when_a_slot_is_full_or_the_oldest_waited_two_seconds() {
