@@ -70,9 +70,9 @@ pub struct ParticipantArgs {
     #[arg(long, default_value_t = 0)]
     gatherer_wait_ms: u64,
     /// Validators: score each contribution in this many validator organisations only, this one
-    /// where it is among them (drawn per worker and round from the ledger; docs/RUN.md,
-    /// "Validators"). Raised to the run's organisation quorum when below it. Every validator still
-    /// reads, decodes and copy-checks every contribution. Default: score every contribution.
+    /// where it is among them (drawn per worker and round from the ledger; docs/RUN.md, "Sharing
+    /// the scoring"). Raised to the run's organisation quorum when below it. Every validator
+    /// still reads, decodes and copy-checks every contribution. Default: score every contribution.
     #[arg(long, value_name = "N")]
     score_orgs: Option<usize>,
     /// What to do with the rounds' steps (one trit a parameter; docs/RUN.md, "Following steps"):

@@ -303,7 +303,7 @@ const SCORING_CONTEXT: &str = "cairn scoring rank v1";
 /// `blake3::derive_key("cairn scoring rank v1", run id (32 bytes) || round (u64 little-endian) ||
 /// worker key (32 bytes) || organisation name (UTF-8))`, compared as bytes, then by name. With a
 /// scoring share of `n`, the `n` validator organisations of lowest rank score the contribution
-/// (docs/RUN.md, "Validators"). Nothing in it is the worker's choice: its key is fixed in the
+/// (docs/RUN.md, "Sharing the scoring"). Nothing in it is the worker's choice: its key is fixed in the
 /// roster, and the run and round are the ledger's.
 pub fn scoring_rank(run: &ledger::RunId, round: u64, worker: &ledger::PublicKey, organisation: &str) -> [u8; 32] {
     let mut material = Vec::with_capacity(72 + organisation.len());
