@@ -150,7 +150,7 @@ pub struct TrainSection {
     pub micro_batch: usize,
     /// Gradient norm clipping before the momentum (0: off).
     pub clip_norm: f64,
-    /// DeMo momentum decay.
+    /// DeMo momentum decay (with local steps: the error feedback's decay per round).
     pub momentum_decay: f64,
     /// AdamW steps a worker takes on its own copy per round, each on an equal part of its
     /// assignment, before it encodes how far it moved (1: one gradient, no local optimiser).
@@ -413,7 +413,7 @@ pub struct TrainSpec {
     pub micro_batch: usize,
     /// Gradient clipping (0: off).
     pub clip_norm: f64,
-    /// DeMo momentum decay.
+    /// DeMo momentum decay (with local steps: the error feedback's decay per round).
     pub momentum_decay: f64,
     /// Local AdamW steps per round ([`crate::local`]); 1 (and absent, in version 1) for none.
     #[serde(default = "one_step", skip_serializing_if = "is_one")]
@@ -997,6 +997,7 @@ mod tests {
         );
         assert_eq!(parts.train.local_steps, 4);
         assert_eq!(parts.train.inner_lr, 0.006);
+        assert_eq!(parts.train.momentum_decay, 0.9, "the error-feedback decay of the measured setting");
         // "About 1000x": a dense f32 gradient per optimizer step against one update per 4 steps.
         let dense = config.layout.elements() * 4;
         let per_step = verify::wire::encoded_len(&config.layout, &c) as f64 / f64::from(parts.train.local_steps);
