@@ -85,8 +85,9 @@ pub struct Args {
     score_ms: u64,
     /// Each contribution is scored by this many organisations' validators (`cairn validate
     /// --score-orgs`, raised to the organisation quorum, a majority here), drawn as the validators
-    /// draw them; every validator still gives its verdict to nothing else. Default: every
-    /// validator scores every contribution.
+    /// draw them; a validator appends verdicts for its share only (the simulated updates are
+    /// neither copies nor unusable, which every validator would judge). Default: every validator
+    /// scores every contribution.
     #[arg(long)]
     score_orgs: Option<usize>,
     /// Research (not built in the worker): each organisation gathers its workers' contributions
