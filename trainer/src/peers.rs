@@ -17,6 +17,7 @@
 //!                        per chunk (no DCT; sparseloco-dct: of its DCT): keep the top-k |e_w|, 2-bit values
 //!                        (±s, ±s/3, s = the chunk's largest kept |e|); e_w -= sent
 //!                      all: θ = θ - α mean_w(sent);  θ_w = θ
+//!                      (research: with an outer momentum β, the step is DiLoCo's below)
 //!
 //!   SparseLoCo, shared as SparseLoCo, but every worker sends the same random positions of each
 //!   positions (H)      chunk (drawn from the synchronisation's number) and no indices
