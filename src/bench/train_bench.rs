@@ -107,6 +107,10 @@ pub struct Args {
     /// DeMo momentum decay.
     #[arg(long, default_value_t = trainer::demo::DEFAULT_MOMENTUM_DECAY)]
     decay: f64,
+    /// Research (cairn with --cairn-local): the error-feedback decay moves linearly from --decay to
+    /// this between --decay-start and --steps (default: it stays at --decay).
+    #[arg(long)]
+    decay_end: Option<f64>,
     /// Coefficients kept per chunk.
     #[arg(long, default_value_t = 4)]
     topk: u16,
@@ -223,12 +227,17 @@ pub struct PeerArgs {
     local_outer_lr: Option<f64>,
     /// cairn-local's outer schedule: `shaped` (the warm-up and decay every optimiser follows, which
     /// the inner AdamW also follows: a run's `optimizer` section) or `constant` (the inner AdamW
-    /// alone decays, as SparseLoCo's).
+    /// alone decays, as SparseLoCo's) or `anneal:FACTOR` (constant until --decay-start, then linear
+    /// to FACTOR x the rate at --steps while the inner AdamW decays).
     #[arg(long, default_value = "shaped")]
     local_outer_schedule: String,
     /// SparseLoCo's outer learning rate.
     #[arg(long, default_value_t = 1.0)]
     sparseloco_outer_lr: f64,
+    /// SparseLoCo's outer schedule: `constant` (as published) or `anneal:FACTOR`, as
+    /// --local-outer-schedule's (research).
+    #[arg(long, default_value = "constant")]
+    sparseloco_outer_schedule: String,
     /// SparseLoCo's outer Nesterov momentum (research; 0, the default, is SparseLoCo's plain
     /// averaged step; a steady update then moves rate / (1 - momentum) times the mean).
     #[arg(long, default_value_t = 0.0)]
@@ -279,6 +288,25 @@ fn schedule(args: &Args, peak: f64, what: &str) -> anyhow::Result<Schedule> {
             args.decay_start, args.warmup, args.steps
         )
     })?;
+    Ok(schedule)
+}
+
+/// `anneal:FACTOR`'s factor.
+fn anneal_factor(spec: &str) -> Option<f64> {
+    spec.strip_prefix("anneal:")?.parse().ok()
+}
+
+/// `from` until --decay-start, then linear to `to` at --steps: a run's warm-up-stable-decay with no
+/// warm-up and `min_lr` = `to` (which may be above `from`).
+fn anneal(args: &Args, from: f64, to: f64, what: &str) -> anyhow::Result<Schedule> {
+    let schedule = Schedule::WarmupStableDecay {
+        peak: ratio(from, what)?,
+        min: ratio(to, what)?,
+        warmup_rounds: 0,
+        decay_start: args.decay_start,
+        total_rounds: args.steps,
+    };
+    schedule.validate()?;
     Ok(schedule)
 }
 
@@ -479,7 +507,12 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             schedule: match args.peers.local_outer_schedule.as_str() {
                 "shaped" => schedule(&args, outer, "--local-outer-lr")?,
                 "constant" => Schedule::Constant { lr: ratio(outer, "--local-outer-lr")? },
-                other => anyhow::bail!("--local-outer-schedule must be shaped or constant, not {other}"),
+                other => match anneal_factor(other) {
+                    Some(factor) => anneal(&args, outer, outer * factor, "--local-outer-lr")?,
+                    None => {
+                        anyhow::bail!("--local-outer-schedule must be shaped, constant or anneal:FACTOR, not {other}")
+                    }
+                },
             },
             weight_decay: ratio(args.weight_decay, "--weight-decay")?,
             clip: NormClip::Off,
@@ -487,6 +520,13 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         };
         let swarm =
             LocalSwarm::new(&config, &state, args.workers, h, args.steps, adamw(inner_lr)?, hyper, args.decay, device)?;
+        let swarm = match args.decay_end {
+            Some(end) => {
+                anyhow::ensure!((0.0..1.0).contains(&end), "--decay-end must be in [0, 1), got {end}");
+                swarm.with_decay_schedule(anneal(&args, args.decay, end, "--decay")?)
+            }
+            None => swarm,
+        };
         Ok(swarm.with_two_bit_scale(two_bit_scale))
     };
     for (i, target) in targets.iter().enumerate() {
@@ -591,6 +631,18 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
                 outer,
             };
             let peer = LocoPeer::new(&config, &state, loco, device)?;
+            let peer = match args.peers.sparseloco_outer_schedule.as_str() {
+                "constant" => peer,
+                other => match anneal_factor(other) {
+                    Some(f) => peer.with_outer_schedule(anneal(
+                        &args,
+                        loco.outer_lr,
+                        loco.outer_lr * f,
+                        "--sparseloco-outer-lr",
+                    )?),
+                    None => anyhow::bail!("--sparseloco-outer-schedule must be constant or anneal:FACTOR, not {other}"),
+                },
+            };
             let label = format!("{name}{}", target.label);
             runners.push(Runner::new(label, Role::Peer, Some(i), Trainee::Peer(Box::new(peer))));
         }
@@ -642,9 +694,11 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     );
     if args.research.cairn_local {
         println!(
-            "  cairn takes {h} local AdamW steps (inner lr {inner_lr}) per round, outer rate {} ({}), as train.local_steps = {h} does",
+            "  cairn takes {h} local AdamW steps (inner lr {inner_lr}) per round, outer rate {} ({}), as train.local_steps = {h} does{}",
             args.peers.local_outer_lr.map_or("default".to_string(), |r| r.to_string()),
-            args.peers.local_outer_schedule
+            args.peers.local_outer_schedule,
+            args.decay_end
+                .map_or(String::new(), |d| format!("; error-feedback decay to {d} from step {}", args.decay_start))
         );
     }
     if research {
@@ -666,8 +720,9 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
                 .join(", ")
         );
         println!(
-            "  peers' settings: DeMo sign step and momentum as cairn's; SparseLoCo and DiLoCo H {h}, inner AdamW lr {inner_lr}, SparseLoCo outer lr {} Nesterov {} error feedback {} two-bit scale {}, DiLoCo outer lr {} Nesterov {}",
+            "  peers' settings: DeMo sign step and momentum as cairn's; SparseLoCo and DiLoCo H {h}, inner AdamW lr {inner_lr}, SparseLoCo outer lr {} ({}) Nesterov {} error feedback {} two-bit scale {}, DiLoCo outer lr {} Nesterov {}",
             args.peers.sparseloco_outer_lr,
+            args.peers.sparseloco_outer_schedule,
             args.peers.sparseloco_momentum,
             args.peers.sparseloco_ef_decay,
             args.peers.sparseloco_scale,

@@ -337,6 +337,7 @@ pub struct LocoPeer {
     velocity: Vec<Tensor>,
     bases: Bases,
     syncs: u64,
+    outer_schedule: Option<Schedule>,
 }
 
 impl LocoPeer {
@@ -370,7 +371,23 @@ impl LocoPeer {
             true => zeros_like_layout(state.layout(), device)?,
             false => Vec::new(),
         };
-        Ok(LocoPeer { config, global, workers, grids, error, velocity, bases: Bases::new(device), syncs: 0 })
+        Ok(LocoPeer {
+            config,
+            global,
+            workers,
+            grids,
+            error,
+            velocity,
+            bases: Bases::new(device),
+            syncs: 0,
+            outer_schedule: None,
+        })
+    }
+
+    /// Research: the outer rate follows `schedule` (indexed by the step) instead of `outer_lr`.
+    pub fn with_outer_schedule(mut self, schedule: Schedule) -> LocoPeer {
+        self.outer_schedule = Some(schedule);
+        self
     }
 
     /// SparseLoCo's compression of one worker's accumulator tensor `e` (in place: what is sent is
@@ -408,8 +425,9 @@ impl LocoPeer {
         Ok(sent)
     }
 
-    fn synchronise(&mut self) -> Result<(), TrainerError> {
+    fn synchronise(&mut self, at: Round) -> Result<(), TrainerError> {
         let n = self.workers.len() as f64;
+        let outer_lr = self.outer_schedule.map_or(self.config.outer_lr, |s| s.lr_f64(at));
         self.syncs += 1;
         tch::no_grad(|| -> Result<(), TrainerError> {
             for t in 0..self.global.params().len() {
@@ -446,7 +464,7 @@ impl LocoPeer {
                         mean.f_add(&v.f_mul_scalar(momentum)?)?
                     }
                 };
-                let _ = theta.f_sub_(&step.f_mul_scalar(self.config.outer_lr)?)?;
+                let _ = theta.f_sub_(&step.f_mul_scalar(outer_lr)?)?;
                 for (model, _) in &self.workers {
                     model.params()[t].shallow_clone().f_copy_(&theta)?;
                 }
@@ -465,7 +483,7 @@ impl Method for LocoPeer {
         }
         let done = step.0 + 1;
         if done.is_multiple_of(self.config.h) || done == self.config.total_steps {
-            self.synchronise()?;
+            self.synchronise(step)?;
         }
         Ok(loss / shards.len() as f64)
     }
@@ -496,6 +514,8 @@ pub struct LocalSwarm {
     inner: Schedule,
     hyper: Hyper,
     momentum_decay: f64,
+    /// Research: the error-feedback decay of each step, in place of `momentum_decay`.
+    decay_schedule: Option<Schedule>,
     state: State,
     global: Model,
     workers: Vec<(LocalSteps, DemoState)>,
@@ -528,7 +548,17 @@ impl LocalSwarm {
             .map(|_| Ok((LocalSteps::new(model, state, inner, device)?, DemoState::new(state.layout(), device)?)))
             .collect::<Result<_, TrainerError>>()?;
         let inner = inner.schedule;
-        Ok(LocalSwarm { h, total_steps, inner, hyper, momentum_decay, state: state.clone(), global, workers })
+        Ok(LocalSwarm {
+            h,
+            total_steps,
+            inner,
+            hyper,
+            momentum_decay,
+            decay_schedule: None,
+            state: state.clone(),
+            global,
+            workers,
+        })
     }
 
     /// Every worker picks its two-bit scales by `rule` (default: what `cairn worker` uses).
@@ -537,12 +567,20 @@ impl LocalSwarm {
         self
     }
 
+    /// Research: the error-feedback decay follows `schedule` (indexed by the step) instead of the
+    /// constructor's constant; a worker-side choice that no consensus rule reads.
+    pub fn with_decay_schedule(mut self, schedule: Schedule) -> LocalSwarm {
+        self.decay_schedule = Some(schedule);
+        self
+    }
+
     fn synchronise(&mut self, round: Round) -> Result<(), TrainerError> {
         let layout = self.state.layout().clone();
+        let decay = self.decay_schedule.map_or(self.momentum_decay, |s| s.lr_f64(round));
         let base = self.state.hash();
         let mut updates = Vec::with_capacity(self.workers.len());
         for (i, (local, demo)) in self.workers.iter_mut().enumerate() {
-            demo.accumulate(&local.delta(&self.global)?, &layout, self.momentum_decay, 1.0)?;
+            demo.accumulate(&local.delta(&self.global)?, &layout, decay, 1.0)?;
             updates.push(simulated_update(demo, &layout, round, base, i, self.hyper.compression)?.0);
         }
         apply(&mut self.state, round, &updates, &self.hyper)?;
@@ -781,7 +819,8 @@ mod tests {
     /// rule at rate 1, error feedback) is SparseLoCo's algorithm: fed the same batches, the two
     /// hold the same parameters to within float rounding after every round, at every top-k. So a
     /// difference between them in `cairn bench train` comes from what each keeps at equal bytes
-    /// (cairn's Elias-Fano indices fit more coefficients), nothing else.
+    /// (cairn's Elias-Fano indices fit more coefficients), nothing else. The same holds when the
+    /// outer rate rises (cairn's consensus schedule, SparseLoCo's research outer schedule).
     #[test]
     fn cairn_with_local_steps_is_sparseloco_at_the_same_top_k() {
         crate::set_torch_threads(1);
@@ -792,7 +831,16 @@ mod tests {
         let steps = 8;
         let inner_schedule = Schedule::Constant { lr: Ratio::new(6, 1000) };
         let inner = AdamWConfig { schedule: inner_schedule, step, weight_decay: 0.0, ..AdamWConfig::default() };
-        for topk in [10u16, 249] {
+        // 1 for the first round (synchronised at step 3), then up to 2 at step 8: 1.75 at step 7.
+        let rising = Schedule::WarmupStableDecay {
+            peak: Ratio::new(1, 1),
+            min: Ratio::new(2, 1),
+            warmup_rounds: 0,
+            decay_start: 4,
+            total_rounds: 8,
+        };
+        assert_eq!((rising.lr_f64(Round(3)), rising.lr_f64(Round(7))), (1.0, 1.75));
+        for (topk, outer_schedule) in [(10u16, None), (249, None), (10, Some(rising))] {
             let outer = Outer::SparseLoco {
                 chunk: 64,
                 topk,
@@ -803,12 +851,15 @@ mod tests {
             };
             let loco = LocoConfig { workers: 2, h: 4, total_steps: steps, inner, outer_lr: 1.0, momentum: 0.0, outer };
             let mut sparseloco = LocoPeer::new(&config, &state, loco, Device::Cpu).unwrap();
+            if let Some(schedule) = outer_schedule {
+                sparseloco = sparseloco.with_outer_schedule(schedule);
+            }
             let mut compression = verify::Compression::uniform(64, topk, ValueEncoding::TwoBit);
             compression.transform = Transform::Identity;
             compression.indices = verify::IndexCoding::EliasFano;
             let hyper = verify::Hyper {
                 compression,
-                schedule: Schedule::Constant { lr: Ratio::new(1, 1) },
+                schedule: outer_schedule.unwrap_or(Schedule::Constant { lr: Ratio::new(1, 1) }),
                 weight_decay: Ratio::new(0, 1),
                 clip: verify::NormClip::Off,
                 step: verify::StepRule::Linear,
