@@ -975,11 +975,6 @@ mod tests {
                 target.insert(k.clone(), v.clone());
             }
         }
-        // The example's optimizer decays; the outer rate of this method is constant.
-        let optimizer = spec.get_mut("optimizer").and_then(|t| t.as_table_mut()).unwrap();
-        for k in ["min_lr", "warmup_rounds", "decay_start", "decay_rounds"] {
-            optimizer.remove(k);
-        }
         let spec: RunSpec = toml::Value::Table(spec).try_into().unwrap();
         let parts = spec.genesis_parts(BYTE_VOCAB).unwrap();
         let config = RunConfig::decode(&parts.config.encode().unwrap()).unwrap();
@@ -990,11 +985,19 @@ mod tests {
         );
         assert!(c.overrides.is_empty());
         assert_eq!(config.hyper.step, verify::StepRule::Linear);
-        assert!(
-            matches!(config.hyper.schedule, Schedule::Constant { lr } if 2 * lr.num == 3 * lr.den),
-            "{:?}",
-            config.hyper.schedule
-        );
+        use verify::Round;
+        // The outer rate: 1.5 for the first half of 120 rounds, then linear up to 3 at the end,
+        // while the local AdamW decays from 6e-3 to 0 over the same rounds.
+        let (half, end) = (Round(60), Round(120));
+        let outer = config.hyper.schedule;
+        assert!(matches!(
+            outer,
+            Schedule::WarmupStableDecay { warmup_rounds: 0, decay_start: 60, total_rounds: 120, .. }
+        ));
+        assert_eq!((outer.lr_f64(Round(0)), outer.lr_f64(half), outer.lr_f64(end)), (1.5, 1.5, 3.0));
+        assert_eq!(outer.lr_f64(Round(90)), 2.25);
+        let inner = parts.train.inner_schedule().unwrap().unwrap();
+        assert_eq!((inner.lr_f64(Round(0)), inner.lr_f64(half), inner.lr_f64(end)), (0.006, 0.006, 0.0));
         assert_eq!(parts.train.local_steps, 4);
         assert_eq!(parts.train.inner_lr, 0.006);
         assert_eq!(parts.train.momentum_decay, 0.9, "the error-feedback decay of the measured setting");
@@ -1052,6 +1055,18 @@ mod tests {
             schedule("min_lr = 0.0003\ndecay_start = 15").unwrap(),
             Schedule::WarmupStableDecay { peak, min, warmup_rounds: 0, decay_start: 15, total_rounds: 20 }
         );
+        // A `min_lr` above `lr` makes the same shape rise: held, then linear up to it (an outer
+        // rate that grows while the local AdamW decays, docs/RUN.md "Settings by compression").
+        let rising = schedule("min_lr = 0.006\ndecay_start = 15").unwrap();
+        let up = Ratio::new(6_000_000, RATIO_DEN);
+        assert_eq!(
+            rising,
+            Schedule::WarmupStableDecay { peak, min: up, warmup_rounds: 0, decay_start: 15, total_rounds: 20 }
+        );
+        // 0.003 until round 15, then 0.003 more over the 5 rounds to 20: 0.0048 at round 18.
+        assert_eq!(rising.lr_f64(verify::Round(14)), 0.003);
+        assert!((rising.lr_f64(verify::Round(18)) - 0.0048).abs() < 1e-15);
+        assert_eq!(rising.lr_f64(verify::Round(20)), 0.006);
         let err = schedule("min_lr = 0.0003\ndecay_start = 21").unwrap_err().to_string();
         assert!(err.contains("optimizer.decay_start"), "{err}");
         let err = schedule("decay_start = 15").unwrap_err().to_string();

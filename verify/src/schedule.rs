@@ -70,7 +70,9 @@ pub enum Schedule {
     },
     /// Linear warm-up to `peak` over `warmup_rounds`, the peak until `decay_start`, then a linear
     /// decay to `min` at `total_rounds` (warm-up, stable, decay: the decay can be placed late, once a
-    /// run's length is settled, and the stable phase makes the most of a high rate).
+    /// run's length is settled, and the stable phase makes the most of a high rate). With `min`
+    /// above `peak` the same formula rises instead (an outer rate that grows while local steps
+    /// decay).
     WarmupStableDecay {
         /// Rate from the end of warm-up to `decay_start`.
         peak: Ratio,
@@ -205,6 +207,28 @@ mod tests {
         for (w, d, t) in [(5, 4, 10), (0, 11, 10)] {
             assert!(matches!(wsd(w, d, t).validate(), Err(VerifyError::InvalidHyper(_))), "{w} {d} {t}");
         }
+    }
+
+    #[test]
+    fn a_min_above_the_peak_rises_by_the_same_formula() {
+        // The outer rate of docs/RUN.md's local-steps block: 3/2 held to round 60, then linear up
+        // to 3 at round 120 (`min + (peak - min) * q`, q the share of the span left).
+        let s = Schedule::WarmupStableDecay {
+            peak: Ratio::new(3, 2),
+            min: Ratio::new(3, 1),
+            warmup_rounds: 0,
+            decay_start: 60,
+            total_rounds: 120,
+        };
+        assert!(s.validate().is_ok());
+        assert_eq!(s.lr_f64(Round(0)), 1.5);
+        assert_eq!(s.lr_f64(Round(60)), 1.5);
+        assert_eq!(s.lr_f64(Round(90)), 2.25);
+        assert_eq!(s.lr_f64(Round(120)), 3.0);
+        assert_eq!(s.lr_f64(Round(u64::MAX)), 3.0);
+        // Round 61: 3 - 1.5 x 59/60 = 1.525, one rounding to f32.
+        assert_eq!(s.lr(Round(61)).to_bits(), 1.525_f32.to_bits());
+        assert!(s.lr(Round(61)) < s.lr(Round(62)));
     }
 
     #[test]
