@@ -291,9 +291,11 @@ fn schedule(args: &Args, peak: f64, what: &str) -> anyhow::Result<Schedule> {
     Ok(schedule)
 }
 
-/// `anneal:FACTOR`'s factor.
-fn anneal_factor(spec: &str) -> Option<f64> {
-    spec.strip_prefix("anneal:")?.parse().ok()
+/// An `anneal:FACTOR` spec (--local-outer-schedule, --sparseloco-outer-schedule) as the schedule
+/// from `rate` to FACTOR x `rate`; None when `spec` is not of that form.
+fn annealed(args: &Args, spec: &str, rate: f64, what: &str) -> Option<anyhow::Result<Schedule>> {
+    let factor: f64 = spec.strip_prefix("anneal:")?.parse().ok()?;
+    Some(anneal(args, rate, rate * factor, what))
 }
 
 /// `from` until --decay-start, then linear to `to` at --steps: a run's warm-up-stable-decay with no
@@ -507,8 +509,8 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             schedule: match args.peers.local_outer_schedule.as_str() {
                 "shaped" => schedule(&args, outer, "--local-outer-lr")?,
                 "constant" => Schedule::Constant { lr: ratio(outer, "--local-outer-lr")? },
-                other => match anneal_factor(other) {
-                    Some(factor) => anneal(&args, outer, outer * factor, "--local-outer-lr")?,
+                other => match annealed(&args, other, outer, "--local-outer-lr") {
+                    Some(schedule) => schedule?,
                     None => {
                         anyhow::bail!("--local-outer-schedule must be shaped, constant or anneal:FACTOR, not {other}")
                     }
@@ -633,13 +635,8 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             let peer = LocoPeer::new(&config, &state, loco, device)?;
             let peer = match args.peers.sparseloco_outer_schedule.as_str() {
                 "constant" => peer,
-                other => match anneal_factor(other) {
-                    Some(f) => peer.with_outer_schedule(anneal(
-                        &args,
-                        loco.outer_lr,
-                        loco.outer_lr * f,
-                        "--sparseloco-outer-lr",
-                    )?),
+                other => match annealed(&args, other, loco.outer_lr, "--sparseloco-outer-lr") {
+                    Some(schedule) => peer.with_outer_schedule(schedule?),
                     None => anyhow::bail!("--sparseloco-outer-schedule must be constant or anneal:FACTOR, not {other}"),
                 },
             };
