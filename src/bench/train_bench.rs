@@ -6,8 +6,9 @@
 //! and `verify::apply` aggregates the decoded updates into the shared state that the next round
 //! starts from (`trainer::simulate`). Both are evaluated on the same held-out sequences.
 //!
-//! With several `--adamw-lr`, one baseline trains per rate on the same batches and the rate with
-//! the lowest final loss is the one reported (a tuned baseline).
+//! With several `--adamw-lr` (and `--adamw-decay-start`), one baseline trains per rate (and per
+//! start of its decay) on the same batches, and the one with the lowest final loss is reported (a
+//! tuned baseline).
 //!
 //! The last line holds the headline: final held-out losses, the gap in percent
 //! (`100 * (cairn - baseline) / baseline`), bytes each worker uploads per round and the ratio of a
@@ -104,6 +105,12 @@ pub struct Args {
     /// a linear decay (warm-up, stable, decay), as run.toml's optimizer.decay_start.
     #[arg(long, default_value_t = 0)]
     decay_start: u64,
+    /// Where the AdamW baseline's decay starts instead (as --decay-start); several, comma-separated,
+    /// train one baseline each for every --adamw-lr, and the lowest final loss is the baseline
+    /// reported: a baseline tuned over its schedule too. Default: --decay-start, the shape every
+    /// method shares.
+    #[arg(long, value_delimiter = ',')]
+    adamw_decay_start: Vec<u64>,
     /// DeMo momentum decay.
     #[arg(long, default_value_t = trainer::demo::DEFAULT_MOMENTUM_DECAY)]
     decay: f64,
@@ -274,21 +281,34 @@ pub struct PeerArgs {
 /// The schedule of an optimiser peaking at `peak`: the same warm-up and decay for every optimiser in
 /// the run, so that a decay helps or hurts all of them alike.
 fn schedule(args: &Args, peak: f64, what: &str) -> anyhow::Result<Schedule> {
+    schedule_from(args, peak, (args.decay_start, "--decay-start"), what)
+}
+
+/// [`schedule`] with its decay starting at `decay_start` (given by the flag named with it).
+fn schedule_from(args: &Args, peak: f64, decay_start: (u64, &str), what: &str) -> anyhow::Result<Schedule> {
+    let (decay_start, flag) = decay_start;
     anyhow::ensure!((0.0..=1.0).contains(&args.min_lr_factor), "--min-lr-factor must be in [0, 1]");
     let min = ratio(peak * args.min_lr_factor, "--min-lr-factor x peak")?;
     let (peak, warmup_rounds, total_rounds) = (ratio(peak, what)?, args.warmup, args.steps);
-    let schedule = match args.decay_start {
+    let schedule = match decay_start {
         // at --min-lr-factor 1, min = peak: linear warm-up, then constant
         0 => Schedule::WarmupCosine { peak, min, warmup_rounds, total_rounds },
         decay_start => Schedule::WarmupStableDecay { peak, min, warmup_rounds, decay_start, total_rounds },
     };
     schedule.validate().with_context(|| {
-        format!(
-            "--decay-start {} must lie between --warmup {} and --steps {}",
-            args.decay_start, args.warmup, args.steps
-        )
+        format!("{flag} {decay_start} must lie between --warmup {} and --steps {}", args.warmup, args.steps)
     })?;
     Ok(schedule)
+}
+
+/// The AdamW baselines' (rate, decay start): every --adamw-lr at every --adamw-decay-start
+/// (--decay-start when none is given).
+fn baseline_grid(args: &Args) -> Vec<(f64, u64)> {
+    let starts = match args.adamw_decay_start.is_empty() {
+        true => vec![args.decay_start],
+        false => args.adamw_decay_start.clone(),
+    };
+    args.adamw_lr.iter().flat_map(|&lr| starts.iter().map(move |&start| (lr, start))).collect()
 }
 
 /// An `anneal:FACTOR` spec (--local-outer-schedule, --sparseloco-outer-schedule) as the schedule
@@ -475,14 +495,19 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             ..AdamWConfig::default()
         })
     };
+    // The baselines: one per --adamw-lr and --adamw-decay-start, in that order.
+    let baseline_grid = baseline_grid(&args);
     let mut runners: Vec<Runner> = Vec::new();
-    for &lr in &args.adamw_lr {
-        let label = format!("AdamW lr {lr}");
+    for &(lr, decay_start) in &baseline_grid {
+        let config_of_baseline = AdamWConfig {
+            schedule: schedule_from(&args, lr, (decay_start, "--adamw-decay-start"), "--adamw-lr")?,
+            ..adamw(lr)?
+        };
         runners.push(Runner::new(
-            label,
+            format!("AdamW lr {lr}"),
             Role::Baseline,
             None,
-            Trainee::Baseline(Baseline::new(&config, &state, adamw(lr)?, device)?),
+            Trainee::Baseline(Baseline::new(&config, &state, config_of_baseline, device)?),
         ));
     }
     let experiment =
@@ -663,13 +688,20 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
         args.steps, sequences, args.seq_len, args.workers
     );
     println!(
-        "  baseline: AdamW lr {} warm-up {}{} wd {}; cairn: {} step lr {} decay {} chunk {} top-k {}{} {} values",
+        "  baseline: AdamW lr {} warm-up {}{}{} wd {}; cairn: {} step lr {} decay {} chunk {} top-k {}{} {} values",
         args.adamw_lr.iter().map(f64::to_string).collect::<Vec<_>>().join(","),
         args.warmup,
         match (args.min_lr_factor, args.decay_start) {
             (1.0, _) => String::new(),
             (f, 0) => format!(", cosine to {f} x lr (both)"),
             (f, n) => format!(", from step {n} linear to {f} x lr (both)"),
+        },
+        match args.adamw_decay_start.is_empty() {
+            true => String::new(),
+            false => format!(
+                " (AdamW's own decay from step {})",
+                args.adamw_decay_start.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+            ),
         },
         args.weight_decay,
         step_rule.name(),
@@ -745,7 +777,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             .map(|r| -> anyhow::Result<f64> { Ok(eval_loss(r.trainee.model(), &eval, micro_batch)?) })
             .collect()
     };
-    let baselines = args.adamw_lr.len();
+    let baselines = baseline_grid.len();
     // The step line shows the best baseline so far, and each one's loss when there are several.
     let step_line = |done: u64, losses: &[f64], runners: &[Runner]| {
         let best = losses[..baselines].iter().copied().fold(f64::INFINITY, f64::min);
@@ -786,8 +818,13 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     let best = (0..baselines).min_by(|&i, &j| finals[i].total_cmp(&finals[j])).unwrap_or(0);
     let base_loss = finals[best];
     if baselines > 1 {
-        let each: Vec<String> = args.adamw_lr.iter().zip(finals).map(|(lr, l)| format!("lr {lr}: {l:.4}")).collect();
-        println!("  AdamW final losses: {}; the baseline is lr {}", each.join(", "), args.adamw_lr[best]);
+        let name = |(lr, decay_start): (f64, u64)| match args.adamw_decay_start.is_empty() {
+            true => format!("lr {lr}"),
+            false => format!("lr {lr} decay from {decay_start}"),
+        };
+        let each: Vec<String> =
+            baseline_grid.iter().zip(finals).map(|(&b, l)| format!("{}: {l:.4}", name(b))).collect();
+        println!("  AdamW final losses: {}; the baseline is {}", each.join(", "), name(baseline_grid[best]));
     }
     let gap = |loss: f64| 100.0 * (loss - base_loss) / base_loss;
     if let Some(path) = &args.research.csv {

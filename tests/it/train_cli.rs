@@ -192,6 +192,35 @@ fn bench_train_reports_the_best_of_several_adamw_rates() {
     assert!(step3.contains("adamw_losses="), "{step3}");
 }
 
+#[test]
+fn bench_train_tunes_adamw_over_where_its_decay_starts() {
+    // Decay to 0 from step 1 or from step 3 of 4: two schedules, two different AdamW runs.
+    let extra = ["--adamw-lr", "0.01", "--min-lr-factor", "0", "--decay-start", "2", "--adamw-decay-start", "1,3"];
+    let stdout = small_train("4", "4", &extra);
+    let described = stdout.lines().find(|l| l.contains("baseline: AdamW")).expect("the set-up line");
+    assert!(
+        described.contains("from step 2 linear") && described.contains("AdamW's own decay from step 1,3"),
+        "{described}"
+    );
+    let finals = stdout.lines().find(|l| l.contains("AdamW final losses")).expect("each schedule's final loss");
+    let loss = |label: &str| -> f64 {
+        let rest = finals.split(&format!("{label}: ")).nth(1).unwrap_or_else(|| panic!("no {label} in {finals}"));
+        rest.split([',', ';']).next().unwrap().trim().parse().unwrap()
+    };
+    let (early, late) = (loss("lr 0.01 decay from 1"), loss("lr 0.01 decay from 3"));
+    assert_ne!(early, late, "two decay starts, two baselines: {finals}");
+    let last = pairs(stdout.lines().last().unwrap_or(""));
+    assert!(
+        (number(&last, "baseline_loss") - early.min(late)).abs() < 1e-4,
+        "the better schedule is the baseline: {finals}"
+    );
+    let chosen = if early <= late { "decay from 1" } else { "decay from 3" };
+    assert!(finals.ends_with(&format!("the baseline is lr 0.01 {chosen}")), "{finals}");
+    let bad = quick_train("3", &["--min-lr-factor", "0", "--adamw-decay-start", "9"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--adamw-decay-start 9 must lie between"));
+}
+
 /// The table row of `label` in `cairn bench train`'s final table: (bytes per step, loss).
 fn table_row(stdout: &str, label: &str) -> (f64, f64) {
     let line = stdout
