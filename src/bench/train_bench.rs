@@ -311,6 +311,14 @@ fn baseline_grid(args: &Args) -> Vec<(f64, u64)> {
     args.adamw_lr.iter().flat_map(|&lr| starts.iter().map(move |&start| (lr, start))).collect()
 }
 
+/// A baseline's name in the output: its rate, and its decay start when --adamw-decay-start is given.
+fn baseline_name(args: &Args, (lr, decay_start): (f64, u64)) -> String {
+    match args.adamw_decay_start.is_empty() {
+        true => format!("lr {lr}"),
+        false => format!("lr {lr} decay from {decay_start}"),
+    }
+}
+
 /// An `anneal:FACTOR` spec (--local-outer-schedule, --sparseloco-outer-schedule) as the schedule
 /// from `rate` to FACTOR x `rate`; None when `spec` is not of that form.
 fn annealed(args: &Args, spec: &str, rate: f64, what: &str) -> Option<anyhow::Result<Schedule>> {
@@ -504,7 +512,7 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
             ..adamw(lr)?
         };
         runners.push(Runner::new(
-            format!("AdamW lr {lr}"),
+            format!("AdamW {}", baseline_name(&args, (lr, decay_start))),
             Role::Baseline,
             None,
             Trainee::Baseline(Baseline::new(&config, &state, config_of_baseline, device)?),
@@ -818,13 +826,13 @@ fn run_blocking(args: Args, tokens: Option<Vec<u32>>, vocab: u32) -> anyhow::Res
     let best = (0..baselines).min_by(|&i, &j| finals[i].total_cmp(&finals[j])).unwrap_or(0);
     let base_loss = finals[best];
     if baselines > 1 {
-        let name = |(lr, decay_start): (f64, u64)| match args.adamw_decay_start.is_empty() {
-            true => format!("lr {lr}"),
-            false => format!("lr {lr} decay from {decay_start}"),
-        };
         let each: Vec<String> =
-            baseline_grid.iter().zip(finals).map(|(&b, l)| format!("{}: {l:.4}", name(b))).collect();
-        println!("  AdamW final losses: {}; the baseline is {}", each.join(", "), name(baseline_grid[best]));
+            baseline_grid.iter().zip(finals).map(|(&b, l)| format!("{}: {l:.4}", baseline_name(&args, b))).collect();
+        println!(
+            "  AdamW final losses: {}; the baseline is {}",
+            each.join(", "),
+            baseline_name(&args, baseline_grid[best])
+        );
     }
     let gap = |loss: f64| 100.0 * (loss - base_loss) / base_loss;
     if let Some(path) = &args.research.csv {

@@ -216,6 +216,18 @@ fn bench_train_tunes_adamw_over_where_its_decay_starts() {
     );
     let chosen = if early <= late { "decay from 1" } else { "decay from 3" };
     assert!(finals.ends_with(&format!("the baseline is lr 0.01 {chosen}")), "{finals}");
+    // The final table names each baseline by its schedule too, so its rows can be told apart.
+    let row_loss = |label: &str| -> f64 {
+        let row = stdout
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(label).filter(|rest| rest.starts_with(' ')))
+            .unwrap_or_else(|| panic!("no row for {label}: {stdout}"));
+        // [*] bytes Nx loss gap seconds; the star marks the baseline reported
+        let fields: Vec<&str> = row.split_whitespace().filter(|f| *f != "*").collect();
+        fields[2].parse().unwrap()
+    };
+    assert_eq!(row_loss("AdamW lr 0.01 decay from 1"), early, "{stdout}");
+    assert_eq!(row_loss("AdamW lr 0.01 decay from 3"), late, "{stdout}");
     let bad = quick_train("3", &["--min-lr-factor", "0", "--adamw-decay-start", "9"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--adamw-decay-start 9 must lie between"));
